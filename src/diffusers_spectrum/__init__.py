@@ -1,0 +1,35 @@
+"""diffusers-spectrum: Spectrum Matching (ESM / DSM), DoG-REPA and spectral tools for latent diffusion on diffusers."""
+
+# diffusers' pipeline loader looks the base classes up on the library named in `model_index.json`
+# (`["diffusers_spectrum", "SpectrumAutoencoderKL"]`), so they must be attributes of this package too.
+from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin
+
+from .models import SpectrumAutoencoderKL, SpectrumAutoencoderKLTrainingOutput
+from .spectral import (
+    blockwise_dct_2d,
+    blockwise_idct_2d,
+    dct_2d,
+    dsm_lowpass,
+    esm_loss,
+    idct_2d,
+    power_law_slope,
+    radial_spectrum,
+    spectral_kl,
+)
+
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SpectrumAutoencoderKL",
+    "SpectrumAutoencoderKLTrainingOutput",
+    "blockwise_dct_2d",
+    "blockwise_idct_2d",
+    "dct_2d",
+    "dsm_lowpass",
+    "esm_loss",
+    "idct_2d",
+    "power_law_slope",
+    "radial_spectrum",
+    "spectral_kl",
+]

@@ -1,0 +1,28 @@
+"""Spectral maths on tensors: transforms, spectra, ESM/DSM and target filters. Pure functions, no models."""
+
+from .dct import blockwise_dct_2d, blockwise_idct_2d, dct_2d, dct_matrix, idct_2d
+from .dsm import DSM_DEFAULT_LEVELS, check_dsm_level, dsm_lowpass, dsm_mask
+from .esm import esm_loss, esm_spectra, gaussian_kernel_1d, normalize_log_spectrum, spectral_kl
+from .psd import bin_frequencies, power_law_slope, radial_bin_index, radial_spectrum
+
+
+__all__ = [
+    "DSM_DEFAULT_LEVELS",
+    "bin_frequencies",
+    "blockwise_dct_2d",
+    "blockwise_idct_2d",
+    "check_dsm_level",
+    "dct_2d",
+    "dct_matrix",
+    "dsm_lowpass",
+    "dsm_mask",
+    "esm_loss",
+    "esm_spectra",
+    "gaussian_kernel_1d",
+    "idct_2d",
+    "normalize_log_spectrum",
+    "power_law_slope",
+    "radial_bin_index",
+    "radial_spectrum",
+    "spectral_kl",
+]

@@ -1,0 +1,122 @@
+"""Radial power spectra of images and latents, and power-law fits (SPEC.md, "The spectral primitives")."""
+
+import functools
+
+import torch
+
+from ._checks import compute_dtype, require_4d, require_tensor
+from .dct import dct_2d
+
+
+# ------------------------------------------------------------------------------------------------
+# Radial bands: r(u, v) = sqrt(u^2 + v^2), r_max = sqrt((H-1)^2 + (W-1)^2), band = floor(r / r_max * n_bins)
+# clipped to n_bins - 1.
+
+
+@functools.lru_cache(maxsize=128)
+def _radial_bins_cached(height: int, width: int, n_bins: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    u = torch.arange(height, dtype=torch.int64)[:, None]
+    v = torch.arange(width, dtype=torch.int64)[None, :]
+    r2 = u * u + v * v  # (H, W) squared radius, exact integers
+    r2_max = (height - 1) ** 2 + (width - 1) ** 2
+    # floor(n * r / r_max) is the largest k with k^2 * r_max^2 <= n^2 * r^2: integer arithmetic, so cells that sit
+    # exactly on a band edge land in the upper band as the formula says (float rounding can put them either side).
+    ks = torch.arange(n_bins + 1, dtype=torch.int64)
+    band = (ks[None, None, :] ** 2 * r2_max <= (n_bins**2) * r2[..., None]).sum(-1) - 1 if r2_max > 0 else r2 * 0
+    band = band.clamp(0, n_bins - 1).reshape(-1)  # (H*W,)
+    counts = torch.bincount(band, minlength=n_bins)  # (n_bins,)
+    return band.to(device), counts.to(device)
+
+
+def radial_bin_index(height: int, width: int, n_bins: int = 16, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Band index of every DCT cell and the number of cells per band.
+
+    Returns:
+        ``band`` of shape ``(H * W,)`` (row-major cells, ``int64``) and ``counts`` of shape ``(n_bins,)``.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins}.")
+    return _radial_bins_cached(int(height), int(width), int(n_bins), str(torch.device(device or "cpu")))
+
+
+def band_means(power: torch.Tensor, n_bins: int = 16) -> torch.Tensor:
+    """Mean of ``power`` ``(B, H, W)`` over each radial band -> ``(B, n_bins)``.
+
+    A band with no cell (possible only on grids much smaller than ``n_bins``) gets 0.
+    """
+    batch, height, width = power.shape
+    band, counts = radial_bin_index(height, width, n_bins, power.device)
+    sums = power.new_zeros(batch, n_bins).index_add_(1, band, power.reshape(batch, -1))  # (B, n_bins)
+    return sums / counts.clamp_min(1).to(power.dtype)
+
+
+def channel_power(coefficients: torch.Tensor, remove_dc: bool = True) -> torch.Tensor:
+    """Channel-aggregated power ``P[b, u, v] = mean_c X[b, c, u, v]^2`` of DCT coefficients ``(B, C, H, W)``.
+
+    With ``remove_dc`` the DC cell ``P[b, 0, 0]`` is set to 0 (it still counts in band 0). Returns ``(B, H, W)``.
+    """
+    power = coefficients.square().mean(dim=1)  # (B, H, W)
+    if remove_dc:
+        keep = torch.ones_like(power[0])
+        keep[0, 0] = 0
+        power = power * keep
+    return power
+
+
+def radial_spectrum(
+    x: torch.Tensor, n_bins: int = 16, remove_dc: bool = True, subtract_mean: bool = False
+) -> torch.Tensor:
+    """Channel-aggregated DCT power averaged within radial bands.
+
+    Args:
+        x: ``(B, C, H, W)`` images or latents.
+        n_bins: number of radial bands (16 in the paper).
+        remove_dc: set the DC power to 0 (the ESM setting). The authors' figures keep DC (``False``).
+        subtract_mean: subtract each channel's spatial mean before the DCT (makes the DC coefficient 0).
+
+    Returns:
+        ``(B, n_bins)`` band energies (raw power, not log), float32 (float64 for float64 input).
+    """
+    require_4d(x, "radial_spectrum", "x")
+    work = x.to(compute_dtype(x.dtype))
+    if subtract_mean:
+        work = work - work.mean(dim=(-2, -1), keepdim=True)
+    power = channel_power(dct_2d(work), remove_dc=remove_dc)  # (B, H, W)
+    return band_means(power, n_bins)  # (B, n_bins)
+
+
+def bin_frequencies(n_bins: int = 16, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The frequency attached to band ``k``: ``f_k = k + 1`` (the ESM flattening's convention), ``(n_bins,)``."""
+    return torch.arange(1, n_bins + 1, device=device, dtype=dtype)
+
+
+def power_law_slope(spectrum: torch.Tensor, frequencies: torch.Tensor | None = None) -> torch.Tensor:
+    """Least-squares slope of ``log(spectrum)`` against ``log(frequency)``.
+
+    Args:
+        spectrum: ``(..., n_bins)`` positive values (raw power or normalised log power). Entries that are not
+            strictly positive (an empty band, the removed DC) are left out of that row's fit.
+        frequencies: ``(n_bins,)`` positive frequencies; defaults to ``f_k = k + 1``.
+
+    Returns:
+        ``(...)`` slopes: about 0 for white noise and about ``-alpha`` for a ``1/f^alpha`` power spectrum.
+    """
+    require_tensor(spectrum, "power_law_slope", "spectrum")
+    work = spectrum.to(compute_dtype(spectrum.dtype))
+    n_bins = work.shape[-1]
+    if frequencies is None:
+        frequencies = bin_frequencies(n_bins, work.device, work.dtype)
+    frequencies = frequencies.to(device=work.device, dtype=work.dtype)
+    if frequencies.shape != (n_bins,) or not (frequencies > 0).all():
+        raise ValueError(f"power_law_slope: `frequencies` must be {n_bins} positive values, got {tuple(frequencies.shape)}.")
+    valid = (work > 0).to(work.dtype)  # (..., n_bins) weights of the fit
+    if (valid.sum(-1) < 2).any():
+        raise ValueError("power_law_slope: each spectrum needs at least two positive bands to fit a slope.")
+    log_f = frequencies.log().expand_as(work)
+    log_p = torch.where(valid > 0, work.clamp_min(torch.finfo(work.dtype).tiny).log(), torch.zeros_like(work))
+    count = valid.sum(-1, keepdim=True)
+    mean_f = (valid * log_f).sum(-1, keepdim=True) / count
+    mean_p = (valid * log_p).sum(-1, keepdim=True) / count
+    cov = (valid * (log_f - mean_f) * (log_p - mean_p)).sum(-1)
+    var = (valid * (log_f - mean_f).square()).sum(-1)
+    return (cov / var).to(spectrum.dtype)

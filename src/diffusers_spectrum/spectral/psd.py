@@ -90,22 +90,29 @@ def bin_frequencies(n_bins: int = 16, device=None, dtype: torch.dtype = torch.fl
     return torch.arange(1, n_bins + 1, device=device, dtype=dtype)
 
 
-def power_law_slope(spectrum: torch.Tensor, frequencies: torch.Tensor | None = None) -> torch.Tensor:
+def power_law_slope(spectrum: torch.Tensor, frequencies: torch.Tensor | str = "index") -> torch.Tensor:
     """Least-squares slope of ``log(spectrum)`` against ``log(frequency)``.
 
     Args:
         spectrum: ``(..., n_bins)`` positive values (raw power or normalised log power). Entries that are not
             strictly positive (an empty band, the removed DC) are left out of that row's fit.
-        frequencies: ``(n_bins,)`` positive frequencies; defaults to ``f_k = k + 1``.
+        frequencies: ``"index"`` (default): ``f_k = k + 1``, the convention of the ESM flattening and of the
+            authors' reported slopes (flattening by ``f^delta`` then shifts the slope by exactly ``delta``);
+            ``"center"``: the band's centre radius ``k + 1/2``, which recovers the exponent of a ``1/f^alpha`` field
+            (white noise ~0, ``1/f^2`` ~-2; with ``"index"`` the low bands bend that to about -2.4);
+            or a ``(n_bins,)`` tensor of positive frequencies.
 
     Returns:
-        ``(...)`` slopes: about 0 for white noise and about ``-alpha`` for a ``1/f^alpha`` power spectrum.
+        ``(...)`` slopes.
     """
     require_tensor(spectrum, "power_law_slope", "spectrum")
     work = spectrum.to(compute_dtype(spectrum.dtype))
     n_bins = work.shape[-1]
-    if frequencies is None:
-        frequencies = bin_frequencies(n_bins, work.device, work.dtype)
+    if isinstance(frequencies, str):
+        if frequencies not in ("index", "center"):
+            raise ValueError(f"power_law_slope: frequencies must be 'index', 'center' or a tensor, got {frequencies!r}.")
+        offset = 0.5 if frequencies == "center" else 0.0
+        frequencies = bin_frequencies(n_bins, work.device, work.dtype) - offset
     frequencies = frequencies.to(device=work.device, dtype=work.dtype)
     if frequencies.shape != (n_bins,) or not (frequencies > 0).all():
         raise ValueError(f"power_law_slope: `frequencies` must be {n_bins} positive values, got {tuple(frequencies.shape)}.")

@@ -1,0 +1,445 @@
+"""Image data for the trainers: Hub / local / embedded datasets, robust decoding, batching and resumable loaders.
+
+- `load_image_dataset`: a Hub dataset id (streamed), a local image folder or parquet / arrow files, or by default the
+  embedded photo crops (`embedded_dataset_dir`). Image columns are left *undecoded* (bytes + path) so a corrupt file
+  is skipped by the readers below instead of crashing the stream.
+- `ImageTransform`: any PIL mode (grayscale, RGBA, palette, 16-bit, float) -> RGB -> resize, crop, flip ->
+  `(3, H, W)` float32 in [-1, 1]; its randomness is a function of `(seed, epoch, position)`, so a resumed run draws
+  the same crops and flips as an uninterrupted one.
+- `image_batches`: one pass over a dataset as `{"pixel_values", "labels"}` batches (for latent statistics, caching).
+- `make_image_dataloader`: an endless, shuffled, per-process-sharded `DataLoader` that resumes from a data position.
+"""
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+
+__all__ = [
+    "ImageTransform",
+    "ImageStreamDataset",
+    "SkipCounter",
+    "decode_image",
+    "embedded_class_names",
+    "embedded_dataset_dir",
+    "image_batches",
+    "load_image_dataset",
+    "make_image_dataloader",
+    "to_rgb",
+]
+
+logger = logging.getLogger(__name__)
+
+_PARQUET_SUFFIXES = (".parquet",)
+_ARROW_SUFFIXES = (".arrow",)
+
+
+def embedded_dataset_dir() -> Path:
+    """Folder of the embedded photo dataset (112 RGB 64 x 64 crops of scikit-image / scikit-learn photographs).
+
+    A `datasets` imagefolder: PNGs plus `metadata.jsonl` with `label` (index of the source photo) and `source`.
+    Built by `scripts/build_embedded_dataset.py`.
+    """
+    return Path(__file__).resolve().parent / "assets" / "photos"
+
+
+def embedded_class_names() -> list[str]:
+    """Names of the embedded dataset's source photographs, indexed by `label`."""
+    with open(embedded_dataset_dir() / "classes.json", encoding="utf-8") as f:
+        return list(json.load(f))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _data_files(path: Path) -> tuple[str, list[str]] | None:
+    """`(builder, files)` when `path` is, or directly holds, parquet / arrow files; `None` for an image folder."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for builder, suffixes in (("parquet", _PARQUET_SUFFIXES), ("arrow", _ARROW_SUFFIXES)):
+        matches = [str(p) for p in files if p.suffix in suffixes]
+        if matches:
+            return builder, matches
+    if path.is_file():
+        raise ValueError(f"train_data_dir={str(path)!r} is a file but not .parquet or .arrow; pass a folder instead.")
+    return None
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    train_data_dir: str | Path | None = None,
+    split: str = "train",
+    image_column: str = "image",
+    streaming: bool = True,
+    label_column: str | None = None,
+) -> datasets.IterableDataset | datasets.Dataset:
+    """Open an image dataset, checked to be non-empty and to hold the named columns.
+
+    Args:
+        dataset_name: a Hub dataset id (or anything `datasets.load_dataset` accepts); streamed when `streaming`.
+        train_data_dir: a local image folder (optionally with `metadata.jsonl`), or parquet / arrow file(s).
+        split: the split to read.
+        image_column: the column holding the images.
+        streaming: return a `datasets.IterableDataset` (no full download or conversion) instead of a `Dataset`.
+        label_column: if given, must exist in the dataset.
+
+    With both `dataset_name` and `train_data_dir` unset, the embedded photos (`embedded_dataset_dir()`) are used.
+    The image column is cast to `datasets.Image(decode=False)`: readers decode with `decode_image` and skip failures.
+    """
+    if dataset_name is not None and train_data_dir is not None:
+        raise ValueError("Pass either dataset_name or train_data_dir, not both.")
+    # 1. Open
+    if dataset_name is not None:
+        dataset = datasets.load_dataset(dataset_name, split=split, streaming=streaming)
+        source = f"dataset_name={dataset_name!r}"
+    else:
+        path = Path(train_data_dir) if train_data_dir is not None else embedded_dataset_dir()
+        source = f"train_data_dir={str(path)!r}"
+        if not path.exists():
+            raise ValueError(f"{source} does not exist.")
+        files = _data_files(path)
+        if files is None:
+            if not any(p.is_file() and p.name != "metadata.jsonl" for p in path.rglob("*")):
+                raise ValueError(f"{source} is empty: it holds no image files.")
+            dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming)
+        else:
+            builder, data_files = files
+            dataset = datasets.load_dataset(builder, data_files={split: data_files}, split=split, streaming=streaming)
+
+    # 2. Check the columns and that there is data
+    features = dataset.features
+    if features is not None and image_column not in features:
+        raise ValueError(
+            f"image_column={image_column!r} is not a column of {source}; its columns are {list(features)}. "
+            "Pass --image_column."
+        )
+    if features is not None and label_column is not None and label_column not in features:
+        raise ValueError(
+            f"label_column={label_column!r} is not a column of {source}; its columns are {list(features)}."
+        )
+    if features is not None and isinstance(features[image_column], datasets.Image):
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    empty = len(dataset) == 0 if isinstance(dataset, datasets.Dataset) else next(iter(dataset.take(1)), None) is None
+    if empty:
+        raise ValueError(f"{source} (split {split!r}) is empty: it holds no examples.")
+    return dataset
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoding and transforms
+
+
+class SkipCounter:
+    """Counts examples skipped because their image could not be read, and logs one line per skip."""
+
+    def __init__(self):
+        self.count = 0
+        self.reasons: list[str] = []
+
+    def record(self, where: str, error: BaseException) -> None:
+        self.count += 1
+        reason = f"{where}: {type(error).__name__}: {error}"
+        if len(self.reasons) < 100:
+            self.reasons.append(reason)
+        logger.warning("skipped unreadable image #%d (%s)", self.count, reason)
+
+    def __repr__(self) -> str:
+        return f"SkipCounter(count={self.count})"
+
+
+def decode_image(value) -> Image.Image:
+    """A PIL image from a dataset cell: a PIL image, `{"bytes", "path"}` (undecoded `datasets.Image`), raw bytes or a
+    path. Raises on corrupt data (the image is fully loaded here, not lazily)."""
+    if isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, dict) and (value.get("bytes") is not None or value.get("path") is not None):
+        data = value.get("bytes")
+        image = Image.open(io.BytesIO(data)) if data is not None else Image.open(value["path"])
+    elif isinstance(value, (bytes, bytearray)):
+        image = Image.open(io.BytesIO(value))
+    elif isinstance(value, (str, Path)):
+        image = Image.open(value)
+    else:
+        raise TypeError(f"cannot read an image from a {type(value).__name__}.")
+    image.load()
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Transparency is composited on white; 16-bit and float images are rescaled (not
+    clipped) to 8 bit; EXIF orientation is applied."""
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if mode == "F":
+            peak = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
+        else:
+            peak = 65535.0 if mode.startswith("I;16") or array.max(initial=0.0) > 255 else 255.0
+        array = np.clip(np.round(array / peak * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("LA", "La", "PA", "RGBa"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+class ImageTransform:
+    """PIL image -> `(3, resolution, resolution)` float32 in [-1, 1].
+
+    Resize the shorter side to `resolution` (bicubic, antialiased), crop a square (centre or random), optionally
+    flip horizontally with probability 0.5.
+
+    Args:
+        resolution: output side in pixels.
+        center_crop: centre crop (`True`) or random crop (`False`).
+        random_flip: flip horizontally with probability 0.5.
+        seed: seed of the random crop / flip. The draws for one example depend only on `(seed, epoch, position)`
+            passed to `__call__`, so they are reproducible and identical after a resume.
+    """
+
+    def __init__(self, resolution: int, center_crop: bool = True, random_flip: bool = False, seed: int | None = None):
+        if not isinstance(resolution, int) or resolution < 1:
+            raise ValueError(f"resolution must be a positive integer, got {resolution!r}.")
+        self.resolution = resolution
+        self.center_crop = center_crop
+        self.random_flip = random_flip
+        self.seed = 0 if seed is None else int(seed)
+
+    def _generator(self, epoch: int, position: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, int(epoch), int(position)])
+
+    def __call__(self, image: Image.Image, position: int = 0, epoch: int = 0) -> torch.Tensor:
+        rng = self._generator(epoch, position)
+        image = to_rgb(image)
+        # 1. Resize the shorter side
+        width, height = image.size
+        scale = self.resolution / min(width, height)
+        new_size = (max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale)))
+        if new_size != image.size:
+            image = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=None)
+        # 2. Crop
+        width, height = image.size
+        if self.center_crop:
+            left, top = (width - self.resolution) // 2, (height - self.resolution) // 2
+        else:
+            left = int(rng.integers(0, width - self.resolution + 1))
+            top = int(rng.integers(0, height - self.resolution + 1))
+        image = image.crop((left, top, left + self.resolution, top + self.resolution))
+        # 3. Flip and scale
+        if self.random_flip and rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)
+        return torch.from_numpy(array.transpose(2, 0, 1).copy())  # (3, H, W)
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageTransform(resolution={self.resolution}, center_crop={self.center_crop}, "
+            f"random_flip={self.random_flip}, seed={self.seed})"
+        )
+
+
+def _label_of(example: dict, label_column: str | None) -> int:
+    if label_column is None:
+        return 0
+    label = example[label_column]
+    if isinstance(label, torch.Tensor):
+        label = label.item()
+    if not isinstance(label, (int, np.integer)) or isinstance(label, bool):
+        raise ValueError(
+            f"label_column={label_column!r} must hold integer class indices, got {label!r}; cast the column to "
+            "datasets.ClassLabel first."
+        )
+    return int(label)
+
+
+def _samples(
+    dataset, transform, image_column, label_column, skip_counter, epoch=0, start=0, counter=None
+) -> Iterator[tuple[int, torch.Tensor, int]]:
+    """Yield `(position + 1, pixel_values, label)` for each readable example from raw index `start` on.
+
+    Examples before `start` are read but not decoded (cheap: images are undecoded bytes). `counter`, a one-element
+    list, receives the number of raw examples read, including skipped ones.
+    """
+    for position, example in enumerate(dataset):
+        if counter is not None:
+            counter[0] = position + 1
+        if position < start:
+            continue
+        try:
+            pixel_values = transform(decode_image(example[image_column]), position=position, epoch=epoch)
+        except (OSError, ValueError, TypeError, SyntaxError, Image.DecompressionBombError) as error:
+            path = example[image_column].get("path") if isinstance(example[image_column], dict) else None
+            skip_counter.record(f"example {position}" + (f", {path}" if path else ""), error)
+            continue
+        yield position + 1, pixel_values, _label_of(example, label_column)
+
+
+def image_batches(
+    dataset,
+    batch_size: int,
+    transform: ImageTransform,
+    image_column: str = "image",
+    label_column: str | None = None,
+    max_samples: int | None = None,
+    skip_counter: SkipCounter | None = None,
+) -> Iterator[dict]:
+    """One pass over `dataset` in batches of `{"pixel_values": (B, 3, H, W), "labels": (B,) long}`.
+
+    Unreadable images are skipped and counted in `skip_counter`; labels are 0 without `label_column`. The last batch
+    may be smaller. Stops after `max_samples` images.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    skip_counter = SkipCounter() if skip_counter is None else skip_counter
+    pixels, labels, seen = [], [], 0
+    for _, pixel_values, label in _samples(dataset, transform, image_column, label_column, skip_counter):
+        if max_samples is not None and seen >= max_samples:
+            break
+        pixels.append(pixel_values)
+        labels.append(label)
+        seen += 1
+        if len(pixels) == batch_size:
+            yield {"pixel_values": torch.stack(pixels), "labels": torch.tensor(labels, dtype=torch.long)}
+            pixels, labels = [], []
+    if pixels:
+        yield {"pixel_values": torch.stack(pixels), "labels": torch.tensor(labels, dtype=torch.long)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Resumable, sharded training stream
+
+
+class ImageStreamDataset(torch.utils.data.IterableDataset):
+    """Endless (or single-pass) stream of one process's share of an image dataset, resumable from a data position.
+
+    Each epoch the dataset is shuffled with `(seed, epoch)` (a shuffle buffer for streamed data, a permutation
+    otherwise) and split across processes with `datasets.distributed.split_dataset_by_node`. Samples are
+    `{"pixel_values", "labels", "data_position"}`; `data_position` is `epoch_start + raw index + 1` in this process's
+    stream, counting skipped corrupt examples, so a trainer that stores the last batch's `data_position` can resume
+    exactly with `start_position` (exact with `num_workers=0`, the default of `make_image_dataloader`).
+    """
+
+    def __init__(
+        self,
+        dataset,
+        transform: ImageTransform,
+        image_column: str = "image",
+        label_column: str | None = None,
+        start_position: int = 0,
+        num_processes: int = 1,
+        process_index: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        shuffle_buffer_size: int = 1000,
+        infinite: bool = True,
+        skip_counter: SkipCounter | None = None,
+    ):
+        super().__init__()
+        if not 0 <= process_index < num_processes:
+            raise ValueError(f"process_index must be in [0, {num_processes}), got {process_index}.")
+        if start_position < 0:
+            raise ValueError(f"start_position must be >= 0, got {start_position}.")
+        self.dataset = dataset
+        self.transform = transform
+        self.image_column = image_column
+        self.label_column = label_column
+        self.start_position = int(start_position)
+        self.num_processes = num_processes
+        self.process_index = process_index
+        self.shuffle = shuffle
+        self.seed = seed
+        self.shuffle_buffer_size = shuffle_buffer_size
+        self.infinite = infinite
+        self.skip_counter = SkipCounter() if skip_counter is None else skip_counter
+
+    def _epoch_dataset(self, epoch: int):
+        dataset = self.dataset
+        if self.shuffle:
+            if isinstance(dataset, datasets.IterableDataset):
+                dataset = dataset.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer_size)
+                dataset.set_epoch(epoch)
+            else:
+                dataset = dataset.shuffle(seed=self.seed + epoch)
+        if self.num_processes > 1:
+            dataset = datasets.distributed.split_dataset_by_node(dataset, self.process_index, self.num_processes)
+        return dataset
+
+    def __iter__(self):
+        if torch.utils.data.get_worker_info() is not None and torch.utils.data.get_worker_info().num_workers > 1:
+            raise ValueError("ImageStreamDataset runs in one worker (num_workers 0 or 1) so data positions stay exact.")
+        epoch, epoch_start, remaining = 0, 0, self.start_position
+        while True:
+            counter = [0]
+            for position, pixel_values, label in _samples(
+                self._epoch_dataset(epoch),
+                self.transform,
+                self.image_column,
+                self.label_column,
+                self.skip_counter,
+                epoch=epoch,
+                start=remaining,
+                counter=counter,
+            ):
+                yield {"pixel_values": pixel_values, "labels": label, "data_position": epoch_start + position}
+            epoch_length = counter[0]
+            if epoch_length == 0:
+                raise ValueError("the dataset shard of this process is empty; use fewer processes or more data.")
+            remaining = max(remaining - epoch_length, 0)
+            epoch_start += epoch_length
+            epoch += 1
+            if not self.infinite:
+                return
+
+
+def make_image_dataloader(
+    dataset,
+    batch_size: int,
+    transform: ImageTransform,
+    image_column: str = "image",
+    label_column: str | None = None,
+    start_position: int = 0,
+    num_processes: int = 1,
+    process_index: int = 0,
+    shuffle: bool = True,
+    seed: int = 0,
+    shuffle_buffer_size: int = 1000,
+    infinite: bool = True,
+    skip_counter: SkipCounter | None = None,
+    num_workers: int = 0,
+) -> torch.utils.data.DataLoader:
+    """A `DataLoader` of `{"pixel_values": (B, 3, H, W), "labels": (B,), "data_position": (B,)}` batches over this
+    process's shard (pass `accelerator.num_processes` / `accelerator.process_index`; do not `accelerator.prepare`
+    it, it is sharded already). Resume with `start_position = batch["data_position"][-1]` of the last batch consumed.
+    Batches are full (`drop_last`); with `infinite` the stream cycles over reshuffled epochs.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if num_workers > 1:
+        raise ValueError("num_workers must be 0 or 1: decoding runs in one stream so resume positions stay exact.")
+    stream = ImageStreamDataset(
+        dataset,
+        transform,
+        image_column=image_column,
+        label_column=label_column,
+        start_position=start_position,
+        num_processes=num_processes,
+        process_index=process_index,
+        shuffle=shuffle,
+        seed=seed,
+        shuffle_buffer_size=shuffle_buffer_size,
+        infinite=infinite,
+        skip_counter=skip_counter,
+    )
+    return torch.utils.data.DataLoader(stream, batch_size=batch_size, drop_last=True, num_workers=num_workers)

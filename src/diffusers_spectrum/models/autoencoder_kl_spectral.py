@@ -289,7 +289,9 @@ class SpectrumAutoencoderKL(AutoencoderKL):
         divide by `scaling_factor` (such as `DiTPipeline`) stay exact.
         """
         config = self.stock_config()
-        stock = AutoencoderKL.from_config(config).to(device=self.device, dtype=self.dtype)
+        stock = AutoencoderKL.from_config(config).to(self.device)
+        if self.dtype != torch.float32:
+            stock = stock.to(self.dtype)
         stock.load_state_dict(self.state_dict())
         shift = self.config.shift_factor
         if fold_shift and shift is not None:

@@ -1,6 +1,26 @@
 """Loss terms, each a small function returning an unreduced or scalar loss; trainers choose the weights."""
 
 from ..spectral import esm_loss
+from .autoencoder import (
+    FeaturePerceptualLoss,
+    LPIPSLoss,
+    NLayerDiscriminator,
+    adaptive_discriminator_weight,
+    hinge_d_loss,
+    hinge_g_loss,
+    lpips_available,
+    reconstruction_loss,
+)
 
 
-__all__ = ["esm_loss"]
+__all__ = [
+    "FeaturePerceptualLoss",
+    "LPIPSLoss",
+    "NLayerDiscriminator",
+    "adaptive_discriminator_weight",
+    "esm_loss",
+    "hinge_d_loss",
+    "hinge_g_loss",
+    "lpips_available",
+    "reconstruction_loss",
+]

@@ -5,6 +5,7 @@
 from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin
 
 from .models import SpectrumAutoencoderKL, SpectrumAutoencoderKLTrainingOutput
+from .objectives import DiffusionObjective, x0_from_edm, x0_from_epsilon, x0_from_flow, x0_from_v
 from .spectral import (
     blockwise_dct_2d,
     blockwise_idct_2d,
@@ -21,6 +22,11 @@ from .spectral import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DiffusionObjective",
+    "x0_from_edm",
+    "x0_from_epsilon",
+    "x0_from_flow",
+    "x0_from_v",
     "SpectrumAutoencoderKL",
     "SpectrumAutoencoderKLTrainingOutput",
     "blockwise_dct_2d",

@@ -158,3 +158,28 @@ def test_reconstruction_metrics_on_a_tiny_vae_agree_with_direct_computation():
     expected_fd = frechet_distance(collect_features(extractor, [everything]), collect_features(extractor, [reconstruction]))
     assert result["levels"][0]["fd"] == pytest.approx(expected_fd, rel=1e-4)
     assert result["spectral_kl_delta1"] > 0
+
+
+def test_local_evaluate_modules_load_offline_and_agree_with_the_functions():
+    import evaluate
+
+    from diffusers_spectrum.evaluate_metrics import metric_module_path
+    from diffusers_spectrum.spectral import spectral_kl
+
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(30, 4)), rng.normal(loc=1.0, size=(30, 4))
+    fd = evaluate.load(metric_module_path("frechet_distance")).compute(predictions=a, references=b)
+    assert fd["frechet_distance"] == pytest.approx(frechet_distance(a, b), rel=1e-6)
+    x = rng.uniform(-1, 1, size=(2, 3, 16, 16)).astype(np.float32)
+    y = np.clip(x + rng.normal(scale=0.1, size=x.shape), -1, 1).astype(np.float32)
+    value = evaluate.load(metric_module_path("psnr")).compute(predictions=y, references=x)["psnr"]
+    assert value == pytest.approx(float(psnr(torch.from_numpy(y), torch.from_numpy(x)).mean()), rel=1e-5)
+    value = evaluate.load(metric_module_path("ssim")).compute(predictions=y, references=x)["ssim"]
+    assert value == pytest.approx(float(ssim(torch.from_numpy(y), torch.from_numpy(x)).mean()), rel=1e-5)
+    latents = rng.normal(size=(2, 4, 8, 8)).astype(np.float32)
+    images = rng.uniform(-1, 1, size=(2, 3, 32, 32)).astype(np.float32)
+    value = evaluate.load(metric_module_path("spectral_kl")).compute(predictions=latents, references=images)
+    expected = float(spectral_kl(torch.from_numpy(images), torch.from_numpy(latents)).mean())
+    assert value["spectral_kl"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="Unknown metric module"):
+        metric_module_path("fid")

@@ -28,6 +28,7 @@ setup(
         "evaluate>=0.4",
         "numpy",
         "scipy",
+        "ptwt>=1.0",  # differentiable wavelet transforms in PyTorch (wavelet_loss)
         "Pillow",
         "matplotlib",
         "tqdm",

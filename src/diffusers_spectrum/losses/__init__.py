@@ -11,6 +11,7 @@ from .autoencoder import (
     lpips_available,
     reconstruction_loss,
 )
+from .spectral_regularizers import fourier_loss, radial_frequency_weights, wavelet_loss
 
 
 __all__ = [
@@ -19,8 +20,11 @@ __all__ = [
     "NLayerDiscriminator",
     "adaptive_discriminator_weight",
     "esm_loss",
+    "fourier_loss",
     "hinge_d_loss",
     "hinge_g_loss",
     "lpips_available",
+    "radial_frequency_weights",
     "reconstruction_loss",
+    "wavelet_loss",
 ]

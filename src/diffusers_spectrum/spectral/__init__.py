@@ -4,6 +4,7 @@ from .dct import blockwise_dct_2d, blockwise_idct_2d, dct_2d, dct_matrix, idct_2
 from .dsm import DSM_DEFAULT_LEVELS, check_dsm_level, dsm_lowpass, dsm_mask
 from .esm import esm_loss, esm_spectra, gaussian_kernel_1d, normalize_log_spectrum, spectral_kl
 from .psd import bin_frequencies, power_law_slope, radial_bin_index, radial_spectrum
+from .wavelets import dwt_2d, idwt_2d
 
 
 __all__ = [
@@ -16,10 +17,12 @@ __all__ = [
     "dct_matrix",
     "dsm_lowpass",
     "dsm_mask",
+    "dwt_2d",
     "esm_loss",
     "esm_spectra",
     "gaussian_kernel_1d",
     "idct_2d",
+    "idwt_2d",
     "normalize_log_spectrum",
     "power_law_slope",
     "radial_bin_index",

@@ -1,0 +1,180 @@
+"""Frequency-domain regularisers for the diffusion objective (SPEC.md, "Spectral regularisation of the diffusion
+objective"): a Fourier amplitude/phase loss and a multi-level wavelet subband loss between the predicted clean
+sample ``x0_hat`` (see :mod:`diffusers_spectrum.objectives`) and the clean sample ``x0``.
+
+Both work on any ``(B, C, H, W)`` tensors (pixels or latents), are differentiable, compute in float32 (float16 and
+bfloat16 inputs are safe) and return the input's dtype. ``reduction="none"`` gives one value per sample so a trainer
+can apply timestep weights (:func:`diffusers_spectrum.objectives.regularizer_weights`) before averaging.
+
+Decomposition used by :func:`fourier_loss` with ``loss_type="l2"`` (orthonormal FFT F = F(x0_hat), G = F(x0)):
+
+    |F - G|^2 = (|F| - |G|)^2  +  2 |F| |G| (1 - cos(angle F - angle G))
+                amplitude term     phase term (amplitude-weighted)
+
+so amplitude + phase with unit weights equals the pixel MSE (Parseval), and each term can be weighted on its own.
+The phase term is smooth and well defined where an amplitude is zero (no ``atan2`` gradient singularity).
+"""
+
+import math
+
+import torch
+
+from ..spectral._checks import compute_dtype, require_4d
+from ..spectral.wavelets import dwt_2d
+
+
+LOSS_TYPES = ("l1", "l2")
+REDUCTIONS = ("mean", "none")
+
+
+def _check_inputs(x0_hat: torch.Tensor, x0: torch.Tensor, func: str, loss_type: str, reduction: str) -> None:
+    require_4d(x0_hat, func, "x0_hat")
+    require_4d(x0, func, "x0")
+    if x0_hat.shape != x0.shape:
+        raise ValueError(f"{func}: `x0_hat` {tuple(x0_hat.shape)} and `x0` {tuple(x0.shape)} must have the same shape.")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"{func}: unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}.")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{func}: unknown reduction {reduction!r}; choose one of {REDUCTIONS}.")
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str, dtype: torch.dtype) -> torch.Tensor:
+    return (per_sample.mean() if reduction == "mean" else per_sample).to(dtype)
+
+
+def radial_frequency_weights(
+    height: int, width: int, power: float, device=None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Weights ``(r / r_max)^power`` on the ``rfft2`` grid ``(H, W // 2 + 1)``, normalised to mean 1.
+
+    ``r`` is the frequency radius in cycles per sample (``r_max = sqrt(0.5)`` at the Nyquist corner). ``power = 0``
+    is uniform; ``power > 0`` emphasises high frequencies (and gives DC weight 0).
+    """
+    freq_y = torch.fft.fftfreq(height, device=device, dtype=torch.float64)[:, None]
+    freq_x = torch.fft.rfftfreq(width, device=device, dtype=torch.float64)[None, :]
+    radius = (freq_y**2 + freq_x**2).sqrt() / math.sqrt(0.5)
+    weights = radius**power if power != 0 else torch.ones_like(radius)
+    return (weights / weights.mean()).to(dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fourier amplitude / phase loss.
+
+
+def fourier_loss(
+    x0_hat: torch.Tensor,
+    x0: torch.Tensor,
+    amplitude_weight: float = 1.0,
+    phase_weight: float = 1.0,
+    log_amplitude: bool = False,
+    frequency_power: float = 0.0,
+    loss_type: str = "l1",
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Amplitude and phase distance of the orthonormal 2-D FFTs of ``x0_hat`` and ``x0``.
+
+    Per frequency (``rfft2`` half-plane, per channel), with F = FFT(x0_hat), G = FFT(x0):
+
+    - amplitude: ``|A(F) - A(G)|`` (l1) or ``(A(F) - A(G))^2`` (l2), with ``A = |.|`` or ``A = log(1 + |.|)`` when
+      ``log_amplitude``;
+    - phase: ``2 |F| |G| (1 - cos(angle F - angle G))`` (the phase part of ``|F - G|^2``, see the module doc;
+      in power units for both loss types). Zero iff the phases agree wherever both amplitudes are non-zero.
+
+    Both are averaged over frequencies (weighted by :func:`radial_frequency_weights` with ``frequency_power``) and
+    channels, then ``amplitude_weight * amplitude + phase_weight * phase``.
+
+    Args:
+        x0_hat: ``(B, C, H, W)`` prediction.
+        x0: ``(B, C, H, W)`` reference (gradients are not blocked; pass ``x0.detach()`` for a fixed target).
+        reduction: ``"mean"`` -> scalar; ``"none"`` -> ``(B,)``.
+
+    Returns:
+        Scalar or ``(B,)`` loss in ``x0_hat``'s dtype.
+    """
+    _check_inputs(x0_hat, x0, "fourier_loss", loss_type, reduction)
+    work_dtype = compute_dtype(x0_hat.dtype)
+    spectrum_hat = torch.fft.rfft2(x0_hat.to(work_dtype), norm="ortho")  # (B, C, H, W // 2 + 1) complex
+    spectrum = torch.fft.rfft2(x0.to(work_dtype), norm="ortho")
+    magnitude_hat, magnitude = spectrum_hat.abs(), spectrum.abs()
+    weights = radial_frequency_weights(x0.shape[-2], x0.shape[-1], frequency_power, x0.device, work_dtype)
+
+    total = torch.zeros(x0.shape[0], device=x0.device, dtype=work_dtype)
+    if amplitude_weight != 0:
+        if log_amplitude:
+            difference = torch.log1p(magnitude_hat) - torch.log1p(magnitude)
+        else:
+            difference = magnitude_hat - magnitude
+        amplitude = difference.abs() if loss_type == "l1" else difference**2
+        total = total + amplitude_weight * (amplitude * weights).mean(dim=(1, 2, 3))
+    if phase_weight != 0:
+        # 2 |F||G| (1 - cos dphi) = |F||G| |u_F - u_G|^2 with unit phasors u = F / |F|: exactly 0 for equal
+        # phases, >= 0 by construction; the tiny floor only guards 0 / 0 where the amplitude weight is 0 anyway.
+        tiny = torch.finfo(work_dtype).tiny
+        phasor_hat = spectrum_hat / magnitude_hat.clamp(min=tiny)
+        phasor = spectrum / magnitude.clamp(min=tiny)
+        phase = magnitude_hat * magnitude * (phasor_hat - phasor).abs() ** 2
+        total = total + phase_weight * (phase * weights).mean(dim=(1, 2, 3))
+    return _reduce(total, reduction, x0_hat.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Wavelet subband loss.
+
+
+def wavelet_loss(
+    x0_hat: torch.Tensor,
+    x0: torch.Tensor,
+    levels: int = 3,
+    level_weights: list[float] | tuple[float, ...] | None = None,
+    approximation_weight: float = 1.0,
+    wavelet: str = "haar",
+    loss_type: str = "l1",
+    reduction: str = "mean",
+    mode: str = "reflect",
+) -> torch.Tensor:
+    """L1/L2 distance over the subbands of a multi-level 2-D DWT, with per-level weights.
+
+    The DWT is linear, so the subbands of ``x0_hat - x0`` are transformed once. Per level ``l`` (1 = finest) the
+    mean absolute (l1) or squared (l2) detail coefficient over the three orientations, channels and positions is
+    weighted by ``level_weights[l - 1]``; the coarsest approximation band adds ``approximation_weight`` times its
+    mean. With Haar, l2 and unit weights on a ``2**levels``-divisible grid this is a per-band re-weighting of the
+    squared error (Parseval).
+
+    Args:
+        x0_hat: ``(B, C, H, W)`` prediction.
+        x0: ``(B, C, H, W)`` reference.
+        levels: decomposition levels (``min(H, W)`` should be at least ``2**levels``).
+        level_weights: ``levels`` weights, finest first; None = all 1.
+        approximation_weight: weight of the low-pass band (0 ignores it).
+        wavelet: PyWavelets wavelet name (``"haar"`` by default).
+        reduction: ``"mean"`` -> scalar; ``"none"`` -> ``(B,)``.
+        mode: boundary mode for odd sizes / longer wavelets (see :func:`~diffusers_spectrum.spectral.dwt_2d`).
+
+    Returns:
+        Scalar or ``(B,)`` loss in ``x0_hat``'s dtype.
+    """
+    _check_inputs(x0_hat, x0, "wavelet_loss", loss_type, reduction)
+    if level_weights is None:
+        level_weights = (1.0,) * levels
+    if len(level_weights) != levels:
+        raise ValueError(f"wavelet_loss: `level_weights` needs {levels} entries (finest first), got {len(level_weights)}.")
+    if min(x0.shape[-2:]) < 2**levels:
+        raise ValueError(
+            f"wavelet_loss: a {x0.shape[-2]}x{x0.shape[-1]} grid is too small for {levels} levels; "
+            f"use levels <= {int(math.log2(min(x0.shape[-2:])))}."
+        )
+    work_dtype = compute_dtype(x0_hat.dtype)
+    difference = x0_hat.to(work_dtype) - x0.to(work_dtype)  # (B, C, H, W)
+    approximation, details = dwt_2d(difference, levels=levels, wavelet=wavelet, mode=mode)
+
+    def distance(coefficients: torch.Tensor) -> torch.Tensor:
+        values = coefficients.abs() if loss_type == "l1" else coefficients**2
+        return values.flatten(1).mean(dim=1)  # (B,)
+
+    total = torch.zeros(x0.shape[0], device=x0.device, dtype=work_dtype)
+    for weight, level in zip(level_weights, details):  # (B, C, 3, h, w) per level, finest first
+        if weight != 0:
+            total = total + weight * distance(level)
+    if approximation_weight != 0:
+        total = total + approximation_weight * distance(approximation)
+    return _reduce(total, reduction, x0_hat.dtype)

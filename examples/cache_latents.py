@@ -1,0 +1,259 @@
+#!/usr/bin/env python
+"""Encode an image dataset once with a trained VAE into a Hugging Face dataset of latents ("pretrained latents").
+
+The DiT trainer (`examples/train_dit_repa.py --latent_dataset DIR_OR_ID`) then trains without the VAE in memory.
+
+    python examples/cache_latents.py --pretrained_vae out/vae --train_data_dir photos --output_dir out/latents \
+        --resolution 256 --label_column label --repa_encoder facebook/dinov2-base --repa_grid_size 16
+
+The output is sharded parquet (`data/train-*.parquet`, each shard written atomically) plus `cache_info.json`;
+re-running the same command after an interruption continues after the last complete shard, with no duplicates
+or gaps. `--push_to_hub` uploads the folder as a dataset repo with a dataset card (`--hub_dry_run` lists what would
+be uploaded without any network access).
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from diffusers.utils import check_min_version
+
+from diffusers_spectrum.data import ImageTransform, embedded_class_names, load_image_dataset
+from diffusers_spectrum.latent_cache import write_latent_cache
+from diffusers_spectrum.models import SpectrumAutoencoderKL
+from diffusers_spectrum.training_utils import save_args_json
+
+
+check_min_version("0.32.0")
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def load_vae(path_or_id: str, subfolder: str | None = None, revision: str | None = None) -> AutoencoderKL:
+    """A `SpectrumAutoencoderKL` when the folder was saved as one, else a stock `AutoencoderKL` (any Hub VAE)."""
+    kwargs = {"subfolder": subfolder, "revision": revision}
+    config = AutoencoderKL.load_config(path_or_id, **kwargs)
+    cls = SpectrumAutoencoderKL if config.get("_class_name") == SpectrumAutoencoderKL.__name__ else AutoencoderKL
+    return cls.from_pretrained(path_or_id, **kwargs)
+
+
+def load_repa_encoder(path_or_id: str, device: torch.device):
+    """The frozen REPA target encoder (`diffusers_spectrum.encoders.RepresentationEncoder`)."""
+    from diffusers_spectrum.encoders import RepresentationEncoder
+
+    return RepresentationEncoder.from_pretrained(path_or_id).to(device)
+
+
+def id2label_for(args) -> dict[int, str] | None:
+    """Class names: `--class_names_file` (JSON list or {index: name}), the embedded photos' names, or None."""
+    if args.class_names_file is not None:
+        names = json.loads(Path(args.class_names_file).read_text(encoding="utf-8"))
+        return {int(k): v for k, v in names.items()} if isinstance(names, dict) else dict(enumerate(names))
+    if args.dataset_name is None and args.train_data_dir is None and args.label_column == "label":
+        return dict(enumerate(embedded_class_names()))
+    return None
+
+
+def push_cache_to_hub(args, info: dict) -> list[str]:
+    """Write the dataset card and upload the folder as a dataset repo (or list the files with `--hub_dry_run`)."""
+    from diffusers_spectrum.hub import push_folder_to_hub
+    from diffusers_spectrum.model_cards import latent_dataset_card
+
+    repo_id = args.hub_model_id or Path(args.output_dir).name
+    card = latent_dataset_card(repo_id=repo_id, cache_info=info, training_args=vars(args))
+    card.save(str(Path(args.output_dir) / "README.md"))
+    return push_folder_to_hub(
+        args.output_dir, repo_id, repo_type="dataset", token=args.hub_token, dry_run=args.hub_dry_run
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments
+
+
+def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # VAE
+    parser.add_argument(
+        "--pretrained_vae",
+        type=str,
+        required=True,
+        help="Folder or Hub id of the VAE (SpectrumAutoencoderKL or any AutoencoderKL).",
+    )
+    parser.add_argument(
+        "--vae_subfolder",
+        type=str,
+        default=None,
+        help="Subfolder of --pretrained_vae holding the VAE (e.g. 'vae' for a pipeline repo).",
+    )
+    parser.add_argument("--revision", type=str, default=None, help="Hub revision of the VAE.")
+    # Data
+    parser.add_argument(
+        "--dataset_name",
+        type=str,
+        default=None,
+        help="Hub dataset id of the images (streamed). Default: --train_data_dir, else the embedded photos.",
+    )
+    parser.add_argument(
+        "--train_data_dir",
+        type=str,
+        default=None,
+        help="Local image folder (with optional metadata.jsonl) or parquet / arrow files.",
+    )
+    parser.add_argument("--split", type=str, default="train", help="Dataset split to encode.")
+    parser.add_argument("--image_column", type=str, default="image", help="Column holding the images.")
+    parser.add_argument(
+        "--label_column",
+        type=str,
+        default=None,
+        help="Column of integer class labels; without it every label is 0 (unconditional).",
+    )
+    parser.add_argument(
+        "--class_names_file",
+        type=str,
+        default=None,
+        help="JSON list (or {index: name}) of class names, recorded as id2label.",
+    )
+    parser.add_argument("--resolution", type=int, default=256, help="Images are resized and centre-cropped to this.")
+    parser.add_argument(
+        "--random_crop",
+        action="store_true",
+        help="Random instead of centre crop (seeded by --seed; fixed once cached).",
+    )
+    parser.add_argument("--max_samples", type=int, default=None, help="Encode at most this many images.")
+    # What to store
+    parser.add_argument(
+        "--latent_mode",
+        type=str,
+        default="mean_std",
+        choices=["mean_std", "mean", "sample"],
+        help="Store the posterior mean and std (the trainer samples fresh latents every step), the "
+        "mean only, or one posterior sample.",
+    )
+    parser.add_argument(
+        "--latent_dtype",
+        type=str,
+        default="float16",
+        choices=["float16", "float32"],
+        help="Storage dtype of latents and features.",
+    )
+    parser.add_argument(
+        "--repa_encoder",
+        type=str,
+        default=None,
+        help="Folder or Hub id of a transformers vision backbone (e.g. facebook/dinov2-base): also "
+        "store its patch tokens of each image as REPA targets.",
+    )
+    parser.add_argument(
+        "--repa_grid_size",
+        type=int,
+        default=None,
+        help="Token grid side of the REPA targets: the DiT's latent side / patch size. Default: "
+        "latent side // 2 (patch size 2).",
+    )
+    # Output
+    parser.add_argument("--output_dir", type=str, required=True, help="Cache folder (re-run to resume).")
+    parser.add_argument("--batch_size", type=int, default=16, help="Images encoded per batch.")
+    parser.add_argument("--shard_size", type=int, default=1000, help="Rows per parquet shard (the resume unit).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the posterior samples / random crops.")
+    parser.add_argument("--device", type=str, default=None, help="Encoding device (default: cuda if available).")
+    parser.add_argument("--push_to_hub", action="store_true", help="Upload the cache as a Hub dataset repo.")
+    parser.add_argument(
+        "--hub_model_id",
+        type=str,
+        default=None,
+        help="Dataset repo id for --push_to_hub (default: the output folder's name).",
+    )
+    parser.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the logged-in one).")
+    parser.add_argument(
+        "--hub_dry_run",
+        action="store_true",
+        help="With --push_to_hub: write the card and list the files, upload nothing.",
+    )
+    args = parser.parse_args(input_args)
+    if args.dataset_name is not None and args.train_data_dir is not None:
+        parser.error("pass either --dataset_name or --train_data_dir, not both.")
+    if args.dataset_name is None and args.train_data_dir is None and args.label_column is None:
+        args.label_column = "label"  # the embedded photos are labelled by source photograph
+    for name in ("resolution", "batch_size", "shard_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be positive.")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Main
+
+
+def main(args: argparse.Namespace) -> dict:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    # 1. Models
+    vae = load_vae(args.pretrained_vae, args.vae_subfolder, args.revision).to(device).eval().requires_grad_(False)
+    encoder, grid_size = None, None
+    if args.repa_encoder is not None:
+        encoder = load_repa_encoder(args.repa_encoder, device)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        grid_size = args.repa_grid_size or args.resolution // factor // 2
+
+    # 2. Data and encoding (resumes from cache_info.json if present)
+    dataset = load_image_dataset(
+        args.dataset_name,
+        args.train_data_dir,
+        split=args.split,
+        image_column=args.image_column,
+        label_column=args.label_column,
+    )
+    transform = ImageTransform(args.resolution, center_crop=not args.random_crop, seed=args.seed)
+    metadata = {
+        "pretrained_vae": args.pretrained_vae,
+        "vae_subfolder": args.vae_subfolder,
+        "source": args.dataset_name or args.train_data_dir or "embedded photos",
+        "repa_encoder": args.repa_encoder,
+        "id2label": {str(k): v for k, v in (id2label_for(args) or {}).items()} or None,
+    }
+    save_args_json(args, args.output_dir, "cache_args.json")
+    info = write_latent_cache(
+        args.output_dir,
+        dataset,
+        vae,
+        transform,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        mode=args.latent_mode,
+        dtype=args.latent_dtype,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        max_samples=args.max_samples,
+        encoder=encoder,
+        repa_grid_size=grid_size,
+        seed=args.seed,
+        metadata=metadata,
+    )
+    logger.info(
+        "cached %d latents of shape %s in %d shard(s) at %s (%d unreadable images skipped)",
+        info["num_examples"],
+        info["latent_shape"],
+        len(info["shards"]),
+        args.output_dir,
+        info["skipped_images"],
+    )
+
+    # 3. Publish
+    if args.push_to_hub:
+        uploaded = push_cache_to_hub(args, info)
+        logger.info("%s %d files", "would upload" if args.hub_dry_run else "uploaded", len(uploaded))
+    return info
+
+
+if __name__ == "__main__":
+    main(parse_args())
+    sys.exit(0)

@@ -1,0 +1,424 @@
+"""Pre-computed ("cached") VAE latents as a Hugging Face dataset: write once, stream back for DiT training.
+
+Layout of a cache folder (also the layout of the dataset repo it is pushed to)::
+
+    cache_info.json                 # what was encoded and how (VAE, scaling factor, shapes, shards, positions)
+    data/train-00000.parquet        # shards of `shard_size` rows, each written atomically (tmp file + rename)
+    data/train-00001.parquet
+    README.md                       # dataset card (written by `examples/cache_latents.py`)
+
+Columns: `latents` `(C, h, w)` (the posterior mean, or one posterior sample), `latents_std` `(C, h, w)` (only in
+`"mean_std"` mode), `label` (int), `source_index` (position of the image in the source dataset) and, optionally,
+`repa_features` `(N, D)`: the frozen encoder's patch tokens of the same image, unfiltered, so the REPA target filter
+is chosen at training time. Latents are stored *unscaled*; multiply by `cache_info["scaling_factor"]` for diffusion.
+
+Resuming: `cache_info.json` is rewritten (atomically) after each shard with the shard's source-position range, so
+an interrupted run continues from the last completed shard's end: no duplicates, no gaps.
+"""
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from .data import ImageStreamDataset, ImageTransform, SkipCounter
+
+
+__all__ = [
+    "CACHE_INFO_NAME",
+    "LatentStreamDataset",
+    "encode_latents",
+    "latent_batch",
+    "load_latent_dataset",
+    "make_latent_dataloader",
+    "read_cache_info",
+    "write_latent_cache",
+]
+
+CACHE_INFO_NAME = "cache_info.json"
+_DATA_DIR = "data"
+_MODES = ("mean_std", "mean", "sample")
+_DTYPES = {"float16": np.float16, "bfloat16": None, "float32": np.float32}
+
+
+def _atomic_write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _shard_name(index: int) -> str:
+    return f"{_DATA_DIR}/train-{index:05d}.parquet"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoding
+
+
+@torch.no_grad()
+def encode_latents(
+    vae, pixel_values: torch.Tensor, mode: str = "mean_std", seeds: list[int] | None = None
+) -> dict[str, torch.Tensor]:
+    """Encode images with any `AutoencoderKL`-like model (posterior with `.mean` / `.std`).
+
+    Args:
+        vae: the autoencoder (its device and dtype are used).
+        pixel_values: `(B, 3, H, W)` in [-1, 1].
+        mode: `"mean_std"` (posterior mean and std), `"mean"` (mean only) or `"sample"` (one posterior sample).
+        seeds: one seed per image for `"sample"` mode, so a sample does not depend on batching or on resuming.
+
+    Returns:
+        `{"latents": (B, C, h, w)}` plus `"latents_std"` in `"mean_std"` mode, float32 on the CPU, unscaled.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
+    param = next(vae.parameters())
+    posterior = vae.encode(pixel_values.to(device=param.device, dtype=param.dtype)).latent_dist
+    mean, std = posterior.mean.float().cpu(), posterior.std.float().cpu()  # (B, C, h, w)
+    if mode == "mean":
+        return {"latents": mean}
+    if mode == "mean_std":
+        return {"latents": mean, "latents_std": std}
+    if seeds is None or len(seeds) != mean.shape[0]:
+        raise ValueError("encode_latents: mode='sample' needs one seed per image.")
+    noise = torch.stack([torch.randn(mean.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
+    return {"latents": mean + std * noise}
+
+
+def _features(latent_shape, with_std: bool, repa_shape, dtype: str) -> datasets.Features:
+    columns = {"latents": datasets.Array3D(tuple(latent_shape), dtype)}
+    if with_std:
+        columns["latents_std"] = datasets.Array3D(tuple(latent_shape), dtype)
+    columns["label"] = datasets.Value("int64")
+    columns["source_index"] = datasets.Value("int64")
+    if repa_shape is not None:
+        columns["repa_features"] = datasets.Array2D(tuple(repa_shape), dtype)
+    return datasets.Features(columns)
+
+
+def _write_shard(path: Path, rows: dict[str, list], features: datasets.Features) -> None:
+    """Write one parquet shard atomically: a crash leaves either the old file (or none) or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    table = datasets.Dataset.from_dict(rows, features=features).data.table  # schema metadata keeps the features
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_latent_cache(
+    output_dir: str | Path,
+    dataset,
+    vae,
+    transform: ImageTransform,
+    *,
+    image_column: str = "image",
+    label_column: str | None = None,
+    mode: str = "mean_std",
+    dtype: str = "float16",
+    batch_size: int = 16,
+    shard_size: int = 1000,
+    max_samples: int | None = None,
+    encoder: Callable | None = None,
+    repa_grid_size: int | None = None,
+    seed: int = 0,
+    metadata: dict | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Encode `dataset` (in its order, one pass) into a resumable sharded parquet latent dataset in `output_dir`.
+
+    Args:
+        output_dir: the cache folder; if it holds a `cache_info.json` from an interrupted run with the same
+            settings, encoding resumes after its last completed shard (different settings are an error).
+        dataset: an image dataset from `diffusers_spectrum.data.load_image_dataset` (streamed or not).
+        vae: `AutoencoderKL` (or `SpectrumAutoencoderKL`) in eval mode; its `config.scaling_factor` and
+            `config.shift_factor` are recorded.
+        transform: image preprocessing (fixed resolution; use a centre crop for a cache).
+        mode: `"mean_std"`, `"mean"` or `"sample"`; see `encode_latents`.
+        dtype: storage dtype, `"float16"` (default) or `"float32"`.
+        batch_size, shard_size: encoding batch and rows per parquet shard.
+        max_samples: stop after this many images.
+        encoder: optional REPA target encoder called as `encoder(images, repa_grid_size) -> (B, N, D)`.
+        repa_grid_size: token grid side for `encoder` (the DiT's: latent side / patch size).
+        seed: seeds the posterior samples in `"sample"` mode (per image: `seed * 2**32 + source_index`).
+        metadata: extra JSON-serialisable facts for `cache_info.json` (e.g. the VAE path, id2label).
+
+    Returns:
+        the final `cache_info` dict (also in `output_dir/cache_info.json`).
+    """
+    # 1. Validate and open / resume the manifest
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}.")
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}.")
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size and shard_size must be positive, got {batch_size} and {shard_size}.")
+    if encoder is not None and repa_grid_size is None:
+        raise ValueError("write_latent_cache: pass repa_grid_size with an encoder (DiT latent side / patch size).")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "mode": mode,
+        "dtype": dtype,
+        "resolution": transform.resolution,
+        "center_crop": transform.center_crop,
+        "random_flip": transform.random_flip,
+        "image_column": image_column,
+        "label_column": label_column,
+        "shard_size": shard_size,
+        "repa_grid_size": repa_grid_size if encoder is not None else None,
+        "seed": seed,
+        "scaling_factor": float(vae.config.scaling_factor),
+        "shift_factor": vae.config.shift_factor,
+        "vae_class": type(vae).__name__,
+        **(metadata or {}),
+    }
+    info_path = output_dir / CACHE_INFO_NAME
+    info = {"settings": settings, "shards": [], "num_examples": 0, "complete": False, "skipped_images": 0}
+    if info_path.exists():
+        previous = json.loads(info_path.read_text(encoding="utf-8"))
+        keys = set(settings) | set(previous["settings"])
+        changed = sorted(k for k in keys if settings.get(k) != previous["settings"].get(k))
+        if changed:
+            raise ValueError(
+                f"{output_dir} already holds a latent cache made with different settings ({', '.join(changed)}); "
+                "pass a new output_dir (or delete the folder) to start over."
+            )
+        info = previous
+        if info["complete"]:
+            return info
+    for stale in (output_dir / _DATA_DIR).glob("*") if (output_dir / _DATA_DIR).exists() else ():
+        if stale.name not in {Path(s["file"]).name for s in info["shards"]}:
+            stale.unlink()  # a shard or temp file written after the last manifest update: re-encoded below
+    start_position = info["shards"][-1]["end_position"] if info["shards"] else 0
+
+    # 2. Stream the images from the resume position, in order
+    skip_counter = SkipCounter()
+    stream = ImageStreamDataset(
+        dataset,
+        transform,
+        image_column=image_column,
+        label_column=label_column,
+        start_position=start_position,
+        shuffle=False,
+        infinite=False,
+        skip_counter=skip_counter,
+    )
+    remaining = None if max_samples is None else max(max_samples - info["num_examples"], 0)
+    progress = tqdm(
+        total=max_samples, initial=info["num_examples"], desc="caching latents", unit="img", disable=not show_progress
+    )
+    features, rows, positions = None, None, []
+    np_dtype = _DTYPES[dtype]
+
+    def flush(count: int) -> None:
+        nonlocal rows, positions
+        shard = {k: v[:count] for k, v in rows.items()}
+        name = _shard_name(len(info["shards"]))
+        _write_shard(output_dir / name, shard, features)
+        info["shards"].append(
+            {
+                "file": name,
+                "num_examples": count,
+                "start_position": info["shards"][-1]["end_position"] if info["shards"] else 0,
+                "end_position": positions[count - 1],
+            }
+        )
+        info["num_examples"] += count
+        rows = {k: v[count:] for k, v in rows.items()}
+        positions = positions[count:]
+        _atomic_write_json(info_path, info)
+
+    for batch in _batched(stream, batch_size, remaining):
+        # 3. Encode a batch (and its REPA targets)
+        indices = [int(p) - 1 for p in batch["data_position"]]
+        encoded = encode_latents(vae, batch["pixel_values"], mode, seeds=[seed * 2**32 + i for i in indices])
+        if encoder is not None:
+            encoded["repa_features"] = encoder(batch["pixel_values"], repa_grid_size).float().cpu()  # (B, N, D)
+        if features is None:
+            repa_shape = encoded["repa_features"].shape[1:] if encoder is not None else None
+            features = _features(encoded["latents"].shape[1:], "latents_std" in encoded, repa_shape, dtype)
+            rows = {name: [] for name in features}
+            info["latent_shape"] = list(encoded["latents"].shape[1:])
+            info["repa_feature_shape"] = list(repa_shape) if repa_shape is not None else None
+        for key, value in encoded.items():
+            rows[key].extend(list(value.numpy().astype(np_dtype)))
+        rows["label"].extend(int(label) for label in batch["labels"])
+        rows["source_index"].extend(indices)
+        positions.extend(int(p) for p in batch["data_position"])
+        progress.update(len(indices))
+        # 4. Write every full shard
+        while len(positions) >= shard_size:
+            flush(shard_size)
+    if positions:
+        flush(len(positions))
+    progress.close()
+    if info["num_examples"] == 0:
+        raise ValueError("write_latent_cache: no image could be read from the dataset; nothing was cached.")
+    info["skipped_images"] += skip_counter.count
+    info["complete"] = True
+    _atomic_write_json(info_path, info)
+    return info
+
+
+def _batched(stream, batch_size: int, limit: int | None) -> Iterator[dict]:
+    """Group `ImageStreamDataset` samples into batches, stopping after `limit` samples."""
+    items, seen = [], 0
+    for sample in stream:
+        if limit is not None and seen >= limit:
+            break
+        items.append(sample)
+        seen += 1
+        if len(items) == batch_size:
+            yield _stack(items)
+            items = []
+    if items:
+        yield _stack(items)
+
+
+def _stack(items: list[dict]) -> dict:
+    return {
+        "pixel_values": torch.stack([s["pixel_values"] for s in items]),
+        "labels": torch.tensor([s["labels"] for s in items], dtype=torch.long),
+        "data_position": [s["data_position"] for s in items],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading back
+
+
+def _is_local(path_or_id: str | Path) -> bool:
+    return Path(path_or_id).exists()
+
+
+def read_cache_info(path_or_id: str | Path, revision: str | None = None) -> dict:
+    """The `cache_info.json` of a local cache folder or a Hub dataset repo of latents."""
+    if _is_local(path_or_id):
+        path = Path(path_or_id) / CACHE_INFO_NAME
+        if not path.exists():
+            raise ValueError(f"{path_or_id} is not a latent cache: it has no {CACHE_INFO_NAME}.")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(str(path_or_id), CACHE_INFO_NAME, repo_type="dataset", revision=revision)
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def load_latent_dataset(
+    path_or_id: str | Path, split: str = "train", streaming: bool = True, revision: str | None = None
+) -> datasets.IterableDataset | datasets.Dataset:
+    """Open a latent cache (local folder or Hub dataset id) as a `datasets` dataset, streamed by default.
+
+    Only completed shards listed in `cache_info.json` are read for a local folder, so an unfinished cache can be
+    inspected while it is being written.
+    """
+    if _is_local(path_or_id):
+        info = read_cache_info(path_or_id)
+        files = [str(Path(path_or_id) / shard["file"]) for shard in info["shards"]]
+        if not files:
+            raise ValueError(f"{path_or_id} holds no completed latent shard yet.")
+        return datasets.load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming)
+    return datasets.load_dataset(str(path_or_id), split=split, streaming=streaming, revision=revision)
+
+
+def latent_batch(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Collate cache rows into `{"latents", "latents_std"?, "labels", "repa_features"?, "data_position"?}` float32
+    tensors (latents unscaled)."""
+    batch = {}
+    for key, out in (("latents", "latents"), ("latents_std", "latents_std"), ("repa_features", "repa_features")):
+        if key in examples[0]:
+            batch[out] = torch.stack([torch.as_tensor(np.asarray(e[key], dtype=np.float32)) for e in examples])
+    batch["labels"] = torch.tensor([int(e["label"]) for e in examples], dtype=torch.long)
+    if "data_position" in examples[0]:
+        batch["data_position"] = torch.tensor([int(e["data_position"]) for e in examples], dtype=torch.long)
+    return batch
+
+
+class LatentStreamDataset(torch.utils.data.IterableDataset):
+    """Endless shuffled stream of one process's share of a latent dataset, resumable from a data position.
+
+    Mirrors `diffusers_spectrum.data.ImageStreamDataset`: epoch `e` is shuffled with `(seed, e)`, split across
+    processes, and every row carries `data_position` (rows consumed so far in this process's stream), so a trainer
+    that stores the last batch's position resumes exactly with `start_position`.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        start_position: int = 0,
+        num_processes: int = 1,
+        process_index: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        shuffle_buffer_size: int = 1000,
+        infinite: bool = True,
+    ):
+        super().__init__()
+        if not 0 <= process_index < num_processes:
+            raise ValueError(f"process_index must be in [0, {num_processes}), got {process_index}.")
+        if start_position < 0:
+            raise ValueError(f"start_position must be >= 0, got {start_position}.")
+        self.dataset, self.start_position = dataset, int(start_position)
+        self.num_processes, self.process_index = num_processes, process_index
+        self.shuffle, self.seed, self.shuffle_buffer_size, self.infinite = shuffle, seed, shuffle_buffer_size, infinite
+
+    def _epoch_dataset(self, epoch: int):
+        dataset = self.dataset
+        if self.shuffle:
+            if isinstance(dataset, datasets.IterableDataset):
+                dataset = dataset.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer_size)
+                dataset.set_epoch(epoch)
+            else:
+                dataset = dataset.shuffle(seed=self.seed + epoch)
+        if self.num_processes > 1:
+            dataset = datasets.distributed.split_dataset_by_node(dataset, self.process_index, self.num_processes)
+        return dataset
+
+    def __iter__(self):
+        epoch, consumed = 0, 0
+        while True:
+            epoch_rows = 0
+            for row in self._epoch_dataset(epoch):
+                epoch_rows += 1
+                consumed += 1
+                if consumed <= self.start_position:
+                    continue
+                yield {**row, "data_position": consumed}
+            if epoch_rows == 0:
+                raise ValueError("the latent dataset shard of this process is empty; use fewer processes.")
+            epoch += 1
+            if not self.infinite:
+                return
+
+
+def make_latent_dataloader(
+    dataset,
+    batch_size: int,
+    start_position: int = 0,
+    num_processes: int = 1,
+    process_index: int = 0,
+    shuffle: bool = True,
+    seed: int = 0,
+    shuffle_buffer_size: int = 1000,
+    infinite: bool = True,
+) -> torch.utils.data.DataLoader:
+    """A `DataLoader` of `latent_batch` batches over this process's shard (already sharded: do not
+    `accelerator.prepare` it). Resume with `start_position = batch["data_position"][-1]`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    stream = LatentStreamDataset(
+        dataset, start_position, num_processes, process_index, shuffle, seed, shuffle_buffer_size, infinite
+    )
+    return torch.utils.data.DataLoader(stream, batch_size=batch_size, drop_last=True, collate_fn=latent_batch)

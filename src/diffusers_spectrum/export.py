@@ -1,0 +1,278 @@
+"""Publish a Spectrum VAE + DiT pair as a plain diffusers `DiTPipeline` folder, and the matching schedulers.
+
+The folder names stock classes only (`DiTPipeline`, `AutoencoderKL`, `DiTTransformer2DModel`, a diffusers
+scheduler), so `DiffusionPipeline.from_pretrained("<user>/<repo>")` loads it from the Hub with plain diffusers and no
+remote code. The REPA projector and our config keys are dropped (our training checkpoints keep them); the spectral
+settings and training facts go to `spectrum_info.json` and the model card.
+"""
+
+import inspect
+import json
+import os
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiTPipeline,
+    DiTTransformer2DModel,
+    DPMSolverMultistepScheduler,
+)
+from diffusers.schedulers import KarrasDiffusionSchedulers
+
+
+__all__ = [
+    "SPECTRUM_INFO_NAME",
+    "default_scheduler",
+    "export_pipeline",
+    "export_vae",
+    "flow_matching_scheduler",
+    "stock_transformer",
+    "stock_vae",
+]
+
+SPECTRUM_INFO_NAME = "spectrum_info.json"
+# DiTPipeline uses class 1000 as the null label, so the label table must have 1000 classes + null.
+DIT_PIPELINE_NULL_CLASS = 1000
+
+
+# ------------------------------------------------------------------------------------------------
+# Schedulers
+
+
+def flow_matching_scheduler(num_train_timesteps: int = 1000) -> DPMSolverMultistepScheduler:
+    """DPM-Solver++ for flow-matching models (x_t = (1 - t) x + t noise, velocity target noise - x, timestep
+    t * num_train_timesteps): `use_flow_sigmas=True`, `prediction_type="flow_prediction"`."""
+    return DPMSolverMultistepScheduler(
+        num_train_timesteps=num_train_timesteps,
+        use_flow_sigmas=True,
+        prediction_type="flow_prediction",
+        flow_shift=1.0,
+        final_sigmas_type="zero",
+    )
+
+
+def default_scheduler(
+    prediction_type: str = "epsilon", num_train_timesteps: int = 1000, solver: str = "ddim"
+) -> DDIMScheduler | DPMSolverMultistepScheduler:
+    """Sampler for a DiT trained with DiT's DDPM schedule (linear betas 1e-4 to 0.02, Peebles & Xie 2023).
+
+    Args:
+        prediction_type: `"epsilon"`, `"v_prediction"`, or `"flow_prediction"` (gives `flow_matching_scheduler`).
+        solver: `"ddim"` or `"dpmsolver++"`.
+    """
+    if prediction_type in ("flow", "flow_prediction"):
+        return flow_matching_scheduler(num_train_timesteps)
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(
+            f"default_scheduler: prediction_type must be 'epsilon', 'v_prediction' or 'flow_prediction', "
+            f"got {prediction_type!r}."
+        )
+    schedule = dict(
+        num_train_timesteps=num_train_timesteps,
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        prediction_type=prediction_type,
+    )
+    if solver == "ddim":
+        return DDIMScheduler(clip_sample=False, **schedule)
+    if solver == "dpmsolver++":
+        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", **schedule)
+    raise ValueError(f"default_scheduler: solver must be 'ddim' or 'dpmsolver++', got {solver!r}.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Stock copies of our models
+
+
+def _stock_keys(cls) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
+def stock_vae(vae: AutoencoderKL) -> AutoencoderKL:
+    """A stock `AutoencoderKL` for `vae` (a `SpectrumAutoencoderKL` gets its shift folded into the conv biases)."""
+    if hasattr(vae, "to_autoencoder_kl"):
+        return vae.to_autoencoder_kl(fold_shift=True)
+    if not isinstance(vae, AutoencoderKL):
+        raise TypeError(f"vae must be an AutoencoderKL (or SpectrumAutoencoderKL), got {type(vae).__name__}.")
+    if vae.config.shift_factor not in (None, 0, 0.0):
+        raise ValueError(
+            "vae has a shift_factor, which DiTPipeline ignores; fold it into the quant / post-quant conv biases "
+            "(SpectrumAutoencoderKL.to_autoencoder_kl does) before exporting."
+        )
+    keys = _stock_keys(AutoencoderKL)
+    stock = AutoencoderKL.from_config({k: v for k, v in vae.config.items() if k in keys})
+    stock.load_state_dict(vae.state_dict())
+    return stock
+
+
+def stock_transformer(transformer: DiTTransformer2DModel) -> DiTTransformer2DModel:
+    """A stock `DiTTransformer2DModel` with the same weights: REPA projector and extra config keys dropped,
+    `out_channels` written explicitly (`DiTPipeline` reads it to detect learned sigma)."""
+    if not isinstance(transformer, DiTTransformer2DModel):
+        raise TypeError(f"transformer must be a DiTTransformer2DModel subclass, got {type(transformer).__name__}.")
+    if transformer.config.num_embeds_ada_norm != DIT_PIPELINE_NULL_CLASS:
+        raise ValueError(
+            f"DiTPipeline uses {DIT_PIPELINE_NULL_CLASS} as the null class, so the transformer needs "
+            f"num_embeds_ada_norm={DIT_PIPELINE_NULL_CLASS} (got {transformer.config.num_embeds_ada_norm}); "
+            "train with labels 0..K-1 in the 1000-class table."
+        )
+    keys = _stock_keys(DiTTransformer2DModel)
+    config = {k: v for k, v in transformer.config.items() if k in keys}
+    if config.get("out_channels") is None:
+        config["out_channels"] = config["in_channels"]
+    stock = DiTTransformer2DModel.from_config(config)
+    state = {k: v for k, v in transformer.state_dict().items() if not k.startswith("projector.")}
+    stock.load_state_dict(state, strict=True)  # float32 CPU copy: users pick `torch_dtype` when loading
+    return stock
+
+
+def _stock_scheduler(scheduler):
+    names = {member.name for member in KarrasDiffusionSchedulers}
+    if type(scheduler).__name__ not in names or not type(scheduler).__module__.startswith("diffusers."):
+        raise TypeError(
+            f"scheduler must be a stock diffusers scheduler that DiTPipeline accepts ({sorted(names)}), "
+            f"got {type(scheduler).__name__}; see flow_matching_scheduler() and default_scheduler()."
+        )
+    return type(scheduler).from_config(scheduler.config)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sidecar and model card
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return str(value)
+
+
+def _spectrum_info(vae=None, transformer=None, scheduler=None, training_info: dict | None = None) -> dict:
+    from . import __version__
+
+    info = {"diffusers_spectrum_version": __version__}
+    if vae is not None:
+        info["vae"] = {
+            "class": type(vae).__name__,
+            "spectral_config": {k: v for k, v in vae.config.items() if k not in _stock_keys(AutoencoderKL)},
+            "scaling_factor": vae.config.scaling_factor,
+            "shift_factor_folded": getattr(vae.config, "shift_factor", None),
+        }
+    if transformer is not None:
+        extra = {k: v for k, v in transformer.config.items() if k not in _stock_keys(DiTTransformer2DModel)}
+        info["transformer"] = {"class": type(transformer).__name__, "repa_config": extra}
+    if scheduler is not None:
+        info["scheduler"] = {"class": type(scheduler).__name__, "prediction_type": scheduler.config.prediction_type}
+    info["training"] = training_info or {}
+    return _jsonable({k: v for k, v in info.items() if not str(k).startswith("_")})
+
+
+def _model_card(info: dict, kind: str) -> str:
+    """A short model card: YAML header for the Hub, then how to load and what was trained."""
+    pipeline_tag = "unconditional-image-generation"
+    lines = [
+        "---",
+        "library_name: diffusers",
+        f"pipeline_tag: {pipeline_tag}",
+        "tags:",
+        "- diffusers-spectrum",
+        "- spectrum-matching",
+        f"- {'dit' if kind == 'pipeline' else 'autoencoder'}",
+        "---",
+        "",
+        f"# Spectrum Matching {'VAE + DiT pipeline' if kind == 'pipeline' else 'autoencoder'}",
+        "",
+        "Trained with [diffusers-spectrum](https://pypi.org/project/diffusers-spectrum/) (Spectrum Matching: ESM/DSM "
+        "autoencoder" + (", REPA/DoG-REPA diffusion transformer)." if kind == "pipeline" else ")."),
+        "It loads with plain diffusers:",
+        "",
+        "```python",
+    ]
+    if kind == "pipeline":
+        lines += [
+            "from diffusers import DiffusionPipeline",
+            "",
+            'pipe = DiffusionPipeline.from_pretrained("<this repo>")',
+            "images = pipe(class_labels=[0, 1], guidance_scale=1.8, num_inference_steps=50).images",
+        ]
+    else:
+        lines += ["from diffusers import AutoencoderKL", "", 'vae = AutoencoderKL.from_pretrained("<this repo>")']
+    lines += ["```", "", "## Settings", "", "```json", json.dumps(info, indent=2, sort_keys=True), "```", ""]
+    return "\n".join(lines)
+
+
+def _write_sidecars(output_dir: Path, info: dict, kind: str, model_card: str | None) -> None:
+    (output_dir / SPECTRUM_INFO_NAME).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (output_dir / "README.md").write_text(model_card or _model_card(info, kind), encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------
+# Export
+
+
+def export_pipeline(
+    output_dir: str | os.PathLike,
+    *,
+    vae: AutoencoderKL,
+    transformer: DiTTransformer2DModel,
+    scheduler,
+    id2label: dict[int, str] | None = None,
+    training_info: dict | None = None,
+    model_card: str | None = None,
+) -> Path:
+    """Write a plain `DiTPipeline` folder (stock classes only) for a VAE + DiT pair.
+
+    Args:
+        output_dir: folder to write (created if needed).
+        vae: `SpectrumAutoencoderKL` or `AutoencoderKL`; its shift is folded into the conv biases.
+        transformer: `REPADiTTransformer2DModel` or `DiTTransformer2DModel` (1000-class table + null class).
+        scheduler: a stock diffusers scheduler matching the training objective (`flow_matching_scheduler()` for
+            flow matching, `default_scheduler("epsilon")` ...).
+        id2label: `{class_id: "name[, synonym]"}` written into `model_index.json` so `pipe.labels` works.
+        training_info: facts to keep in `spectrum_info.json` and the model card (dataset, steps, objective ...).
+        model_card: README.md text; default: a generated card.
+
+    Returns:
+        The output folder as a `Path`.
+    """
+    stock_t = stock_transformer(transformer)
+    stock_v = stock_vae(vae)
+    if stock_t.config.in_channels != stock_v.config.latent_channels:
+        raise ValueError(
+            f"transformer in_channels={stock_t.config.in_channels} must equal the VAE's latent_channels="
+            f"{stock_v.config.latent_channels}."
+        )
+    pipe = DiTPipeline(transformer=stock_t, vae=stock_v, scheduler=_stock_scheduler(scheduler))
+    if id2label:
+        labels = {str(int(k)): str(v) for k, v in id2label.items()}
+        bad = [k for k in labels if not 0 <= int(k) < DIT_PIPELINE_NULL_CLASS]
+        if bad:
+            raise ValueError(f"id2label keys must be class ids in [0, {DIT_PIPELINE_NULL_CLASS}), got {bad[:5]}.")
+        pipe.register_to_config(id2label=labels)
+    output_dir = Path(output_dir)
+    pipe.save_pretrained(output_dir, safe_serialization=True)
+    info = _spectrum_info(vae, transformer, scheduler, training_info)
+    _write_sidecars(output_dir, info, "pipeline", model_card)
+    return output_dir
+
+
+def export_vae(
+    output_dir: str | os.PathLike,
+    vae: AutoencoderKL,
+    training_info: dict | None = None,
+    model_card: str | None = None,
+) -> Path:
+    """Write a stock `AutoencoderKL` folder (loads with `AutoencoderKL.from_pretrained` into any pipeline), plus
+    `spectrum_info.json` and a model card."""
+    output_dir = Path(output_dir)
+    stock_vae(vae).save_pretrained(output_dir, safe_serialization=True)
+    _write_sidecars(output_dir, _spectrum_info(vae=vae, training_info=training_info), "vae", model_card)
+    return output_dir

@@ -23,7 +23,9 @@ from diffusers import AutoencoderKL
 from diffusers.utils import check_min_version
 
 from diffusers_spectrum.data import ImageTransform, embedded_class_names, load_image_dataset
+from diffusers_spectrum.encoders import RepresentationEncoder
 from diffusers_spectrum.latent_cache import write_latent_cache
+from diffusers_spectrum.model_cards import dataset_card, push_folder_to_hub
 from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.training_utils import save_args_json
 
@@ -46,9 +48,7 @@ def load_vae(path_or_id: str, subfolder: str | None = None, revision: str | None
 
 def load_repa_encoder(path_or_id: str, device: torch.device):
     """The frozen REPA target encoder (`diffusers_spectrum.encoders.RepresentationEncoder`)."""
-    from diffusers_spectrum.encoders import RepresentationEncoder
-
-    return RepresentationEncoder.from_pretrained(path_or_id).to(device)
+    return RepresentationEncoder.from_pretrained(path_or_id, device=device)
 
 
 def id2label_for(args) -> dict[int, str] | None:
@@ -63,11 +63,31 @@ def id2label_for(args) -> dict[int, str] | None:
 
 def push_cache_to_hub(args, info: dict) -> list[str]:
     """Write the dataset card and upload the folder as a dataset repo (or list the files with `--hub_dry_run`)."""
-    from diffusers_spectrum.hub import push_folder_to_hub
-    from diffusers_spectrum.model_cards import latent_dataset_card
-
     repo_id = args.hub_model_id or Path(args.output_dir).name
-    card = latent_dataset_card(repo_id=repo_id, cache_info=info, training_args=vars(args))
+    columns = ["latents"] + (["latents_std"] if info["settings"]["mode"] == "mean_std" else [])
+    contents = {
+        "num_examples": info["num_examples"],
+        "shards": len(info["shards"]),
+        "latents": f"{info['settings']['dtype']} {tuple(info['latent_shape'])} ({info['settings']['mode']})",
+        "columns": ", ".join(
+            columns + ["label", "source_index"] + (["repa_features"] if info["repa_feature_shape"] else [])
+        ),
+        "scaling_factor": info["settings"]["scaling_factor"],
+        "repa_features": f"{tuple(info['repa_feature_shape'])} from {args.repa_encoder}"
+        if info["repa_feature_shape"]
+        else "none",
+        "resolution": info["settings"]["resolution"],
+        "skipped_images": info["skipped_images"],
+    }
+    card = dataset_card(
+        repo_id,
+        contents=contents,
+        training_args=vars(args),
+        source_datasets=args.dataset_name,
+        dataset_description=info["settings"]["source"],
+        vae=args.pretrained_vae,
+        tags=["repa"] if info["repa_feature_shape"] else None,
+    )
     card.save(str(Path(args.output_dir) / "README.md"))
     return push_folder_to_hub(
         args.output_dir, repo_id, repo_type="dataset", token=args.hub_token, dry_run=args.hub_dry_run
@@ -202,7 +222,8 @@ def main(args: argparse.Namespace) -> dict:
     if args.repa_encoder is not None:
         encoder = load_repa_encoder(args.repa_encoder, device)
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        grid_size = args.repa_grid_size or args.resolution // factor // 2
+        side = args.repa_grid_size or args.resolution // factor // 2
+        grid_size = (side, side)
 
     # 2. Data and encoding (resumes from cache_info.json if present)
     dataset = load_image_dataset(

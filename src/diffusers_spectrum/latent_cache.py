@@ -131,7 +131,7 @@ def write_latent_cache(
     shard_size: int = 1000,
     max_samples: int | None = None,
     encoder: Callable | None = None,
-    repa_grid_size: int | None = None,
+    repa_grid_size: int | tuple[int, int] | None = None,
     seed: int = 0,
     metadata: dict | None = None,
     show_progress: bool = True,
@@ -150,7 +150,7 @@ def write_latent_cache(
         batch_size, shard_size: encoding batch and rows per parquet shard.
         max_samples: stop after this many images.
         encoder: optional REPA target encoder called as `encoder(images, repa_grid_size) -> (B, N, D)`.
-        repa_grid_size: token grid side for `encoder` (the DiT's: latent side / patch size).
+        repa_grid_size: `(h, w)` token grid for `encoder` (the DiT's: latent size / patch size); an int means square.
         seed: seeds the posterior samples in `"sample"` mode (per image: `seed * 2**32 + source_index`).
         metadata: extra JSON-serialisable facts for `cache_info.json` (e.g. the VAE path, id2label).
 
@@ -166,6 +166,8 @@ def write_latent_cache(
         raise ValueError(f"batch_size and shard_size must be positive, got {batch_size} and {shard_size}.")
     if encoder is not None and repa_grid_size is None:
         raise ValueError("write_latent_cache: pass repa_grid_size with an encoder (DiT latent side / patch size).")
+    if isinstance(repa_grid_size, int):
+        repa_grid_size = (repa_grid_size, repa_grid_size)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -177,7 +179,7 @@ def write_latent_cache(
         "image_column": image_column,
         "label_column": label_column,
         "shard_size": shard_size,
-        "repa_grid_size": repa_grid_size if encoder is not None else None,
+        "repa_grid_size": list(repa_grid_size) if encoder is not None else None,
         "seed": seed,
         "scaling_factor": float(vae.config.scaling_factor),
         "shift_factor": vae.config.shift_factor,

@@ -5,6 +5,11 @@
 from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin
 
 from .models import SpectrumAutoencoderKL, SpectrumAutoencoderKLTrainingOutput
+from .models import REPADiTTransformer2DModel, REPADiTTransformer2DModelOutput, drop_labels
+from .encoders import RepresentationEncoder
+from .export import default_scheduler, export_pipeline, export_vae, flow_matching_scheduler
+from .losses import repa_loss
+from .spectral import apply_target_filter, dog_filter, rmsc, spatial_normalize
 from .objectives import DiffusionObjective, x0_from_edm, x0_from_epsilon, x0_from_flow, x0_from_v
 from .spectral import (
     blockwise_dct_2d,
@@ -38,4 +43,19 @@ __all__ = [
     "power_law_slope",
     "radial_spectrum",
     "spectral_kl",
+]
+__all__ += [
+    "REPADiTTransformer2DModel",
+    "REPADiTTransformer2DModelOutput",
+    "RepresentationEncoder",
+    "apply_target_filter",
+    "default_scheduler",
+    "dog_filter",
+    "drop_labels",
+    "export_pipeline",
+    "export_vae",
+    "flow_matching_scheduler",
+    "repa_loss",
+    "rmsc",
+    "spatial_normalize",
 ]

@@ -11,6 +11,7 @@ from .autoencoder import (
     lpips_available,
     reconstruction_loss,
 )
+from .repa import repa_loss
 from .spectral_regularizers import fourier_loss, radial_frequency_weights, wavelet_loss
 
 
@@ -26,5 +27,6 @@ __all__ = [
     "lpips_available",
     "radial_frequency_weights",
     "reconstruction_loss",
+    "repa_loss",
     "wavelet_loss",
 ]

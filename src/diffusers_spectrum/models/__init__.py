@@ -1,6 +1,8 @@
 """Models: diffusers subclasses that add spectral training to stock architectures."""
 
 from .autoencoder_kl_spectral import SpectrumAutoencoderKL, SpectrumAutoencoderKLTrainingOutput
+from .dit_repa import REPADiTTransformer2DModel, REPADiTTransformer2DModelOutput, drop_labels
 
 
 __all__ = ["SpectrumAutoencoderKL", "SpectrumAutoencoderKLTrainingOutput"]
+__all__ += ["REPADiTTransformer2DModel", "REPADiTTransformer2DModelOutput", "drop_labels"]

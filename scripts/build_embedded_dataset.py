@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
 # Source photographs, in label order. All are natural colour photographs (the camera man is grayscale, kept as
 # RGB), with the power-law spectra Spectrum Matching is about.
 SOURCES = ("astronaut", "camera", "chelsea", "coffee", "rocket", "china", "flower")
@@ -63,8 +62,7 @@ def build(output_dir: Path, crops_per_source: int = 16, size: int = 64, seed: in
             Image.fromarray(crop).save(output_dir / file_name, optimize=True)
             rows.append({"file_name": file_name, "label": label, "source": name})
     with open(output_dir / "metadata.jsonl", "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+        f.writelines(json.dumps(row) + "\n" for row in rows)
     with open(output_dir / "classes.json", "w", encoding="utf-8") as f:
         json.dump(list(SOURCES), f)
     return len(rows)

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-
 __all__ = [
-    "ImageTransform",
     "ImageStreamDataset",
+    "ImageTransform",
     "SkipCounter",
     "decode_image",
     "embedded_class_names",
@@ -378,7 +377,9 @@ class ImageStreamDataset(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         if torch.utils.data.get_worker_info() is not None and torch.utils.data.get_worker_info().num_workers > 1:
-            raise ValueError("ImageStreamDataset runs in one worker (num_workers 0 or 1) so data positions stay exact.")
+            raise ValueError(
+                "ImageStreamDataset runs in one worker (num_workers 0 or 1) so data positions stay exact."
+            )
         epoch, epoch_start, remaining = 0, 0, self.start_position
         while True:
             counter = [0]

@@ -13,7 +13,6 @@ from pathlib import Path
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 from huggingface_hub.utils import filter_repo_objects
 
-
 __all__ = [
     "DEFAULT_IGNORE_PATTERNS",
     "dataset_card",
@@ -117,15 +116,26 @@ def vae_model_card(
     )
     recipe_parts = []
     if training_args.get("esm_weight"):
-        recipe_parts.append(f"Encoding Spectrum Matching (ESM, weight {training_args['esm_weight']}, delta "
-                            f"{training_args.get('esm_delta', config.get('esm_delta'))})")
+        recipe_parts.append(
+            f"Encoding Spectrum Matching (ESM, weight {training_args['esm_weight']}, delta "
+            f"{training_args.get('esm_delta', config.get('esm_delta'))})"
+        )
     levels = training_args.get("dsm_levels", config.get("dsm_levels"))
     if levels and any(levels):
         recipe_parts.append(f"Decoding Spectrum Matching (DSM, levels {_format_value(levels)})")
     architecture = {
         key: config[key]
-        for key in ("block_out_channels", "latent_channels", "layers_per_block", "sample_size", "scaling_factor",
-                    "shift_factor", "esm_delta", "dsm_block_size", "dsm_levels")
+        for key in (
+            "block_out_channels",
+            "latent_channels",
+            "layers_per_block",
+            "sample_size",
+            "scaling_factor",
+            "shift_factor",
+            "esm_delta",
+            "dsm_block_size",
+            "dsm_levels",
+        )
         if key in config
     }
     return ModelCard.from_template(

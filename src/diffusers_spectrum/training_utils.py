@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
 
-
 __all__ = [
     "CHECKPOINT_PREFIX",
     "NonFiniteGuard",
@@ -157,7 +156,9 @@ def _write_json_atomic(path: Path, data) -> None:
 def save_args_json(args, output_dir: str | Path, file_name: str = "training_args.json") -> Path:
     """Write the resolved arguments (an `argparse.Namespace` or dict) as JSON into `output_dir`; returns the path."""
     values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    values = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+    values = {
+        k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in values.items()
+    }
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / file_name

@@ -16,7 +16,6 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from ..spectral._checks import require_4d
 
-
 __all__ = [
     "ConfigMixin",
     "FeaturePerceptualLoss",
@@ -261,4 +260,3 @@ class FeaturePerceptualLoss(torch.nn.Module):
         for rec, tgt in zip(self._features(reconstruction), target_features):
             distance = distance + (rec - tgt).square().sum(-1).mean(-1)
         return (distance / max(len(target_features), 1)).to(reconstruction.dtype)
-

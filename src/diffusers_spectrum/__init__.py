@@ -10,6 +10,14 @@ from .encoders import RepresentationEncoder
 from .export import default_scheduler, export_pipeline, export_vae, flow_matching_scheduler
 from .losses import repa_loss
 from .spectral import apply_target_filter, dog_filter, rmsc, spatial_normalize
+from .dct_space import (
+    DCTTransform,
+    dct_weighted_mse,
+    estimate_dct_eta,
+    estimate_entropy_weights,
+    snr_scaled_scheduler,
+)
+from .losses.spectral_regularizers import fourier_loss, wavelet_loss
 from .objectives import DiffusionObjective, x0_from_edm, x0_from_epsilon, x0_from_flow, x0_from_v
 from .spectral import (
     blockwise_dct_2d,
@@ -27,11 +35,8 @@ from .spectral import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DCTTransform",
     "DiffusionObjective",
-    "x0_from_edm",
-    "x0_from_epsilon",
-    "x0_from_flow",
-    "x0_from_v",
     "SpectrumAutoencoderKL",
     "SpectrumAutoencoderKLTrainingOutput",
     "blockwise_dct_2d",
@@ -43,6 +48,16 @@ __all__ = [
     "power_law_slope",
     "radial_spectrum",
     "spectral_kl",
+    "dct_weighted_mse",
+    "estimate_dct_eta",
+    "estimate_entropy_weights",
+    "fourier_loss",
+    "snr_scaled_scheduler",
+    "wavelet_loss",
+    "x0_from_edm",
+    "x0_from_epsilon",
+    "x0_from_flow",
+    "x0_from_v",
 ]
 __all__ += [
     "REPADiTTransformer2DModel",

@@ -14,7 +14,7 @@ from diffusers_spectrum.diagnostics import (
     spectrum_summary,
     spectrum_verdict,
 )
-from diffusers_spectrum.spectral import dsm_lowpass, gaussian_kernel_1d, radial_spectrum
+from diffusers_spectrum.spectral import gaussian_kernel_1d, radial_spectrum
 
 
 SLOPE_TOLERANCE = 0.15  # stated tolerance for the recovered exponent on a 64 x 64 grid

@@ -57,7 +57,9 @@ def test_psnr_matches_scikit_image():
     prediction = np.clip(target + rng.normal(scale=0.1, size=target.shape), -1, 1)
     ours = psnr(torch.from_numpy(prediction), torch.from_numpy(target))
     for i in range(2):
-        assert float(ours[i]) == pytest.approx(peak_signal_noise_ratio(target[i], prediction[i], data_range=2.0), rel=1e-5)
+        assert float(ours[i]) == pytest.approx(
+            peak_signal_noise_ratio(target[i], prediction[i], data_range=2.0), rel=1e-5
+        )
 
 
 @pytest.mark.parametrize("gaussian_weights", [True, False])
@@ -97,11 +99,16 @@ def tiny_dinov2(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("dinov2")
     torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                          image_size=28, patch_size=14)
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=28, patch_size=14
+    )
     Dinov2Model(config).save_pretrained(path)
-    BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(path)
+    BitImageProcessor(
+        size={"shortest_edge": 28},
+        crop_size={"height": 28, "width": 28},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(path)
     return str(path)
 
 
@@ -141,9 +148,14 @@ def test_inception_extractor_loads_a_local_torchscript_file(tmp_path):
 
 def test_reconstruction_metrics_on_a_tiny_vae_agree_with_direct_computation():
     torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
-                        layers_per_block=1).eval()
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+    ).eval()
     images = [torch.rand(2, 3, 32, 32) * 2 - 1 for _ in range(2)]
 
     def extractor(x):
@@ -155,7 +167,9 @@ def test_reconstruction_metrics_on_a_tiny_vae_agree_with_direct_computation():
         everything = torch.cat(images)
         reconstruction = vae.decode(vae.encode(everything).latent_dist.mode()).sample.clamp(-1, 1)
     assert result["levels"][0]["psnr"] == pytest.approx(float(psnr(reconstruction, everything).mean()), rel=1e-4)
-    expected_fd = frechet_distance(collect_features(extractor, [everything]), collect_features(extractor, [reconstruction]))
+    expected_fd = frechet_distance(
+        collect_features(extractor, [everything]), collect_features(extractor, [reconstruction])
+    )
     assert result["levels"][0]["fd"] == pytest.approx(expected_fd, rel=1e-4)
     assert result["spectral_kl_delta1"] > 0
 

@@ -10,19 +10,28 @@ latent's normalised log spectrum with the slope of the delta = 1 target built fr
 - otherwise "matched".
 
 The default tolerance, 0.15, separates the authors' reference latents (SPEC.md, "Reference spectra"): against the
-delta = 1 target slope -0.89, SD-VAE's -0.55 is over-noisy, scale-equivariant -0.91, ESM -0.82 and DSM -0.85 are matched.
+delta = 1 target slope -0.89, SD-VAE's -0.55 is over-noisy; scale-equivariant -0.91, ESM -0.82, DSM -0.85 are matched.
 """
 
 from collections.abc import Callable, Iterable
 
 import torch
 
-from .spectral import dct_2d, dsm_lowpass, esm_spectra, idct_2d, normalize_log_spectrum, power_law_slope, radial_spectrum
+from .spectral import (
+    dct_2d,
+    dsm_lowpass,
+    esm_spectra,
+    idct_2d,
+    normalize_log_spectrum,
+    power_law_slope,
+    radial_spectrum,
+)
 from .spectral._checks import compute_dtype, require_4d
 from .spectral.psd import radial_bin_index
 
 
 __all__ = [
+    "REFERENCE_SPECTRA",
     "VERDICTS",
     "VERDICT_SLOPE_TOLERANCE",
     "channel_spectra",
@@ -37,6 +46,16 @@ __all__ = [
 ]
 
 VERDICTS = ("over-noisy", "matched", "over-smoothed")
+# The authors' reference slopes / spectral KL to the delta = 1 target (SPEC.md, "Reference spectra"), for context.
+REFERENCE_SPECTRA = {
+    "celeba_rgb": {"slope": -1.89, "spectral_kl_delta1": 0.294},
+    "target_delta1": {"slope": -0.89},
+    "sd_vae": {"slope": -0.55, "spectral_kl_delta1": 0.038, "verdict": "over-noisy"},
+    "scale_equivariant": {"slope": -0.91, "spectral_kl_delta1": 0.020},
+    "esm_autoencoder": {"slope": -0.82, "spectral_kl_delta1": 0.0044},
+    "dsm_autoencoder": {"slope": -0.85, "spectral_kl_delta1": 0.0054},
+    "dinov2_features": {"slope": -0.83},
+}
 VERDICT_SLOPE_TOLERANCE = 0.15  # |latent slope - delta=1 target slope| counted as matched (see module docstring)
 
 
@@ -67,7 +86,9 @@ def power_law_field(
     radius = (u * u + v * v).sqrt()  # (H, W)
     amplitude = torch.where(radius > 0, radius.clamp_min(1.0).pow(-alpha / 2), torch.zeros_like(radius))
     device = generator.device if generator is not None else "cpu"
-    coefficients = torch.randn(batch_size, channels, height, width, generator=generator, dtype=torch.float64, device=device)
+    coefficients = torch.randn(
+        batch_size, channels, height, width, generator=generator, dtype=torch.float64, device=device
+    )
     return idct_2d(coefficients * amplitude.to(device)).to(dtype)  # (B, C, H, W)
 
 
@@ -134,7 +155,9 @@ def rms_spatial_contrast(features: torch.Tensor) -> torch.Tensor:
 # Verdict
 
 
-def spectrum_verdict(latent_slope: float, target_slope: float, slope_tolerance: float = VERDICT_SLOPE_TOLERANCE) -> str:
+def spectrum_verdict(
+    latent_slope: float, target_slope: float, slope_tolerance: float = VERDICT_SLOPE_TOLERANCE
+) -> str:
     """``"over-noisy"``, ``"matched"`` or ``"over-smoothed"`` from two slopes of normalised log spectra.
 
     Args:
@@ -175,7 +198,10 @@ def spectrum_summary(
     eps = 1e-8
     kl0 = (image * ((image + eps).log() - (latent + eps).log())).sum(-1)  # (B,) KL(image law || latent)
     kl1 = (target * ((target + eps).log() - (latent + eps).log())).sum(-1)  # (B,) KL(delta=1 target || latent)
-    slopes = {name: float(spectrum_slope(s.mean(0))) for name, s in (("image", image), ("target", target), ("latent", latent))}
+    slopes = {
+        name: float(spectrum_slope(s.mean(0)))
+        for name, s in (("image", image), ("target", target), ("latent", latent))
+    }
     return {
         "image": image,
         "target": target,

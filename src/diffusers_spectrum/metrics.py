@@ -204,7 +204,9 @@ class TransformersFeatureExtractor:
             config = AutoConfig.from_pretrained(model_name_or_path)
             model = AutoModel.from_pretrained(model_name_or_path)
         except (OSError, ValueError) as error:
-            raise ValueError(f"Could not load a transformers vision backbone from {model_name_or_path!r}: {error}") from error
+            raise ValueError(
+                f"Could not load a transformers vision backbone from {model_name_or_path!r}: {error}"
+            ) from error
         self.model = getattr(model, "vision_model", model).eval().requires_grad_(False).to(device)  # CLIP / SigLIP
         vision_config = getattr(config, "vision_config", config)
         try:

@@ -9,7 +9,9 @@ from diffusers_spectrum.metrics import ssim
 
 
 _DESCRIPTION = "Structural similarity (Wang et al. 2004), Gaussian 11 x 11 window, averaged over images."
-_CITATION = "Wang, Bovik, Sheikh, Simoncelli. Image quality assessment: from error visibility to structural similarity. 2004."
+_CITATION = (
+    "Wang, Bovik, Sheikh, Simoncelli. Image quality assessment: from error visibility to structural similarity. 2004."
+)
 _KWARGS = """
 Args:
     predictions: images as (3, H, W) nested lists / arrays (values in [-1, 1] by default).

@@ -1,0 +1,178 @@
+"""Spectrum plots (matplotlib, Agg backend): image vs latent vs delta target, per-channel, DSM errors, comparisons.
+
+Every function returns a `matplotlib.figure.Figure` and, given ``path``, also saves it as a PNG. `figure_to_array`
+turns a figure into an ``(H, W, 3)`` uint8 array for ``SummaryWriter.add_image(..., dataformats="HWC")``;
+`plot_image_latent_spectra` is the one-call version for trainers (images and latents in, figure out).
+"""
+
+from pathlib import Path
+
+import matplotlib
+
+
+matplotlib.use("Agg")  # no display: every figure is rendered off-screen
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .spectral import esm_spectra  # noqa: E402
+
+
+__all__ = [
+    "figure_to_array",
+    "plot_channel_spectra",
+    "plot_compare",
+    "plot_encoder_filters",
+    "plot_image_latent_spectra",
+    "plot_lowpass_errors",
+    "plot_spectra",
+]
+
+
+def _rows(spectra) -> np.ndarray:
+    """``(n_bins,)`` or ``(N, n_bins)`` tensor / array / list -> ``(N, n_bins)`` float64."""
+    if isinstance(spectra, torch.Tensor):
+        spectra = spectra.detach().cpu().double().numpy()
+    array = np.asarray(spectra, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[None]
+    if array.ndim != 2 or array.shape[1] < 2:
+        raise ValueError(f"spectra must be (n_bins,) or (N, n_bins) with n_bins >= 2, got shape {array.shape}.")
+    return array
+
+
+def _band(ax, spectra, label: str, color=None, linestyle="-") -> None:
+    """Mean curve over samples with a +-1 std band, against the band frequency k + 1 on log-log axes."""
+    rows = _rows(spectra)
+    frequencies = np.arange(1, rows.shape[1] + 1)
+    mean, std = rows.mean(0), rows.std(0)
+    (line,) = ax.plot(frequencies, mean, label=label, color=color, linestyle=linestyle, marker="o", markersize=3)
+    if rows.shape[0] > 1:
+        low = np.maximum(mean - std, mean / 5)  # keep the band visible on log axes
+        ax.fill_between(frequencies, low, mean + std, color=line.get_color(), alpha=0.2)
+
+
+def _finish(fig: Figure, ax, title: str | None, path: str | Path | None, ylabel: str) -> Figure:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("radial frequency band k + 1")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_spectra(
+    image_spectra,
+    latent_spectra,
+    delta: float = 1.0,
+    target_spectra=None,
+    path: str | Path | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Image, latent and delta-target normalised log spectra (mean +- std over samples) on log-log axes.
+
+    Args:
+        image_spectra: ``(N, n_bins)`` or ``(n_bins,)`` normalised log spectra of the images (delta 0).
+        latent_spectra: the same for the latents.
+        delta: the flattening exponent of ``target_spectra`` (for the legend).
+        target_spectra: the delta-flattened image target (`esm_spectra` with ``delta``); omitted if ``None``.
+        path: save a PNG there too.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    _band(ax, image_spectra, "image (delta = 0)", color="tab:gray")
+    if target_spectra is not None:
+        _band(ax, target_spectra, f"target (delta = {delta:g})", color="tab:green", linestyle="--")
+    _band(ax, latent_spectra, "latent", color="tab:blue")
+    return _finish(fig, ax, title, path, "normalised log power")
+
+
+@torch.no_grad()
+def plot_image_latent_spectra(
+    images: torch.Tensor, latents: torch.Tensor, delta: float = 1.0, path: str | Path | None = None, title=None
+) -> Figure:
+    """`plot_spectra` straight from images ``(B, 3, H, W)`` in [-1, 1] and latents ``(B, C, h, w)`` (for trainers)."""
+    image, latent = esm_spectra(images.float(), latents.float(), delta=0.0)
+    target, _ = esm_spectra(images.float(), latents.float(), delta=delta)
+    return plot_spectra(image, latent, delta=delta, target_spectra=target, path=path, title=title)
+
+
+def plot_channel_spectra(channel_spectra, path: str | Path | None = None, title: str | None = None) -> Figure:
+    """One curve per latent channel: ``(N, C, n_bins)`` or ``(C, n_bins)`` (mean over N)."""
+    array = (
+        channel_spectra.detach().cpu().double().numpy()
+        if isinstance(channel_spectra, torch.Tensor)
+        else np.asarray(channel_spectra, dtype=np.float64)
+    )
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise ValueError(f"channel_spectra must be (C, n_bins) or (N, C, n_bins), got shape {array.shape}.")
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for channel in range(array.shape[1]):
+        _band(ax, array[:, channel], f"channel {channel}")
+    return _finish(fig, ax, title or "per-channel latent spectra", path, "normalised log power")
+
+
+def plot_compare(
+    latent_spectra_by_name: dict, target_spectra=None, delta: float = 1.0, path: str | Path | None = None, title=None
+) -> Figure:
+    """Latent spectra of several models on one plot (``{name: (N, n_bins)}``), with the delta target if given."""
+    if not latent_spectra_by_name:
+        raise ValueError("plot_compare needs at least one named spectrum.")
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    if target_spectra is not None:
+        _band(ax, target_spectra, f"target (delta = {delta:g})", color="black", linestyle="--")
+    for name, spectra in latent_spectra_by_name.items():
+        _band(ax, spectra, str(name))
+    return _finish(fig, ax, title or "latent spectra", path, "normalised log power")
+
+
+def plot_encoder_filters(
+    spectra_by_filter: dict, rmsc_by_filter: dict | None = None, path: str | Path | None = None, title=None
+) -> Figure:
+    """Feature-map spectra of a REPA target before / after each target filter (``{filter: (N, n_bins)}``)."""
+    if not spectra_by_filter:
+        raise ValueError("plot_encoder_filters needs at least one filter's spectra.")
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, spectra in spectra_by_filter.items():
+        label = name if rmsc_by_filter is None else f"{name} (RMSC {float(rmsc_by_filter[name]):.3f})"
+        _band(ax, spectra, label)
+    return _finish(fig, ax, title or "encoder feature spectra by target filter", path, "normalised log power")
+
+
+def plot_lowpass_errors(errors_by_name: dict, path: str | Path | None = None, title: str | None = None) -> Figure:
+    """Low-pass reconstruction MSE against DSM level: ``{name: {level: mse}}``, one line per model."""
+    if not errors_by_name:
+        raise ValueError("plot_lowpass_errors needs at least one model's errors.")
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, errors in errors_by_name.items():
+        levels = sorted(int(k) for k in errors)
+        ax.plot(
+            levels, [float(errors[k] if k in errors else errors[str(k)]) for k in levels], marker="o", label=str(name)
+        )
+    ax.set_xlabel("DSM mask level (highest anti-diagonals dropped)")
+    ax.set_ylabel("MSE of decode(lowpass z) vs lowpass x")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "DSM low-pass reconstruction error", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def figure_to_array(fig: Figure, close: bool = True) -> np.ndarray:
+    """Render a figure to an ``(H, W, 3)`` uint8 RGB array (for tensorboard ``add_image(..., dataformats="HWC")``)."""
+    fig.canvas.draw()
+    array = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    if close:
+        plt.close(fig)
+    return array

@@ -1,0 +1,177 @@
+"""`diffusers-spectrum analyze` end to end on tiny random models and the embedded photos, plus the plotting helpers."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+
+from diffusers_spectrum import cli
+from diffusers_spectrum.analyze import analyze_vae, compare_vaes, image_batches_from
+from diffusers_spectrum.diagnostics import VERDICTS, rms_spatial_contrast
+from diffusers_spectrum.encoder_analysis import analyze_encoder
+from diffusers_spectrum.models import SpectrumAutoencoderKL
+from diffusers_spectrum.plotting import figure_to_array, plot_image_latent_spectra
+from diffusers_spectrum.spectral import spectral_kl
+
+
+TINY_VAE = dict(
+    block_out_channels=(8, 16),
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+    latent_channels=4,
+    norm_num_groups=4,
+    layers_per_block=1,
+    sample_size=64,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vae")
+    AutoencoderKL(**TINY_VAE).save_pretrained(path)
+    return path
+
+
+def _valid_png(path) -> bool:
+    with Image.open(path) as image:
+        image.verify()
+        return image.format == "PNG"
+
+
+@pytest.mark.slow
+def test_analyze_command_on_tiny_vae_and_embedded_dataset_writes_report_and_pngs(tiny_vae_dir, tmp_path):
+    out = tmp_path / "report"
+    argv = [
+        "analyze",
+        "--vae",
+        str(tiny_vae_dir),
+        "--num_samples",
+        "6",
+        "--batch_size",
+        "4",
+        "--resolution",
+        "64",
+        "--output_dir",
+        str(out),
+        "--no_progress",
+    ]
+    assert cli.main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in (
+        "verdict",
+        "image_slope",
+        "latent_slope",
+        "spectral_kl_delta0",
+        "spectral_kl_delta1",
+        "rmsc",
+        "num_samples",
+    ):
+        assert key in report
+    assert report["verdict"] in VERDICTS and report["num_samples"] == 6 and report["latent_shape"] == [4, 32, 32]
+    assert report["verdict_thresholds"]["slope_tolerance"] == 0.15
+    assert sorted(report["dsm_lowpass_mse"]) == ["0", "10", "12", "8"]
+    assert len(report["spectra"]["latent"]["mean"]) == 16 and len(report["channel_spectra"]) == 4
+    assert 0 < report["rmsc"] <= 1 and report["image_slope"] < report["target_slope"]
+    for name in report["plots"].values():
+        assert _valid_png(out / name)
+
+    # the report's numbers are those of the same images and posterior means computed directly
+    vae = AutoencoderKL.from_pretrained(tiny_vae_dir).eval()
+    images = torch.cat(list(image_batches_from(None, num_samples=6, resolution=64, batch_size=6)))
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.mode()
+        reconstruction = vae.decode(latents).sample.clamp(-1, 1)
+    assert report["spectral_kl_delta1"] == pytest.approx(
+        float(spectral_kl(images, latents, delta=1.0).mean()), rel=1e-4
+    )
+    assert report["spectral_kl_delta0"] == pytest.approx(
+        float(spectral_kl(images, latents, delta=0.0).mean()), rel=1e-4
+    )
+    assert report["rmsc"] == pytest.approx(float(rms_spatial_contrast(latents).mean()), rel=1e-4)
+    mse = float((reconstruction - images).square().mean())
+    assert report["dsm_lowpass_mse"]["0"] == pytest.approx(mse, rel=1e-4)
+
+
+def test_analyze_vae_takes_a_spectrum_autoencoder_folder_and_a_pipeline_folder(tmp_path):
+    torch.manual_seed(0)
+    vae = SpectrumAutoencoderKL(**TINY_VAE)
+    vae.save_pretrained(tmp_path / "pipe" / "vae")
+    (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "DiTPipeline"}')
+    report = analyze_vae(tmp_path / "pipe", num_samples=2, batch_size=2, resolution=32, dsm_levels=(), progress=False)
+    assert report["num_samples"] == 2 and report["latent_shape"] == [4, 16, 16] and report["dsm_lowpass_mse"] == {}
+
+
+def test_compare_writes_one_table_and_one_plot(tiny_vae_dir, tmp_path):
+    torch.manual_seed(1)
+    other = AutoencoderKL(**TINY_VAE)
+    result = compare_vaes(
+        [tiny_vae_dir, other],
+        names=["a", "b"],
+        output_dir=tmp_path,
+        num_samples=2,
+        batch_size=2,
+        resolution=32,
+        dsm_levels=(0,),
+        progress=False,
+    )
+    assert [row["name"] for row in result["table"]] == ["a", "b"]
+    assert result["table"][0]["latent_slope"] != result["table"][1]["latent_slope"]
+    assert json.loads((tmp_path / "compare.json").read_text())["table"][1]["name"] == "b"
+    assert (tmp_path / "compare.md").read_text().count("\n") == 4
+    assert _valid_png(tmp_path / "compare.png") and (tmp_path / "a" / "report.json").is_file()
+
+
+def test_encoder_view_reports_spectrum_and_rmsc_before_and_after_each_filter(tmp_path):
+    from transformers import Dinov2Config, Dinov2Model
+
+    from diffusers_spectrum.encoders import RepresentationEncoder
+
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=28, patch_size=14
+    )
+    Dinov2Model(config).save_pretrained(tmp_path / "dino")
+    report = analyze_encoder(
+        str(tmp_path / "dino"),
+        num_samples=3,
+        grid_size=4,
+        resolution=32,
+        batch_size=3,
+        output_dir=tmp_path / "out",
+        progress=False,
+    )
+    assert set(report["filters"]) == {"none", "spatial_norm", "dog"} and report["feature_dim"] == 16
+    images = torch.cat(list(image_batches_from(None, num_samples=3, resolution=32, batch_size=3)))
+    tokens = RepresentationEncoder.from_pretrained(str(tmp_path / "dino"))(images, (4, 4))  # (3, 16, 16)
+    grid = tokens.transpose(1, 2).reshape(3, 16, 4, 4)
+    assert report["rmsc"] == pytest.approx(float(rms_spatial_contrast(grid).mean()), rel=1e-4)
+    # DoG removes each channel's spatial mean (the DC that dominates raw tokens), so the spatial contrast rises
+    assert report["filters"]["dog"]["rmsc"] > report["filters"]["none"]["rmsc"]
+    assert _valid_png(tmp_path / "out" / "encoder_spectra.png")
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["kind"] == "encoder"
+
+
+def test_analyze_reports_clear_errors(tiny_vae_dir, tmp_path, capsys):
+    base = ["analyze", "--output_dir", str(tmp_path), "--no_progress", "--num_samples", "1"]
+    assert cli.main(base + ["--vae", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(base + ["--vae", str(tiny_vae_dir), "--data", str(tmp_path / "nodata")]) == 2
+    assert "dataset path" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(base + ["--vae", str(tiny_vae_dir), "--data", str(tmp_path / "empty"), "--resolution", "32"]) == 2
+    assert "Could not read the dataset" in capsys.readouterr().err
+    assert cli.main(base + ["--vae", str(tiny_vae_dir), "--resolution", "33"]) == 2
+    assert "downsampling factor 2" in capsys.readouterr().err
+    assert cli.main(base + ["--vae", str(tiny_vae_dir), "--resolution", "40"]) == 2
+    assert "multiple of 16" in capsys.readouterr().err
+
+
+def test_plot_image_latent_spectra_renders_an_rgb_array_for_tensorboard():
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    figure = plot_image_latent_spectra(images, torch.randn(2, 4, 32, 32), delta=1.0)
+    array = figure_to_array(figure)
+    assert array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3 and array.std() > 0

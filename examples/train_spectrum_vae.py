@@ -154,27 +154,12 @@ def build_perceptual(args):
 
 
 def spectrum_figure(images: torch.Tensor, latents: torch.Tensor, delta: float):
-    """Image (flattened target) vs latent normalised log spectra, mean over the batch, on log-log axes."""
-    target, latent = esm_spectra(images.float(), latents.float(), delta=delta)  # (B, n_bins) each
-    try:
-        from diffusers_spectrum.plotting import plot_spectra
+    """Image, delta-target and latent normalised log spectra (`diffusers_spectrum.plotting.plot_spectra`)."""
+    from diffusers_spectrum.plotting import plot_spectra
 
-        return plot_spectra({f"image (delta={delta:g} target)": target, "latent": latent})
-    except (ImportError, TypeError, AttributeError):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axis = plt.subplots(figsize=(4.5, 3.5))
-        frequencies = np.arange(1, target.shape[1] + 1)
-        for name, spectrum in ((f"image (delta={delta:g} target)", target), ("latent", latent)):
-            axis.loglog(frequencies, spectrum.mean(0).cpu().numpy(), marker="o", label=name)
-        axis.set_xlabel("radial frequency band")
-        axis.set_ylabel("normalised log power")
-        axis.legend()
-        figure.tight_layout()
-        return figure
+    image_spectra, latent_spectra = esm_spectra(images.float(), latents.float(), delta=0.0)  # (B, n_bins) each
+    target_spectra, _ = esm_spectra(images.float(), latents.float(), delta=delta)
+    return plot_spectra(image_spectra, latent_spectra, delta=delta, target_spectra=target_spectra)
 
 
 @torch.no_grad()

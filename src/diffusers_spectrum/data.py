@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
+from datasets.distributed import split_dataset_by_node
 import numpy as np
 import torch
 from PIL import Image, ImageOps
@@ -372,7 +373,7 @@ class ImageStreamDataset(torch.utils.data.IterableDataset):
             else:
                 dataset = dataset.shuffle(seed=self.seed + epoch)
         if self.num_processes > 1:
-            dataset = datasets.distributed.split_dataset_by_node(dataset, self.process_index, self.num_processes)
+            dataset = split_dataset_by_node(dataset, self.process_index, self.num_processes)
         return dataset
 
     def __iter__(self):

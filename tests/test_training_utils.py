@@ -1,0 +1,185 @@
+"""Checkpoints that survive crashes, resume lookup, the non-finite guard, EMA round trips, list flags, image grids."""
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+
+from diffusers_spectrum.training_utils import (
+    NonFiniteGuard,
+    create_ema,
+    ema_weights,
+    find_resume_checkpoint,
+    image_grid,
+    list_checkpoints,
+    load_checkpoint,
+    parse_float_list,
+    parse_int_list,
+    save_args_json,
+    save_checkpoint,
+)
+
+
+class TinyModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+        self.config = {"in": 3}
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def _prepared(seed: int = 0):
+    torch.manual_seed(seed)
+    accelerator = Accelerator(cpu=True)
+    model = TinyModel()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return accelerator, model, optimizer
+
+
+def _train_step(model, optimizer):
+    loss = model(torch.ones(4, 3)).square().mean()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def test_checkpoints_round_trip_and_are_pruned_to_the_limit(tmp_path):
+    accelerator, model, optimizer = _prepared()
+    for step in (1, 2, 3, 4):
+        _train_step(model, optimizer)
+        path = save_checkpoint(accelerator, tmp_path, step, checkpoints_total_limit=2, extra_state={"data_position": step})
+        assert path.name == f"checkpoint-{step}"
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-4"]
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    weights = model.linear.weight.detach().clone()
+
+    _train_step(model, optimizer)  # move away, then restore
+    assert not torch.equal(model.linear.weight, weights)
+    state = load_checkpoint(accelerator, find_resume_checkpoint(tmp_path, "latest"))
+    assert state == {"data_position": 4, "global_step": 4}
+    assert torch.equal(model.linear.weight, weights)
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    accelerator, model, optimizer = _prepared()
+    save_checkpoint(accelerator, tmp_path, 10, checkpoints_total_limit=1)
+    saved = model.linear.weight.detach().clone()
+    _train_step(model, optimizer)
+
+    real_save_state = accelerator.save_state
+
+    def crash_midway(output_dir):
+        real_save_state(output_dir)  # the files are written ...
+        raise KeyboardInterrupt("killed while saving")  # ... but the process dies before completing
+
+    monkeypatch.setattr(accelerator, "save_state", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(accelerator, tmp_path, 20, checkpoints_total_limit=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-10"]
+    assert find_resume_checkpoint(tmp_path, "latest").name == "checkpoint-10"
+    monkeypatch.undo()
+
+    load_checkpoint(accelerator, tmp_path / "checkpoint-10")
+    assert torch.equal(model.linear.weight, saved)
+    # the next save cleans the partial folder up and completes
+    save_checkpoint(accelerator, tmp_path, 20, checkpoints_total_limit=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-20"]
+
+
+def test_saving_the_same_step_twice_replaces_it(tmp_path):
+    accelerator, model, optimizer = _prepared()
+    save_checkpoint(accelerator, tmp_path, 5, extra_state={"v": 1})
+    save_checkpoint(accelerator, tmp_path, 5, extra_state={"v": 2})
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-5"]
+    assert json.loads((tmp_path / "checkpoint-5" / "extra_state.json").read_text())["v"] == 2
+
+
+def test_find_resume_checkpoint_cases(tmp_path):
+    assert find_resume_checkpoint(tmp_path, None) is None
+    assert find_resume_checkpoint(tmp_path, "latest") is None  # nothing yet: start fresh
+    accelerator, _, _ = _prepared()
+    for step in (9, 10, 100):
+        save_checkpoint(accelerator, tmp_path, step)
+    assert find_resume_checkpoint(tmp_path, "latest").name == "checkpoint-100"  # numeric, not lexical order
+    assert find_resume_checkpoint(tmp_path, "checkpoint-9") == tmp_path / "checkpoint-9"
+    assert find_resume_checkpoint(tmp_path, tmp_path / "checkpoint-10") == tmp_path / "checkpoint-10"
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        find_resume_checkpoint(tmp_path, "checkpoint-7")
+    with pytest.raises(ValueError, match="checkpoints_total_limit"):
+        save_checkpoint(accelerator, tmp_path, 1, checkpoints_total_limit=0)
+
+
+def test_ema_state_travels_with_checkpoints(tmp_path):
+    accelerator, model, optimizer = _prepared()
+    raw = accelerator.unwrap_model(model)
+    ema = create_ema(raw, decay=0.5)
+    accelerator.register_for_checkpointing(ema)
+    for _ in range(3):
+        _train_step(model, optimizer)
+        ema.step(raw.parameters())
+    shadow = [p.clone() for p in ema.shadow_params]
+    save_checkpoint(accelerator, tmp_path, 3)
+    ema.step(raw.parameters())
+    assert not torch.equal(ema.shadow_params[0], shadow[0])
+    load_checkpoint(accelerator, tmp_path / "checkpoint-3")
+    assert all(torch.equal(a, b) for a, b in zip(ema.shadow_params, shadow))
+    assert ema.optimization_step == 3
+
+    trained = raw.linear.weight.detach().clone()
+    with ema_weights(ema, raw):
+        assert torch.equal(raw.linear.weight, shadow[0])
+    assert torch.equal(raw.linear.weight, trained)
+    with pytest.raises(ValueError, match="decay"):
+        create_ema(raw, decay=1.0)
+
+
+def test_nonfinite_guard_skips_and_stops_after_n_in_a_row():
+    guard = NonFiniteGuard(max_consecutive=3)
+    assert guard.check(torch.tensor(1.0)) is False
+    assert guard.check(torch.tensor(float("nan"))) is True
+    assert guard.check(float("inf")) is True
+    assert guard.check(torch.tensor(0.5)) is False  # a finite loss resets the run
+    assert guard.consecutive == 0 and guard.total == 2
+    guard.check(torch.tensor(float("nan")))
+    guard.check(torch.tensor(float("-inf")))
+    with pytest.raises(RuntimeError, match="3 steps in a row"):
+        guard.check(torch.tensor([1.0, float("nan")]))
+    restored = NonFiniteGuard(3)
+    restored.load_state_dict(guard.state_dict())
+    assert restored.total == 5
+
+
+def test_list_flags_parse_and_report_bad_values():
+    assert parse_int_list("0,8,10,12") == (0, 8, 10, 12)
+    assert parse_int_list(" 3 ") == (3,)
+    assert parse_float_list("0.5, 1e-3") == (0.5, 0.001)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dsm_levels", type=parse_int_list)
+    assert parser.parse_args(["--dsm_levels", "0,8"]).dsm_levels == (0, 8)
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_int_list("0,eight")
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_float_list(",")
+
+
+def test_save_args_json_writes_plain_json(tmp_path):
+    from pathlib import Path
+
+    path = save_args_json(argparse.Namespace(output_dir=Path("/x"), levels=(0, 8), lr=1e-4), tmp_path)
+    assert json.loads(path.read_text()) == {"output_dir": "/x", "levels": [0, 8], "lr": 1e-4}
+
+
+def test_image_grid_places_images_row_major_with_padding():
+    images = torch.stack([torch.full((3, 2, 3), v) for v in (-1.0, 0.0, 1.0)])  # (3, 3, H=2, W=3)
+    grid = image_grid(images, nrow=2, padding=1)
+    assert grid.shape == (2 * 3 + 1, 2 * 4 + 1, 3) and grid.dtype == np.uint8
+    assert (grid[1:3, 1:4] == 0).all() and (grid[1:3, 5:8] == 128).all() and (grid[4:6, 1:4] == 255).all()
+    assert (grid[0] == 255).all() and (grid[4:6, 5:8] == 255).all()  # padding and the empty cell are white
+    assert image_grid(torch.zeros(5, 1, 4, 4)).shape[1] == math.ceil(math.sqrt(5)) * 6 + 2

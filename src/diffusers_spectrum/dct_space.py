@@ -25,12 +25,12 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
-from diffusers import ConfigMixin, DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, ModelMixin
+from diffusers import ConfigMixin, FlowMatchEulerDiscreteScheduler, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DecoderOutput
 
-from .objectives import scale_alphas_cumprod
+from .objectives import flow_shift_of, scale_alphas_cumprod
 from .spectral._checks import compute_dtype, require_4d
 from .spectral.dct import dct_matrix
 
@@ -361,23 +361,22 @@ def snr_scaled_scheduler(scheduler, snr_scale: float):
 
     - DDPM / DDIM: ``abar' = c abar / (1 + (c - 1) abar)`` (:func:`~diffusers_spectrum.objectives.scale_alphas_cumprod`),
       stored as ``trained_betas`` so the saved scheduler config reproduces it.
-    - Flow matching (``FlowMatchEulerDiscreteScheduler``): SNR = ((1 - t) / t)^2, and the time shift
-      t' = s t / (1 + (s - 1) t) divides it by s^2, so ``shift' = shift / sqrt(c)``.
+    - Flow matching (``FlowMatchEulerDiscreteScheduler``'s ``shift`` or ``flow_shift`` with ``use_flow_sigmas``):
+      SNR = ((1 - t) / t)^2, and the time shift t' = s t / (1 + (s - 1) t) divides it by s^2, so
+      ``shift' = shift / sqrt(c)``.
 
     Use the returned scheduler both for training (``DiffusionObjective(kind, scheduler)``) and in the pipeline.
     """
     if not snr_scale > 0 or not math.isfinite(snr_scale):
         raise ValueError(f"snr_scaled_scheduler: `snr_scale` must be a positive finite number, got {snr_scale}.")
-    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-        if scheduler.config.use_dynamic_shifting:
-            raise ValueError("snr_scaled_scheduler: flow schedulers with use_dynamic_shifting=True are not supported.")
-        return FlowMatchEulerDiscreteScheduler.from_config(
-            scheduler.config, shift=scheduler.config.shift / math.sqrt(snr_scale)
-        )
-    if not isinstance(scheduler, (DDPMScheduler, DDIMScheduler)):
+    config = scheduler.config
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler) or config.get("use_flow_sigmas", False):
+        key = "flow_shift" if config.get("use_flow_sigmas", False) else "shift"
+        return type(scheduler).from_config(config, **{key: flow_shift_of(scheduler) / math.sqrt(snr_scale)})
+    if not hasattr(scheduler, "alphas_cumprod") or "trained_betas" not in config:
         raise ValueError(
-            "snr_scaled_scheduler: supports DDPMScheduler, DDIMScheduler and FlowMatchEulerDiscreteScheduler, got "
-            f"{type(scheduler).__name__}."
+            "snr_scaled_scheduler: needs a DDPM-family scheduler with `trained_betas` (DDPM, DDIM, DPM-Solver, ...) or "
+            f"a flow-matching scheduler, got {type(scheduler).__name__}."
         )
     alphas_cumprod = scale_alphas_cumprod(scheduler.alphas_cumprod, snr_scale)  # (T,) float64
     previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])

@@ -192,6 +192,31 @@ def regularizer_weights(snr: torch.Tensor, weighting: str = "signal", gamma: flo
 # The objective.
 
 
+def flow_shift_of(scheduler) -> float:
+    """The time shift s of a flow-matching scheduler (sigma' = s sigma / (1 + (s - 1) sigma), SNR / s^2).
+
+    ``FlowMatchEulerDiscreteScheduler`` stores it as ``config.shift``; schedulers with ``use_flow_sigmas=True``
+    (DPM-Solver, UniPC) as ``config.flow_shift``.
+    """
+    config = getattr(scheduler, "config", {})
+    if config.get("use_dynamic_shifting", False):
+        raise ValueError("flow_shift_of: flow schedulers with use_dynamic_shifting=True are not supported.")
+    if config.get("use_flow_sigmas", False):
+        if config.get("prediction_type") != "flow_prediction":
+            raise ValueError(
+                f"flow_shift_of: {type(scheduler).__name__} uses flow sigmas but prediction_type="
+                f"{config.get('prediction_type')!r}; set prediction_type='flow_prediction'."
+            )
+        return float(config.get("flow_shift", 1.0))
+    if "shift" in config and not hasattr(scheduler, "alphas_cumprod"):
+        return float(config["shift"])
+    raise ValueError(
+        f"flow_shift_of: {type(scheduler).__name__} is not a flow-matching scheduler; use "
+        "FlowMatchEulerDiscreteScheduler or a scheduler with use_flow_sigmas=True (prediction_type='flow_prediction')."
+    )
+
+
+
 class DiffusionObjective:
     r"""Forward process, regression target and x0 recovery of one diffusion parameterisation.
 
@@ -200,10 +225,11 @@ class DiffusionObjective:
             `"epsilon"`, `"v_prediction"` (DDPM-family schedule) or `"flow"` (linear interpolant, velocity target).
         noise_scheduler (*optional*):
             For `"epsilon"`/`"v_prediction"`: a diffusers scheduler with `alphas_cumprod` (DDPMScheduler,
-            DDIMScheduler, ...) whose `config.prediction_type` equals `kind`; None builds the default
-            `DDPMScheduler(num_train_timesteps=1000)` (linear betas 1e-4 to 0.02). For `"flow"`: None or a
-            `FlowMatchEulerDiscreteScheduler`, whose `config.shift` (time shift, SNR / shift^2) is applied to the
-            uniformly drawn training times; dynamic shifting is not supported.
+            DDIMScheduler, DPMSolverMultistepScheduler, ...) whose `config.prediction_type` equals `kind`; None
+            builds the default `DDPMScheduler(num_train_timesteps=1000)` (linear betas 1e-4 to 0.02). For `"flow"`:
+            None, a `FlowMatchEulerDiscreteScheduler` or a scheduler with `use_flow_sigmas=True` (e.g. DPM-Solver with
+            `prediction_type="flow_prediction"`), whose time shift (see :func:`flow_shift_of`) is applied to the
+            uniformly drawn training times, so training matches the sampler; dynamic shifting is not supported.
 
     Example:
         ```py
@@ -226,15 +252,7 @@ class DiffusionObjective:
         self.flow_shift = 1.0
         if kind == "flow":
             if noise_scheduler is not None:
-                config = getattr(noise_scheduler, "config", {})
-                if "shift" not in config or "alphas_cumprod" in dir(noise_scheduler):
-                    raise ValueError(
-                        "DiffusionObjective: kind='flow' needs noise_scheduler=None or a FlowMatchEulerDiscreteScheduler, "
-                        f"got {type(noise_scheduler).__name__}; use kind='epsilon'/'v_prediction' with DDPM/DDIM."
-                    )
-                if config.get("use_dynamic_shifting", False):
-                    raise ValueError("DiffusionObjective: flow schedulers with use_dynamic_shifting=True are not supported.")
-                self.flow_shift = float(config["shift"])
+                self.flow_shift = flow_shift_of(noise_scheduler)
             self.num_train_timesteps = 1000
             return
         if noise_scheduler is None:

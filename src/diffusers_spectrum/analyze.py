@@ -248,27 +248,17 @@ def analyze_vae(
 
 
 def _write_vae_outputs(report: dict, spectra: dict, output_dir: Path) -> None:
-    import matplotlib.pyplot as plt
-
     output_dir.mkdir(parents=True, exist_ok=True)
     slopes = f"latent slope {report['latent_slope']:.2f}, target {report['target_slope']:.2f}"
     title = f"{report['name']}: {report['verdict']} ({slopes})"
     plots = {"spectra": "spectra.png", "channel_spectra": "channel_spectra.png"}
-    figures = [
-        plotting.plot_spectra(
-            spectra["image"], spectra["latent"], 1.0, spectra["target"], output_dir / plots["spectra"], title
-        ),
-        plotting.plot_channel_spectra(spectra["channels"], output_dir / plots["channel_spectra"]),
-    ]
+    plotting.plot_spectra(
+        spectra["image"], spectra["latent"], 1.0, spectra["target"], output_dir / plots["spectra"], title
+    )
+    plotting.plot_channel_spectra(spectra["channels"], output_dir / plots["channel_spectra"])
     if report["dsm_lowpass_mse"]:
         plots["dsm_lowpass"] = "dsm_lowpass.png"
-        figures.append(
-            plotting.plot_lowpass_errors(
-                {report["name"]: report["dsm_lowpass_mse"]}, output_dir / plots["dsm_lowpass"]
-            )
-        )
-    for figure in figures:
-        plt.close(figure)
+        plotting.plot_lowpass_errors({report["name"]: report["dsm_lowpass_mse"]}, output_dir / plots["dsm_lowpass"])
     report["plots"] = plots
     _write_json(output_dir / "report.json", report)
 
@@ -279,8 +269,6 @@ def compare_vaes(vaes, names=None, output_dir: str | Path | None = None, **kwarg
     Writes ``output_dir/<name>/report.json`` per VAE and ``compare.json``, ``compare.md``, ``compare.png``,
     ``compare_dsm_lowpass.png``. Returns ``{"reports": {name: report}, "table": [rows]}``.
     """
-    import matplotlib.pyplot as plt
-
     vaes = list(vaes)
     if not vaes:
         raise ValueError("compare_vaes needs at least one VAE.")
@@ -302,12 +290,10 @@ def compare_vaes(vaes, names=None, output_dir: str | Path | None = None, **kwarg
         output_dir.mkdir(parents=True, exist_ok=True)
         latent = {name: np.asarray([r["spectra"]["latent"]["mean"]]) for name, r in reports.items()}
         target = np.asarray([next(iter(reports.values()))["spectra"]["target"]["mean"]])
-        figures = [plotting.plot_compare(latent, target, path=output_dir / "compare.png")]
+        plotting.plot_compare(latent, target, path=output_dir / "compare.png")
         lowpass = {name: r["dsm_lowpass_mse"] for name, r in reports.items() if r["dsm_lowpass_mse"]}
         if lowpass:
-            figures.append(plotting.plot_lowpass_errors(lowpass, output_dir / "compare_dsm_lowpass.png"))
-        for figure in figures:
-            plt.close(figure)
+            plotting.plot_lowpass_errors(lowpass, output_dir / "compare_dsm_lowpass.png")
         _write_json(output_dir / "compare.json", {"table": table})
         lines = ["| " + " | ".join(("name",) + columns) + " |", "|" + "---|" * (len(columns) + 1)]
         for row in table:

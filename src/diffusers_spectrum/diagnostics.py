@@ -25,6 +25,7 @@ from .spectral import (
     normalize_log_spectrum,
     power_law_slope,
     radial_spectrum,
+    rmsc,
 )
 from .spectral._checks import compute_dtype, require_4d
 from .spectral.psd import radial_bin_index
@@ -145,10 +146,7 @@ def rms_spatial_contrast(features: torch.Tensor) -> torch.Tensor:
     map; at most 1.
     """
     require_4d(features, "rms_spatial_contrast", "features")
-    work = features.to(compute_dtype(features.dtype)).flatten(2)  # (B, D, N)
-    tokens = work / work.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (B, D, N) unit tokens
-    centred = tokens - tokens.mean(dim=2, keepdim=True)
-    return centred.square().sum(dim=1).mean(dim=1).sqrt().to(features.dtype)  # (B,)
+    return rmsc(features).to(features.dtype)  # the shared implementation in `spectral.filters`
 
 
 # ------------------------------------------------------------------------------------------------

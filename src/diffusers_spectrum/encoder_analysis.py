@@ -96,17 +96,14 @@ def analyze_encoder(
         "elapsed_s": time.perf_counter() - start,
     }
     if output_dir is not None:
-        import matplotlib.pyplot as plt
-
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        figure = plotting.plot_encoder_filters(
+        plotting.plot_encoder_filters(
             {key: torch.cat(spectra[key]) for key in filters},
             {key: results[key]["rmsc"] for key in filters},
             output_dir / "encoder_spectra.png",
             title=f"{name}: feature spectra by REPA target filter",
         )
-        plt.close(figure)
         report["plots"] = {"encoder_spectra": "encoder_spectra.png"}
         _write_json(output_dir / "report.json", report)
     return report

@@ -1,4 +1,4 @@
-"""Spectrum plots (matplotlib, Agg backend): image vs latent vs delta target, per-channel, DSM errors, comparisons.
+"""Spectrum plots (matplotlib on its Agg canvas, no pyplot state): image vs latent vs target, channels, DSM errors.
 
 Every function returns a `matplotlib.figure.Figure` and, given ``path``, also saves it as a PNG. `figure_to_array`
 turns a figure into an ``(H, W, 3)`` uint8 array for ``SummaryWriter.add_image(..., dataformats="HWC")``;
@@ -7,17 +7,12 @@ turns a figure into an ``(H, W, 3)`` uint8 array for ``SummaryWriter.add_image(.
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-
-matplotlib.use("Agg")  # no display: every figure is rendered off-screen
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from .spectral import esm_spectra  # noqa: E402
+from .spectral import esm_spectra
 
 
 __all__ = [
@@ -29,6 +24,13 @@ __all__ = [
     "plot_lowpass_errors",
     "plot_spectra",
 ]
+
+
+def _new_axes(figsize=(5.5, 4)):
+    """A figure on its own Agg canvas: headless, and no global pyplot backend or figure list is touched."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
 
 
 def _rows(spectra) -> np.ndarray:
@@ -86,7 +88,7 @@ def plot_spectra(
         target_spectra: the delta-flattened image target (`esm_spectra` with ``delta``); omitted if ``None``.
         path: save a PNG there too.
     """
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = _new_axes()
     _band(ax, image_spectra, "image (delta = 0)", color="tab:gray")
     if target_spectra is not None:
         _band(ax, target_spectra, f"target (delta = {delta:g})", color="tab:green", linestyle="--")
@@ -115,7 +117,7 @@ def plot_channel_spectra(channel_spectra, path: str | Path | None = None, title:
         array = array[None]
     if array.ndim != 3:
         raise ValueError(f"channel_spectra must be (C, n_bins) or (N, C, n_bins), got shape {array.shape}.")
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = _new_axes()
     for channel in range(array.shape[1]):
         _band(ax, array[:, channel], f"channel {channel}")
     return _finish(fig, ax, title or "per-channel latent spectra", path, "normalised log power")
@@ -127,7 +129,7 @@ def plot_compare(
     """Latent spectra of several models on one plot (``{name: (N, n_bins)}``), with the delta target if given."""
     if not latent_spectra_by_name:
         raise ValueError("plot_compare needs at least one named spectrum.")
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = _new_axes()
     if target_spectra is not None:
         _band(ax, target_spectra, f"target (delta = {delta:g})", color="black", linestyle="--")
     for name, spectra in latent_spectra_by_name.items():
@@ -141,7 +143,7 @@ def plot_encoder_filters(
     """Feature-map spectra of a REPA target before / after each target filter (``{filter: (N, n_bins)}``)."""
     if not spectra_by_filter:
         raise ValueError("plot_encoder_filters needs at least one filter's spectra.")
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = _new_axes()
     for name, spectra in spectra_by_filter.items():
         label = name if rmsc_by_filter is None else f"{name} (RMSC {float(rmsc_by_filter[name]):.3f})"
         _band(ax, spectra, label)
@@ -152,7 +154,7 @@ def plot_lowpass_errors(errors_by_name: dict, path: str | Path | None = None, ti
     """Low-pass reconstruction MSE against DSM level: ``{name: {level: mse}}``, one line per model."""
     if not errors_by_name:
         raise ValueError("plot_lowpass_errors needs at least one model's errors.")
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = _new_axes()
     for name, errors in errors_by_name.items():
         levels = sorted(int(k) for k in errors)
         ax.plot(
@@ -169,10 +171,8 @@ def plot_lowpass_errors(errors_by_name: dict, path: str | Path | None = None, ti
     return fig
 
 
-def figure_to_array(fig: Figure, close: bool = True) -> np.ndarray:
+def figure_to_array(fig: Figure) -> np.ndarray:
     """Render a figure to an ``(H, W, 3)`` uint8 RGB array (for tensorboard ``add_image(..., dataformats="HWC")``)."""
-    fig.canvas.draw()
-    array = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    if close:
-        plt.close(fig)
-    return array
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -11,7 +11,6 @@ from diffusers.utils import logging as diffusers_logging
 from diffusers_spectrum import SpectrumAutoencoderKL
 from diffusers_spectrum.spectral import dsm_lowpass, esm_loss
 
-
 TINY = dict(
     block_out_channels=(8, 16),
     down_block_types=("DownEncoderBlock2D",) * 2,
@@ -37,8 +36,10 @@ def test_save_and_from_pretrained_round_trip_config_and_weights_exactly(tmp_path
     assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
     loaded = SpectrumAutoencoderKL.from_pretrained(tmp_path)
     for key in ("esm_delta", "dsm_levels", "use_kl", "esm_blur", "block_out_channels"):
-        assert list(loaded.config[key]) == list(vae.config[key]) if isinstance(vae.config[key], tuple) else (
-            loaded.config[key] == vae.config[key]
+        assert (
+            list(loaded.config[key]) == list(vae.config[key])
+            if isinstance(vae.config[key], tuple)
+            else (loaded.config[key] == vae.config[key])
         )
     for (name, a), (_, b) in zip(vae.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
@@ -141,7 +142,12 @@ def test_to_autoencoder_kl_folds_the_shift_into_the_conv_biases(tmp_path):
 def _tiny_dit_pipeline(vae):
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, num_layers=1, sample_size=16,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        sample_size=16,
         patch_size=2,
         norm_num_groups=4,
     )

@@ -68,6 +68,11 @@ def test_esm_loss_on_random_images_and_l2_variant_and_forced_blur_match_referenc
     assert float(got) == pytest.approx(expected.mean(), abs=1e-5)
     expected_skip = reference_esm(images, latents, 0.5)  # width 24: the authors' rule blurs
     assert float(esm_loss(images, latents, delta=0.5)) == pytest.approx(expected_skip.mean(), abs=1e-5)
+    # No blur at an integer factor takes the strided-tap path; a non-integer factor the dense one.
+    for latent_shape in [(2, 4, 32, 24), (2, 4, 20, 24)]:
+        latents = torch.randn(*latent_shape)
+        expected = reference_esm(images, latents, 1.0, blur=False)
+        assert float(esm_loss(images, latents, blur=False)) == pytest.approx(expected.mean(), abs=1e-5)
 
 
 def test_esm_loss_is_zero_when_latent_is_the_resized_image_with_delta_zero(natural_images):

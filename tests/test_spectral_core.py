@@ -61,7 +61,9 @@ def test_blockwise_dct_matches_scipy_per_block_and_inverts():
         for c in range(3):
             block = x[..., r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8].numpy()
             expected = scipy.fft.dctn(block, axes=(-2, -1), norm="ortho")
-            np.testing.assert_allclose(coefficients[..., r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8], expected, atol=1e-12)
+            np.testing.assert_allclose(
+                coefficients[..., r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8], expected, atol=1e-12
+            )
     torch.testing.assert_close(blockwise_idct_2d(coefficients, 8), x)
 
 

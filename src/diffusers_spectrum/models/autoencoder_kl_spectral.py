@@ -23,8 +23,7 @@ from tqdm.auto import tqdm
 from ..spectral import DSM_DEFAULT_LEVELS, check_dsm_level, dsm_lowpass, esm_loss, spectral_kl
 from ..spectral._checks import require_4d, require_finite
 
-
-__all__ = ["ModelMixin", "ConfigMixin", "SpectrumAutoencoderKL", "SpectrumAutoencoderKLTrainingOutput"]
+__all__ = ["ConfigMixin", "ModelMixin", "SpectrumAutoencoderKL", "SpectrumAutoencoderKLTrainingOutput"]
 
 # Keys of the spectral settings this class adds to the parent's config.
 SPECTRAL_CONFIG_KEYS = ("esm_delta", "esm_num_bins", "esm_blur", "dsm_block_size", "dsm_levels", "use_kl")
@@ -177,8 +176,10 @@ class SpectrumAutoencoderKL(AutoencoderKL):
         # 1. Validate
         self._check_images(images, "training_losses")
         require_finite(images, "training_losses", "images")
-        level = self.sample_dsm_level(generator) if dsm_level is None else check_dsm_level(
-            dsm_level, self.config.dsm_block_size
+        level = (
+            self.sample_dsm_level(generator)
+            if dsm_level is None
+            else check_dsm_level(dsm_level, self.config.dsm_block_size)
         )
 
         # 2. Encode and sample
@@ -246,7 +247,9 @@ class SpectrumAutoencoderKL(AutoencoderKL):
             total_sq += latents.square().sum().item()
             per_channel = latents.transpose(0, 1).reshape(latents.shape[1], -1)  # (C, B*h*w)
             channel_sum = per_channel.sum(1) if channel_sum is None else channel_sum + per_channel.sum(1)
-            channel_sq = per_channel.square().sum(1) if channel_sq is None else channel_sq + per_channel.square().sum(1)
+            channel_sq = (
+                per_channel.square().sum(1) if channel_sq is None else channel_sq + per_channel.square().sum(1)
+            )
             seen += images.shape[0]
             progress.update(images.shape[0])
             if seen >= num_samples:
@@ -296,7 +299,9 @@ class SpectrumAutoencoderKL(AutoencoderKL):
         shift = self.config.shift_factor
         if fold_shift and shift is not None:
             if not (self.config.use_quant_conv and self.config.use_post_quant_conv):
-                raise ValueError("to_autoencoder_kl: folding shift_factor needs use_quant_conv and use_post_quant_conv.")
+                raise ValueError(
+                    "to_autoencoder_kl: folding shift_factor needs use_quant_conv and use_post_quant_conv."
+                )
             channels = self.config.latent_channels
             shift_vec = torch.full((channels,), float(shift), device=self.device, dtype=torch.float32)
             stock.quant_conv.bias[:channels] -= shift_vec.to(stock.quant_conv.bias.dtype)

@@ -2,17 +2,27 @@
 
 from .dct import blockwise_dct_2d, blockwise_idct_2d, dct_2d, dct_matrix, idct_2d
 from .dsm import DSM_DEFAULT_LEVELS, check_dsm_level, dsm_lowpass, dsm_mask
-from .filters import TARGET_FILTERS, apply_target_filter, dog_filter, gaussian_blur_matrix, rmsc, spatial_normalize
 from .esm import esm_loss, esm_spectra, gaussian_kernel_1d, normalize_log_spectrum, spectral_kl
-from .psd import bin_frequencies, power_law_slope, radial_bin_index, radial_spectrum
+from .filters import TARGET_FILTERS, apply_target_filter, dog_filter, gaussian_blur_matrix, rmsc, spatial_normalize
+from .psd import (
+    band_average_matrix,
+    band_means,
+    bin_frequencies,
+    channel_power,
+    power_law_slope,
+    radial_bin_index,
+    radial_spectrum,
+)
 from .wavelets import dwt_2d, idwt_2d
-
 
 __all__ = [
     "DSM_DEFAULT_LEVELS",
+    "band_average_matrix",
+    "band_means",
     "bin_frequencies",
     "blockwise_dct_2d",
     "blockwise_idct_2d",
+    "channel_power",
     "check_dsm_level",
     "dct_2d",
     "dct_matrix",

@@ -12,7 +12,9 @@ def require_tensor(x, func: str, name: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{func}: `{name}` must be a torch.Tensor, got {type(x).__name__}.")
     if not torch.is_floating_point(x):
-        raise TypeError(f"{func}: `{name}` must be a floating-point tensor, got dtype {x.dtype}; call `.float()` first.")
+        raise TypeError(
+            f"{func}: `{name}` must be a floating-point tensor, got dtype {x.dtype}; call `.float()` first."
+        )
 
 
 def require_min_dims(x, ndim: int, func: str, name: str) -> None:

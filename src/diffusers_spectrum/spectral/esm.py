@@ -14,7 +14,6 @@ from ._checks import require_4d, require_finite
 from .dct import dct_2d, dct_matrix
 from .psd import band_means, bin_frequencies, channel_power
 
-
 ESM_BLUR_KERNEL_SIZE = 7  # the authors' anti-alias kernel: 7 x 7 ...
 ESM_BLUR_SIGMA = 1.2  # ... with sigma 1.2, normalised to sum 1, zero padding
 ESM_EPS = 1e-8
@@ -37,31 +36,70 @@ def esm_uses_blur(latent_width: int, blur: bool | None = None) -> bool:
     return latent_width != 32 if blur is None else bool(blur)
 
 
-@functools.lru_cache(maxsize=64)
-def _image_operator_cached(size: int, latent_size: int, blur: bool, device: str) -> torch.Tensor:
-    basis = torch.eye(size, dtype=torch.float64)  # (H, H): column j is the unit impulse at pixel j
-    signals = basis.reshape(size, 1, size, 1)  # (H, 1, H, 1): a batch of H one-pixel-wide images
+def _axis_resize_matrix(size: int, latent_size: int, blur: bool) -> torch.Tensor:
+    """The ``(h, H)`` matrix of the 1-D blur (optional) + bicubic resize, by pushing an identity basis through them."""
+    signals = torch.eye(size, dtype=torch.float64).reshape(size, 1, size, 1)  # a batch of H one-pixel-wide impulses
     if blur:
         taps = gaussian_kernel_1d(ESM_BLUR_KERNEL_SIZE, ESM_BLUR_SIGMA)
         signals = F.conv2d(signals, taps.reshape(1, 1, -1, 1), padding=(ESM_BLUR_KERNEL_SIZE // 2, 0))
     # Resizing a width of 1 to 1 is the identity, so this is the 1-D bicubic resize along the height axis.
     signals = F.interpolate(signals, size=(latent_size, 1), mode="bicubic", align_corners=False)  # (H, 1, h, 1)
-    resize = signals.reshape(size, latent_size).T  # (h, H)
-    operator = dct_matrix(latent_size, "cpu", torch.float64) @ resize  # (h, H)
-    return operator.to(device=device, dtype=torch.float32)
+    return signals.reshape(size, latent_size).T  # (h, H)
 
 
-def esm_image_operator(size: int, latent_size: int, blur: bool, device=None) -> torch.Tensor:
-    """The ``(latent_size, size)`` matrix ``D_h @ Resize @ Blur`` for one axis (float32, cached)."""
+def _periodic_taps(resize: torch.Tensor) -> tuple[int, torch.Tensor] | None:
+    """``(first, weights)`` if output ``d`` reads exactly pixels ``f*d + first + t`` with the same weights for every
+    ``d`` (an integer-factor bicubic downsample without blur, e.g. the authors' unblurred f8 case), else ``None``."""
+    latent_size, size = resize.shape
+    if size % latent_size:
+        return None
+    factor = size // latent_size
+    support = resize[0].nonzero().flatten()
+    if support.numel() == 0 or int(support[-1]) >= factor + int(support[0]) + factor:
+        return None
+    first, last = int(support[0]), int(support[-1]) + 1
+    weights = resize[0, first:last]
+    for d in range(latent_size):
+        lo, hi = factor * d + first, factor * d + last
+        if hi > size or not torch.equal(resize[d, lo:hi], weights) or resize[d].abs().sum() != weights.abs().sum():
+            return None
+    return first, weights
+
+
+@functools.lru_cache(maxsize=64)
+def _image_operator_cached(size: int, latent_size: int, blur: bool, device: str):
+    resize = _axis_resize_matrix(size, latent_size, blur)  # (h, H)
+    dct = dct_matrix(latent_size, "cpu", torch.float64)
+    taps = _periodic_taps(resize)
+    dense = (dct @ resize).to(device=device, dtype=torch.float32)  # (h, H)
+    if taps is not None:
+        taps = (taps[0], taps[1].to(device=device, dtype=torch.float32))
+    return dense, dct.to(device=device, dtype=torch.float32), taps
+
+
+def esm_image_operator(size: int, latent_size: int, blur: bool, device=None):
+    """One axis of the ESM image branch, cached per (size, latent size, blur, device).
+
+    Returns ``(dense, dct, taps)``: ``dense`` is the ``(h, H)`` float32 matrix ``D_h @ Resize @ Blur``; for an
+    integer-factor downsample without blur, ``taps = (first, weights)`` describes the same resize as a strided read
+    (pixel ``f*d + first + t`` times ``weights[t]``) to be followed by ``dct`` ``(h, h)``; otherwise ``taps`` is None.
+    """
     return _image_operator_cached(int(size), int(latent_size), bool(blur), str(torch.device(device or "cpu")))
 
 
 def resized_image_dct(images: torch.Tensor, latent_hw: tuple[int, int], blur: bool) -> torch.Tensor:
     """``DCT(resize(blur(images)))`` in one pass: ``(B, 3, H, W) -> (B, 3, h, w)`` float32."""
     height, width = images.shape[-2:]
-    op_y = esm_image_operator(height, latent_hw[0], blur, images.device)  # (h, H)
-    op_x = esm_image_operator(width, latent_hw[1], blur, images.device)  # (w, W)
-    return op_y @ images.float() @ op_x.T  # (B, 3, h, w)
+    dense_y, dct_y, taps_y = esm_image_operator(height, latent_hw[0], blur, images.device)
+    dense_x, _, _ = esm_image_operator(width, latent_hw[1], blur, images.device)
+    pixels = images.float()
+    if taps_y is None:
+        return dense_y @ pixels @ dense_x.T  # (B, 3, h, w)
+    # Rows through the strided taps (contiguous reads of whole rows), then the small dense product for the columns.
+    first, weights = taps_y
+    grouped = pixels.unflatten(-2, (latent_hw[0], height // latent_hw[0]))  # (B, 3, h, f, W)
+    rows = (weights[None, :] @ grouped[..., first : first + len(weights), :]).squeeze(-2)  # (B, 3, h, W)
+    return dct_y @ (rows @ dense_x.T)  # (B, 3, h, w)
 
 
 def normalize_log_spectrum(spectrum: torch.Tensor, eps: float = ESM_EPS) -> torch.Tensor:
@@ -80,8 +118,8 @@ def _check_pair(images: torch.Tensor, latents: torch.Tensor, func: str) -> None:
             f"{func}: the latent grid {tuple(latents.shape[-2:])} is larger than the image "
             f"{tuple(images.shape[-2:])}; pass images first and latents second."
         )
-    require_finite(images, func, "images")
-    require_finite(latents, func, "latents")
+    # Finiteness is checked on the small (B, n_bins) spectra in `esm_spectra`: NaN/Inf propagate through the linear
+    # image branch, and checking the full-resolution images would cost more than the loss itself.
 
 
 def esm_spectra(
@@ -108,8 +146,11 @@ def esm_spectra(
     _check_pair(images, latents, "esm_spectra")
     latent_hw = (latents.shape[-2], latents.shape[-1])
     image_coeffs = resized_image_dct(images, latent_hw, esm_uses_blur(latent_hw[1], blur))  # (B, 3, h, w)
-    image_bands = band_means(channel_power(image_coeffs, remove_dc=True), n_bins)  # (B, n_bins)
-    latent_bands = band_means(channel_power(dct_2d(latents.float()), remove_dc=True), n_bins)  # (B, n_bins)
+    image_bands = band_means(channel_power(image_coeffs), n_bins, remove_dc=True)  # (B, n_bins)
+    latent_bands = band_means(channel_power(dct_2d(latents.float())), n_bins, remove_dc=True)  # (B, n_bins)
+    if not bool(torch.isfinite(image_bands).all() & torch.isfinite(latent_bands).all()):
+        require_finite(images, "esm_spectra", "images")
+        require_finite(latents, "esm_spectra", "latents")
     if delta != 0:
         image_bands = image_bands * bin_frequencies(n_bins, images.device).pow(delta)
     return normalize_log_spectrum(image_bands, eps), normalize_log_spectrum(latent_bands, eps)
@@ -169,4 +210,3 @@ def spectral_kl(
     _check_loss_type(loss_type)
     target, latent = esm_spectra(images, latents, delta=delta, n_bins=n_bins, blur=blur, eps=eps)
     return _divergence(target, latent, loss_type, eps)
-

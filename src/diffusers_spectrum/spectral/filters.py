@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from ._checks import compute_dtype, require_4d, require_tensor
 from .dct import dct_matrix
 
-
 __all__ = ["TARGET_FILTERS", "apply_target_filter", "dog_filter", "gaussian_blur_matrix", "rmsc", "spatial_normalize"]
 
 TARGET_FILTERS = ("none", "spatial_norm", "dog")
@@ -53,7 +52,9 @@ def _blur_matrix_cached(n: int, sigma: float, truncate: float, device: str, dtyp
     return (basis.T @ torch.diag(response) @ basis).to(device=device, dtype=dtype)
 
 
-def gaussian_blur_matrix(n: int, sigma: float, truncate: float = 4.0, device=None, dtype=torch.float32) -> torch.Tensor:
+def gaussian_blur_matrix(
+    n: int, sigma: float, truncate: float = 4.0, device=None, dtype=torch.float32
+) -> torch.Tensor:
     """`(n, n)` matrix `A` with `A @ y` = 1-D Gaussian blur of `y` (reflect boundary, scipy.ndimage conventions).
 
     Cached per (n, sigma, truncate, device, dtype); never modify the returned tensor in place.
@@ -135,7 +136,9 @@ def _as_tokens(features: torch.Tensor, func: str) -> torch.Tensor:
         return features.flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
     if features.ndim == 3:
         return features
-    raise ValueError(f"{func}: `features` must be (B, N, D) tokens or a (B, D, h, w) map, got {tuple(features.shape)}.")
+    raise ValueError(
+        f"{func}: `features` must be (B, N, D) tokens or a (B, D, h, w) map, got {tuple(features.shape)}."
+    )
 
 
 def rmsc(features: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ import torch
 from ._checks import compute_dtype, require_4d, require_tensor
 from .dct import dct_2d
 
-
 # ------------------------------------------------------------------------------------------------
 # Radial bands: r(u, v) = sqrt(u^2 + v^2), r_max = sqrt((H-1)^2 + (W-1)^2), band = floor(r / r_max * n_bins)
 # clipped to n_bins - 1.
@@ -39,28 +38,40 @@ def radial_bin_index(height: int, width: int, n_bins: int = 16, device=None) -> 
     return _radial_bins_cached(int(height), int(width), int(n_bins), str(torch.device(device or "cpu")))
 
 
-def band_means(power: torch.Tensor, n_bins: int = 16) -> torch.Tensor:
-    """Mean of ``power`` ``(B, H, W)`` over each radial band -> ``(B, n_bins)``.
-
-    A band with no cell (possible only on grids much smaller than ``n_bins``) gets 0.
-    """
-    batch, height, width = power.shape
-    band, counts = radial_bin_index(height, width, n_bins, power.device)
-    sums = power.new_zeros(batch, n_bins).index_add_(1, band, power.reshape(batch, -1))  # (B, n_bins)
-    return sums / counts.clamp_min(1).to(power.dtype)
-
-
-def channel_power(coefficients: torch.Tensor, remove_dc: bool = True) -> torch.Tensor:
-    """Channel-aggregated power ``P[b, u, v] = mean_c X[b, c, u, v]^2`` of DCT coefficients ``(B, C, H, W)``.
-
-    With ``remove_dc`` the DC cell ``P[b, 0, 0]`` is set to 0 (it still counts in band 0). Returns ``(B, H, W)``.
-    """
-    power = coefficients.square().mean(dim=1)  # (B, H, W)
+@functools.lru_cache(maxsize=128)
+def _band_average_cached(height: int, width: int, n_bins: int, remove_dc: bool, device: str, dtype) -> torch.Tensor:
+    band, counts = _radial_bins_cached(height, width, n_bins, "cpu")
+    average = torch.zeros(height * width, n_bins, dtype=torch.float64)
+    average[torch.arange(height * width), band] = 1.0 / counts.clamp_min(1).double()[band]
     if remove_dc:
-        keep = torch.ones_like(power[0])
-        keep[0, 0] = 0
-        power = power * keep
-    return power
+        average[0] = 0  # the DC cell keeps its place in band 0 with power 0
+    return average.to(device=device, dtype=dtype)
+
+
+def band_average_matrix(
+    height: int, width: int, n_bins: int = 16, remove_dc: bool = False, device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """``(H * W, n_bins)`` matrix ``A`` with ``power.reshape(B, -1) @ A`` = the mean power of each radial band.
+
+    ``A[cell, k] = 1 / count_k`` for the cells of band ``k``; with ``remove_dc`` the DC row is zero, so the DC power
+    counts as 0 in band 0. A band with no cell (grids much smaller than ``n_bins``) gets 0. Cached; do not modify.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins}.")
+    key = (int(height), int(width), int(n_bins), bool(remove_dc), str(torch.device(device or "cpu")), dtype)
+    return _band_average_cached(*key)
+
+
+def band_means(power: torch.Tensor, n_bins: int = 16, remove_dc: bool = False) -> torch.Tensor:
+    """Mean of ``power`` ``(B, H, W)`` over each radial band -> ``(B, n_bins)`` (DC counted as 0 if ``remove_dc``)."""
+    batch, height, width = power.shape
+    average = band_average_matrix(height, width, n_bins, remove_dc, power.device, power.dtype)
+    return power.reshape(batch, height * width) @ average  # (B, n_bins)
+
+
+def channel_power(coefficients: torch.Tensor) -> torch.Tensor:
+    """Channel-aggregated power ``P[b, u, v] = mean_c X[b, c, u, v]^2`` of DCT coefficients: ``(B, C, H, W) -> (B, H, W)``."""
+    return coefficients.square().mean(dim=1)
 
 
 def radial_spectrum(
@@ -81,8 +92,8 @@ def radial_spectrum(
     work = x.to(compute_dtype(x.dtype))
     if subtract_mean:
         work = work - work.mean(dim=(-2, -1), keepdim=True)
-    power = channel_power(dct_2d(work), remove_dc=remove_dc)  # (B, H, W)
-    return band_means(power, n_bins)  # (B, n_bins)
+    power = channel_power(dct_2d(work))  # (B, H, W)
+    return band_means(power, n_bins, remove_dc=remove_dc)  # (B, n_bins)
 
 
 def bin_frequencies(n_bins: int = 16, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -110,12 +121,16 @@ def power_law_slope(spectrum: torch.Tensor, frequencies: torch.Tensor | str = "i
     n_bins = work.shape[-1]
     if isinstance(frequencies, str):
         if frequencies not in ("index", "center"):
-            raise ValueError(f"power_law_slope: frequencies must be 'index', 'center' or a tensor, got {frequencies!r}.")
+            raise ValueError(
+                f"power_law_slope: frequencies must be 'index', 'center' or a tensor, got {frequencies!r}."
+            )
         offset = 0.5 if frequencies == "center" else 0.0
         frequencies = bin_frequencies(n_bins, work.device, work.dtype) - offset
     frequencies = frequencies.to(device=work.device, dtype=work.dtype)
     if frequencies.shape != (n_bins,) or not (frequencies > 0).all():
-        raise ValueError(f"power_law_slope: `frequencies` must be {n_bins} positive values, got {tuple(frequencies.shape)}.")
+        raise ValueError(
+            f"power_law_slope: `frequencies` must be {n_bins} positive values, got {tuple(frequencies.shape)}."
+        )
     valid = (work > 0).to(work.dtype)  # (..., n_bins) weights of the fit
     if (valid.sum(-1) < 2).any():
         raise ValueError("power_law_slope: each spectrum needs at least two positive bands to fit a slope.")

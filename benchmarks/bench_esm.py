@@ -90,11 +90,11 @@ def run(quick: bool = False) -> list[dict]:
     for channels, size, target in [(16, 16, 10.0), (4, 32, 2.0), (4, 64, 10.0)]:
         latents = torch.randn(8, channels, size, size, requires_grad=True)
 
-        def ours():
+        def ours(latents=latents):
             latents.grad = None
             esm_loss(images, latents).backward()
 
-        def theirs():
+        def theirs(latents=latents):
             latents.grad = None
             esm_loss_authors_way(images, latents).backward()
 

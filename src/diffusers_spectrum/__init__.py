@@ -18,6 +18,10 @@ from .dct_space import (
     snr_scaled_scheduler,
 )
 from .losses.spectral_regularizers import fourier_loss, wavelet_loss
+from .analyze import analyze_vae, compare_vaes
+from .diagnostics import power_law_field, spectrum_summary, spectrum_verdict
+from .encoder_analysis import analyze_encoder
+from .metrics import frechet_distance, frechet_distance_from_stats, psnr, reconstruction_metrics, ssim
 from .objectives import DiffusionObjective, x0_from_edm, x0_from_epsilon, x0_from_flow, x0_from_v
 from .spectral import (
     blockwise_dct_2d,
@@ -73,4 +77,17 @@ __all__ += [
     "repa_loss",
     "rmsc",
     "spatial_normalize",
+]
+__all__ += [
+    "analyze_encoder",
+    "analyze_vae",
+    "compare_vaes",
+    "frechet_distance",
+    "frechet_distance_from_stats",
+    "power_law_field",
+    "psnr",
+    "reconstruction_metrics",
+    "spectrum_summary",
+    "spectrum_verdict",
+    "ssim",
 ]

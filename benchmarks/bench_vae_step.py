@@ -15,6 +15,7 @@ import torch
 from diffusers_spectrum import SpectrumAutoencoderKL
 from diffusers_spectrum.spectral import dsm_lowpass, esm_loss, spectral_kl
 
+
 SMALL_VAE = dict(
     block_out_channels=(32, 64, 64, 64),
     down_block_types=("DownEncoderBlock2D",) * 4,

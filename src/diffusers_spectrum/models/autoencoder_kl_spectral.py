@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..spectral import DSM_DEFAULT_LEVELS, check_dsm_level, dsm_lowpass, esm_loss, spectral_kl
 from ..spectral._checks import require_4d, require_finite
 
+
 __all__ = ["ConfigMixin", "ModelMixin", "SpectrumAutoencoderKL", "SpectrumAutoencoderKLTrainingOutput"]
 
 # Keys of the spectral settings this class adds to the parent's config.

@@ -11,6 +11,7 @@ import torch
 
 from ._checks import compute_dtype, require_min_dims
 
+
 # ------------------------------------------------------------------------------------------------
 # DCT-II basis (orthonormal): D[k, n] = sqrt(2 / N) * c_k * cos(pi * (2n + 1) * k / (2N)), c_0 = 1 / sqrt(2).
 

@@ -7,6 +7,7 @@ import torch
 from ._checks import compute_dtype, require_min_dims
 from .dct import blockwise_dct_2d, blockwise_idct_2d
 
+
 DSM_DEFAULT_LEVELS = (0, 8, 10, 12)  # the authors' mask levels for 8 x 8 blocks; 0 = no masking
 
 

@@ -14,6 +14,7 @@ from ._checks import require_4d, require_finite
 from .dct import dct_2d, dct_matrix
 from .psd import band_means, bin_frequencies, channel_power
 
+
 ESM_BLUR_KERNEL_SIZE = 7  # the authors' anti-alias kernel: 7 x 7 ...
 ESM_BLUR_SIGMA = 1.2  # ... with sigma 1.2, normalised to sum 1, zero padding
 ESM_EPS = 1e-8

@@ -7,6 +7,7 @@ import torch
 from ._checks import compute_dtype, require_4d, require_tensor
 from .dct import dct_2d
 
+
 # ------------------------------------------------------------------------------------------------
 # Radial bands: r(u, v) = sqrt(u^2 + v^2), r_max = sqrt((H-1)^2 + (W-1)^2), band = floor(r / r_max * n_bins)
 # clipped to n_bins - 1.

@@ -107,7 +107,9 @@ class RepresentationEncoder(nn.Module):
             logger.warning("No image processor found for %s; using ImageNet mean/std.", name_or_path)
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         # CLIP leaves its last hidden state un-normalised (post_layernorm is applied to the pooled token only).
-        post_layernorm = backbone.post_layernorm if getattr(vision_config, "model_type", "").startswith("clip") else None
+        post_layernorm = (
+            backbone.post_layernorm if getattr(vision_config, "model_type", "").startswith("clip") else None
+        )
         encoder = cls(
             backbone,
             patch_size=_as_int(vision_config.patch_size),

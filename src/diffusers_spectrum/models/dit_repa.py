@@ -140,6 +140,9 @@ class REPADiTTransformer2DModel(DiTTransformer2DModel):
             norm_elementwise_affine=norm_elementwise_affine,
             norm_eps=norm_eps,
         )
+        # `DiTPipeline` reads `config.out_channels` to detect learned sigma, so record it explicitly.
+        if out_channels is None:
+            self.register_to_config(out_channels=in_channels)
         # One label dropout per sample is drawn outside the model (`drop_labels`); the stock embedders would each
         # draw their own mask in train mode. The table keeps its null row (index `num_embeds_ada_norm`).
         for block in self.transformer_blocks:
@@ -155,7 +158,8 @@ class REPADiTTransformer2DModel(DiTTransformer2DModel):
             )
         if repa_target_dim < 1 or repa_projector_dim < 1:
             raise ValueError(
-                f"repa_target_dim and repa_projector_dim must be positive, got {repa_target_dim}, {repa_projector_dim}."
+                f"repa_target_dim and repa_projector_dim must be positive, got {repa_target_dim} and "
+                f"{repa_projector_dim}."
             )
         if repa_projector == "mlp":
             self.projector = nn.Sequential(

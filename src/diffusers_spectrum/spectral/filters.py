@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ._checks import compute_dtype, require_4d, require_tensor
 from .dct import dct_matrix
 
+
 __all__ = ["TARGET_FILTERS", "apply_target_filter", "dog_filter", "gaussian_blur_matrix", "rmsc", "spatial_normalize"]
 
 TARGET_FILTERS = ("none", "spatial_norm", "dog")
@@ -83,8 +84,8 @@ def dog_filter(
     eps: float = 1e-6,
     truncate: float = 4.0,
 ) -> torch.Tensor:
-    """Difference of Gaussians band-pass per channel, y' = G_sigma1 * y - G_sigma2 * y (DoG-REPA), then y' / (std + eps)
-    with the per-channel spatial std.
+    """Difference of Gaussians band-pass per channel (DoG-REPA): y' = G_sigma1 * y - G_sigma2 * y, then
+    y' / (std + eps) with the per-channel spatial std.
 
     Args:
         features: `(B, D, h, w)` feature map (sigmas in token units).

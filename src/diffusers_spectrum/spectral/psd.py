@@ -71,7 +71,7 @@ def band_means(power: torch.Tensor, n_bins: int = 16, remove_dc: bool = False) -
 
 
 def channel_power(coefficients: torch.Tensor) -> torch.Tensor:
-    """Channel-aggregated power ``P[b, u, v] = mean_c X[b, c, u, v]^2`` of DCT coefficients: ``(B, C, H, W) -> (B, H, W)``."""
+    """Channel-aggregated power ``P[b, u, v] = mean_c X[b, c, u, v]^2``: ``(B, C, H, W) -> (B, H, W)``."""
     return coefficients.square().mean(dim=1)
 
 

@@ -19,14 +19,12 @@ import sys
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL
 from diffusers.utils import check_min_version
 
 from diffusers_spectrum.data import ImageTransform, embedded_class_names, load_image_dataset
 from diffusers_spectrum.encoders import RepresentationEncoder
-from diffusers_spectrum.latent_cache import write_latent_cache
+from diffusers_spectrum.latent_cache import load_vae, write_latent_cache
 from diffusers_spectrum.model_cards import dataset_card, push_folder_to_hub
-from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.training_utils import save_args_json
 
 
@@ -36,14 +34,6 @@ logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def load_vae(path_or_id: str, subfolder: str | None = None, revision: str | None = None) -> AutoencoderKL:
-    """A `SpectrumAutoencoderKL` when the folder was saved as one, else a stock `AutoencoderKL` (any Hub VAE)."""
-    kwargs = {"subfolder": subfolder, "revision": revision}
-    config = AutoencoderKL.load_config(path_or_id, **kwargs)
-    cls = SpectrumAutoencoderKL if config.get("_class_name") == SpectrumAutoencoderKL.__name__ else AutoencoderKL
-    return cls.from_pretrained(path_or_id, **kwargs)
 
 
 def load_repa_encoder(path_or_id: str, device: torch.device):
@@ -235,7 +225,10 @@ def main(args: argparse.Namespace) -> dict:
     )
     transform = ImageTransform(args.resolution, center_crop=not args.random_crop, seed=args.seed)
     metadata = {
-        "pretrained_vae": args.pretrained_vae,
+        # a local VAE is recorded by absolute path, so the DiT trainer finds it from any working directory
+        "pretrained_vae": str(Path(args.pretrained_vae).resolve())
+        if Path(args.pretrained_vae).exists()
+        else args.pretrained_vae,
         "vae_subfolder": args.vae_subfolder,
         "source": args.dataset_name or args.train_data_dir or "embedded photos",
         "repa_encoder": args.repa_encoder,

@@ -34,6 +34,7 @@ __all__ = [
     "CACHE_INFO_NAME",
     "LatentStreamDataset",
     "encode_latents",
+    "load_vae",
     "latent_batch",
     "load_latent_dataset",
     "make_latent_dataloader",
@@ -62,6 +63,18 @@ def _shard_name(index: int) -> str:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Encoding
+
+
+def load_vae(path_or_id: str | Path, subfolder: str | None = None, revision: str | None = None):
+    """A `SpectrumAutoencoderKL` when the folder was saved as one, else a stock `AutoencoderKL` (any Hub VAE)."""
+    from diffusers import AutoencoderKL
+
+    from .models import SpectrumAutoencoderKL
+
+    kwargs = {"subfolder": subfolder, "revision": revision}
+    config = AutoencoderKL.load_config(path_or_id, **kwargs)
+    cls = SpectrumAutoencoderKL if config.get("_class_name") == SpectrumAutoencoderKL.__name__ else AutoencoderKL
+    return cls.from_pretrained(path_or_id, **kwargs)
 
 
 @torch.no_grad()

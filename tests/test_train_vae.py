@@ -1,0 +1,230 @@
+"""examples/train_spectrum_vae.py: every loss term trains what it should, end-to-end outputs, exact resume."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from diffusers import AutoencoderKL
+from huggingface_hub import ModelCard
+from PIL import Image
+from safetensors.torch import load_file
+
+from diffusers_spectrum import SpectrumAutoencoderKL
+from diffusers_spectrum.losses import FeaturePerceptualLoss, NLayerDiscriminator
+
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "examples" / "train_spectrum_vae.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("train_spectrum_vae", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dinov2")
+    torch.manual_seed(0)
+    config = transformers.Dinov2Config(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=32, patch_size=8
+    )
+    transformers.Dinov2Model(config).save_pretrained(path)
+    return str(path)
+
+
+def _image_folder(folder: Path, count: int = 10, corrupt: int = 1) -> Path:
+    """Photo crops (the embedded dataset's first images, some as grayscale / RGBA) plus unreadable files."""
+    from diffusers_spectrum.data import embedded_dataset_dir
+
+    folder.mkdir(parents=True)
+    sources = sorted(embedded_dataset_dir().glob("*.png"))[::7][:count]
+    for i, source in enumerate(sources):
+        image = Image.open(source)
+        image = image.convert("L") if i % 3 == 1 else image.convert("RGBA") if i % 3 == 2 else image
+        image.save(folder / f"{i:02d}.png")
+    for i in range(corrupt):
+        (folder / f"corrupt_{i}.png").write_bytes(b"not an image at all")
+    return folder
+
+
+def _grad_norm(parameters) -> float:
+    return float(sum(p.grad.abs().sum() for p in parameters if p.grad is not None))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_every_enabled_loss_moves_the_weights_it_should(script, tiny_dinov2):
+    args = script.parse_args(["--vae_config", "tiny", "--resolution", "32", "--dsm_levels", "0,8", "--esm_weight", "0"])
+    torch.manual_seed(0)
+    vae = script.build_vae(args)
+    module = script.VAETrainingModule(vae)
+    discriminator = NLayerDiscriminator(base_channels=8, num_layers=2)
+    perceptual = FeaturePerceptualLoss(tiny_dinov2)
+    last_layer = vae.decoder.conv_out.weight
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    encoder, decoder = list(vae.encoder.parameters()), list(vae.decoder.parameters())
+
+    def grads(disc=None, use_perceptual=False, **weights):
+        for name, value in {"reconstruction_weight": 0.0, "kl_weight": 0.0, "esm_weight": 0.0, **weights}.items():
+            setattr(args, name, value)
+        for p in [*vae.parameters(), *discriminator.parameters()]:
+            p.grad = None
+        out = module(images, generator=torch.Generator().manual_seed(0))
+        loss, terms = script.autoencoder_loss(out, args, perceptual if use_perceptual else None, disc, last_layer)
+        loss.backward()
+        return _grad_norm(encoder), _grad_norm(decoder), _grad_norm(discriminator.parameters()), terms
+
+    # pixel and perceptual terms train encoder and decoder; the backbone never
+    for kwargs in ({"reconstruction_weight": 1.0}, {"use_perceptual": True, "perceptual_weight": 1.0}):
+        enc, dec, disc, _ = grads(**kwargs)
+        assert enc > 0 and dec > 0 and disc == 0, kwargs
+    assert all(p.grad is None for p in perceptual.parameters())
+    # KL and ESM act on the posterior: encoder only
+    for kwargs in ({"kl_weight": 1.0}, {"esm_weight": 1.0}):
+        enc, dec, disc, _ = grads(**kwargs)
+        assert enc > 0 and dec == 0 and disc == 0, kwargs
+    # the generator's adversarial term trains the autoencoder, not the discriminator
+    args.adaptive_disc_weight, args.disc_weight = False, 1.0
+    enc, dec, disc, terms = grads(disc=discriminator)
+    assert enc > 0 and dec > 0 and disc == 0 and terms["adaptive_weight"].item() == 1.0
+    assert all(p.requires_grad for p in discriminator.parameters())  # unfrozen again
+    args.adaptive_disc_weight = True
+    _, _, _, terms = grads(disc=discriminator, reconstruction_weight=1.0)
+    assert terms["adaptive_weight"].item() > 0
+    # the discriminator step sees detached images: it trains the discriminator only
+    for p in [*vae.parameters(), *discriminator.parameters()]:
+        p.grad = None
+    out = module(images, generator=torch.Generator().manual_seed(0))
+    script.discriminator_loss(discriminator, out).backward()
+    assert _grad_norm(discriminator.parameters()) > 0 and _grad_norm(vae.parameters()) == 0
+
+
+def test_recipes_fill_unset_flags_and_explicit_flags_win(script):
+    args = script.parse_args(["--recipe", "esm-ae", "--perceptual_weight", "0", "--esm_weight", "0.02"])
+    assert (args.esm_weight, args.kl_weight, args.dsm_levels) == (0.02, 0.0, (0,))
+    assert (args.learning_rate, args.lr_warmup_steps, args.disc_start, args.disc_weight) == (5e-5, 2000, 50001, 0.5)
+    assert args.adam_weight_decay == 0.005 and args.random_flip is True and args.max_grad_norm == 1.0
+    assert script.parse_args(["--recipe", "sd-vae", "--perceptual_weight", "0"]).kl_weight == 1e-6
+    assert script.parse_args(["--recipe", "dsm-ae", "--perceptual_weight", "0"]).dsm_levels == (0, 8, 10, 12)
+    assert script.parse_args([]).dsm_levels == (0, 8, 10, 12)  # default: ESM + DSM, pixel losses
+    with pytest.raises(ValueError, match="perceptual_backbone"):
+        script.parse_args(["--perceptual_loss", "features", "--perceptual_weight", "1"])
+    with pytest.raises(ValueError, match="not both"):
+        script.parse_args(["--dataset_name", "a/b", "--train_data_dir", "c"])
+    from diffusers_spectrum.losses import lpips_available
+
+    if not lpips_available():
+        with pytest.raises(ValueError, match="pip install lpips"):
+            script.parse_args(["--recipe", "esm-ae"])
+
+
+@pytest.mark.slow
+def test_training_run_writes_model_stock_export_card_and_counts_corrupt_images(script, tiny_dinov2, tmp_path):
+    data = _image_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    args = script.parse_args([
+        "--train_data_dir", str(data), "--output_dir", str(out), "--vae_config", "tiny", "--resolution", "32",
+        "--train_batch_size", "2", "--gradient_accumulation_steps", "2", "--max_train_steps", "3",
+        "--checkpointing_steps", "1", "--validation_steps", "2", "--latent_stats_samples", "6",
+        "--perceptual_loss", "features", "--perceptual_backbone", tiny_dinov2, "--perceptual_weight", "0.5",
+        "--disc_weight", "0.5", "--disc_start", "0", "--disc_channels", "8", "--kl_weight", "1e-6",
+        "--use_ema", "--ema_decay", "0.5", "--use_shift", "--random_flip",
+        "--push_to_hub", "--hub_model_id", "user/tiny-spectrum-vae", "--hub_dry_run", "--hub_token", "secret",
+    ])  # fmt: skip
+    script.main(args)
+
+    # the model, its stock export (shift folded), metrics and the tensorboard log
+    vae = SpectrumAutoencoderKL.from_pretrained(out)
+    stock = AutoencoderKL.from_pretrained(out / "stock")
+    assert stock.config.shift_factor is None and vae.config.shift_factor is not None
+    images = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(images).latent_dist.mode()
+        z_stock = stock.encode(images).latent_dist.mode()
+        torch.testing.assert_close(z_stock, z - vae.config.shift_factor, atol=1e-5, rtol=1e-5)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped_images"] >= 1 and metrics["global_step"] == 3
+    assert metrics["scaling_factor"] == pytest.approx(vae.config.scaling_factor)
+    assert np.isfinite([metrics["psnr"], metrics["spectral_kl_delta1"], metrics["latent_slope"]]).all()
+    assert list((out / "logs").rglob("events.out.tfevents*"))
+
+    # every optimizer step moved both the autoencoder (encoder and decoder) and the discriminator
+    first, last = out / "checkpoint-1", out / "checkpoint-3"
+    for name in ("model.safetensors", "model_1.safetensors"):
+        before, after = load_file(first / name), load_file(last / name)
+        changed = [k for k in before if not torch.equal(before[k], after[k])]
+        assert changed, name
+        if name == "model.safetensors":
+            assert any(".encoder." in k for k in changed) and any(".decoder." in k for k in changed)
+
+    # the card and the hub dry run; no secret is written anywhere
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "diffusers" and "diffusers-spectrum" in card.data.tags
+    assert card.data.to_dict()["diffusers_spectrum"]["metrics"]["global_step"] == 3
+    upload = json.loads((out / "hub_upload.json").read_text())
+    assert upload["repo_id"] == "user/tiny-spectrum-vae" and upload["dry_run"] is True
+    assert {"README.md", "config.json", "diffusion_pytorch_model.safetensors", "stock/config.json"} <= set(
+        upload["files"]
+    )
+    assert not any(f.startswith(("checkpoint-", "logs/")) for f in upload["files"])
+    assert not any("secret" in p.read_text(errors="ignore") for p in out.rglob("*.json"))
+    assert "secret" not in (out / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(script, tmp_path, monkeypatch):
+    data = _image_folder(tmp_path / "data", count=7, corrupt=1)
+
+    def args_for(out, *extra):
+        return script.parse_args([
+            "--train_data_dir", str(data), "--output_dir", str(out), "--vae_config", "tiny", "--resolution", "32",
+            "--train_batch_size", "2", "--max_train_steps", "4", "--checkpointing_steps", "2",
+            "--validation_steps", "100", "--latent_stats_samples", "4", "--report_to", "none", "--random_flip",
+            "--disc_weight", "0.5", "--disc_start", "1", "--disc_channels", "8", "--kl_weight", "1e-6",
+            "--use_ema", "--ema_decay", "0.9", "--lr_warmup_steps", "2", "--lr_scheduler", "linear", *extra,
+        ])  # fmt: skip
+
+    script.main(args_for(tmp_path / "full"))
+
+    real_save = script.save_checkpoint
+
+    def save_then_die(accelerator, output_dir, global_step, *args, **kwargs):
+        path = real_save(accelerator, output_dir, global_step, *args, **kwargs)
+        if global_step == 2:
+            raise KeyboardInterrupt("killed after the checkpoint")
+        return path
+
+    monkeypatch.setattr(script, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(args_for(tmp_path / "resumed"))
+    monkeypatch.undo()
+    assert not (tmp_path / "resumed" / "diffusion_pytorch_model.safetensors").exists()
+    script.main(args_for(tmp_path / "resumed", "--resume_from_checkpoint", "latest"))
+
+    for name in ("diffusion_pytorch_model.safetensors", "checkpoint-4/model_1.safetensors"):
+        full, resumed = load_file(tmp_path / "full" / name), load_file(tmp_path / "resumed" / name)
+        assert full.keys() == resumed.keys()
+        for key in full:
+            assert torch.equal(full[key], resumed[key]), (name, key)
+    full_metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text()) == full_metrics
+
+
+def test_script_help_lists_the_diffusers_flags():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True)
+    for flag in ("--output_dir", "--train_batch_size", "--max_train_steps", "--checkpointing_steps",
+                 "--checkpoints_total_limit", "--resume_from_checkpoint", "--mixed_precision",
+                 "--gradient_accumulation_steps", "--learning_rate", "--seed", "--resolution", "--report_to",
+                 "--push_to_hub", "--hub_model_id", "--esm_weight", "--dsm_levels", "--recipe"):  # fmt: skip
+        assert flag in result.stdout

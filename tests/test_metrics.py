@@ -1,5 +1,7 @@
 """Metrics against independent references: Fréchet distance (closed form, scipy), PSNR / SSIM (scikit-image)."""
 
+import json
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -197,3 +199,102 @@ def test_local_evaluate_modules_load_offline_and_agree_with_the_functions():
     assert value["spectral_kl"] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="Unknown metric module"):
         metric_module_path("fid")
+
+
+def _example(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_evaluate_vae_example_writes_json_with_lowpass_levels(tmp_path, tiny_dinov2):
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+    ).save_pretrained(tmp_path / "vae")
+    example = _example("evaluate_vae")
+    args = example.parse_args(
+        [
+            "--vae",
+            str(tmp_path / "vae"),
+            "--num_samples",
+            "4",
+            "--batch_size",
+            "2",
+            "--resolution",
+            "32",
+            "--feature_extractor",
+            tiny_dinov2,
+            "--dsm_levels",
+            "0,8",
+            "--output_file",
+            str(tmp_path / "eval.json"),
+            "--no_progress",
+        ]
+    )
+    example.main(args)
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["num_samples"] == 4 and sorted(result["levels"]) == ["0", "8"]
+    assert np.isfinite(result["levels"]["8"]["fd"]) and result["levels"]["0"]["psnr"] > 0
+
+
+@pytest.mark.slow
+def test_evaluate_pipeline_example_scores_dit_samples_against_the_data(tmp_path, tiny_dinov2):
+    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=16,
+    )
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+    )
+    DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "pipe")
+    example = _example("evaluate_pipeline")
+    args = example.parse_args(
+        [
+            "--pipeline",
+            str(tmp_path / "pipe"),
+            "--num_samples",
+            "4",
+            "--batch_size",
+            "2",
+            "--num_inference_steps",
+            "2",
+            "--class_labels",
+            "1,3",
+            "--feature_extractor",
+            tiny_dinov2,
+            "--output_file",
+            str(tmp_path / "fd.json"),
+            "--no_progress",
+        ]
+    )
+    result = example.main(args)
+    assert json.loads((tmp_path / "fd.json").read_text())["fd"] == pytest.approx(result["fd"])
+    assert result["num_samples"] == 4 and result["num_reference"] == 4 and result["resolution"] == 16
+    assert result["class_labels"] == [1, 3] and result["fd"] > 0

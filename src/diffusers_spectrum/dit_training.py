@@ -5,7 +5,6 @@ Each loss helper returns *unweighted* terms; the script applies the flag weights
 `--fourier_weight`, `--wavelet_weight`) and logs every term separately.
 """
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +20,7 @@ __all__ = [
     "DIT_PRESETS",
     "build_transformer",
     "default_repa_depth",
+    "pipeline_samples",
     "repa_term",
     "sample_images",
     "spectral_regularizer_terms",
@@ -183,30 +183,25 @@ def spectral_regularizer_terms(
 
 
 @torch.no_grad()
-def sample_images(
-    transformer,
-    vae,
-    scheduler,
+def pipeline_samples(
+    pipe,
     class_labels: Sequence[int],
     num_inference_steps: int = 50,
     guidance_scale: float = 1.0,
     seeds: Sequence[int] | None = None,
     batch_size: int | None = None,
-    show_progress: bool = False,
 ) -> torch.Tensor:
-    """Sample with diffusers' `DiTPipeline` from in-memory components (validation during training).
-
-    Image `i` uses its own generator seeded with `seeds[i]` (default `i`), so a sample does not depend on the batch
-    size. Returns `(N, 3, H, W)` in [-1, 1] on the CPU.
-    """
-    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=type(scheduler).from_config(scheduler.config))
-    pipe.set_progress_bar_config(disable=not show_progress)
+    """Sample with a `DiTPipeline` (or subclass), one generator per image seeded with `seeds[i]` (default `i`), so an
+    image does not depend on the batch size or on its position in the batch. Returns `(N, 3, H, W)` in [-1, 1] on
+    the CPU."""
     labels = [int(label) for label in class_labels]
     seeds = list(range(len(labels))) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != len(labels):
-        raise ValueError(f"sample_images: got {len(seeds)} seeds for {len(labels)} labels.")
-    batch_size = batch_size or len(labels)
-    device = next(transformer.parameters()).device
+        raise ValueError(f"got {len(seeds)} seeds for {len(labels)} class labels.")
+    batch_size = batch_size or max(len(labels), 1)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    device = pipe._execution_device
     images = []
     for start in range(0, len(labels), batch_size):
         chunk = slice(start, start + batch_size)
@@ -222,6 +217,20 @@ def sample_images(
     return torch.cat(images)
 
 
-def grid_rows(count: int) -> int:
-    """Columns of a near-square image grid."""
-    return max(1, math.ceil(math.sqrt(count)))
+@torch.no_grad()
+def sample_images(
+    transformer,
+    vae,
+    scheduler,
+    class_labels: Sequence[int],
+    num_inference_steps: int = 50,
+    guidance_scale: float = 1.0,
+    seeds: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """Sample with diffusers' `DiTPipeline` built from in-memory components (validation during training); see
+    `pipeline_samples`. Returns `(N, 3, H, W)` in [-1, 1] on the CPU."""
+    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=type(scheduler).from_config(scheduler.config))
+    pipe.set_progress_bar_config(disable=not show_progress)
+    return pipeline_samples(pipe, class_labels, num_inference_steps, guidance_scale, seeds, batch_size)

@@ -51,7 +51,8 @@ def run(script, *argv) -> Path:
 def test_sample_writes_one_png_per_image_a_grid_and_a_record_by_class_name(flow_pipeline, tmp_path):
     script = load_example("sample")
     out = run(script, "--pretrained_model_name_or_path", str(flow_pipeline), "--class_labels", "dog,tree",
-              "--num_images", "3", "--num_inference_steps", "2", "--output_dir", str(tmp_path / "a"), "--seed", "5")  # fmt: skip
+              "--num_images", "3", "--num_inference_steps", "2", "--output_dir", str(tmp_path / "a"),
+              "--seed", "5")  # fmt: skip
     record = json.loads((out / "samples.json").read_text())
     assert [(r["class_id"], r["class_name"], r["seed"]) for r in record["images"]] == [
         (1, "dog", 5), (2, "tree", 6), (1, "dog", 7)

@@ -27,7 +27,7 @@ def test_dwt_matches_pywavelets_and_reconstructs_perfectly(levels):
     approximation, details = dwt_2d(x, levels=levels)
     reference = pywt.wavedec2(x.numpy(), "haar", level=levels, axes=(-2, -1))  # [cA_n, (H, V, D)_n, ..., (.)_1]
     np.testing.assert_allclose(approximation.numpy(), reference[0], atol=1e-12)
-    for level, bands in zip(details, reversed(reference[1:])):  # ours finest first
+    for level, bands in zip(details, reversed(reference[1:]), strict=True):  # ours finest first
         np.testing.assert_allclose(level.numpy(), np.stack(bands, axis=-3), atol=1e-12)
     torch.testing.assert_close(idwt_2d(approximation, details), x, atol=1e-12, rtol=0)
     energy = approximation.square().sum() + sum(level.square().sum() for level in details)
@@ -134,10 +134,12 @@ def test_radial_weighting_emphasises_high_frequencies_and_ignores_dc():
 def test_wavelet_l2_loss_matches_a_pywavelets_reference_with_level_weights():
     x, y = _pair((2, 3, 16, 16))
     weights = (0.5, 1.0, 2.0)
-    ours = wavelet_loss(x, y, levels=3, level_weights=weights, approximation_weight=0.25, loss_type="l2", reduction="none")
+    ours = wavelet_loss(
+        x, y, levels=3, level_weights=weights, approximation_weight=0.25, loss_type="l2", reduction="none"
+    )
     bands = pywt.wavedec2((x - y).double().numpy(), "haar", level=3, axes=(-2, -1))
     reference = 0.25 * (bands[0] ** 2).mean(axis=(1, 2, 3))
-    for weight, level in zip(weights, reversed(bands[1:])):
+    for weight, level in zip(weights, reversed(bands[1:]), strict=True):
         reference = reference + weight * (np.stack(level, axis=-3) ** 2).mean(axis=(1, 2, 3, 4))
     np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-5)
 

@@ -229,7 +229,10 @@ class DCTTransform(ModelMixin, ConfigMixin):
             chroma = chroma.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)  # (B, 2, H, W), 2x2 repeat
         else:
             chroma = torch.stack(
-                [self._block_signal(self._ungroup_blocks(work[:, (4 + 4 * i) * k : (8 + 4 * i) * k])) for i in range(2)],
+                [
+                    self._block_signal(self._ungroup_blocks(work[:, (4 + 4 * i) * k : (8 + 4 * i) * k]))
+                    for i in range(2)
+                ],
                 dim=1,
             )  # (B, 2, H, W)
         ycbcr = torch.cat([luma[:, None], chroma], dim=1)  # (B, 3, H, W)
@@ -258,9 +261,7 @@ def _image_batches(images) -> Iterable[torch.Tensor]:
 
 
 @torch.no_grad()
-def estimate_dct_eta(
-    transform: DCTTransform, images, percentile: float = 99.0, write_config: bool = True
-) -> float:
+def estimate_dct_eta(transform: DCTTransform, images, percentile: float = 99.0, write_config: bool = True) -> float:
     """eta = the ``percentile``-th percentile of |Y DC| over all luma blocks of ``images`` (in [-1, 1]).
 
     Args:
@@ -303,7 +304,10 @@ def estimate_entropy_weights(transform: DCTTransform, images, quantization_step:
     """
     if not quantization_step > 0:
         raise ValueError(f"estimate_entropy_weights: `quantization_step` must be positive, got {quantization_step}.")
-    groups = [f"{plane}{freq}" for plane, freq in zip(transform.channel_planes(), transform.channel_frequencies())]
+    groups = [
+        f"{plane}{freq}"
+        for plane, freq in zip(transform.channel_planes(), transform.channel_frequencies(), strict=True)
+    ]
     names = sorted(set(groups))
     counts = [dict() for _ in names]
     found = False
@@ -314,7 +318,7 @@ def estimate_entropy_weights(transform: DCTTransform, images, quantization_step:
         for channel, group in enumerate(groups):
             values, numbers = torch.unique(quantized[:, channel], return_counts=True)
             table = counts[names.index(group)]
-            for value, number in zip(values.tolist(), numbers.tolist()):
+            for value, number in zip(values.tolist(), numbers.tolist(), strict=True):
                 table[value] = table.get(value, 0) + number
     if not found:
         raise ValueError("estimate_entropy_weights: `images` yielded no batches.")
@@ -359,8 +363,9 @@ def dct_weighted_mse(prediction: torch.Tensor, target: torch.Tensor, channel_wei
 def snr_scaled_scheduler(scheduler, snr_scale: float):
     """A copy of ``scheduler`` whose training/sampling schedule has ``SNR'(t) = snr_scale * SNR(t)``.
 
-    - DDPM / DDIM: ``abar' = c abar / (1 + (c - 1) abar)`` (:func:`~diffusers_spectrum.objectives.scale_alphas_cumprod`),
-      stored as ``trained_betas`` so the saved scheduler config reproduces it.
+    - DDPM / DDIM / DPM-Solver: ``abar' = c abar / (1 + (c - 1) abar)``
+      (:func:`~diffusers_spectrum.objectives.scale_alphas_cumprod`), stored as ``trained_betas`` so the saved
+      scheduler config reproduces it.
     - Flow matching (``FlowMatchEulerDiscreteScheduler``'s ``shift`` or ``flow_shift`` with ``use_flow_sigmas``):
       SNR = ((1 - t) / t)^2, and the time shift t' = s t / (1 + (s - 1) t) divides it by s^2, so
       ``shift' = shift / sqrt(c)``.
@@ -375,8 +380,8 @@ def snr_scaled_scheduler(scheduler, snr_scale: float):
         return type(scheduler).from_config(config, **{key: flow_shift_of(scheduler) / math.sqrt(snr_scale)})
     if not hasattr(scheduler, "alphas_cumprod") or "trained_betas" not in config:
         raise ValueError(
-            "snr_scaled_scheduler: needs a DDPM-family scheduler with `trained_betas` (DDPM, DDIM, DPM-Solver, ...) or "
-            f"a flow-matching scheduler, got {type(scheduler).__name__}."
+            "snr_scaled_scheduler: needs a DDPM-family scheduler with `trained_betas` (DDPM, DDIM, DPM-Solver, ...) "
+            f"or a flow-matching scheduler, got {type(scheduler).__name__}."
         )
     alphas_cumprod = scale_alphas_cumprod(scheduler.alphas_cumprod, snr_scale)  # (T,) float64
     previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])

@@ -49,8 +49,8 @@ def _check_pair(model_output: torch.Tensor, x_t: torch.Tensor, func: str) -> Non
     require_tensor(x_t, func, "x_t")
     if model_output.shape != x_t.shape:
         raise ValueError(
-            f"{func}: `model_output` {tuple(model_output.shape)} and `x_t` {tuple(x_t.shape)} must have the same shape; "
-            "for a DiT that learns sigma, split off the variance channels first (`model_output[:, :C]`)."
+            f"{func}: `model_output` {tuple(model_output.shape)} and `x_t` {tuple(x_t.shape)} must have the same "
+            "shape; for a DiT that learns sigma, split off the variance channels first (`model_output[:, :C]`)."
         )
 
 
@@ -114,7 +114,9 @@ def x0_from_flow(model_output: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tens
     return x0.to(model_output.dtype)
 
 
-def edm_preconditioning(sigma, sigma_data: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def edm_preconditioning(
+    sigma, sigma_data: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """EDM's (c_skip, c_out, c_in, c_noise) for noise level ``sigma`` (Karras et al. 2022, Table 1).
 
     c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2), c_in = 1 / sqrt(sigma^2 + sd^2),
@@ -177,7 +179,9 @@ def regularizer_weights(snr: torch.Tensor, weighting: str = "signal", gamma: flo
         ``(B,)`` float32 weights in ``[0, 1]``.
     """
     if weighting not in REGULARIZER_WEIGHTINGS:
-        raise ValueError(f"regularizer_weights: unknown weighting {weighting!r}; choose one of {REGULARIZER_WEIGHTINGS}.")
+        raise ValueError(
+            f"regularizer_weights: unknown weighting {weighting!r}; choose one of {REGULARIZER_WEIGHTINGS}."
+        )
     snr = snr.float()
     if weighting == "none":
         return torch.ones_like(snr)
@@ -214,7 +218,6 @@ def flow_shift_of(scheduler) -> float:
         f"flow_shift_of: {type(scheduler).__name__} is not a flow-matching scheduler; use "
         "FlowMatchEulerDiscreteScheduler or a scheduler with use_flow_sigmas=True (prediction_type='flow_prediction')."
     )
-
 
 
 class DiffusionObjective:
@@ -350,7 +353,8 @@ class DiffusionObjective:
         return x_t, model_timesteps
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Regression target in ``x0``'s dtype: ``noise`` (epsilon), ``a_t noise - s_t x0`` (v), ``noise - x0`` (flow)."""
+        """Regression target in ``x0``'s dtype: ``noise`` (epsilon), ``a_t noise - s_t x0`` (v), ``noise - x0``
+        (flow)."""
         if self.kind == "epsilon":
             return noise
         if self.kind == "flow":

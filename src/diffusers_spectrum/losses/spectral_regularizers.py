@@ -31,7 +31,9 @@ def _check_inputs(x0_hat: torch.Tensor, x0: torch.Tensor, func: str, loss_type: 
     require_4d(x0_hat, func, "x0_hat")
     require_4d(x0, func, "x0")
     if x0_hat.shape != x0.shape:
-        raise ValueError(f"{func}: `x0_hat` {tuple(x0_hat.shape)} and `x0` {tuple(x0.shape)} must have the same shape.")
+        raise ValueError(
+            f"{func}: `x0_hat` {tuple(x0_hat.shape)} and `x0` {tuple(x0.shape)} must have the same shape."
+        )
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"{func}: unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}.")
     if reduction not in REDUCTIONS:
@@ -157,7 +159,9 @@ def wavelet_loss(
     if level_weights is None:
         level_weights = (1.0,) * levels
     if len(level_weights) != levels:
-        raise ValueError(f"wavelet_loss: `level_weights` needs {levels} entries (finest first), got {len(level_weights)}.")
+        raise ValueError(
+            f"wavelet_loss: `level_weights` needs {levels} entries (finest first), got {len(level_weights)}."
+        )
     if min(x0.shape[-2:]) < 2**levels:
         raise ValueError(
             f"wavelet_loss: a {x0.shape[-2]}x{x0.shape[-1]} grid is too small for {levels} levels; "
@@ -172,7 +176,7 @@ def wavelet_loss(
         return values.flatten(1).mean(dim=1)  # (B,)
 
     total = torch.zeros(x0.shape[0], device=x0.device, dtype=work_dtype)
-    for weight, level in zip(level_weights, details):  # (B, C, 3, h, w) per level, finest first
+    for weight, level in zip(level_weights, details, strict=True):  # (B, C, 3, h, w) per level, finest first
         if weight != 0:
             total = total + weight * distance(level)
     if approximation_weight != 0:

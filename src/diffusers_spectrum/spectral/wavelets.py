@@ -18,6 +18,7 @@ from ptwt.constants import WaveletDetailTuple2d
 
 from ._checks import compute_dtype, require_min_dims
 
+
 WAVELET_BOUNDARY_MODES = ("reflect", "zero", "constant", "periodic", "symmetric")
 
 

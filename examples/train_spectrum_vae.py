@@ -471,8 +471,12 @@ def main(args):
     )
     train_transform = ImageTransform(args.resolution, args.center_crop, args.random_flip, seed=args.seed)
     eval_transform = ImageTransform(args.resolution, center_crop=True)
-    validation_images = next(image_batches(dataset, args.num_validation_images, eval_transform, args.image_column))
-    validation_images = validation_images["pixel_values"].to(accelerator.device)
+    validation_batch = next(
+        image_batches(dataset, args.num_validation_images, eval_transform, args.image_column), None
+    )
+    if validation_batch is None:
+        raise ValueError("no image of the dataset could be read (see the skipped-image log lines above).")
+    validation_images = validation_batch["pixel_values"].to(accelerator.device)
 
     # 3. Models, losses, optimizers
     vae = build_vae(args)

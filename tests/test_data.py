@@ -172,9 +172,16 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
         assert all(torch.equal(b["labels"], torch.zeros(len(b["labels"]), dtype=torch.long)) for b in batches)
 
     counter = SkipCounter()
-    loader = make_image_dataloader(load_image_dataset(train_data_dir=folder), 4, ImageTransform(16), skip_counter=counter)
+    loader = make_image_dataloader(
+        load_image_dataset(train_data_dir=folder), 4, ImageTransform(16), skip_counter=counter
+    )
     _batches(loader, 3)  # 12 images from 5 good ones: more than two passes
     assert counter.count >= 4
+
+    only_corrupt = _write_folder(tmp_path / "bad", count=0, corrupt=3)
+    loader = make_image_dataloader(load_image_dataset(train_data_dir=only_corrupt), 2, ImageTransform(16))
+    with pytest.raises(ValueError, match="could be read"):  # an endless loop over nothing is an error
+        next(iter(loader))
 
 
 def test_parquet_files_load_streamed_and_in_memory(tmp_path):

@@ -22,8 +22,13 @@ def test_vae_card_has_metadata_numbers_and_loads(tmp_path):
     card = vae_model_card(
         "user/spectrum-vae",
         config={"block_out_channels": (8, 16), "latent_channels": 4, "scaling_factor": 0.5, "esm_delta": 1.0},
-        training_args={"esm_weight": 0.01, "esm_delta": 1.0, "dsm_levels": (0, 8), "max_train_steps": 7,
-                       "output_dir": Path("/tmp/x")},  # fmt: skip
+        training_args={
+            "esm_weight": 0.01,
+            "esm_delta": 1.0,
+            "dsm_levels": (0, 8),
+            "max_train_steps": 7,
+            "output_dir": Path("/tmp/x"),
+        },  # fmt: skip
         metrics={"spectral_kl_delta1": 0.0123, "psnr": 27.5},
         base_model="stabilityai/sd-vae-ft-mse",
         datasets="user/photos",

@@ -2,8 +2,6 @@
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +63,9 @@ def _grad_norm(parameters) -> float:
 
 
 def test_every_enabled_loss_moves_the_weights_it_should(script, tiny_dinov2):
-    args = script.parse_args(["--vae_config", "tiny", "--resolution", "32", "--dsm_levels", "0,8", "--esm_weight", "0"])
+    args = script.parse_args(
+        ["--vae_config", "tiny", "--resolution", "32", "--dsm_levels", "0,8", "--esm_weight", "0"]
+    )
     torch.manual_seed(0)
     vae = script.build_vae(args)
     module = script.VAETrainingModule(vae)
@@ -221,10 +221,50 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(script, tmp_p
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text()) == full_metrics
 
 
-def test_script_help_lists_the_diffusers_flags():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True)
+@pytest.mark.slow
+def test_nonfinite_losses_are_skipped_reported_and_stop_the_run(script, tmp_path, monkeypatch):
+    data = _image_folder(tmp_path / "data", count=4, corrupt=0)
+    real_loss = script.reconstruction_loss
+    calls = {"n": 0}
+
+    def nan_on_second_call(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    def args_for(out, steps):
+        return script.parse_args([
+            "--train_data_dir", str(data), "--output_dir", str(out), "--vae_config", "tiny", "--resolution", "32",
+            "--train_batch_size", "2", "--max_train_steps", str(steps), "--checkpointing_steps", "1",
+            "--validation_steps", "100", "--latent_stats_samples", "2", "--report_to", "none",
+            "--max_nonfinite_steps", "2",
+        ])  # fmt: skip
+
+    monkeypatch.setattr(script, "reconstruction_loss", nan_on_second_call)
+    script.main(args_for(tmp_path / "one_nan", 3))
+    out = tmp_path / "one_nan"
+    assert json.loads((out / "metrics.json").read_text())["nonfinite_steps"] == 1
+    # the skipped step (step 2) left the weights as they were after step 1
+    before, after = (
+        load_file(out / "checkpoint-1" / "model.safetensors"),
+        load_file(out / "checkpoint-2" / "model.safetensors"),
+    )
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    after_three = load_file(out / "checkpoint-3" / "model.safetensors")
+    assert any(not torch.equal(after[k], after_three[k]) for k in after)
+
+    monkeypatch.setattr(script, "reconstruction_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
+    with pytest.raises(RuntimeError, match="2 steps in a row"):
+        script.main(args_for(tmp_path / "all_nan", 5))
+
+
+def test_script_help_lists_the_diffusers_flags(script, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
     for flag in ("--output_dir", "--train_batch_size", "--max_train_steps", "--checkpointing_steps",
                  "--checkpoints_total_limit", "--resume_from_checkpoint", "--mixed_precision",
                  "--gradient_accumulation_steps", "--learning_rate", "--seed", "--resolution", "--report_to",
                  "--push_to_hub", "--hub_model_id", "--esm_weight", "--dsm_levels", "--recipe"):  # fmt: skip
-        assert flag in result.stdout
+        assert flag in help_text

@@ -54,7 +54,9 @@ def test_checkpoints_round_trip_and_are_pruned_to_the_limit(tmp_path):
     accelerator, model, optimizer = _prepared()
     for step in (1, 2, 3, 4):
         _train_step(model, optimizer)
-        path = save_checkpoint(accelerator, tmp_path, step, checkpoints_total_limit=2, extra_state={"data_position": step})
+        path = save_checkpoint(
+            accelerator, tmp_path, step, checkpoints_total_limit=2, extra_state={"data_position": step}
+        )
         assert path.name == f"checkpoint-{step}"
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-4"]
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())

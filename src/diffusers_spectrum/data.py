@@ -383,7 +383,7 @@ class ImageStreamDataset(torch.utils.data.IterableDataset):
             )
         epoch, epoch_start, remaining = 0, 0, self.start_position
         while True:
-            counter = [0]
+            counter, yielded = [0], 0
             for position, pixel_values, label in _samples(
                 self._epoch_dataset(epoch),
                 self.transform,
@@ -395,9 +395,15 @@ class ImageStreamDataset(torch.utils.data.IterableDataset):
                 counter=counter,
             ):
                 yield {"pixel_values": pixel_values, "labels": label, "data_position": epoch_start + position}
+                yielded += 1
             epoch_length = counter[0]
             if epoch_length == 0:
                 raise ValueError("the dataset shard of this process is empty; use fewer processes or more data.")
+            if yielded == 0 and remaining == 0:
+                raise ValueError(
+                    f"none of the {epoch_length} examples of this process's shard could be read "
+                    f"({self.skip_counter.count} skipped as unreadable); check the data."
+                )
             remaining = max(remaining - epoch_length, 0)
             epoch_start += epoch_length
             epoch += 1

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from diffusers_spectrum import SpectrumAutoencoderKL
 from diffusers_spectrum.data import ImageTransform, image_batches, load_image_dataset, make_image_dataloader
+from diffusers_spectrum.diagnostics import lowpass_reconstruction_errors, spectrum_summary
 from diffusers_spectrum.losses import (
     FeaturePerceptualLoss,
     LPIPSLoss,
@@ -40,7 +41,7 @@ from diffusers_spectrum.losses import (
     reconstruction_loss,
 )
 from diffusers_spectrum.model_cards import push_folder_to_hub, vae_model_card
-from diffusers_spectrum.spectral import power_law_slope, radial_spectrum, spectral_kl
+from diffusers_spectrum.spectral import spectral_kl
 from diffusers_spectrum.spectral.esm import esm_spectra
 from diffusers_spectrum.training_utils import (
     NonFiniteGuard,
@@ -54,6 +55,7 @@ from diffusers_spectrum.training_utils import (
     save_args_json,
     save_checkpoint,
 )
+
 
 check_min_version("0.32.0")
 logger = get_logger(__name__, log_level="INFO")
@@ -166,18 +168,28 @@ def spectrum_figure(images: torch.Tensor, latents: torch.Tensor, delta: float):
 def evaluate_vae(
     vae: SpectrumAutoencoderKL, images: torch.Tensor, delta: float
 ) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """PSNR and spectral numbers of `vae` on `images` (posterior mean); returns `(metrics, reconstructions, latents)`."""
+    """PSNR, the spectral summary (slopes, spectral KL, verdict; as `diffusers-spectrum analyze` reports them) and the
+    DSM low-pass errors of `vae` on `images`, with the posterior mean. Returns `(metrics, reconstructions, latents)`."""
     latents = vae.encode(images).latent_dist.mode()  # (B, C, h, w)
     reconstructions = vae.decode(latents).sample.clamp(-1, 1)  # (B, 3, H, W)
-    mse = ((reconstructions.float() - images.float()) / 2).square().flatten(1).mean(1)
+    mse = ((reconstructions.float() - images.float()) / 2).square().flatten(1).mean(1)  # on the [0, 1] scale
+    summary = spectrum_summary(images.float(), latents.float(), blur=vae.config.esm_blur)
     metrics = {
         "psnr": float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()),
-        "spectral_kl_delta1": float(spectral_kl(images, latents, delta=1.0).mean()),
-        "spectral_kl_delta0": float(spectral_kl(images, latents, delta=0.0).mean()),
-        "spectral_kl_target": float(spectral_kl(images, latents, delta=delta).mean()),
-        "latent_slope": float(power_law_slope(radial_spectrum(latents.float()).mean(0, keepdim=True)).mean()),
-        "image_slope": float(power_law_slope(radial_spectrum(images.float()).mean(0, keepdim=True)).mean()),
+        "spectral_kl_delta0": float(summary["spectral_kl_delta0"].mean()),
+        "spectral_kl_delta1": float(summary["spectral_kl_delta1"].mean()),
+        "spectral_kl_target": float(spectral_kl(images, latents, delta=delta, blur=vae.config.esm_blur).mean()),
+        "image_slope": summary["image_slope"],
+        "target_slope": summary["target_slope"],
+        "latent_slope": summary["latent_slope"],
+        "verdict": summary["verdict"],
     }
+    levels = [level for level in vae.config.dsm_levels if level > 0]
+    if levels:
+        errors = lowpass_reconstruction_errors(
+            lambda z: vae.decode(z).sample, images, latents, levels, vae.config.dsm_block_size
+        )
+        metrics.update({f"dsm_lowpass_mse_{level}": float(error.mean()) for level, error in errors.items()})
     return metrics, reconstructions, latents
 
 
@@ -604,7 +616,8 @@ def main(args):
             with ema_weights(ema, raw_vae):
                 metrics, reconstructions, latents = evaluate_vae(raw_vae, validation_images, raw_vae.config.esm_delta)
             raw_vae.train()
-            accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=global_step)
+            numbers = {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+            accelerator.log(numbers, step=global_step)
             log_images(accelerator, "val/originals_vs_reconstructions",
                        torch.cat([validation_images, reconstructions]), global_step, nrow=len(validation_images))  # fmt: skip
             log_figure(

@@ -134,6 +134,8 @@ def test_half_precision_round_trip_keeps_dtype_and_bad_sizes_are_rejected():
         transform.decode(torch.zeros(1, 5, 2, 2))
     with pytest.raises(ValueError, match="num_dropped"):
         DCTTransform(block_size=2, num_dropped=4)
+    with pytest.raises(ValueError, match="does not match"):
+        DCTTransform(block_size=2, latent_channels=12)
 
 
 def test_eta_is_the_percentile_of_luma_dc_and_is_written_as_scaling_factor():
@@ -201,7 +203,8 @@ def test_dct_transform_round_trips_through_save_and_load(tmp_path):
     transform = DCTTransform(block_size=4, num_dropped=3, chroma_subsampling=False, scaling_factor=0.2)
     transform.save_pretrained(tmp_path)
     loaded = DCTTransform.from_pretrained(tmp_path)
-    keys = ("block_size", "num_dropped", "chroma_subsampling", "in_channels", "scaling_factor")
+    assert loaded.config.latent_channels == 12 * 13 and loaded.config.shift_factor is None
+    keys = ("block_size", "num_dropped", "chroma_subsampling", "in_channels", "scaling_factor", "latent_channels")
     assert {key: loaded.config[key] for key in keys} == {key: transform.config[key] for key in keys}
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     torch.testing.assert_close(loaded.encode(x).latent_dist.mode(), transform.encode(x).latent_dist.mode())

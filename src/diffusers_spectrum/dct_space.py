@@ -18,6 +18,10 @@ diffusion, eta being one global scale (a high percentile of |Y DC|, :func:`estim
 every step (dropped coefficients are zero, chroma is upsampled by 2x2 repetition). With m = 0 the transform is
 exact up to float error except for the chroma downsampling (the only lossy step, and only for chroma that varies
 inside a 2 x 2 pixel cell); ``chroma_subsampling=False`` makes it exact for every image.
+
+Pipelines: a :class:`DCTTransform` is the ``vae`` of a stock ``DiTPipeline`` (which divides by ``scaling_factor`` and
+calls ``decode``); the folder loads with ``DiffusionPipeline.from_pretrained`` (diffusers logs a type warning, since
+``DiTPipeline`` annotates ``vae`` as ``AutoencoderKL``, and loads it anyway).
 """
 
 import math
@@ -36,11 +40,7 @@ from .spectral.dct import dct_matrix
 
 
 # JPEG / JFIF RGB -> YCbCr (ITU-R BT.601, full range), offsets dropped: rows give Y, Cb, Cr.
-JPEG_RGB_TO_YCBCR = (
-    (0.299, 0.587, 0.114),
-    (-0.168736, -0.331264, 0.5),
-    (0.5, -0.418688, -0.081312),
-)
+JPEG_RGB_TO_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
 
 
 def zigzag_order(block_size: int) -> list[tuple[int, int]]:
@@ -87,6 +87,10 @@ class DCTTransform(ModelMixin, ConfigMixin):
             1 / eta, the factor diffusion multiplies the coefficients by (read as `vae.config.scaling_factor`).
             None gives 1 / b (the largest possible |Y DC| of an image in [-1, 1] is b); set it from data with
             :func:`estimate_dct_eta`.
+        shift_factor (`float`, *optional*): always None (no shift); present so code that reads
+            `vae.config.shift_factor` runs unchanged.
+        latent_channels (`int`, *optional*): derived (6K or 12K) and recorded in the config, like
+            `AutoencoderKL.config.latent_channels`; a given value must match.
     """
 
     _supports_gradient_checkpointing = False
@@ -99,6 +103,8 @@ class DCTTransform(ModelMixin, ConfigMixin):
         chroma_subsampling: bool = True,
         in_channels: int = 3,
         scaling_factor: float | None = None,
+        shift_factor: float | None = None,
+        latent_channels: int | None = None,
     ):
         super().__init__()
         if not isinstance(block_size, int) or block_size < 1:
@@ -110,6 +116,17 @@ class DCTTransform(ModelMixin, ConfigMixin):
             )
         if in_channels != 3:
             raise ValueError(f"DCTTransform: only RGB images are supported (in_channels=3), got {in_channels}.")
+        if shift_factor not in (None, 0, 0.0):
+            raise ValueError(
+                f"DCTTransform: the transform has no shift; `shift_factor` must be None, got {shift_factor}."
+            )
+        channels = (6 if chroma_subsampling else 12) * (block_size**2 - num_dropped)
+        if latent_channels is not None and latent_channels != channels:
+            raise ValueError(
+                f"DCTTransform: latent_channels={latent_channels} does not match block_size={block_size}, "
+                f"num_dropped={num_dropped}, chroma_subsampling={chroma_subsampling} ({channels} channels)."
+            )
+        self.register_to_config(latent_channels=channels, shift_factor=None)
         if scaling_factor is None:
             self.register_to_config(scaling_factor=1.0 / block_size)
         elif not scaling_factor > 0:
@@ -130,8 +147,8 @@ class DCTTransform(ModelMixin, ConfigMixin):
 
     @property
     def latent_channels(self) -> int:
-        """Channels of the coefficient grid: 6K with chroma subsampling, 12K without."""
-        return (6 if self.config.chroma_subsampling else 12) * self.coefficients_per_block
+        """Channels of the coefficient grid: 6K with chroma subsampling, 12K without (= `config.latent_channels`)."""
+        return self.config.latent_channels
 
     @property
     def downsample_factor(self) -> int:

@@ -269,7 +269,8 @@ def parse_args(input_args=None):
         type=int,
         default=0,
         choices=(0, 1),
-        help="0: decode in the training process (exact resume positions); 1: one background worker.",
+        help="0: decode in the training process; 1: one background worker (its skipped-image count is only "
+        "logged, and the shuffled order differs from 0: keep the same value when resuming).",
     )
 
     g = parser.add_argument_group("model")

@@ -430,7 +430,9 @@ def make_image_dataloader(
     """A `DataLoader` of `{"pixel_values": (B, 3, H, W), "labels": (B,), "data_position": (B,)}` batches over this
     process's shard (pass `accelerator.num_processes` / `accelerator.process_index`; do not `accelerator.prepare`
     it, it is sharded already). Resume with `start_position = batch["data_position"][-1]` of the last batch consumed.
-    Batches are full (`drop_last`); with `infinite` the stream cycles over reshuffled epochs.
+    Batches are full (`drop_last`); with `infinite` the stream cycles over reshuffled epochs. `num_workers=1` decodes
+    in a background process: resume stays exact, but `datasets` shuffles differently inside a worker (keep the same
+    value when resuming) and `skip_counter` then counts in the worker, not here.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")

@@ -252,6 +252,7 @@ class DiffusionObjective:
         self.kind = kind
         self.noise_scheduler = noise_scheduler
         self.alphas_cumprod = None
+        self._alphas_cumprod_by_device = {}
         self.flow_shift = 1.0
         if kind == "flow":
             if noise_scheduler is not None:
@@ -301,17 +302,28 @@ class DiffusionObjective:
             raise TypeError(
                 f"DiffusionObjective(kind={self.kind!r}): timesteps must be integer indices, got {timesteps.dtype}."
             )
-        if (timesteps < 0).any() or (timesteps >= self.num_train_timesteps).any():
-            raise ValueError(f"DiffusionObjective: timesteps must lie in [0, {self.num_train_timesteps}).")
-        return self.alphas_cumprod.to(timesteps.device)[timesteps].to(work_dtype)
+        if timesteps.device not in self._alphas_cumprod_by_device:  # one copy per device, not one per step
+            self._alphas_cumprod_by_device[timesteps.device] = self.alphas_cumprod.to(timesteps.device)
+        return self._alphas_cumprod_by_device[timesteps.device][timesteps].to(work_dtype)
 
     def _check_flow_time(self, timesteps: torch.Tensor) -> torch.Tensor:
-        if not timesteps.is_floating_point() or (timesteps < 0).any() or (timesteps > 1).any():
+        if not timesteps.is_floating_point():
             raise ValueError(
                 "DiffusionObjective(kind='flow'): timesteps must be float times in [0, 1] from `sample_timesteps`, "
-                "not the model timesteps (t * 1000)."
+                f"got dtype {timesteps.dtype}."
             )
         return timesteps
+
+    def _check_range(self, timesteps: torch.Tensor) -> None:
+        """Value checks (one device sync), done once per step in :meth:`noisy_inputs`."""
+        if self.kind == "flow":
+            if (timesteps < 0).any() or (timesteps > 1).any():
+                raise ValueError(
+                    "DiffusionObjective(kind='flow'): timesteps must be float times in [0, 1] from "
+                    "`sample_timesteps`, not the model timesteps (t * 1000)."
+                )
+        elif (timesteps < 0).any() or (timesteps >= self.num_train_timesteps).any():
+            raise ValueError(f"DiffusionObjective: timesteps must lie in [0, {self.num_train_timesteps}).")
 
     def snr(self, timesteps: torch.Tensor) -> torch.Tensor:
         """``(B,)`` float32 signal-to-noise ratio of the forward process at ``timesteps``."""
@@ -348,6 +360,7 @@ class DiffusionObjective:
         if noise.shape != x0.shape:
             raise ValueError(f"noisy_inputs: `noise` {tuple(noise.shape)} must match `x0` {tuple(x0.shape)}.")
         a_t, s_t = self._coefficients(timesteps, x0)
+        self._check_range(timesteps)
         x_t = (a_t * x0.to(a_t.dtype) + s_t * noise.to(a_t.dtype)).to(x0.dtype)
         model_timesteps = timesteps.float() * 1000 if self.kind == "flow" else timesteps
         return x_t, model_timesteps
@@ -365,7 +378,9 @@ class DiffusionObjective:
     def predict_x0(self, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x0_hat from the model output (same parameterisation as :meth:`target`), differentiable."""
         if self.kind == "flow":
-            return x0_from_flow(model_output, x_t, self._check_flow_time(timesteps))
+            _check_pair(model_output, x_t, "DiffusionObjective.predict_x0")
+            time = _append_dims(self._check_flow_time(timesteps).to(compute_dtype(x_t.dtype)), x_t.ndim)
+            return (x_t.to(time.dtype) - time * model_output.to(time.dtype)).to(model_output.dtype)
         abar = self._alphas_cumprod_at(timesteps, compute_dtype(x_t.dtype))
         if self.kind == "epsilon":
             return x0_from_epsilon(model_output, x_t, abar)

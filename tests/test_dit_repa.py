@@ -308,3 +308,37 @@ def test_repa_gradient_reaches_transformer_and_projector_but_not_the_encoder(din
     assert model.transformer_blocks[0].attn1.to_q.weight.grad.abs().sum() > 0
     assert model.transformer_blocks[2].attn1.to_q.weight.grad is None  # after repa_depth: untouched
     assert all(p.grad is None for p in encoder.parameters())
+
+
+@pytest.mark.parametrize("family", ["dinov2_with_registers", "clip", "siglip"])
+def test_encoder_drops_cls_and_register_tokens_for_other_vision_backbones(tmp_path, family):
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    config_cls, model_cls, prefix = {
+        "dinov2_with_registers": (Dinov2WithRegistersConfig, Dinov2WithRegistersModel, 1 + 4),
+        "clip": (CLIPVisionConfig, CLIPVisionModel, 1),
+        "siglip": (SiglipVisionConfig, SiglipVisionModel, 0),
+    }[family]
+    torch.manual_seed(0)
+    sizes = dict(hidden_size=12, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24)
+    model = model_cls(config_cls(patch_size=8, image_size=32, **sizes)).eval()
+    model.save_pretrained(tmp_path)
+    CLIPImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(tmp_path)
+    encoder = RepresentationEncoder.from_pretrained(str(tmp_path), input_range="[-1,1]")
+    images = torch.rand(2, 3, 24, 24) * 2 - 1
+    tokens = encoder(images, (2, 3))  # 16 x 24 input: not the checkpoint's 32 x 32
+    pixels = F.interpolate((images + 1) / 2, size=(16, 24), mode="bicubic", align_corners=False, antialias=True)
+    kwargs = {} if family.startswith("dinov2") else {"interpolate_pos_encoding": True}
+    hidden = model(pixel_values=(pixels - 0.5) / 0.5, **kwargs).last_hidden_state
+    assert hidden.shape[1] == prefix + 6
+    if family == "clip":  # CLIP normalises only its pooled token; we apply the same final LayerNorm to patches
+        hidden = getattr(model, "vision_model", model).post_layernorm(hidden)
+    torch.testing.assert_close(tokens, hidden[:, prefix:], atol=1e-5, rtol=1e-4)

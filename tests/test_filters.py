@@ -24,8 +24,9 @@ def test_gaussian_blur_matrix_matches_scipy_reflect_mode_even_when_kernel_exceed
     np.testing.assert_allclose(ours, reference, atol=1e-12)
 
 
-def test_dog_filter_without_normalisation_matches_scipy_difference_of_gaussians():
-    features = torch.randn(2, 3, 16, 12, dtype=torch.float64)
+@pytest.mark.parametrize("h, w", [(16, 12), (40, 36)])  # one (N x N) operator / separable form above 1024 tokens
+def test_dog_filter_without_normalisation_matches_scipy_difference_of_gaussians(h, w):
+    features = torch.randn(2, 3, h, w, dtype=torch.float64)
     ours = dog_filter(features, 0.6, 2.0, normalize=False).numpy()
     x = features.numpy()
     blur = lambda s: ndimage.gaussian_filter(x, (0, 0, s, s), mode="reflect", truncate=4.0)  # noqa: E731

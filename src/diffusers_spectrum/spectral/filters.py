@@ -10,7 +10,9 @@ The Gaussians use scipy.ndimage's "reflect" boundary (the edge sample is repeate
 size (radius = int(truncate * sigma + 0.5), truncate 4). On an n-sample axis that extension is 2n-periodic and even,
 so the blur is diagonal in the orthonormal DCT-II basis: blur = D^T diag(H) D with H_k = sum_j g[j] cos(pi k j / n).
 This holds for any kernel length, so sigma2 may exceed the grid (the limit sigma2 -> infinity is the exact mean),
-and each blur is one small (n x n) matrix per axis, built once per (size, sigma, device, dtype).
+and each blur is one small (n x n) matrix per axis, built once per (size, sigma, device, dtype). On grids up to
+32 x 32 tokens the whole DoG is one (N x N) operator (the Kronecker product of the axis matrices), applied to every
+channel in a single matrix product straight on `(B, N, D)` tokens.
 """
 
 import functools
@@ -67,6 +69,43 @@ def gaussian_blur_matrix(
     return _blur_matrix_cached(int(n), float(sigma), float(truncate), str(torch.device(device or "cpu")), dtype)
 
 
+# Grids up to this many tokens (32 x 32) apply DoG as one (N x N) operator, a single GEMM over all channels; larger
+# grids use the separable form (four small matrix products).
+_MAX_OPERATOR_TOKENS = 1024
+
+
+@functools.lru_cache(maxsize=32)
+def _dog_operator_cached(
+    h: int, w: int, sigma1: float, sigma2: float, truncate: float, device: str, dtype: torch.dtype
+) -> torch.Tensor:
+    blur = [
+        torch.kron(
+            gaussian_blur_matrix(h, s, truncate, "cpu", torch.float64),
+            gaussian_blur_matrix(w, s, truncate, "cpu", torch.float64),
+        )
+        for s in (sigma1, sigma2)
+    ]
+    return (blur[0] - blur[1]).to(device=device, dtype=dtype)  # (N, N), row-major tokens
+
+
+def _dog_tokens(tokens: torch.Tensor, grid_hw: tuple[int, int], sigma1, sigma2, normalize, eps, truncate):
+    """DoG of `(B, N, D)` float tokens along the token axis (the shared core of `dog_filter`)."""
+    h, w = grid_hw
+    # DoG removes the mean exactly; subtracting it first keeps constant maps at exactly 0 in floating point.
+    y = tokens - tokens.mean(dim=1, keepdim=True)  # (B, N, D)
+    if h * w <= _MAX_OPERATOR_TOKENS:
+        operator = _dog_operator_cached(h, w, float(sigma1), float(sigma2), float(truncate), str(y.device), y.dtype)
+        out = operator @ y  # (B, N, D)
+    else:
+        grid = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], h, w)  # (B, D, h, w)
+        a1_h, a2_h = (gaussian_blur_matrix(h, s, truncate, y.device, y.dtype) for s in (sigma1, sigma2))
+        a1_w, a2_w = (gaussian_blur_matrix(w, s, truncate, y.device, y.dtype) for s in (sigma1, sigma2))
+        out = (a1_h @ grid @ a1_w.T - a2_h @ grid @ a2_w.T).flatten(2).transpose(1, 2)  # (B, N, D)
+    if normalize:
+        out = out / (out.var(dim=1, correction=0, keepdim=True).sqrt() + eps)
+    return out
+
+
 def _grid_std(x: torch.Tensor) -> torch.Tensor:
     """Population std over the last two axes, `(..., 1, 1)`."""
     return x.var(dim=(-2, -1), correction=0, keepdim=True).sqrt()
@@ -99,18 +138,16 @@ def dog_filter(
         `(B, D, h, w)` in the input's dtype (computed in float32, float64 for float64 input).
     """
     require_4d(features, "dog_filter", "features")
+    _check_sigmas(sigma1, sigma2)
+    b, d, h, w = features.shape
+    tokens = features.to(compute_dtype(features.dtype)).flatten(2).transpose(1, 2)  # (B, N, D)
+    out = _dog_tokens(tokens, (h, w), sigma1, sigma2, normalize, eps, truncate)
+    return out.transpose(1, 2).reshape(b, d, h, w).to(features.dtype)
+
+
+def _check_sigmas(sigma1: float, sigma2: float) -> None:
     if not 0 <= sigma1 < sigma2:
         raise ValueError(f"dog_filter: need 0 <= sigma1 < sigma2, got sigma1={sigma1}, sigma2={sigma2}.")
-    y = features.to(compute_dtype(features.dtype))
-    h, w = y.shape[-2:]
-    # DoG removes the mean exactly; subtracting it first keeps constant maps at exactly 0 in floating point.
-    y = y - y.mean(dim=(-2, -1), keepdim=True)  # (B, D, h, w)
-    a1_h, a2_h = (gaussian_blur_matrix(h, s, truncate, y.device, y.dtype) for s in (sigma1, sigma2))
-    a1_w, a2_w = (gaussian_blur_matrix(w, s, truncate, y.device, y.dtype) for s in (sigma1, sigma2))
-    out = a1_h @ y @ a1_w.T - a2_h @ y @ a2_w.T  # (B, D, h, w)
-    if normalize:
-        out = out / (_grid_std(out) + eps)
-    return out.to(features.dtype)
 
 
 def spatial_normalize(features: torch.Tensor, alpha: float = 0.6, eps: float = 1e-6) -> torch.Tensor:
@@ -183,6 +220,9 @@ def apply_target_filter(
         )
     if filter == "none":
         return tokens
+    if filter == "dog":  # straight on the token axis: no layout change
+        _check_sigmas(sigma1, sigma2)
+        out = _dog_tokens(tokens.to(compute_dtype(tokens.dtype)), (h, w), sigma1, sigma2, True, 1e-6, 4.0)
+        return out.to(tokens.dtype)
     grid = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)  # (B, D, h, w)
-    grid = spatial_normalize(grid, alpha) if filter == "spatial_norm" else dog_filter(grid, sigma1, sigma2)
-    return grid.flatten(2).transpose(1, 2)  # (B, N, D)
+    return spatial_normalize(grid, alpha).flatten(2).transpose(1, 2)  # (B, N, D)

@@ -1,6 +1,7 @@
 """Metrics against independent references: Fréchet distance (closed form, scipy), PSNR / SSIM (scikit-image)."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -298,3 +299,30 @@ def test_evaluate_pipeline_example_scores_dit_samples_against_the_data(tmp_path,
     assert json.loads((tmp_path / "fd.json").read_text())["fd"] == pytest.approx(result["fd"])
     assert result["num_samples"] == 4 and result["num_reference"] == 4 and result["resolution"] == 16
     assert result["class_labels"] == [1, 3] and result["fd"] > 0
+
+
+def test_benchmark_runner_collects_rows_reports_failures_and_writes_tables(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run_all.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_run_all", path)
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    row = "{'benchmark': 'b', 'metric': 'm', 'value': 1.5, 'unit': 'ms', 'ratio': 2.0, 'target': 't'}"
+    (tmp_path / "bench_zz_ok.py").write_text(f"def run(quick=False):\n    return [{row}] * (1 if quick else 2)\n")
+    (tmp_path / "bench_zz_bad.py").write_text("def run(quick=False):\n    return [{'value': 1}]\n")
+    monkeypatch.setattr(run_all, "BENCHMARK_DIR", tmp_path)
+    assert run_all.discover(["zz_ok"]) == ["bench_zz_ok"]
+    with pytest.raises(ValueError, match="Unknown benchmark"):
+        run_all.discover(["missing"])
+    assert run_all.main(["--quick", "--output_dir", str(tmp_path / "out")]) == 1  # one module broke the protocol
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [s["ok"] for s in payload["status"]] == [False, True] and payload["quick"] is True
+    assert [r["module"] for r in payload["rows"]] == ["bench_zz_bad", "bench_zz_ok"]
+    assert payload["machine"]["cores"] >= 1 and payload["machine"]["versions"]["torch"]
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| b | m | 1.5 | ms | 2.00x | t |" in table and "bench_zz_bad FAILED" in table
+    monkeypatch.delitem(sys.modules, "bench_zz_ok")
+    assert run_all.main(["--only", "zz_ok", "--output_dir", str(tmp_path / "full")]) == 0
+    assert len(json.loads((tmp_path / "full" / "results.json").read_text())["rows"]) == 2

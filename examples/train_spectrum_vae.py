@@ -532,7 +532,15 @@ def main(args):
     checkpoint = find_resume_checkpoint(output_dir, args.resume_from_checkpoint)
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint)
-        global_step, data_position = state["global_step"], state["data_position"]
+        global_step, positions = state["global_step"], state["data_positions"]
+        if len(positions) == accelerator.num_processes:
+            data_position = positions[accelerator.process_index]  # each process resumes its own shard
+        else:
+            data_position = sum(positions) // accelerator.num_processes
+            logger.warning(
+                f"the checkpoint was written by {len(positions)} processes, this run has "
+                f"{accelerator.num_processes}: the data stream restarts at an approximate position."
+            )
         guard.load_state_dict(state["nonfinite"])
         logger.info(f"resumed from {checkpoint} at step {global_step}, data position {data_position}")
     dataloader = make_image_dataloader(
@@ -610,7 +618,8 @@ def main(args):
 
         # 5d. Checkpoint and validation
         if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-            extra = {"data_position": data_position, "nonfinite": guard.state_dict()}
+            positions = accelerator.gather(torch.tensor([data_position], device=accelerator.device)).tolist()
+            extra = {"data_positions": positions, "nonfinite": guard.state_dict()}
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, extra)
         if accelerator.is_main_process and (global_step % args.validation_steps == 0 or global_step == 1):
             raw_vae.eval()

@@ -258,6 +258,58 @@ def test_nonfinite_losses_are_skipped_reported_and_stop_the_run(script, tmp_path
         script.main(args_for(tmp_path / "all_nan", 5))
 
 
+DDP_PROBE = """
+import importlib.util, json, sys, torch
+spec = importlib.util.spec_from_file_location("train_spectrum_vae", sys.argv[1])
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
+real_save = script.save_checkpoint
+
+def save_and_probe(accelerator, output_dir, global_step, *args, **kwargs):
+    model = accelerator.unwrap_model(accelerator._models[0])
+    checksum = torch.tensor([sum(p.double().sum().item() for p in model.parameters())], dtype=torch.float64)
+    if accelerator.is_main_process:
+        with open(f"{output_dir}/probe-{global_step}.json", "w") as f:
+            json.dump({"num_processes": accelerator.num_processes}, f)
+    gathered = accelerator.gather(checksum).tolist()
+    if accelerator.is_main_process:
+        with open(f"{output_dir}/probe-{global_step}.json", "w") as f:
+            json.dump({"num_processes": accelerator.num_processes, "checksums": gathered}, f)
+    return real_save(accelerator, output_dir, global_step, *args, **kwargs)
+
+script.save_checkpoint = save_and_probe
+script.main(script.parse_args(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_keeps_the_replicas_identical(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "probe.py").write_text(DDP_PROBE)
+    out = tmp_path / "out"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        str(tmp_path / "probe.py"), str(SCRIPT), "--output_dir", str(out), "--vae_config", "tiny",
+        "--resolution", "32", "--train_batch_size", "2", "--gradient_accumulation_steps", "2",
+        "--max_train_steps", "2", "--checkpointing_steps", "1", "--validation_steps", "100",
+        "--latent_stats_samples", "2", "--report_to", "none", "--disc_weight", "0.5", "--disc_start", "0",
+        "--disc_channels", "8", "--disc_norm", "group", "--kl_weight", "1e-6",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for step in (1, 2):
+        probe = json.loads((out / f"probe-{step}.json").read_text())
+        assert probe["num_processes"] == 2
+        assert probe["checksums"][0] == probe["checksums"][1]  # gradients were all-reduced through the wrapper
+    positions = json.loads((out / "checkpoint-2" / "extra_state.json").read_text())["data_positions"]
+    assert len(positions) == 2
+    assert (out / "diffusion_pytorch_model.safetensors").is_file()
+
+
 def test_script_help_lists_the_diffusers_flags(script, capsys):
     with pytest.raises(SystemExit) as exit_info:
         script.parse_args(["--help"])

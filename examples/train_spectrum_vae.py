@@ -168,8 +168,11 @@ def spectrum_figure(images: torch.Tensor, latents: torch.Tensor, delta: float):
 def evaluate_vae(
     vae: SpectrumAutoencoderKL, images: torch.Tensor, delta: float
 ) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """PSNR, the spectral summary (slopes, spectral KL, verdict; as `diffusers-spectrum analyze` reports them) and the
-    DSM low-pass errors of `vae` on `images`, with the posterior mean. Returns `(metrics, reconstructions, latents)`."""
+    """PSNR, the spectral summary (slopes, spectral KL, verdict; as `diffusers-spectrum analyze` reports them) and
+    the DSM low-pass errors of `vae` on `images`, with the posterior mean.
+
+    Returns `(metrics, reconstructions, latents)`.
+    """
     latents = vae.encode(images).latent_dist.mode()  # (B, C, h, w)
     reconstructions = vae.decode(latents).sample.clamp(-1, 1)  # (B, 3, H, W)
     mse = ((reconstructions.float() - images.float()) / 2).square().flatten(1).mean(1)  # on the [0, 1] scale
@@ -438,7 +441,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         if args.perceptual_backbone is None:
             raise ValueError(
                 "--perceptual_loss lpips (the recipes' choice) needs `pip install lpips torchvision`; or pass "
-                "--perceptual_loss features --perceptual_backbone <transformers vision model>, or --perceptual_weight 0."
+                "--perceptual_loss features --perceptual_backbone <transformers vision model>, or "
+                "--perceptual_weight 0."
             )
         args.perceptual_loss = "features"
     if args.perceptual_loss == "features" and args.perceptual_weight > 0 and args.perceptual_backbone is None:
@@ -628,8 +632,8 @@ def main(args):
             raw_vae.train()
             numbers = {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
             accelerator.log(numbers, step=global_step)
-            log_images(accelerator, "val/originals_vs_reconstructions",
-                       torch.cat([validation_images, reconstructions]), global_step, nrow=len(validation_images))  # fmt: skip
+            pairs = torch.cat([validation_images, reconstructions])  # originals on top, reconstructions below
+            log_images(accelerator, "val/reconstructions", pairs, global_step, nrow=len(validation_images))
             log_figure(
                 accelerator, "val/spectrum", spectrum_figure(validation_images, latents, args.esm_delta), global_step
             )

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+
 # Source photographs, in label order. All are natural colour photographs (the camera man is grayscale, kept as
 # RGB), with the power-law spectra Spectrum Matching is about.
 SOURCES = ("astronaut", "camera", "chelsea", "coffee", "rocket", "china", "flower")

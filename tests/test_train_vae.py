@@ -288,11 +288,16 @@ def test_two_process_ddp_training_keeps_the_replicas_identical(tmp_path):
     import subprocess
     import sys
 
+    import socket
+
     (tmp_path / "probe.py").write_text(DDP_PROBE)
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     out = tmp_path / "out"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
         str(tmp_path / "probe.py"), str(SCRIPT), "--output_dir", str(out), "--vae_config", "tiny",
         "--resolution", "32", "--train_batch_size", "2", "--gradient_accumulation_steps", "2",
         "--max_train_steps", "2", "--checkpointing_steps", "1", "--validation_steps", "100",

@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
-from datasets.distributed import split_dataset_by_node
 import numpy as np
 import torch
+from datasets.distributed import split_dataset_by_node
 from PIL import Image, ImageOps
+
 
 __all__ = [
     "ImageStreamDataset",

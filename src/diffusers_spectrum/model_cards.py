@@ -13,6 +13,7 @@ from pathlib import Path
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 from huggingface_hub.utils import filter_repo_objects
 
+
 __all__ = [
     "DEFAULT_IGNORE_PATTERNS",
     "dataset_card",
@@ -234,7 +235,8 @@ def dataset_card(
     """Card of a cached-latent dataset.
 
     Args:
-        contents: column / shape / dtype / count facts (e.g. `{"num_examples": 1000, "latents": "float16 (4, 32, 32)"}`).
+        contents: column / shape / dtype / count facts, e.g.
+            `{"num_examples": 1000, "latents": "float16 (4, 32, 32)"}`.
         source_datasets: Hub ids of the images the latents were computed from.
         vae: path or Hub id of the encoder.
     """

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
 
+
 __all__ = [
     "CHECKPOINT_PREFIX",
     "NonFiniteGuard",

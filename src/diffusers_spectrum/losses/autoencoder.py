@@ -16,6 +16,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from ..spectral._checks import require_4d
 
+
 __all__ = [
     "ConfigMixin",
     "FeaturePerceptualLoss",

@@ -166,3 +166,21 @@ def test_losses_reject_bad_arguments():
         fourier_loss(x, y, loss_type="huber")
     with pytest.raises(ValueError, match="4-D"):
         wavelet_loss(x[0], y[0])
+
+
+def test_losses_pass_a_float64_gradcheck():
+    x, y = _pair((1, 2, 4, 8))
+    prediction = x.double().requires_grad_(True)
+    target = y.double()
+    assert torch.autograd.gradcheck(
+        lambda p: fourier_loss(p, target, log_amplitude=True, frequency_power=1.0), prediction
+    )
+    assert torch.autograd.gradcheck(lambda p: wavelet_loss(p, target, levels=2, loss_type="l2"), prediction)
+    assert torch.autograd.gradcheck(lambda p: wavelet_loss(p, target, levels=1, wavelet="db2"), prediction)
+
+
+def test_wavelet_loss_accepts_other_wavelets_and_odd_sizes():
+    x, y = _pair((2, 3, 15, 9))
+    for wavelet in ("haar", "db2"):
+        assert wavelet_loss(x, x.clone(), levels=2, wavelet=wavelet).item() == 0.0
+        assert wavelet_loss(x, y, levels=2, wavelet=wavelet).item() > 0.1

@@ -2,6 +2,10 @@
 
 import importlib.util
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -284,12 +288,6 @@ script.main(script.parse_args(sys.argv[2:]))
 
 @pytest.mark.slow
 def test_two_process_ddp_training_keeps_the_replicas_identical(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    import socket
-
     (tmp_path / "probe.py").write_text(DDP_PROBE)
     with socket.socket() as sock:  # a free port for the rendezvous
         sock.bind(("127.0.0.1", 0))

@@ -687,6 +687,10 @@ def write_outputs(args, vae: SpectrumAutoencoderKL, metrics: dict, output_dir: P
         datasets=[args.dataset_name] if args.dataset_name else None,
         dataset_description=None if args.dataset_name or args.train_data_dir else "the embedded photo crops",
         recipe=args.recipe,
+        eval_description=(
+            f"the first {args.num_validation_images} images of the training data (centre crops, {args.resolution} px; "
+            f"posterior mean); latent statistics over {metrics['latent_stats_samples']} images"
+        ),
     )
     card.save(output_dir / "README.md")
     if args.push_to_hub:

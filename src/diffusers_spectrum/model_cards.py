@@ -89,6 +89,7 @@ def vae_model_card(
     dataset_description: str | None = None,
     recipe: str | None = None,
     stock_subfolder: str = "stock",
+    eval_description: str = "images of the training data",
     license: str = "apache-2.0",
     tags: list[str] | None = None,
     description: str = "",
@@ -104,6 +105,7 @@ def vae_model_card(
         base_model: the VAE this one was fine-tuned from (Hub id), if any.
         datasets: Hub dataset ids trained on (for the `datasets` metadata).
         recipe: recipe name (`sd-vae`, `esm-ae`, `dsm-ae`, or a free description).
+        eval_description: what the metrics were measured on.
     """
     config, training_args, metrics = _json_safe(config), _json_safe(training_args), _json_safe(metrics)
     datasets = _as_list(datasets)
@@ -150,7 +152,7 @@ def vae_model_card(
         recipe=recipe or "custom",
         architecture_table=markdown_table(architecture, ("setting", "value")),
         metrics_table=markdown_table(metrics, ("metric", "value")),
-        eval_description=training_args.get("eval_description", "held-out samples of the training data"),
+        eval_description=eval_description,
         dataset_description=_describe_dataset(datasets, dataset_description),
         max_train_steps=training_args.get("max_train_steps", "unknown"),
         training_args_table=markdown_table(training_args, ("flag", "value")),

@@ -161,7 +161,14 @@ def test_training_run_writes_model_stock_export_card_and_counts_corrupt_images(s
     assert metrics["skipped_images"] >= 1 and metrics["global_step"] == 3
     assert metrics["scaling_factor"] == pytest.approx(vae.config.scaling_factor)
     assert np.isfinite([metrics["psnr"], metrics["spectral_kl_delta1"], metrics["latent_slope"]]).all()
-    assert list((out / "logs").rglob("events.out.tfevents*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((out / "logs").rglob("events.out.tfevents*"))))
+    events.Reload()
+    assert {"val/reconstructions", "val/spectrum"} <= set(events.Tags()["images"])
+    assert {"reconstruction", "perceptual", "generator", "discriminator", "kl", "esm", "lr", "val/psnr"} <= set(
+        events.Tags()["scalars"]
+    )
 
     # every optimizer step moved both the autoencoder (encoder and decoder) and the discriminator
     first, last = out / "checkpoint-1", out / "checkpoint-3"

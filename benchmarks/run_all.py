@@ -80,7 +80,8 @@ def check_rows(name: str, rows) -> list[dict]:
 
 def run_benchmarks(names: list[str], quick: bool) -> tuple[list[dict], list[dict]]:
     """Import and run each module; returns (rows with a `module` key added, per-module status)."""
-    sys.path.insert(0, str(BENCHMARK_DIR))  # modules import their siblings (e.g. `from bench_esm import ...`)
+    if str(BENCHMARK_DIR) not in sys.path:
+        sys.path.insert(0, str(BENCHMARK_DIR))  # modules import their siblings (e.g. `from bench_esm import ...`)
     rows, status = [], []
     for name in names:
         start = time.perf_counter()
@@ -137,6 +138,16 @@ def markdown_table(rows: list[dict], machine: dict, quick: bool, date: str) -> s
     return "\n".join(lines) + "\n"
 
 
+def write_results(output_dir: Path, rows: list[dict], status: list[dict], machine: dict, quick: bool) -> str:
+    """Write `results.md` and `results.json`; returns the markdown."""
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    table = markdown_table(rows, machine, quick, date)
+    (output_dir / "results.md").write_text(table, encoding="utf-8")
+    payload = {"date": date, "quick": quick, "machine": machine, "status": status, "rows": rows}
+    (output_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="each benchmark's quick mode (fewer repeats / sizes)")
@@ -144,15 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", default=str(BENCHMARK_DIR), help="where results.md / results.json go")
     args = parser.parse_args(argv)
     names = discover(args.only.split(",") if args.only else None)
-    rows, status = run_benchmarks(names, args.quick)
     machine = machine_description()
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(rows, machine, args.quick, date)
-    (output_dir / "results.md").write_text(table, encoding="utf-8")
-    payload = {"date": date, "quick": args.quick, "machine": machine, "status": status, "rows": rows}
-    (output_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    rows, status = [], []
+    table = write_results(output_dir, rows, status, machine, args.quick)
+    for name in names:  # tables are rewritten after each module, so a crash keeps what finished
+        module_rows, module_status = run_benchmarks([name], args.quick)
+        rows += module_rows
+        status += module_status
+        table = write_results(output_dir, rows, status, machine, args.quick)
     print(table)
     return 0 if all(s["ok"] for s in status) else 1
 

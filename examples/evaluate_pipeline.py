@@ -14,7 +14,6 @@ power spectra (16 bands), a quick check that samples are neither too noisy nor t
 """
 
 import argparse
-import inspect
 import json
 import logging
 import math
@@ -22,14 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import check_min_version
 from tqdm.auto import tqdm
 
 from diffusers_spectrum.analyze import image_batches_from
-from diffusers_spectrum.metrics import collect_features, frechet_distance, load_feature_extractor
+from diffusers_spectrum.metrics import load_feature_extractor, pipeline_samples, sample_frechet_distance
 from diffusers_spectrum.spectral import power_law_slope, radial_spectrum
 
 
@@ -47,32 +45,6 @@ def class_labels_for(pipeline, class_labels: str | None) -> list[int]:
         return [int(v) for v in class_labels.split(",") if v.strip()]
     id2label = getattr(pipeline, "id2label", None) or pipeline.config.get("id2label")
     return sorted(int(k) for k in id2label) if id2label else [0]
-
-
-@torch.no_grad()
-def generate(
-    pipeline,
-    num_samples: int,
-    batch_size: int,
-    labels: list[int],
-    num_inference_steps: int,
-    guidance_scale: float,
-    seed: int,
-    progress: bool = True,
-):
-    """Yield sample batches ``(B, 3, H, W)`` in [-1, 1] (float32, CPU)."""
-    parameters = inspect.signature(pipeline.__call__).parameters
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    for start in tqdm(range(0, num_samples, batch_size), desc="sample", disable=not progress):
-        count = min(batch_size, num_samples - start)
-        kwargs = {"num_inference_steps": num_inference_steps, "generator": generator, "output_type": "np"}
-        if "class_labels" in parameters:
-            kwargs["class_labels"] = [labels[(start + i) % len(labels)] for i in range(count)]
-            kwargs["guidance_scale"] = guidance_scale
-        else:
-            kwargs["batch_size"] = count
-        images = np.asarray(pipeline(**kwargs).images, dtype=np.float32)  # (B, H, W, 3) in [0, 1]
-        yield torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
 
 
 def mean_spectrum_slope(batches) -> tuple[float, list[torch.Tensor]]:
@@ -124,7 +96,7 @@ def main(args: argparse.Namespace) -> dict:
     labels = class_labels_for(pipeline, args.class_labels)
 
     # 1. Samples
-    sample_batches = generate(
+    sample_batches = pipeline_samples(
         pipeline,
         args.num_samples,
         args.batch_size,
@@ -145,7 +117,7 @@ def main(args: argparse.Namespace) -> dict:
     )
 
     # 3. Fréchet distance
-    fd = frechet_distance(collect_features(extractor, samples), collect_features(extractor, references))
+    fd = sample_frechet_distance(samples, references, extractor)
     result = {
         "fd": fd,
         "feature_extractor": getattr(extractor, "name", args.feature_extractor),

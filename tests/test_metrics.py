@@ -134,6 +134,7 @@ def test_transformers_extractor_matches_manual_dinov2_forward(tiny_dinov2):
         TransformersFeatureExtractor("/does/not/exist")
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 def test_inception_extractor_loads_a_local_torchscript_file(tmp_path):
     class FakeInception(torch.nn.Module):
         def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:

@@ -11,6 +11,7 @@ and are repeated in every report.
 
 import argparse
 import json
+import logging
 import math
 import sys
 import time
@@ -25,6 +26,10 @@ from .spectral import power_law_slope, radial_spectrum
 
 
 __all__ = ["analyze_vae", "compare_vaes", "image_batches_from", "load_vae", "main", "parse_args"]
+
+logger = logging.getLogger(__name__)
+EMBEDDED_PHOTO_SIZE = 64  # side of the embedded photo crops (`data.embedded_dataset_dir`)
+
 
 # ------------------------------------------------------------------------------------------------
 # Loading
@@ -163,6 +168,14 @@ def analyze_vae(
     vae = load_vae(vae, device=device)
     dsm_levels = tuple(int(k) for k in dsm_levels)
     _check_sizes(vae, resolution, dsm_levels)
+    if data is None and resolution > EMBEDDED_PHOTO_SIZE:
+        logger.warning(
+            "The embedded photos are %d px: upsampling them to %d px steepens the image spectrum; pass --data for "
+            "a real evaluation or --resolution %d.",
+            EMBEDDED_PHOTO_SIZE,
+            resolution,
+            EMBEDDED_PHOTO_SIZE,
+        )
     from .data import SkipCounter
 
     skips = SkipCounter()

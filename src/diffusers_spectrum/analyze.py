@@ -62,7 +62,7 @@ def load_vae(name_or_path, subfolder: str | None = None, device="cpu", dtype: to
         try:
             vae = AutoencoderKL.from_pretrained(str(name_or_path), subfolder=folder, torch_dtype=dtype)
             return vae.to(device).eval()
-        except (OSError, ValueError, EnvironmentError) as error:
+        except (OSError, ValueError) as error:
             errors.append(f"{'subfolder ' + folder if folder else 'root'}: {error}")
     raise ValueError(
         f"Could not load a VAE from {str(name_or_path)!r} (a diffusers AutoencoderKL folder or Hub id): "

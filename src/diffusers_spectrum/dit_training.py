@@ -28,9 +28,11 @@ __all__ = [
     "step_generator",
 ]
 
-# DiT model sizes (Peebles & Xie 2023, Table 1; heads x head_dim = hidden width), plus `tiny` for CPU runs and tests.
+# DiT model sizes (Peebles & Xie 2023, Table 1; heads x head_dim = hidden width), plus CPU sizes: `tiny` (tests)
+# and `mini` (the demo).
 DIT_PRESETS = {
     "tiny": {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 16, "patch_size": 2},
+    "mini": {"num_layers": 4, "num_attention_heads": 4, "attention_head_dim": 16, "patch_size": 2},
     "S/2": {"num_layers": 12, "num_attention_heads": 6, "attention_head_dim": 64, "patch_size": 2},
     "B/2": {"num_layers": 12, "num_attention_heads": 12, "attention_head_dim": 64, "patch_size": 2},
     "L/2": {"num_layers": 24, "num_attention_heads": 16, "attention_head_dim": 64, "patch_size": 2},

@@ -1,0 +1,252 @@
+"""`diffusers-spectrum demo [--output_dir DIR] [--quick]`: the whole method end to end on a CPU, in a few minutes.
+
+On the embedded photo crops (no download), it
+
+1. trains a tiny Spectrum VAE with ESM + DSM (`examples/train_spectrum_vae.py`),
+2. caches its latents, with REPA targets from a tiny *randomly initialised* DINOv2 saved locally (the real
+   `facebook/dinov2-base` needs a download; the demo only shows the plumbing, not REPA's benefit),
+3. trains a tiny class-conditional DiT with flow matching and DoG-REPA (`examples/train_dit_repa.py`), which writes
+   a stock `DiTPipeline` folder,
+4. loads that folder with plain `DiffusionPipeline.from_pretrained` and samples a grid (`examples/sample.py`),
+5. measures the VAE's latent spectrum against the image spectrum (`diffusers-spectrum analyze`): plot + JSON.
+
+The example scripts are read from the repository's `examples/` folder (an editable install or a source checkout).
+"""
+
+import argparse
+import importlib.util
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+__all__ = ["DEMO_SETTINGS", "find_examples_dir", "main", "parse_args", "run_demo"]
+
+# Sizes chosen for about 3 minutes on 2 CPU cores; `quick` is for tests (a few steps of everything).
+DEMO_SETTINGS = {
+    "full": {"resolution": 32, "vae_steps": 300, "dit_steps": 600, "num_images": 14, "sample_steps": 25},
+    "quick": {"resolution": 32, "vae_steps": 2, "dit_steps": 2, "num_images": 2, "sample_steps": 2},
+}
+# Tiny Spectrum VAE (f4, 4 latent channels: 32 px images -> 4 x 8 x 8 latents, one 8 x 8 DSM block).
+DEMO_VAE = {
+    "block_out_channels": (8, 16, 16),
+    "down_block_types": ("DownEncoderBlock2D",) * 3,
+    "up_block_types": ("UpDecoderBlock2D",) * 3,
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "latent_channels": 4,
+    "sample_size": 32,
+}
+# Tiny random DINOv2 with patch 4: a 32 px image gives an 8 x 8 token grid = the DiT's grid (8 x 8 latent, patch 1).
+DEMO_ENCODER = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "patch_size": 4,
+    "image_size": 32,
+}
+
+
+def find_examples_dir() -> Path:
+    """The repository's `examples/` folder (next to `src/`), where the demo's training scripts live."""
+    candidate = Path(__file__).resolve().parents[2] / "examples"
+    if not (candidate / "train_dit_repa.py").is_file():
+        raise FileNotFoundError(
+            f"the demo runs the example scripts, expected in {candidate}; install diffusers-spectrum from a source "
+            "checkout (`git clone ... && pip install -e .`)."
+        )
+    return candidate
+
+
+def _load_script(examples: Path, name: str):
+    spec = importlib.util.spec_from_file_location(f"diffusers_spectrum_example_{name}", examples / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stage(number: int, title: str) -> float:
+    # Keep the console to progress bars and each script's own summary lines: checkpoint bookkeeping stays quiet.
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in ("accelerate", "diffusers_spectrum.training_utils", "diffusers_spectrum.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    print(f"\n[{number}/5] {title}", flush=True)
+    return time.time()
+
+
+def run_demo(
+    output_dir: str | Path = "spectrum-demo", quick: bool = False, seed: int = 0, num_threads: int | None = 1
+) -> dict:
+    """Run the five stages into `output_dir`; returns the summary (also written to `demo_summary.json`).
+
+    `num_threads` sets torch's intra-op threads (None keeps torch's default). The demo's models are tiny, so extra
+    threads gain little, while OpenMP threads that wait on a core another process is using slow down by 10-30x.
+    """
+    import torch
+
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    from diffusers import DiffusionPipeline
+    from transformers import Dinov2Config, Dinov2Model
+
+    from .analyze import analyze_vae
+    from .models import SpectrumAutoencoderKL
+
+    settings = DEMO_SETTINGS["quick" if quick else "full"]
+    output_dir = Path(output_dir)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)  # a fresh run each time (the stages resume otherwise)
+    output_dir.mkdir(parents=True)
+    examples = find_examples_dir()
+    start, timings = time.time(), {}
+    res = str(settings["resolution"])
+    torch.manual_seed(seed)
+
+    # 1. Tiny Spectrum VAE with ESM + DSM
+    t0 = _stage(1, "Spectrum VAE (ESM + DSM) on the embedded photos")
+    init_dir = output_dir / "vae_init"
+    SpectrumAutoencoderKL(**DEMO_VAE).save_pretrained(init_dir)
+    vae_script = _load_script(examples, "train_spectrum_vae")
+    vae_dir = output_dir / "vae"
+    vae_script.main(vae_script.parse_args([
+        "--pretrained_vae", str(init_dir), "--output_dir", str(vae_dir), "--resolution", res, "--center_crop",
+        "--random_flip", "--train_batch_size", "8", "--max_train_steps", str(settings["vae_steps"]),
+        "--learning_rate", "1e-3", "--esm_weight", "0.01", "--esm_delta", "1.0", "--dsm_levels", "0,8,10,12",
+        "--perceptual_weight", "0", "--disc_weight", "0", "--checkpointing_steps", str(settings["vae_steps"]),
+        "--validation_steps", str(settings["vae_steps"]), "--latent_stats_samples", "112", "--seed", str(seed),
+    ]))  # fmt: skip
+    shutil.rmtree(init_dir)
+    timings["vae"] = time.time() - t0
+
+    # 2. Latent cache with REPA targets from a tiny random DINOv2
+    t0 = _stage(2, "cache latents + REPA targets (tiny random DINOv2, saved locally)")
+    encoder_dir = output_dir / "encoder_tiny_random_dinov2"
+    torch.manual_seed(seed)
+    Dinov2Model(Dinov2Config(**DEMO_ENCODER)).save_pretrained(encoder_dir)
+    cache_script = _load_script(examples, "cache_latents")
+    cache_dir = output_dir / "latents"
+    cache_script.main(cache_script.parse_args([
+        "--pretrained_vae", str(vae_dir), "--output_dir", str(cache_dir), "--resolution", res,
+        "--repa_encoder", str(encoder_dir), "--repa_grid_size", "8", "--batch_size", "16", "--seed", str(seed),
+    ]))  # fmt: skip
+    timings["cache"] = time.time() - t0
+
+    # 3. DiT with flow matching and DoG-REPA, exported as a stock DiTPipeline
+    t0 = _stage(3, "DiT (flow matching + DoG-REPA) on the cached latents")
+    dit_script = _load_script(examples, "train_dit_repa")
+    dit_dir = output_dir / "dit"
+    steps = settings["dit_steps"]
+    pipeline_dir = dit_script.main(dit_script.parse_args([
+        "--latent_dataset", str(cache_dir), "--output_dir", str(dit_dir), "--dit_config", "mini", "--patch_size", "1",
+        "--objective", "flow", "--repa_target_filter", "dog", "--repa_coeff", "0.5", "--repa_depth", "2",
+        "--repa_projector_dim", "256", "--train_batch_size", "16", "--max_train_steps", str(steps),
+        "--learning_rate", "5e-4", "--use_ema", "--ema_decay", "0.995", "--checkpointing_steps", str(steps),
+        "--validation_steps", str(steps), "--num_validation_images", "7", "--validation_inference_steps",
+        str(settings["sample_steps"]), "--seed", str(seed),
+    ]))  # fmt: skip
+    timings["dit"] = time.time() - t0
+
+    # 4. Load with plain diffusers and sample a grid
+    t0 = _stage(4, "sample from the pipeline folder with DiffusionPipeline.from_pretrained")
+    pipe = DiffusionPipeline.from_pretrained(pipeline_dir)
+    print(f"loaded {type(pipe).__name__}: {', '.join(f'{k}={type(v).__name__}' for k, v in pipe.components.items())}")
+    sample_script = _load_script(examples, "sample")
+    samples_dir = sample_script.main(sample_script.parse_args([
+        "--pretrained_model_name_or_path", str(pipeline_dir), "--num_images", str(settings["num_images"]),
+        "--num_inference_steps", str(settings["sample_steps"]), "--guidance_scale", "1.8",
+        "--grid_columns", str(min(7, settings["num_images"])),
+        "--output_dir", str(output_dir / "samples"), "--seed", str(seed),
+    ]))  # fmt: skip
+    shutil.copyfile(samples_dir / "grid.png", output_dir / "sample_grid.png")
+    timings["sample"] = time.time() - t0
+
+    # 5. Spectrum report of the VAE: image vs latent spectra, slopes, spectral KL, verdict
+    t0 = _stage(5, "spectrum report (diffusers-spectrum analyze)")
+    report = analyze_vae(
+        SpectrumAutoencoderKL.from_pretrained(vae_dir).eval(), num_samples=112, resolution=settings["resolution"],
+        batch_size=16,
+        output_dir=output_dir / "spectrum", progress=True, name="demo Spectrum VAE",
+    )  # fmt: skip
+    shutil.copyfile(output_dir / "spectrum" / "spectra.png", output_dir / "spectrum.png")
+    timings["analyze"] = time.time() - t0
+
+    # Summary
+    vae_metrics = json.loads((vae_dir / "metrics.json").read_text())
+    dit_metrics = json.loads((dit_dir / "metrics.json").read_text())
+    summary = {
+        "wall_seconds": round(time.time() - start, 1),
+        "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
+        "settings": settings,
+        "vae": {k: vae_metrics.get(k) for k in ("psnr", "spectral_kl_delta1", "latent_slope", "scaling_factor")},
+        "dit": {k: dit_metrics.get(k) for k in ("diffusion", "repa_cosine", "loss", "global_step")},
+        "spectrum": {
+            k: report.get(k)
+            for k in (
+                "verdict",
+                "image_slope",
+                "latent_slope",
+                "target_slope",
+                "spectral_kl_delta0",
+                "spectral_kl_delta1",
+            )  # fmt: skip
+        },
+        "outputs": {
+            "pipeline": str(pipeline_dir),
+            "sample_grid": str(output_dir / "sample_grid.png"),
+            "spectrum_plot": str(output_dir / "spectrum.png"),
+            "spectrum_report": str(output_dir / "spectrum" / "report.json"),
+            "vae": str(vae_dir),
+            "latents": str(cache_dir),
+        },
+    }
+    with open(output_dir / "demo_summary.json", "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def _print_summary(summary: dict) -> None:
+    spectrum, vae, dit = summary["spectrum"], summary["vae"], summary["dit"]
+    print("\n" + "=" * 78)
+    print(f"diffusers-spectrum demo finished in {summary['wall_seconds']:.0f} s "
+          f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['stage_seconds'].items())})")  # fmt: skip
+    print(f"VAE:  PSNR {vae['psnr']:.2f} dB, spectral KL to the delta=1 target {vae['spectral_kl_delta1']:.4f}")
+    print(
+        f"      latent slope {spectrum['latent_slope']:.2f} vs target {spectrum['target_slope']:.2f} (images "
+        f"{spectrum['image_slope']:.2f}): {spectrum['verdict']}"
+    )
+    print(f"DiT:  {dit['global_step']} steps, final loss {dit['loss']:.4f}, REPA cosine {dit['repa_cosine']:.3f}")
+    for name, path in summary["outputs"].items():
+        print(f"  {name:<16} {path}")
+    print(f'Load it: DiffusionPipeline.from_pretrained("{summary["outputs"]["pipeline"]}")')
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="diffusers-spectrum demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--output_dir", default="spectrum-demo", help="Where everything is written (replaced).")
+    parser.add_argument("--quick", action="store_true", help="A few steps of every stage (for tests).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of every stage.")
+    parser.add_argument(
+        "--num_threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (0 = torch's default). 1 is fastest for these tiny models on a busy machine.",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, force=True)
+    summary = run_demo(args.output_dir, quick=args.quick, seed=args.seed, num_threads=args.num_threads or None)
+    _print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

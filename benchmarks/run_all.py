@@ -2,8 +2,9 @@
 
 Each module exposes `run(quick: bool = False) -> list[dict]` whose rows have the keys `benchmark`, `metric`,
 `value`, `unit`, `ratio` (or None) and `target`. The table records the machine it came from (CPU, cores, memory,
-GPU, library versions) so the README can quote it with its provenance. A benchmark that fails is reported as a
-failed row (and a non-zero exit status) instead of hiding the others.
+GPU, library versions) so the README can quote it with its provenance. Each module runs in its own subprocess and
+the tables are rewritten after each one; a benchmark that fails (an exception, a crash, an OOM kill) is reported as
+a failed row (and a non-zero exit status) instead of hiding the others.
 
 Usage: python benchmarks/run_all.py [--quick] [--only esm,pipeline] [--output_dir benchmarks]
 """
@@ -14,9 +15,9 @@ import importlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 
@@ -78,34 +79,47 @@ def check_rows(name: str, rows) -> list[dict]:
     return rows
 
 
+def _child(name: str, quick: bool, benchmark_dir: str) -> None:
+    """In the subprocess: import and run one module, print its rows as the last stdout line (JSON)."""
+    sys.path.insert(0, benchmark_dir)  # modules import their siblings (e.g. `from bench_esm import ...`)
+    rows = check_rows(name, importlib.import_module(name).run(quick=quick))
+    print("\n" + json.dumps(rows), flush=True)
+
+
 def run_benchmarks(names: list[str], quick: bool) -> tuple[list[dict], list[dict]]:
-    """Import and run each module; returns (rows with a `module` key added, per-module status)."""
-    if str(BENCHMARK_DIR) not in sys.path:
-        sys.path.insert(0, str(BENCHMARK_DIR))  # modules import their siblings (e.g. `from bench_esm import ...`)
+    """Run each module in its own subprocess (a crash, an OOM kill or a leak stays there); returns (rows with a
+    `module` key added, per-module status)."""
     rows, status = [], []
     for name in names:
         start = time.perf_counter()
         print(f"== {name} ({'quick' if quick else 'full'})", flush=True)
-        try:
-            module = importlib.import_module(name)
-            module_rows = check_rows(name, module.run(quick=quick))
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--_child",
+            name,
+            "--benchmark_dir",
+            str(BENCHMARK_DIR),
+        ]
+        result = subprocess.run(command + (["--quick"] if quick else []), stdout=subprocess.PIPE, text=True)
+        lines = result.stdout.strip().splitlines()
+        print("\n".join(lines[:-1]), flush=True)
+        error = None
+        if result.returncode != 0:
+            error = f"exit status {result.returncode} (negative = killed by that signal; see the log above)"
+        else:
+            try:
+                module_rows = json.loads(lines[-1])
+            except (IndexError, json.JSONDecodeError) as decode_error:
+                error = f"no result rows: {decode_error}"
+        seconds = time.perf_counter() - start
+        if error is None:
             rows.extend({"module": name, **row} for row in module_rows)
-            status.append({"module": name, "ok": True, "seconds": time.perf_counter() - start})
-        except Exception as error:  # one broken benchmark must not hide the others' results
-            traceback.print_exc()
-            message = f"{type(error).__name__}: {error}"
-            rows.append(
-                {
-                    "module": name,
-                    "benchmark": f"{name} FAILED",
-                    "metric": message[:200],
-                    "value": None,
-                    "unit": "",
-                    "ratio": None,
-                    "target": "",
-                }
-            )
-            status.append({"module": name, "ok": False, "seconds": time.perf_counter() - start, "error": message})
+            status.append({"module": name, "ok": True, "seconds": seconds})
+            continue
+        failed = {"benchmark": f"{name} FAILED", "metric": error[:200], "value": None, "unit": "", "ratio": None}
+        rows.append({"module": name, **failed, "target": ""})  # one broken benchmark must not hide the others
+        status.append({"module": name, "ok": False, "seconds": seconds, "error": error})
     return rows, status
 
 
@@ -153,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="each benchmark's quick mode (fewer repeats / sizes)")
     parser.add_argument("--only", default=None, help="comma-separated subset, e.g. 'esm,pipeline'")
     parser.add_argument("--output_dir", default=str(BENCHMARK_DIR), help="where results.md / results.json go")
+    parser.add_argument("--benchmark_dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args._child:
+        _child(args._child, args.quick, args.benchmark_dir)
+        return 0
     names = discover(args.only.split(",") if args.only else None)
     machine = machine_description()
     output_dir = Path(args.output_dir)

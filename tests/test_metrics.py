@@ -1,7 +1,6 @@
 """Metrics against independent references: Fréchet distance (closed form, scipy), PSNR / SSIM (scikit-image)."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -313,17 +312,18 @@ def test_benchmark_runner_collects_rows_reports_failures_and_writes_tables(tmp_p
     row = "{'benchmark': 'b', 'metric': 'm', 'value': 1.5, 'unit': 'ms', 'ratio': 2.0, 'target': 't'}"
     (tmp_path / "bench_zz_ok.py").write_text(f"def run(quick=False):\n    return [{row}] * (1 if quick else 2)\n")
     (tmp_path / "bench_zz_bad.py").write_text("def run(quick=False):\n    return [{'value': 1}]\n")
+    (tmp_path / "bench_zz_crash.py").write_text("import os\n\ndef run(quick=False):\n    os._exit(3)\n")
     monkeypatch.setattr(run_all, "BENCHMARK_DIR", tmp_path)
     assert run_all.discover(["zz_ok"]) == ["bench_zz_ok"]
     with pytest.raises(ValueError, match="Unknown benchmark"):
         run_all.discover(["missing"])
     assert run_all.main(["--quick", "--output_dir", str(tmp_path / "out")]) == 1  # one module broke the protocol
     payload = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [s["ok"] for s in payload["status"]] == [False, True] and payload["quick"] is True
-    assert [r["module"] for r in payload["rows"]] == ["bench_zz_bad", "bench_zz_ok"]
+    assert [s["ok"] for s in payload["status"]] == [False, False, True] and payload["quick"] is True
+    assert [r["module"] for r in payload["rows"]] == ["bench_zz_bad", "bench_zz_crash", "bench_zz_ok"]
+    assert "exit status 3" in payload["status"][1]["error"]
     assert payload["machine"]["cores"] >= 1 and payload["machine"]["versions"]["torch"]
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| b | m | 1.5 | ms | 2.00x | t |" in table and "bench_zz_bad FAILED" in table
-    monkeypatch.delitem(sys.modules, "bench_zz_ok")
     assert run_all.main(["--only", "zz_ok", "--output_dir", str(tmp_path / "full")]) == 0
     assert len(json.loads((tmp_path / "full" / "results.json").read_text())["rows"]) == 2

@@ -28,8 +28,10 @@ def test_demo_quick_writes_loadable_pipeline_sample_grid_and_spectrum_report(tmp
     assert pipe.transformer.config.sample_size == 8 and pipe.vae.config.latent_channels == 4
 
     # the sample grid holds the requested number of 32 px images; the spectrum report has the verdict and slopes
-    grid = np.asarray(Image.open(out / "sample_grid.png"))
+    grid = np.asarray(Image.open(out / "samples" / "grid.png"))
     assert grid.shape == (2 + 34, 2 + 34 * DEMO_SETTINGS["quick"]["num_images"], 3)
+    shown = np.asarray(Image.open(out / "sample_grid.png"))  # the same grid, 4x nearest-neighbour
+    np.testing.assert_array_equal(shown[::4, ::4], grid)
     report = json.loads((out / "spectrum" / "report.json").read_text())
     assert report["verdict"] in printed and np.isfinite(report["latent_slope"])
     assert (out / "spectrum.png").is_file()

@@ -119,7 +119,8 @@ def run_demo(
     vae_script.main(vae_script.parse_args([
         "--pretrained_vae", str(init_dir), "--output_dir", str(vae_dir), "--resolution", res, "--center_crop",
         "--random_flip", "--train_batch_size", "8", "--max_train_steps", str(settings["vae_steps"]),
-        "--learning_rate", "1e-3", "--esm_weight", str(DEMO_ESM_WEIGHT), "--esm_delta", "1.0", "--dsm_levels", "0,8,10,12",
+        "--learning_rate", "1e-3", "--esm_weight", str(DEMO_ESM_WEIGHT), "--esm_delta", "1.0",
+        "--dsm_levels", "0,8,10,12",
         "--perceptual_weight", "0", "--disc_weight", "0", "--checkpointing_steps", str(settings["vae_steps"]),
         "--validation_steps", str(settings["vae_steps"]), "--latent_stats_samples", "112", "--seed", str(seed),
     ]))  # fmt: skip

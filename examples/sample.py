@@ -155,8 +155,9 @@ def main(args: argparse.Namespace) -> Path:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     # 1. Pipeline and scheduler
-    pipe = DiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, revision=args.revision)
-    pipe = pipe.to(device=device, dtype=DTYPES[args.dtype])
+    pipe = DiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, revision=args.revision).to(device)
+    if args.dtype != "float32":
+        pipe = pipe.to(dtype=DTYPES[args.dtype])
     set_scheduler(pipe, args.scheduler)
 
     # 2. Labels and seeds

@@ -96,6 +96,7 @@ def run_demo(
     from diffusers import DiffusionPipeline
     from PIL import Image
     from transformers import Dinov2Config, Dinov2Model
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from .analyze import analyze_vae
     from .models import SpectrumAutoencoderKL
@@ -132,6 +133,11 @@ def run_demo(
     encoder_dir = output_dir / "encoder_tiny_random_dinov2"
     torch.manual_seed(seed)
     Dinov2Model(Dinov2Config(**DEMO_ENCODER)).save_pretrained(encoder_dir)
+    try:  # DINOv2's processor; the PIL backend needs no torchvision (transformers >= 5)
+        from transformers import BitImageProcessorPil as ImageProcessor
+    except ImportError:
+        from transformers import BitImageProcessor as ImageProcessor
+    ImageProcessor(image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD).save_pretrained(encoder_dir)
     cache_script = _load_script(examples, "cache_latents")
     cache_dir = output_dir / "latents"
     cache_script.main(cache_script.parse_args([

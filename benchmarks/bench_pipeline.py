@@ -7,9 +7,9 @@ Three pipelines share one small VAE + DiT (same weights, same seed, same DDIM sc
   to disk and loaded back with plain `DiffusionPipeline.from_pretrained` (what users download);
 - REPA in place: `DiTPipeline` driving our `REPADiTTransformer2DModel` + `SpectrumAutoencoderKL` directly.
 
-Times are the best of a few full sampling calls (batch 4, 20 steps, CFG 1.5) on CPU; with a GPU the same runs in
-bf16 too. The ratio is time / stock time (target: no overhead, ~1.0x), and the exported pipeline's samples must
-equal the stock one's.
+Times are the best of a few full sampling calls (batch 4, 20 steps, CFG 1.5), interleaved across the three
+pipelines, on CPU; with a GPU the same runs in bf16 too. The ratio is time / stock time (target: no overhead,
+~1.0x), and the exported pipeline's samples must equal the stock one's.
 
 Usage: python benchmarks/bench_pipeline.py [--quick]
 """
@@ -44,16 +44,19 @@ DIT_CONFIG = dict(
 )
 
 
-def _time(fn, repeats: int) -> float:
-    """Best of `repeats` wall times after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _time_round_robin(fns: dict, repeats: int) -> dict:
+    """Best wall time of each callable over `repeats` rounds, the callables interleaved within each round so that
+    changing load on a shared machine hits all of them alike (one warm-up call each first)."""
+    for fn in fns.values():
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
@@ -96,7 +99,9 @@ def run(quick: bool = False) -> list[dict]:
             stock_images = _sample(pipelines["stock"], steps, device)
             exported_images = _sample(pipelines["exported"], steps, device)
             max_diff = float(abs(stock_images - exported_images).max())
-            times = {name: _time(lambda p=p: _sample(p, steps, device), repeats) for name, p in pipelines.items()}
+            times = _time_round_robin(
+                {name: lambda p=p: _sample(p, steps, device) for name, p in pipelines.items()}, repeats
+            )
             tag = f"{device} {str(dtype).replace('torch.', '')}"
             rows.append(
                 {

@@ -6,7 +6,7 @@ GPU, library versions) so the README can quote it with its provenance. Each modu
 the tables are rewritten after each one; a benchmark that fails (an exception, a crash, an OOM kill) is reported as
 a failed row (and a non-zero exit status) instead of hiding the others.
 
-Usage: python benchmarks/run_all.py [--quick] [--only esm,pipeline] [--output_dir benchmarks]
+Usage: python benchmarks/run_all.py [--quick] [--only esm,pipeline [--update]] [--output_dir benchmarks]
 """
 
 import argparse
@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="each benchmark's quick mode (fewer repeats / sizes)")
     parser.add_argument("--only", default=None, help="comma-separated subset, e.g. 'esm,pipeline'")
     parser.add_argument("--output_dir", default=str(BENCHMARK_DIR), help="where results.md / results.json go")
+    parser.add_argument(
+        "--update", action="store_true", help="keep the other modules' rows of an existing results.json (with --only)"
+    )
     parser.add_argument("--benchmark_dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -178,11 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows, status = [], []
+    previous = output_dir / "results.json"
+    if args.update and previous.is_file():
+        old = json.loads(previous.read_text(encoding="utf-8"))
+        rows = [r for r in old["rows"] if r["module"] not in names]
+        status = [s for s in old["status"] if s["module"] not in names]
     table = write_results(output_dir, rows, status, machine, args.quick)
     for name in names:  # tables are rewritten after each module, so a crash keeps what finished
         module_rows, module_status = run_benchmarks([name], args.quick)
-        rows += module_rows
-        status += module_status
+        rows = sorted(rows + module_rows, key=lambda r: r["module"])  # stable: a module's rows keep their order
+        status = sorted(status + module_status, key=lambda s: s["module"])
         table = write_results(output_dir, rows, status, machine, args.quick)
     print(table)
     return 0 if all(s["ok"] for s in status) else 1

@@ -100,7 +100,7 @@ def run(quick: bool = False) -> list[dict]:
             exported_images = _sample(pipelines["exported"], steps, device)
             max_diff = float(abs(stock_images - exported_images).max())
             times = _time_round_robin(
-                {name: lambda p=p: _sample(p, steps, device) for name, p in pipelines.items()}, repeats
+                {name: lambda p=p, d=device: _sample(p, steps, d) for name, p in pipelines.items()}, repeats
             )
             tag = f"{device} {str(dtype).replace('torch.', '')}"
             rows.append(

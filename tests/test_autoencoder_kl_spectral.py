@@ -196,3 +196,16 @@ def test_bad_inputs_raise_clear_errors():
         tiny_vae(dsm_levels=(0, 20))
     with pytest.raises(ValueError, match="num_samples"):
         vae.estimate_latent_stats([images()], num_samples=0)
+
+
+def test_load_autoencoder_returns_the_saved_class_without_warnings(tmp_path, caplog):
+    from diffusers_spectrum.models import load_autoencoder
+
+    tiny_vae().save_pretrained(tmp_path / "spectrum")
+    AutoencoderKL(**TINY).save_pretrained(tmp_path / "stock")
+    diffusers_logging.enable_propagation()
+    with caplog.at_level(logging.WARNING):
+        assert type(load_autoencoder(tmp_path / "spectrum")) is SpectrumAutoencoderKL
+        assert type(load_autoencoder(tmp_path / "stock")) is AutoencoderKL
+    diffusers_logging.disable_propagation()
+    assert not [r for r in caplog.records if "not expected" in r.getMessage()]

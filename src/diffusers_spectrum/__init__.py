@@ -2,14 +2,9 @@
 
 # diffusers' pipeline loader looks the base classes up on the library named in `model_index.json`
 # (`["diffusers_spectrum", "SpectrumAutoencoderKL"]`), so they must be attributes of this package too.
-from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin
+from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
 
-from .models import SpectrumAutoencoderKL, SpectrumAutoencoderKLTrainingOutput
-from .models import REPADiTTransformer2DModel, REPADiTTransformer2DModelOutput, drop_labels
-from .encoders import RepresentationEncoder
-from .export import default_scheduler, export_pipeline, export_vae, flow_matching_scheduler
-from .losses import repa_loss
-from .spectral import apply_target_filter, dog_filter, rmsc, spatial_normalize
+from .analyze import analyze_vae, compare_vaes
 from .dct_space import (
     DCTTransform,
     dct_weighted_mse,
@@ -17,21 +12,34 @@ from .dct_space import (
     estimate_entropy_weights,
     snr_scaled_scheduler,
 )
-from .losses.spectral_regularizers import fourier_loss, wavelet_loss
-from .analyze import analyze_vae, compare_vaes
 from .diagnostics import power_law_field, spectrum_summary, spectrum_verdict
 from .encoder_analysis import analyze_encoder
+from .encoders import RepresentationEncoder
+from .export import default_scheduler, export_pipeline, export_vae, flow_matching_scheduler
+from .losses import repa_loss
+from .losses.spectral_regularizers import fourier_loss, wavelet_loss
 from .metrics import frechet_distance, frechet_distance_from_stats, psnr, reconstruction_metrics, ssim
+from .models import (
+    REPADiTTransformer2DModel,
+    REPADiTTransformer2DModelOutput,
+    SpectrumAutoencoderKL,
+    SpectrumAutoencoderKLTrainingOutput,
+    drop_labels,
+)
 from .objectives import DiffusionObjective, x0_from_edm, x0_from_epsilon, x0_from_flow, x0_from_v
 from .spectral import (
+    apply_target_filter,
     blockwise_dct_2d,
     blockwise_idct_2d,
     dct_2d,
+    dog_filter,
     dsm_lowpass,
     esm_loss,
     idct_2d,
     power_law_slope,
     radial_spectrum,
+    rmsc,
+    spatial_normalize,
     spectral_kl,
 )
 

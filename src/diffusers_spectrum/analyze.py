@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import diagnostics, plotting
+from .models.autoencoder_kl_spectral import load_autoencoder
 from .spectral import power_law_slope, radial_spectrum
 
 
@@ -47,8 +48,6 @@ def load_vae(name_or_path, subfolder: str | None = None, device="cpu", dtype: to
     A pipeline folder (with ``model_index.json``) is read from its ``vae`` subfolder. A model instance is returned
     as is (moved to ``device``).
     """
-    from diffusers import AutoencoderKL
-
     if isinstance(name_or_path, torch.nn.Module):
         return name_or_path.to(device).eval()
     path = Path(str(name_or_path))
@@ -60,7 +59,7 @@ def load_vae(name_or_path, subfolder: str | None = None, device="cpu", dtype: to
     errors = []
     for folder in tries:
         try:
-            vae = AutoencoderKL.from_pretrained(str(name_or_path), subfolder=folder, torch_dtype=dtype)
+            vae = load_autoencoder(str(name_or_path), subfolder=folder, torch_dtype=dtype)
             return vae.to(device).eval()
         except (OSError, ValueError) as error:
             errors.append(f"{'subfolder ' + folder if folder else 'root'}: {error}")

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import ImageStreamDataset, ImageTransform, SkipCounter
+from .models.autoencoder_kl_spectral import load_autoencoder
 
 
 __all__ = [
@@ -67,14 +68,7 @@ def _shard_name(index: int) -> str:
 
 def load_vae(path_or_id: str | Path, subfolder: str | None = None, revision: str | None = None):
     """A `SpectrumAutoencoderKL` when the folder was saved as one, else a stock `AutoencoderKL` (any Hub VAE)."""
-    from diffusers import AutoencoderKL
-
-    from .models import SpectrumAutoencoderKL
-
-    kwargs = {"subfolder": subfolder, "revision": revision}
-    config = AutoencoderKL.load_config(path_or_id, **kwargs)
-    cls = SpectrumAutoencoderKL if config.get("_class_name") == SpectrumAutoencoderKL.__name__ else AutoencoderKL
-    return cls.from_pretrained(path_or_id, **kwargs)
+    return load_autoencoder(path_or_id, subfolder=subfolder, revision=revision)
 
 
 @torch.no_grad()

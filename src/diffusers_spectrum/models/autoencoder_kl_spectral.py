@@ -24,7 +24,13 @@ from ..spectral import DSM_DEFAULT_LEVELS, check_dsm_level, dsm_lowpass, esm_los
 from ..spectral._checks import require_4d, require_finite
 
 
-__all__ = ["ConfigMixin", "ModelMixin", "SpectrumAutoencoderKL", "SpectrumAutoencoderKLTrainingOutput"]
+__all__ = [
+    "ConfigMixin",
+    "ModelMixin",
+    "SpectrumAutoencoderKL",
+    "SpectrumAutoencoderKLTrainingOutput",
+    "load_autoencoder",
+]
 
 # Keys of the spectral settings this class adds to the parent's config.
 SPECTRAL_CONFIG_KEYS = ("esm_delta", "esm_num_bins", "esm_blur", "dsm_block_size", "dsm_levels", "use_kl")
@@ -310,3 +316,16 @@ class SpectrumAutoencoderKL(AutoencoderKL):
             stock.post_quant_conv.bias += (weight @ shift_vec).to(stock.post_quant_conv.bias.dtype)
             stock.register_to_config(shift_factor=None)
         return stock
+
+
+def load_autoencoder(pretrained_model_name_or_path, subfolder: str | None = None, **kwargs) -> AutoencoderKL:
+    """Load a VAE folder or Hub id as the class it was saved as: a `SpectrumAutoencoderKL` when its config says so
+    (no warnings about our extra keys), else a stock `AutoencoderKL` (SD-VAE, SDXL-VAE, any 16-channel VAE).
+
+    Extra keyword arguments (`revision`, `torch_dtype`, ...) go to `from_pretrained`.
+    """
+    config = AutoencoderKL.load_config(
+        pretrained_model_name_or_path, subfolder=subfolder, revision=kwargs.get("revision")
+    )
+    cls = SpectrumAutoencoderKL if config.get("_class_name") == SpectrumAutoencoderKL.__name__ else AutoencoderKL
+    return cls.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)

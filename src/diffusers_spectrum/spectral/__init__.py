@@ -15,6 +15,7 @@ from .psd import (
 )
 from .wavelets import dwt_2d, idwt_2d
 
+
 __all__ = [
     "DSM_DEFAULT_LEVELS",
     "band_average_matrix",

@@ -5,6 +5,7 @@ Install (CPU, offline-friendly): ``pip install torch==2.13.0 -e ".[test]"``.
 
 from setuptools import find_packages, setup
 
+
 setup(
     name="diffusers-spectrum",
     version="0.1.0",

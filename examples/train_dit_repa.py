@@ -35,6 +35,7 @@ from diffusers.utils import check_min_version
 from PIL import Image
 from tqdm.auto import tqdm
 
+from diffusers_spectrum import dct_space
 from diffusers_spectrum.data import (
     ImageTransform,
     embedded_class_names,
@@ -42,7 +43,6 @@ from diffusers_spectrum.data import (
     load_image_dataset,
     make_image_dataloader,
 )
-from diffusers_spectrum import dct_space
 from diffusers_spectrum.dit_training import (
     DIT_PRESETS,
     build_transformer,

@@ -50,6 +50,8 @@ def _band(ax, spectra, label: str, color=None, linestyle="-") -> None:
     rows = _rows(spectra)
     frequencies = np.arange(1, rows.shape[1] + 1)
     mean, std = rows.mean(0), rows.std(0)
+    # Bands with no power (the removed DC alone in band 0 on small grids, empty bands) cannot sit on log axes: skip.
+    mean = np.where(mean > 0, mean, np.nan)
     (line,) = ax.plot(frequencies, mean, label=label, color=color, linestyle=linestyle, marker="o", markersize=3)
     if rows.shape[0] > 1:
         low = np.maximum(mean - std, mean / 5)  # keep the band visible on log axes

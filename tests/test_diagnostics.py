@@ -73,6 +73,10 @@ def test_spectrum_verdict_thresholds_and_reference_ordering():
     assert spectrum_verdict(-1.2, -0.89) == "over-smoothed"
     with pytest.raises(ValueError, match="slope_tolerance"):
         spectrum_verdict(0.0, -1.0, slope_tolerance=-1)
+    # A matching slope with a bent curve (high spectral KL) is not matched: the slope gap's sign names the direction.
+    assert spectrum_verdict(-1.60, -1.47, spectral_kl=0.16) == "over-smoothed"
+    assert spectrum_verdict(-1.40, -1.47, spectral_kl=0.16) == "over-noisy"
+    assert spectrum_verdict(-1.53, -1.47, spectral_kl=0.02) == "matched"
 
 
 def test_channel_spectra_of_one_channel_input_equals_radial_spectrum():

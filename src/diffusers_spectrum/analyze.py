@@ -211,7 +211,8 @@ def analyze_vae(
         raise ValueError(f"The dataset {data!r} gave no readable images ({skips.count} skipped).")
     spectra = {key: torch.cat(value) for key, value in collected.items()}
     slopes = {key: float(power_law_slope(spectra[key].mean(0))) for key in ("image", "target", "latent")}
-    verdict = diagnostics.spectrum_verdict(slopes["latent"], slopes["target"], slope_tolerance)
+    mean_kl1 = float(spectra["kl1"].mean())
+    verdict = diagnostics.spectrum_verdict(slopes["latent"], slopes["target"], slope_tolerance, mean_kl1)
     channel_mean = spectra["channels"].mean(0)  # (C, n_bins)
     lowpass_mse = {level: float(torch.cat(values).mean()) for level, values in lowpass.items()}
     report = {
@@ -219,8 +220,12 @@ def analyze_vae(
         "name": name,
         "verdict": verdict,
         "verdict_thresholds": {
-            "rule": "latent_slope - target_slope > tol: over-noisy; < -tol: over-smoothed; else matched",
+            "rule": (
+                "latent_slope - target_slope > tol: over-noisy; < -tol: over-smoothed; else matched if "
+                "spectral_kl_delta1 <= kl_threshold, otherwise the sign of the slope gap"
+            ),
             "slope_tolerance": slope_tolerance,
+            "kl_threshold": diagnostics.VERDICT_KL_THRESHOLD,
             "target_slope": slopes["target"],
             "over_noisy_above": slopes["target"] + slope_tolerance,
             "over_smoothed_below": slopes["target"] - slope_tolerance,

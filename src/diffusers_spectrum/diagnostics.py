@@ -58,6 +58,10 @@ REFERENCE_SPECTRA = {
     "dinov2_features": {"slope": -0.83},
 }
 VERDICT_SLOPE_TOLERANCE = 0.15  # |latent slope - delta=1 target slope| counted as matched (see module docstring)
+# Spectral KL to the delta = 1 target above which a curve is not "matched" even when its overall slope is (a bent
+# spectrum: too much mid-band and too little top-band power, say). The authors' matched autoencoders measure 0.004 to
+# 0.02, SD-VAE 0.038 (already over-noisy by slope).
+VERDICT_KL_THRESHOLD = 0.05
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,22 +158,36 @@ def rms_spatial_contrast(features: torch.Tensor) -> torch.Tensor:
 
 
 def spectrum_verdict(
-    latent_slope: float, target_slope: float, slope_tolerance: float = VERDICT_SLOPE_TOLERANCE
+    latent_slope: float,
+    target_slope: float,
+    slope_tolerance: float = VERDICT_SLOPE_TOLERANCE,
+    spectral_kl: float | None = None,
+    kl_threshold: float = VERDICT_KL_THRESHOLD,
 ) -> str:
     """``"over-noisy"``, ``"matched"`` or ``"over-smoothed"`` from two slopes of normalised log spectra.
+
+    Rule: a slope gap ``latent - target`` above ``slope_tolerance`` is over-noisy (too flat), below
+    ``-slope_tolerance`` over-smoothed (too steep). Within the tolerance the curve is matched only if its spectral KL
+    to the target (when given) is at most ``kl_threshold``; otherwise the sign of the gap names the direction.
 
     Args:
         latent_slope: slope (``frequencies="index"``) of the latent's normalised log spectrum.
         target_slope: slope of the delta = 1 target built from the same images.
         slope_tolerance: largest ``|latent_slope - target_slope|`` still called matched.
+        spectral_kl: mean spectral KL of the latents to the delta = 1 target, or None for the slope rule alone.
+        kl_threshold: largest spectral KL still called matched.
     """
     if slope_tolerance < 0:
         raise ValueError(f"slope_tolerance must be non-negative, got {slope_tolerance}.")
+    if kl_threshold < 0:
+        raise ValueError(f"kl_threshold must be non-negative, got {kl_threshold}.")
     gap = float(latent_slope) - float(target_slope)
     if gap > slope_tolerance:
         return "over-noisy"
     if gap < -slope_tolerance:
         return "over-smoothed"
+    if spectral_kl is not None and float(spectral_kl) > kl_threshold:
+        return "over-noisy" if gap > 0 else "over-smoothed"
     return "matched"
 
 
@@ -209,7 +227,7 @@ def spectrum_summary(
         "image_slope": slopes["image"],
         "target_slope": slopes["target"],
         "latent_slope": slopes["latent"],
-        "verdict": spectrum_verdict(slopes["latent"], slopes["target"], slope_tolerance),
+        "verdict": spectrum_verdict(slopes["latent"], slopes["target"], slope_tolerance, float(kl1.mean())),
     }
 
 

@@ -322,6 +322,28 @@ def image_batches(
 # Resumable, sharded training stream
 
 
+def epoch_shard(
+    dataset,
+    epoch: int,
+    shuffle: bool,
+    seed: int,
+    shuffle_buffer_size: int,
+    num_processes: int,
+    process_index: int,
+):
+    """Epoch `epoch` of a resumable stream: shuffled with `(seed, epoch)` (a buffer shuffle for streamed datasets),
+    then this process's share (`split_dataset_by_node`). Shared by the image and latent streams."""
+    if shuffle:
+        if isinstance(dataset, datasets.IterableDataset):
+            dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
+            dataset.set_epoch(epoch)
+        else:
+            dataset = dataset.shuffle(seed=seed + epoch)
+    if num_processes > 1:
+        dataset = split_dataset_by_node(dataset, process_index, num_processes)
+    return dataset
+
+
 class ImageStreamDataset(torch.utils.data.IterableDataset):
     """Endless (or single-pass) stream of one process's share of an image dataset, resumable from a data position.
 
@@ -366,16 +388,15 @@ class ImageStreamDataset(torch.utils.data.IterableDataset):
         self.skip_counter = SkipCounter() if skip_counter is None else skip_counter
 
     def _epoch_dataset(self, epoch: int):
-        dataset = self.dataset
-        if self.shuffle:
-            if isinstance(dataset, datasets.IterableDataset):
-                dataset = dataset.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer_size)
-                dataset.set_epoch(epoch)
-            else:
-                dataset = dataset.shuffle(seed=self.seed + epoch)
-        if self.num_processes > 1:
-            dataset = split_dataset_by_node(dataset, self.process_index, self.num_processes)
-        return dataset
+        return epoch_shard(
+            self.dataset,
+            epoch,
+            self.shuffle,
+            self.seed,
+            self.shuffle_buffer_size,
+            self.num_processes,
+            self.process_index,
+        )
 
     def __iter__(self):
         if torch.utils.data.get_worker_info() is not None and torch.utils.data.get_worker_info().num_workers > 1:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageStreamDataset, ImageTransform, SkipCounter
+from .data import ImageStreamDataset, ImageTransform, SkipCounter, epoch_shard
 from .models.autoencoder_kl_spectral import load_autoencoder
 
 
@@ -384,16 +384,15 @@ class LatentStreamDataset(torch.utils.data.IterableDataset):
         self.shuffle, self.seed, self.shuffle_buffer_size, self.infinite = shuffle, seed, shuffle_buffer_size, infinite
 
     def _epoch_dataset(self, epoch: int):
-        dataset = self.dataset
-        if self.shuffle:
-            if isinstance(dataset, datasets.IterableDataset):
-                dataset = dataset.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer_size)
-                dataset.set_epoch(epoch)
-            else:
-                dataset = dataset.shuffle(seed=self.seed + epoch)
-        if self.num_processes > 1:
-            dataset = datasets.distributed.split_dataset_by_node(dataset, self.process_index, self.num_processes)
-        return dataset
+        return epoch_shard(
+            self.dataset,
+            epoch,
+            self.shuffle,
+            self.seed,
+            self.shuffle_buffer_size,
+            self.num_processes,
+            self.process_index,
+        )
 
     def __iter__(self):
         epoch, consumed = 0, 0

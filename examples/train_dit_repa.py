@@ -29,7 +29,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration
-from diffusers import DDPMScheduler, DiTPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.utils import check_min_version
 from PIL import Image
@@ -54,7 +54,7 @@ from diffusers_spectrum.dit_training import (
     step_generator,
 )
 from diffusers_spectrum.encoders import RepresentationEncoder
-from diffusers_spectrum.export import default_scheduler, export_pipeline, flow_matching_scheduler, stock_transformer
+from diffusers_spectrum.export import default_scheduler, export_pipeline, flow_matching_scheduler
 from diffusers_spectrum.latent_cache import load_latent_dataset, load_vae, make_latent_dataloader, read_cache_info
 from diffusers_spectrum.model_cards import pipeline_model_card, push_folder_to_hub
 from diffusers_spectrum.models import REPADiTTransformer2DModel, drop_labels
@@ -716,19 +716,11 @@ def write_outputs(args, model, data, metrics: dict, num_classes: int, output_dir
         "data": str(source),
         "metrics": metrics,
     }
-    if args.space == "dct":
-        # diffusers' DiTPipeline takes the DCT transform in its `vae` slot (dct_space may provide a subclass for it)
-        pipeline_cls = getattr(dct_space, "DCTDiTPipeline", DiTPipeline)
-        pipe = pipeline_cls(transformer=stock_transformer(model), vae=data.decoder().to("cpu"), scheduler=scheduler)
-        if id2label:
-            pipe.register_to_config(id2label={str(k): v for k, v in id2label.items()})
-        pipe.save_pretrained(pipeline_dir, safe_serialization=True)
-        card.save(str(pipeline_dir / "README.md"))
-    else:
-        export_pipeline(
-            pipeline_dir, vae=data.decoder().to("cpu"), transformer=model.to("cpu"), scheduler=scheduler,
-            id2label=id2label, training_info=training_info, model_card=str(card),
-        )  # fmt: skip
+    # A DCT-space run exports its DCTTransform in the `vae` slot (export_pipeline passes it through).
+    export_pipeline(
+        pipeline_dir, vae=data.decoder().to("cpu"), transformer=model.to("cpu"), scheduler=scheduler,
+        id2label=id2label, training_info=training_info, model_card=str(card),
+    )  # fmt: skip
     with open(output_dir / "metrics.json", "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
     if args.push_to_hub:

@@ -92,7 +92,15 @@ def _stock_keys(cls) -> set[str]:
 
 
 def stock_vae(vae: AutoencoderKL) -> AutoencoderKL:
-    """A stock `AutoencoderKL` for `vae` (a `SpectrumAutoencoderKL` gets its shift folded into the conv biases)."""
+    """A stock `AutoencoderKL` for `vae` (a `SpectrumAutoencoderKL` gets its shift folded into the conv biases).
+
+    A `DCTTransform` (DCT-space diffusion) has no stock counterpart and is returned as is: a DCT-space pipeline folder
+    names `diffusers_spectrum` for its `vae` and loads where the package is installed.
+    """
+    from .dct_space import DCTTransform
+
+    if isinstance(vae, DCTTransform):
+        return vae
     if hasattr(vae, "to_autoencoder_kl"):
         return vae.to_autoencoder_kl(fold_shift=True)
     if not isinstance(vae, AutoencoderKL):
@@ -232,7 +240,8 @@ def export_pipeline(
 
     Args:
         output_dir: folder to write (created if needed).
-        vae: `SpectrumAutoencoderKL` or `AutoencoderKL`; its shift is folded into the conv biases.
+        vae: `SpectrumAutoencoderKL` or `AutoencoderKL` (its shift is folded into the conv biases), or a
+            `DCTTransform` for DCT-space diffusion.
         transformer: `REPADiTTransformer2DModel` or `DiTTransformer2DModel` (1000-class table + null class).
         scheduler: a stock diffusers scheduler matching the training objective (`flow_matching_scheduler()` for
             flow matching, `default_scheduler("epsilon")` ...).

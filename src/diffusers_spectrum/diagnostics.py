@@ -20,7 +20,9 @@ import torch
 from .spectral import (
     dct_2d,
     dsm_lowpass,
-    esm_spectra,
+    esm_band_powers,
+    esm_divergence,
+    flattened_log_spectra,
     idct_2d,
     normalize_log_spectrum,
     power_law_slope,
@@ -209,11 +211,11 @@ def spectrum_summary(
         spectra ``(B, n_bins)``; ``spectral_kl_delta0`` / ``spectral_kl_delta1`` ``(B,)``; ``image_slope``,
         ``target_slope``, ``latent_slope`` (slopes of the batch-mean spectra, index frequencies); ``verdict``.
     """
-    image, latent = esm_spectra(images, latents, delta=0.0, n_bins=n_bins, blur=blur)  # (B, n_bins) each
-    target, _ = esm_spectra(images, latents, delta=1.0, n_bins=n_bins, blur=blur)
-    eps = 1e-8
-    kl0 = (image * ((image + eps).log() - (latent + eps).log())).sum(-1)  # (B,) KL(image law || latent)
-    kl1 = (target * ((target + eps).log() - (latent + eps).log())).sum(-1)  # (B,) KL(delta=1 target || latent)
+    bands = esm_band_powers(images, latents, n_bins=n_bins, blur=blur)  # image and latent band powers, once
+    image, latent = flattened_log_spectra(*bands, delta=0.0)  # (B, n_bins) each
+    target, _ = flattened_log_spectra(*bands, delta=1.0)
+    kl0 = esm_divergence(*bands, delta=0.0)  # (B,) KL(image law || latent)
+    kl1 = esm_divergence(*bands, delta=1.0)  # (B,) KL(delta=1 target || latent)
     slopes = {
         name: float(spectrum_slope(s.mean(0)))
         for name, s in (("image", image), ("target", target), ("latent", latent))

@@ -20,7 +20,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
-from ..spectral import DSM_DEFAULT_LEVELS, check_dsm_level, dsm_lowpass, esm_loss, spectral_kl
+from ..spectral import DSM_DEFAULT_LEVELS, check_dsm_level, dsm_lowpass, esm_band_powers, esm_divergence
 from ..spectral._checks import require_4d, require_finite
 
 
@@ -198,13 +198,12 @@ class SpectrumAutoencoderKL(AutoencoderKL):
         target = dsm_lowpass(images, level, block)  # (B, 3, H, W)
         reconstruction = self.decode(dsm_lowpass(latents, level, block)).sample  # (B, 3, H, W)
 
-        # 4. Spectral terms on the unmasked sampled posterior, before any scaling factor
-        esm = esm_loss(
-            images, latents, delta=self.config.esm_delta, n_bins=self.config.esm_num_bins, blur=self.config.esm_blur
+        # 4. Spectral terms on the unmasked sampled posterior, before any scaling factor (band powers computed once)
+        image_bands, latent_bands = esm_band_powers(
+            images, latents, n_bins=self.config.esm_num_bins, blur=self.config.esm_blur
         )
-        kl_delta0 = spectral_kl(
-            images, latents.detach(), delta=0.0, n_bins=self.config.esm_num_bins, blur=self.config.esm_blur
-        ).mean()
+        esm = esm_divergence(image_bands, latent_bands, delta=self.config.esm_delta).mean()
+        kl_delta0 = esm_divergence(image_bands, latent_bands.detach(), delta=0.0).mean().detach()
         return SpectrumAutoencoderKLTrainingOutput(
             latents=latents,
             reconstruction=reconstruction,

@@ -2,7 +2,16 @@
 
 from .dct import blockwise_dct_2d, blockwise_idct_2d, dct_2d, dct_matrix, idct_2d
 from .dsm import DSM_DEFAULT_LEVELS, check_dsm_level, dsm_lowpass, dsm_mask
-from .esm import esm_loss, esm_spectra, gaussian_kernel_1d, normalize_log_spectrum, spectral_kl
+from .esm import (
+    esm_band_powers,
+    esm_divergence,
+    esm_loss,
+    esm_spectra,
+    flattened_log_spectra,
+    gaussian_kernel_1d,
+    normalize_log_spectrum,
+    spectral_kl,
+)
 from .filters import TARGET_FILTERS, apply_target_filter, dog_filter, gaussian_blur_matrix, rmsc, spatial_normalize
 from .psd import (
     band_average_matrix,
@@ -30,8 +39,11 @@ __all__ = [
     "dsm_lowpass",
     "dsm_mask",
     "dwt_2d",
+    "esm_band_powers",
+    "esm_divergence",
     "esm_loss",
     "esm_spectra",
+    "flattened_log_spectra",
     "gaussian_kernel_1d",
     "idct_2d",
     "idwt_2d",

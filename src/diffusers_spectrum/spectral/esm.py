@@ -123,6 +123,40 @@ def _check_pair(images: torch.Tensor, latents: torch.Tensor, func: str) -> None:
     # image branch, and checking the full-resolution images would cost more than the loss itself.
 
 
+def esm_band_powers(
+    images: torch.Tensor, latents: torch.Tensor, n_bins: int = 16, blur: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ESM steps 1-2: raw DC-free radial band powers of the resized image and of the latent.
+
+    Args:
+        images: ``(B, 3, H, W)`` in [-1, 1].
+        latents: ``(B, C, h, w)`` with ``h <= H`` and ``w <= W``.
+        blur: anti-alias the image; ``None`` follows the authors (blur unless the latent grid is 32 wide).
+
+    Returns:
+        ``(image_bands, latent_bands)``: two ``(B, n_bins)`` float32 tensors (compute once, flatten with any delta).
+    """
+    _check_pair(images, latents, "esm_band_powers")
+    latent_hw = (latents.shape[-2], latents.shape[-1])
+    image_coeffs = resized_image_dct(images, latent_hw, esm_uses_blur(latent_hw[1], blur))  # (B, 3, h, w)
+    image_bands = band_means(channel_power(image_coeffs), n_bins, remove_dc=True)  # (B, n_bins)
+    latent_bands = band_means(channel_power(dct_2d(latents.float())), n_bins, remove_dc=True)  # (B, n_bins)
+    if not bool(torch.isfinite(image_bands).all() & torch.isfinite(latent_bands).all()):
+        require_finite(images, "esm_band_powers", "images")
+        require_finite(latents, "esm_band_powers", "latents")
+    return image_bands, latent_bands
+
+
+def flattened_log_spectra(
+    image_bands: torch.Tensor, latent_bands: torch.Tensor, delta: float = 1.0, eps: float = ESM_EPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ESM steps 3-4 on band powers ``(B, n_bins)``: ``s_x[k] *= (k + 1) ** delta``, then both rows to normalised
+    log power. Returns ``(target, latent)``, each ``(B, n_bins)`` summing to 1."""
+    if delta != 0:
+        image_bands = image_bands * bin_frequencies(image_bands.shape[-1], image_bands.device).pow(delta)
+    return normalize_log_spectrum(image_bands, eps), normalize_log_spectrum(latent_bands, eps)
+
+
 def esm_spectra(
     images: torch.Tensor,
     latents: torch.Tensor,
@@ -144,29 +178,31 @@ def esm_spectra(
     Returns:
         ``(target, latent)``: two ``(B, n_bins)`` float32 rows that each sum to 1.
     """
-    _check_pair(images, latents, "esm_spectra")
-    latent_hw = (latents.shape[-2], latents.shape[-1])
-    image_coeffs = resized_image_dct(images, latent_hw, esm_uses_blur(latent_hw[1], blur))  # (B, 3, h, w)
-    image_bands = band_means(channel_power(image_coeffs), n_bins, remove_dc=True)  # (B, n_bins)
-    latent_bands = band_means(channel_power(dct_2d(latents.float())), n_bins, remove_dc=True)  # (B, n_bins)
-    if not bool(torch.isfinite(image_bands).all() & torch.isfinite(latent_bands).all()):
-        require_finite(images, "esm_spectra", "images")
-        require_finite(latents, "esm_spectra", "latents")
-    if delta != 0:
-        image_bands = image_bands * bin_frequencies(n_bins, images.device).pow(delta)
-    return normalize_log_spectrum(image_bands, eps), normalize_log_spectrum(latent_bands, eps)
-
-
-def _divergence(target: torch.Tensor, latent: torch.Tensor, loss_type: str, eps: float) -> torch.Tensor:
-    if loss_type == "kl":
-        # KL(target || latent) = sum_k p_k (log p_k - log q_k); eps inside the logs keeps empty bands finite.
-        return (target * (torch.log(target + eps) - torch.log(latent + eps))).sum(dim=-1)  # (B,)
-    return (target - latent).square().sum(dim=-1)  # (B,) squared L2 between the normalised rows
+    return flattened_log_spectra(*esm_band_powers(images, latents, n_bins, blur), delta=delta, eps=eps)
 
 
 def _check_loss_type(loss_type: str) -> None:
     if loss_type not in ESM_LOSS_TYPES:
         raise ValueError(f"Unknown ESM loss_type {loss_type!r}; choose one of {ESM_LOSS_TYPES}.")
+
+
+def esm_divergence(
+    image_bands: torch.Tensor,
+    latent_bands: torch.Tensor,
+    delta: float = 1.0,
+    loss_type: str = "kl",
+    eps: float = ESM_EPS,
+) -> torch.Tensor:
+    """ESM step 5 on band powers from :func:`esm_band_powers`: per-sample divergence ``(B,)``.
+
+    ``"kl"``: ``KL(target || latent) = sum_k p_k (log p_k - log q_k)`` with eps inside the logs (keeps empty bands
+    finite); ``"l2"``: squared L2 distance between the normalised rows.
+    """
+    _check_loss_type(loss_type)
+    target, latent = flattened_log_spectra(image_bands, latent_bands, delta=delta, eps=eps)
+    if loss_type == "kl":
+        return (target * (torch.log(target + eps) - torch.log(latent + eps))).sum(dim=-1)  # (B,)
+    return (target - latent).square().sum(dim=-1)  # (B,)
 
 
 def esm_loss(
@@ -193,8 +229,8 @@ def esm_loss(
         Scalar float32 loss.
     """
     _check_loss_type(loss_type)
-    target, latent = esm_spectra(images, latents, delta=delta, n_bins=n_bins, blur=blur, eps=eps)
-    return _divergence(target, latent, loss_type, eps).mean()
+    bands = esm_band_powers(images, latents, n_bins, blur)
+    return esm_divergence(*bands, delta=delta, loss_type=loss_type, eps=eps).mean()
 
 
 @torch.no_grad()
@@ -209,5 +245,5 @@ def spectral_kl(
 ) -> torch.Tensor:
     """Per-sample ESM divergence without gradient, for diagnostics: ``(B, 3, H, W), (B, C, h, w) -> (B,)``."""
     _check_loss_type(loss_type)
-    target, latent = esm_spectra(images, latents, delta=delta, n_bins=n_bins, blur=blur, eps=eps)
-    return _divergence(target, latent, loss_type, eps)
+    bands = esm_band_powers(images, latents, n_bins, blur)
+    return esm_divergence(*bands, delta=delta, loss_type=loss_type, eps=eps)

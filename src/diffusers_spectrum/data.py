@@ -322,29 +322,50 @@ def image_batches(
 # Resumable, sharded training stream
 
 
-def epoch_shard(
-    dataset,
-    epoch: int,
-    shuffle: bool,
-    seed: int,
-    shuffle_buffer_size: int,
-    num_processes: int,
-    process_index: int,
-):
-    """Epoch `epoch` of a resumable stream: shuffled with `(seed, epoch)` (a buffer shuffle for streamed datasets),
-    then this process's share (`split_dataset_by_node`). Shared by the image and latent streams."""
-    if shuffle:
-        if isinstance(dataset, datasets.IterableDataset):
-            dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
-            dataset.set_epoch(epoch)
-        else:
-            dataset = dataset.shuffle(seed=seed + epoch)
-    if num_processes > 1:
-        dataset = split_dataset_by_node(dataset, process_index, num_processes)
-    return dataset
+class ResumableStream(torch.utils.data.IterableDataset):
+    """Base of the resumable streams (images here, latents in `latent_cache`): one process's share of a dataset,
+    epoch `e` shuffled with `(seed, e)` (a buffer shuffle for streamed data, a permutation otherwise) and split across
+    processes with `split_dataset_by_node`; subclasses yield rows tagged with their `data_position`."""
+
+    def __init__(
+        self,
+        dataset,
+        start_position: int = 0,
+        num_processes: int = 1,
+        process_index: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        shuffle_buffer_size: int = 1000,
+        infinite: bool = True,
+    ):
+        super().__init__()
+        if not 0 <= process_index < num_processes:
+            raise ValueError(f"process_index must be in [0, {num_processes}), got {process_index}.")
+        if start_position < 0:
+            raise ValueError(f"start_position must be >= 0, got {start_position}.")
+        self.dataset = dataset
+        self.start_position = int(start_position)
+        self.num_processes = num_processes
+        self.process_index = process_index
+        self.shuffle = shuffle
+        self.seed = seed
+        self.shuffle_buffer_size = shuffle_buffer_size
+        self.infinite = infinite
+
+    def _epoch_dataset(self, epoch: int):
+        dataset = self.dataset
+        if self.shuffle:
+            if isinstance(dataset, datasets.IterableDataset):
+                dataset = dataset.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer_size)
+                dataset.set_epoch(epoch)
+            else:
+                dataset = dataset.shuffle(seed=self.seed + epoch)
+        if self.num_processes > 1:
+            dataset = split_dataset_by_node(dataset, self.process_index, self.num_processes)
+        return dataset
 
 
-class ImageStreamDataset(torch.utils.data.IterableDataset):
+class ImageStreamDataset(ResumableStream):
     """Endless (or single-pass) stream of one process's share of an image dataset, resumable from a data position.
 
     Each epoch the dataset is shuffled with `(seed, epoch)` (a shuffle buffer for streamed data, a permutation
@@ -369,34 +390,13 @@ class ImageStreamDataset(torch.utils.data.IterableDataset):
         infinite: bool = True,
         skip_counter: SkipCounter | None = None,
     ):
-        super().__init__()
-        if not 0 <= process_index < num_processes:
-            raise ValueError(f"process_index must be in [0, {num_processes}), got {process_index}.")
-        if start_position < 0:
-            raise ValueError(f"start_position must be >= 0, got {start_position}.")
-        self.dataset = dataset
+        super().__init__(
+            dataset, start_position, num_processes, process_index, shuffle, seed, shuffle_buffer_size, infinite
+        )
         self.transform = transform
         self.image_column = image_column
         self.label_column = label_column
-        self.start_position = int(start_position)
-        self.num_processes = num_processes
-        self.process_index = process_index
-        self.shuffle = shuffle
-        self.seed = seed
-        self.shuffle_buffer_size = shuffle_buffer_size
-        self.infinite = infinite
         self.skip_counter = SkipCounter() if skip_counter is None else skip_counter
-
-    def _epoch_dataset(self, epoch: int):
-        return epoch_shard(
-            self.dataset,
-            epoch,
-            self.shuffle,
-            self.seed,
-            self.shuffle_buffer_size,
-            self.num_processes,
-            self.process_index,
-        )
 
     def __iter__(self):
         if torch.utils.data.get_worker_info() is not None and torch.utils.data.get_worker_info().num_workers > 1:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageStreamDataset, ImageTransform, SkipCounter, epoch_shard
+from .data import ImageStreamDataset, ImageTransform, ResumableStream, SkipCounter
 from .models.autoencoder_kl_spectral import load_autoencoder
 
 
@@ -355,44 +355,13 @@ def latent_batch(examples: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
-class LatentStreamDataset(torch.utils.data.IterableDataset):
+class LatentStreamDataset(ResumableStream):
     """Endless shuffled stream of one process's share of a latent dataset, resumable from a data position.
 
     Mirrors `diffusers_spectrum.data.ImageStreamDataset`: epoch `e` is shuffled with `(seed, e)`, split across
     processes, and every row carries `data_position` (rows consumed so far in this process's stream), so a trainer
     that stores the last batch's position resumes exactly with `start_position`.
     """
-
-    def __init__(
-        self,
-        dataset,
-        start_position: int = 0,
-        num_processes: int = 1,
-        process_index: int = 0,
-        shuffle: bool = True,
-        seed: int = 0,
-        shuffle_buffer_size: int = 1000,
-        infinite: bool = True,
-    ):
-        super().__init__()
-        if not 0 <= process_index < num_processes:
-            raise ValueError(f"process_index must be in [0, {num_processes}), got {process_index}.")
-        if start_position < 0:
-            raise ValueError(f"start_position must be >= 0, got {start_position}.")
-        self.dataset, self.start_position = dataset, int(start_position)
-        self.num_processes, self.process_index = num_processes, process_index
-        self.shuffle, self.seed, self.shuffle_buffer_size, self.infinite = shuffle, seed, shuffle_buffer_size, infinite
-
-    def _epoch_dataset(self, epoch: int):
-        return epoch_shard(
-            self.dataset,
-            epoch,
-            self.shuffle,
-            self.seed,
-            self.shuffle_buffer_size,
-            self.num_processes,
-            self.process_index,
-        )
 
     def __iter__(self):
         epoch, consumed = 0, 0

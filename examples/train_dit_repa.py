@@ -68,6 +68,7 @@ from diffusers_spectrum.training_utils import (
     load_checkpoint,
     log_images,
     parse_float_list,
+    public_args,
     save_args_json,
     save_checkpoint,
 )
@@ -79,11 +80,6 @@ logger = get_logger(__name__, log_level="INFO")
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def public_args(args) -> dict:
-    """The resolved flags minus secrets (the Hub token), for training_args.json and the model card."""
-    return {key: value for key, value in vars(args).items() if key != "hub_token"}
 
 
 def export_scheduler(args):

@@ -52,6 +52,7 @@ from diffusers_spectrum.training_utils import (
     log_figure,
     log_images,
     parse_int_list,
+    public_args,
     save_args_json,
     save_checkpoint,
 )
@@ -118,11 +119,6 @@ def step_generator(seed: int, global_step: int, micro_step: int, process_index: 
     """Generator of one micro-step (posterior sample, DSM level): a function of the step, so resumes are exact."""
     state = np.random.SeedSequence([seed, global_step, micro_step, process_index]).generate_state(1)[0]
     return torch.Generator(device=device).manual_seed(int(state))
-
-
-def public_args(args) -> dict:
-    """The resolved flags minus secrets (the Hub token), for training_args.json and the model card."""
-    return {key: value for key, value in vars(args).items() if key != "hub_token"}
 
 
 def build_vae(args) -> SpectrumAutoencoderKL:

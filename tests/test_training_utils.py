@@ -185,3 +185,9 @@ def test_image_grid_places_images_row_major_with_padding():
     assert (grid[1:3, 1:4] == 0).all() and (grid[1:3, 5:8] == 128).all() and (grid[4:6, 1:4] == 255).all()
     assert (grid[0] == 255).all() and (grid[4:6, 5:8] == 255).all()  # padding and the empty cell are white
     assert image_grid(torch.zeros(5, 1, 4, 4)).shape[1] == math.ceil(math.sqrt(5)) * 6 + 2
+
+
+def test_save_args_json_never_writes_the_hub_token(tmp_path):
+    args = argparse.Namespace(hub_token="hf_secret", hub_model_id="me/vae", seed=0)
+    text = save_args_json(args, tmp_path, "cache_args.json").read_text()
+    assert "hf_secret" not in text and "hub_token" not in text and "me/vae" in text

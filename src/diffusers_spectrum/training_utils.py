@@ -20,6 +20,7 @@ from diffusers.training_utils import EMAModel
 __all__ = [
     "CHECKPOINT_PREFIX",
     "NonFiniteGuard",
+    "SECRET_ARGS",
     "create_ema",
     "ema_weights",
     "find_resume_checkpoint",
@@ -30,6 +31,7 @@ __all__ = [
     "log_images",
     "parse_float_list",
     "parse_int_list",
+    "public_args",
     "save_args_json",
     "save_checkpoint",
 ]
@@ -154,9 +156,19 @@ def _write_json_atomic(path: Path, data) -> None:
     os.replace(temporary, path)
 
 
-def save_args_json(args, output_dir: str | Path, file_name: str = "training_args.json") -> Path:
-    """Write the resolved arguments (an `argparse.Namespace` or dict) as JSON into `output_dir`; returns the path."""
+SECRET_ARGS = ("hub_token",)  # never written to JSON, model cards or logs
+
+
+def public_args(args) -> dict:
+    """The resolved flags (an `argparse.Namespace` or dict) without secrets such as the Hub token."""
     values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    return {key: value for key, value in values.items() if key not in SECRET_ARGS}
+
+
+def save_args_json(args, output_dir: str | Path, file_name: str = "training_args.json") -> Path:
+    """Write the resolved arguments (an `argparse.Namespace` or dict), secrets dropped, as JSON into `output_dir`;
+    returns the path."""
+    values = public_args(args)
     values = {
         k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in values.items()
     }

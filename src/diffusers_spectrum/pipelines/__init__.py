@@ -1,0 +1,1 @@
+"""Pipelines: stock-pipeline export and pipeline components."""

@@ -1,5 +1,5 @@
 """VA-VAE vision-foundation (VF) alignment loss (Yao et al. 2025, "Reconstruction vs. Generation: Taming
-Optimization Dilemma in Latent Diffusion Models", CVPR 2025, arXiv:2501.01423, Sec. 3 "VF loss").
+Optimization Dilemma in Latent Diffusion Models", CVPR 2025, arXiv:2501.01423; the VF loss).
 
 The latent z `(B, C, h, w)` is projected by a learned linear map (a 1x1 convolution, no bias) to the width D of a
 frozen vision encoder's patch features f `(B, D, h, w)`, giving z'. Two margin losses then align them:
@@ -17,7 +17,8 @@ with W the weight of the encoder's last convolution (before the posterior's quan
 Settings, from the authors' code (github.com/hustvl/LightningDiT, `vavae/`):
 - `vavae/configs/f16d32_vfdinov2.yaml`: `vf_weight` (w_hyper) 0.1, `adaptive_vf: true`, `cos_margin` (m1) 0.5,
   `distmat_margin` (m2) 0.25, `reverse_proj: true` (project the latent up to the DINOv2 width 1024), alongside
-  `kl_weight` 1e-6, `disc_weight` 0.5, `disc_start` 5001, lr 1e-4; distmat and cos weights 1.0 (loss defaults).
+  `kl_weight` 1e-6, `disc_weight` 0.5, `disc_start` 5001, lr 1e-4 (not batch-scaled: `vavae/main.py` sets
+  `learning_rate = base_lr`), Adam betas (0.5, 0.9); distmat and cos weights 1.0 (the loss defaults).
 - `vavae/configs/f16d32_vfdinov2_long.yaml` (the released model): three stages, (w_hyper, m1, m2) =
   (0.5, 0, 0) for 100 epochs, then (0.1, 0, 0) for 15 and (0.1, 0.5, 0.25) for 15; `disc_start` 5001 -> 1 -> 1.
 - `vavae/ldm/modules/losses/contperceptual.py`: the two terms exactly as above (`F.cosine_similarity` over channels
@@ -60,7 +61,7 @@ def vf_alignment_terms(
     margin_dist: float = 0.25,
     reduction: str = "mean",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Marginal cosine similarity and marginal distance-matrix similarity losses (VA-VAE, Sec. 3).
+    """Marginal cosine similarity and marginal distance-matrix similarity losses of the VA-VAE VF loss.
 
     Args:
         projected: projected latents z' `(B, D, h, w)`.

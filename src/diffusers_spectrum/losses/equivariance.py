@@ -25,7 +25,9 @@ Settings, read from the authors' code (github.com/zelaki/eqvae, `ldm/models/auto
 - Loss on the transformed branch: the same `LPIPSWithDiscriminator` as the plain branch (L1 + LPIPS, KL weight 1e-6
   on the posterior of the untransformed image, PatchGAN hinge loss with disc_weight 0.5 and the adaptive weight,
   disc_start 0): all reconstruction terms and the GAN term see (tau(x), D(tau(z))).
-- Fine-tuning of a pretrained SD-VAE: lr 4.5e-6 (base), Adam betas (0.5, 0.9), 5 epochs on OpenImages.
+- Fine-tuning of a pretrained SD-VAE for 5 epochs on OpenImages, Adam betas (0.5, 0.9); lr = base 4.5e-6 scaled by
+  LDM's `--scale_lr` (on by default in their `main.py`) by accumulation 2 x GPUs x batch 10, i.e. 7.2e-4 on the
+  8 GPUs of `train_eqvae/README.md`.
 
 Generalisation of the scale grid: the authors' grid {k/32} is exactly "latent side k for k = 8..31" on their 32 x 32
 latent. Here the grid is {k/g : ceil(min_scale g) <= k < g} with g = gcd(h, w) of the latent grid (h for square

@@ -128,7 +128,7 @@ def test_estimate_latent_stats_writes_one_over_std_and_optional_shift():
 def test_to_autoencoder_kl_folds_the_shift_into_the_conv_biases(tmp_path):
     vae = tiny_vae()
     vae.register_to_config(shift_factor=0.3, scaling_factor=2.0)
-    stock = vae.to_autoencoder_kl()
+    stock = vae.to_autoencoder_kl(fold_shift=True)
     assert type(stock) is AutoencoderKL and stock.config.shift_factor is None and stock.config.scaling_factor == 2.0
     x = images()
     torch.testing.assert_close(

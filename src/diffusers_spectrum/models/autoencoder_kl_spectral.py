@@ -574,9 +574,7 @@ def fold_latent_shift(vae: AutoencoderKL) -> AutoencoderKL:
     if shift is not None:
         config.update(use_quant_conv=True, use_post_quant_conv=True, shift_factor=None)
     stock = AutoencoderKL.from_config(config)
-    missing, unexpected = stock.load_state_dict(
-        {k: v.float() for k, v in vae.state_dict().items()}, strict=False
-    )
+    missing, unexpected = stock.load_state_dict({k: v.float() for k, v in vae.state_dict().items()}, strict=False)
     added = {"quant_conv.weight", "quant_conv.bias", "post_quant_conv.weight", "post_quant_conv.bias"}
     if unexpected or not set(missing) <= added:
         raise RuntimeError(f"fold_latent_shift: state dict mismatch (missing {missing}, unexpected {unexpected}).")
@@ -647,9 +645,13 @@ def _read_local_config(folder: Path) -> dict:
         with open(config_path, encoding="utf-8") as f:
             config = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"load_autoencoder: {str(config_path)!r} is not valid JSON ({error}); restore the file.")
+        raise ValueError(
+            f"load_autoencoder: {str(config_path)!r} is not valid JSON ({error}); restore the file."
+        ) from None
     if not isinstance(config, dict):
-        raise ValueError(f"load_autoencoder: {str(config_path)!r} must hold a JSON object, got {type(config).__name__}.")
+        raise ValueError(
+            f"load_autoencoder: {str(config_path)!r} must hold a JSON object, got {type(config).__name__}."
+        )
     return config
 
 

@@ -372,7 +372,7 @@ class CoefficientHistograms:
         for plane_index, plane in enumerate(PLANES):
             values = latents[:, start : start + slots[plane] * k]  # (B, slots * K, h, w), slot-major
             start += slots[plane] * k
-            values = values.reshape(values.shape[0], slots[plane], k, -1).transpose(1, 2).reshape(k, -1)  # (K, n)
+            values = values.reshape(values.shape[0], slots[plane], k, -1).permute(2, 0, 1, 3).reshape(k, -1)  # (K, n)
             index = ((values + self.limit) / self.bin_width).floor().clamp(0, self.num_bins - 1).long()
             index = index + torch.arange(k, device=index.device)[:, None] * self.num_bins
             counts = torch.bincount(index.flatten(), minlength=k * self.num_bins).reshape(k, self.num_bins)

@@ -234,7 +234,7 @@ def test_bad_config_values_name_the_key():
     with pytest.raises(ValueError, match="block_out_channels"):
         tiny_vae(block_out_channels=())
     with pytest.raises(ValueError, match="down_block_types"):
-        tiny_vae(down_block_types=("DownEncoderBlock2D",))
+        tiny_vae(down_block_types=("DownEncoderBlock2D",) * 3)
     with pytest.raises(ValueError, match="latents_std"):
         tiny_vae(latents_mean=[0.0] * 4)
     with pytest.raises(ValueError, match="latents_mean"):

@@ -112,9 +112,10 @@ def check_vae_config(config: Mapping, source: str = "AutoencoderKL config") -> N
         raise ValueError(f"{source}: `block_out_channels` must hold positive integers, got {blocks!r}.")
     for key in ("down_block_types", "up_block_types"):
         types = config.get(key)
-        if types is not None and (isinstance(types, (str, bytes)) or len(types) != len(blocks)):
+        # diffusers indexes block_out_channels with each block type's position: more types than channels fail.
+        if types is not None and (isinstance(types, (str, bytes)) or not 1 <= len(types) <= len(blocks)):
             raise ValueError(
-                f"{source}: `{key}` must name one block per entry of `block_out_channels` ({len(blocks)}), "
+                f"{source}: `{key}` must name between 1 and len(block_out_channels) = {len(blocks)} blocks, "
                 f"got {types!r}."
             )
     for key in ("latent_channels", "layers_per_block", "norm_num_groups"):

@@ -11,9 +11,7 @@ def _num_parameters(model: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-@pytest.mark.parametrize(
-    ("preset", "resolution"), [("tiny", 32), ("ddpm-32", 32), ("ddpm-64", 64), ("ddpm-256", 256)]
-)
+@pytest.mark.parametrize(("preset", "resolution"), [("tiny", 32), ("ddpm-32", 32), ("ddpm-64", 64), ("ddpm-256", 256)])
 def test_every_preset_builds_a_stock_unet_at_its_resolution(preset, resolution):
     with torch.device("meta"):  # shapes only: no memory, no initialisation time
         unet = build_unet(preset, resolution, channels=3)

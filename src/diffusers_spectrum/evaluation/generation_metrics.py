@@ -279,7 +279,8 @@ def mean_log_spectrum(images: torch.Tensor, n_bins: int = 16, remove_dc: bool = 
     The power is averaged over images first (the set's spectrum), then logged.
     """
     require_4d(images, "spectrum_distance", "images")
-    mean_power = radial_spectrum(images, n_bins=n_bins, remove_dc=remove_dc).mean(dim=0)  # (n_bins,)
+    # floor=0: the exact band power, so a gain g moves every band by exactly 2 ln g
+    mean_power = radial_spectrum(images, n_bins, remove_dc=remove_dc, floor=0.0).mean(dim=0)  # (n_bins,)
     if not bool((mean_power > 0).all()):  # evaluation code: one sync per call
         raise ValueError(
             "spectrum_distance: a radial band has zero power (constant images, or fewer pixels than `n_bins` "

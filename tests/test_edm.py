@@ -12,11 +12,10 @@ from diffusers import (
     UNet2DModel,
 )
 
-from diffusers_spectrum.models.unet_presets import build_unet
+from diffusers_spectrum.models.unet_presets import build_unet, check_edm_unet
 from diffusers_spectrum.objectives import regularizer_weights, snr_from_alphas_cumprod
 from diffusers_spectrum.pipelines.edm_pipeline import EDMPipeline, edm_scheduler
 from diffusers_spectrum.training.edm import (
-    check_edm_unet,
     edm_denoise,
     edm_denoising_loss,
     edm_loss_weight,

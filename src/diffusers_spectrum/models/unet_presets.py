@@ -12,7 +12,8 @@
 - ``ddpm-64``: the DDPM paper has no 64 px model; this keeps its recipe (128 channels, 2 residual blocks, attention at
   16 x 16, dropout 0.1) with the 64 px multipliers (1, 2, 3, 4) of Nichol & Dhariwal 2021 (Improved DDPM).
 
-All use the sinusoidal ("positional") time embedding that the DDPM and EDM formulations both need.
+All use the sinusoidal ("positional") time embedding that the DDPM and EDM formulations both need;
+:func:`check_edm_unet` refuses the other embeddings for EDM.
 """
 
 from diffusers import UNet2DModel
@@ -100,3 +101,18 @@ def build_unet(preset: str, resolution: int, channels: int = 3) -> UNet2DModel:
     if not isinstance(channels, int) or channels < 1:
         raise ValueError(f"build_unet: `channels` must be a positive integer, got {channels!r}.")
     return UNet2DModel(sample_size=resolution, in_channels=channels, out_channels=channels, **kwargs)
+
+
+def check_edm_unet(unet) -> None:
+    """A UNet2DModel can serve as EDM's F only with a sinusoidal ("positional") time embedding.
+
+    ``"fourier"`` takes ``log`` of the timestep (``c_noise`` is negative below sigma = 1) and divides the output by it;
+    ``"learned"`` looks the timestep up as an integer index.
+    """
+    config = getattr(unet, "config", None)
+    embedding = config.get("time_embedding_type", "positional") if config is not None else "positional"
+    if embedding != "positional":
+        raise ValueError(
+            f"EDM needs a UNet2DModel with time_embedding_type='positional' (it receives c_noise = log(sigma) / 4 as "
+            f"its timestep), got {embedding!r}; build it with `build_unet` or set time_embedding_type='positional'."
+        )

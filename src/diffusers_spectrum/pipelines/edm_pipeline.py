@@ -19,11 +19,12 @@ from diffusers import DiffusionPipeline, EDMDPMSolverMultistepScheduler, EDMEule
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..training.edm import EDM_SIGMA_DATA, check_edm_unet
+from ..models.unet_presets import check_edm_unet
 
 
 EDM_SCHEDULERS = ("euler", "dpmsolver")
 OUTPUT_TYPES = ("pil", "np", "pt")
+EDM_SIGMA_DATA = 0.5  # Karras et al. 2022, as in `training.edm` (not imported: pipelines sit below training)
 
 
 def edm_scheduler(kind: str = "euler", sigma_data: float = EDM_SIGMA_DATA, **kwargs):

@@ -19,6 +19,7 @@ sampling see the same network inputs.
 
 import torch
 
+from ..models.unet_presets import check_edm_unet
 from ..objectives import edm_preconditioning, x0_from_edm
 from ..spectral._checks import compute_dtype, require_4d
 
@@ -114,21 +115,6 @@ def edm_model_inputs(
     return scaled.to(x_noisy.dtype), c_noise
 
 
-def check_edm_unet(unet) -> None:
-    """A UNet2DModel can serve as EDM's F only with a sinusoidal ("positional") time embedding.
-
-    ``"fourier"`` takes ``log`` of the timestep (``c_noise`` is negative below sigma = 1) and divides the output by it;
-    ``"learned"`` looks the timestep up as an integer index.
-    """
-    config = getattr(unet, "config", None)
-    embedding = config.get("time_embedding_type", "positional") if config is not None else "positional"
-    if embedding != "positional":
-        raise ValueError(
-            f"EDM needs a UNet2DModel with time_embedding_type='positional' (it receives c_noise = log(sigma) / 4 as "
-            f"its timestep), got {embedding!r}; build it with `build_unet` or set time_embedding_type='positional'."
-        )
-
-
 def edm_denoise(unet, x_noisy: torch.Tensor, sigma: torch.Tensor, sigma_data: float = EDM_SIGMA_DATA) -> torch.Tensor:
     """EDM's denoiser ``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`` with ``F`` a stock UNet2DModel.
 
@@ -145,6 +131,7 @@ def edm_denoise(unet, x_noisy: torch.Tensor, sigma: torch.Tensor, sigma_data: fl
     Returns:
         ``(B, C, H, W)`` denoised images in the UNet output's dtype.
     """
+    check_edm_unet(unet)
     model_input, c_noise = edm_model_inputs(x_noisy, sigma, sigma_data)
     model_output = unet(model_input, c_noise).sample  # F(c_in x; c_noise): (B, C, H, W)
     return x0_from_edm(model_output, x_noisy, sigma, sigma_data)

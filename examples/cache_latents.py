@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from diffusers.utils import check_min_version
 
-from diffusers_spectrum.data import ImageTransform, embedded_class_names, load_image_dataset
-from diffusers_spectrum.encoders import RepresentationEncoder
-from diffusers_spectrum.latent_cache import load_vae, write_latent_cache
-from diffusers_spectrum.model_cards import dataset_card, push_folder_to_hub
-from diffusers_spectrum.training_utils import save_args_json
+from diffusers_spectrum.training.data import ImageTransform, embedded_class_names, load_image_dataset
+from diffusers_spectrum.models.encoders import RepresentationEncoder
+from diffusers_spectrum.training.latent_cache import load_vae, write_latent_cache
+from diffusers_spectrum.pipelines.model_cards import dataset_card, push_folder_to_hub
+from diffusers_spectrum.training.utils import save_args_json
 
 
 check_min_version("0.32.0")
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 def load_repa_encoder(path_or_id: str, device: torch.device):
-    """The frozen REPA target encoder (`diffusers_spectrum.encoders.RepresentationEncoder`)."""
+    """The frozen REPA target encoder (`diffusers_spectrum.models.encoders.RepresentationEncoder`)."""
     return RepresentationEncoder.from_pretrained(path_or_id, device=device)
 
 

@@ -27,8 +27,8 @@ from diffusers import (
 from diffusers.utils import check_min_version
 from PIL import Image
 
-from diffusers_spectrum.dit_training import pipeline_samples
-from diffusers_spectrum.training_utils import image_grid
+from diffusers_spectrum.training.dit import pipeline_samples
+from diffusers_spectrum.training.utils import image_grid
 
 
 check_min_version("0.32.0")

@@ -36,14 +36,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from diffusers_spectrum import dct_space
-from diffusers_spectrum.data import (
+from diffusers_spectrum.training.data import (
     ImageTransform,
     embedded_class_names,
     image_batches,
     load_image_dataset,
     make_image_dataloader,
 )
-from diffusers_spectrum.dit_training import (
+from diffusers_spectrum.training.dit import (
     DIT_PRESETS,
     build_transformer,
     default_repa_depth,
@@ -53,13 +53,13 @@ from diffusers_spectrum.dit_training import (
     standardize_latents,
     step_generator,
 )
-from diffusers_spectrum.encoders import RepresentationEncoder
-from diffusers_spectrum.export import default_scheduler, export_pipeline, flow_matching_scheduler
-from diffusers_spectrum.latent_cache import load_latent_dataset, load_vae, make_latent_dataloader, read_cache_info
-from diffusers_spectrum.model_cards import pipeline_model_card, push_folder_to_hub
+from diffusers_spectrum.models.encoders import RepresentationEncoder
+from diffusers_spectrum.pipelines.export import default_scheduler, export_pipeline, flow_matching_scheduler
+from diffusers_spectrum.training.latent_cache import load_latent_dataset, load_vae, make_latent_dataloader, read_cache_info
+from diffusers_spectrum.pipelines.model_cards import pipeline_model_card, push_folder_to_hub
 from diffusers_spectrum.models import REPADiTTransformer2DModel, drop_labels
-from diffusers_spectrum.objectives import DiffusionObjective
-from diffusers_spectrum.training_utils import (
+from diffusers_spectrum.training.objectives import DiffusionObjective
+from diffusers_spectrum.training.utils import (
     NonFiniteGuard,
     create_ema,
     ema_weights,

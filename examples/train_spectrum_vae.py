@@ -28,8 +28,8 @@ from diffusers.utils import check_min_version
 from tqdm.auto import tqdm
 
 from diffusers_spectrum import SpectrumAutoencoderKL
-from diffusers_spectrum.data import ImageTransform, image_batches, load_image_dataset, make_image_dataloader
-from diffusers_spectrum.diagnostics import lowpass_reconstruction_errors, spectrum_summary
+from diffusers_spectrum.training.data import ImageTransform, image_batches, load_image_dataset, make_image_dataloader
+from diffusers_spectrum.evaluation.diagnostics import lowpass_reconstruction_errors, spectrum_summary
 from diffusers_spectrum.losses import (
     FeaturePerceptualLoss,
     LPIPSLoss,
@@ -40,10 +40,10 @@ from diffusers_spectrum.losses import (
     lpips_available,
     reconstruction_loss,
 )
-from diffusers_spectrum.model_cards import push_folder_to_hub, vae_model_card
+from diffusers_spectrum.pipelines.model_cards import push_folder_to_hub, vae_model_card
 from diffusers_spectrum.spectral import spectral_kl
 from diffusers_spectrum.spectral.esm import esm_spectra
-from diffusers_spectrum.training_utils import (
+from diffusers_spectrum.training.utils import (
     NonFiniteGuard,
     create_ema,
     ema_weights,
@@ -152,8 +152,8 @@ def build_perceptual(args):
 
 
 def spectrum_figure(images: torch.Tensor, latents: torch.Tensor, delta: float):
-    """Image, delta-target and latent normalised log spectra (`diffusers_spectrum.plotting.plot_spectra`)."""
-    from diffusers_spectrum.plotting import plot_spectra
+    """Image, delta-target and latent normalised log spectra (`diffusers_spectrum.evaluation.plotting.plot_spectra`)."""
+    from diffusers_spectrum.evaluation.plotting import plot_spectra
 
     image_spectra, latent_spectra = esm_spectra(images.float(), latents.float(), delta=0.0)  # (B, n_bins) each
     target_spectra, _ = esm_spectra(images.float(), latents.float(), delta=delta)
@@ -666,7 +666,7 @@ def write_outputs(args, vae: SpectrumAutoencoderKL, metrics: dict, output_dir: P
     vae.save_pretrained(output_dir)
     stock_dir = output_dir / "stock"
     try:
-        from diffusers_spectrum.export import export_vae
+        from diffusers_spectrum.pipelines.export import export_vae
 
         export_vae(stock_dir, vae, training_info={"metrics": metrics, "recipe": args.recipe})
     except ImportError:

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from diffusers_spectrum import latent_cache
-from diffusers_spectrum.data import ImageTransform, decode_image, embedded_dataset_dir, load_image_dataset
-from diffusers_spectrum.latent_cache import (
+from diffusers_spectrum.training.data import ImageTransform, decode_image, embedded_dataset_dir, load_image_dataset
+from diffusers_spectrum.training.latent_cache import (
     latent_batch,
     load_latent_dataset,
     make_latent_dataloader,

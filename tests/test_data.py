@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusers_spectrum.data import (
+from diffusers_spectrum.training.data import (
     ImageTransform,
     SkipCounter,
     embedded_class_names,

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusers_spectrum.dit_training import build_transformer
-from diffusers_spectrum.export import default_scheduler, export_pipeline, flow_matching_scheduler
+from diffusers_spectrum.training.dit import build_transformer
+from diffusers_spectrum.pipelines.export import default_scheduler, export_pipeline, flow_matching_scheduler
 from diffusers_spectrum.models import SpectrumAutoencoderKL
 
 

@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import Dinov2Config, Dinov2Model
 
-from diffusers_spectrum.dit_training import (
+from diffusers_spectrum.training.dit import (
     build_transformer,
     repa_term,
     spectral_regularizer_terms,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from diffusers_spectrum.training_utils import (
+from diffusers_spectrum.training.utils import (
     NonFiniteGuard,
     create_ema,
     ema_weights,

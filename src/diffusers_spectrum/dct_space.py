@@ -34,7 +34,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DecoderOutput
 
-from .objectives import flow_shift_of, scale_alphas_cumprod
+from .training.objectives import flow_shift_of, scale_alphas_cumprod
 from .spectral._checks import compute_dtype, require_4d
 from .spectral.dct import dct_matrix
 

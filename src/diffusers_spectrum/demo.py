@@ -98,7 +98,7 @@ def run_demo(
     from transformers import Dinov2Config, Dinov2Model
     from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from .analyze import analyze_vae
+    from .evaluation.analyze import analyze_vae
     from .models import SpectrumAutoencoderKL
 
     settings = DEMO_SETTINGS["quick" if quick else "full"]

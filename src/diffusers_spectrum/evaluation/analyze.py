@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import diagnostics, plotting
-from .models.autoencoder_kl_spectral import load_autoencoder
-from .spectral import power_law_slope, radial_spectrum
+from ..models.autoencoder_kl_spectral import load_autoencoder
+from ..spectral import power_law_slope, radial_spectrum
 
 
 __all__ = ["analyze_vae", "compare_vaes", "image_batches_from", "load_vae", "main", "parse_args"]
@@ -80,7 +80,7 @@ def image_batches_from(
 ):
     """Image batches ``(B, 3, resolution, resolution)`` in [-1, 1] from a local folder / files, a Hub id or (``None``)
     the embedded photos, streamed, centre-cropped, at most ``num_samples`` images."""
-    from .data import ImageTransform, SkipCounter, image_batches, load_image_dataset
+    from ..training.data import ImageTransform, SkipCounter, image_batches, load_image_dataset
 
     if data is not None and _looks_local(data) and not Path(str(data)).exists():
         raise ValueError(f"The dataset path {str(data)!r} does not exist.")
@@ -175,7 +175,7 @@ def analyze_vae(
             resolution,
             EMBEDDED_PHOTO_SIZE,
         )
-    from .data import SkipCounter
+    from ..training.data import SkipCounter
 
     skips = SkipCounter()
     batches = image_batches_from(data, num_samples, resolution, batch_size, image_column, split, skip_counter=skips)

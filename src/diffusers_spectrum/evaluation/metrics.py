@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .spectral import dsm_lowpass, spectral_kl
-from .spectral._checks import require_4d
-from .spectral.esm import gaussian_kernel_1d
+from ..spectral import dsm_lowpass, spectral_kl
+from ..spectral._checks import require_4d
+from ..spectral.esm import gaussian_kernel_1d
 
 
 __all__ = [

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from . import diagnostics, plotting
 from .analyze import _mean_std, _write_json, image_batches_from
-from .spectral import power_law_slope, radial_spectrum
+from ..spectral import power_law_slope, radial_spectrum
 
 
 __all__ = ["analyze_encoder"]
@@ -41,8 +41,8 @@ def analyze_encoder(
         grid_size: token grid side (16 = a 32 x 32 latent with DiT patch 2; 224 px input for patch 14).
         dog_sigmas: ``(sigma1, sigma2)`` of the DoG filter in token units; ``spatial_norm_alpha``: iREPA's alpha.
     """
-    from .encoders import RepresentationEncoder
-    from .spectral.filters import dog_filter, spatial_normalize
+    from ..models.encoders import RepresentationEncoder
+    from ..spectral.filters import dog_filter, spatial_normalize
 
     start = time.perf_counter()
     name = str(encoder) if isinstance(encoder, (str, Path)) else type(encoder).__name__

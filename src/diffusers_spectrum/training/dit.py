@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from diffusers import DiTPipeline
 
-from .losses import fourier_loss, repa_loss, wavelet_loss
-from .models.dit_repa import REPADiTTransformer2DModel
-from .spectral.filters import apply_target_filter
+from ..losses import fourier_loss, repa_loss, wavelet_loss
+from ..models.dit_repa import REPADiTTransformer2DModel
+from ..spectral.filters import apply_target_filter
 
 
 __all__ = [

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import ImageStreamDataset, ImageTransform, ResumableStream, SkipCounter
-from .models.autoencoder_kl_spectral import load_autoencoder
+from ..models.autoencoder_kl_spectral import load_autoencoder
 
 
 __all__ = [

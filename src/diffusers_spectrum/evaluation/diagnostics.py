@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from .spectral import (
+from ..spectral import (
     dct_2d,
     dsm_lowpass,
     esm_band_powers,
@@ -29,8 +29,8 @@ from .spectral import (
     radial_spectrum,
     rmsc,
 )
-from .spectral._checks import compute_dtype, require_4d
-from .spectral.psd import radial_bin_index
+from ..spectral._checks import compute_dtype, require_4d
+from ..spectral.psd import radial_bin_index
 
 
 __all__ = [

@@ -97,7 +97,7 @@ def stock_vae(vae: AutoencoderKL) -> AutoencoderKL:
     A `DCTTransform` (DCT-space diffusion) has no stock counterpart and is returned as is: a DCT-space pipeline folder
     names `diffusers_spectrum` for its `vae` and loads where the package is installed.
     """
-    from .dct_space import DCTTransform
+    from ..dct_space import DCTTransform
 
     if isinstance(vae, DCTTransform):
         return vae
@@ -164,7 +164,7 @@ def _jsonable(value):
 
 
 def _spectrum_info(vae=None, transformer=None, scheduler=None, training_info: dict | None = None) -> dict:
-    from . import __version__
+    from .. import __version__
 
     info = {"diffusers_spectrum_version": __version__}
     if vae is not None:

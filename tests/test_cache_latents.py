@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from diffusers_spectrum import latent_cache
+from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.training.data import ImageTransform, decode_image, embedded_dataset_dir, load_image_dataset
 from diffusers_spectrum.training.latent_cache import (
     latent_batch,
@@ -21,7 +22,6 @@ from diffusers_spectrum.training.latent_cache import (
     read_cache_info,
     write_latent_cache,
 )
-from diffusers_spectrum.models import SpectrumAutoencoderKL
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusers_spectrum.training.dit import build_transformer
-from diffusers_spectrum.pipelines.export import default_scheduler, export_pipeline, flow_matching_scheduler
 from diffusers_spectrum.models import SpectrumAutoencoderKL
+from diffusers_spectrum.pipelines.export import default_scheduler, export_pipeline, flow_matching_scheduler
+from diffusers_spectrum.training.dit import build_transformer
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -14,13 +14,13 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import Dinov2Config, Dinov2Model
 
+from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.training.dit import (
     build_transformer,
     repa_term,
     spectral_regularizer_terms,
     standardize_latents,
 )
-from diffusers_spectrum.models import SpectrumAutoencoderKL
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -34,9 +34,9 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DecoderOutput
 
-from .training.objectives import flow_shift_of, scale_alphas_cumprod
 from .spectral._checks import compute_dtype, require_4d
 from .spectral.dct import dct_matrix
+from .training.objectives import flow_shift_of, scale_alphas_cumprod
 
 
 # JPEG / JFIF RGB -> YCbCr (ITU-R BT.601, full range), offsets dropped: rows give Y, Cb, Cr.

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import diagnostics, plotting
 from ..models.autoencoder_kl_spectral import load_autoencoder
+from ..models.checks import check_resolution, downsample_factor
 from ..spectral import power_law_slope, radial_spectrum
+from . import diagnostics, plotting
 
 
 __all__ = ["analyze_vae", "compare_vaes", "image_batches_from", "load_vae", "main", "parse_args"]
@@ -100,24 +101,6 @@ def image_batches_from(
         yield batch["pixel_values"]
 
 
-def _downsample_factor(vae) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def _check_sizes(vae, resolution: int, dsm_levels, block_size: int = 8) -> None:
-    factor = _downsample_factor(vae)
-    if resolution % factor:
-        raise ValueError(
-            f"resolution={resolution} is not divisible by the VAE's downsampling factor {factor}; pass --resolution "
-            f"as a multiple of {factor}."
-        )
-    if any(int(k) > 0 for k in dsm_levels) and resolution % (factor * block_size):
-        raise ValueError(
-            f"The DSM view splits latents ({resolution // factor} px) into {block_size} x {block_size} blocks; pass "
-            f"--resolution as a multiple of {factor * block_size} or --dsm_levels 0."
-        )
-
-
 def _mean_std(rows: torch.Tensor) -> dict:
     return {"mean": rows.mean(0).tolist(), "std": rows.std(0, unbiased=False).tolist()}
 
@@ -166,7 +149,7 @@ def analyze_vae(
     name = name or (str(vae) if isinstance(vae, (str, Path)) else type(vae).__name__)
     vae = load_vae(vae, device=device)
     dsm_levels = tuple(int(k) for k in dsm_levels)
-    _check_sizes(vae, resolution, dsm_levels)
+    check_resolution(vae, resolution, dsm_levels)
     if data is None and resolution > EMBEDDED_PHOTO_SIZE:
         logger.warning(
             "The embedded photos are %d px: upsampling them to %d px steepens the image spectrum; pass --data for "

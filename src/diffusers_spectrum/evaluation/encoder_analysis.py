@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..spectral import power_law_slope, radial_spectrum
 from . import diagnostics, plotting
 from .analyze import _mean_std, _write_json, image_batches_from
-from ..spectral import power_law_slope, radial_spectrum
 
 
 __all__ = ["analyze_encoder"]

@@ -36,7 +36,7 @@ def model_card_template_path(kind: str) -> Path:
     """Path of the packaged card template `kind` (`"vae"`, `"pipeline"` or `"dataset"`)."""
     if kind not in TEMPLATE_KINDS:
         raise ValueError(f"kind must be one of {TEMPLATE_KINDS}, got {kind!r}.")
-    return Path(__file__).resolve().parent / "assets" / "model_cards" / f"{kind}.md"
+    return Path(__file__).resolve().parents[1] / "assets" / "model_cards" / f"{kind}.md"
 
 
 def _format_value(value) -> str:

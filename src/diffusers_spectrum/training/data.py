@@ -48,7 +48,7 @@ def embedded_dataset_dir() -> Path:
     A `datasets` imagefolder: PNGs plus `metadata.jsonl` with `label` (index of the source photo) and `source`.
     Built by `scripts/build_embedded_dataset.py`.
     """
-    return Path(__file__).resolve().parent / "assets" / "photos"
+    return Path(__file__).resolve().parents[1] / "assets" / "photos"
 
 
 def embedded_class_names() -> list[str]:
@@ -131,6 +131,42 @@ def load_image_dataset(
     if empty:
         raise ValueError(f"{source} (split {split!r}) is empty: it holds no examples.")
     return dataset
+
+
+LABEL_COLUMN_CANDIDATES = ("label", "labels", "class", "class_label")
+
+
+def detect_label_column(dataset, label_column: str | None = None, unconditional: bool = False) -> str | None:
+    """The column of integer class labels to use: `label_column` when given (checked by `load_image_dataset`),
+    `None` when `unconditional`, else the first of `label`, `labels`, `class`, `class_label` that the dataset has
+    (a `datasets.ClassLabel` column first). Logs what it found, so an unconditional run is never an accident."""
+    if unconditional:
+        logger.info("labels: none (unconditional)")
+        return None
+    if label_column is not None:
+        logger.info("labels: column %r (as requested)", label_column)
+        return label_column
+    features = dataset.features
+    if features is None:  # a streamed dataset without declared features: look at its first example
+        columns = list(next(iter(dataset.take(1)), {}))
+        class_label_columns = []
+    else:
+        columns = list(features)
+        class_label_columns = [name for name in columns if isinstance(features[name], datasets.ClassLabel)]
+    for name in [*class_label_columns, *[c for c in LABEL_COLUMN_CANDIDATES if c in columns]]:
+        logger.info("labels: found column %r; class-conditional (pass --unconditional to ignore it)", name)
+        return name
+    logger.info("labels: none found (columns %s); every label is 0 (unconditional)", columns)
+    return None
+
+
+def class_names_of(dataset, label_column: str | None) -> dict[int, str] | None:
+    """`{id: name}` from a `datasets.ClassLabel` column, else `None`."""
+    features = getattr(dataset, "features", None)
+    feature = None if features is None or label_column is None else features.get(label_column)
+    if isinstance(feature, datasets.ClassLabel):
+        return dict(enumerate(feature.names))
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageStreamDataset, ImageTransform, ResumableStream, SkipCounter
 from ..models.autoencoder_kl_spectral import load_autoencoder
+from .data import ImageStreamDataset, ImageTransform, ResumableStream, SkipCounter
 
 
 __all__ = [

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from diffusers.utils import check_min_version
 
-from diffusers_spectrum.evaluation.analyze import image_batches_from, load_vae
+from diffusers_spectrum.evaluation.analyze import load_vae
 from diffusers_spectrum.evaluation.metrics import load_feature_extractor, lpips, reconstruction_metrics
+from diffusers_spectrum.training.data import image_batches_from
 
 
 check_min_version("0.32.0")

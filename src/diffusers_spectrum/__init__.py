@@ -4,6 +4,7 @@
 # (`["diffusers_spectrum", "SpectrumAutoencoderKL"]`), so they must be attributes of this package too.
 from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
 
+from ._version import __version__  # noqa: F401
 from .dct_space import (
     DCTTransform,
     dct_weighted_mse,
@@ -43,8 +44,6 @@ from .spectral import (
 )
 from .training.objectives import DiffusionObjective, x0_from_edm, x0_from_epsilon, x0_from_flow, x0_from_v
 
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DCTTransform",

@@ -10,7 +10,6 @@ and are repeated in every report.
 """
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -22,12 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.autoencoder_kl_spectral import load_autoencoder
-from ..models.checks import check_resolution, downsample_factor
+from ..models.checks import check_resolution
 from ..spectral import power_law_slope, radial_spectrum
+from ..training.data import image_batches_from, looks_local
+from ..training.utils import write_json
 from . import diagnostics, plotting
 
 
-__all__ = ["analyze_vae", "compare_vaes", "image_batches_from", "load_vae", "main", "parse_args"]
+__all__ = ["analyze_vae", "compare_vaes", "load_vae", "main", "parse_args"]
 
 logger = logging.getLogger(__name__)
 EMBEDDED_PHOTO_SIZE = 64  # side of the embedded photo crops (`data.embedded_dataset_dir`)
@@ -35,12 +36,6 @@ EMBEDDED_PHOTO_SIZE = 64  # side of the embedded photo crops (`data.embedded_dat
 
 # ------------------------------------------------------------------------------------------------
 # Loading
-
-
-def _looks_local(name) -> bool:
-    """Absolute or explicitly relative paths are never Hub ids."""
-    text = str(name)
-    return Path(text).is_absolute() or text.startswith((".", "~"))
 
 
 def load_vae(name_or_path, subfolder: str | None = None, device="cpu", dtype: torch.dtype = torch.float32):
@@ -52,7 +47,7 @@ def load_vae(name_or_path, subfolder: str | None = None, device="cpu", dtype: to
     if isinstance(name_or_path, torch.nn.Module):
         return name_or_path.to(device).eval()
     path = Path(str(name_or_path))
-    if _looks_local(name_or_path) and not path.exists():
+    if looks_local(name_or_path) and not path.exists():
         raise ValueError(f"The VAE folder {str(name_or_path)!r} does not exist.")
     if subfolder is None and path.is_dir() and (path / "model_index.json").is_file() and (path / "vae").is_dir():
         subfolder = "vae"
@@ -68,45 +63,6 @@ def load_vae(name_or_path, subfolder: str | None = None, device="cpu", dtype: to
         f"Could not load a VAE from {str(name_or_path)!r} (a diffusers AutoencoderKL folder or Hub id): "
         + " | ".join(errors)
     )
-
-
-def image_batches_from(
-    data=None,
-    num_samples: int = 64,
-    resolution: int = 256,
-    batch_size: int = 8,
-    image_column: str = "image",
-    split: str = "train",
-    skip_counter=None,
-):
-    """Image batches ``(B, 3, resolution, resolution)`` in [-1, 1] from a local folder / files, a Hub id or (``None``)
-    the embedded photos, streamed, centre-cropped, at most ``num_samples`` images."""
-    from ..training.data import ImageTransform, SkipCounter, image_batches, load_image_dataset
-
-    if data is not None and _looks_local(data) and not Path(str(data)).exists():
-        raise ValueError(f"The dataset path {str(data)!r} does not exist.")
-    if data is None or Path(str(data)).exists():
-        kwargs = {"train_data_dir": data}
-    else:
-        kwargs = {"dataset_name": str(data)}
-    try:
-        dataset = load_image_dataset(**kwargs, split=split, image_column=image_column, streaming=True)
-    except Exception as error:  # datasets raises many kinds (missing repo, offline, bad files); one clear message
-        raise ValueError(f"Could not read the dataset {data!r}: {type(error).__name__}: {error}") from error
-    skip_counter = SkipCounter() if skip_counter is None else skip_counter
-    transform = ImageTransform(resolution, center_crop=True, random_flip=False)
-    for batch in image_batches(
-        dataset, batch_size, transform, image_column, max_samples=num_samples, skip_counter=skip_counter
-    ):
-        yield batch["pixel_values"]
-
-
-def _mean_std(rows: torch.Tensor) -> dict:
-    return {"mean": rows.mean(0).tolist(), "std": rows.std(0, unbiased=False).tolist()}
-
-
-def _write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,7 +186,7 @@ def analyze_vae(
         "latent_shape": latent_shape,
         "sample_posterior": sample_posterior,
         "n_bins": n_bins,
-        "spectra": {key: _mean_std(spectra[key]) for key in ("image", "target", "latent")},
+        "spectra": {key: diagnostics.mean_std(spectra[key]) for key in ("image", "target", "latent")},
         "channel_spectra": channel_mean.tolist(),
         "channel_slopes": [float(s) for s in power_law_slope(channel_mean)],
         "dsm_lowpass_mse": {str(level): value for level, value in lowpass_mse.items()},
@@ -260,7 +216,7 @@ def _write_vae_outputs(report: dict, spectra: dict, output_dir: Path) -> None:
         plots["dsm_lowpass"] = "dsm_lowpass.png"
         plotting.plot_lowpass_errors({report["name"]: report["dsm_lowpass_mse"]}, output_dir / plots["dsm_lowpass"])
     report["plots"] = plots
-    _write_json(output_dir / "report.json", report)
+    write_json(output_dir / "report.json", report, sort_keys=False)
 
 
 def compare_vaes(vaes, names=None, output_dir: str | Path | None = None, **kwargs) -> dict:
@@ -294,7 +250,7 @@ def compare_vaes(vaes, names=None, output_dir: str | Path | None = None, **kwarg
         lowpass = {name: r["dsm_lowpass_mse"] for name, r in reports.items() if r["dsm_lowpass_mse"]}
         if lowpass:
             plotting.plot_lowpass_errors(lowpass, output_dir / "compare_dsm_lowpass.png")
-        _write_json(output_dir / "compare.json", {"table": table})
+        write_json(output_dir / "compare.json", {"table": table}, sort_keys=False)
         lines = ["| " + " | ".join(("name",) + columns) + " |", "|" + "---|" * (len(columns) + 1)]
         for row in table:
             cells = [row["name"]] + [row[c] if isinstance(row[c], str) else f"{row[c]:.4g}" for c in columns]

@@ -271,3 +271,8 @@ def lowpass_reconstruction_errors(
             )
         errors[int(level)] = (reconstruction - target).square().mean(dim=(1, 2, 3))  # (B,)
     return errors
+
+
+def mean_std(rows: torch.Tensor) -> dict:
+    """`{"mean": [...], "std": [...]}` over the first axis of `rows` (population std), as the reports store them."""
+    return {"mean": rows.mean(0).tolist(), "std": rows.std(0, unbiased=False).tolist()}

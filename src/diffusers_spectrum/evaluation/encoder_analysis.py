@@ -9,8 +9,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..spectral import power_law_slope, radial_spectrum
+from ..training.data import image_batches_from
+from ..training.utils import write_json
 from . import diagnostics, plotting
-from .analyze import _mean_std, _write_json, image_batches_from
 
 
 __all__ = ["analyze_encoder"]
@@ -76,7 +77,7 @@ def analyze_encoder(
     for key in filters:
         rows = torch.cat(spectra[key])
         results[key] = {
-            "spectrum": _mean_std(rows),
+            "spectrum": diagnostics.mean_std(rows),
             "slope": float(power_law_slope(rows.mean(0))),
             "power_slope": float(power_law_slope(torch.cat(power[key]).mean(0), "center")),
             "rmsc": float(torch.cat(contrast[key]).mean()),
@@ -105,5 +106,5 @@ def analyze_encoder(
             title=f"{name}: feature spectra by REPA target filter",
         )
         report["plots"] = {"encoder_spectra": "encoder_spectra.png"}
-        _write_json(output_dir / "report.json", report)
+        write_json(output_dir / "report.json", report, sort_keys=False)
     return report

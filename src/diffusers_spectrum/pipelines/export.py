@@ -7,7 +7,6 @@ settings and training facts go to `spectrum_info.json` and the model card.
 """
 
 import inspect
-import json
 import os
 from pathlib import Path
 
@@ -20,6 +19,10 @@ from diffusers import (
     DPMSolverMultistepScheduler,
 )
 from diffusers.schedulers import KarrasDiffusionSchedulers
+
+from .._version import __version__
+from ..training.utils import write_json
+from .model_cards import pipeline_model_card, vae_model_card
 
 
 __all__ = [
@@ -164,8 +167,6 @@ def _jsonable(value):
 
 
 def _spectrum_info(vae=None, transformer=None, scheduler=None, training_info: dict | None = None) -> dict:
-    from .. import __version__
-
     info = {"diffusers_spectrum_version": __version__}
     if vae is not None:
         info["vae"] = {
@@ -183,43 +184,17 @@ def _spectrum_info(vae=None, transformer=None, scheduler=None, training_info: di
     return _jsonable({k: v for k, v in info.items() if not str(k).startswith("_")})
 
 
-def _model_card(info: dict, kind: str) -> str:
-    """A short model card: YAML header for the Hub, then how to load and what was trained."""
-    pipeline_tag = "unconditional-image-generation"
-    lines = [
-        "---",
-        "library_name: diffusers",
-        f"pipeline_tag: {pipeline_tag}",
-        "tags:",
-        "- diffusers-spectrum",
-        "- spectrum-matching",
-        f"- {'dit' if kind == 'pipeline' else 'autoencoder'}",
-        "---",
-        "",
-        f"# Spectrum Matching {'VAE + DiT pipeline' if kind == 'pipeline' else 'autoencoder'}",
-        "",
-        "Trained with [diffusers-spectrum](https://pypi.org/project/diffusers-spectrum/) (Spectrum Matching: ESM/DSM "
-        "autoencoder" + (", REPA/DoG-REPA diffusion transformer)." if kind == "pipeline" else ")."),
-        "It loads with plain diffusers:",
-        "",
-        "```python",
-    ]
-    if kind == "pipeline":
-        lines += [
-            "from diffusers import DiffusionPipeline",
-            "",
-            'pipe = DiffusionPipeline.from_pretrained("<this repo>")',
-            "images = pipe(class_labels=[0, 1], guidance_scale=1.8, num_inference_steps=50).images",
-        ]
-    else:
-        lines += ["from diffusers import AutoencoderKL", "", 'vae = AutoencoderKL.from_pretrained("<this repo>")']
-    lines += ["```", "", "## Settings", "", "```json", json.dumps(info, indent=2, sort_keys=True), "```", ""]
-    return "\n".join(lines)
-
-
 def _write_sidecars(output_dir: Path, info: dict, kind: str, model_card: str | None) -> None:
-    (output_dir / SPECTRUM_INFO_NAME).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (output_dir / "README.md").write_text(model_card or _model_card(info, kind), encoding="utf-8")
+    """`spectrum_info.json` and the model card (`README.md`; the default card comes from `model_cards`)."""
+    write_json(output_dir / SPECTRUM_INFO_NAME, info)
+    if model_card is None:
+        metrics = info.get("training", {}).get("metrics")
+        if kind == "pipeline":
+            card = pipeline_model_card("<this repo>", metrics=metrics, repa=bool(info.get("transformer")))
+        else:
+            card = vae_model_card("<this repo>", config=info.get("vae", {}).get("spectral_config"), metrics=metrics)
+        model_card = str(card)
+    (output_dir / "README.md").write_text(model_card, encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------------

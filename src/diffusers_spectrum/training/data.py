@@ -511,3 +511,42 @@ def make_image_dataloader(
         skip_counter=skip_counter,
     )
     return torch.utils.data.DataLoader(stream, batch_size=batch_size, drop_last=True, num_workers=num_workers)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Analysis and evaluation batches
+
+
+def looks_local(name) -> bool:
+    """Absolute or explicitly relative paths (and anything that exists on disk) are never Hub ids."""
+    text = str(name)
+    return Path(text).is_absolute() or text.startswith((".", "~")) or Path(text).exists()
+
+
+def image_batches_from(
+    data=None,
+    num_samples: int = 64,
+    resolution: int = 256,
+    batch_size: int = 8,
+    image_column: str = "image",
+    split: str = "train",
+    skip_counter=None,
+):
+    """Image batches ``(B, 3, resolution, resolution)`` in [-1, 1] from a local folder / files, a Hub id or (``None``)
+    the embedded photos, streamed, centre-cropped, at most ``num_samples`` images."""
+    if data is not None and looks_local(data) and not Path(str(data)).exists():
+        raise ValueError(f"The dataset path {str(data)!r} does not exist.")
+    if data is None or Path(str(data)).exists():
+        kwargs = {"train_data_dir": data}
+    else:
+        kwargs = {"dataset_name": str(data)}
+    try:
+        dataset = load_image_dataset(**kwargs, split=split, image_column=image_column, streaming=True)
+    except Exception as error:  # datasets raises many kinds (missing repo, offline, bad files); one clear message
+        raise ValueError(f"Could not read the dataset {data!r}: {type(error).__name__}: {error}") from error
+    skip_counter = SkipCounter() if skip_counter is None else skip_counter
+    transform = ImageTransform(resolution, center_crop=True, random_flip=False)
+    for batch in image_batches(
+        dataset, batch_size, transform, image_column, max_samples=num_samples, skip_counter=skip_counter
+    ):
+        yield batch["pixel_values"]

@@ -27,15 +27,14 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from ..models.autoencoder_kl_spectral import load_autoencoder
 from .data import ImageStreamDataset, ImageTransform, ResumableStream, SkipCounter
+from .utils import write_json
 
 
 __all__ = [
     "CACHE_INFO_NAME",
     "LatentStreamDataset",
     "encode_latents",
-    "load_vae",
     "latent_batch",
     "load_latent_dataset",
     "make_latent_dataloader",
@@ -49,26 +48,12 @@ _MODES = ("mean_std", "mean", "sample")
 _DTYPES = {"float16": np.float16, "bfloat16": None, "float32": np.float32}
 
 
-def _atomic_write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _shard_name(index: int) -> str:
     return f"{_DATA_DIR}/train-{index:05d}.parquet"
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Encoding
-
-
-def load_vae(path_or_id: str | Path, subfolder: str | None = None, revision: str | None = None):
-    """A `SpectrumAutoencoderKL` when the folder was saved as one, else a stock `AutoencoderKL` (any Hub VAE)."""
-    return load_autoencoder(path_or_id, subfolder=subfolder, revision=revision)
 
 
 @torch.no_grad()
@@ -247,7 +232,7 @@ def write_latent_cache(
         info["num_examples"] += count
         rows = {k: v[count:] for k, v in rows.items()}
         positions = positions[count:]
-        _atomic_write_json(info_path, info)
+        write_json(info_path, info)
 
     for batch in _batched(stream, batch_size, remaining):
         # 3. Encode a batch (and its REPA targets)
@@ -277,7 +262,7 @@ def write_latent_cache(
         raise ValueError("write_latent_cache: no image could be read from the dataset; nothing was cached.")
     info["skipped_images"] += skip_counter.count
     info["complete"] = True
-    _atomic_write_json(info_path, info)
+    write_json(info_path, info)
     return info
 
 

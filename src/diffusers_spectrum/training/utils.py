@@ -34,14 +34,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def write_json(path: str | Path, data) -> Path:
+def write_json(path: str | Path, data, sort_keys: bool = True) -> Path:
     """Write `data` as indented JSON atomically (temporary file + rename), secrets filtered by the caller; the one
     JSON writer of the package (training args, metrics, reports, cache info)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
+        json.dump(data, f, indent=2, sort_keys=sort_keys, default=_json_default)
+        f.write("\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary, path)

@@ -128,7 +128,7 @@ def test_estimate_latent_stats_writes_one_over_std_and_optional_shift():
 def test_to_autoencoder_kl_folds_the_shift_into_the_conv_biases(tmp_path):
     vae = tiny_vae()
     vae.register_to_config(shift_factor=0.3, scaling_factor=2.0)
-    stock = vae.to_autoencoder_kl()
+    stock = vae.to_autoencoder_kl(fold_shift=True)
     assert type(stock) is AutoencoderKL and stock.config.shift_factor is None and stock.config.scaling_factor == 2.0
     x = images()
     torch.testing.assert_close(
@@ -209,3 +209,119 @@ def test_load_autoencoder_returns_the_saved_class_without_warnings(tmp_path, cap
         assert type(load_autoencoder(tmp_path / "stock")) is AutoencoderKL
     diffusers_logging.disable_propagation()
     assert not [r for r in caplog.records if "not expected" in r.getMessage()]
+
+
+def test_to_autoencoder_kl_keeps_the_latent_convention_keys_by_default():
+    vae = tiny_vae(force_upcast=False)
+    vae.register_to_config(shift_factor=0.3, scaling_factor=2.0)
+    stock = vae.to_autoencoder_kl()
+    assert type(stock) is AutoencoderKL and stock.config.shift_factor == 0.3 and stock.config.scaling_factor == 2.0
+    assert stock.config.force_upcast is False
+    for (name, a), (_, b) in zip(vae.state_dict().items(), stock.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    per_channel = tiny_vae(latents_mean=[0.1, 0.2, 0.3, 0.4], latents_std=[1.0, 2.0, 3.0, 4.0]).to_autoencoder_kl()
+    assert list(per_channel.config.latents_mean) == [0.1, 0.2, 0.3, 0.4]
+    assert list(per_channel.config.latents_std) == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_bad_config_values_name_the_key():
+    with pytest.raises(ValueError, match="scaling_factor"):
+        tiny_vae(scaling_factor="abc")
+    with pytest.raises(ValueError, match="scaling_factor"):
+        tiny_vae(scaling_factor=0.0)
+    with pytest.raises(ValueError, match="shift_factor"):
+        tiny_vae(shift_factor=float("nan"))
+    with pytest.raises(ValueError, match="block_out_channels"):
+        tiny_vae(block_out_channels=())
+    with pytest.raises(ValueError, match="down_block_types"):
+        tiny_vae(down_block_types=("DownEncoderBlock2D",) * 3)
+    with pytest.raises(ValueError, match="latents_std"):
+        tiny_vae(latents_mean=[0.0] * 4)
+    with pytest.raises(ValueError, match="latents_mean"):
+        tiny_vae(latents_mean=[0.0] * 3, latents_std=[1.0] * 3)
+
+
+def test_half_precision_images_into_a_float32_model_raise_a_clear_error():
+    vae = tiny_vae()
+    with pytest.raises(TypeError, match=r"torch.float16.*torch.float32"):
+        vae.training_losses(images().half())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: the caller asked for the cast
+        out = vae.training_losses(images().bfloat16(), dsm_level=0)
+    assert torch.isfinite(out.esm)
+
+
+def _save_stock(folder):
+    torch.manual_seed(0)
+    AutoencoderKL(**TINY).save_pretrained(folder)
+    return folder
+
+
+def test_load_autoencoder_fails_at_once_on_a_missing_local_path(tmp_path, monkeypatch):
+    from diffusers_spectrum.models import load_autoencoder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spectrum-demo").mkdir()
+    for name in ("spectrum-demo/vea", "./nowhere", "~/no-such-vae-folder-xyz", "a/b/c", str(tmp_path / "gone")):
+        with pytest.raises(FileNotFoundError, match="no such folder"):
+            load_autoencoder(name)
+    with pytest.raises(FileNotFoundError, match="closest existing folder is .*spectrum-demo"):
+        load_autoencoder("spectrum-demo/vea")
+
+
+def test_load_autoencoder_names_a_missing_weights_file_or_config(tmp_path):
+    from diffusers_spectrum.models import load_autoencoder
+
+    folder = _save_stock(tmp_path / "vae")
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"diffusion_pytorch_model\.safetensors.*save_pretrained"):
+        load_autoencoder(folder)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_autoencoder(tmp_path / "empty")
+    (tmp_path / "empty" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"config\.json.* is not valid JSON"):
+        load_autoencoder(tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileNotFoundError, match="is a file"):
+        load_autoencoder(tmp_path / "file")
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c: c.pop("block_out_channels"), "block_out_channels"),
+        (lambda c: c.update(scaling_factor="abc"), "scaling_factor"),
+        (lambda c: c.update(shift_factor="0.1"), "shift_factor"),
+        (lambda c: c.update(layers_per_block=2), "does not match its weights"),
+        (lambda c: c.update(block_out_channels=[8, 32]), "does not match its weights"),
+        (lambda c: c.update(_class_name="UNet2DModel"), "not an AutoencoderKL"),
+    ],
+)
+def test_load_autoencoder_rejects_a_config_that_does_not_describe_the_weights(tmp_path, edit, match):
+    from diffusers_spectrum.models import load_autoencoder
+
+    folder = _save_stock(tmp_path / "vae")
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=match) as error:
+        load_autoencoder(folder)
+    assert "config.json" in str(error.value)
+
+
+def test_load_autoencoder_reads_pipeline_folders_subfolders_dtype_and_instances(tmp_path):
+    from diffusers_spectrum.models import load_autoencoder
+
+    _save_stock(tmp_path / "pipe" / "vae")
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline"}))
+    reference = _save_stock(tmp_path / "ref")
+    expected = AutoencoderKL.from_pretrained(reference).eval()
+    z = torch.randn(1, 4, 16, 16)
+    for vae in (load_autoencoder(tmp_path / "pipe"), load_autoencoder(str(tmp_path / "pipe"), subfolder="vae")):
+        assert type(vae) is AutoencoderKL and not vae.training
+        with torch.no_grad():
+            torch.testing.assert_close(vae.decode(z).sample, expected.decode(z).sample, rtol=0, atol=0)
+    assert load_autoencoder(reference, torch_dtype=torch.bfloat16).dtype == torch.bfloat16
+    assert load_autoencoder(expected) is expected
+    with pytest.raises(TypeError, match="torch_dtype"):
+        load_autoencoder(reference, torch_dtype="float16")

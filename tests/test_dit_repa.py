@@ -16,6 +16,7 @@ from diffusers_spectrum import (
     drop_labels,
     repa_loss,
 )
+from diffusers_spectrum.models.dit_repa import check_class_labels, default_repa_depth
 
 
 TINY = dict(
@@ -211,20 +212,69 @@ def test_stock_dit_draws_a_different_label_dropout_in_every_block_which_we_disab
 
 
 def test_unconditional_and_ten_class_labels_run_and_bad_labels_raise():
+    # Out-of-range values are caught by `check_class_labels` where data enters: forward no longer reads label
+    # values (that was a host sync on every training and sampling step).
     model = _model()
     latents, timesteps, _ = _inputs()
     for labels in (torch.zeros(2, dtype=torch.long), torch.tensor([9, 1000])):
         assert torch.isfinite(model(latents, timesteps, labels).sample).all()
+        check_class_labels(labels, model.null_class)
     with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 1000\]"):
-        model(latents, timesteps, torch.tensor([0, 1001]))
+        check_class_labels(torch.tensor([0, 1001]), 1000)
     with pytest.raises(ValueError, match="class_labels must lie"):
-        model(latents, timesteps, torch.tensor([-1, 0]))
+        check_class_labels(torch.tensor([-1, 0]), 1000)
+    with pytest.raises(TypeError, match="integer"):
+        check_class_labels(torch.tensor([0.0, 1.0]), 1000)
     with pytest.raises(ValueError, match="class_labels are required"):
         model(latents, timesteps, None)
     with pytest.raises(TypeError, match="integer"):
         model(latents, timesteps, torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="dropout_prob"):
         drop_labels(torch.tensor([1, 2]), 1.5)
+
+
+def test_forward_reads_no_label_values():
+    # A label tensor whose values cannot be read (meta device) passes the checks: they use shapes and dtypes only.
+    model = _model()
+    latents, _, _ = _inputs()
+    model._check_inputs(latents, torch.empty(2, dtype=torch.long, device="meta"))
+
+
+def test_bad_latent_shapes_label_shapes_and_dtypes_raise_clear_errors():
+    model = _model()
+    latents, timesteps, labels = _inputs()
+    # the stock forward returns (3, 4, 8, 8) for (2, 4, 8, 12) and (2, 4, 8, 8) for (2, 4, 9, 9)
+    for shape in ((2, 4, 8, 12), (2, 4, 9, 9), (2, 3, 8, 8)):
+        with pytest.raises(ValueError, match=r"must have shape \(B, 4, S, S\).*\(2, 4, 8, 8\)"):
+            model(torch.randn(shape), timesteps, labels)
+    with pytest.raises(ValueError, match=r"shape \(2,\).*\(2, 1\)"):
+        model(latents, timesteps, labels[:, None])
+    with pytest.raises(TypeError, match="torch.float16 differs from the model's torch.float32"):
+        model(latents.half(), timesteps, labels)
+    assert model(torch.randn(2, 4, 4, 4), timesteps, labels).sample.shape == (2, 4, 4, 4)  # other square sizes
+
+
+def test_default_repa_depth_follows_the_authors_per_size_table():
+    assert [default_repa_depth(n) for n in (12, 24, 28)] == [4, 8, 8]  # SiT-B/2, SiT-L/2, SiT-XL/2
+    assert [default_repa_depth(n) for n in (1, 2, 3, 6)] == [1, 1, 1, 2]
+    assert _model(repa_depth="auto").config.repa_depth == 1  # 3 layers; recorded as an integer
+    with pytest.raises(ValueError, match="num_layers"):
+        default_repa_depth(0)
+
+
+def test_a_stock_two_layer_dit_folder_loads(tmp_path):
+    torch.manual_seed(0)
+    config = {k: v for k, v in TINY.items() if not k.startswith("repa_")}
+    stock = DiTTransformer2DModel(**{**config, "num_layers": 2}).eval()
+    stock.save_pretrained(tmp_path)
+    model = REPADiTTransformer2DModel.from_pretrained(tmp_path).eval()
+    assert model.config.repa_depth == 1 and model.projector is not None
+    latents, timesteps, labels = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(latents, timesteps, labels).sample, stock(latents, timesteps, labels).sample)
+        assert model(latents, timesteps, labels, return_repa_tokens=True).repa_tokens.shape == (2, 16, 768)
+    model.save_pretrained(tmp_path / "ours")
+    assert REPADiTTransformer2DModel.from_pretrained(tmp_path / "ours").config.repa_depth == 1
 
 
 def test_bad_repa_configs_raise_clear_errors():

@@ -164,8 +164,10 @@ def test_losses_reject_bad_arguments():
         wavelet_loss(x, y, levels=4)
     with pytest.raises(ValueError, match="loss_type"):
         fourier_loss(x, y, loss_type="huber")
-    with pytest.raises(ValueError, match="4-D"):
-        wavelet_loss(x[0], y[0])
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\) images/latents or \(B, C, T\) waveforms"):
+        wavelet_loss(x[0, 0], y[0, 0])  # (H, W): no batch or channel axis
+    with pytest.raises(ValueError, match="waveforms"):
+        fourier_loss(x[None], y[None])  # 5-D
 
 
 def test_losses_pass_a_float64_gradcheck():

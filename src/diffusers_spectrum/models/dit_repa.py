@@ -27,6 +27,9 @@ __all__ = [
     "REPA_CONFIG_KEYS",
     "REPADiTTransformer2DModel",
     "REPADiTTransformer2DModelOutput",
+    "REPA_DEFAULTS",
+    "check_class_labels",
+    "default_repa_depth",
     "drop_labels",
 ]
 
@@ -35,6 +38,54 @@ logger = logging.get_logger(__name__)
 # Keys this class adds to the parent's config; `export_pipeline` drops them.
 REPA_CONFIG_KEYS = ("repa_depth", "repa_target_dim", "repa_projector_dim", "repa_projector", "repa_kernel_size")
 REPA_PROJECTORS = ("mlp", "conv")
+
+# The authors' per-size alignment depth (1-based block whose output is aligned), keyed by the transformer's depth:
+# REPA (Yu et al. 2024) aligns after block 4 of SiT-B/2 (12 blocks) and block 8 of SiT-L/2 (24) and SiT-XL/2 (28);
+# iREPA's SiT-B/2 runs use 4 as well. DiT-S/2 (12 blocks, not in REPA) shares B's depth.
+REPA_DEPTH_BY_NUM_LAYERS = {12: 4, 24: 8, 28: 8}
+
+# The authors' projector defaults. REPA: MLP projector, loss weight 0.5. iREPA (Singh et al. 2025): a 3 x 3
+# convolution over the token grid (the paper's and README's kernel; its SiT model and JiT script default to 3, its
+# LDM script's flag to 1), loss weight 1.0 (`configs/irepa.yaml`), targets spatially normalised with alpha = 0.6.
+REPA_DEFAULTS = {
+    "mlp": {"loss_weight": 0.5, "projector_dim": 2048},
+    "conv": {"loss_weight": 1.0, "kernel_size": 3, "spatial_norm_alpha": 0.6},
+}
+
+
+def default_repa_depth(num_layers: int) -> int:
+    """The authors' alignment depth for a transformer with `num_layers` blocks: 4 for 12 blocks (SiT-B/2), 8 for 24
+    (SiT-L/2) and 28 (SiT-XL/2) (`REPA_DEPTH_BY_NUM_LAYERS`); other depths keep B/L's one third, at least block 1.
+
+    Raises:
+        ValueError: `num_layers` is not a positive integer.
+    """
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+        raise ValueError(f"default_repa_depth: `num_layers` must be a positive integer, got {num_layers!r}.")
+    return REPA_DEPTH_BY_NUM_LAYERS.get(num_layers, max(1, num_layers // 3))
+
+
+def check_class_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Validate class labels where data enters (dataset, sampling request), not in the model's forward: this reads
+    the values (a host sync on accelerators).
+
+    Args:
+        labels: `(B,)` integer labels; `num_classes` is the null (unconditional) class.
+        num_classes: `num_embeds_ada_norm` of the transformer (1000 for `DiTPipeline`).
+
+    Raises:
+        TypeError: not a 1-D integer tensor.
+        ValueError: a value outside [0, num_classes].
+    """
+    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError("class_labels must be an integer tensor of shape (B,).")
+    if labels.ndim != 1:
+        raise ValueError(f"class_labels must have shape (B,), got {tuple(labels.shape)}; flatten (B, 1) labels.")
+    if labels.numel() and bool(((labels < 0) | (labels > num_classes)).any()):
+        raise ValueError(
+            f"class_labels must lie in [0, {num_classes}] ({num_classes} = null class), got values in "
+            f"[{int(labels.min())}, {int(labels.max())}]; remap dataset labels to 0..K-1 with K <= {num_classes}."
+        )
 
 
 @dataclass
@@ -88,13 +139,15 @@ class REPADiTTransformer2DModel(DiTTransformer2DModel):
     [`drop_labels`] once per sample instead.
 
     Args:
-        repa_depth (`int`, *optional*, defaults to 8): 1-based block after which tokens are aligned (REPA: 8 of 28 in
-            SiT-XL/2). `None` = no projector (plain DiT with the label fixes).
+        repa_depth (`int` or `"auto"`, *optional*, defaults to `"auto"`): 1-based block after which tokens are
+            aligned. `"auto"` = [`default_repa_depth`] of `num_layers` (REPA: 4 for SiT-B/2, 8 for SiT-L/2 and
+            SiT-XL/2), recorded as an integer in the config, so any stock DiT config loads. `None` = no projector
+            (plain DiT with the label fixes).
         repa_target_dim (`int`, *optional*, defaults to 768): the target encoder's feature width (DINOv2-B: 768).
         repa_projector_dim (`int`, *optional*, defaults to 2048): hidden width of the MLP projector (REPA: 2048).
         repa_projector (`str`, *optional*, defaults to `"mlp"`): `"mlp"` = Linear-SiLU-Linear-SiLU-Linear per token
             (REPA); `"conv"` = one `repa_kernel_size` convolution over the token grid (iREPA).
-        repa_kernel_size (`int`, *optional*, defaults to 3): kernel side of the `"conv"` projector (odd).
+        repa_kernel_size (`int`, *optional*, defaults to 3): kernel side of the `"conv"` projector (odd; iREPA: 3).
     """
 
     @register_to_config
@@ -116,7 +169,7 @@ class REPADiTTransformer2DModel(DiTTransformer2DModel):
         norm_type: str = "ada_norm_zero",
         norm_elementwise_affine: bool = False,
         norm_eps: float = 1e-5,
-        repa_depth: int | None = 8,
+        repa_depth: int | str | None = "auto",
         repa_target_dim: int = 768,
         repa_projector_dim: int = 2048,
         repa_projector: str = "mlp",
@@ -151,7 +204,10 @@ class REPADiTTransformer2DModel(DiTTransformer2DModel):
         self.projector = None
         if repa_depth is None:
             return
-        if not 1 <= repa_depth <= num_layers:
+        if repa_depth == "auto":
+            repa_depth = default_repa_depth(num_layers)
+            self.register_to_config(repa_depth=repa_depth)
+        if not isinstance(repa_depth, int) or not 1 <= repa_depth <= num_layers:
             raise ValueError(
                 f"repa_depth must be in [1, num_layers={num_layers}] (the 1-based block whose output is aligned), "
                 f"got {repa_depth}; pass e.g. repa_depth={max(1, num_layers // 3)} or None to disable REPA."
@@ -184,7 +240,30 @@ class REPADiTTransformer2DModel(DiTTransformer2DModel):
         """Index of the null (unconditional) label: `num_embeds_ada_norm` (1000 for `DiTPipeline`)."""
         return int(self.config.num_embeds_ada_norm)
 
-    def _check_labels(self, class_labels: torch.Tensor | None) -> None:
+    def _check_inputs(self, hidden_states: torch.Tensor, class_labels: torch.Tensor | None) -> None:
+        """Shape, dtype and type checks on Python metadata only (no host sync): the stock forward silently changes
+        the batch for non-square latents and crops sizes not divisible by the patch."""
+        if not isinstance(hidden_states, torch.Tensor) or hidden_states.ndim != 4:
+            raise ValueError(
+                f"hidden_states must be a (B, {self.config.in_channels}, H, W) tensor, got "
+                f"{tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else type(hidden_states)}."
+            )
+        batch, channels, height, width = hidden_states.shape
+        p = self.config.patch_size
+        if channels != self.config.in_channels or height != width or height % p:
+            side = self.config.sample_size
+            raise ValueError(
+                f"hidden_states must have shape (B, {self.config.in_channels}, S, S): square, with S divisible by "
+                f"patch_size={p} (e.g. ({batch}, {self.config.in_channels}, {side}, {side})), got "
+                f"{tuple(hidden_states.shape)}; resize or crop the latents."
+            )
+        model_dtype = self.pos_embed.proj.weight.dtype
+        if hidden_states.dtype != model_dtype and not torch.is_autocast_enabled(hidden_states.device.type):
+            raise TypeError(
+                f"hidden_states dtype {hidden_states.dtype} differs from the model's {model_dtype}; pass "
+                f"hidden_states.to({model_dtype}), cast the model with .to({hidden_states.dtype}), or run under "
+                "torch.autocast."
+            )
         if class_labels is None:
             raise ValueError(
                 "class_labels are required (adaLN-zero conditioning); for unconditional data pass zeros, and "
@@ -192,11 +271,10 @@ class REPADiTTransformer2DModel(DiTTransformer2DModel):
             )
         if not isinstance(class_labels, torch.Tensor) or class_labels.dtype.is_floating_point:
             raise TypeError("class_labels must be an integer tensor of shape (B,).")
-        if class_labels.numel() and bool(((class_labels < 0) | (class_labels > self.null_class)).any()):
+        if class_labels.shape != (batch,):
             raise ValueError(
-                f"class_labels must lie in [0, {self.null_class}] ({self.null_class} = null class), got values in "
-                f"[{int(class_labels.min())}, {int(class_labels.max())}]; remap dataset labels to 0..K-1 with "
-                f"K <= {self.null_class}."
+                f"class_labels must have shape ({batch},) (one label per latent), got {tuple(class_labels.shape)}; "
+                "flatten (B, 1) labels with labels.view(-1)."
             )
 
     def project_tokens(self, tokens: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
@@ -223,14 +301,16 @@ class REPADiTTransformer2DModel(DiTTransformer2DModel):
         Args:
             hidden_states: `(B, C, H, W)` noisy latents.
             timestep: `(B,)` timesteps (integers or floats, e.g. `t * 1000` for flow matching).
-            class_labels: `(B,)` labels in [0, `num_embeds_ada_norm`] (the last one is the null class).
+            class_labels: `(B,)` labels in [0, `num_embeds_ada_norm`] (the last one is the null class). Their values
+                are not read here (that would sync the host every step): validate them where data enters with
+                [`check_class_labels`]; out-of-range values fail inside the embedding lookup.
             return_repa_tokens: also return `repa_tokens` `(B, N, repa_target_dim)` from the same pass.
 
         Returns:
             Exactly the parent's output when `return_repa_tokens` is False; otherwise
             [`REPADiTTransformer2DModelOutput`] (or the tuple `(sample, repa_tokens)` with `return_dict=False`).
         """
-        self._check_labels(class_labels)
+        self._check_inputs(hidden_states, class_labels)
         if not return_repa_tokens:
             return super().forward(hidden_states, timestep, class_labels, cross_attention_kwargs, return_dict)
         if self.projector is None:

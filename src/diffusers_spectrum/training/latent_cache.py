@@ -133,7 +133,7 @@ def write_latent_cache(
     Args:
         output_dir: the cache folder; if it holds a `cache_info.json` from an interrupted run with the same
             settings, encoding resumes after its last completed shard (different settings are an error).
-        dataset: an image dataset from `diffusers_spectrum.data.load_image_dataset` (streamed or not).
+        dataset: an image dataset from `diffusers_spectrum.training.data.load_image_dataset` (streamed or not).
         vae: `AutoencoderKL` (or `SpectrumAutoencoderKL`) in eval mode; its `config.scaling_factor` and
             `config.shift_factor` are recorded.
         transform: image preprocessing (fixed resolution; use a centre crop for a cache).
@@ -343,7 +343,7 @@ def latent_batch(examples: list[dict]) -> dict[str, torch.Tensor]:
 class LatentStreamDataset(ResumableStream):
     """Endless shuffled stream of one process's share of a latent dataset, resumable from a data position.
 
-    Mirrors `diffusers_spectrum.data.ImageStreamDataset`: epoch `e` is shuffled with `(seed, e)`, split across
+    Mirrors `diffusers_spectrum.training.data.ImageStreamDataset`: epoch `e` is shuffled with `(seed, e)`, split across
     processes, and every row carries `data_position` (rows consumed so far in this process's stream), so a trainer
     that stores the last batch's position resumes exactly with `start_position`.
     """

@@ -1,0 +1,446 @@
+"""Audio data for waveform diffusion: local folders, HF datasets with an `Audio` column, or the embedded sounds;
+robust decoding with `soundfile`, resampling, channel conversion, seeded crops and a resumable loader.
+
+- `load_audio_dataset`: a Hub dataset id (streamed; its audio column cast to `datasets.Audio(decode=False)`, so
+  neither torchcodec nor ffmpeg is needed), a local folder of audio files, or by default the embedded sounds
+  (`embedded_audio_dir`). Non-regular files (FIFOs, sockets, devices) in a folder are left out without being opened.
+- `decode_audio`: a path, raw bytes or an undecoded `{"bytes", "path"}` cell -> `(channels, frames)` float32 and
+  the file's sample rate, via libsndfile (WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF, ...).
+- `AudioTransform`: resample to `sample_rate` (polyphase, `scipy.signal.resample_poly`), convert to `channels`
+  (mono = mean of all channels, stereo from mono = duplicated), then a crop of `sample_size` samples, random or
+  centred; its randomness is a function of `(seed, epoch, position)`, so a resumed run draws the same crops.
+- `make_audio_dataloader`: an endless, shuffled, per-process-sharded `DataLoader` of `{"waveforms", "data_position"}`
+  batches that resumes from a data position (the same contract as `make_image_dataloader`).
+
+Bad data, decided once here: corrupt, empty (no samples), non-finite and non-regular files, and files with more than
+two channels when stereo is requested (no layout to downmix by), raise in `decode_audio` / `AudioTransform` and are
+skipped and counted by the streams (`AudioSkipCounter`). Clips shorter than `sample_size` after resampling are
+zero-padded at the end by default (`too_short="pad"`, as Dance Diffusion's training crops do; counted in the
+stream's `num_padded`), or skipped and counted with `too_short="skip"`. Any positive integer sample rate is accepted
+and resampled (awkward ratios such as 7999 -> 16000 Hz use an FFT resampler instead of a huge polyphase filter).
+"""
+
+import io
+import logging
+import math
+import os
+import stat
+from pathlib import Path
+
+import datasets
+import numpy as np
+import scipy.signal
+import soundfile
+import torch
+
+from .data import ResumableStream, SkipCounter
+
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioSkipCounter",
+    "AudioStreamDataset",
+    "AudioTransform",
+    "audio_batches",
+    "convert_channels",
+    "decode_audio",
+    "embedded_audio_dir",
+    "list_audio_files",
+    "load_audio_dataset",
+    "make_audio_dataloader",
+    "resample_audio",
+]
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif")
+TOO_SHORT_POLICIES = ("pad", "skip")
+MAX_POLYPHASE_FACTOR = 1000  # larger up/down factors switch to the FFT resampler
+DECODE_ERRORS = (OSError, ValueError, TypeError, RuntimeError)  # soundfile's LibsndfileError is a RuntimeError
+
+
+def embedded_audio_dir() -> Path:
+    """Folder of the embedded sounds: 16 kHz mono FLAC clips (speech synthesised with CMU Flite and desktop sounds
+    of the freedesktop sound theme), with provenance and licence per file in `metadata.jsonl`. Built by
+    `scripts/build_embedded_audio.py`."""
+    return Path(__file__).resolve().parent.parent / "assets" / "audio"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def list_audio_files(folder: str | Path) -> list[Path]:
+    """Sorted regular files under `folder` (recursively) with an audio extension; FIFOs and other non-regular files
+    are left out with a warning (they are never opened, so a FIFO cannot block)."""
+    files, irregular = [], []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix.lower() not in AUDIO_EXTENSIONS:
+            continue
+        (files if path.is_file() else irregular).append(path)  # is_file(): a regular file (after symlinks)
+    for path in irregular:
+        if not path.is_dir():
+            logger.warning("skipped %s: not a regular file", path)
+    return files
+
+
+def load_audio_dataset(
+    dataset_name: str | None = None,
+    train_data_dir: str | Path | None = None,
+    split: str = "train",
+    audio_column: str = "audio",
+    streaming: bool = True,
+) -> datasets.IterableDataset | datasets.Dataset:
+    """Open an audio dataset whose `audio_column` holds undecoded `{"bytes", "path"}` cells, checked to be non-empty.
+
+    Args:
+        dataset_name: a Hub dataset id (or anything `datasets.load_dataset` accepts); streamed when `streaming`.
+        train_data_dir: a local folder of audio files (`AUDIO_EXTENSIONS`, searched recursively).
+        split: the split to read from `dataset_name`.
+        audio_column: the column holding the audio (`--audio_column`); a local folder gets this column name.
+        streaming: for `dataset_name`, return a `datasets.IterableDataset` instead of downloading everything.
+
+    With both unset, the embedded sounds (`embedded_audio_dir()`) are used. A local folder becomes an in-memory
+    `datasets.Dataset` of file paths (cheap; shuffled by permutation).
+    """
+    if dataset_name is not None and train_data_dir is not None:
+        raise ValueError("Pass either dataset_name or train_data_dir, not both.")
+    if dataset_name is None:
+        path = Path(train_data_dir) if train_data_dir is not None else embedded_audio_dir()
+        source = f"train_data_dir={str(path)!r}"
+        if not path.is_dir():
+            raise ValueError(f"{source} is not a folder; pass a folder of {'/'.join(AUDIO_EXTENSIONS)} files.")
+        files = list_audio_files(path)
+        if not files:
+            raise ValueError(f"{source} holds no audio files (looked for {', '.join(AUDIO_EXTENSIONS)}).")
+        cells = [{"bytes": None, "path": str(file)} for file in files]
+        return datasets.Dataset.from_dict({audio_column: cells}).cast_column(
+            audio_column, datasets.Audio(decode=False)
+        )
+
+    dataset = datasets.load_dataset(dataset_name, split=split, streaming=streaming)
+    source = f"dataset_name={dataset_name!r}"
+    features = dataset.features
+    if features is not None and audio_column not in features:
+        raise ValueError(
+            f"audio_column={audio_column!r} is not a column of {source}; its columns are {list(features)}. "
+            "Pass --audio_column."
+        )
+    if features is not None and isinstance(features[audio_column], datasets.Audio):
+        dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))  # no torchcodec / ffmpeg needed
+    empty = len(dataset) == 0 if isinstance(dataset, datasets.Dataset) else next(iter(dataset.take(1)), None) is None
+    if empty:
+        raise ValueError(f"{source} (split {split!r}) is empty: it holds no examples.")
+    return dataset
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoding, resampling, channels
+
+
+class AudioSkipCounter(SkipCounter):
+    """Counts examples skipped because their audio could not be used, and logs one line per skip."""
+
+    def record(self, where: str, error: BaseException) -> None:
+        self.count += 1
+        reason = f"{where}: {type(error).__name__}: {error}"
+        if len(self.reasons) < 100:
+            self.reasons.append(reason)
+        logger.warning("skipped unusable audio #%d (%s)", self.count, reason)
+
+
+def _read_path(path: str | Path) -> tuple[np.ndarray, int]:
+    mode = os.stat(path).st_mode  # FileNotFoundError for a missing file
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path} is not a regular file (a FIFO, socket or device); it was not opened.")
+    return soundfile.read(path, dtype="float32", always_2d=True)
+
+
+def decode_audio(value) -> tuple[np.ndarray, int]:
+    """`(waveform, sample_rate)` from a dataset cell: `{"bytes", "path"}` (undecoded `datasets.Audio`), a decoded
+    `{"array", "sampling_rate"}`, raw bytes or a path. `waveform` is `(channels, frames)` float32 (integer PCM
+    scaled to [-1, 1)). Raises on corrupt, empty, non-finite or non-regular input."""
+    if isinstance(value, dict) and value.get("array") is not None:
+        array = np.asarray(value["array"], dtype=np.float32)
+        data, sample_rate = (array[:, None] if array.ndim == 1 else array.T), value.get("sampling_rate")
+    elif isinstance(value, dict) and value.get("bytes") is not None:
+        data, sample_rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
+    elif isinstance(value, dict) and value.get("path") is not None:
+        data, sample_rate = _read_path(value["path"])
+    elif isinstance(value, (bytes, bytearray)):
+        data, sample_rate = soundfile.read(io.BytesIO(value), dtype="float32", always_2d=True)
+    elif isinstance(value, (str, Path)):
+        data, sample_rate = _read_path(value)
+    else:
+        raise TypeError(f"cannot read audio from a {type(value).__name__}.")
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate < 1:
+        raise ValueError(f"invalid sample rate {sample_rate!r}.")
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise ValueError("the audio is empty (no samples).")
+    if not np.isfinite(data).all():
+        raise ValueError("the audio contains NaN or Inf samples.")
+    return np.ascontiguousarray(data.T), int(sample_rate)  # (channels, frames)
+
+
+def resample_audio(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """`(channels, frames)` at `source_rate` -> `(channels, ceil(frames * target / source))` at `target_rate`.
+
+    Polyphase filtering (`scipy.signal.resample_poly`, Kaiser-windowed sinc) with the reduced ratio `up / down`;
+    when `up` or `down` exceeds `MAX_POLYPHASE_FACTOR` (coprime rates such as 7999 Hz) the FFT resampler
+    `scipy.signal.resample` is used instead (band-limited, treats the clip as periodic)."""
+    if source_rate == target_rate:
+        return waveform
+    divisor = math.gcd(source_rate, target_rate)
+    up, down = target_rate // divisor, source_rate // divisor
+    if max(up, down) <= MAX_POLYPHASE_FACTOR:
+        resampled = scipy.signal.resample_poly(waveform, up, down, axis=-1)
+    else:
+        resampled = scipy.signal.resample(waveform, math.ceil(waveform.shape[-1] * up / down), axis=-1)
+    return resampled.astype(np.float32)
+
+
+def convert_channels(waveform: np.ndarray, channels: int) -> np.ndarray:
+    """`(C, frames)` -> `(channels, frames)`: mono is the mean of all channels, stereo from mono duplicates it, and
+    stereo from more than two channels raises (a surround layout has no single right downmix)."""
+    if waveform.shape[0] == channels:
+        return waveform
+    if channels == 1:
+        return waveform.mean(axis=0, keepdims=True)
+    if waveform.shape[0] == 1:
+        return np.repeat(waveform, channels, axis=0)
+    raise ValueError(
+        f"the audio has {waveform.shape[0]} channels and {channels} were requested; pass channels=1 to downmix "
+        "to mono, or convert the files first."
+    )
+
+
+class AudioTransform:
+    """`(C, frames)` waveform at any rate -> `(channels, sample_size)` float32 at `sample_rate`.
+
+    Args:
+        sample_rate: output samples per second (`--sample_rate`).
+        sample_size: output length in samples (`--sample_size`).
+        channels: 1 (mono) or 2 (stereo).
+        random_crop: a random crop (`True`) or the centred one (`False`, for validation sets).
+        too_short: `"pad"` zero-pads clips shorter than `sample_size` at the end; `"skip"` raises so the stream skips
+            and counts them.
+        seed: seed of the random crops; the offset for one example depends only on `(seed, epoch, position)`.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        sample_size: int,
+        channels: int = 1,
+        random_crop: bool = True,
+        too_short: str = "pad",
+        seed: int | None = None,
+    ):
+        for name, value in (("sample_rate", sample_rate), ("sample_size", sample_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if channels not in (1, 2):
+            raise ValueError(f"channels must be 1 (mono) or 2 (stereo), got {channels!r}.")
+        if too_short not in TOO_SHORT_POLICIES:
+            raise ValueError(f"too_short must be one of {TOO_SHORT_POLICIES}, got {too_short!r}.")
+        self.sample_rate = sample_rate
+        self.sample_size = sample_size
+        self.channels = channels
+        self.random_crop = random_crop
+        self.too_short = too_short
+        self.seed = 0 if seed is None else int(seed)
+
+    def crop(
+        self, waveform: np.ndarray, source_rate: int, position: int = 0, epoch: int = 0
+    ) -> tuple[torch.Tensor, bool]:
+        """The transformed clip `(channels, sample_size)` and whether it was zero-padded."""
+        # 1. Channels, then rate (fewer channels to resample)
+        audio = resample_audio(convert_channels(waveform, self.channels), source_rate, self.sample_rate)
+        # 2. Crop or pad
+        length = audio.shape[-1]
+        if length < self.sample_size:
+            if self.too_short == "skip":
+                raise ValueError(
+                    f"the clip has {length} samples at {self.sample_rate} Hz, fewer than sample_size="
+                    f"{self.sample_size} (too_short='skip')."
+                )
+            padded = np.zeros((self.channels, self.sample_size), dtype=np.float32)
+            padded[:, :length] = audio
+            return torch.from_numpy(padded), True
+        if self.random_crop:
+            rng = np.random.default_rng([self.seed, int(epoch), int(position)])
+            offset = int(rng.integers(0, length - self.sample_size + 1))
+        else:
+            offset = (length - self.sample_size) // 2
+        clip = audio[:, offset : offset + self.sample_size]  # (channels, sample_size)
+        return torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)), False
+
+    def __call__(self, waveform: np.ndarray, source_rate: int, position: int = 0, epoch: int = 0) -> torch.Tensor:
+        return self.crop(waveform, source_rate, position, epoch)[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"AudioTransform(sample_rate={self.sample_rate}, sample_size={self.sample_size}, "
+            f"channels={self.channels}, random_crop={self.random_crop}, too_short={self.too_short!r}, "
+            f"seed={self.seed})"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Streams
+
+
+def _clips(dataset, transform, audio_column, skip_counter, epoch=0, start=0, counter=None, padded=None):
+    """Yield `(position + 1, waveform)` for each usable example from raw index `start` on (earlier ones are read but
+    not decoded). `counter[0]` receives the number of raw examples read, `padded[0]` counts zero-padded clips."""
+    for position, example in enumerate(dataset):
+        if counter is not None:
+            counter[0] = position + 1
+        if position < start:
+            continue
+        cell = example[audio_column]
+        try:
+            waveform, source_rate = decode_audio(cell)
+            clip, was_padded = transform.crop(waveform, source_rate, position=position, epoch=epoch)
+        except DECODE_ERRORS as error:
+            path = cell.get("path") if isinstance(cell, dict) else None
+            skip_counter.record(f"example {position}" + (f", {path}" if path else ""), error)
+            continue
+        if was_padded and padded is not None:
+            padded[0] += 1
+        yield position + 1, clip
+
+
+def audio_batches(
+    dataset,
+    batch_size: int,
+    transform: AudioTransform,
+    audio_column: str = "audio",
+    max_samples: int | None = None,
+    skip_counter: AudioSkipCounter | None = None,
+):
+    """One pass over `dataset` in `(B, channels, sample_size)` float32 batches (the last may be smaller); unusable
+    examples are skipped and counted. Stops after `max_samples` clips. For held-out sets and spectra."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    skip_counter = AudioSkipCounter() if skip_counter is None else skip_counter
+    clips = []
+    for seen, (_, clip) in enumerate(_clips(dataset, transform, audio_column, skip_counter)):
+        if max_samples is not None and seen >= max_samples:
+            break
+        clips.append(clip)
+        if len(clips) == batch_size:
+            yield torch.stack(clips)
+            clips = []
+    if clips:
+        yield torch.stack(clips)
+
+
+class AudioStreamDataset(ResumableStream):
+    """Endless (or single-pass) stream of one process's share of an audio dataset, resumable from a data position.
+
+    Epoch `e` is shuffled with `(seed, e)` and split across processes as in `ImageStreamDataset`. Samples are
+    `{"waveforms": (channels, sample_size), "data_position"}`; `data_position` is `epoch_start + raw index + 1` in
+    this process's stream, counting skipped examples, so storing the last batch's `data_position` and passing it
+    back as `start_position` resumes exactly (with `num_workers=0`). `skip_counter` counts skipped examples and
+    `num_padded` the clips zero-padded to `sample_size`.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        transform: AudioTransform,
+        audio_column: str = "audio",
+        start_position: int = 0,
+        num_processes: int = 1,
+        process_index: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        shuffle_buffer_size: int = 1000,
+        infinite: bool = True,
+        skip_counter: AudioSkipCounter | None = None,
+    ):
+        super().__init__(
+            dataset, start_position, num_processes, process_index, shuffle, seed, shuffle_buffer_size, infinite
+        )
+        self.transform = transform
+        self.audio_column = audio_column
+        self.skip_counter = AudioSkipCounter() if skip_counter is None else skip_counter
+        self.num_padded = 0
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.num_workers > 1:
+            raise ValueError(
+                "AudioStreamDataset runs in one worker (num_workers 0 or 1) so data positions stay exact."
+            )
+        epoch, epoch_start, remaining = 0, 0, self.start_position
+        while True:
+            counter, padded, yielded = [0], [0], 0
+            for position, clip in _clips(
+                self._epoch_dataset(epoch),
+                self.transform,
+                self.audio_column,
+                self.skip_counter,
+                epoch=epoch,
+                start=remaining,
+                counter=counter,
+                padded=padded,
+            ):
+                self.num_padded = self.num_padded + padded[0]
+                padded[0] = 0
+                yield {"waveforms": clip, "data_position": epoch_start + position}
+                yielded += 1
+            epoch_length = counter[0]
+            if epoch_length == 0:
+                raise ValueError("the dataset shard of this process is empty; use fewer processes or more data.")
+            if yielded == 0 and remaining == 0:
+                raise ValueError(
+                    f"none of the {epoch_length} examples of this process's shard could be used "
+                    f"({self.skip_counter.count} skipped: {self.skip_counter.reasons[:3]}); check the data."
+                )
+            remaining = max(remaining - epoch_length, 0)
+            epoch_start += epoch_length
+            epoch += 1
+            if not self.infinite:
+                return
+
+
+def make_audio_dataloader(
+    dataset,
+    batch_size: int,
+    transform: AudioTransform,
+    audio_column: str = "audio",
+    start_position: int = 0,
+    num_processes: int = 1,
+    process_index: int = 0,
+    shuffle: bool = True,
+    seed: int = 0,
+    shuffle_buffer_size: int = 1000,
+    infinite: bool = True,
+    skip_counter: AudioSkipCounter | None = None,
+    num_workers: int = 0,
+):
+    """A `DataLoader` of `{"waveforms": (B, channels, sample_size), "data_position": (B,)}` batches over this
+    process's shard (pass `accelerator.num_processes` / `accelerator.process_index`; do not `accelerator.prepare`
+    it). Resume with `start_position = batch["data_position"][-1]` of the last batch consumed. Batches are full
+    (`drop_last`); with `infinite` the stream cycles over reshuffled epochs. `num_workers` is 0 or 1 (as for images).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if num_workers > 1:
+        raise ValueError("num_workers must be 0 or 1: decoding runs in one stream so resume positions stay exact.")
+    stream = AudioStreamDataset(
+        dataset,
+        transform,
+        audio_column=audio_column,
+        start_position=start_position,
+        num_processes=num_processes,
+        process_index=process_index,
+        shuffle=shuffle,
+        seed=seed,
+        shuffle_buffer_size=shuffle_buffer_size,
+        infinite=infinite,
+        skip_counter=skip_counter,
+    )
+    return torch.utils.data.DataLoader(stream, batch_size=batch_size, drop_last=True, num_workers=num_workers)

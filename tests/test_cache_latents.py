@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusers_spectrum.training import latent_cache
 from diffusers_spectrum.models import SpectrumAutoencoderKL
+from diffusers_spectrum.training import latent_cache
 from diffusers_spectrum.training.data import ImageTransform, decode_image, embedded_dataset_dir, load_image_dataset
 from diffusers_spectrum.training.latent_cache import (
     latent_batch,

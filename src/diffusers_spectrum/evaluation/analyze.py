@@ -23,12 +23,12 @@ from tqdm.auto import tqdm
 from ..models.autoencoder_kl_spectral import load_autoencoder
 from ..models.checks import check_resolution
 from ..spectral import power_law_slope, radial_spectrum
-from ..training.data import image_batches_from, looks_local
+from ..training.data import image_batches_from
 from ..training.utils import write_json
 from . import diagnostics, plotting
 
 
-__all__ = ["analyze_vae", "compare_vaes", "load_vae", "main", "parse_args"]
+__all__ = ["analyze_vae", "compare_vaes", "main", "parse_args"]
 
 logger = logging.getLogger(__name__)
 EMBEDDED_PHOTO_SIZE = 64  # side of the embedded photo crops (`data.embedded_dataset_dir`)
@@ -36,33 +36,6 @@ EMBEDDED_PHOTO_SIZE = 64  # side of the embedded photo crops (`data.embedded_dat
 
 # ------------------------------------------------------------------------------------------------
 # Loading
-
-
-def load_vae(name_or_path, subfolder: str | None = None, device="cpu", dtype: torch.dtype = torch.float32):
-    """Any `AutoencoderKL`-compatible VAE (a `SpectrumAutoencoderKL` folder too) from a folder or Hub id, in eval mode.
-
-    A pipeline folder (with ``model_index.json``) is read from its ``vae`` subfolder. A model instance is returned
-    as is (moved to ``device``).
-    """
-    if isinstance(name_or_path, torch.nn.Module):
-        return name_or_path.to(device).eval()
-    path = Path(str(name_or_path))
-    if looks_local(name_or_path) and not path.exists():
-        raise ValueError(f"The VAE folder {str(name_or_path)!r} does not exist.")
-    if subfolder is None and path.is_dir() and (path / "model_index.json").is_file() and (path / "vae").is_dir():
-        subfolder = "vae"
-    tries = [subfolder] if subfolder is not None or path.exists() else [None, "vae"]
-    errors = []
-    for folder in tries:
-        try:
-            vae = load_autoencoder(str(name_or_path), subfolder=folder, torch_dtype=dtype)
-            return vae.to(device).eval()
-        except (OSError, ValueError) as error:
-            errors.append(f"{'subfolder ' + folder if folder else 'root'}: {error}")
-    raise ValueError(
-        f"Could not load a VAE from {str(name_or_path)!r} (a diffusers AutoencoderKL folder or Hub id): "
-        + " | ".join(errors)
-    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -90,7 +63,7 @@ def analyze_vae(
     """Latent spectra, slopes, spectral KL, RMSC, per-channel spectra, DSM low-pass errors and a verdict for a VAE.
 
     Args:
-        vae: a VAE instance, or a folder / Hub id for `load_vae`.
+        vae: a VAE instance, or a folder / Hub id for `models.load_autoencoder`.
         data: local image folder / parquet files, a Hub dataset id, or ``None`` for the embedded photos.
         num_samples: images read (streamed; unreadable ones are skipped and counted).
         resolution: images are resized and centre-cropped to this side (256 = the authors' CelebA setting).
@@ -103,7 +76,7 @@ def analyze_vae(
     """
     start = time.perf_counter()
     name = name or (str(vae) if isinstance(vae, (str, Path)) else type(vae).__name__)
-    vae = load_vae(vae, device=device)
+    vae = load_autoencoder(vae, device=device, torch_dtype=torch.float32)
     dsm_levels = tuple(int(k) for k in dsm_levels)
     check_resolution(vae, resolution, dsm_levels)
     if data is None and resolution > EMBEDDED_PHOTO_SIZE:

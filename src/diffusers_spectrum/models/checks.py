@@ -1,7 +1,11 @@
-"""One check, one message: whether images of a resolution fit an autoencoder (and its DSM blocks). Used by the
-VAE trainer, the latent cache, analyze and the evaluation scripts alike."""
+"""Checks shared across the package, one message each: whether images of a resolution fit an autoencoder (and its
+DSM blocks), used by the VAE trainer, the latent cache, analyze and the evaluation scripts alike; and whether a
+name is a local path rather than a Hub id (so a mistyped folder fails at once instead of after Hub retries)."""
 
-__all__ = ["check_resolution", "downsample_factor"]
+import os
+
+
+__all__ = ["check_resolution", "downsample_factor", "looks_local"]
 
 
 def downsample_factor(vae) -> int:
@@ -38,3 +42,18 @@ def check_resolution(vae, resolution: int, dsm_levels=(0,), block_size: int = 8,
             f"a multiple of {factor * block_size}, or DSM levels 0."
         )
     return resolution // factor
+
+
+def looks_local(text) -> bool:
+    """A name that cannot be, or is not meant as, a Hub id: absolute, `.`/`~`-prefixed, a backslash, more than one
+    `/` or characters a Hub id cannot hold, or a path whose first part exists here (`spectrum-demo/vea`)."""
+    text = str(text)
+    if os.path.isabs(text) or text.startswith((".", "~")) or "\\" in text or os.sep != "/" and os.sep in text:
+        return True
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(text)
+    except Exception:  # HFValidationError: not a Hub id, so a path
+        return True
+    return os.path.exists(text.split("/")[0]) if "/" in text else False

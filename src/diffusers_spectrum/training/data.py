@@ -24,6 +24,8 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from PIL import Image, ImageOps
 
+from ..models.checks import looks_local
+
 
 __all__ = [
     "ImageStreamDataset",
@@ -561,12 +563,6 @@ def make_image_dataloader(
 # Analysis and evaluation batches
 
 
-def looks_local(name) -> bool:
-    """Absolute or explicitly relative paths (and anything that exists on disk) are never Hub ids."""
-    text = str(name)
-    return Path(text).is_absolute() or text.startswith((".", "~")) or Path(text).exists()
-
-
 def image_batches_from(
     data=None,
     num_samples: int = 64,
@@ -579,7 +575,7 @@ def image_batches_from(
     """Image batches ``(B, 3, resolution, resolution)`` in [-1, 1] from a local folder / files, a Hub id or (``None``)
     the embedded photos, streamed, centre-cropped, at most ``num_samples`` images."""
     if data is not None and looks_local(data) and not Path(str(data)).exists():
-        raise ValueError(f"The dataset path {str(data)!r} does not exist.")
+        raise FileNotFoundError(f"no such folder or file: the dataset path {str(data)!r} does not exist.")
     if data is None or Path(str(data)).exists():
         kwargs = {"train_data_dir": data}
     else:

@@ -165,8 +165,15 @@ def test_repa_term_is_minus_one_for_targets_equal_to_projection_and_checks_shape
 
 def test_standardize_latents_samples_posterior_then_shifts_and_scales():
     mean, std = torch.full((2, 4, 4, 4), 3.0), torch.full((2, 4, 4, 4), 0.5)
-    assert torch.equal(standardize_latents(mean, 0.25, shift_factor=1.0), torch.full_like(mean, 0.5))
-    sampled = standardize_latents(mean, 1.0, latents_std=std, generator=torch.Generator().manual_seed(0))
+    flux_like = {"scaling_factor": 0.25, "shift_factor": 1.0}
+    assert torch.equal(standardize_latents(mean, flux_like), torch.full_like(mean, 0.5))  # (3 - 1) * 0.25
+    assert torch.equal(standardize_latents(mean, {"scaling_factor": 0.25}), torch.full_like(mean, 0.75))
+    per_channel = {"scaling_factor": 1.0, "latents_mean": [1.0, 2.0, 3.0, 4.0], "latents_std": [2.0] * 4}
+    expected = (3.0 - torch.tensor([1.0, 2.0, 3.0, 4.0])) / 2.0
+    torch.testing.assert_close(standardize_latents(mean, per_channel)[0, :, 0, 0], expected)
+    sampled = standardize_latents(
+        mean, {"scaling_factor": 1.0}, latents_std=std, generator=torch.Generator().manual_seed(0)
+    )
     noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(sampled, mean + 0.5 * noise)
 

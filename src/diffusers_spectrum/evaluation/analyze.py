@@ -319,7 +319,7 @@ def main(argv=None) -> int:
                 f"{report['target_slope']:.3f} (image {report['image_slope']:.3f}) | spectral KL d0 "
                 f"{report['spectral_kl_delta0']:.4f} d1 {report['spectral_kl_delta1']:.4f} | RMSC {report['rmsc']:.3f}"
             )
-    except ValueError as error:
+    except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"diffusers-spectrum analyze: error: {error}", file=sys.stderr)
         return 2
     print(

@@ -21,6 +21,7 @@ from diffusers import (
 from diffusers.schedulers import KarrasDiffusionSchedulers
 
 from .._version import __version__
+from ..models.autoencoder_kl_spectral import fold_latent_shift, latent_convention
 from ..training.utils import write_json
 from .model_cards import pipeline_model_card, vae_model_card
 
@@ -94,8 +95,14 @@ def _stock_keys(cls) -> set[str]:
     return set(inspect.signature(cls.__init__).parameters) - {"self"}
 
 
-def stock_vae(vae: AutoencoderKL) -> AutoencoderKL:
-    """A stock `AutoencoderKL` for `vae` (a `SpectrumAutoencoderKL` gets its shift folded into the conv biases).
+def stock_vae(vae: AutoencoderKL, fold_shift: bool = True) -> AutoencoderKL:
+    """A stock `AutoencoderKL` copy of `vae` (a `SpectrumAutoencoderKL`'s extra config keys dropped).
+
+    `fold_shift=True` (the DiT export: `DiTPipeline` decodes with `latents / scaling_factor` and no shift) moves a
+    `shift_factor` into the 1x1 (post-)quant conv biases exactly (`models.fold_latent_shift`, identity convs added
+    for 16-channel VAEs without quant convs). `fold_shift=False` (a VAE for its own family's pipelines, e.g. SD3 /
+    FLUX, which decode with `latents / scaling_factor + shift_factor`) keeps the family's keys as they are. A
+    per-channel (`latents_mean` / `latents_std`) VAE cannot be folded: DiTPipeline has no per-channel step.
 
     A `DCTTransform` (DCT-space diffusion) has no stock counterpart and is returned as is: a DCT-space pipeline folder
     names `diffusers_spectrum` for its `vae` and loads where the package is installed.
@@ -104,18 +111,20 @@ def stock_vae(vae: AutoencoderKL) -> AutoencoderKL:
 
     if isinstance(vae, DCTTransform):
         return vae
-    if hasattr(vae, "to_autoencoder_kl"):
-        return vae.to_autoencoder_kl(fold_shift=True)
     if not isinstance(vae, AutoencoderKL):
         raise TypeError(f"vae must be an AutoencoderKL (or SpectrumAutoencoderKL), got {type(vae).__name__}.")
-    if vae.config.shift_factor not in (None, 0, 0.0):
-        raise ValueError(
-            "vae has a shift_factor, which DiTPipeline ignores; fold it into the quant / post-quant conv biases "
-            "(SpectrumAutoencoderKL.to_autoencoder_kl does) before exporting."
-        )
-    keys = _stock_keys(AutoencoderKL)
-    stock = AutoencoderKL.from_config({k: v for k, v in vae.config.items() if k in keys})
-    stock.load_state_dict(vae.state_dict())
+    stock = vae.to_autoencoder_kl() if hasattr(vae, "to_autoencoder_kl") else vae
+    if fold_shift:
+        if latent_convention(stock.config) == "per_channel":
+            raise ValueError(
+                "this VAE standardises latents per channel (latents_mean / latents_std in its config), which "
+                "DiTPipeline cannot undo; export it for its own family's pipeline instead (export_vae)."
+            )
+        return fold_latent_shift(stock)
+    if stock is vae:
+        keys = _stock_keys(AutoencoderKL)
+        stock = AutoencoderKL.from_config({k: v for k, v in vae.config.items() if k in keys})
+        stock.load_state_dict(vae.state_dict())
     return stock
 
 
@@ -173,7 +182,8 @@ def _spectrum_info(vae=None, transformer=None, scheduler=None, training_info: di
             "class": type(vae).__name__,
             "spectral_config": {k: v for k, v in vae.config.items() if k not in _stock_keys(AutoencoderKL)},
             "scaling_factor": vae.config.scaling_factor,
-            "shift_factor_folded": getattr(vae.config, "shift_factor", None),
+            "shift_factor": getattr(vae.config, "shift_factor", None),
+            "latent_convention": latent_convention(vae.config) if isinstance(vae, AutoencoderKL) else None,
         }
     if transformer is not None:
         extra = {k: v for k, v in transformer.config.items() if k not in _stock_keys(DiTTransformer2DModel)}
@@ -254,9 +264,10 @@ def export_vae(
     training_info: dict | None = None,
     model_card: str | None = None,
 ) -> Path:
-    """Write a stock `AutoencoderKL` folder (loads with `AutoencoderKL.from_pretrained` into any pipeline), plus
-    `spectrum_info.json` and a model card."""
+    """Write a stock `AutoencoderKL` folder that keeps the family's latent convention (`scaling_factor`,
+    `shift_factor`, `latents_mean` / `latents_std`, `force_upcast`), so it drops back into its own pipeline (SD,
+    SDXL, SD3, FLUX), plus `spectrum_info.json` and a model card."""
     output_dir = Path(output_dir)
-    stock_vae(vae).save_pretrained(output_dir, safe_serialization=True)
+    stock_vae(vae, fold_shift=False).save_pretrained(output_dir, safe_serialization=True)
     _write_sidecars(output_dir, _spectrum_info(vae=vae, training_info=training_info), "vae", model_card)
     return output_dir

@@ -31,6 +31,7 @@ from ..dct_space import (
 )
 from ..losses import fourier_loss, repa_loss, wavelet_loss
 from ..models import REPADiTTransformer2DModel, drop_labels, load_autoencoder
+from ..models.autoencoder_kl_spectral import latents_from_vae
 from ..models.encoders import RepresentationEncoder
 from ..pipelines.export import default_scheduler, export_pipeline, flow_matching_scheduler
 from ..pipelines.model_cards import pipeline_model_card
@@ -75,6 +76,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# What standardises raw VAE latents for diffusion (the family convention; see `models.latent_convention`).
+LATENT_CONFIG_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
 
 # DiT model sizes (Peebles & Xie 2023, Table 1; heads x head_dim = hidden width), plus CPU sizes: `tiny` (tests)
 # and `mini` (the demo).
@@ -137,24 +141,23 @@ def build_transformer(
 
 def standardize_latents(
     latents: torch.Tensor,
-    scaling_factor: float,
-    shift_factor: float | None = None,
+    latent_config: dict,
     latents_std: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Diffusion input from raw VAE latents: optionally sample `mean + std * eps` (cached posterior), then
-    `(z - shift) * scale` (diffusers' convention; `DiTPipeline` undoes the scale, the export folds the shift).
+    """Diffusion input from raw VAE latents: optionally sample `mean + std * eps` (cached posterior), then the VAE
+    family's standardisation (`models.latents_from_vae`: `z * scale`, `(z - shift) * scale` or per channel).
 
     Args:
         latents: `(B, C, h, w)` posterior mean (or sample), unscaled.
+        latent_config: `scaling_factor`, `shift_factor` and (per-channel families) `latents_mean` / `latents_std`,
+            from the VAE config or the cache's `cache_info.json`.
         latents_std: `(B, C, h, w)` posterior std: when given a fresh posterior sample is drawn with `generator`.
     """
     if latents_std is not None:
         noise = torch.randn(latents.shape, generator=generator, device=generator.device if generator else "cpu")
         latents = latents + latents_std * noise.to(latents.device, latents.dtype)
-    if shift_factor is not None:
-        latents = latents - shift_factor
-    return latents * scaling_factor
+    return latents_from_vae(latents, latent_config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,7 +261,7 @@ class DataSource:
         if args.latent_dataset is not None:
             self.cache_info = read_cache_info(args.latent_dataset)
             settings = self.cache_info["settings"]
-            self.scaling_factor, self.shift_factor = settings["scaling_factor"], settings["shift_factor"]
+            self.latent_config = {k: settings.get(k) for k in LATENT_CONFIG_KEYS}
             self.latent_shape = tuple(self.cache_info["latent_shape"])
             if settings.get("id2label"):
                 self.id2label = {int(k): v for k, v in settings["id2label"].items()}
@@ -267,7 +270,7 @@ class DataSource:
         else:
             self.vae = self.load_decoder().to(self.device).eval().requires_grad_(False)
             config = self.vae.config
-            self.scaling_factor, self.shift_factor = config.scaling_factor, getattr(config, "shift_factor", None)
+            self.latent_config = {k: getattr(config, k, None) for k in LATENT_CONFIG_KEYS}
             with torch.no_grad():
                 probe = torch.zeros(1, 3, args.resolution, args.resolution, device=self.device)
                 self.latent_shape = tuple(self.vae.encode(probe).latent_dist.mode().shape[1:])
@@ -321,15 +324,15 @@ class DataSource:
         if self.cache_info is not None:
             std = batch.get("latents_std")
             x0 = standardize_latents(
-                batch["latents"].to(self.device), self.scaling_factor, self.shift_factor,
-                None if std is None else std.to(self.device), generator,
+                batch["latents"].to(self.device), self.latent_config, None if std is None else std.to(self.device),
+                generator,
             )  # fmt: skip
             targets = batch["repa_features"].to(self.device) if need_targets and self.has_cached_targets else None
             images = None
         else:
             images = batch["pixel_values"].to(self.device)
             posterior = self.vae.encode(images).latent_dist
-            x0 = standardize_latents(posterior.sample(generator=generator), self.scaling_factor, self.shift_factor)
+            x0 = standardize_latents(posterior.sample(generator=generator), self.latent_config)
             targets = None
         if need_targets and targets is None:
             if images is None:
@@ -523,7 +526,7 @@ def train_dit(args: argparse.Namespace) -> Path:
         if args.dct_eta is None:
             args.dct_eta = estimate_dct_eta(dct, eta_batches)
         dct.register_to_config(scaling_factor=1.0 / args.dct_eta)
-        data.scaling_factor, data.shift_factor = dct.config.scaling_factor, None
+        data.latent_config = {"scaling_factor": dct.config.scaling_factor, "shift_factor": None}
         entropy_weights = estimate_entropy_weights(dct, eta_batches) if args.dct_entropy_weights else None
         logger.info(f"DCT space: eta {args.dct_eta:.4f}, latent shape {data.latent_shape}")
     else:
@@ -739,7 +742,7 @@ def write_outputs(args, model, data, metrics: dict, num_classes: int, output_dir
     source = args.latent_dataset or args.dataset_name or args.train_data_dir or "the embedded photo crops"
     components = {
         "vae": f"{type(data.decoder()).__name__} (latents {tuple(data.latent_shape)}, "
-        f"scaling {data.scaling_factor:.4g})",
+        f"scaling {data.latent_config['scaling_factor']:.4g})",
         "transformer": f"DiTTransformer2DModel {args.dit_config}, REPA {args.repa_targets_resolved} "
         f"({args.repa_target_filter} target filter)",
         "scheduler": f"{type(scheduler).__name__} ({args.objective})",

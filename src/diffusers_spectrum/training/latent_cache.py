@@ -10,7 +10,8 @@ Layout of a cache folder (also the layout of the dataset repo it is pushed to)::
 Columns: `latents` `(C, h, w)` (the posterior mean, or one posterior sample), `latents_std` `(C, h, w)` (only in
 `"mean_std"` mode), `label` (int), `source_index` (position of the image in the source dataset) and, optionally,
 `repa_features` `(N, D)`: the frozen encoder's patch tokens of the same image, unfiltered, so the REPA target filter
-is chosen at training time. Latents are stored *unscaled*; multiply by `cache_info["scaling_factor"]` for diffusion.
+is chosen at training time. Latents are stored *unscaled*; the VAE's latent convention is recorded (`latent_convention`, `scaling_factor`,
+`shift_factor`, `latents_mean`, `latents_std`) and `models.latents_from_vae` standardises them for diffusion.
 
 Resuming: `cache_info.json` is rewritten (atomically) after each shard with the shard's source-position range, so
 an interrupted run continues from the last completed shard's end: no duplicates, no gaps.
@@ -28,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import ImageStreamDataset, ImageTransform, ResumableStream, SkipCounter
+from ..models.autoencoder_kl_spectral import latent_convention
 from .utils import write_json
 
 
@@ -175,6 +177,9 @@ def write_latent_cache(
         "seed": seed,
         "scaling_factor": float(vae.config.scaling_factor),
         "shift_factor": vae.config.shift_factor,
+        "latent_convention": latent_convention(vae.config) if hasattr(vae.config, "block_out_channels") else "scale",
+        "latents_mean": getattr(vae.config, "latents_mean", None),
+        "latents_std": getattr(vae.config, "latents_std", None),
         "vae_class": type(vae).__name__,
         **(metadata or {}),
     }

@@ -385,7 +385,8 @@ def test_encoder_drops_cls_and_register_tokens_for_other_vision_backbones(tmp_pa
     encoder = RepresentationEncoder.from_pretrained(str(tmp_path), input_range="[-1,1]")
     images = torch.rand(2, 3, 24, 24) * 2 - 1
     tokens = encoder(images, (2, 3))  # 16 x 24 input: not the checkpoint's 32 x 32
-    pixels = F.interpolate((images + 1) / 2, size=(16, 24), mode="bicubic", align_corners=False, antialias=True)
+    # REPA's preprocessing: bicubic without antialias (updated: was antialiased when shrinking)
+    pixels = F.interpolate((images + 1) / 2, size=(16, 24), mode="bicubic", align_corners=False)
     kwargs = {} if family.startswith("dinov2") else {"interpolate_pos_encoding": True}
     hidden = model(pixel_values=(pixels - 0.5) / 0.5, **kwargs).last_hidden_state
     assert hidden.shape[1] == prefix + 6

@@ -85,24 +85,62 @@ def test_dsm_lowpass_level_zero_is_identity_and_masks_are_shared_and_idempotent(
     torch.testing.assert_close(dsm_lowpass(x + y, 8), dsm_lowpass(x, 8) + dsm_lowpass(y, 8), atol=1e-5, rtol=0)
 
 
-def test_radial_spectrum_matches_a_direct_scipy_computation():
-    x = torch.randn(3, 4, 16, 20, dtype=torch.float64)
-    power = (scipy.fft.dctn(x.numpy(), axes=(-2, -1), norm="ortho") ** 2).mean(axis=1)
-    power[:, 0, 0] = 0
-    u, v = np.meshgrid(np.arange(16), np.arange(20), indexing="ij")
-    band = np.minimum(np.floor(np.sqrt(u**2 + v**2) / np.sqrt(15**2 + 19**2) * 16).astype(int), 15)
-    expected = np.stack([power[:, band == k].mean(-1) for k in range(16)], -1)
-    np.testing.assert_allclose(radial_spectrum(x).numpy(), expected, rtol=1e-12)
+def _scipy_radial_spectrum(x: np.ndarray, n_bins: int, remove_dc: bool, subtract_mean: bool, floor: float):
+    """The definition written out: [centre], mean_c DCT^2, clamp at floor, [DC := 0], radial means (numpy / scipy)."""
+    if subtract_mean:
+        x = x - x.mean(axis=(-2, -1), keepdims=True)
+    power = np.maximum((scipy.fft.dctn(x, axes=(-2, -1), norm="ortho") ** 2).mean(axis=1), floor)
+    if remove_dc:
+        power[:, 0, 0] = 0
+    h, w = x.shape[-2:]
+    u, v = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    band = np.minimum(np.floor(np.sqrt(u**2 + v**2) / np.sqrt((h - 1) ** 2 + (w - 1) ** 2) * n_bins), n_bins - 1)
+    return np.stack([power[:, band == k].mean(-1) for k in range(n_bins)], -1)
+
+
+@pytest.mark.parametrize(
+    "remove_dc, subtract_mean",
+    [(True, False), (False, False), (False, True)],
+    ids=["esm", "authors_analysis", "centred"],
+)
+@pytest.mark.parametrize("scale", [1.0, 1e-3])
+def test_radial_spectrum_matches_scipy_in_each_convention(remove_dc, subtract_mean, scale):
+    rng = np.random.default_rng(0)
+    x = scale * (rng.standard_normal((3, 4, 16, 20)) + 0.3)  # a non-zero mean, so the DC convention matters
+    expected = _scipy_radial_spectrum(x, 16, remove_dc, subtract_mean, 1e-8)
+    got = radial_spectrum(torch.from_numpy(x), remove_dc=remove_dc, subtract_mean=subtract_mean)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        radial_spectrum(torch.from_numpy(x).float(), remove_dc=remove_dc, subtract_mean=subtract_mean).numpy(),
+        expected,
+        rtol=2e-4,
+    )
+
+
+def test_radial_spectrum_floor_is_the_authors_clamp_and_can_be_turned_off():
+    rng = np.random.default_rng(1)
+    x = 1e-5 * rng.standard_normal((2, 3, 16, 16))  # DCT powers ~1e-10: below the floor
+    floored = radial_spectrum(torch.from_numpy(x), remove_dc=False)
+    np.testing.assert_allclose(floored.numpy(), 1e-8, rtol=1e-12)
+    raw = radial_spectrum(torch.from_numpy(x), remove_dc=False, floor=0.0)
+    np.testing.assert_allclose(raw.numpy(), _scipy_radial_spectrum(x, 16, False, False, 0.0), rtol=1e-12)
 
 
 def test_radial_spectrum_of_constant_image_is_dc_only():
-    x = torch.full((1, 3, 16, 16), 0.7)
-    assert radial_spectrum(x).abs().max() < 1e-10  # the DC power is 0.49 * 256: float rounding only
-    kept = radial_spectrum(x, remove_dc=False)
+    x = torch.full((1, 3, 16, 16), 0.7, dtype=torch.float64)
     band, counts = radial_bin_index(16, 16)
-    assert kept[0, 0] == pytest.approx(0.7**2 * 256 / int(counts[0]), rel=1e-5)
-    assert kept[0, 1:].abs().max() < 1e-9
-    assert radial_spectrum(x, remove_dc=False, subtract_mean=True).abs().max() < 1e-9
+    n0 = int(counts[0])
+    removed = radial_spectrum(x, floor=0.0)
+    assert removed.abs().max() < 1e-25  # only rounding of the zero AC coefficients
+    kept = radial_spectrum(x, remove_dc=False, floor=0.0)
+    assert float(kept[0, 0]) == pytest.approx(0.7**2 * 256 / n0, rel=1e-12)  # DC^2 = (0.7 * 16)^2, one cell of n0
+    assert kept[0, 1:].abs().max() < 1e-25
+    # With the authors' floor, every empty cell holds 1e-8.
+    floored = radial_spectrum(x, remove_dc=False)
+    assert float(floored[0, 0]) == pytest.approx((0.7**2 * 256 + (n0 - 1) * 1e-8) / n0, rel=1e-12)
+    np.testing.assert_allclose(floored[0, 1:].numpy(), 1e-8, rtol=1e-12)
+    centred = radial_spectrum(x, remove_dc=False, subtract_mean=True)
+    np.testing.assert_allclose(centred.numpy(), 1e-8, rtol=1e-12)
 
 
 def test_radial_bins_put_exact_edges_in_the_upper_band():
@@ -130,19 +168,15 @@ def test_power_law_slope_of_exact_power_law_is_exact():
     assert float(power_law_slope(3.0 * f**-1.5)) == pytest.approx(-1.5, abs=1e-12)
 
 
-# ------------------------------------------------------------------------------------------------ bad input
-def test_bad_inputs_raise_clear_errors():
-    with pytest.raises(ValueError, match="4-D"):
-        radial_spectrum(torch.randn(3, 16, 16))
-    with pytest.raises(TypeError, match="floating-point"):
-        dct_2d(torch.ones(4, 4, dtype=torch.int64))
-    with pytest.raises(TypeError, match="torch.Tensor"):
-        dct_2d(np.ones((4, 4)))
-    with pytest.raises(ValueError, match="not divisible by block_size=8"):
-        dsm_lowpass(torch.randn(1, 4, 12, 16), 8)
-    with pytest.raises(ValueError, match="Unknown DSM level"):
-        dsm_lowpass(torch.randn(1, 4, 16, 16), 15)
-    with pytest.raises(ValueError, match="Unknown DSM level"):
-        dsm_mask(-1)
-    with pytest.raises(ValueError, match="frequencies"):
-        power_law_slope(torch.rand(16), frequencies="log")
+# ------------------------------------------------------------------------------------------------ integer types
+@pytest.mark.parametrize("level", [np.int64(8), np.int32(10), torch.tensor(12), torch.tensor([8])])
+def test_dsm_levels_accept_numpy_and_torch_integers(level):
+    x = torch.randn(1, 4, 16, 16)
+    expected = dsm_lowpass(x, int(level))
+    torch.testing.assert_close(dsm_lowpass(x, level), expected, atol=0, rtol=0)
+    assert int(dsm_mask(level).sum()) == {8: 28, 10: 15, 12: 6}[int(level)]
+
+
+def test_radial_spectrum_accepts_numpy_integer_bins():
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(radial_spectrum(x, np.int64(4)), radial_spectrum(x, 4), atol=0, rtol=0)

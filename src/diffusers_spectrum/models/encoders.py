@@ -16,7 +16,7 @@ from torch import nn
 from ..spectral._checks import require_4d
 
 
-__all__ = ["RepresentationEncoder"]
+__all__ = ["RepresentationEncoder", "resample_position_embedding"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +26,44 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def resample_position_embedding(
+    table: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1
+) -> torch.Tensor:
+    """Resample a ViT absolute position-embedding table to a new square-grid layout once, as REPA does for DINOv2
+    (timm's ``resample_abs_pos_embed`` convention): the prefix (CLS) rows are kept as they are, the patch rows
+    reshaped to their square ``(D, H0, W0)`` grid, resized in float32 with bicubic interpolation *with* antialias
+    (``align_corners=False``) to ``grid`` and flattened back row-major.
+
+    Args:
+        table: ``(1, prefix + H0 * W0, D)``.
+        grid: ``(h, w)`` target token grid.
+
+    Returns:
+        ``(1, prefix + h * w, D)`` in ``table``'s dtype.
+    """
+    prefix, patches = table[:, :num_prefix_tokens], table[:, num_prefix_tokens:]
+    side = int(round(patches.shape[1] ** 0.5))
+    if side * side != patches.shape[1]:
+        raise ValueError(f"resample_position_embedding: {patches.shape[1]} patch rows do not form a square grid.")
+    dim = patches.shape[-1]
+    image = patches.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)  # (1, D, H0, W0)
+    image = F.interpolate(image, size=tuple(grid), mode="bicubic", align_corners=False, antialias=True)
+    patches = image.permute(0, 2, 3, 1).reshape(1, -1, dim).to(table.dtype)  # (1, h * w, D)
+    return torch.cat([prefix, patches], dim=1)
+
+
 class RepresentationEncoder(nn.Module):
     """A frozen transformers vision backbone returning final normalised patch tokens `(B, N, D)`.
 
-    Images are resized (bicubic, antialiased when shrinking) to the resolution whose patch grid equals the requested
-    grid (224 for 16 x 16 with patch 14), normalised with the processor's mean / std, and encoded in eval mode under
-    `no_grad`; CLS and register tokens are dropped. If the backbone cannot take that resolution (a fixed `resolution`
-    was given, or it cannot interpolate its position embeddings), the feature grid is resized instead (bilinear) and
-    this is logged once.
+    Images are normalised with the processor's mean / std and resized with bicubic interpolation *without* antialias
+    (REPA's `preprocess_raw_image`: normalise, then `F.interpolate(..., mode="bicubic")`) to the resolution whose
+    patch grid equals the requested grid (224 for 16 x 16 with patch 14), and encoded in eval mode under `no_grad`;
+    CLS and register tokens are dropped. For DINOv2 whose position-embedding grid differs from a square token grid
+    (37 x 37 vs 16 x 16 for the real checkpoints) the table is resampled once per grid with
+    :func:`resample_position_embedding` (bicubic with antialias, as REPA via timm) instead of letting the backbone
+    interpolate it (bicubic, no antialias) at every call. If the backbone cannot take that resolution (a fixed
+    `resolution` was given, or it cannot interpolate its position embeddings), the feature grid is resized instead
+    (bilinear) and this is logged once.
 
     Attributes:
         feature_dim (`int`): token width D (768 for DINOv2-B).
@@ -73,6 +103,8 @@ class RepresentationEncoder(nn.Module):
         if resolution is None and not self._pos_kwargs and not _always_interpolates(backbone):
             self._fixed_resolution = native_resolution
         self._logged_grids = set()
+        self._position_grid = None  # the grid the DINOv2 position table currently holds (None: the checkpoint's)
+        self._original_positions = None
 
     @classmethod
     def from_pretrained(
@@ -146,6 +178,41 @@ class RepresentationEncoder(nn.Module):
             return (int(self._fixed_resolution),) * 2
         return grid_size[0] * self.patch_size, grid_size[1] * self.patch_size
 
+    def preprocess(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """REPA's `preprocess_raw_image`: `[0, 1]` pixels normalised with the processor's mean / std, then resized to
+        `size` with bicubic interpolation without antialias (`align_corners=False`).
+
+        Args:
+            images: `(B, 3, H, W)` in `input_range`.
+            size: `(in_h, in_w)` encoder input size.
+
+        Returns:
+            `(B, 3, in_h, in_w)` in the backbone's dtype.
+        """
+        dtype = next(self.backbone.parameters()).dtype
+        x = images.to(device=self.image_mean.device, dtype=torch.float32)
+        if self.input_range == "[-1,1]":
+            x = (x + 1) / 2
+        x = (x - self.image_mean) / self.image_std
+        if x.shape[-2:] != tuple(size):
+            x = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False)
+        return x.to(dtype)
+
+    @torch.no_grad()
+    def _use_position_grid(self, grid: tuple[int, int]) -> None:
+        """Give the DINOv2 backbone a position table for `grid`, resampled once from the checkpoint's table (bicubic
+        with antialias); the backbone then uses it as it is (it interpolates only when the sizes differ)."""
+        if self._position_grid == grid:
+            return
+        table = self.backbone.embeddings.position_embeddings  # (1, 1 + H0 * W0, D)
+        if self._original_positions is None:
+            self._original_positions = table.detach().clone()
+        original = self._original_positions
+        side = int(round((original.shape[1] - 1) ** 0.5))
+        resampled = original if (side, side) == grid else resample_position_embedding(original, grid)
+        self.backbone.embeddings.position_embeddings = nn.Parameter(resampled.to(table.device), requires_grad=False)
+        self._position_grid = grid
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         """Target tokens for `images` on a `grid_size` token grid.
@@ -178,15 +245,10 @@ class RepresentationEncoder(nn.Module):
                     (grid_h, grid_w),
                 )
 
-        # 1. Pixels: [0, 1], encoder resolution, processor normalisation
-        dtype = next(self.backbone.parameters()).dtype
-        x = images.to(device=self.image_mean.device, dtype=torch.float32)
-        if self.input_range == "[-1,1]":
-            x = (x + 1) / 2
-        if x.shape[-2:] != (in_h, in_w):
-            shrink = in_h < x.shape[-2] or in_w < x.shape[-1]
-            x = F.interpolate(x, size=(in_h, in_w), mode="bicubic", align_corners=False, antialias=shrink)
-        x = ((x - self.image_mean) / self.image_std).to(dtype)  # (B, 3, in_h, in_w)
+        # 1. Pixels: [0, 1], processor normalisation, encoder resolution (REPA's order; bicubic, no antialias)
+        x = self.preprocess(images, (in_h, in_w))  # (B, 3, in_h, in_w)
+        if _always_interpolates(self.backbone) and native[0] == native[1]:
+            self._use_position_grid(native)
 
         # 2. Encode; keep the last h * w tokens (drops CLS and register tokens, which come first)
         hidden = self.backbone(pixel_values=x, **self._pos_kwargs).last_hidden_state  # (B, prefix + n, D)

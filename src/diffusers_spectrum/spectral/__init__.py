@@ -14,6 +14,7 @@ from .esm import (
 )
 from .filters import TARGET_FILTERS, apply_target_filter, dog_filter, gaussian_blur_matrix, rmsc, spatial_normalize
 from .psd import (
+    POWER_FLOOR,
     band_average_matrix,
     band_means,
     bin_frequencies,
@@ -27,6 +28,7 @@ from .wavelets import dwt_2d, idwt_2d
 
 __all__ = [
     "DSM_DEFAULT_LEVELS",
+    "POWER_FLOOR",
     "band_average_matrix",
     "band_means",
     "bin_frequencies",

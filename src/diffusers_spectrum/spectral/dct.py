@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from ._checks import compute_dtype, require_min_dims
+from ._checks import as_int, compute_dtype, require_min_dims
 
 
 # ------------------------------------------------------------------------------------------------
@@ -30,9 +30,8 @@ def dct_matrix(n: int, device=None, dtype: torch.dtype = torch.float32) -> torch
 
     Cached per (n, device, dtype); the returned tensor is shared, so never modify it in place.
     """
-    if n < 1:
-        raise ValueError(f"dct_matrix needs a positive size, got n={n}.")
-    return _dct_matrix_cached(int(n), str(torch.device(device or "cpu")), dtype)
+    n = as_int(n, "dct_matrix", "n", minimum=1)
+    return _dct_matrix_cached(n, str(torch.device(device or "cpu")), dtype)
 
 
 def dct_2d(x: torch.Tensor) -> torch.Tensor:
@@ -67,16 +66,16 @@ def idct_2d(coefficients: torch.Tensor) -> torch.Tensor:
     return (d_h.T @ work @ d_w).to(coefficients.dtype)  # (..., H, W)
 
 
-def _check_blocks(x: torch.Tensor, block_size: int, name: str) -> None:
+def _check_blocks(x: torch.Tensor, block_size: int, name: str) -> int:
     require_min_dims(x, 2, name, "x")
-    if not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"{name}: block_size must be a positive integer, got {block_size!r}.")
+    block_size = as_int(block_size, name, "block_size", minimum=1)
     height, width = x.shape[-2:]
     if height % block_size or width % block_size:
         raise ValueError(
             f"{name}: spatial size {height}x{width} is not divisible by block_size={block_size}; "
             f"crop or pad the input to a multiple of {block_size}, or choose a block size that divides it."
         )
+    return block_size
 
 
 def _blockwise(x: torch.Tensor, block_size: int, inverse: bool) -> torch.Tensor:
@@ -103,11 +102,11 @@ def blockwise_dct_2d(x: torch.Tensor, block_size: int = 8) -> torch.Tensor:
         ``(..., H, W)``: block ``(r, c)`` occupies the same pixels as in ``x``, holding its coefficients with
         ``(u, v) = (0, 0)`` (the block's DC) at its top-left corner.
     """
-    _check_blocks(x, block_size, "blockwise_dct_2d")
+    block_size = _check_blocks(x, block_size, "blockwise_dct_2d")
     return _blockwise(x, block_size, inverse=False)
 
 
 def blockwise_idct_2d(coefficients: torch.Tensor, block_size: int = 8) -> torch.Tensor:
     """Inverse of :func:`blockwise_dct_2d`: ``(..., H, W) -> (..., H, W)``."""
-    _check_blocks(coefficients, block_size, "blockwise_idct_2d")
+    block_size = _check_blocks(coefficients, block_size, "blockwise_idct_2d")
     return _blockwise(coefficients, block_size, inverse=True)

@@ -3,6 +3,11 @@
 The image branch (zero-padded 7x7 Gaussian blur, bicubic resize, orthonormal DCT) is linear and separable over the two
 axes, so it collapses into one precomputed ``(h, H)`` matrix per axis: ``DCT(resize(blur(x))) = M_y x M_x^T``. The
 matrices are built by pushing an identity basis through exactly those torch operations, once per size and device.
+
+Conventions checked against the authors' ``latent_spectral_reg_dct`` (forever208/SpectrumMatching, branches
+SDVAE_and_ESM and DSM): the channel-averaged power is clamped at ``eps`` before the DC is zeroed and before binning;
+the L2 variant is ``mse_loss(s_z, s_x)`` (mean over bins and batch). Their analysis (``spectrum_distribution``) uses
+the same spectra with ``remove_dc=False`` and no mean removal: ``esm_band_powers(..., remove_dc=False)``.
 """
 
 import functools
@@ -10,31 +15,43 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ._checks import require_4d, require_finite
+from ._checks import (
+    as_float,
+    as_int,
+    as_optional_bool,
+    require_4d,
+    require_finite,
+    require_nonempty_batch,
+    require_tensor,
+    should_check_finite,
+)
 from .dct import dct_2d, dct_matrix
 from .psd import band_means, bin_frequencies, channel_power
 
 
 ESM_BLUR_KERNEL_SIZE = 7  # the authors' anti-alias kernel: 7 x 7 ...
 ESM_BLUR_SIGMA = 1.2  # ... with sigma 1.2, normalised to sum 1, zero padding
-ESM_EPS = 1e-8
+ESM_EPS = 1e-8  # the authors' single eps: power floor, log offset and normalisation offset
 ESM_LOSS_TYPES = ("kl", "l2")
 
 
 def gaussian_kernel_1d(kernel_size: int, sigma: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Normalised 1-D Gaussian taps ``(kernel_size,)``; the outer product of two is the normalised 2-D kernel."""
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}.")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}.")
+    kernel_size = as_int(kernel_size, "gaussian_kernel_1d", "kernel_size", minimum=1)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"gaussian_kernel_1d: `kernel_size` must be a positive odd integer, got {kernel_size}.")
+    sigma = as_float(sigma, "gaussian_kernel_1d", "sigma", minimum=0.0, strict=True)
     offsets = torch.arange(kernel_size, dtype=dtype) - (kernel_size - 1) / 2
     taps = torch.exp(-offsets.square() / (2 * sigma**2))
     return taps / taps.sum()
 
 
-def esm_uses_blur(latent_width: int, blur: bool | None = None) -> bool:
-    """The authors' rule: anti-alias the image before resizing, except when the latent grid is 32 wide."""
-    return latent_width != 32 if blur is None else bool(blur)
+def esm_uses_blur(latent_height: int, blur: bool | None = None) -> bool:
+    """The authors' rule: anti-alias the image before resizing, except when the latent grid is 32 high.
+
+    Their code tests the latent height (``if hz == 32``, both branches); for square latents that is the width too.
+    """
+    return latent_height != 32 if blur is None else bool(blur)
 
 
 def _axis_resize_matrix(size: int, latent_size: int, blur: bool) -> torch.Tensor:
@@ -48,42 +65,17 @@ def _axis_resize_matrix(size: int, latent_size: int, blur: bool) -> torch.Tensor
     return signals.reshape(size, latent_size).T  # (h, H)
 
 
-def _periodic_taps(resize: torch.Tensor) -> tuple[int, torch.Tensor] | None:
-    """``(first, weights)`` if output ``d`` reads exactly pixels ``f*d + first + t`` with the same weights for every
-    ``d`` (an integer-factor bicubic downsample without blur, e.g. the authors' unblurred f8 case), else ``None``."""
-    latent_size, size = resize.shape
-    if size % latent_size:
-        return None
-    factor = size // latent_size
-    support = resize[0].nonzero().flatten()
-    if support.numel() == 0 or int(support[-1]) >= factor + int(support[0]) + factor:
-        return None
-    first, last = int(support[0]), int(support[-1]) + 1
-    weights = resize[0, first:last]
-    for d in range(latent_size):
-        lo, hi = factor * d + first, factor * d + last
-        if hi > size or not torch.equal(resize[d, lo:hi], weights) or resize[d].abs().sum() != weights.abs().sum():
-            return None
-    return first, weights
-
-
 @functools.lru_cache(maxsize=64)
-def _image_operator_cached(size: int, latent_size: int, blur: bool, device: str):
+def _image_operator_cached(size: int, latent_size: int, blur: bool, device: str) -> torch.Tensor:
     resize = _axis_resize_matrix(size, latent_size, blur)  # (h, H)
-    dct = dct_matrix(latent_size, "cpu", torch.float64)
-    taps = _periodic_taps(resize)
-    dense = (dct @ resize).to(device=device, dtype=torch.float32)  # (h, H)
-    if taps is not None:
-        taps = (taps[0], taps[1].to(device=device, dtype=torch.float32))
-    return dense, dct.to(device=device, dtype=torch.float32), taps
+    dct = dct_matrix(latent_size, "cpu", torch.float64)  # (h, h)
+    return (dct @ resize).to(device=device, dtype=torch.float32)  # (h, H)
 
 
-def esm_image_operator(size: int, latent_size: int, blur: bool, device=None):
-    """One axis of the ESM image branch, cached per (size, latent size, blur, device).
+def esm_image_operator(size: int, latent_size: int, blur: bool, device=None) -> torch.Tensor:
+    """One axis of the ESM image branch: the ``(h, H)`` float32 matrix ``D_h @ Resize @ Blur``.
 
-    Returns ``(dense, dct, taps)``: ``dense`` is the ``(h, H)`` float32 matrix ``D_h @ Resize @ Blur``; for an
-    integer-factor downsample without blur, ``taps = (first, weights)`` describes the same resize as a strided read
-    (pixel ``f*d + first + t`` times ``weights[t]``) to be followed by ``dct`` ``(h, h)``; otherwise ``taps`` is None.
+    Cached per (size, latent size, blur, device); never modify the returned tensor in place.
     """
     return _image_operator_cached(int(size), int(latent_size), bool(blur), str(torch.device(device or "cpu")))
 
@@ -91,21 +83,18 @@ def esm_image_operator(size: int, latent_size: int, blur: bool, device=None):
 def resized_image_dct(images: torch.Tensor, latent_hw: tuple[int, int], blur: bool) -> torch.Tensor:
     """``DCT(resize(blur(images)))`` in one pass: ``(B, 3, H, W) -> (B, 3, h, w)`` float32."""
     height, width = images.shape[-2:]
-    dense_y, dct_y, taps_y = esm_image_operator(height, latent_hw[0], blur, images.device)
-    dense_x, _, _ = esm_image_operator(width, latent_hw[1], blur, images.device)
-    pixels = images.float()
-    if taps_y is None:
-        return dense_y @ pixels @ dense_x.T  # (B, 3, h, w)
-    # Rows through the strided taps (contiguous reads of whole rows), then the small dense product for the columns.
-    first, weights = taps_y
-    grouped = pixels.unflatten(-2, (latent_hw[0], height // latent_hw[0]))  # (B, 3, h, f, W)
-    rows = (weights[None, :] @ grouped[..., first : first + len(weights), :]).squeeze(-2)  # (B, 3, h, W)
-    return dct_y @ (rows @ dense_x.T)  # (B, 3, h, w)
+    operator_y = esm_image_operator(height, latent_hw[0], blur, images.device)  # (h, H)
+    operator_x = esm_image_operator(width, latent_hw[1], blur, images.device)  # (w, W)
+    return operator_y @ images.float() @ operator_x.T  # (B, 3, h, w)
 
 
 def normalize_log_spectrum(spectrum: torch.Tensor, eps: float = ESM_EPS) -> torch.Tensor:
-    """ESM step 4: ``log(s + 1 + eps)``, clamped at 0, each row divided by (its sum + eps). ``(B, K) -> (B, K)``."""
-    logs = torch.log(spectrum + 1 + eps).clamp_min(0)
+    """ESM step 4: ``log(s + 1 + eps)``, clamped at 0, each row divided by (its sum + eps). ``(B, K) -> (B, K)``.
+
+    Evaluated as ``log1p(s + eps)``: the same number, without the float32 rounding of ``1 + s`` that would quantise
+    the band powers of small-scale latents (``s ~ 1e-6`` keeps only ~1 significant digit in ``log(1 + s)``).
+    """
+    logs = torch.log1p(spectrum + eps).clamp_min(0)
     return logs / (logs.sum(dim=-1, keepdim=True) + eps)
 
 
@@ -113,37 +102,63 @@ def _check_pair(images: torch.Tensor, latents: torch.Tensor, func: str) -> None:
     require_4d(images, func, "images", channels=3)
     require_4d(latents, func, "latents")
     if images.shape[0] != latents.shape[0]:
-        raise ValueError(f"{func}: batch sizes differ: images {images.shape[0]}, latents {latents.shape[0]}.")
+        raise ValueError(
+            f"{func}: batch sizes differ: images {images.shape[0]}, latents {latents.shape[0]}; pass the latents of "
+            "exactly these images."
+        )
+    require_nonempty_batch(latents, func, "latents")
     if latents.shape[-2] > images.shape[-2] or latents.shape[-1] > images.shape[-1]:
         raise ValueError(
             f"{func}: the latent grid {tuple(latents.shape[-2:])} is larger than the image "
             f"{tuple(images.shape[-2:])}; pass images first and latents second."
         )
-    # Finiteness is checked on the small (B, n_bins) spectra in `esm_spectra`: NaN/Inf propagate through the linear
-    # image branch, and checking the full-resolution images would cost more than the loss itself.
+
+
+def _check_options(func: str, n_bins, blur, eps) -> tuple[int, bool | None, float]:
+    n_bins = as_int(n_bins, func, "n_bins", minimum=1)
+    blur = as_optional_bool(blur, func, "blur")
+    eps = as_float(eps, func, "eps", minimum=0.0, strict=True)
+    return n_bins, blur, eps
 
 
 def esm_band_powers(
-    images: torch.Tensor, latents: torch.Tensor, n_bins: int = 16, blur: bool | None = None
+    images: torch.Tensor,
+    latents: torch.Tensor,
+    n_bins: int = 16,
+    blur: bool | None = None,
+    *,
+    remove_dc: bool = True,
+    floor: float = ESM_EPS,
+    check_finite: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ESM steps 1-2: raw DC-free radial band powers of the resized image and of the latent.
+    """ESM steps 1-2: radial band powers of the resized image and of the latent.
 
     Args:
         images: ``(B, 3, H, W)`` in [-1, 1].
         latents: ``(B, C, h, w)`` with ``h <= H`` and ``w <= W``.
-        blur: anti-alias the image; ``None`` follows the authors (blur unless the latent grid is 32 wide).
+        n_bins: radial bands.
+        blur: anti-alias the image; ``None`` follows the authors (blur unless the latent grid is 32 high).
+        remove_dc: zero the DC power after the floor (ESM, the default); ``False`` keeps it, the authors' analysis
+            convention (``spectrum_distribution``: ``center="none", remove_dc=False``).
+        floor: the authors' ``clamp_min(eps)`` on the channel-averaged power, before binning.
+        check_finite: raise on NaN/Inf, checked on the two ``(B, n_bins)`` results; ``None`` checks unless autograd
+            records through the call (a training step: the trainer's non-finite guard handles it).
 
     Returns:
         ``(image_bands, latent_bands)``: two ``(B, n_bins)`` float32 tensors (compute once, flatten with any delta).
     """
     _check_pair(images, latents, "esm_band_powers")
+    n_bins, blur, floor = _check_options("esm_band_powers", n_bins, blur, floor)
     latent_hw = (latents.shape[-2], latents.shape[-1])
-    image_coeffs = resized_image_dct(images, latent_hw, esm_uses_blur(latent_hw[1], blur))  # (B, 3, h, w)
-    image_bands = band_means(channel_power(image_coeffs), n_bins, remove_dc=True)  # (B, n_bins)
-    latent_bands = band_means(channel_power(dct_2d(latents.float())), n_bins, remove_dc=True)  # (B, n_bins)
-    if not bool(torch.isfinite(image_bands).all() & torch.isfinite(latent_bands).all()):
-        require_finite(images, "esm_band_powers", "images")
-        require_finite(latents, "esm_band_powers", "latents")
+    image_coeffs = resized_image_dct(images, latent_hw, esm_uses_blur(latent_hw[0], blur))  # (B, 3, h, w)
+    image_bands = band_means(channel_power(image_coeffs, floor), n_bins, remove_dc=remove_dc)  # (B, n_bins)
+    latent_power = channel_power(dct_2d(latents.float()), floor)  # (B, h, w)
+    latent_bands = band_means(latent_power, n_bins, remove_dc=remove_dc)  # (B, n_bins)
+    if should_check_finite(check_finite, images, latents):
+        # One sync on two small tensors; NaN/Inf anywhere in an input reaches every band of that sample.
+        if not bool(torch.isfinite(image_bands).all() & torch.isfinite(latent_bands).all()):
+            require_finite(image_bands, "esm_band_powers", "images")
+            require_finite(latent_bands, "esm_band_powers", "latents")
     return image_bands, latent_bands
 
 
@@ -152,6 +167,15 @@ def flattened_log_spectra(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ESM steps 3-4 on band powers ``(B, n_bins)``: ``s_x[k] *= (k + 1) ** delta``, then both rows to normalised
     log power. Returns ``(target, latent)``, each ``(B, n_bins)`` summing to 1."""
+    require_tensor(image_bands, "flattened_log_spectra", "image_bands")
+    require_tensor(latent_bands, "flattened_log_spectra", "latent_bands")
+    if image_bands.ndim != 2 or image_bands.shape != latent_bands.shape:
+        raise ValueError(
+            "flattened_log_spectra: `image_bands` and `latent_bands` must both be (B, n_bins) with equal shapes, got "
+            f"{tuple(image_bands.shape)} and {tuple(latent_bands.shape)}; compute them with esm_band_powers."
+        )
+    delta = as_float(delta, "flattened_log_spectra", "delta")
+    eps = as_float(eps, "flattened_log_spectra", "eps", minimum=0.0, strict=True)
     if delta != 0:
         image_bands = image_bands * bin_frequencies(image_bands.shape[-1], image_bands.device).pow(delta)
     return normalize_log_spectrum(image_bands, eps), normalize_log_spectrum(latent_bands, eps)
@@ -164,6 +188,9 @@ def esm_spectra(
     n_bins: int = 16,
     blur: bool | None = None,
     eps: float = ESM_EPS,
+    *,
+    remove_dc: bool = True,
+    check_finite: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two normalised log spectra ESM compares: the flattened image target and the latent's.
 
@@ -172,13 +199,16 @@ def esm_spectra(
         latents: ``(B, C, h, w)`` with ``h <= H`` and ``w <= W``.
         delta: flattening exponent; ``s_x[k] *= (k + 1) ** delta`` (0 keeps the image's law, 1 is ESM).
         n_bins: radial bands.
-        blur: anti-alias the image; ``None`` follows the authors (blur unless the latent grid is 32 wide).
-        eps: the log / normalisation offset.
+        blur: anti-alias the image; ``None`` follows the authors (blur unless the latent grid is 32 high).
+        eps: the authors' single eps: power floor, log offset and normalisation offset.
+        remove_dc: ``False`` keeps the DC power (the authors' analysis convention); see :func:`esm_band_powers`.
+        check_finite: see :func:`esm_band_powers`.
 
     Returns:
         ``(target, latent)``: two ``(B, n_bins)`` float32 rows that each sum to 1.
     """
-    return flattened_log_spectra(*esm_band_powers(images, latents, n_bins, blur), delta=delta, eps=eps)
+    bands = esm_band_powers(images, latents, n_bins, blur, remove_dc=remove_dc, floor=eps, check_finite=check_finite)
+    return flattened_log_spectra(*bands, delta=delta, eps=eps)
 
 
 def _check_loss_type(loss_type: str) -> None:
@@ -196,13 +226,14 @@ def esm_divergence(
     """ESM step 5 on band powers from :func:`esm_band_powers`: per-sample divergence ``(B,)``.
 
     ``"kl"``: ``KL(target || latent) = sum_k p_k (log p_k - log q_k)`` with eps inside the logs (keeps empty bands
-    finite); ``"l2"``: squared L2 distance between the normalised rows.
+    finite); ``"l2"``: the mean over bins of ``(p_k - q_k)^2``, so its batch mean is the authors'
+    ``mse_loss(s_z, s_x)``.
     """
     _check_loss_type(loss_type)
     target, latent = flattened_log_spectra(image_bands, latent_bands, delta=delta, eps=eps)
     if loss_type == "kl":
         return (target * (torch.log(target + eps) - torch.log(latent + eps))).sum(dim=-1)  # (B,)
-    return (target - latent).square().sum(dim=-1)  # (B,)
+    return (target - latent).square().mean(dim=-1)  # (B,)
 
 
 def esm_loss(
@@ -213,23 +244,29 @@ def esm_loss(
     loss_type: str = "kl",
     blur: bool | None = None,
     eps: float = ESM_EPS,
+    *,
+    check_finite: bool | None = None,
 ) -> torch.Tensor:
     """Encoding Spectrum Matching loss: divergence of the latent's radial PSD from the flattened image power law.
 
     Follows the authors: Gaussian blur (7 x 7, sigma 1.2, zero padding; skipped by default when the latent grid is 32
-    wide, as in their code), bicubic resize to the latent grid (``align_corners=False``, no antialias), DC-free
-    16-band radial spectra, ``s_x[k] *= (k + 1) ** delta``, ``log(s + 1 + eps)`` clamped at 0 and normalised to sum
-    1, then ``KL(s_x || s_z)`` (``loss_type="kl"``) or the squared L2 distance (``"l2"``), averaged over the batch.
+    high, as in their code), bicubic resize to the latent grid (``align_corners=False``, no antialias),
+    channel-averaged DCT power clamped at ``eps``, DC zeroed, 16-band radial means, ``s_x[k] *= (k + 1) ** delta``,
+    ``log(s + 1 + eps)`` clamped at 0 and normalised to sum 1, then ``KL(s_x || s_z)`` (``loss_type="kl"``) or the
+    authors' ``mse_loss(s_z, s_x)`` (``"l2"``, mean over bins), averaged over the batch.
 
     Args:
         images: ``(B, 3, H, W)`` in [-1, 1] (the target; gradients flow only if it requires them).
-        latents: ``(B, C, h, w)``, e.g. the sampled posterior before any scaling factor.
+        latents: ``(B, C, h, w)``, e.g. the sampled posterior before any scaling factor; ``B >= 1``.
+        delta: flattening exponent (1 is ESM). n_bins: a positive integer. blur: True, False or None (the authors').
+        eps: the authors' single eps (power floor, log and normalisation offsets).
+        check_finite: see :func:`esm_band_powers` (``None``: checked unless this is a recorded training step).
 
     Returns:
         Scalar float32 loss.
     """
     _check_loss_type(loss_type)
-    bands = esm_band_powers(images, latents, n_bins, blur)
+    bands = esm_band_powers(images, latents, n_bins, blur, floor=eps, check_finite=check_finite)
     return esm_divergence(*bands, delta=delta, loss_type=loss_type, eps=eps).mean()
 
 
@@ -242,8 +279,14 @@ def spectral_kl(
     loss_type: str = "kl",
     blur: bool | None = None,
     eps: float = ESM_EPS,
+    *,
+    remove_dc: bool = True,
+    check_finite: bool | None = None,
 ) -> torch.Tensor:
-    """Per-sample ESM divergence without gradient, for diagnostics: ``(B, 3, H, W), (B, C, h, w) -> (B,)``."""
+    """Per-sample ESM divergence without gradient, for diagnostics: ``(B, 3, H, W), (B, C, h, w) -> (B,)``.
+
+    ``remove_dc=False`` gives the authors' analysis number (``spectrum_distribution``'s KL: DC kept, no centring).
+    """
     _check_loss_type(loss_type)
-    bands = esm_band_powers(images, latents, n_bins, blur)
+    bands = esm_band_powers(images, latents, n_bins, blur, remove_dc=remove_dc, floor=eps, check_finite=check_finite)
     return esm_divergence(*bands, delta=delta, loss_type=loss_type, eps=eps)

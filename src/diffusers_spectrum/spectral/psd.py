@@ -4,8 +4,11 @@ import functools
 
 import torch
 
-from ._checks import compute_dtype, require_4d, require_tensor
+from ._checks import as_float, as_int, compute_dtype, require_4d, require_finite, require_tensor, should_check_finite
 from .dct import dct_2d
+
+
+POWER_FLOOR = 1e-8  # the authors' clamp_min(eps) on the channel-aggregated power, before binning
 
 
 # ------------------------------------------------------------------------------------------------
@@ -34,9 +37,10 @@ def radial_bin_index(height: int, width: int, n_bins: int = 16, device=None) -> 
     Returns:
         ``band`` of shape ``(H * W,)`` (row-major cells, ``int64``) and ``counts`` of shape ``(n_bins,)``.
     """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins}.")
-    return _radial_bins_cached(int(height), int(width), int(n_bins), str(torch.device(device or "cpu")))
+    n_bins = as_int(n_bins, "radial_bin_index", "n_bins", minimum=1)
+    height = as_int(height, "radial_bin_index", "height", minimum=1)
+    width = as_int(width, "radial_bin_index", "width", minimum=1)
+    return _radial_bins_cached(height, width, n_bins, str(torch.device(device or "cpu")))
 
 
 @functools.lru_cache(maxsize=128)
@@ -57,44 +61,73 @@ def band_average_matrix(
     ``A[cell, k] = 1 / count_k`` for the cells of band ``k``; with ``remove_dc`` the DC row is zero, so the DC power
     counts as 0 in band 0. A band with no cell (grids much smaller than ``n_bins``) gets 0. Cached; do not modify.
     """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins}.")
-    key = (int(height), int(width), int(n_bins), bool(remove_dc), str(torch.device(device or "cpu")), dtype)
+    n_bins = as_int(n_bins, "band_average_matrix", "n_bins", minimum=1)
+    height = as_int(height, "band_average_matrix", "height", minimum=1)
+    width = as_int(width, "band_average_matrix", "width", minimum=1)
+    key = (height, width, n_bins, bool(remove_dc), str(torch.device(device or "cpu")), dtype)
     return _band_average_cached(*key)
 
 
 def band_means(power: torch.Tensor, n_bins: int = 16, remove_dc: bool = False) -> torch.Tensor:
     """Mean of ``power`` ``(B, H, W)`` over each radial band -> ``(B, n_bins)`` (DC counted as 0 if ``remove_dc``)."""
+    require_tensor(power, "band_means", "power")
+    if power.ndim != 3:
+        raise ValueError(f"band_means: `power` must be (B, H, W), got shape {tuple(power.shape)}.")
     batch, height, width = power.shape
     average = band_average_matrix(height, width, n_bins, remove_dc, power.device, power.dtype)
     return power.reshape(batch, height * width) @ average  # (B, n_bins)
 
 
-def channel_power(coefficients: torch.Tensor) -> torch.Tensor:
-    """Channel-aggregated power ``P[b, u, v] = mean_c X[b, c, u, v]^2``: ``(B, C, H, W) -> (B, H, W)``."""
-    return coefficients.square().mean(dim=1)
+def channel_power(coefficients: torch.Tensor, floor: float = POWER_FLOOR) -> torch.Tensor:
+    """Channel-aggregated power ``P[b, u, v] = max(mean_c X[b, c, u, v]^2, floor)``: ``(B, C, H, W) -> (B, H, W)``.
+
+    The floor is the authors' ``clamp_min(eps)`` (eps = 1e-8): it matters for latents of tiny scale (std ~1e-3), whose
+    high bands would otherwise sit far below it. ``floor=0`` gives the raw power.
+    """
+    return coefficients.square().mean(dim=1).clamp_min(floor)
 
 
 def radial_spectrum(
-    x: torch.Tensor, n_bins: int = 16, remove_dc: bool = True, subtract_mean: bool = False
+    x: torch.Tensor,
+    n_bins: int = 16,
+    *,
+    remove_dc: bool = True,
+    subtract_mean: bool = False,
+    floor: float = POWER_FLOOR,
+    check_finite: bool | None = None,
 ) -> torch.Tensor:
-    """Channel-aggregated DCT power averaged within radial bands.
+    """Channel-aggregated DCT power averaged within radial bands (SPEC.md, "The spectral primitives").
+
+    ``P = max(mean_c DCT(x)^2, floor)`` per cell, then the mean of ``P`` over each radial band. The two conventions:
+
+    - ESM (the loss): ``remove_dc=True`` (the default here): the DC power counts as 0 in band 0.
+    - The authors' analysis (``latent_analysis.py``, ``spectrum_distribution``: ``center="none", remove_dc=False``):
+      ``remove_dc=False, subtract_mean=False``: DC kept, no mean removal. SPEC.md's reference slopes use it.
 
     Args:
         x: ``(B, C, H, W)`` images or latents.
         n_bins: number of radial bands (16 in the paper).
-        remove_dc: set the DC power to 0 (the ESM setting). The authors' figures keep DC (``False``).
-        subtract_mean: subtract each channel's spatial mean before the DCT (makes the DC coefficient 0).
+        remove_dc: set the DC power to 0 after the floor (the authors' ``remove_dc``).
+        subtract_mean: subtract each channel's spatial mean before the DCT (the authors' ``center="mean"``); the DC
+            coefficient becomes 0, so with ``remove_dc=False`` the DC cell holds ``floor``.
+        floor: lower clamp of the per-cell power (the authors' 1e-8); 0 disables it.
+        check_finite: raise on NaN/Inf (checked on the ``(B, n_bins)`` result); ``None`` checks unless autograd is
+            recording through ``x`` (see ``spectral/_checks.py``).
 
     Returns:
         ``(B, n_bins)`` band energies (raw power, not log), float32 (float64 for float64 input).
     """
     require_4d(x, "radial_spectrum", "x")
+    n_bins = as_int(n_bins, "radial_spectrum", "n_bins", minimum=1)
+    floor = as_float(floor, "radial_spectrum", "floor", minimum=0.0)
     work = x.to(compute_dtype(x.dtype))
     if subtract_mean:
         work = work - work.mean(dim=(-2, -1), keepdim=True)
-    power = channel_power(dct_2d(work))  # (B, H, W)
-    return band_means(power, n_bins, remove_dc=remove_dc)  # (B, n_bins)
+    power = channel_power(dct_2d(work), floor)  # (B, H, W)
+    bands = band_means(power, n_bins, remove_dc=remove_dc)  # (B, n_bins)
+    if should_check_finite(check_finite, x):
+        require_finite(bands, "radial_spectrum", "x")
+    return bands
 
 
 def bin_frequencies(n_bins: int = 16, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -102,7 +135,9 @@ def bin_frequencies(n_bins: int = 16, device=None, dtype: torch.dtype = torch.fl
     return torch.arange(1, n_bins + 1, device=device, dtype=dtype)
 
 
-def power_law_slope(spectrum: torch.Tensor, frequencies: torch.Tensor | str = "index") -> torch.Tensor:
+def power_law_slope(
+    spectrum: torch.Tensor, frequencies: torch.Tensor | str = "index", check_finite: bool | None = None
+) -> torch.Tensor:
     """Least-squares slope of ``log(spectrum)`` against ``log(frequency)``.
 
     Args:
@@ -113,11 +148,17 @@ def power_law_slope(spectrum: torch.Tensor, frequencies: torch.Tensor | str = "i
             ``"center"``: the band's centre radius ``k + 1/2``, which recovers the exponent of a ``1/f^alpha`` field
             (white noise ~0, ``1/f^2`` ~-2; with ``"index"`` the low bands bend that to about -2.4);
             or a ``(n_bins,)`` tensor of positive frequencies.
+        check_finite: raise on NaN/Inf in ``spectrum`` (else a NaN band would silently leave the fit); ``None``
+            checks unless autograd is recording through ``spectrum``.
 
     Returns:
         ``(...)`` slopes.
     """
     require_tensor(spectrum, "power_law_slope", "spectrum")
+    if spectrum.ndim == 0 or spectrum.shape[-1] < 2:
+        raise ValueError(f"power_law_slope: `spectrum` needs at least 2 bands, got shape {tuple(spectrum.shape)}.")
+    if should_check_finite(check_finite, spectrum):
+        require_finite(spectrum, "power_law_slope", "spectrum")
     work = spectrum.to(compute_dtype(spectrum.dtype))
     n_bins = work.shape[-1]
     if isinstance(frequencies, str):

@@ -5,7 +5,7 @@
     diffusers-spectrum analyze --encoder facebook/dinov2-base --data PATH_OR_ID --output_dir DIR
 
 writes ``DIR/report.json`` and PNG plots beside it. Python API: `analyze_vae`, `compare_vaes` (here) and
-`encoder_analysis.analyze_encoder`. The verdict rule and its thresholds are in `diffusers_spectrum.diagnostics`
+`encoder_analysis.analyze_encoder`. The verdict rule and its thresholds are in `diffusers_spectrum.evaluation.diagnostics`
 and are repeated in every report.
 """
 
@@ -72,7 +72,7 @@ def analyze_vae(
         output_dir: if given, write ``report.json`` and ``spectra.png``, ``channel_spectra.png``, ``dsm_lowpass.png``.
 
     Returns:
-        The report dict (see the module docstring of `diffusers_spectrum.diagnostics` for the verdict rule).
+        The report dict (see the module docstring of `diffusers_spectrum.evaluation.diagnostics` for the verdict rule).
     """
     start = time.perf_counter()
     name = name or (str(vae) if isinstance(vae, (str, Path)) else type(vae).__name__)

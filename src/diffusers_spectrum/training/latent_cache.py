@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageStreamDataset, ImageTransform, ResumableStream, SkipCounter
 from ..models.autoencoder_kl_spectral import latent_convention
+from .data import ImageStreamDataset, ImageTransform, ResumableStream, SkipCounter
 from .utils import write_json
 
 

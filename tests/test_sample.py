@@ -81,7 +81,7 @@ def test_sample_scheduler_choice_keeps_training_schedule_and_refuses_mismatch(fl
     with pytest.raises(ValueError, match="cannot sample this flow-matching pipeline"):
         run(script, "--pretrained_model_name_or_path", str(flow_pipeline), "--scheduler", "ddim",
             "--output_dir", str(tmp_path / "x"))  # fmt: skip
-    with pytest.raises(ValueError, match="unknown class 'zebra'"):
+    with pytest.raises(ValueError, match="unknown class label 'zebra'"):
         run(script, "--pretrained_model_name_or_path", str(flow_pipeline), "--class_labels", "zebra",
             "--output_dir", str(tmp_path / "x"))  # fmt: skip
 

@@ -140,11 +140,18 @@ def test_resuming_never_unpickles_a_planted_payload(tmp_path):
     _train_step(model, optimizer)
     path = checkpointer.save(1)
     marker = tmp_path / "pwned"
-    # accelerate's own RNG file is read with torch.load(weights_only=True); the rest is never opened
-    for name in ("custom_checkpoint_0.pkl", "pytorch_model.bin", "model/pytorch_model.bin", "random_states_0.pkl"):
+    # accelerate's own RNG file is read with torch.load(weights_only=True); model files are never opened
+    for name in ("pytorch_model.bin", "model/pytorch_model.bin", "random_states_0.pkl"):
         with open(path / name, "wb") as f:
             pickle.dump(_Payload(marker), f)
     checkpointer.resume("latest")
+    assert not marker.exists()
+    # a planted custom_checkpoint_*.pkl (what accelerate would unpickle with weights_only=False for objects
+    # registered for checkpointing; we register none) is refused before it is read
+    with open(path / "custom_checkpoint_0.pkl", "wb") as f:
+        pickle.dump(_Payload(marker), f)
+    with pytest.raises(RuntimeError, match="custom checkpoints"):
+        checkpointer.resume("latest")
     assert not marker.exists()
 
 

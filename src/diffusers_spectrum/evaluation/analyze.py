@@ -5,8 +5,8 @@
     diffusers-spectrum analyze --encoder facebook/dinov2-base --data PATH_OR_ID --output_dir DIR
 
 writes ``DIR/report.json`` and PNG plots beside it. Python API: `analyze_vae`, `compare_vaes` (here) and
-`encoder_analysis.analyze_encoder`. The verdict rule and its thresholds are in `diffusers_spectrum.evaluation.diagnostics`
-and are repeated in every report.
+`encoder_analysis.analyze_encoder`. The verdict rule and its thresholds are in
+`diffusers_spectrum.evaluation.diagnostics` and are repeated in every report.
 """
 
 import argparse

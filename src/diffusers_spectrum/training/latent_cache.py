@@ -10,8 +10,9 @@ Layout of a cache folder (also the layout of the dataset repo it is pushed to)::
 Columns: `latents` `(C, h, w)` (the posterior mean, or one posterior sample), `latents_std` `(C, h, w)` (only in
 `"mean_std"` mode), `label` (int), `source_index` (position of the image in the source dataset) and, optionally,
 `repa_features` `(N, D)`: the frozen encoder's patch tokens of the same image, unfiltered, so the REPA target filter
-is chosen at training time. Latents are stored *unscaled*; the VAE's latent convention is recorded (`latent_convention`, `scaling_factor`,
-`shift_factor`, `latents_mean`, `latents_std`) and `models.latents_from_vae` standardises them for diffusion.
+is chosen at training time. Latents are stored *unscaled*; the VAE's latent convention is recorded
+(`latent_convention`, `scaling_factor`, `shift_factor`, `latents_mean`, `latents_std`) and
+`models.latents_from_vae` standardises them for diffusion.
 
 Resuming: `cache_info.json` is rewritten (atomically) after each shard with the shard's source-position range, so
 an interrupted run continues from the last completed shard's end: no duplicates, no gaps.

@@ -1,7 +1,7 @@
 """Latent caching throughput and peak memory at two dataset sizes (streaming must keep memory flat).
 
 A local imagefolder of N synthetic 128 x 128 PNG images (smooth colour fields plus sharp-edged discs) is encoded by
-`diffusers_spectrum.latent_cache.write_latent_cache` (what `examples/cache_latents.py` runs) with a small VAE,
+`diffusers_spectrum.training.latent_cache.write_latent_cache` (what `examples/cache_latents.py` runs) with a small VAE,
 streamed, into sharded parquet. Each size runs in a fresh subprocess. Memory is the RSS (sampled every 20 ms: peak
 and median) above the RSS after a warm-up caching run of one 64-image shard (model, imports, parquet writer and
 allocator pools excluded); the ratio large / small near 1.0x means memory does not grow with the dataset.
@@ -62,8 +62,8 @@ def _child(data_dir: str, out_dir: str, count: int, resolution: int, batch_size:
     import torch
     from diffusers import AutoencoderKL
 
-    from diffusers_spectrum.data import ImageTransform, load_image_dataset
-    from diffusers_spectrum.latent_cache import write_latent_cache
+    from diffusers_spectrum.training.data import ImageTransform, load_image_dataset
+    from diffusers_spectrum.training.latent_cache import write_latent_cache
 
     torch.manual_seed(0)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -3,8 +3,8 @@
 Three pipelines share one small VAE + DiT (same weights, same seed, same DDIM schedule):
 
 - stock: `DiTPipeline(DiTTransformer2DModel, AutoencoderKL)` built directly from diffusers classes;
-- exported: `diffusers_spectrum.export.export_pipeline(SpectrumAutoencoderKL, REPADiTTransformer2DModel)` written
-  to disk and loaded back with plain `DiffusionPipeline.from_pretrained` (what users download);
+- exported: `pipelines.export.export_pipeline(SpectrumAutoencoderKL, REPADiTTransformer2DModel)` written to
+  disk and loaded back with plain `DiffusionPipeline.from_pretrained` (what users download);
 - REPA in place: `DiTPipeline` driving our `REPADiTTransformer2DModel` + `SpectrumAutoencoderKL` directly.
 
 Times are the best of a few full sampling calls (batch 4, 20 steps, CFG 1.5), interleaved across the three
@@ -22,7 +22,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, DiTPipeline, DiTTransformer2DModel
 
 from diffusers_spectrum import REPADiTTransformer2DModel, SpectrumAutoencoderKL
-from diffusers_spectrum.export import export_pipeline
+from diffusers_spectrum.pipelines.export import export_pipeline
 
 
 VAE_CONFIG = dict(

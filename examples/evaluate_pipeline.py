@@ -26,9 +26,10 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import check_min_version
 from tqdm.auto import tqdm
 
-from diffusers_spectrum.analyze import image_batches_from
-from diffusers_spectrum.metrics import load_feature_extractor, pipeline_samples, sample_frechet_distance
+from diffusers_spectrum.evaluation.metrics import load_feature_extractor, sample_frechet_distance
+from diffusers_spectrum.pipelines.sampling import pipeline_samples
 from diffusers_spectrum.spectral import power_law_slope, radial_spectrum
+from diffusers_spectrum.training.data import image_batches_from
 
 
 check_min_version("0.32.0")

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from diffusers.utils import check_min_version
 
-from diffusers_spectrum.analyze import image_batches_from, load_vae
-from diffusers_spectrum.metrics import load_feature_extractor, lpips, reconstruction_metrics
+from diffusers_spectrum.evaluation.metrics import load_feature_extractor, lpips, reconstruction_metrics
+from diffusers_spectrum.models import load_autoencoder
+from diffusers_spectrum.training.data import image_batches_from
 
 
 check_min_version("0.32.0")
@@ -85,7 +86,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
-    vae = load_vae(args.vae, device=args.device)
+    vae = load_autoencoder(args.vae, device=args.device)
     extractor = (
         None if args.feature_extractor == "none" else load_feature_extractor(args.feature_extractor, args.device)
     )

@@ -9,12 +9,13 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from diffusers_spectrum import cli
-from diffusers_spectrum.analyze import analyze_vae, compare_vaes, image_batches_from
-from diffusers_spectrum.diagnostics import VERDICTS, rms_spatial_contrast
-from diffusers_spectrum.encoder_analysis import analyze_encoder
+from diffusers_spectrum.evaluation.analyze import analyze_vae, compare_vaes
+from diffusers_spectrum.evaluation.diagnostics import VERDICTS, rms_spatial_contrast
+from diffusers_spectrum.evaluation.encoder_analysis import analyze_encoder
+from diffusers_spectrum.evaluation.plotting import figure_to_array, plot_image_latent_spectra
 from diffusers_spectrum.models import SpectrumAutoencoderKL
-from diffusers_spectrum.plotting import figure_to_array, plot_image_latent_spectra
 from diffusers_spectrum.spectral import spectral_kl
+from diffusers_spectrum.training.data import image_batches_from
 
 
 TINY_VAE = dict(
@@ -128,7 +129,7 @@ def test_compare_writes_one_table_and_one_plot(tiny_vae_dir, tmp_path):
 def test_encoder_view_reports_spectrum_and_rmsc_before_and_after_each_filter(tmp_path):
     from transformers import Dinov2Config, Dinov2Model
 
-    from diffusers_spectrum.encoders import RepresentationEncoder
+    from diffusers_spectrum.models.encoders import RepresentationEncoder
 
     torch.manual_seed(0)
     config = Dinov2Config(
@@ -158,7 +159,7 @@ def test_encoder_view_reports_spectrum_and_rmsc_before_and_after_each_filter(tmp
 def test_analyze_reports_clear_errors(tiny_vae_dir, tmp_path, capsys):
     base = ["analyze", "--output_dir", str(tmp_path), "--no_progress", "--num_samples", "1"]
     assert cli.main(base + ["--vae", str(tmp_path / "missing")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "no such folder" in capsys.readouterr().err
     assert cli.main(base + ["--vae", str(tiny_vae_dir), "--data", str(tmp_path / "nodata")]) == 2
     assert "dataset path" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusers_spectrum.data import (
+from diffusers_spectrum.training.data import (
     ImageTransform,
     SkipCounter,
     embedded_class_names,
@@ -206,7 +206,7 @@ def test_empty_or_missing_datasets_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty"):
         load_image_dataset(train_data_dir=tmp_path / "empty")
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load_image_dataset(train_data_dir=tmp_path / "missing")
     empty = datasets.Dataset.from_dict({"image": []}, features=datasets.Features({"image": datasets.Image()}))
     empty.to_parquet(str(tmp_path / "empty.parquet"))

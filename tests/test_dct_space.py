@@ -27,7 +27,7 @@ from diffusers_spectrum import (
     wavelet_loss,
 )
 from diffusers_spectrum.dct_space import estimate_dct_statistics, zigzag_order
-from diffusers_spectrum.objectives import DiffusionObjective, snr_from_flow_time
+from diffusers_spectrum.training.objectives import DiffusionObjective, snr_from_flow_time
 
 
 # The JPEG standard's zigzag scan of an 8 x 8 block (ITU-T T.81, Figure A.6), as row * 8 + col.

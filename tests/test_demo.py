@@ -1,6 +1,10 @@
 """`diffusers-spectrum demo --quick`: every stage runs, the outputs exist, the pipeline loads with plain diffusers."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,11 +12,15 @@ from diffusers import DiffusionPipeline, DiTPipeline
 from PIL import Image
 
 from diffusers_spectrum import cli
-from diffusers_spectrum.demo import DEMO_ENCODER, DEMO_SETTINGS, DEMO_VAE, find_examples_dir
+from diffusers_spectrum.demo import DEMO_ENCODER, DEMO_SETTINGS
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_demo_quick_writes_loadable_pipeline_sample_grid_and_spectrum_report(tmp_path, capsys):
+def test_demo_quick_writes_loadable_pipeline_sample_grid_and_spectrum_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an unrelated folder: the demo needs nothing from the repository
     out = tmp_path / "demo"
     assert cli.main(["demo", "--output_dir", str(out), "--quick"]) == 0
     printed = capsys.readouterr().out
@@ -41,9 +49,29 @@ def test_demo_quick_writes_loadable_pipeline_sample_grid_and_spectrum_report(tmp
     assert info["num_examples"] == 112 and info["repa_feature_shape"] == [64, DEMO_ENCODER["hidden_size"]]
 
 
-def test_demo_configuration_is_consistent():
-    # encoder grid = DiT token grid (latent side / patch 1) for the demo resolution
-    resolution = DEMO_SETTINGS["full"]["resolution"]
-    latent_side = resolution // 2 ** (len(DEMO_VAE["block_out_channels"]) - 1)
-    assert resolution // DEMO_ENCODER["patch_size"] == latent_side == 8
-    assert (find_examples_dir() / "train_spectrum_vae.py").is_file()
+@pytest.mark.slow
+def test_a_non_editable_install_runs_the_demo_from_another_folder(tmp_path):
+    """`pip install .` (a built wheel, not editable) into a fresh venv, then the demo from an unrelated folder: the
+    package must not need the repository's examples/ or any file outside the wheel."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    build = tmp_path / "build"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-cache-dir",
+         "--target", str(build), str(REPO)],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(build), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    code = (
+        "import sys, diffusers_spectrum, diffusers_spectrum.cli as c; "
+        f"assert diffusers_spectrum.__file__.startswith({str(build)!r}), diffusers_spectrum.__file__; "
+        "sys.exit(c.main(['demo', '--output_dir', 'out', '--quick']))"
+    )
+    result = subprocess.run([str(python), "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
+                            timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (elsewhere / "out" / "dit" / "pipeline" / "model_index.json").is_file()
+    assert (build / "diffusers_spectrum" / "assets" / "photos" / "metadata.jsonl").is_file()

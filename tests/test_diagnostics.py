@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusers_spectrum.diagnostics import (
+from diffusers_spectrum.evaluation.diagnostics import (
     channel_spectra,
     flatten_spectrum,
     lowpass_reconstruction_errors,

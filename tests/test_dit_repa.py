@@ -329,7 +329,7 @@ def test_encoder_returns_dinov2_patch_tokens_on_the_dit_grid(dinov2_folder):
 def test_encoder_interpolates_unmatched_grids_once_logged_or_raises_when_not_allowed(dinov2_folder, caplog):
     encoder = RepresentationEncoder.from_pretrained(str(dinov2_folder), resolution=56)  # fixed 4 x 4 grid
     images = torch.rand(1, 3, 32, 32) * 2 - 1
-    with caplog.at_level(logging.WARNING, logger="diffusers_spectrum.encoders"):
+    with caplog.at_level(logging.WARNING, logger="diffusers_spectrum.models.encoders"):
         first = encoder(images, (8, 8))
         encoder(images, (8, 8))
     assert first.shape == (1, 64, 12)

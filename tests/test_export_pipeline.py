@@ -27,6 +27,7 @@ from diffusers_spectrum import (
     export_vae,
     flow_matching_scheduler,
 )
+from diffusers_spectrum.pipelines.export import stock_vae
 
 
 # diffusers' type check reads id2label back from JSON, whose keys are strings; the same line appears for
@@ -185,12 +186,21 @@ def test_exported_vae_loads_with_plain_autoencoder_kl_and_decodes_like_the_spect
     vae = _vae(shift_factor=0.3)
     export_vae(tmp_path, vae, training_info={"dataset": "tiny"})
     stock, messages = _load_capturing_warnings(tmp_path, AutoencoderKL)
-    assert messages == [] and type(stock) is AutoencoderKL and stock.config.shift_factor is None
+    # the VAE export keeps the family's convention (SD3 / FLUX pipelines add the shift themselves) ...
+    assert messages == [] and type(stock) is AutoencoderKL and stock.config.shift_factor == 0.3
     assert json.loads((tmp_path / "config.json").read_text())["_class_name"] == "AutoencoderKL"
     latents = torch.randn(1, 4, 8, 8)
-    with torch.no_grad():  # the folded shift: stock decode(z) == ours decode(z + shift)
+    scale = stock.config.scaling_factor
+    with torch.no_grad():  # ... and decodes the family formula latents / scale + shift exactly as ours
         torch.testing.assert_close(
-            stock.decode(latents).sample, vae.decode(latents + 0.3).sample, atol=1e-5, rtol=1e-4
+            stock.decode(latents / scale + 0.3).sample, vae.decode(latents / scale + 0.3).sample, atol=1e-6, rtol=0
+        )
+    # the DiT export folds it instead (DiTPipeline decodes latents / scale, no shift)
+    folded = stock_vae(vae, fold_shift=True)
+    assert folded.config.shift_factor is None
+    with torch.no_grad():
+        torch.testing.assert_close(
+            folded.decode(latents / scale).sample, vae.decode(latents / scale + 0.3).sample, atol=1e-5, rtol=1e-4
         )
 
 

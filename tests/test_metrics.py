@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from diffusers_spectrum.metrics import (
+from diffusers_spectrum.evaluation.metrics import (
     InceptionFeatureExtractor,
     TransformersFeatureExtractor,
     collect_features,
@@ -180,7 +180,7 @@ def test_reconstruction_metrics_on_a_tiny_vae_agree_with_direct_computation():
 def test_local_evaluate_modules_load_offline_and_agree_with_the_functions():
     import evaluate
 
-    from diffusers_spectrum.evaluate_metrics import metric_module_path
+    from diffusers_spectrum.evaluation.evaluate_metrics import metric_module_path
     from diffusers_spectrum.spectral import spectral_kl
 
     rng = np.random.default_rng(4)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
-from diffusers_spectrum.model_cards import (
+from diffusers_spectrum.pipelines.model_cards import (
     dataset_card,
     markdown_table,
     model_card_template_path,

@@ -1,10 +1,8 @@
 """examples/train_dit_repa.py end to end (cached latents with cached REPA targets, images with online targets, DCT
 space), exact resume after a kill, the exported pipeline loading with plain diffusers, and the loss helpers."""
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,24 +12,24 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import Dinov2Config, Dinov2Model
 
-from diffusers_spectrum.dit_training import (
+from diffusers_spectrum.models import SpectrumAutoencoderKL
+from diffusers_spectrum.training.dit import (
     build_transformer,
     repa_term,
     spectral_regularizer_terms,
     standardize_latents,
 )
-from diffusers_spectrum.models import SpectrumAutoencoderKL
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The library loop module behind `examples/<name>.py` (the script only parses flags and calls it)."""
+    import importlib
+
+    return importlib.import_module({"cache_latents": "diffusers_spectrum.training.cache",
+                                    "train_dit_repa": "diffusers_spectrum.training.dit"}[name])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +48,7 @@ def assets(tmp_path_factory) -> dict:
                           patch_size=4, image_size=32)  # fmt: skip
     Dinov2Model(config).save_pretrained(root / "dino")
     cache = load_example("cache_latents")
-    cache.main(cache.parse_args([
+    cache.cache_latents(cache.parse_args([
         "--pretrained_vae", str(root / "vae"), "--output_dir", str(root / "cache"), "--resolution", "32",
         "--max_samples", "24", "--repa_encoder", str(root / "dino"), "--repa_grid_size", "8", "--shard_size", "10",
     ]))  # fmt: skip
@@ -75,7 +73,7 @@ def test_train_dit_on_cached_latents_exports_pipeline_that_plain_diffusers_loads
         "--fourier_weight", "0.1", "--wavelet_weight", "0.1", "--wavelet_levels", "2", "--push_to_hub",
         "--hub_dry_run", "--hub_model_id", "user/tiny-dit", *TINY,
     ])  # fmt: skip
-    pipeline_dir = script.main(args)
+    pipeline_dir = script.train_dit(args)
 
     # every term is logged separately; REPA used the cached targets
     metrics = json.loads((out / "metrics.json").read_text())
@@ -106,14 +104,14 @@ def test_train_dit_killed_after_checkpoint_resumes_to_identical_weights(assets, 
     common = ["--latent_dataset", str(assets["cache"]), "--max_train_steps", "4", "--checkpointing_steps", "2",
               "--validation_steps", "100", "--objective", "v_prediction", "--use_ema", "--ema_decay", "0.5",
               "--repa_target_filter", "spatial_norm", *TINY]  # fmt: skip
-    script.main(script.parse_args(["--output_dir", str(tmp_path / "full"), *common]))
+    script.train_dit(script.parse_args(["--output_dir", str(tmp_path / "full"), *common]))
 
     # a run killed during step 3: its folder holds checkpoint-2 (and nothing complete after it)
     killed = tmp_path / "killed"
     killed.mkdir()
     shutil.copytree(tmp_path / "full" / "checkpoint-2", killed / "checkpoint-2")
     (killed / ".checkpoint-4.tmp").mkdir()  # a partial checkpoint write must be ignored
-    script.main(script.parse_args(["--output_dir", str(killed), "--resume_from_checkpoint", "latest", *common]))
+    script.train_dit(script.parse_args(["--output_dir", str(killed), "--resume_from_checkpoint", "latest", *common]))
 
     full, resumed = weights(tmp_path / "full"), weights(killed)
     assert full.keys() == resumed.keys()
@@ -133,7 +131,7 @@ def test_train_dit_on_images_with_online_repa_targets_and_in_dct_space(assets, t
         "--output_dir", str(tmp_path / "online"), "--max_train_steps", "2", "--checkpointing_steps", "2",
         "--validation_steps", "100", "--objective", "epsilon", *TINY,
     ])  # fmt: skip
-    script.main(online)
+    script.train_dit(online)
     assert online.repa_targets_resolved == "online"
     assert json.loads((tmp_path / "online" / "metrics.json").read_text())["repa"] < 0.5
 
@@ -143,7 +141,7 @@ def test_train_dit_on_images_with_online_repa_targets_and_in_dct_space(assets, t
         "--snr_scale", "2", "--objective", "epsilon", "--output_dir", str(tmp_path / "dct"),
         "--max_train_steps", "2", "--checkpointing_steps", "2", "--validation_steps", "2", *TINY,
     ])  # fmt: skip
-    pipeline_dir = script.main(dct)
+    pipeline_dir = script.train_dit(dct)
     pipe = DiffusionPipeline.from_pretrained(pipeline_dir)
     assert type(pipe.vae).__name__ == "DCTTransform" and pipe.transformer.config.in_channels == 24
     image = pipe(class_labels=[0], guidance_scale=1.0, num_inference_steps=2, output_type="np").images
@@ -167,8 +165,15 @@ def test_repa_term_is_minus_one_for_targets_equal_to_projection_and_checks_shape
 
 def test_standardize_latents_samples_posterior_then_shifts_and_scales():
     mean, std = torch.full((2, 4, 4, 4), 3.0), torch.full((2, 4, 4, 4), 0.5)
-    assert torch.equal(standardize_latents(mean, 0.25, shift_factor=1.0), torch.full_like(mean, 0.5))
-    sampled = standardize_latents(mean, 1.0, latents_std=std, generator=torch.Generator().manual_seed(0))
+    flux_like = {"scaling_factor": 0.25, "shift_factor": 1.0}
+    assert torch.equal(standardize_latents(mean, flux_like), torch.full_like(mean, 0.5))  # (3 - 1) * 0.25
+    assert torch.equal(standardize_latents(mean, {"scaling_factor": 0.25}), torch.full_like(mean, 0.75))
+    per_channel = {"scaling_factor": 1.0, "latents_mean": [1.0, 2.0, 3.0, 4.0], "latents_std": [2.0] * 4}
+    expected = (3.0 - torch.tensor([1.0, 2.0, 3.0, 4.0])) / 2.0
+    torch.testing.assert_close(standardize_latents(mean, per_channel)[0, :, 0, 0], expected)
+    sampled = standardize_latents(
+        mean, {"scaling_factor": 1.0}, latents_std=std, generator=torch.Generator().manual_seed(0)
+    )
     noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(sampled, mean + 0.5 * noise)
 

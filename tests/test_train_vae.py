@@ -1,6 +1,6 @@
-"""examples/train_spectrum_vae.py: every loss term trains what it should, end-to-end outputs, exact resume."""
+"""The VAE training loop (`diffusers_spectrum.training.vae`, CLI `examples/train_spectrum_vae.py`): every loss term
+trains what it should, end-to-end outputs, exact resume, DDP with accumulation and the non-finite guard."""
 
-import importlib.util
 import json
 import os
 import socket
@@ -27,10 +27,9 @@ SCRIPT = REPO / "examples" / "train_spectrum_vae.py"
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_spectrum_vae", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from diffusers_spectrum.training import vae
+
+    return vae
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +45,7 @@ def tiny_dinov2(tmp_path_factory):
 
 def _image_folder(folder: Path, count: int = 10, corrupt: int = 1) -> Path:
     """Photo crops (the embedded dataset's first images, some as grayscale / RGBA) plus unreadable files."""
-    from diffusers_spectrum.data import embedded_dataset_dir
+    from diffusers_spectrum.training.data import embedded_dataset_dir
 
     folder.mkdir(parents=True)
     sources = sorted(embedded_dataset_dir().glob("*.png"))[::7][:count]
@@ -128,9 +127,11 @@ def test_recipes_fill_unset_flags_and_explicit_flags_win(script):
         script.parse_args(["--dataset_name", "a/b", "--train_data_dir", "c"])
     from diffusers_spectrum.losses import lpips_available
 
-    if not lpips_available():
-        with pytest.raises(ValueError, match="pip install lpips"):
+    if not lpips_available():  # a fresh CPU install: the recipe says up front what to add, and that runs
+        with pytest.raises(ValueError, match="--perceptual_loss none") as error:
             script.parse_args(["--recipe", "esm-ae"])
+        assert "pip install torchvision" not in str(error.value).replace("Do not `pip install torchvision`", "")
+        assert script.parse_args(["--recipe", "esm-ae", "--perceptual_loss", "none"]).esm_weight == 0.01
 
 
 @pytest.mark.slow
@@ -146,7 +147,7 @@ def test_training_run_writes_model_stock_export_card_and_counts_corrupt_images(s
         "--use_ema", "--ema_decay", "0.5", "--use_shift", "--random_flip",
         "--push_to_hub", "--hub_model_id", "user/tiny-spectrum-vae", "--hub_dry_run", "--hub_token", "secret",
     ])  # fmt: skip
-    script.main(args)
+    script.train_vae(args)
 
     # the model, its stock export (shift folded), metrics and the tensorboard log
     vae = SpectrumAutoencoderKL.from_pretrained(out)
@@ -172,12 +173,12 @@ def test_training_run_writes_model_stock_export_card_and_counts_corrupt_images(s
 
     # every optimizer step moved both the autoencoder (encoder and decoder) and the discriminator
     first, last = out / "checkpoint-1", out / "checkpoint-3"
-    for name in ("model.safetensors", "model_1.safetensors"):
+    for name in ("vae/diffusion_pytorch_model.safetensors", "discriminator/diffusion_pytorch_model.safetensors"):
         before, after = load_file(first / name), load_file(last / name)
         changed = [k for k in before if not torch.equal(before[k], after[k])]
         assert changed, name
-        if name == "model.safetensors":
-            assert any(".encoder." in k for k in changed) and any(".decoder." in k for k in changed)
+        if name.startswith("vae"):
+            assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("decoder.") for k in changed)
 
     # the card and the hub dry run; no secret is written anywhere
     card = ModelCard.load(out / "README.md")
@@ -206,24 +207,31 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(script, tmp_p
             "--use_ema", "--ema_decay", "0.9", "--lr_warmup_steps", "2", "--lr_scheduler", "linear", *extra,
         ])  # fmt: skip
 
-    script.main(args_for(tmp_path / "full"))
+    script.train_vae(args_for(tmp_path / "full"))
 
-    real_save = script.save_checkpoint
+    real_save = script.Checkpointer.save
 
-    def save_then_die(accelerator, output_dir, global_step, *args, **kwargs):
-        path = real_save(accelerator, output_dir, global_step, *args, **kwargs)
+    def save_then_die(self, global_step, *args, **kwargs):
+        path = real_save(self, global_step, *args, **kwargs)
         if global_step == 2:
             raise KeyboardInterrupt("killed after the checkpoint")
         return path
 
-    monkeypatch.setattr(script, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(script.Checkpointer, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        script.main(args_for(tmp_path / "resumed"))
+        script.train_vae(args_for(tmp_path / "resumed"))
     monkeypatch.undo()
     assert not (tmp_path / "resumed" / "diffusion_pytorch_model.safetensors").exists()
-    script.main(args_for(tmp_path / "resumed", "--resume_from_checkpoint", "latest"))
+    script.train_vae(args_for(tmp_path / "resumed", "--resume_from_checkpoint", "latest"))
 
-    for name in ("diffusion_pytorch_model.safetensors", "checkpoint-4/model_1.safetensors"):
+    checkpoint = tmp_path / "resumed" / "checkpoint-4"
+    assert (checkpoint / "vae" / "config.json").is_file()  # a save_pretrained folder
+    # models and EMA as safetensors; accelerate's optimizer / RNG files are read back with weights_only=True
+    assert not list(checkpoint.rglob("custom_checkpoint*")) and not list(checkpoint.rglob("*model*.bin"))
+    assert (checkpoint / "ema_vae" / "ema.safetensors").is_file()
+    for name in ("diffusion_pytorch_model.safetensors",
+                 "checkpoint-4/discriminator/diffusion_pytorch_model.safetensors",
+                 "checkpoint-4/ema_vae/ema.safetensors"):  # fmt: skip
         full, resumed = load_file(tmp_path / "full" / name), load_file(tmp_path / "resumed" / name)
         assert full.keys() == resumed.keys()
         for key in full:
@@ -252,49 +260,57 @@ def test_nonfinite_losses_are_skipped_reported_and_stop_the_run(script, tmp_path
         ])  # fmt: skip
 
     monkeypatch.setattr(script, "reconstruction_loss", nan_on_second_call)
-    script.main(args_for(tmp_path / "one_nan", 3))
+    script.train_vae(args_for(tmp_path / "one_nan", 3))
     out = tmp_path / "one_nan"
     assert json.loads((out / "metrics.json").read_text())["nonfinite_steps"] == 1
     # the skipped step (step 2) left the weights as they were after step 1
     before, after = (
-        load_file(out / "checkpoint-1" / "model.safetensors"),
-        load_file(out / "checkpoint-2" / "model.safetensors"),
+        load_file(out / "checkpoint-1" / "vae" / "diffusion_pytorch_model.safetensors"),
+        load_file(out / "checkpoint-2" / "vae" / "diffusion_pytorch_model.safetensors"),
     )
     assert all(torch.equal(before[k], after[k]) for k in before)
-    after_three = load_file(out / "checkpoint-3" / "model.safetensors")
+    after_three = load_file(out / "checkpoint-3" / "vae" / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(after[k], after_three[k]) for k in after)
 
     monkeypatch.setattr(script, "reconstruction_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
     with pytest.raises(RuntimeError, match="2 steps in a row"):
-        script.main(args_for(tmp_path / "all_nan", 5))
+        script.train_vae(args_for(tmp_path / "all_nan", 5))
 
 
 DDP_PROBE = """
-import importlib.util, json, sys, torch
-spec = importlib.util.spec_from_file_location("train_spectrum_vae", sys.argv[1])
-script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(script)
-real_save = script.save_checkpoint
+import json, sys, torch
+from diffusers_spectrum.training import vae as script
 
-def save_and_probe(accelerator, output_dir, global_step, *args, **kwargs):
+nan_call = int(sys.argv[1])  # 1-based call of reconstruction_loss on process 1 that returns NaN (0: none)
+real_loss, calls = script.reconstruction_loss, {"n": 0}
+real_save = script.Checkpointer.save
+
+
+def loss_with_injected_nan(*args, **kwargs):
+    calls["n"] += 1
+    loss = real_loss(*args, **kwargs)
+    rank = int(__import__("os").environ.get("RANK", "0"))
+    return loss * float("nan") if rank == 1 and calls["n"] == nan_call else loss
+
+
+def save_and_probe(self, global_step, *args, **kwargs):
+    accelerator = self.accelerator
     model = accelerator.unwrap_model(accelerator._models[0])
     checksum = torch.tensor([sum(p.double().sum().item() for p in model.parameters())], dtype=torch.float64)
-    if accelerator.is_main_process:
-        with open(f"{output_dir}/probe-{global_step}.json", "w") as f:
-            json.dump({"num_processes": accelerator.num_processes}, f)
     gathered = accelerator.gather(checksum).tolist()
     if accelerator.is_main_process:
-        with open(f"{output_dir}/probe-{global_step}.json", "w") as f:
+        with open(f"{self.output_dir}/probe-{global_step}.json", "w") as f:
             json.dump({"num_processes": accelerator.num_processes, "checksums": gathered}, f)
-    return real_save(accelerator, output_dir, global_step, *args, **kwargs)
+    return real_save(self, global_step, *args, **kwargs)
 
-script.save_checkpoint = save_and_probe
-script.main(script.parse_args(sys.argv[2:]))
+
+script.reconstruction_loss = loss_with_injected_nan
+script.Checkpointer.save = save_and_probe
+script.train_vae(script.parse_args(sys.argv[2:]))
 """
 
 
-@pytest.mark.slow
-def test_two_process_ddp_training_keeps_the_replicas_identical(tmp_path):
+def _run_ddp(tmp_path, nan_call: int, *extra) -> Path:
     (tmp_path / "probe.py").write_text(DDP_PROBE)
     with socket.socket() as sock:  # a free port for the rendezvous
         sock.bind(("127.0.0.1", 0))
@@ -303,14 +319,22 @@ def test_two_process_ddp_training_keeps_the_replicas_identical(tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-        str(tmp_path / "probe.py"), str(SCRIPT), "--output_dir", str(out), "--vae_config", "tiny",
+        str(tmp_path / "probe.py"), str(nan_call), "--output_dir", str(out), "--vae_config", "tiny",
         "--resolution", "32", "--train_batch_size", "2", "--gradient_accumulation_steps", "2",
         "--max_train_steps", "2", "--checkpointing_steps", "1", "--validation_steps", "100",
-        "--latent_stats_samples", "2", "--report_to", "none", "--disc_weight", "0.5", "--disc_start", "0",
-        "--disc_channels", "8", "--disc_norm", "group", "--kl_weight", "1e-6",
+        "--latent_stats_samples", "2", "--report_to", "none", *extra,
     ]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_keeps_the_replicas_identical(tmp_path):
+    out = _run_ddp(
+        tmp_path, 0, "--disc_weight", "0.5", "--disc_start", "0", "--disc_channels", "8", "--disc_norm", "group",
+        "--kl_weight", "1e-6",
+    )
     for step in (1, 2):
         probe = json.loads((out / f"probe-{step}.json").read_text())
         assert probe["num_processes"] == 2
@@ -318,6 +342,19 @@ def test_two_process_ddp_training_keeps_the_replicas_identical(tmp_path):
     positions = json.loads((out / "checkpoint-2" / "extra_state.json").read_text())["data_positions"]
     assert len(positions) == 2
     assert (out / "diffusion_pytorch_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_accumulation_with_a_nonfinite_last_micro_step_keeps_replicas_identical(tmp_path):
+    # Process 1's second loss (the last micro-step of the first accumulation window) is NaN. Its earlier
+    # micro-step ran under no_sync; the window must be dropped on *both* processes (or stepped on all-reduced
+    # gradients), never stepped on un-reduced local gradients.
+    out = _run_ddp(tmp_path, 2)
+    for step in (1, 2):
+        probe = json.loads((out / f"probe-{step}.json").read_text())
+        assert probe["checksums"][0] == probe["checksums"][1], step
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["nonfinite_steps"] == 1  # the window was skipped, and only that one
 
 
 def test_script_help_lists_the_diffusers_flags(script, capsys):

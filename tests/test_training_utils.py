@@ -3,24 +3,24 @@
 import argparse
 import json
 import math
+import pathlib
+import pickle
 
 import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
 
-from diffusers_spectrum.training_utils import (
+from diffusers_spectrum.training import checkpointing
+from diffusers_spectrum.training.checkpointing import Checkpointer, find_resume_checkpoint, list_checkpoints
+from diffusers_spectrum.training.utils import (
     NonFiniteGuard,
     create_ema,
     ema_weights,
-    find_resume_checkpoint,
     image_grid,
-    list_checkpoints,
-    load_checkpoint,
     parse_float_list,
     parse_int_list,
     save_args_json,
-    save_checkpoint,
 )
 
 
@@ -34,13 +34,15 @@ class TinyModel(torch.nn.Module):
         return self.linear(x)
 
 
-def _prepared(seed: int = 0):
+def _prepared(tmp_path, seed: int = 0, limit=None, ema: bool = False):
     torch.manual_seed(seed)
     accelerator = Accelerator(cpu=True)
     model = TinyModel()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     model, optimizer = accelerator.prepare(model, optimizer)
-    return accelerator, model, optimizer
+    emas = {"model": create_ema(accelerator.unwrap_model(model), decay=0.5)} if ema else None
+    checkpointer = Checkpointer(accelerator, tmp_path, {"model": model}, emas, limit)
+    return checkpointer, model, optimizer
 
 
 def _train_step(model, optimizer):
@@ -51,54 +53,112 @@ def _train_step(model, optimizer):
 
 
 def test_checkpoints_round_trip_and_are_pruned_to_the_limit(tmp_path):
-    accelerator, model, optimizer = _prepared()
+    checkpointer, model, optimizer = _prepared(tmp_path, limit=2)
     for step in (1, 2, 3, 4):
         _train_step(model, optimizer)
-        path = save_checkpoint(
-            accelerator, tmp_path, step, checkpoints_total_limit=2, extra_state={"data_position": step}
-        )
+        path = checkpointer.save(step, {"data_position": step})
         assert path.name == f"checkpoint-{step}"
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-4"]
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    # weights are safetensors in a folder per model; nothing pickled is written for them
+    assert (tmp_path / "checkpoint-4" / "model" / "model.safetensors").is_file()
+    assert not list((tmp_path / "checkpoint-4").glob("custom_checkpoint*"))
+    assert not list((tmp_path / "checkpoint-4").rglob("*model*.bin"))  # optimizer.bin: accelerate, weights_only
     weights = model.linear.weight.detach().clone()
 
     _train_step(model, optimizer)  # move away, then restore
     assert not torch.equal(model.linear.weight, weights)
-    state = load_checkpoint(accelerator, find_resume_checkpoint(tmp_path, "latest"))
-    assert state == {"data_position": 4, "global_step": 4}
+    state = checkpointer.resume("latest")
+    assert state["data_position"] == 4 and state["global_step"] == 4
     assert torch.equal(model.linear.weight, weights)
 
 
 def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    accelerator, model, optimizer = _prepared()
-    save_checkpoint(accelerator, tmp_path, 10, checkpoints_total_limit=1)
+    checkpointer, model, optimizer = _prepared(tmp_path, limit=1)
+    accelerator = checkpointer.accelerator
+    checkpointer.save(10)
     saved = model.linear.weight.detach().clone()
     _train_step(model, optimizer)
 
     real_save_state = accelerator.save_state
 
-    def crash_midway(output_dir):
-        real_save_state(output_dir)  # the files are written ...
+    def crash_midway(output_dir, **kwargs):
+        real_save_state(output_dir, **kwargs)  # the files are written ...
         raise KeyboardInterrupt("killed while saving")  # ... but the process dies before completing
 
     monkeypatch.setattr(accelerator, "save_state", crash_midway)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(accelerator, tmp_path, 20, checkpoints_total_limit=1)
+        checkpointer.save(20)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-10"]
     assert find_resume_checkpoint(tmp_path, "latest").name == "checkpoint-10"
     monkeypatch.undo()
 
-    load_checkpoint(accelerator, tmp_path / "checkpoint-10")
+    checkpointer.resume("latest")  # also clears the partial folder
     assert torch.equal(model.linear.weight, saved)
-    # the next save cleans the partial folder up and completes
-    save_checkpoint(accelerator, tmp_path, 20, checkpoints_total_limit=1)
+    checkpointer.save(20)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-20"]
 
 
+def test_a_kill_while_pruning_never_leaves_a_half_deleted_checkpoint_listed(tmp_path, monkeypatch):
+    checkpointer, model, optimizer = _prepared(tmp_path, limit=1)
+    checkpointer.save(1)
+    _train_step(model, optimizer)
+    real_rmtree = checkpointing.shutil.rmtree
+
+    def die_after_one_file(path, *args, **kwargs):
+        path = pathlib.Path(path)
+        if path.name.endswith(".deleting") and path.exists():
+            next(p for p in path.rglob("*") if p.is_file()).unlink()  # part of the folder is gone ...
+            raise KeyboardInterrupt("killed while pruning")  # ... when the process dies
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.shutil, "rmtree", die_after_one_file)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save(2)  # prunes checkpoint-1
+    monkeypatch.undo()
+    # only the complete new checkpoint is visible; the half-deleted one is hidden and never offered for resuming
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2"]
+    assert find_resume_checkpoint(tmp_path, "latest").name == "checkpoint-2"
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        find_resume_checkpoint(tmp_path, "checkpoint-1")
+    assert checkpointer.resume("latest")["global_step"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-2"]  # leftovers cleaned on resume
+
+
+class _Payload:
+    """Unpickling this touches a file: the marker of code run from a checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_resuming_never_unpickles_a_planted_payload(tmp_path):
+    checkpointer, model, optimizer = _prepared(tmp_path / "run", ema=True)
+    _train_step(model, optimizer)
+    path = checkpointer.save(1)
+    marker = tmp_path / "pwned"
+    # accelerate's own RNG file is read with torch.load(weights_only=True); model files are never opened
+    for name in ("pytorch_model.bin", "model/pytorch_model.bin", "random_states_0.pkl"):
+        with open(path / name, "wb") as f:
+            pickle.dump(_Payload(marker), f)
+    checkpointer.resume("latest")
+    assert not marker.exists()
+    # a planted custom_checkpoint_*.pkl (what accelerate would unpickle with weights_only=False for objects
+    # registered for checkpointing; we register none) is refused before it is read
+    with open(path / "custom_checkpoint_0.pkl", "wb") as f:
+        pickle.dump(_Payload(marker), f)
+    with pytest.raises(RuntimeError, match="custom checkpoints"):
+        checkpointer.resume("latest")
+    assert not marker.exists()
+
+
 def test_saving_the_same_step_twice_replaces_it(tmp_path):
-    accelerator, model, optimizer = _prepared()
-    save_checkpoint(accelerator, tmp_path, 5, extra_state={"v": 1})
-    save_checkpoint(accelerator, tmp_path, 5, extra_state={"v": 2})
+    checkpointer, _, _ = _prepared(tmp_path)
+    checkpointer.save(5, {"v": 1})
+    checkpointer.save(5, {"v": 2})
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-5"]
     assert json.loads((tmp_path / "checkpoint-5" / "extra_state.json").read_text())["v"] == 2
 
@@ -106,32 +166,32 @@ def test_saving_the_same_step_twice_replaces_it(tmp_path):
 def test_find_resume_checkpoint_cases(tmp_path):
     assert find_resume_checkpoint(tmp_path, None) is None
     assert find_resume_checkpoint(tmp_path, "latest") is None  # nothing yet: start fresh
-    accelerator, _, _ = _prepared()
+    checkpointer, _, _ = _prepared(tmp_path)
     for step in (9, 10, 100):
-        save_checkpoint(accelerator, tmp_path, step)
+        checkpointer.save(step)
     assert find_resume_checkpoint(tmp_path, "latest").name == "checkpoint-100"  # numeric, not lexical order
     assert find_resume_checkpoint(tmp_path, "checkpoint-9") == tmp_path / "checkpoint-9"
     assert find_resume_checkpoint(tmp_path, tmp_path / "checkpoint-10") == tmp_path / "checkpoint-10"
     with pytest.raises(ValueError, match="not a complete checkpoint"):
         find_resume_checkpoint(tmp_path, "checkpoint-7")
     with pytest.raises(ValueError, match="checkpoints_total_limit"):
-        save_checkpoint(accelerator, tmp_path, 1, checkpoints_total_limit=0)
+        Checkpointer(checkpointer.accelerator, tmp_path, {}, total_limit=0)
 
 
-def test_ema_state_travels_with_checkpoints(tmp_path):
-    accelerator, model, optimizer = _prepared()
-    raw = accelerator.unwrap_model(model)
-    ema = create_ema(raw, decay=0.5)
-    accelerator.register_for_checkpointing(ema)
+def test_ema_state_travels_with_checkpoints_as_safetensors(tmp_path):
+    checkpointer, model, optimizer = _prepared(tmp_path, ema=True)
+    raw = checkpointer.accelerator.unwrap_model(model)
+    ema = checkpointer.emas["model"]
     for _ in range(3):
         _train_step(model, optimizer)
         ema.step(raw.parameters())
     shadow = [p.clone() for p in ema.shadow_params]
-    save_checkpoint(accelerator, tmp_path, 3)
+    path = checkpointer.save(3)
+    assert (path / "ema_model" / "ema.safetensors").is_file() and not list(path.glob("custom_checkpoint*"))
     ema.step(raw.parameters())
     assert not torch.equal(ema.shadow_params[0], shadow[0])
-    load_checkpoint(accelerator, tmp_path / "checkpoint-3")
-    assert all(torch.equal(a, b) for a, b in zip(ema.shadow_params, shadow))
+    checkpointer.resume("latest")
+    assert all(torch.equal(a, b) for a, b in zip(ema.shadow_params, shadow, strict=True))
     assert ema.optimization_step == 3
 
     trained = raw.linear.weight.detach().clone()

@@ -4,7 +4,7 @@
 # (`["diffusers_spectrum", "SpectrumAutoencoderKL"]`), so they must be attributes of this package too.
 from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
 
-from .analyze import analyze_vae, compare_vaes
+from ._version import __version__  # noqa: F401
 from .dct_space import (
     DCTTransform,
     dct_weighted_mse,
@@ -12,13 +12,12 @@ from .dct_space import (
     estimate_entropy_weights,
     snr_scaled_scheduler,
 )
-from .diagnostics import power_law_field, spectrum_summary, spectrum_verdict
-from .encoder_analysis import analyze_encoder
-from .encoders import RepresentationEncoder
-from .export import default_scheduler, export_pipeline, export_vae, flow_matching_scheduler
+from .evaluation.analyze import analyze_vae, compare_vaes
+from .evaluation.diagnostics import power_law_field, spectrum_summary, spectrum_verdict
+from .evaluation.encoder_analysis import analyze_encoder
+from .evaluation.metrics import frechet_distance, frechet_distance_from_stats, psnr, reconstruction_metrics, ssim
 from .losses import repa_loss
 from .losses.spectral_regularizers import fourier_loss, wavelet_loss
-from .metrics import frechet_distance, frechet_distance_from_stats, psnr, reconstruction_metrics, ssim
 from .models import (
     REPADiTTransformer2DModel,
     REPADiTTransformer2DModelOutput,
@@ -26,7 +25,8 @@ from .models import (
     SpectrumAutoencoderKLTrainingOutput,
     drop_labels,
 )
-from .objectives import DiffusionObjective, x0_from_edm, x0_from_epsilon, x0_from_flow, x0_from_v
+from .models.encoders import RepresentationEncoder
+from .pipelines.export import default_scheduler, export_pipeline, export_vae, flow_matching_scheduler
 from .spectral import (
     apply_target_filter,
     blockwise_dct_2d,
@@ -42,9 +42,8 @@ from .spectral import (
     spatial_normalize,
     spectral_kl,
 )
+from .training.objectives import DiffusionObjective, x0_from_edm, x0_from_epsilon, x0_from_flow, x0_from_v
 
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DCTTransform",

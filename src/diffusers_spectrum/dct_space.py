@@ -44,9 +44,9 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DecoderOutput
 
-from .objectives import flow_shift_of, scale_alphas_cumprod
 from .spectral._checks import compute_dtype, require_4d
 from .spectral.dct import blockwise_dct_2d, blockwise_idct_2d
+from .training.objectives import flow_shift_of, scale_alphas_cumprod
 
 
 # JPEG / JFIF RGB -> YCbCr (ITU-R BT.601, full range), offsets dropped: rows give Y, Cb, Cr.
@@ -561,7 +561,7 @@ def snr_scaled_scheduler(scheduler, snr_scale: float):
     """A copy of ``scheduler`` whose training/sampling schedule has ``SNR'(t) = snr_scale * SNR(t)``.
 
     - DDPM / DDIM / DPM-Solver: ``abar' = c abar / (1 + (c - 1) abar)``
-      (:func:`~diffusers_spectrum.objectives.scale_alphas_cumprod`), stored as ``trained_betas`` so the saved
+      (:func:`~diffusers_spectrum.training.objectives.scale_alphas_cumprod`), stored as ``trained_betas`` so the saved
       scheduler config reproduces it.
     - Flow matching (``FlowMatchEulerDiscreteScheduler``'s ``shift`` or ``flow_shift`` with ``use_flow_sigmas``):
       SNR = ((1 - t) / t)^2, and the time shift t' = s t / (1 + (s - 1) t) divides it by s^2, so

@@ -2,19 +2,20 @@
 
 On the embedded photo crops (no download), it
 
-1. trains a tiny Spectrum VAE with ESM + DSM (`examples/train_spectrum_vae.py`),
-2. caches its latents, with REPA targets from a tiny *randomly initialised* DINOv2 saved locally (the real
-   `facebook/dinov2-base` needs a download; the demo only shows the plumbing, not REPA's benefit),
-3. trains a tiny class-conditional DiT with flow matching and DoG-REPA (`examples/train_dit_repa.py`), which writes
+1. trains a tiny Spectrum VAE with ESM + DSM (`training.vae.train_vae`, as `examples/train_spectrum_vae.py`),
+2. caches its latents (`training.cache.cache_latents`), with REPA targets from a tiny *randomly initialised*
+   DINOv2 saved locally (the real `facebook/dinov2-base` needs a download; the demo only shows the plumbing,
+   not REPA's benefit),
+3. trains a tiny class-conditional DiT with flow matching and DoG-REPA (`training.dit.train_dit`), which writes
    a stock `DiTPipeline` folder,
-4. loads that folder with plain `DiffusionPipeline.from_pretrained` and samples a grid (`examples/sample.py`),
+4. loads that folder with plain `DiffusionPipeline.from_pretrained` and samples a grid (`pipelines.sampling`),
 5. measures the VAE's latent spectrum against the image spectrum (`diffusers-spectrum analyze`): plot + JSON.
 
-The example scripts are read from the repository's `examples/` folder (an editable install or a source checkout).
+It calls the library's training loops with the same flags as the example scripts, so it runs from any folder on
+any install (a wheel included).
 """
 
 import argparse
-import importlib.util
 import json
 import logging
 import shutil
@@ -22,8 +23,10 @@ import sys
 import time
 from pathlib import Path
 
+from .training.utils import write_json
 
-__all__ = ["DEMO_SETTINGS", "find_examples_dir", "main", "parse_args", "run_demo"]
+
+__all__ = ["DEMO_SETTINGS", "main", "parse_args", "run_demo"]
 
 # Sizes chosen for about 3 minutes on 2 CPU cores; `quick` is for tests (a few steps of everything).
 DEMO_SETTINGS = {
@@ -53,29 +56,10 @@ DEMO_ENCODER = {
 }
 
 
-def find_examples_dir() -> Path:
-    """The repository's `examples/` folder (next to `src/`), where the demo's training scripts live."""
-    candidate = Path(__file__).resolve().parents[2] / "examples"
-    if not (candidate / "train_dit_repa.py").is_file():
-        raise FileNotFoundError(
-            f"the demo runs the example scripts, expected in {candidate}; install diffusers-spectrum from a source "
-            "checkout (`git clone ... && pip install -e .`)."
-        )
-    return candidate
-
-
-def _load_script(examples: Path, name: str):
-    spec = importlib.util.spec_from_file_location(f"diffusers_spectrum_example_{name}", examples / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _stage(number: int, title: str) -> float:
     # Keep the console to progress bars and each script's own summary lines: checkpoint bookkeeping stays quiet.
     logging.getLogger().setLevel(logging.WARNING)
-    for name in ("accelerate", "diffusers_spectrum.training_utils", "diffusers_spectrum.data"):
+    for name in ("accelerate", "diffusers_spectrum"):
         logging.getLogger(name).setLevel(logging.WARNING)
     print(f"\n[{number}/5] {title}", flush=True)
     return time.time()
@@ -98,15 +82,18 @@ def run_demo(
     from transformers import Dinov2Config, Dinov2Model
     from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from .analyze import analyze_vae
+    from .evaluation.analyze import analyze_vae
     from .models import SpectrumAutoencoderKL
+    from .pipelines import sampling
+    from .training import cache as cache_loop
+    from .training import dit as dit_loop
+    from .training import vae as vae_loop
 
     settings = DEMO_SETTINGS["quick" if quick else "full"]
     output_dir = Path(output_dir)
     if output_dir.exists():
         shutil.rmtree(output_dir)  # a fresh run each time (the stages resume otherwise)
     output_dir.mkdir(parents=True)
-    examples = find_examples_dir()
     start, timings = time.time(), {}
     res = str(settings["resolution"])
     torch.manual_seed(seed)
@@ -115,9 +102,8 @@ def run_demo(
     t0 = _stage(1, "Spectrum VAE (ESM + DSM) on the embedded photos")
     init_dir = output_dir / "vae_init"
     SpectrumAutoencoderKL(**DEMO_VAE).save_pretrained(init_dir)
-    vae_script = _load_script(examples, "train_spectrum_vae")
     vae_dir = output_dir / "vae"
-    vae_script.main(vae_script.parse_args([
+    vae_loop.train_vae(vae_loop.parse_args([
         "--pretrained_vae", str(init_dir), "--output_dir", str(vae_dir), "--resolution", res, "--center_crop",
         "--random_flip", "--train_batch_size", "8", "--max_train_steps", str(settings["vae_steps"]),
         "--learning_rate", "1e-3", "--esm_weight", str(DEMO_ESM_WEIGHT), "--esm_delta", "1.0",
@@ -138,9 +124,8 @@ def run_demo(
     except ImportError:
         from transformers import BitImageProcessor as ImageProcessor
     ImageProcessor(image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD).save_pretrained(encoder_dir)
-    cache_script = _load_script(examples, "cache_latents")
     cache_dir = output_dir / "latents"
-    cache_script.main(cache_script.parse_args([
+    cache_loop.cache_latents(cache_loop.parse_args([
         "--pretrained_vae", str(vae_dir), "--output_dir", str(cache_dir), "--resolution", res,
         "--repa_encoder", str(encoder_dir), "--repa_grid_size", "8", "--batch_size", "16", "--seed", str(seed),
     ]))  # fmt: skip
@@ -148,10 +133,9 @@ def run_demo(
 
     # 3. DiT with flow matching and DoG-REPA, exported as a stock DiTPipeline
     t0 = _stage(3, "DiT (flow matching + DoG-REPA) on the cached latents")
-    dit_script = _load_script(examples, "train_dit_repa")
     dit_dir = output_dir / "dit"
     steps = settings["dit_steps"]
-    pipeline_dir = dit_script.main(dit_script.parse_args([
+    pipeline_dir = dit_loop.train_dit(dit_loop.parse_args([
         "--latent_dataset", str(cache_dir), "--output_dir", str(dit_dir), "--dit_config", "mini", "--patch_size", "1",
         "--objective", "flow", "--repa_target_filter", "dog", "--repa_coeff", "0.5", "--repa_depth", "2",
         "--repa_projector_dim", "256", "--train_batch_size", "16", "--max_train_steps", str(steps),
@@ -165,8 +149,7 @@ def run_demo(
     t0 = _stage(4, "sample from the pipeline folder with DiffusionPipeline.from_pretrained")
     pipe = DiffusionPipeline.from_pretrained(pipeline_dir)
     print(f"loaded {type(pipe).__name__}: {', '.join(f'{k}={type(v).__name__}' for k, v in pipe.components.items())}")
-    sample_script = _load_script(examples, "sample")
-    samples_dir = sample_script.main(sample_script.parse_args([
+    samples_dir = sampling.sample(sampling.parse_args([
         "--pretrained_model_name_or_path", str(pipeline_dir), "--num_images", str(settings["num_images"]),
         "--num_inference_steps", str(settings["sample_steps"]), "--guidance_scale", "1.8",
         "--grid_columns", str(min(7, settings["num_images"])),
@@ -215,8 +198,7 @@ def run_demo(
             "latents": str(cache_dir),
         },
     }
-    with open(output_dir / "demo_summary.json", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    write_json(output_dir / "demo_summary.json", summary)
     return summary
 
 

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ..spectral import DSM_DEFAULT_LEVELS, check_dsm_level, dsm_lowpass, esm_band_powers, esm_divergence
 from ..spectral._checks import require_4d, require_finite
+from .checks import looks_local
 
 
 __all__ = [
@@ -606,20 +607,6 @@ _WEIGHTS_NAME = "diffusion_pytorch_model"
 _LOADABLE_CLASSES = {"AutoencoderKL": AutoencoderKL, "SpectrumAutoencoderKL": SpectrumAutoencoderKL}
 
 
-def _looks_local(text: str) -> bool:
-    """A name that cannot be, or is not meant as, a Hub id: absolute, `.`/`~`-prefixed, a backslash, more than one
-    `/` or characters a Hub id cannot hold, or a path whose first part exists here (`spectrum-demo/vea`)."""
-    if os.path.isabs(text) or text.startswith((".", "~")) or "\\" in text or os.sep != "/" and os.sep in text:
-        return True
-    try:
-        from huggingface_hub.utils import validate_repo_id
-
-        validate_repo_id(text)
-    except Exception:  # HFValidationError: not a Hub id, so a path
-        return True
-    return os.path.exists(text.split("/")[0]) if "/" in text else False
-
-
 def _closest_existing(path: Path) -> Path | None:
     for parent in path.parents:
         if str(parent) not in ("", ".") and parent.exists():
@@ -756,7 +743,7 @@ def load_autoencoder(
     load_kwargs = dict(kwargs, revision=revision)
     if torch_dtype is not None:
         load_kwargs["torch_dtype"] = torch_dtype
-    if _looks_local(text) or os.path.exists(text):
+    if looks_local(text) or os.path.exists(text):
         path = Path(os.path.expanduser(text))
         if subfolder is None and (path / "model_index.json").is_file() and (path / "vae").is_dir():
             subfolder = "vae"

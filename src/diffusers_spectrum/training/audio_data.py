@@ -33,7 +33,7 @@ import scipy.signal
 import soundfile
 import torch
 
-from ..data import ResumableStream, SkipCounter
+from .data import ResumableStream, SkipCounter
 
 
 __all__ = [

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spectral._checks import require_4d
+from ..spectral._checks import require_4d
 
 
 __all__ = ["RepresentationEncoder", "resample_position_embedding"]

@@ -5,7 +5,7 @@ import evaluate
 import numpy as np
 import torch
 
-from diffusers_spectrum.metrics import psnr
+from diffusers_spectrum.evaluation.metrics import psnr
 
 
 _DESCRIPTION = "Peak signal-to-noise ratio, 10 log10(data_range^2 / MSE), averaged over images (dB)."

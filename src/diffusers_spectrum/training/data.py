@@ -13,6 +13,8 @@
 import io
 import json
 import logging
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,8 @@ import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 from PIL import Image, ImageOps
+
+from ..models.checks import looks_local
 
 
 __all__ = [
@@ -48,7 +52,7 @@ def embedded_dataset_dir() -> Path:
     A `datasets` imagefolder: PNGs plus `metadata.jsonl` with `label` (index of the source photo) and `source`.
     Built by `scripts/build_embedded_dataset.py`.
     """
-    return Path(__file__).resolve().parent / "assets" / "photos"
+    return Path(__file__).resolve().parents[1] / "assets" / "photos"
 
 
 def embedded_class_names() -> list[str]:
@@ -61,9 +65,28 @@ def embedded_class_names() -> list[str]:
 # Loading
 
 
-def _data_files(path: Path) -> tuple[str, list[str]] | None:
+def scan_folder(path: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Every regular file under `path` (symlinks to regular files included), and the entries that are skipped
+    because they are not: FIFOs, sockets, devices, broken symlinks and symlink loops (`(path, reason)` pairs).
+    Nothing is opened, so a FIFO can never block the loader."""
+    files, skipped = [], []
+    for entry in sorted(path.rglob("*")):
+        try:
+            mode = entry.stat().st_mode  # follows symlinks: ELOOP / ENOENT for loops and dangling links
+        except OSError as error:
+            skipped.append((str(entry), f"{type(error).__name__}: {error.strerror or error}"))
+            continue
+        if stat.S_ISREG(mode):
+            files.append(entry)
+        elif not stat.S_ISDIR(mode):
+            kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device or special file"
+            skipped.append((str(entry), f"not a regular file ({kind})"))
+    return files, skipped
+
+
+def _data_files(path: Path, files: list[Path]) -> tuple[str, list[str]] | None:
     """`(builder, files)` when `path` is, or directly holds, parquet / arrow files; `None` for an image folder."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = [path] if path.is_file() else files
     for builder, suffixes in (("parquet", _PARQUET_SUFFIXES), ("arrow", _ARROW_SUFFIXES)):
         matches = [str(p) for p in files if p.suffix in suffixes]
         if matches:
@@ -80,6 +103,7 @@ def load_image_dataset(
     image_column: str = "image",
     streaming: bool = True,
     label_column: str | None = None,
+    skip_counter: "SkipCounter | None" = None,
 ) -> datasets.IterableDataset | datasets.Dataset:
     """Open an image dataset, checked to be non-empty and to hold the named columns.
 
@@ -90,6 +114,8 @@ def load_image_dataset(
         image_column: the column holding the images.
         streaming: return a `datasets.IterableDataset` (no full download or conversion) instead of a `Dataset`.
         label_column: if given, must exist in the dataset.
+        skip_counter: receives the entries of a local folder that are skipped because they are not regular files
+            (FIFOs, sockets, broken symlinks, symlink loops); they are logged either way.
 
     With both `dataset_name` and `train_data_dir` unset, the embedded photos (`embedded_dataset_dir()`) are used.
     The image column is cast to `datasets.Image(decode=False)`: readers decode with `decode_image` and skip failures.
@@ -104,12 +130,16 @@ def load_image_dataset(
         path = Path(train_data_dir) if train_data_dir is not None else embedded_dataset_dir()
         source = f"train_data_dir={str(path)!r}"
         if not path.exists():
-            raise ValueError(f"{source} does not exist.")
-        files = _data_files(path)
+            raise FileNotFoundError(f"{source}: no such file or folder; check the path.")
+        regular, skipped = scan_folder(path) if path.is_dir() else ([path], [])
+        for where, reason in skipped:
+            (skip_counter or SkipCounter()).record(where, ValueError(reason))
+        files = _data_files(path, regular)
         if files is None:
-            if not any(p.is_file() and p.name != "metadata.jsonl" for p in path.rglob("*")):
+            if not any(p.name != "metadata.jsonl" for p in regular):
                 raise ValueError(f"{source} is empty: it holds no image files.")
-            dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming)
+            data_files = {split: [str(p) for p in regular]}
+            dataset = datasets.load_dataset("imagefolder", data_files=data_files, split=split, streaming=streaming)
         else:
             builder, data_files = files
             dataset = datasets.load_dataset(builder, data_files={split: data_files}, split=split, streaming=streaming)
@@ -131,6 +161,42 @@ def load_image_dataset(
     if empty:
         raise ValueError(f"{source} (split {split!r}) is empty: it holds no examples.")
     return dataset
+
+
+LABEL_COLUMN_CANDIDATES = ("label", "labels", "class", "class_label")
+
+
+def detect_label_column(dataset, label_column: str | None = None, unconditional: bool = False) -> str | None:
+    """The column of integer class labels to use: `label_column` when given (checked by `load_image_dataset`),
+    `None` when `unconditional`, else the first of `label`, `labels`, `class`, `class_label` that the dataset has
+    (a `datasets.ClassLabel` column first). Logs what it found, so an unconditional run is never an accident."""
+    if unconditional:
+        logger.info("labels: none (unconditional)")
+        return None
+    if label_column is not None:
+        logger.info("labels: column %r (as requested)", label_column)
+        return label_column
+    features = dataset.features
+    if features is None:  # a streamed dataset without declared features: look at its first example
+        columns = list(next(iter(dataset.take(1)), {}))
+        class_label_columns = []
+    else:
+        columns = list(features)
+        class_label_columns = [name for name in columns if isinstance(features[name], datasets.ClassLabel)]
+    for name in [*class_label_columns, *[c for c in LABEL_COLUMN_CANDIDATES if c in columns]]:
+        logger.info("labels: found column %r; class-conditional (pass --unconditional to ignore it)", name)
+        return name
+    logger.info("labels: none found (columns %s); every label is 0 (unconditional)", columns)
+    return None
+
+
+def class_names_of(dataset, label_column: str | None) -> dict[int, str] | None:
+    """`{id: name}` from a `datasets.ClassLabel` column, else `None`."""
+    features = getattr(dataset, "features", None)
+    feature = None if features is None or label_column is None else features.get(label_column)
+    if isinstance(feature, datasets.ClassLabel):
+        return dict(enumerate(feature.names))
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -162,15 +228,23 @@ def decode_image(value) -> Image.Image:
         image = value
     elif isinstance(value, dict) and (value.get("bytes") is not None or value.get("path") is not None):
         data = value.get("bytes")
-        image = Image.open(io.BytesIO(data)) if data is not None else Image.open(value["path"])
+        image = Image.open(io.BytesIO(data)) if data is not None else Image.open(_regular_file(value["path"]))
     elif isinstance(value, (bytes, bytearray)):
         image = Image.open(io.BytesIO(value))
     elif isinstance(value, (str, Path)):
-        image = Image.open(value)
+        image = Image.open(_regular_file(value))
     else:
         raise TypeError(f"cannot read an image from a {type(value).__name__}.")
     image.load()
     return image
+
+
+def _regular_file(path) -> str:
+    """`path` if it is a regular file; a `ValueError` (skipped and counted by the readers) for a FIFO, socket or
+    device, which `open` would block on or misread."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{path} is not a regular file (FIFO, socket or device)")
+    return str(path)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -217,6 +291,7 @@ class ImageTransform:
         self.center_crop = center_crop
         self.random_flip = random_flip
         self.seed = 0 if seed is None else int(seed)
+        self.num_upsampled = 0  # images whose shorter side was upscaled 8x or more (counted, logged)
 
     def _generator(self, epoch: int, position: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, int(epoch), int(position)])
@@ -227,6 +302,13 @@ class ImageTransform:
         # 1. Resize the shorter side
         width, height = image.size
         scale = self.resolution / min(width, height)
+        if scale >= 8:
+            self.num_upsampled += 1
+            if self.num_upsampled in (1, 10, 100) or self.num_upsampled % 1000 == 0:
+                logger.warning(
+                    "%d image(s) so far were upsampled %dx or more (this one %dx%d px to %d px): check "
+                    "--resolution against the data", self.num_upsampled, 8, width, height, self.resolution,
+                )  # fmt: skip
         new_size = (max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale)))
         if new_size != image.size:
             image = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=None)
@@ -475,3 +557,36 @@ def make_image_dataloader(
         skip_counter=skip_counter,
     )
     return torch.utils.data.DataLoader(stream, batch_size=batch_size, drop_last=True, num_workers=num_workers)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Analysis and evaluation batches
+
+
+def image_batches_from(
+    data=None,
+    num_samples: int = 64,
+    resolution: int = 256,
+    batch_size: int = 8,
+    image_column: str = "image",
+    split: str = "train",
+    skip_counter=None,
+):
+    """Image batches ``(B, 3, resolution, resolution)`` in [-1, 1] from a local folder / files, a Hub id or (``None``)
+    the embedded photos, streamed, centre-cropped, at most ``num_samples`` images."""
+    if data is not None and looks_local(data) and not Path(str(data)).exists():
+        raise FileNotFoundError(f"no such folder or file: the dataset path {str(data)!r} does not exist.")
+    if data is None or Path(str(data)).exists():
+        kwargs = {"train_data_dir": data}
+    else:
+        kwargs = {"dataset_name": str(data)}
+    try:
+        dataset = load_image_dataset(**kwargs, split=split, image_column=image_column, streaming=True)
+    except Exception as error:  # datasets raises many kinds (missing repo, offline, bad files); one clear message
+        raise ValueError(f"Could not read the dataset {data!r}: {type(error).__name__}: {error}") from error
+    skip_counter = SkipCounter() if skip_counter is None else skip_counter
+    transform = ImageTransform(resolution, center_crop=True, random_flip=False)
+    for batch in image_batches(
+        dataset, batch_size, transform, image_column, max_samples=num_samples, skip_counter=skip_counter
+    ):
+        yield batch["pixel_values"]

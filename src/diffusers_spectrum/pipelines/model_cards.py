@@ -36,7 +36,7 @@ def model_card_template_path(kind: str) -> Path:
     """Path of the packaged card template `kind` (`"vae"`, `"pipeline"` or `"dataset"`)."""
     if kind not in TEMPLATE_KINDS:
         raise ValueError(f"kind must be one of {TEMPLATE_KINDS}, got {kind!r}.")
-    return Path(__file__).resolve().parent / "assets" / "model_cards" / f"{kind}.md"
+    return Path(__file__).resolve().parents[1] / "assets" / "model_cards" / f"{kind}.md"
 
 
 def _format_value(value) -> str:
@@ -101,7 +101,7 @@ def vae_model_card(
         config: the model config (`vae.config`): architecture and spectral settings.
         training_args: the resolved training flags.
         metrics: measured numbers (spectral KL, slopes, PSNR, latent statistics, ...); also stored in the YAML
-            header under `diffusers_spectrum.metrics`.
+            header under `diffusers_spectrum.metrics` (the card metadata key).
         base_model: the VAE this one was fine-tuned from (Hub id), if any.
         datasets: Hub dataset ids trained on (for the `datasets` metadata).
         recipe: recipe name (`sd-vae`, `esm-ae`, `dsm-ae`, or a free description).

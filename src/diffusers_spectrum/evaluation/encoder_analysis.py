@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..spectral import power_law_slope, radial_spectrum
+from ..training.data import image_batches_from
+from ..training.utils import write_json
 from . import diagnostics, plotting
-from .analyze import _mean_std, _write_json, image_batches_from
-from .spectral import power_law_slope, radial_spectrum
 
 
 __all__ = ["analyze_encoder"]
@@ -41,8 +42,8 @@ def analyze_encoder(
         grid_size: token grid side (16 = a 32 x 32 latent with DiT patch 2; 224 px input for patch 14).
         dog_sigmas: ``(sigma1, sigma2)`` of the DoG filter in token units; ``spatial_norm_alpha``: iREPA's alpha.
     """
-    from .encoders import RepresentationEncoder
-    from .spectral.filters import dog_filter, spatial_normalize
+    from ..models.encoders import RepresentationEncoder
+    from ..spectral.filters import dog_filter, spatial_normalize
 
     start = time.perf_counter()
     name = str(encoder) if isinstance(encoder, (str, Path)) else type(encoder).__name__
@@ -76,7 +77,7 @@ def analyze_encoder(
     for key in filters:
         rows = torch.cat(spectra[key])
         results[key] = {
-            "spectrum": _mean_std(rows),
+            "spectrum": diagnostics.mean_std(rows),
             "slope": float(power_law_slope(rows.mean(0))),
             "power_slope": float(power_law_slope(torch.cat(power[key]).mean(0), "center")),
             "rmsc": float(torch.cat(contrast[key]).mean()),
@@ -105,5 +106,5 @@ def analyze_encoder(
             title=f"{name}: feature spectra by REPA target filter",
         )
         report["plots"] = {"encoder_spectra": "encoder_spectra.png"}
-        _write_json(output_dir / "report.json", report)
+        write_json(output_dir / "report.json", report, sort_keys=False)
     return report

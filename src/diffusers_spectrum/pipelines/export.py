@@ -7,7 +7,6 @@ settings and training facts go to `spectrum_info.json` and the model card.
 """
 
 import inspect
-import json
 import os
 from pathlib import Path
 
@@ -20,6 +19,11 @@ from diffusers import (
     DPMSolverMultistepScheduler,
 )
 from diffusers.schedulers import KarrasDiffusionSchedulers
+
+from .._version import __version__
+from ..models.autoencoder_kl_spectral import fold_latent_shift, latent_convention
+from ..training.utils import write_json
+from .model_cards import pipeline_model_card, vae_model_card
 
 
 __all__ = [
@@ -91,28 +95,36 @@ def _stock_keys(cls) -> set[str]:
     return set(inspect.signature(cls.__init__).parameters) - {"self"}
 
 
-def stock_vae(vae: AutoencoderKL) -> AutoencoderKL:
-    """A stock `AutoencoderKL` for `vae` (a `SpectrumAutoencoderKL` gets its shift folded into the conv biases).
+def stock_vae(vae: AutoencoderKL, fold_shift: bool = True) -> AutoencoderKL:
+    """A stock `AutoencoderKL` copy of `vae` (a `SpectrumAutoencoderKL`'s extra config keys dropped).
+
+    `fold_shift=True` (the DiT export: `DiTPipeline` decodes with `latents / scaling_factor` and no shift) moves a
+    `shift_factor` into the 1x1 (post-)quant conv biases exactly (`models.fold_latent_shift`, identity convs added
+    for 16-channel VAEs without quant convs). `fold_shift=False` (a VAE for its own family's pipelines, e.g. SD3 /
+    FLUX, which decode with `latents / scaling_factor + shift_factor`) keeps the family's keys as they are. A
+    per-channel (`latents_mean` / `latents_std`) VAE cannot be folded: DiTPipeline has no per-channel step.
 
     A `DCTTransform` (DCT-space diffusion) has no stock counterpart and is returned as is: a DCT-space pipeline folder
     names `diffusers_spectrum` for its `vae` and loads where the package is installed.
     """
-    from .dct_space import DCTTransform
+    from ..dct_space import DCTTransform
 
     if isinstance(vae, DCTTransform):
         return vae
-    if hasattr(vae, "to_autoencoder_kl"):
-        return vae.to_autoencoder_kl(fold_shift=True)
     if not isinstance(vae, AutoencoderKL):
         raise TypeError(f"vae must be an AutoencoderKL (or SpectrumAutoencoderKL), got {type(vae).__name__}.")
-    if vae.config.shift_factor not in (None, 0, 0.0):
-        raise ValueError(
-            "vae has a shift_factor, which DiTPipeline ignores; fold it into the quant / post-quant conv biases "
-            "(SpectrumAutoencoderKL.to_autoencoder_kl does) before exporting."
-        )
-    keys = _stock_keys(AutoencoderKL)
-    stock = AutoencoderKL.from_config({k: v for k, v in vae.config.items() if k in keys})
-    stock.load_state_dict(vae.state_dict())
+    stock = vae.to_autoencoder_kl() if hasattr(vae, "to_autoencoder_kl") else vae
+    if fold_shift:
+        if latent_convention(stock.config) == "per_channel":
+            raise ValueError(
+                "this VAE standardises latents per channel (latents_mean / latents_std in its config), which "
+                "DiTPipeline cannot undo; export it for its own family's pipeline instead (export_vae)."
+            )
+        return fold_latent_shift(stock)
+    if stock is vae:
+        keys = _stock_keys(AutoencoderKL)
+        stock = AutoencoderKL.from_config({k: v for k, v in vae.config.items() if k in keys})
+        stock.load_state_dict(vae.state_dict())
     return stock
 
 
@@ -164,15 +176,14 @@ def _jsonable(value):
 
 
 def _spectrum_info(vae=None, transformer=None, scheduler=None, training_info: dict | None = None) -> dict:
-    from . import __version__
-
     info = {"diffusers_spectrum_version": __version__}
     if vae is not None:
         info["vae"] = {
             "class": type(vae).__name__,
             "spectral_config": {k: v for k, v in vae.config.items() if k not in _stock_keys(AutoencoderKL)},
             "scaling_factor": vae.config.scaling_factor,
-            "shift_factor_folded": getattr(vae.config, "shift_factor", None),
+            "shift_factor": getattr(vae.config, "shift_factor", None),
+            "latent_convention": latent_convention(vae.config) if isinstance(vae, AutoencoderKL) else None,
         }
     if transformer is not None:
         extra = {k: v for k, v in transformer.config.items() if k not in _stock_keys(DiTTransformer2DModel)}
@@ -183,43 +194,17 @@ def _spectrum_info(vae=None, transformer=None, scheduler=None, training_info: di
     return _jsonable({k: v for k, v in info.items() if not str(k).startswith("_")})
 
 
-def _model_card(info: dict, kind: str) -> str:
-    """A short model card: YAML header for the Hub, then how to load and what was trained."""
-    pipeline_tag = "unconditional-image-generation"
-    lines = [
-        "---",
-        "library_name: diffusers",
-        f"pipeline_tag: {pipeline_tag}",
-        "tags:",
-        "- diffusers-spectrum",
-        "- spectrum-matching",
-        f"- {'dit' if kind == 'pipeline' else 'autoencoder'}",
-        "---",
-        "",
-        f"# Spectrum Matching {'VAE + DiT pipeline' if kind == 'pipeline' else 'autoencoder'}",
-        "",
-        "Trained with [diffusers-spectrum](https://pypi.org/project/diffusers-spectrum/) (Spectrum Matching: ESM/DSM "
-        "autoencoder" + (", REPA/DoG-REPA diffusion transformer)." if kind == "pipeline" else ")."),
-        "It loads with plain diffusers:",
-        "",
-        "```python",
-    ]
-    if kind == "pipeline":
-        lines += [
-            "from diffusers import DiffusionPipeline",
-            "",
-            'pipe = DiffusionPipeline.from_pretrained("<this repo>")',
-            "images = pipe(class_labels=[0, 1], guidance_scale=1.8, num_inference_steps=50).images",
-        ]
-    else:
-        lines += ["from diffusers import AutoencoderKL", "", 'vae = AutoencoderKL.from_pretrained("<this repo>")']
-    lines += ["```", "", "## Settings", "", "```json", json.dumps(info, indent=2, sort_keys=True), "```", ""]
-    return "\n".join(lines)
-
-
 def _write_sidecars(output_dir: Path, info: dict, kind: str, model_card: str | None) -> None:
-    (output_dir / SPECTRUM_INFO_NAME).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (output_dir / "README.md").write_text(model_card or _model_card(info, kind), encoding="utf-8")
+    """`spectrum_info.json` and the model card (`README.md`; the default card comes from `model_cards`)."""
+    write_json(output_dir / SPECTRUM_INFO_NAME, info)
+    if model_card is None:
+        metrics = info.get("training", {}).get("metrics")
+        if kind == "pipeline":
+            card = pipeline_model_card("<this repo>", metrics=metrics, repa=bool(info.get("transformer")))
+        else:
+            card = vae_model_card("<this repo>", config=info.get("vae", {}).get("spectral_config"), metrics=metrics)
+        model_card = str(card)
+    (output_dir / "README.md").write_text(model_card, encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,9 +264,10 @@ def export_vae(
     training_info: dict | None = None,
     model_card: str | None = None,
 ) -> Path:
-    """Write a stock `AutoencoderKL` folder (loads with `AutoencoderKL.from_pretrained` into any pipeline), plus
-    `spectrum_info.json` and a model card."""
+    """Write a stock `AutoencoderKL` folder that keeps the family's latent convention (`scaling_factor`,
+    `shift_factor`, `latents_mean` / `latents_std`, `force_upcast`), so it drops back into its own pipeline (SD,
+    SDXL, SD3, FLUX), plus `spectrum_info.json` and a model card."""
     output_dir = Path(output_dir)
-    stock_vae(vae).save_pretrained(output_dir, safe_serialization=True)
+    stock_vae(vae, fold_shift=False).save_pretrained(output_dir, safe_serialization=True)
     _write_sidecars(output_dir, _spectrum_info(vae=vae, training_info=training_info), "vae", model_card)
     return output_dir

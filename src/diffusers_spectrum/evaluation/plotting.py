@@ -12,7 +12,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .spectral import esm_spectra
+from ..spectral import esm_spectra
 
 
 __all__ = [

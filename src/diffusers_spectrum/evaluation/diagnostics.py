@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from .spectral import (
+from ..spectral import (
     dct_2d,
     dsm_lowpass,
     esm_band_powers,
@@ -29,8 +29,8 @@ from .spectral import (
     radial_spectrum,
     rmsc,
 )
-from .spectral._checks import compute_dtype, require_4d
-from .spectral.psd import radial_bin_index
+from ..spectral._checks import compute_dtype, require_4d
+from ..spectral.psd import radial_bin_index
 
 
 __all__ = [
@@ -271,3 +271,8 @@ def lowpass_reconstruction_errors(
             )
         errors[int(level)] = (reconstruction - target).square().mean(dim=(1, 2, 3))  # (B,)
     return errors
+
+
+def mean_std(rows: torch.Tensor) -> dict:
+    """`{"mean": [...], "std": [...]}` over the first axis of `rows` (population std), as the reports store them."""
+    return {"mean": rows.mean(0).tolist(), "std": rows.std(0, unbiased=False).tolist()}

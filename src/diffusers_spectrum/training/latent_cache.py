@@ -10,7 +10,9 @@ Layout of a cache folder (also the layout of the dataset repo it is pushed to)::
 Columns: `latents` `(C, h, w)` (the posterior mean, or one posterior sample), `latents_std` `(C, h, w)` (only in
 `"mean_std"` mode), `label` (int), `source_index` (position of the image in the source dataset) and, optionally,
 `repa_features` `(N, D)`: the frozen encoder's patch tokens of the same image, unfiltered, so the REPA target filter
-is chosen at training time. Latents are stored *unscaled*; multiply by `cache_info["scaling_factor"]` for diffusion.
+is chosen at training time. Latents are stored *unscaled*; the VAE's latent convention is recorded
+(`latent_convention`, `scaling_factor`, `shift_factor`, `latents_mean`, `latents_std`) and
+`models.latents_from_vae` standardises them for diffusion.
 
 Resuming: `cache_info.json` is rewritten (atomically) after each shard with the shard's source-position range, so
 an interrupted run continues from the last completed shard's end: no duplicates, no gaps.
@@ -27,15 +29,15 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from ..models.autoencoder_kl_spectral import latent_convention
 from .data import ImageStreamDataset, ImageTransform, ResumableStream, SkipCounter
-from .models.autoencoder_kl_spectral import load_autoencoder
+from .utils import write_json
 
 
 __all__ = [
     "CACHE_INFO_NAME",
     "LatentStreamDataset",
     "encode_latents",
-    "load_vae",
     "latent_batch",
     "load_latent_dataset",
     "make_latent_dataloader",
@@ -49,26 +51,12 @@ _MODES = ("mean_std", "mean", "sample")
 _DTYPES = {"float16": np.float16, "bfloat16": None, "float32": np.float32}
 
 
-def _atomic_write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _shard_name(index: int) -> str:
     return f"{_DATA_DIR}/train-{index:05d}.parquet"
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Encoding
-
-
-def load_vae(path_or_id: str | Path, subfolder: str | None = None, revision: str | None = None):
-    """A `SpectrumAutoencoderKL` when the folder was saved as one, else a stock `AutoencoderKL` (any Hub VAE)."""
-    return load_autoencoder(path_or_id, subfolder=subfolder, revision=revision)
 
 
 @torch.no_grad()
@@ -148,7 +136,7 @@ def write_latent_cache(
     Args:
         output_dir: the cache folder; if it holds a `cache_info.json` from an interrupted run with the same
             settings, encoding resumes after its last completed shard (different settings are an error).
-        dataset: an image dataset from `diffusers_spectrum.data.load_image_dataset` (streamed or not).
+        dataset: an image dataset from `diffusers_spectrum.training.data.load_image_dataset` (streamed or not).
         vae: `AutoencoderKL` (or `SpectrumAutoencoderKL`) in eval mode; its `config.scaling_factor` and
             `config.shift_factor` are recorded.
         transform: image preprocessing (fixed resolution; use a centre crop for a cache).
@@ -190,6 +178,9 @@ def write_latent_cache(
         "seed": seed,
         "scaling_factor": float(vae.config.scaling_factor),
         "shift_factor": vae.config.shift_factor,
+        "latent_convention": latent_convention(vae.config) if hasattr(vae.config, "block_out_channels") else "scale",
+        "latents_mean": getattr(vae.config, "latents_mean", None),
+        "latents_std": getattr(vae.config, "latents_std", None),
         "vae_class": type(vae).__name__,
         **(metadata or {}),
     }
@@ -247,7 +238,7 @@ def write_latent_cache(
         info["num_examples"] += count
         rows = {k: v[count:] for k, v in rows.items()}
         positions = positions[count:]
-        _atomic_write_json(info_path, info)
+        write_json(info_path, info)
 
     for batch in _batched(stream, batch_size, remaining):
         # 3. Encode a batch (and its REPA targets)
@@ -277,7 +268,7 @@ def write_latent_cache(
         raise ValueError("write_latent_cache: no image could be read from the dataset; nothing was cached.")
     info["skipped_images"] += skip_counter.count
     info["complete"] = True
-    _atomic_write_json(info_path, info)
+    write_json(info_path, info)
     return info
 
 
@@ -358,7 +349,7 @@ def latent_batch(examples: list[dict]) -> dict[str, torch.Tensor]:
 class LatentStreamDataset(ResumableStream):
     """Endless shuffled stream of one process's share of a latent dataset, resumable from a data position.
 
-    Mirrors `diffusers_spectrum.data.ImageStreamDataset`: epoch `e` is shuffled with `(seed, e)`, split across
+    Mirrors `diffusers_spectrum.training.data.ImageStreamDataset`: epoch `e` is shuffled with `(seed, e)`, split across
     processes, and every row carries `data_position` (rows consumed so far in this process's stream), so a trainer
     that stores the last batch's position resumes exactly with `start_position`.
     """

@@ -5,7 +5,7 @@ import evaluate
 import numpy as np
 import torch
 
-from diffusers_spectrum.metrics import ssim
+from diffusers_spectrum.evaluation.metrics import ssim
 
 
 _DESCRIPTION = "Structural similarity (Wang et al. 2004), Gaussian 11 x 11 window, averaged over images."

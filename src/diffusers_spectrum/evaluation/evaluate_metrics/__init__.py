@@ -2,7 +2,7 @@
 
 Load one with ``evaluate.load(metric_module_path("frechet_distance"))`` (or the folder's path directly):
 ``psnr``, ``ssim``, ``frechet_distance``, ``spectral_kl``. Each wraps the function of the same name in
-`diffusers_spectrum.metrics` / `diffusers_spectrum.spectral`.
+`diffusers_spectrum.evaluation.metrics` / `diffusers_spectrum.spectral`.
 """
 
 from pathlib import Path

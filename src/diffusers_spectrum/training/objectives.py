@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .spectral._checks import compute_dtype, require_tensor
+from ..spectral._checks import compute_dtype, require_tensor
 
 
 OBJECTIVE_KINDS = ("epsilon", "v_prediction", "flow")

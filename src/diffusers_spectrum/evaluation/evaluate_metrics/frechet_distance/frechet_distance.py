@@ -2,13 +2,13 @@
 
 `evaluate.load(".../evaluate_metrics/frechet_distance")`; compute with `predictions` = features of generated or
 reconstructed images and `references` = features of real images, each a list of D-vectors. Extract the features
-with `diffusers_spectrum.metrics.load_feature_extractor` (Inception for FID, DINOv2 for FD-DINOv2).
+with `diffusers_spectrum.evaluation.metrics.load_feature_extractor` (Inception for FID, DINOv2 for FD-DINOv2).
 """
 
 import datasets
 import evaluate
 
-from diffusers_spectrum.metrics import frechet_distance
+from diffusers_spectrum.evaluation.metrics import frechet_distance
 
 
 _DESCRIPTION = "Fréchet distance between Gaussians fitted to two (N, D) feature sets (Heusel et al. 2017)."

@@ -5,12 +5,11 @@
     diffusers-spectrum analyze --encoder facebook/dinov2-base --data PATH_OR_ID --output_dir DIR
 
 writes ``DIR/report.json`` and PNG plots beside it. Python API: `analyze_vae`, `compare_vaes` (here) and
-`encoder_analysis.analyze_encoder`. The verdict rule and its thresholds are in `diffusers_spectrum.diagnostics`
-and are repeated in every report.
+`encoder_analysis.analyze_encoder`. The verdict rule and its thresholds are in
+`diffusers_spectrum.evaluation.diagnostics` and are repeated in every report.
 """
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -21,12 +20,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..models.autoencoder_kl_spectral import load_autoencoder
+from ..models.checks import check_resolution
+from ..spectral import power_law_slope, radial_spectrum
+from ..training.data import image_batches_from
+from ..training.utils import write_json
 from . import diagnostics, plotting
-from .models.autoencoder_kl_spectral import load_autoencoder
-from .spectral import power_law_slope, radial_spectrum
 
 
-__all__ = ["analyze_vae", "compare_vaes", "image_batches_from", "load_vae", "main", "parse_args"]
+__all__ = ["analyze_vae", "compare_vaes", "main", "parse_args"]
 
 logger = logging.getLogger(__name__)
 EMBEDDED_PHOTO_SIZE = 64  # side of the embedded photo crops (`data.embedded_dataset_dir`)
@@ -34,96 +36,6 @@ EMBEDDED_PHOTO_SIZE = 64  # side of the embedded photo crops (`data.embedded_dat
 
 # ------------------------------------------------------------------------------------------------
 # Loading
-
-
-def _looks_local(name) -> bool:
-    """Absolute or explicitly relative paths are never Hub ids."""
-    text = str(name)
-    return Path(text).is_absolute() or text.startswith((".", "~"))
-
-
-def load_vae(name_or_path, subfolder: str | None = None, device="cpu", dtype: torch.dtype = torch.float32):
-    """Any `AutoencoderKL`-compatible VAE (a `SpectrumAutoencoderKL` folder too) from a folder or Hub id, in eval mode.
-
-    A pipeline folder (with ``model_index.json``) is read from its ``vae`` subfolder. A model instance is returned
-    as is (moved to ``device``).
-    """
-    if isinstance(name_or_path, torch.nn.Module):
-        return name_or_path.to(device).eval()
-    path = Path(str(name_or_path))
-    if _looks_local(name_or_path) and not path.exists():
-        raise ValueError(f"The VAE folder {str(name_or_path)!r} does not exist.")
-    if subfolder is None and path.is_dir() and (path / "model_index.json").is_file() and (path / "vae").is_dir():
-        subfolder = "vae"
-    tries = [subfolder] if subfolder is not None or path.exists() else [None, "vae"]
-    errors = []
-    for folder in tries:
-        try:
-            vae = load_autoencoder(str(name_or_path), subfolder=folder, torch_dtype=dtype)
-            return vae.to(device).eval()
-        except (OSError, ValueError) as error:
-            errors.append(f"{'subfolder ' + folder if folder else 'root'}: {error}")
-    raise ValueError(
-        f"Could not load a VAE from {str(name_or_path)!r} (a diffusers AutoencoderKL folder or Hub id): "
-        + " | ".join(errors)
-    )
-
-
-def image_batches_from(
-    data=None,
-    num_samples: int = 64,
-    resolution: int = 256,
-    batch_size: int = 8,
-    image_column: str = "image",
-    split: str = "train",
-    skip_counter=None,
-):
-    """Image batches ``(B, 3, resolution, resolution)`` in [-1, 1] from a local folder / files, a Hub id or (``None``)
-    the embedded photos, streamed, centre-cropped, at most ``num_samples`` images."""
-    from .data import ImageTransform, SkipCounter, image_batches, load_image_dataset
-
-    if data is not None and _looks_local(data) and not Path(str(data)).exists():
-        raise ValueError(f"The dataset path {str(data)!r} does not exist.")
-    if data is None or Path(str(data)).exists():
-        kwargs = {"train_data_dir": data}
-    else:
-        kwargs = {"dataset_name": str(data)}
-    try:
-        dataset = load_image_dataset(**kwargs, split=split, image_column=image_column, streaming=True)
-    except Exception as error:  # datasets raises many kinds (missing repo, offline, bad files); one clear message
-        raise ValueError(f"Could not read the dataset {data!r}: {type(error).__name__}: {error}") from error
-    skip_counter = SkipCounter() if skip_counter is None else skip_counter
-    transform = ImageTransform(resolution, center_crop=True, random_flip=False)
-    for batch in image_batches(
-        dataset, batch_size, transform, image_column, max_samples=num_samples, skip_counter=skip_counter
-    ):
-        yield batch["pixel_values"]
-
-
-def _downsample_factor(vae) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def _check_sizes(vae, resolution: int, dsm_levels, block_size: int = 8) -> None:
-    factor = _downsample_factor(vae)
-    if resolution % factor:
-        raise ValueError(
-            f"resolution={resolution} is not divisible by the VAE's downsampling factor {factor}; pass --resolution "
-            f"as a multiple of {factor}."
-        )
-    if any(int(k) > 0 for k in dsm_levels) and resolution % (factor * block_size):
-        raise ValueError(
-            f"The DSM view splits latents ({resolution // factor} px) into {block_size} x {block_size} blocks; pass "
-            f"--resolution as a multiple of {factor * block_size} or --dsm_levels 0."
-        )
-
-
-def _mean_std(rows: torch.Tensor) -> dict:
-    return {"mean": rows.mean(0).tolist(), "std": rows.std(0, unbiased=False).tolist()}
-
-
-def _write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -151,7 +63,7 @@ def analyze_vae(
     """Latent spectra, slopes, spectral KL, RMSC, per-channel spectra, DSM low-pass errors and a verdict for a VAE.
 
     Args:
-        vae: a VAE instance, or a folder / Hub id for `load_vae`.
+        vae: a VAE instance, or a folder / Hub id for `models.load_autoencoder`.
         data: local image folder / parquet files, a Hub dataset id, or ``None`` for the embedded photos.
         num_samples: images read (streamed; unreadable ones are skipped and counted).
         resolution: images are resized and centre-cropped to this side (256 = the authors' CelebA setting).
@@ -160,13 +72,13 @@ def analyze_vae(
         output_dir: if given, write ``report.json`` and ``spectra.png``, ``channel_spectra.png``, ``dsm_lowpass.png``.
 
     Returns:
-        The report dict (see the module docstring of `diffusers_spectrum.diagnostics` for the verdict rule).
+        The report dict (see the module docstring of `diffusers_spectrum.evaluation.diagnostics` for the verdict rule).
     """
     start = time.perf_counter()
     name = name or (str(vae) if isinstance(vae, (str, Path)) else type(vae).__name__)
-    vae = load_vae(vae, device=device)
+    vae = load_autoencoder(vae, device=device, torch_dtype=torch.float32)
     dsm_levels = tuple(int(k) for k in dsm_levels)
-    _check_sizes(vae, resolution, dsm_levels)
+    check_resolution(vae, resolution, dsm_levels)
     if data is None and resolution > EMBEDDED_PHOTO_SIZE:
         logger.warning(
             "The embedded photos are %d px: upsampling them to %d px steepens the image spectrum; pass --data for "
@@ -175,7 +87,7 @@ def analyze_vae(
             resolution,
             EMBEDDED_PHOTO_SIZE,
         )
-    from .data import SkipCounter
+    from ..training.data import SkipCounter
 
     skips = SkipCounter()
     batches = image_batches_from(data, num_samples, resolution, batch_size, image_column, split, skip_counter=skips)
@@ -247,7 +159,7 @@ def analyze_vae(
         "latent_shape": latent_shape,
         "sample_posterior": sample_posterior,
         "n_bins": n_bins,
-        "spectra": {key: _mean_std(spectra[key]) for key in ("image", "target", "latent")},
+        "spectra": {key: diagnostics.mean_std(spectra[key]) for key in ("image", "target", "latent")},
         "channel_spectra": channel_mean.tolist(),
         "channel_slopes": [float(s) for s in power_law_slope(channel_mean)],
         "dsm_lowpass_mse": {str(level): value for level, value in lowpass_mse.items()},
@@ -277,7 +189,7 @@ def _write_vae_outputs(report: dict, spectra: dict, output_dir: Path) -> None:
         plots["dsm_lowpass"] = "dsm_lowpass.png"
         plotting.plot_lowpass_errors({report["name"]: report["dsm_lowpass_mse"]}, output_dir / plots["dsm_lowpass"])
     report["plots"] = plots
-    _write_json(output_dir / "report.json", report)
+    write_json(output_dir / "report.json", report, sort_keys=False)
 
 
 def compare_vaes(vaes, names=None, output_dir: str | Path | None = None, **kwargs) -> dict:
@@ -311,7 +223,7 @@ def compare_vaes(vaes, names=None, output_dir: str | Path | None = None, **kwarg
         lowpass = {name: r["dsm_lowpass_mse"] for name, r in reports.items() if r["dsm_lowpass_mse"]}
         if lowpass:
             plotting.plot_lowpass_errors(lowpass, output_dir / "compare_dsm_lowpass.png")
-        _write_json(output_dir / "compare.json", {"table": table})
+        write_json(output_dir / "compare.json", {"table": table}, sort_keys=False)
         lines = ["| " + " | ".join(("name",) + columns) + " |", "|" + "---|" * (len(columns) + 1)]
         for row in table:
             cells = [row["name"]] + [row[c] if isinstance(row[c], str) else f"{row[c]:.4g}" for c in columns]
@@ -407,7 +319,7 @@ def main(argv=None) -> int:
                 f"{report['target_slope']:.3f} (image {report['image_slope']:.3f}) | spectral KL d0 "
                 f"{report['spectral_kl_delta0']:.4f} d1 {report['spectral_kl_delta1']:.4f} | RMSC {report['rmsc']:.3f}"
             )
-    except ValueError as error:
+    except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"diffusers-spectrum analyze: error: {error}", file=sys.stderr)
         return 2
     print(

@@ -1,5 +1,5 @@
-"""Reusable pieces of the training scripts: crash-safe checkpoints, resume, non-finite guard, EMA, argument parsing
-and logging helpers. Built on `accelerate` (state saving, trackers) and `diffusers.training_utils.EMAModel`."""
+"""Small shared pieces of the training loops: seeds per step, the non-finite guard, EMA, JSON and argument
+helpers, and tracker logging. Checkpoints live in `checkpointing.py`."""
 
 import argparse
 import contextlib
@@ -7,8 +7,6 @@ import json
 import logging
 import math
 import os
-import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,142 +16,56 @@ from diffusers.training_utils import EMAModel
 
 
 __all__ = [
-    "CHECKPOINT_PREFIX",
     "NonFiniteGuard",
     "SECRET_ARGS",
     "create_ema",
     "ema_weights",
-    "find_resume_checkpoint",
     "image_grid",
-    "list_checkpoints",
-    "load_checkpoint",
     "log_figure",
     "log_images",
     "parse_float_list",
     "parse_int_list",
     "public_args",
     "save_args_json",
-    "save_checkpoint",
+    "step_generator",
+    "write_json",
 ]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
-EXTRA_STATE_NAME = "extra_state.json"  # written last: its presence marks a complete checkpoint
-_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete `checkpoint-<step>` folders in `output_dir`, oldest step first (temporary / partial ones excluded)."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    found = []
-    for path in output_dir.iterdir():
-        match = _CHECKPOINT_RE.match(path.name)
-        if match and path.is_dir() and (path / EXTRA_STATE_NAME).is_file():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
-
-
-def save_checkpoint(
-    accelerator,
-    output_dir: str | Path,
-    global_step: int,
-    checkpoints_total_limit: int | None = None,
-    extra_state: dict | None = None,
-) -> Path:
-    """Save the accelerate state (models, optimizers, schedulers, RNGs, registered objects such as EMA) as
-    `output_dir/checkpoint-<global_step>`, crash-safely.
-
-    The state goes to a hidden temporary folder first; `extra_state` (JSON-serialisable, plus `global_step`) is
-    written last and marks it complete; only then is it renamed into place (an atomic rename), and only after that
-    are old checkpoints pruned to `checkpoints_total_limit`. A crash at any point leaves the previous checkpoints
-    intact, and `find_resume_checkpoint` ignores partial folders. Call on every process.
-    """
-    if checkpoints_total_limit is not None and checkpoints_total_limit < 1:
-        raise ValueError(f"checkpoints_total_limit must be >= 1 or None, got {checkpoints_total_limit}.")
-    output_dir = Path(output_dir)
-    final = output_dir / f"{CHECKPOINT_PREFIX}{global_step}"
-    temporary = output_dir / f".{final.name}.tmp"
-    state = {**(extra_state or {}), "global_step": int(global_step)}
-    json.dumps(state)  # fail before writing anything if it is not serialisable
-
-    # 1. Fresh temporary folder
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(temporary, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-    # 2. Write the state, then the completion marker
-    accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _write_json_atomic(temporary / EXTRA_STATE_NAME, state)
-
-        # 3. Swap into place; a same-step checkpoint is moved aside first and removed after the rename
-        previous = output_dir / f".{final.name}.old"
-        if final.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-            os.replace(final, previous)
-        os.replace(temporary, final)
-        shutil.rmtree(previous, ignore_errors=True)
-
-        # 4. Prune the oldest
-        if checkpoints_total_limit is not None:
-            checkpoints = list_checkpoints(output_dir)
-            for old in checkpoints[: max(len(checkpoints) - checkpoints_total_limit, 0)]:
-                logger.info("removing old checkpoint %s", old)
-                shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    logger.info("saved checkpoint %s", final)
-    return final
-
-
-def find_resume_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | Path | None) -> Path | None:
-    """The checkpoint to resume from: `None` -> `None`; `"latest"` -> the newest complete checkpoint in
-    `output_dir` (or `None`, with a log line, when there is none yet); otherwise a path, absolute or relative to
-    `output_dir`, which must be a complete checkpoint."""
-    if resume_from_checkpoint is None:
-        return None
-    if str(resume_from_checkpoint) == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        if not checkpoints:
-            logger.info("resume_from_checkpoint='latest' but %s holds no checkpoint; starting fresh.", output_dir)
-            return None
-        return checkpoints[-1]
-    path = Path(resume_from_checkpoint)
-    if not path.is_absolute() and not path.exists():
-        path = Path(output_dir) / path
-    if not (path / EXTRA_STATE_NAME).is_file():
-        raise ValueError(
-            f"resume_from_checkpoint={str(resume_from_checkpoint)!r} is not a complete checkpoint (no "
-            f"{EXTRA_STATE_NAME} in {path}); pass 'latest' or a checkpoint-<step> folder."
-        )
-    return path
-
-
-def load_checkpoint(accelerator, path: str | Path) -> dict:
-    """Restore the accelerate state saved by `save_checkpoint`; returns its `extra_state` (with `global_step`)."""
+def write_json(path: str | Path, data, sort_keys: bool = True) -> Path:
+    """Write `data` as indented JSON atomically (temporary file + rename), secrets filtered by the caller; the one
+    JSON writer of the package (training args, metrics, reports, cache info)."""
     path = Path(path)
-    if not (path / EXTRA_STATE_NAME).is_file():
-        raise ValueError(f"{path} is not a complete checkpoint (no {EXTRA_STATE_NAME}).")
-    accelerator.load_state(str(path))
-    with open(path / EXTRA_STATE_NAME, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _write_json_atomic(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
+        json.dump(data, f, indent=2, sort_keys=sort_keys, default=_json_default)
+        f.write("\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary, path)
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, (Path, torch.dtype, torch.device)):
+        return str(value)
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return str(value)
+
+
+def step_generator(seed: int, global_step: int, micro_step: int, process_index: int, device) -> torch.Generator:
+    """The generator of one micro-step (noise, timesteps, posterior sample, DSM level): a function of the step and
+    process only, so a resumed run draws exactly what the uninterrupted run drew."""
+    state = np.random.SeedSequence([seed, global_step, micro_step, process_index]).generate_state(1)[0]
+    return torch.Generator(device=device).manual_seed(int(state))
 
 
 SECRET_ARGS = ("hub_token",)  # never written to JSON, model cards or logs
@@ -175,8 +87,7 @@ def save_args_json(args, output_dir: str | Path, file_name: str = "training_args
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / file_name
-    _write_json_atomic(path, values)
-    return path
+    return write_json(path, values)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -215,10 +126,14 @@ def parse_float_list(value) -> tuple[float, ...]:
 
 
 class NonFiniteGuard:
-    """Skip optimisation steps whose loss is NaN / inf, and stop after `max_consecutive` of them in a row.
+    """Skip optimizer steps whose accumulation window saw a NaN / inf loss, and stop after `max_consecutive`
+    skipped steps in a row.
 
-    `check(loss)` returns `True` when the step must be skipped (no backward / optimizer step). Pass a loss that is
-    identical on every process (e.g. `accelerator.reduce(loss.detach(), "mean")`) so all processes skip together.
+    The training loops always run backward on every micro-step (so the last micro-step's gradient all-reduce
+    happens on every process, also when its loss is not finite), accumulate `finite &= isfinite(loss)` on the
+    device without a host sync, and ask `step_ok` once per optimizer step with that flag's minimum over processes
+    (`training.loop.AccumulationWindow` does all of this). Every process then takes the same decision: either all step
+    on all-reduced gradients, or all drop the window's gradients. Replicas never drift apart.
     """
 
     def __init__(self, max_consecutive: int = 10):
@@ -228,25 +143,29 @@ class NonFiniteGuard:
         self.consecutive = 0
         self.total = 0
 
-    def check(self, loss) -> bool:
-        value = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
-        if bool(torch.isfinite(value).all()):
+    def step_ok(self, finite) -> bool:
+        """`finite`: a tensor (or number) that is 1 / True when every loss of the window on every process was
+        finite. Returns whether to take the optimizer step; one host sync per optimizer step."""
+        ok = bool(finite) if not isinstance(finite, torch.Tensor) else bool(finite.detach().float().min() > 0.5)
+        if ok:
             self.consecutive = 0
-            return False
+            return True
         self.consecutive += 1
         self.total += 1
         logger.warning(
-            "non-finite loss (%s): skipping the step (%d in a row, %d in total)",
-            value.flatten()[:4].tolist(),
-            self.consecutive,
-            self.total,
+            "non-finite loss: skipping the optimizer step (%d in a row, %d in total)", self.consecutive, self.total
         )
         if self.consecutive >= self.max_consecutive:
             raise RuntimeError(
                 f"the loss was non-finite for {self.consecutive} steps in a row; stopping. Lower the learning rate, "
                 "use bf16 instead of fp16, check the data, or raise --max_nonfinite_steps."
             )
-        return True
+        return False
+
+    def check(self, loss) -> bool:
+        """Convenience for a single loss: `True` when the step must be skipped (`not step_ok(isfinite(loss))`)."""
+        value = loss.detach().float() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+        return not self.step_ok(torch.isfinite(value).all())
 
     def state_dict(self) -> dict:
         return {"consecutive": self.consecutive, "total": self.total}
@@ -260,8 +179,8 @@ class NonFiniteGuard:
 
 
 def create_ema(model: torch.nn.Module, decay: float = 0.9999, **kwargs) -> EMAModel:
-    """An `EMAModel` of `model`'s parameters that can `save_pretrained` the averaged model. Register it with
-    `accelerator.register_for_checkpointing(ema)` so `save_checkpoint` / `load_checkpoint` carry it."""
+    """An `EMAModel` of `model`'s parameters that can `save_pretrained` the averaged model. Pass it to the
+    `Checkpointer` (`emas={"name": ema}`), which saves it as safetensors (never pickled)."""
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"EMA decay must be in [0, 1), got {decay}.")
     return EMAModel(model.parameters(), decay=decay, model_cls=type(model), model_config=model.config, **kwargs)

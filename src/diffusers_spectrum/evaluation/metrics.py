@@ -6,11 +6,11 @@
   (`TransformersFeatureExtractor`, e.g. DINOv2 for FD-DINOv2).
 - `reconstruction_metrics` runs a VAE over image batches and returns rFID / FD, PSNR, SSIM, spectral KL and, for DSM
   levels > 0, the same on low-passed latents against low-passed images (the "low-pass rFID", SPEC.md "DSM").
-- `pipeline_samples` + `sample_frechet_distance`: FID / FD of any diffusers pipeline's samples against a dataset.
+- `sample_frechet_distance`: FID / FD of a pipeline's samples (`pipelines.sampling.pipeline_samples`) against
+  a dataset.
 """
 
-import inspect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .spectral import dsm_lowpass, spectral_kl
-from .spectral._checks import require_4d
-from .spectral.esm import gaussian_kernel_1d
+from ..spectral import dsm_lowpass, spectral_kl
+from ..spectral._checks import require_4d
+from ..spectral.esm import gaussian_kernel_1d
 
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "feature_statistics",
     "load_feature_extractor",
     "lpips",
-    "pipeline_samples",
     "psnr",
     "reconstruction_metrics",
     "sample_frechet_distance",
@@ -389,36 +388,6 @@ def reconstruction_metrics(
 
 
 @torch.no_grad()
-def pipeline_samples(
-    pipeline,
-    num_samples: int,
-    batch_size: int = 16,
-    class_labels: list[int] | None = None,
-    num_inference_steps: int = 50,
-    guidance_scale: float = 1.0,
-    seed: int = 0,
-    progress: bool = True,
-) -> Iterator[torch.Tensor]:
-    """Yield sample batches ``(B, 3, H, W)`` in [-1, 1] (float32, CPU) from any diffusers image pipeline.
-
-    Class-conditional pipelines (a ``class_labels`` argument, as `DiTPipeline`) cycle through ``class_labels``
-    (default ``[0]``) with ``guidance_scale``; unconditional ones get ``batch_size``.
-    """
-    parameters = inspect.signature(pipeline.__call__).parameters
-    labels = list(class_labels or [0])
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    for start in tqdm(range(0, num_samples, batch_size), desc="sample", disable=not progress):
-        count = min(batch_size, num_samples - start)
-        kwargs = {"num_inference_steps": num_inference_steps, "generator": generator, "output_type": "np"}
-        if "class_labels" in parameters:
-            kwargs["class_labels"] = [labels[(start + i) % len(labels)] for i in range(count)]
-            kwargs["guidance_scale"] = guidance_scale
-        else:
-            kwargs["batch_size"] = count
-        images = np.asarray(pipeline(**kwargs).images, dtype=np.float32)  # (B, H, W, 3) in [0, 1]
-        yield torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1  # (B, 3, H, W) in [-1, 1]
-
-
 def sample_frechet_distance(
     samples: Iterable[torch.Tensor],
     references: Iterable[torch.Tensor],

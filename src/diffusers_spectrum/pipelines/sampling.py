@@ -1,0 +1,310 @@
+"""Sampling any diffusers image pipeline reproducibly: one generator per image (seed + index), so an image does not
+depend on the batch size or its position in the batch; class labels checked against what the pipeline was trained
+on. Used by validation during training, `sample`, the evaluation scripts and the benchmarks."""
+
+import argparse
+import inspect
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DiTPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..training.utils import image_grid, write_json
+
+
+logger = logging.getLogger(__name__)
+
+# --scheduler choices; "default" keeps the pipeline's own (for flow-matching pipelines, the flow-configured one).
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "ddpm": DDPMScheduler,
+    "dpmsolver": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+    "unipc": UniPCMultistepScheduler,
+}
+# Schedulers that can keep a flow-matching configuration (`use_flow_sigmas`, `prediction_type="flow_prediction"`).
+FLOW_SCHEDULERS = ("dpmsolver", "unipc")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def set_scheduler(pipe, name: str) -> None:
+    """Swap the pipeline's scheduler, keeping its training schedule (betas, prediction type, flow settings)."""
+    if name == "default":
+        return
+    config = pipe.scheduler.config
+    is_flow = config.get("prediction_type") == "flow_prediction" or config.get("use_flow_sigmas", False)
+    if is_flow and name not in FLOW_SCHEDULERS:
+        raise ValueError(
+            f"--scheduler {name} cannot sample this flow-matching pipeline; use one of default, "
+            f"{', '.join(FLOW_SCHEDULERS)}."
+        )
+    pipe.scheduler = SCHEDULERS[name].from_config(config)
+
+
+__all__ = [
+    "build_parser",
+    "parse_args",
+    "pipeline_classes",
+    "pipeline_samples",
+    "resolve_class_labels",
+    "sample",
+    "sample_images",
+]
+
+
+def pipeline_classes(pipe) -> dict[int, str] | None:
+    """`{class id: name}` of a class-conditional pipeline (from `id2label` in its transformer's / pipeline's
+    config, as `DiTPipeline.labels` reads it), or `None` when it has no label table."""
+    labels = getattr(pipe, "labels", None)
+    if isinstance(labels, dict) and labels:  # DiTPipeline: {name: id}
+        return {int(v): str(k).split(",")[0] for k, v in labels.items()}
+    return None
+
+
+def resolve_class_labels(pipe, class_labels: Sequence) -> list[int]:
+    """Class ids from ids or names (`"3"`, `3`, `"astronaut"`), checked against the pipeline's label table: an id
+    the pipeline was not trained on is an error naming the valid range, never a silent sample of an untrained
+    class. Pipelines without a table accept ids in [0, num_class_embeds - 1] or the transformer's class range."""
+    classes = pipeline_classes(pipe)
+    names = {name: idx for idx, name in (classes or {}).items()}
+    resolved = []
+    for label in class_labels:
+        text = str(label).strip()
+        if text.lstrip("-").isdigit():
+            value = int(text)
+        elif text in names:
+            value = names[text]
+        else:
+            known = ", ".join(sorted(names)) if names else "none (pass integer ids)"
+            raise ValueError(f"unknown class label {text!r}; this pipeline's class names: {known}.")
+        resolved.append(value)
+    if classes is not None:
+        valid = sorted(classes)
+        bad = [v for v in resolved if v not in classes]
+        if bad:
+            raise ValueError(
+                f"class label(s) {bad} are not classes this pipeline was trained on; valid ids: {valid[0]}.."
+                f"{valid[-1]} ({len(valid)} classes, names: {', '.join(classes[v] for v in valid[:10])}"
+                f"{', ...' if len(valid) > 10 else ''})."
+            )
+    else:
+        transformer = getattr(pipe, "transformer", None)
+        num_classes = getattr(getattr(transformer, "config", None), "num_embeds_ada_norm", None)
+        bad = [v for v in resolved if v < 0 or (num_classes is not None and v >= num_classes)]
+        if bad:
+            raise ValueError(f"class label(s) {bad} are outside [0, {num_classes}) of this pipeline's transformer.")
+    return resolved
+
+
+@torch.no_grad()
+def pipeline_samples(
+    pipeline,
+    num_samples: int,
+    batch_size: int = 16,
+    class_labels: Sequence[int] | None = None,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    progress: bool = True,
+    seeds: Sequence[int] | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield sample batches `(B, C, H, W)` in [-1, 1] (float32, CPU) from any diffusers image pipeline.
+
+    Image `i` uses its own generator seeded `seed + i` (or `seeds[i]`). Class-conditional pipelines (a
+    `class_labels` argument, as `DiTPipeline`) cycle through `class_labels` (default `[0]`) with
+    `guidance_scale`; unconditional ones (e.g. `DDPMPipeline`, `DDIMPipeline`) get `batch_size`.
+    """
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}.")
+    if seeds is not None and len(seeds) != num_samples:
+        raise ValueError(f"got {len(seeds)} seeds for {num_samples} samples.")
+    seeds = [seed + i for i in range(num_samples)] if seeds is None else [int(s) for s in seeds]
+    parameters = inspect.signature(pipeline.__call__).parameters
+    labels = [int(label) for label in (class_labels or [0])]
+    device = getattr(pipeline, "_execution_device", torch.device("cpu"))
+    for start in tqdm(range(0, num_samples, batch_size), desc="sample", disable=not progress):
+        count = min(batch_size, num_samples - start)
+        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds[start : start + count]]
+        kwargs = {"num_inference_steps": num_inference_steps, "generator": generators, "output_type": "np"}
+        if "class_labels" in parameters:
+            kwargs["class_labels"] = [labels[(start + i) % len(labels)] for i in range(count)]
+            kwargs["guidance_scale"] = guidance_scale
+        else:
+            kwargs["batch_size"] = count
+        images = np.asarray(pipeline(**kwargs).images, dtype=np.float32)  # (B, H, W, C) in [0, 1]
+        if images.ndim == 3:
+            images = images[..., None]
+        yield torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1  # (B, C, H, W) in [-1, 1]
+
+
+@torch.no_grad()
+def sample_images(
+    transformer,
+    vae,
+    scheduler,
+    class_labels: Sequence[int],
+    num_inference_steps: int = 50,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    batch_size: int | None = None,
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """Sample with diffusers' `DiTPipeline` built from in-memory components (validation during training); image
+    `i` has class `class_labels[i]` and seed `seed + i`. Returns `(N, 3, H, W)` in [-1, 1] on the CPU."""
+    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=type(scheduler).from_config(scheduler.config))
+    pipe.set_progress_bar_config(disable=not show_progress)
+    labels = [int(label) for label in class_labels]
+    batches = pipeline_samples(
+        pipe, len(labels), batch_size or max(len(labels), 1), labels, num_inference_steps, guidance_scale, seed,
+        progress=False,
+    )  # fmt: skip
+    return torch.cat(list(batches))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The sample command
+
+
+def cli_labels(pipe, class_labels: str | None, num_images: int | None, unconditional: bool) -> list[int]:
+    """Class ids for every image from `--class_labels` (ids or names, checked by `resolve_class_labels`), cycled to
+    `num_images`; every trained class once by default; 0 when unconditional (the trainer's label for
+    unconditional data)."""
+    if unconditional:
+        labels = [0]
+    elif class_labels is None:
+        classes = pipeline_classes(pipe)
+        labels = sorted(classes) if classes else [0]
+    else:
+        labels = resolve_class_labels(pipe, [part for part in class_labels.split(",") if part.strip()])
+    if not labels:
+        raise ValueError("--class_labels named no class.")
+    count = num_images or len(labels)
+    return [labels[i % len(labels)] for i in range(count)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Sample images from a pipeline folder or Hub id (what the trainers export, or any DiTPipeline "
+        "/ DDPMPipeline). Image i uses its own generator seeded --seed + i, so it is the same whatever the batch "
+        "size. Writes one PNG per image, grid.png and samples.json."
+    )
+    parser.add_argument(
+        "--pretrained_model_name_or_path",
+        type=str,
+        required=True,
+        help="Pipeline folder or Hub id (loaded with DiffusionPipeline.from_pretrained).",
+    )
+    parser.add_argument("--revision", type=str, default=None, help="Hub revision.")
+    parser.add_argument(
+        "--class_labels",
+        type=str,
+        default=None,
+        help="Comma-separated class ids or names (pipe.labels). Default: every class once.",
+    )
+    parser.add_argument("--unconditional", action="store_true", help="Sample an unconditional model (label 0).")
+    parser.add_argument(
+        "--num_images",
+        type=int,
+        default=None,
+        help="Number of images; the class list is cycled. Default: one per listed class.",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Image i uses seed + i.")
+    parser.add_argument("--seeds", type=str, default=None, help="Comma-separated seeds, one per image (overrides).")
+    parser.add_argument(
+        "--scheduler",
+        type=str,
+        default="default",
+        choices=["default", *SCHEDULERS],
+        help="Sampler; 'default' keeps the pipeline's (required settings of flow models are kept).",
+    )
+    parser.add_argument("--num_inference_steps", type=int, default=50, help="Sampler steps.")
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="Classifier-free guidance scale (> 1 enables CFG). Default: 1.8, or 1 if unconditional.",
+    )
+    parser.add_argument("--batch_size", type=int, default=8, help="Images per pipeline call.")
+    parser.add_argument("--output_dir", type=str, default="samples", help="Folder for the PNGs and the grid.")
+    parser.add_argument("--grid_columns", type=int, default=None, help="Grid columns (default: near square).")
+    parser.add_argument("--device", type=str, default=None, help="Device (default: cuda if available).")
+    parser.add_argument("--dtype", type=str, default="float32", choices=sorted(DTYPES), help="Weights dtype.")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.num_images is not None and args.num_images < 1:
+        parser.error("--num_images must be positive.")
+    if args.batch_size < 1 or args.num_inference_steps < 1:
+        parser.error("--batch_size and --num_inference_steps must be positive.")
+    if args.guidance_scale is None:
+        args.guidance_scale = 1.0 if args.unconditional else 1.8
+    return args
+
+
+def sample(args: argparse.Namespace) -> Path:
+    """Sample as `args` (from `parse_args`) says; returns the output folder."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    # 1. Pipeline and scheduler
+    pipe = DiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, revision=args.revision).to(device)
+    if args.dtype != "float32":
+        pipe = pipe.to(dtype=DTYPES[args.dtype])
+    set_scheduler(pipe, args.scheduler)
+
+    # 2. Labels and seeds
+    labels = cli_labels(pipe, args.class_labels, args.num_images, args.unconditional)
+    if args.seeds is not None:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        if len(seeds) != len(labels):
+            raise ValueError(f"--seeds gives {len(seeds)} seeds for {len(labels)} images.")
+    else:
+        seeds = [args.seed + i for i in range(len(labels))]
+
+    # 3. Sample and write
+    batches = pipeline_samples(
+        pipe, len(labels), args.batch_size, labels, args.num_inference_steps, args.guidance_scale, seeds=seeds,
+    )  # fmt: skip
+    images = torch.cat(list(batches))
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, (image, label, seed) in enumerate(zip(images, labels, seeds)):
+        name = f"{i:05d}_class-{label}_seed-{seed}.png"
+        Image.fromarray(image_grid(image[None], nrow=1, padding=0)).save(output_dir / name)
+        names.append(name)
+    Image.fromarray(image_grid(images, nrow=args.grid_columns)).save(output_dir / "grid.png")
+    id2label = {int(v): k for k, v in (getattr(pipe, "labels", None) or {}).items()}
+    record = {
+        "pipeline": args.pretrained_model_name_or_path,
+        "scheduler": type(pipe.scheduler).__name__,
+        "num_inference_steps": args.num_inference_steps,
+        "guidance_scale": args.guidance_scale,
+        "images": [
+            {"file": n, "class_id": label, "class_name": id2label.get(label), "seed": seed}
+            for n, label, seed in zip(names, labels, seeds)
+        ],
+    }
+    write_json(output_dir / "samples.json", record)
+    logger.info("wrote %d images and grid.png to %s", len(names), output_dir)
+    return output_dir

@@ -1,0 +1,279 @@
+"""The latent cache: `cache_latents(args)` encodes an image dataset once with a trained VAE into a Hugging Face
+dataset of latents ("pretrained latents"), so the DiT trainer (`--latent_dataset DIR_OR_ID`) trains without the VAE
+in memory. `examples/cache_latents.py` and `diffusers-spectrum cache-latents` only parse flags and call it.
+
+The output is sharded parquet (`data/train-*.parquet`, each shard written atomically) plus `cache_info.json`;
+re-running the same command after an interruption continues after the last complete shard, with no duplicates
+or gaps. `--push_to_hub` uploads the folder as a dataset repo with a dataset card (`--hub_dry_run` lists what would
+be uploaded without any network access).
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..models import load_autoencoder
+from ..models.checks import check_resolution
+from ..models.encoders import RepresentationEncoder
+from ..pipelines.model_cards import dataset_card, push_folder_to_hub
+from .data import ImageTransform, class_names_of, detect_label_column, embedded_class_names, load_image_dataset
+from .latent_cache import write_latent_cache
+from .utils import public_args, save_args_json
+
+
+__all__ = ["build_parser", "cache_latents", "parse_args"]
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def id2label_for(args, dataset) -> dict[int, str] | None:
+    """Class names: `--class_names_file` (JSON list or {index: name}), a `ClassLabel` column's names, the embedded
+    photos' names, or None."""
+    if args.label_column is None:
+        return None
+    if args.class_names_file is not None:
+        path = Path(args.class_names_file)
+        try:
+            names = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"--class_names_file {path}: cannot read a JSON list or object ({error}).") from None
+        return {int(k): v for k, v in names.items()} if isinstance(names, dict) else dict(enumerate(names))
+    if args.dataset_name is None and args.train_data_dir is None and args.label_column == "label":
+        return dict(enumerate(embedded_class_names()))
+    return class_names_of(dataset, args.label_column)
+
+
+def push_cache_to_hub(args, info: dict) -> list[str]:
+    """Write the dataset card and upload the folder as a dataset repo (or list the files with `--hub_dry_run`)."""
+    repo_id = args.hub_model_id or Path(args.output_dir).name
+    columns = ["latents"] + (["latents_std"] if info["settings"]["mode"] == "mean_std" else [])
+    contents = {
+        "num_examples": info["num_examples"],
+        "shards": len(info["shards"]),
+        "latents": f"{info['settings']['dtype']} {tuple(info['latent_shape'])} ({info['settings']['mode']})",
+        "columns": ", ".join(
+            columns + ["label", "source_index"] + (["repa_features"] if info["repa_feature_shape"] else [])
+        ),
+        "scaling_factor": info["settings"]["scaling_factor"],
+        "repa_features": f"{tuple(info['repa_feature_shape'])} from {args.repa_encoder}"
+        if info["repa_feature_shape"]
+        else "none",
+        "resolution": info["settings"]["resolution"],
+        "skipped_images": info["skipped_images"],
+    }
+    card = dataset_card(
+        repo_id,
+        contents=contents,
+        training_args=public_args(args),
+        source_datasets=args.dataset_name,
+        dataset_description=info["settings"]["source"],
+        vae=args.pretrained_vae,
+        tags=["repa"] if info["repa_feature_shape"] else None,
+    )
+    card.save(str(Path(args.output_dir) / "README.md"))
+    return push_folder_to_hub(
+        args.output_dir, repo_id, repo_type="dataset", token=args.hub_token, dry_run=args.hub_dry_run
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Encode an image dataset once with a VAE into a sharded parquet dataset of latents (and REPA "
+        "target features); re-run the same command to resume after an interruption."
+    )
+    # VAE
+    parser.add_argument(
+        "--pretrained_vae",
+        type=str,
+        required=True,
+        help="Folder or Hub id of the VAE (SpectrumAutoencoderKL or any AutoencoderKL).",
+    )
+    parser.add_argument(
+        "--vae_subfolder",
+        type=str,
+        default=None,
+        help="Subfolder of --pretrained_vae holding the VAE (e.g. 'vae' for a pipeline repo).",
+    )
+    parser.add_argument("--revision", type=str, default=None, help="Hub revision of the VAE.")
+    # Data
+    parser.add_argument(
+        "--dataset_name",
+        type=str,
+        default=None,
+        help="Hub dataset id of the images (streamed). Default: --train_data_dir, else the embedded photos.",
+    )
+    parser.add_argument(
+        "--train_data_dir",
+        type=str,
+        default=None,
+        help="Local image folder (with optional metadata.jsonl) or parquet / arrow files.",
+    )
+    parser.add_argument("--split", type=str, default="train", help="Dataset split to encode.")
+    parser.add_argument("--image_column", type=str, default="image", help="Column holding the images.")
+    parser.add_argument(
+        "--label_column",
+        type=str,
+        default=None,
+        help="Column of integer class labels. Default: found automatically ('label', 'labels', 'class' or a "
+        "ClassLabel column), logged.",
+    )
+    parser.add_argument("--unconditional", action="store_true", help="Ignore any label column: every label is 0.")
+    parser.add_argument(
+        "--class_names_file",
+        type=str,
+        default=None,
+        help="JSON list (or {index: name}) of class names, recorded as id2label.",
+    )
+    parser.add_argument("--resolution", type=int, default=256, help="Images are resized and centre-cropped to this.")
+    parser.add_argument(
+        "--random_crop",
+        action="store_true",
+        help="Random instead of centre crop (seeded by --seed; fixed once cached).",
+    )
+    parser.add_argument("--max_samples", type=int, default=None, help="Encode at most this many images.")
+    # What to store
+    parser.add_argument(
+        "--latent_mode",
+        type=str,
+        default="mean_std",
+        choices=["mean_std", "mean", "sample"],
+        help="Store the posterior mean and std (the trainer samples fresh latents every step), the "
+        "mean only, or one posterior sample.",
+    )
+    parser.add_argument(
+        "--latent_dtype",
+        type=str,
+        default="float16",
+        choices=["float16", "float32"],
+        help="Storage dtype of latents and features.",
+    )
+    parser.add_argument(
+        "--repa_encoder",
+        type=str,
+        default=None,
+        help="Folder or Hub id of a transformers vision backbone (e.g. facebook/dinov2-base): also "
+        "store its patch tokens of each image as REPA targets.",
+    )
+    parser.add_argument(
+        "--repa_grid_size",
+        type=int,
+        default=None,
+        help="Token grid side of the REPA targets: the DiT's latent side / patch size. Default: "
+        "latent side // 2 (patch size 2).",
+    )
+    # Output
+    parser.add_argument("--output_dir", type=str, required=True, help="Cache folder (re-run to resume).")
+    parser.add_argument("--batch_size", type=int, default=16, help="Images encoded per batch.")
+    parser.add_argument("--shard_size", type=int, default=1000, help="Rows per parquet shard (the resume unit).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the posterior samples / random crops.")
+    parser.add_argument("--device", type=str, default=None, help="Encoding device (default: cuda if available).")
+    parser.add_argument("--push_to_hub", action="store_true", help="Upload the cache as a Hub dataset repo.")
+    parser.add_argument(
+        "--hub_model_id",
+        type=str,
+        default=None,
+        help="Dataset repo id for --push_to_hub (default: the output folder's name).",
+    )
+    parser.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the logged-in one).")
+    parser.add_argument(
+        "--hub_dry_run",
+        action="store_true",
+        help="With --push_to_hub: write the card and list the files, upload nothing.",
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dataset_name is not None and args.train_data_dir is not None:
+        parser.error("pass either --dataset_name or --train_data_dir, not both.")
+    for name in ("resolution", "batch_size", "shard_size", "max_samples", "repa_grid_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be positive, got {value}.")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Main
+
+
+def cache_latents(args: argparse.Namespace) -> dict:
+    """Encode as `args` (from `parse_args`) says; returns the cache info (`cache_info.json`)."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    # 1. Models
+    vae = load_autoencoder(args.pretrained_vae, args.vae_subfolder, revision=args.revision)
+    vae = vae.to(device).eval().requires_grad_(False)
+    latent_side = check_resolution(vae, args.resolution)
+    encoder, grid_size = None, None
+    if args.repa_encoder is not None:
+        encoder = RepresentationEncoder.from_pretrained(args.repa_encoder, device=device)
+        side = args.repa_grid_size or latent_side // 2
+        grid_size = (side, side)
+
+    # 2. Data and encoding (resumes from cache_info.json if present)
+    dataset = load_image_dataset(
+        args.dataset_name,
+        args.train_data_dir,
+        split=args.split,
+        image_column=args.image_column,
+        label_column=args.label_column,
+    )
+    args.label_column = detect_label_column(dataset, args.label_column, args.unconditional)
+    transform = ImageTransform(args.resolution, center_crop=not args.random_crop, seed=args.seed)
+    metadata = {
+        # a local VAE is recorded by absolute path, so the DiT trainer finds it from any working directory
+        "pretrained_vae": str(Path(args.pretrained_vae).resolve())
+        if Path(args.pretrained_vae).exists()
+        else args.pretrained_vae,
+        "vae_subfolder": args.vae_subfolder,
+        "source": args.dataset_name or args.train_data_dir or "embedded photos",
+        "repa_encoder": args.repa_encoder,
+        "id2label": {str(k): v for k, v in (id2label_for(args, dataset) or {}).items()} or None,
+    }
+    save_args_json(args, args.output_dir, "cache_args.json")
+    info = write_latent_cache(
+        args.output_dir,
+        dataset,
+        vae,
+        transform,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        mode=args.latent_mode,
+        dtype=args.latent_dtype,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        max_samples=args.max_samples,
+        encoder=encoder,
+        repa_grid_size=grid_size,
+        seed=args.seed,
+        metadata=metadata,
+    )
+    logger.info(
+        "cached %d latents of shape %s in %d shard(s) at %s (%d unreadable images skipped)",
+        info["num_examples"],
+        info["latent_shape"],
+        len(info["shards"]),
+        args.output_dir,
+        info["skipped_images"],
+    )
+
+    # 3. Publish
+    if args.push_to_hub:
+        uploaded = push_cache_to_hub(args, info)
+        logger.info("%s %d files", "would upload" if args.hub_dry_run else "uploaded", len(uploaded))
+    return info

@@ -1,0 +1,246 @@
+"""Crash-safe, pickle-free training checkpoints on top of `accelerate.save_state` / `load_state`.
+
+A checkpoint `output_dir/checkpoint-<step>/` holds
+
+- one `save_pretrained` folder per model (`<name>/config.json` + safetensors; plain `nn.Module`s such as the PatchGAN
+  discriminator as `<name>/model.safetensors`), written by accelerate save/load hooks as diffusers' examples do;
+- `ema_<name>/ema.safetensors` + `ema_<name>/ema_state.json` for each EMA;
+- accelerate's optimizer / scheduler / RNG files, which accelerate reads back with `torch.load(weights_only=True)`;
+- `extra_state.json` (step, data positions, the non-finite guard), written last: it marks the checkpoint complete.
+
+Nothing we write is unpickled on resume. Saving goes to a hidden temporary folder that is renamed into place (an
+atomic rename); pruning renames an old checkpoint to a hidden name *before* deleting it, so a kill at any moment
+leaves only complete `checkpoint-<step>` folders visible.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import ModelMixin
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+
+from .utils import write_json
+
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "Checkpointer",
+    "find_resume_checkpoint",
+    "list_checkpoints",
+    "load_ema_state",
+    "save_ema_state",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+EXTRA_STATE_NAME = "extra_state.json"  # written last: its presence marks a complete checkpoint
+_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Finding checkpoints
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete `checkpoint-<step>` folders in `output_dir`, oldest step first (temporary, partial and
+    being-deleted folders excluded)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for path in output_dir.iterdir():
+        match = _CHECKPOINT_RE.match(path.name)
+        if match and path.is_dir() and (path / EXTRA_STATE_NAME).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def find_resume_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | Path | None) -> Path | None:
+    """The checkpoint to resume from: `None` -> `None`; `"latest"` -> the newest complete checkpoint in
+    `output_dir` (or `None`, with a log line, when there is none yet); otherwise a path, absolute or relative to
+    `output_dir`, which must be a complete checkpoint."""
+    if resume_from_checkpoint is None:
+        return None
+    if str(resume_from_checkpoint) == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        if not checkpoints:
+            logger.info("resume_from_checkpoint='latest' but %s holds no checkpoint; starting fresh.", output_dir)
+            return None
+        return checkpoints[-1]
+    path = Path(resume_from_checkpoint)
+    if not path.is_absolute() and not path.exists():
+        path = Path(output_dir) / path
+    if not (path / EXTRA_STATE_NAME).is_file():
+        raise ValueError(
+            f"resume_from_checkpoint={str(resume_from_checkpoint)!r} is not a complete checkpoint (no "
+            f"{EXTRA_STATE_NAME} in {path}); pass 'latest' or a checkpoint-<step> folder."
+        )
+    return path
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder so that no half-deleted folder is ever visible under a checkpoint name: rename it
+    to a hidden name first (atomic), then delete."""
+    doomed = path.with_name(f".{path.name}.deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _clean_leftovers(output_dir: Path) -> None:
+    """Remove hidden temporary / being-deleted folders a killed run left behind."""
+    for path in output_dir.glob(f".{CHECKPOINT_PREFIX}*"):
+        if path.is_dir() and path.name.endswith((".tmp", ".old", ".deleting")):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models and EMA as safetensors
+
+
+def _save_module(module: torch.nn.Module, folder: Path) -> None:
+    if isinstance(module, ModelMixin):
+        module.save_pretrained(folder, safe_serialization=True)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, folder / "model.safetensors")
+
+
+def _load_module(module: torch.nn.Module, folder: Path) -> None:
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint is missing the model folder {folder}; it was not written by this trainer."
+        )
+    if isinstance(module, ModelMixin):
+        weights = next(iter(sorted(folder.glob("*.safetensors"))), None)
+        if weights is None:
+            raise FileNotFoundError(f"no safetensors weights in {folder}.")
+        state = load_file(weights)
+    else:
+        state = load_file(folder / "model.safetensors")
+    module.load_state_dict(state, strict=True)
+
+
+def save_ema_state(ema: EMAModel, folder: str | Path) -> None:
+    """EMA shadow parameters as `ema.safetensors`, its counters and settings as `ema_state.json`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = ema.state_dict()
+    shadow = state.pop("shadow_params")
+    save_file({f"shadow.{i}": p.detach().contiguous().cpu() for i, p in enumerate(shadow)}, folder / "ema.safetensors")
+    write_json(folder / "ema_state.json", {k: v for k, v in state.items() if k != "collected_params"})
+
+
+def load_ema_state(ema: EMAModel, folder: str | Path) -> None:
+    """Inverse of `save_ema_state` (no unpickling)."""
+    folder = Path(folder)
+    with open(folder / "ema_state.json", encoding="utf-8") as f:
+        state = json.load(f)
+    tensors = load_file(folder / "ema.safetensors")
+    state["shadow_params"] = [tensors[f"shadow.{i}"] for i in range(len(tensors))]
+    ema.load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The checkpointer
+
+
+class Checkpointer:
+    """Save and restore a training run: the prepared models (by name), EMAs, optimizers, schedulers and RNGs.
+
+    Create it *after* `accelerator.prepare`, with the prepared models in the order they were prepared:
+
+        checkpointer = Checkpointer(accelerator, output_dir, {"vae": module, "discriminator": disc}, {"vae": ema})
+        extra = checkpointer.resume("latest")          # dict (extra_state) or None
+        checkpointer.save(global_step, {"data_position": 17})
+
+    Wrappers that are not `ModelMixin`s but hold one as `.wrapped_model` (e.g. the VAE trainer's loss module) are
+    saved as that model's `save_pretrained` folder.
+    """
+
+    def __init__(
+        self,
+        accelerator,
+        output_dir: str | Path,
+        models: dict[str, torch.nn.Module],
+        emas: dict[str, EMAModel] | None = None,
+        total_limit: int | None = None,
+    ):
+        if total_limit is not None and total_limit < 1:
+            raise ValueError(f"checkpoints_total_limit must be >= 1 or None, got {total_limit}.")
+        self.accelerator = accelerator
+        self.output_dir = Path(output_dir)
+        self.names = list(models)
+        self.emas = dict(emas or {})
+        self.total_limit = total_limit
+        accelerator.register_save_state_pre_hook(self._save_hook)
+        accelerator.register_load_state_pre_hook(self._load_hook)
+
+    def _inner(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = self.accelerator.unwrap_model(model)
+        return getattr(model, "wrapped_model", model)
+
+    def _save_hook(self, models, weights, output_dir) -> None:
+        if len(models) != len(self.names):
+            raise RuntimeError(f"Checkpointer knows models {self.names} but accelerate prepared {len(models)}.")
+        if self.accelerator.is_main_process:
+            for name, model in zip(self.names, models, strict=True):
+                _save_module(self._inner(model), Path(output_dir) / name)
+            for name, ema in self.emas.items():
+                save_ema_state(ema, Path(output_dir) / f"ema_{name}")
+        weights.clear()  # accelerate then writes no pickled model files
+
+    def _load_hook(self, models, input_dir) -> None:
+        for name in self.names:
+            _load_module(self._inner(models.pop(0)), Path(input_dir) / name)
+        for name, ema in self.emas.items():
+            load_ema_state(ema, Path(input_dir) / f"ema_{name}")
+
+    def save(self, global_step: int, extra_state: dict | None = None) -> Path:
+        """Write `checkpoint-<global_step>` crash-safely, then prune to `total_limit`. Call on every process."""
+        accelerator, output_dir = self.accelerator, self.output_dir
+        final = output_dir / f"{CHECKPOINT_PREFIX}{global_step}"
+        temporary = output_dir / f".{final.name}.tmp"
+        state = {**(extra_state or {}), "global_step": int(global_step)}
+        json.dumps(state)  # fail before writing anything if it is not serialisable
+
+        if accelerator.is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(temporary, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json(temporary / EXTRA_STATE_NAME, state)  # completion marker, written last
+            if final.exists():  # a same-step checkpoint (a re-run) is replaced
+                _remove(final)
+            os.replace(temporary, final)
+            if self.total_limit is not None:
+                checkpoints = list_checkpoints(output_dir)
+                for old in checkpoints[: max(len(checkpoints) - self.total_limit, 0)]:
+                    logger.info("removing old checkpoint %s", old)
+                    _remove(old)
+        accelerator.wait_for_everyone()
+        logger.info("saved checkpoint %s", final)
+        return final
+
+    def resume(self, resume_from_checkpoint: str | Path | None) -> dict | None:
+        """Restore the state of `resume_from_checkpoint` (`None`, `"latest"` or a path); returns its extra state
+        (with `global_step`) or `None` when there is nothing to resume."""
+        if self.accelerator.is_main_process and self.output_dir.is_dir():
+            _clean_leftovers(self.output_dir)
+        path = find_resume_checkpoint(self.output_dir, resume_from_checkpoint)
+        if path is None:
+            return None
+        self.accelerator.load_state(str(path))
+        with open(path / EXTRA_STATE_NAME, encoding="utf-8") as f:
+            state = json.load(f)
+        state["checkpoint"] = str(path)
+        return state

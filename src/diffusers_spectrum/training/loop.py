@@ -1,0 +1,141 @@
+"""The parts every training loop shares: the accelerator, the optimizer + lr schedule, the resume position, the
+accumulation window (gradient sync and the non-finite guard) and the Hub upload of the output folder."""
+
+import contextlib
+import logging
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from diffusers.optimization import get_scheduler
+
+from .utils import public_args, save_args_json, write_json
+
+
+__all__ = ["AccumulationWindow", "adamw", "make_accelerator", "make_optimizer", "push_output", "resume_data_position"]
+
+logger = logging.getLogger(__name__)
+
+
+def make_accelerator(args) -> Accelerator:
+    """An `Accelerator` writing into `args.output_dir` (trackers in `logging_dir`); seeds torch, saves the resolved
+    arguments (secrets dropped) and starts the trackers."""
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
+        ),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    torch.manual_seed(args.seed)
+    if accelerator.is_main_process:
+        save_args_json(public_args(args), output_dir)
+    if args.report_to != "none":
+        accelerator.init_trackers(args.tracker_project_name)
+    return accelerator
+
+
+def make_optimizer(parameters, args, accelerator, learning_rate: float | None = None):
+    """AdamW with the `--adam_*` flags and the diffusers lr schedule `--lr_scheduler` (warm-up and length counted
+    in optimizer steps, scaled by the number of processes as diffusers' examples do)."""
+    learning_rate = args.learning_rate if learning_rate is None else learning_rate
+    if args.scale_lr:
+        learning_rate *= args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+    optimizer = adamw(parameters, args, learning_rate)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    return optimizer, lr_scheduler
+
+
+def adamw(parameters, args, learning_rate: float) -> torch.optim.AdamW:
+    """AdamW with the `--adam_beta1/2`, `--adam_weight_decay` and `--adam_epsilon` flags."""
+    return torch.optim.AdamW(
+        parameters,
+        lr=learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+
+
+def resume_data_position(state: dict, accelerator) -> int:
+    """This process's position in its data stream from a checkpoint's extra state (`data_positions`: one per
+    process that wrote it)."""
+    positions = state.get("data_positions")
+    if positions is None:
+        return int(state.get("data_position", 0))
+    if len(positions) == accelerator.num_processes:
+        return int(positions[accelerator.process_index])
+    logger.warning(
+        "the checkpoint was written by %d processes, this run has %d: the data stream restarts at an approximate "
+        "position.",
+        len(positions),
+        accelerator.num_processes,
+    )
+    return sum(positions) // accelerator.num_processes
+
+
+class AccumulationWindow:
+    """One optimizer step = `accumulation` micro-steps, with DDP gradient sync on the last one only.
+
+        window = AccumulationWindow(accelerator, [module, discriminator], accumulation)
+        for micro_step in range(accumulation):
+            with window.micro_step(micro_step):
+                loss = ...
+                window.backward(loss)          # always runs backward, records isfinite(loss) on the device
+        if window.step_ok(guard):              # one gather + host sync per optimizer step
+            optimizer.step()
+
+    Backward runs on every micro-step, also for a non-finite loss, so the gradient all-reduce of the last
+    micro-step happens on every process; the guard's decision uses the flag's minimum over processes, so every
+    process either steps on the same all-reduced gradients or drops them. (Skipping backward on a non-finite last
+    micro-step would leave the earlier `no_sync` gradients un-reduced while `optimizer.step()` still ran: replicas
+    would drift apart.)
+    """
+
+    def __init__(self, accelerator, modules, accumulation: int):
+        self.accelerator = accelerator
+        self.modules = [m for m in modules if m is not None]
+        self.accumulation = accumulation
+        self.finite = torch.ones((), device=accelerator.device)
+
+    @contextlib.contextmanager
+    def micro_step(self, index: int):
+        if index == 0:
+            self.finite = torch.ones((), device=self.accelerator.device)
+        with contextlib.ExitStack() as stack:
+            if index < self.accumulation - 1:
+                for module in self.modules:
+                    stack.enter_context(self.accelerator.no_sync(module))
+            yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Record whether `loss` is finite (no sync) and backpropagate `loss / accumulation`."""
+        self.finite = self.finite * torch.isfinite(loss.detach()).all().float()
+        self.accelerator.backward(loss / self.accumulation)
+
+    def step_ok(self, guard) -> bool:
+        return guard.step_ok(self.accelerator.gather(self.finite.reshape(1)).min())
+
+
+def push_output(args, folder: Path, repo_type: str = "model") -> list[str] | None:
+    """Upload `folder` to `args.hub_model_id` when `--push_to_hub` (a dry run lists the files); the list of files is
+    written to `hub_upload.json` beside it."""
+    if not args.push_to_hub:
+        return None
+    from ..pipelines.model_cards import push_folder_to_hub
+
+    files = push_folder_to_hub(
+        folder, args.hub_model_id, repo_type, dry_run=args.hub_dry_run, private=args.hub_private_repo,
+        token=args.hub_token,
+    )  # fmt: skip
+    write_json(Path(args.output_dir) / "hub_upload.json", {"repo_id": args.hub_model_id, "dry_run": args.hub_dry_run,
+                                                          "files": files})  # fmt: skip
+    return files

@@ -1,0 +1,556 @@
+"""The Spectrum VAE training loop: `train_vae(args)` trains or fine-tunes a `SpectrumAutoencoderKL` with ESM / DSM,
+perceptual and adversarial losses. `examples/train_spectrum_vae.py` and `diffusers-spectrum train-vae` only parse
+flags (`parse_args`) and call it.
+
+The output folder holds the trained `SpectrumAutoencoderKL` (EMA weights with `--use_ema`), `stock/` (the same
+weights as a stock `AutoencoderKL`), `metrics.json`, `training_args.json`, a model card (`README.md`), the
+checkpoints (`checkpoint-<step>`) and the tensorboard logs (`logs/`).
+"""
+
+import argparse
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..evaluation.diagnostics import lowpass_reconstruction_errors, spectrum_summary
+from ..losses import (
+    FeaturePerceptualLoss,
+    LPIPSLoss,
+    NLayerDiscriminator,
+    adaptive_discriminator_weight,
+    hinge_d_loss,
+    hinge_g_loss,
+    lpips_available,
+    reconstruction_loss,
+)
+from ..models import SpectrumAutoencoderKL
+from ..pipelines.export import export_vae
+from ..pipelines.model_cards import vae_model_card
+from ..spectral import spectral_kl
+from ..spectral.esm import esm_spectra
+from .args import add_data_args, add_optimization_args, add_output_args, finish_common_args
+from .checkpointing import Checkpointer
+from .data import ImageTransform, image_batches, load_image_dataset, make_image_dataloader
+from .loop import AccumulationWindow, adamw, make_accelerator, make_optimizer, push_output, resume_data_position
+from .utils import (
+    NonFiniteGuard,
+    create_ema,
+    ema_weights,
+    log_figure,
+    log_images,
+    parse_int_list,
+    public_args,
+    step_generator,
+    write_json,
+)
+
+
+__all__ = ["RECIPES", "VAE_PRESETS", "build_parser", "parse_args", "train_vae"]
+
+logger = logging.getLogger(__name__)
+
+# Architectures from SPEC.md (f8d4, f16d16) and a tiny one for CPU runs and tests.
+VAE_PRESETS = {
+    "tiny": dict(block_out_channels=(16, 32, 32), latent_channels=4, layers_per_block=1, norm_num_groups=8),
+    "f8d4": dict(block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2, norm_num_groups=32),
+    "f16d16": dict(
+        block_out_channels=(128, 128, 256, 256, 512), latent_channels=16, layers_per_block=2, norm_num_groups=32
+    ),
+}
+
+# The authors' recipes (SPEC.md): L1 + 0.5 LPIPS + PatchGAN (hinge, adaptive weight, weight 0.5, from step 50k),
+# AdamW (0.9, 0.999, wd 0.005), lr 5e-5 after 2k warm-up steps, grad clip 1.0, flip 0.5. SD-VAE adds KL 1e-6;
+# ESM-AE uses ESM 0.01 (delta 1) without KL; DSM-AE uses the DSM levels 0, 8, 10, 12 without KL.
+_AUTHORS_BASE = dict(
+    reconstruction_loss="l1", perceptual_loss="lpips", perceptual_weight=0.5, disc_weight=0.5, disc_start=50001,
+    learning_rate=5e-5, lr_scheduler="constant_with_warmup", lr_warmup_steps=2000, adam_weight_decay=0.005,
+    max_grad_norm=1.0, random_flip=True,
+)  # fmt: skip
+RECIPES = {
+    "sd-vae": dict(_AUTHORS_BASE, kl_weight=1e-6, esm_weight=0.0, dsm_levels=(0,)),
+    "esm-ae": dict(_AUTHORS_BASE, kl_weight=0.0, esm_weight=0.01, esm_delta=1.0, dsm_levels=(0,)),
+    "dsm-ae": dict(_AUTHORS_BASE, kl_weight=0.0, esm_weight=0.0, dsm_levels=(0, 8, 10, 12)),
+}
+# Defaults without a recipe: ESM + DSM with pixel losses only (runs anywhere, no LPIPS weights needed).
+DEFAULTS = dict(
+    reconstruction_loss="l1", perceptual_loss="none", perceptual_weight=0.0, disc_weight=0.0, disc_start=0,
+    learning_rate=1e-4, lr_scheduler="constant_with_warmup", lr_warmup_steps=0, adam_weight_decay=0.005,
+    max_grad_norm=1.0, random_flip=False, kl_weight=0.0, esm_weight=0.01, esm_delta=1.0, dsm_levels=(0, 8, 10, 12),
+)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+class VAETrainingModule(torch.nn.Module):
+    """What `accelerator.prepare` wraps: its `forward` runs `vae.training_losses`, so encode and decode go through
+    the DDP / autocast wrapper (gradients are synchronised, mixed precision applies)."""
+
+    def __init__(self, vae: SpectrumAutoencoderKL):
+        super().__init__()
+        self.vae = vae
+
+    @property
+    def wrapped_model(self) -> SpectrumAutoencoderKL:
+        """What the `Checkpointer` saves as a `save_pretrained` folder."""
+        return self.vae
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        out = self.vae.training_losses(images, generator=generator)
+        return {
+            "reconstruction": out.reconstruction,
+            "target": out.target,
+            "kl": out.kl,
+            "esm": out.esm,
+            "spectral_kl_delta0": out.spectral_kl_delta0,
+            "dsm_level": out.dsm_level,
+        }
+
+
+def build_vae(args) -> SpectrumAutoencoderKL:
+    spectral = dict(
+        esm_delta=args.esm_delta,
+        dsm_levels=tuple(args.dsm_levels),
+        dsm_block_size=args.dsm_block_size,
+    )
+    if args.pretrained_vae is not None:
+        vae = SpectrumAutoencoderKL.from_pretrained(args.pretrained_vae)
+        vae.register_to_config(**spectral)
+        return vae
+    preset = VAE_PRESETS[args.vae_config]
+    depth = len(preset["block_out_channels"])
+    return SpectrumAutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * depth,
+        up_block_types=("UpDecoderBlock2D",) * depth,
+        sample_size=args.resolution,
+        **preset,
+        **spectral,
+    )
+
+
+def build_perceptual(args):
+    if args.perceptual_loss == "none" or args.perceptual_weight == 0:
+        return None
+    if args.perceptual_loss == "lpips":
+        return LPIPSLoss(net=args.lpips_net)
+    return FeaturePerceptualLoss(args.perceptual_backbone, layers=args.perceptual_layers)
+
+
+def spectrum_figure(images: torch.Tensor, latents: torch.Tensor, delta: float):
+    """Image, delta-target and latent normalised log spectra (`evaluation.plotting.plot_spectra`)."""
+    from ..evaluation.plotting import plot_spectra
+
+    image_spectra, latent_spectra = esm_spectra(images.float(), latents.float(), delta=0.0)  # (B, n_bins) each
+    target_spectra, _ = esm_spectra(images.float(), latents.float(), delta=delta)
+    return plot_spectra(image_spectra, latent_spectra, delta=delta, target_spectra=target_spectra)
+
+
+@torch.no_grad()
+def evaluate_vae(
+    vae: SpectrumAutoencoderKL, images: torch.Tensor, delta: float
+) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """PSNR, the spectral summary (slopes, spectral KL, verdict; as `diffusers-spectrum analyze` reports them) and
+    the DSM low-pass errors of `vae` on `images`, with the posterior mean.
+
+    Returns `(metrics, reconstructions, latents)`.
+    """
+    latents = vae.encode(images).latent_dist.mode()  # (B, C, h, w)
+    reconstructions = vae.decode(latents).sample.clamp(-1, 1)  # (B, 3, H, W)
+    mse = ((reconstructions.float() - images.float()) / 2).square().flatten(1).mean(1)  # on the [0, 1] scale
+    summary = spectrum_summary(images.float(), latents.float(), blur=vae.config.esm_blur)
+    metrics = {
+        "psnr": float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()),
+        "spectral_kl_delta0": float(summary["spectral_kl_delta0"].mean()),
+        "spectral_kl_delta1": float(summary["spectral_kl_delta1"].mean()),
+        "spectral_kl_target": float(spectral_kl(images, latents, delta=delta, blur=vae.config.esm_blur).mean()),
+        "image_slope": summary["image_slope"],
+        "target_slope": summary["target_slope"],
+        "latent_slope": summary["latent_slope"],
+        "verdict": summary["verdict"],
+    }
+    levels = [level for level in vae.config.dsm_levels if level > 0]
+    if levels:
+        errors = lowpass_reconstruction_errors(
+            lambda z: vae.decode(z).sample, images, latents, levels, vae.config.dsm_block_size
+        )
+        metrics.update({f"dsm_lowpass_mse_{level}": float(error.mean()) for level, error in errors.items()})
+    return metrics, reconstructions, latents
+
+
+def autoencoder_loss(
+    out: dict,
+    args,
+    perceptual: torch.nn.Module | None = None,
+    discriminator: torch.nn.Module | None = None,
+    last_layer: torch.Tensor | None = None,
+    autocast=contextlib.nullcontext,
+) -> tuple[torch.Tensor, dict]:
+    """The weighted autoencoder (generator-side) loss of one batch and its unweighted named terms.
+
+    Every term keeps its graph (the perceptual loss is *not* under no_grad). `discriminator` (unwrapped; `None` = GAN
+    off for this step) is frozen while scoring the reconstructions, so this loss never trains it.
+    """
+    terms = {
+        "reconstruction": reconstruction_loss(out["reconstruction"], out["target"], args.reconstruction_loss).mean()
+    }
+    nll = args.reconstruction_weight * terms["reconstruction"]
+    if perceptual is not None:
+        with autocast():
+            terms["perceptual"] = perceptual(out["reconstruction"], out["target"]).mean()
+        nll = nll + args.perceptual_weight * terms["perceptual"]
+    loss = nll
+    if args.kl_weight > 0:
+        terms["kl"] = out["kl"].mean()
+        loss = loss + args.kl_weight * terms["kl"]
+    if args.esm_weight > 0:
+        loss = loss + args.esm_weight * out["esm"]
+    terms["esm"] = out["esm"].detach()
+    if discriminator is not None:
+        discriminator.requires_grad_(False)
+        with autocast():
+            terms["generator"] = hinge_g_loss(discriminator(out["reconstruction"])).mean()
+        discriminator.requires_grad_(True)
+        weight = torch.ones((), device=loss.device)
+        if args.adaptive_disc_weight and nll.requires_grad:
+            weight = adaptive_discriminator_weight(nll, terms["generator"], last_layer)
+        terms["adaptive_weight"] = weight
+        loss = loss + args.disc_weight * weight * terms["generator"]
+    return loss, terms
+
+
+def discriminator_loss(discriminator: torch.nn.Module, out: dict) -> torch.Tensor:
+    """Hinge loss of the discriminator on the *detached* targets and reconstructions (one forward, so DDP sees one
+    call per step)."""
+    pair = torch.cat([out["target"].detach(), out["reconstruction"].detach()])  # (2B, 3, H, W)
+    return hinge_d_loss(*discriminator(pair).chunk(2)).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train or fine-tune a Spectrum VAE (ESM / DSM) with diffusers and accelerate. With no data flag "
+        "it trains on the embedded photo crops. `--recipe` sets the authors' recipes; flags given explicitly win."
+    )
+    add_data_args(parser, images=True)
+    g = parser.add_argument_group("model")
+    g.add_argument("--pretrained_vae", type=str, default=None, help="AutoencoderKL folder or Hub id to fine-tune.")
+    g.add_argument(
+        "--vae_config",
+        type=str,
+        default="f8d4",
+        choices=sorted(VAE_PRESETS),
+        help="Architecture preset when training from scratch (f8d4, f16d16 from the paper; tiny for CPU).",
+    )
+    g.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for memory in the VAE.")
+
+    g = parser.add_argument_group("losses (unset flags take the recipe's value, or the defaults without a recipe)")
+    g.add_argument(
+        "--recipe",
+        type=str,
+        default=None,
+        choices=sorted(RECIPES),
+        help="The authors' recipes: sd-vae (KL 1e-6), esm-ae (ESM 0.01, delta 1), dsm-ae (DSM 0,8,10,12); "
+        "all with L1 + 0.5 LPIPS + PatchGAN 0.5 from step 50001. LPIPS needs the `lpips` package and VGG weights "
+        "from the internet: offline, add --perceptual_loss none.",
+    )
+    g.add_argument("--reconstruction_loss", type=str, default=None, choices=("l1", "l2"), help="Pixel loss.")
+    g.add_argument("--reconstruction_weight", type=float, default=1.0, help="Weight of the pixel loss.")
+    g.add_argument(
+        "--perceptual_loss",
+        type=str,
+        default=None,
+        choices=("none", "lpips", "features"),
+        help="lpips (needs the `lpips` package and downloads VGG weights), features (a local or Hub transformers "
+        "backbone, --perceptual_backbone) or none (offline).",
+    )
+    g.add_argument("--perceptual_weight", type=float, default=None, help="Weight of the perceptual loss.")
+    g.add_argument("--lpips_net", type=str, default="vgg", choices=("vgg", "alex", "squeeze"), help="LPIPS backbone.")
+    g.add_argument(
+        "--perceptual_backbone",
+        type=str,
+        default=None,
+        help="Path or Hub id of a transformers vision model for --perceptual_loss features.",
+    )
+    g.add_argument(
+        "--perceptual_layers",
+        type=parse_int_list,
+        default=None,
+        help="hidden_states indices for the feature loss, e.g. 3,6,9,12 (default: all).",
+    )
+    g.add_argument("--disc_weight", type=float, default=None, help="PatchGAN generator loss weight (0 = no GAN).")
+    g.add_argument("--disc_start", type=int, default=None, help="Step at which the GAN losses start.")
+    g.add_argument("--disc_layers", type=int, default=3, help="Stride-2 layers of the PatchGAN discriminator.")
+    g.add_argument("--disc_channels", type=int, default=64, help="Channels of the discriminator's first layer.")
+    g.add_argument(
+        "--disc_norm", type=str, default="batch", choices=("batch", "group", "none"), help="Discriminator norm."
+    )
+    g.add_argument(
+        "--disc_learning_rate", type=float, default=None, help="Discriminator lr (default: --learning_rate)."
+    )
+    g.add_argument(
+        "--adaptive_disc_weight",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Scale the GAN loss by the VQGAN gradient-norm ratio at the decoder's last layer.",
+    )
+    g.add_argument("--kl_weight", type=float, default=None, help="Weight of the posterior KL (SD-VAE: 1e-6).")
+    g.add_argument("--esm_weight", type=float, default=None, help="Weight of Encoding Spectrum Matching (0.01).")
+    g.add_argument("--esm_delta", type=float, default=None, help="ESM target flattening exponent (1.0: ~1/f).")
+    g.add_argument(
+        "--dsm_levels",
+        type=parse_int_list,
+        default=None,
+        help="DSM mask levels drawn per step, comma-separated (0,8,10,12; 0 alone disables DSM).",
+    )
+    g.add_argument("--dsm_block_size", type=int, default=8, help="DCT block side of the DSM low-pass.")
+
+    add_optimization_args(parser)
+    g = add_output_args(parser)
+    g.add_argument("--num_validation_images", type=int, default=4, help="Images in the validation grid.")
+    g.add_argument(
+        "--latent_stats_samples",
+        type=int,
+        default=256,
+        help="Images used to estimate the latent scaling (and shift) factor at the end.",
+    )
+    g.add_argument(
+        "--use_shift",
+        action="store_true",
+        help="Also estimate shift_factor (the latent mean; SD3 / FLUX convention). A VAE whose config already has "
+        "a shift_factor keeps that convention without this flag.",
+    )
+    # Recipe-dependent flags default to None and are filled by `resolve_args`.
+    parser.set_defaults(
+        output_dir="spectrum-vae", learning_rate=None, lr_scheduler=None, lr_warmup_steps=None,
+        adam_weight_decay=None, max_grad_norm=None,
+    )  # fmt: skip
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return resolve_args(build_parser().parse_args(argv))
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill unset flags from the recipe (or defaults) and validate them, once."""
+    preset = RECIPES[args.recipe] if args.recipe else DEFAULTS
+    for key, value in {**DEFAULTS, **preset}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.dsm_levels = tuple(args.dsm_levels)
+    if args.perceptual_layers is not None:
+        args.perceptual_layers = tuple(args.perceptual_layers)
+    if args.perceptual_loss == "lpips" and args.perceptual_weight > 0 and not lpips_available():
+        raise ValueError(
+            f"{'--recipe ' + args.recipe + ' uses' if args.recipe else '--perceptual_loss lpips needs'} LPIPS, which "
+            "needs the `lpips` package and downloads VGG weights from the internet. On a machine without them add "
+            "--perceptual_loss none (the offline switch), or --perceptual_loss features --perceptual_backbone "
+            "<local transformers vision model>. (Do not `pip install torchvision` beside a pinned CPU torch: it "
+            "replaces torch with another build.)"
+        )
+    if args.perceptual_loss == "features" and args.perceptual_weight > 0 and args.perceptual_backbone is None:
+        raise ValueError("--perceptual_loss features needs --perceptual_backbone (a path or Hub id).")
+    finish_common_args(args, "train_spectrum_vae")
+    from .args import check_nonnegative, check_positive
+
+    check_positive(args, ("latent_stats_samples", "num_validation_images"))
+    check_nonnegative(args, ("reconstruction_weight", "perceptual_weight", "disc_weight", "kl_weight", "esm_weight"))
+    if args.disc_learning_rate is None:
+        args.disc_learning_rate = args.learning_rate
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def train_vae(args: argparse.Namespace) -> Path:
+    """Train as `args` (from `parse_args`) says; returns the output folder."""
+    # 1. Accelerator, logging, seeds
+    output_dir = Path(args.output_dir)
+    accelerator = make_accelerator(args)
+
+    # 2. Data
+    dataset = load_image_dataset(
+        args.dataset_name, args.train_data_dir, args.dataset_split, args.image_column, not args.no_streaming
+    )
+    train_transform = ImageTransform(args.resolution, args.center_crop, args.random_flip, seed=args.seed)
+    eval_transform = ImageTransform(args.resolution, center_crop=True)
+    validation_batch = next(
+        image_batches(dataset, args.num_validation_images, eval_transform, args.image_column), None
+    )
+    if validation_batch is None:
+        raise ValueError("no image of the dataset could be read (see the skipped-image log lines above).")
+    validation_images = validation_batch["pixel_values"].to(accelerator.device)
+
+    # 3. Models, losses, optimizers
+    vae = build_vae(args)
+    if args.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
+    vae.train()
+    module = VAETrainingModule(vae)
+    perceptual = build_perceptual(args)
+    if perceptual is not None:
+        perceptual.to(accelerator.device)
+    use_gan = args.disc_weight > 0
+    discriminator = NLayerDiscriminator(3, args.disc_channels, args.disc_layers, args.disc_norm) if use_gan else None
+    ema = create_ema(vae, args.ema_decay) if args.use_ema else None
+
+    optimizer, lr_scheduler = make_optimizer(vae.parameters(), args, accelerator)
+    module, optimizer, lr_scheduler = accelerator.prepare(module, optimizer, lr_scheduler)
+    models = {"vae": module}
+    if use_gan:
+        disc_optimizer = adamw(discriminator.parameters(), args, args.disc_learning_rate)  # constant lr
+        discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
+        models["discriminator"] = discriminator
+    if ema is not None:
+        ema.to(accelerator.device)
+    raw_vae = accelerator.unwrap_model(module).vae
+    raw_discriminator = accelerator.unwrap_model(discriminator) if use_gan else None
+    last_layer = raw_vae.decoder.conv_out.weight
+    checkpointer = Checkpointer(
+        accelerator, output_dir, models, {"vae": ema} if ema is not None else None, args.checkpoints_total_limit
+    )
+
+    # 4. Resume
+    global_step, data_position = 0, 0
+    guard = NonFiniteGuard(args.max_nonfinite_steps)
+    state = checkpointer.resume(args.resume_from_checkpoint)
+    if state is not None:
+        global_step, data_position = state["global_step"], resume_data_position(state, accelerator)
+        guard.load_state_dict(state["nonfinite"])
+        logger.info(f"resumed from {state['checkpoint']} at step {global_step}, data position {data_position}")
+    dataloader = make_image_dataloader(
+        dataset, args.train_batch_size, train_transform, image_column=args.image_column,
+        start_position=data_position, num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
+        num_workers=args.dataloader_num_workers,
+    )  # fmt: skip
+    skip_counter = dataloader.dataset.skip_counter
+    data_iterator = iter(dataloader)
+
+    # 5. Loop: one optimizer step = `gradient_accumulation_steps` micro-batches
+    progress = tqdm(
+        total=args.max_train_steps, initial=global_step, desc="train vae", disable=not accelerator.is_main_process
+    )
+    accumulation = args.gradient_accumulation_steps
+    window = AccumulationWindow(accelerator, [module, discriminator], accumulation)
+    while global_step < args.max_train_steps:
+        gan_active = use_gan and global_step >= args.disc_start
+        logs = {}
+        for micro_step in range(accumulation):
+            batch = next(data_iterator)
+            data_position = int(batch["data_position"][-1])
+            images = batch["pixel_values"].to(accelerator.device)
+            generator = step_generator(args.seed, global_step, micro_step, accelerator.process_index, images.device)
+            with window.micro_step(micro_step):
+                # 5a. Autoencoder: encode / decode through the wrapped module (DDP, autocast)
+                out = module(images, generator=generator)
+                loss, terms = autoencoder_loss(
+                    out, args, perceptual, raw_discriminator if gan_active else None, last_layer, accelerator.autocast
+                )
+                # 5b. Discriminator on detached real and reconstructed images (one forward for DDP)
+                if gan_active:
+                    terms["discriminator"] = discriminator_loss(discriminator, out)
+                    loss = loss + terms["discriminator"]  # separate parameters: one backward serves both
+                window.backward(loss)
+            for name, value in terms.items():
+                logs[name] = logs.get(name, 0.0) + value.detach() / accumulation
+            logs["spectral_kl_delta0"] = out["spectral_kl_delta0"].detach()
+            logs["dsm_level"] = out["dsm_level"]
+
+        # 5c. Optimizer steps (skipped together on every process when a loss of the window was not finite)
+        if window.step_ok(guard):
+            if args.max_grad_norm > 0:
+                logs["grad_norm"] = accelerator.clip_grad_norm_(module.parameters(), args.max_grad_norm)
+            optimizer.step()
+            if gan_active:
+                if args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
+                disc_optimizer.step()
+            if ema is not None:
+                ema.step(raw_vae.parameters())
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if use_gan:
+            disc_optimizer.zero_grad(set_to_none=True)
+        global_step += 1
+        progress.update(1)
+        logs = {k: float(v) for k, v in logs.items()}  # one transfer per optimizer step, for the trackers
+        logs.update(lr=lr_scheduler.get_last_lr()[0], skipped_images=skip_counter.count, nonfinite_steps=guard.total)
+        progress.set_postfix(loss=logs.get("reconstruction", float("nan")), esm=logs.get("esm", float("nan")))
+        accelerator.log(logs, step=global_step)
+
+        # 5d. Checkpoint and validation
+        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+            positions = accelerator.gather(torch.tensor([data_position], device=accelerator.device)).tolist()
+            checkpointer.save(global_step, {"data_positions": positions, "nonfinite": guard.state_dict()})
+        if accelerator.is_main_process and (global_step % args.validation_steps == 0 or global_step == 1):
+            raw_vae.eval()
+            with ema_weights(ema, raw_vae):
+                metrics, reconstructions, latents = evaluate_vae(raw_vae, validation_images, raw_vae.config.esm_delta)
+            raw_vae.train()
+            numbers = {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+            accelerator.log(numbers, step=global_step)
+            pairs = torch.cat([validation_images, reconstructions])  # originals on top, reconstructions below
+            log_images(accelerator, "val/reconstructions", pairs, global_step, nrow=len(validation_images))
+            log_figure(
+                accelerator, "val/spectrum", spectrum_figure(validation_images, latents, args.esm_delta), global_step
+            )
+    progress.close()
+
+    # 6. Final model: EMA weights, latent statistics, save, stock export, card, push
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.copy_to(raw_vae.parameters())
+        raw_vae.eval()
+        stats_batches = image_batches(
+            dataset, args.train_batch_size, eval_transform, args.image_column, max_samples=args.latent_stats_samples
+        )
+        stats = raw_vae.estimate_latent_stats(
+            stats_batches, args.latent_stats_samples, use_shift=args.use_shift or None, sample_posterior=True,
+            generator=torch.Generator(device=accelerator.device).manual_seed(args.seed),
+        )  # fmt: skip
+        metrics, _, _ = evaluate_vae(raw_vae, validation_images, raw_vae.config.esm_delta)
+        metrics.update(
+            scaling_factor=stats["scaling_factor"], shift_factor=stats["shift_factor"], latent_std=stats["std"],
+            latent_mean=stats["mean"], latent_stats_samples=stats["num_samples"], global_step=global_step,
+            skipped_images=skip_counter.count, nonfinite_steps=guard.total,
+        )  # fmt: skip
+        write_outputs(args, raw_vae, metrics, output_dir)
+        logger.info(f"final metrics: {metrics}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return output_dir
+
+
+def write_outputs(args, vae: SpectrumAutoencoderKL, metrics: dict, output_dir: Path) -> None:
+    """save_pretrained, the stock export, metrics.json, the model card, and the (dry-run) push."""
+    vae.save_pretrained(output_dir)
+    export_vae(output_dir / "stock", vae, training_info={"metrics": metrics, "recipe": args.recipe})
+    write_json(output_dir / "metrics.json", metrics)
+    card = vae_model_card(
+        args.hub_model_id or output_dir.resolve().name,
+        config=dict(vae.config),
+        training_args=public_args(args),
+        metrics=metrics,
+        base_model=args.pretrained_vae if args.pretrained_vae and not os.path.isdir(args.pretrained_vae) else None,
+        datasets=[args.dataset_name] if args.dataset_name else None,
+        dataset_description=None if args.dataset_name or args.train_data_dir else "the embedded photo crops",
+        recipe=args.recipe,
+        eval_description=(
+            f"the first {args.num_validation_images} images of the training data (centre crops, {args.resolution} px; "
+            f"posterior mean); latent statistics over {metrics['latent_stats_samples']} images"
+        ),
+    )
+    card.save(output_dir / "README.md")
+    push_output(args, output_dir)

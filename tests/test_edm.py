@@ -13,7 +13,7 @@ from diffusers import (
 )
 
 from diffusers_spectrum.models.unet_presets import build_unet, check_edm_unet
-from diffusers_spectrum.objectives import regularizer_weights, snr_from_alphas_cumprod
+from diffusers_spectrum.training.objectives import regularizer_weights, snr_from_alphas_cumprod
 from diffusers_spectrum.pipelines.edm_pipeline import EDMPipeline, edm_scheduler
 from diffusers_spectrum.training.edm import (
     edm_denoise,

@@ -7,6 +7,8 @@ Esser et al. 2021 ("Taming Transformers", Eq. 7); LPIPS, Zhang et al. 2018. The 
 weight 0.5, hinge, adaptive weight, delayed start) follows the Spectrum Matching authors' autoencoders.
 """
 
+import os
+
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -14,7 +16,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 # diffusers resolves custom components through the module that defines them; keep the base classes importable here.
 from diffusers.models.modeling_utils import ModelMixin
 
-from ..spectral._checks import require_4d
+from ..spectral._checks import require_4d, require_tensor
 
 
 __all__ = [
@@ -40,6 +42,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, loss_type: str = "l1") -> torch.Tensor:
     """Per-sample pixel loss: mean |r - x| (`"l1"`) or mean (r - x)^2 (`"l2"`). `(B, C, H, W)` x 2 -> `(B,)`."""
+    require_tensor(reconstruction, "reconstruction_loss", "reconstruction")
+    require_tensor(target, "reconstruction_loss", "target")
     if reconstruction.shape != target.shape:
         raise ValueError(
             f"reconstruction_loss: reconstruction {tuple(reconstruction.shape)} and target {tuple(target.shape)} "
@@ -123,6 +127,13 @@ class NLayerDiscriminator(ModelMixin, ConfigMixin):
 
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
     """Discriminator hinge loss 0.5 * (E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]) (Lim & Ye 2017), per sample `(B,)`."""
+    require_tensor(logits_real, "hinge_d_loss", "logits_real")
+    require_tensor(logits_fake, "hinge_d_loss", "logits_fake")
+    if logits_real.shape[:1] != logits_fake.shape[:1] or logits_real.ndim < 2:
+        raise ValueError(
+            f"hinge_d_loss: `logits_real` {tuple(logits_real.shape)} and `logits_fake` {tuple(logits_fake.shape)} "
+            "must be (B, ...) with the same batch size B (score real and fake batches of equal size)."
+        )
     real = F.relu(1.0 - logits_real.float()).flatten(1).mean(1)
     fake = F.relu(1.0 + logits_fake.float()).flatten(1).mean(1)
     return 0.5 * (real + fake)
@@ -175,8 +186,11 @@ class LPIPSLoss(torch.nn.Module):
         super().__init__()
         if not lpips_available():
             raise ImportError(
-                "LPIPSLoss needs the `lpips` package and torchvision (`pip install lpips torchvision`); or use "
-                "FeaturePerceptualLoss with a transformers backbone (--perceptual_backbone), which works everywhere."
+                "LPIPSLoss needs the `lpips` package and torchvision, and downloads the backbone's ImageNet weights "
+                "on first use. Install them without replacing a CPU torch: `pip install torchvision --index-url "
+                "https://download.pytorch.org/whl/cpu && pip install lpips` (pick the index of your torch build); "
+                "or, offline, use FeaturePerceptualLoss with a local transformers backbone folder "
+                "(--perceptual_backbone)."
             )
         import lpips
 
@@ -187,6 +201,15 @@ class LPIPSLoss(torch.nn.Module):
 
     def forward(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.model(reconstruction.float(), target.float(), normalize=False).flatten(1).mean(1)
+
+
+def _require_existing_local_path(path, func: str, name: str) -> None:
+    """A string that looks like a filesystem path (absolute, `./`, `../`, `~`, or more than one `/`) must exist: fail
+    at once with the folder's name instead of retrying it as a Hub id."""
+    text = os.fspath(path)
+    looks_local = text.startswith((".", "~", os.sep)) or os.path.isabs(text) or text.count("/") > 1
+    if looks_local and not os.path.exists(os.path.expanduser(text)):
+        raise FileNotFoundError(f"{func}: `{name}` {text!r}: no such folder; check the path (a Hub id is 'org/name').")
 
 
 class FeaturePerceptualLoss(torch.nn.Module):
@@ -217,6 +240,7 @@ class FeaturePerceptualLoss(torch.nn.Module):
         super().__init__()
         from transformers import AutoImageProcessor, AutoModel
 
+        _require_existing_local_path(backbone, "FeaturePerceptualLoss", "backbone")
         model = AutoModel.from_pretrained(backbone)
         model = getattr(model, "vision_model", model)  # CLIP / SigLIP: keep the vision tower
         self.model = model.eval().requires_grad_(False)

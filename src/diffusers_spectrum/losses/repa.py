@@ -36,6 +36,10 @@ def repa_loss(projected: torch.Tensor, target: torch.Tensor, reduction: str = "m
             f"repa_loss: `projected` and `target` must both be (B, N, D) with equal shapes, got "
             f"{tuple(projected.shape)} and {tuple(target.shape)}{hint}."
         )
+    if projected.shape[0] == 0 or projected.shape[1] == 0:
+        raise ValueError(
+            f"repa_loss: empty batch or token grid, shape {tuple(projected.shape)}; the mean over it is undefined."
+        )
     if reduction not in ("mean", "none"):
         raise ValueError(f"repa_loss: reduction must be 'mean' or 'none', got {reduction!r}.")
     dtype = compute_dtype(projected.dtype)

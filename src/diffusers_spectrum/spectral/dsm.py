@@ -4,8 +4,8 @@ import functools
 
 import torch
 
-from ._checks import as_int, compute_dtype, require_finite_sum, require_min_dims, should_check_finite
-from .dct import blockwise_dct_2d, blockwise_idct_2d
+from ._checks import as_int, compute_dtype, require_finite_sum, should_check_finite
+from .dct import _check_blocks, blockwise_dct_2d, blockwise_idct_2d
 
 
 DSM_DEFAULT_LEVELS = (0, 8, 10, 12)  # the authors' mask levels for 8 x 8 blocks; 0 = no masking
@@ -62,9 +62,8 @@ def dsm_lowpass(x: torch.Tensor, level: int, block_size: int = 8, *, check_finit
     Returns:
         ``(..., H, W)`` low-passed signal in ``x``'s dtype.
     """
-    require_min_dims(x, 2, "dsm_lowpass", "x")
     level = check_dsm_level(level, block_size)
-    block_size = int(block_size)
+    block_size = _check_blocks(x, block_size, "dsm_lowpass")
     if level == 0:
         out = x
     else:

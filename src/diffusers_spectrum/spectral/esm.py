@@ -114,11 +114,31 @@ def _check_pair(images: torch.Tensor, latents: torch.Tensor, func: str) -> None:
         )
 
 
-def _check_options(func: str, n_bins, blur, eps) -> tuple[int, bool | None, float]:
+def _band_powers(images, latents, n_bins, blur, remove_dc, floor, check_finite, func: str, floor_name: str):
+    """:func:`esm_band_powers` with the caller's name in its error messages (``floor_name``: ``floor`` or ``eps``)."""
+    _check_pair(images, latents, func)
     n_bins = as_int(n_bins, func, "n_bins", minimum=1)
     blur = as_optional_bool(blur, func, "blur")
-    eps = as_float(eps, func, "eps", minimum=0.0, strict=True)
-    return n_bins, blur, eps
+    floor = as_float(floor, func, floor_name, minimum=0.0, strict=floor_name == "eps")
+    latent_hw = (latents.shape[-2], latents.shape[-1])
+    image_coeffs = resized_image_dct(images, latent_hw, esm_uses_blur(latent_hw[0], blur))  # (B, 3, h, w)
+    image_bands = band_means(channel_power(image_coeffs, floor), n_bins, remove_dc=remove_dc)  # (B, n_bins)
+    latent_power = channel_power(dct_2d(latents.float()), floor)  # (B, h, w)
+    latent_bands = band_means(latent_power, n_bins, remove_dc=remove_dc)  # (B, n_bins)
+    if should_check_finite(check_finite, images, latents):
+        # One sync on two small tensors; NaN/Inf anywhere in an input reaches every band of that sample.
+        if not bool(torch.isfinite(image_bands).all() & torch.isfinite(latent_bands).all()):
+            require_finite(image_bands, func, "images")
+            require_finite(latent_bands, func, "latents")
+    return image_bands, latent_bands
+
+
+def _check_scalars(func: str, delta, eps, loss_type: str | None = None) -> None:
+    """Validate the scalar options before any tensor work, naming the public function."""
+    as_float(delta, func, "delta")
+    as_float(eps, func, "eps", minimum=0.0, strict=True)
+    if loss_type is not None:
+        _check_loss_type(loss_type)
 
 
 def esm_band_powers(
@@ -147,19 +167,7 @@ def esm_band_powers(
     Returns:
         ``(image_bands, latent_bands)``: two ``(B, n_bins)`` float32 tensors (compute once, flatten with any delta).
     """
-    _check_pair(images, latents, "esm_band_powers")
-    n_bins, blur, floor = _check_options("esm_band_powers", n_bins, blur, floor)
-    latent_hw = (latents.shape[-2], latents.shape[-1])
-    image_coeffs = resized_image_dct(images, latent_hw, esm_uses_blur(latent_hw[0], blur))  # (B, 3, h, w)
-    image_bands = band_means(channel_power(image_coeffs, floor), n_bins, remove_dc=remove_dc)  # (B, n_bins)
-    latent_power = channel_power(dct_2d(latents.float()), floor)  # (B, h, w)
-    latent_bands = band_means(latent_power, n_bins, remove_dc=remove_dc)  # (B, n_bins)
-    if should_check_finite(check_finite, images, latents):
-        # One sync on two small tensors; NaN/Inf anywhere in an input reaches every band of that sample.
-        if not bool(torch.isfinite(image_bands).all() & torch.isfinite(latent_bands).all()):
-            require_finite(image_bands, "esm_band_powers", "images")
-            require_finite(latent_bands, "esm_band_powers", "latents")
-    return image_bands, latent_bands
+    return _band_powers(images, latents, n_bins, blur, remove_dc, floor, check_finite, "esm_band_powers", "floor")
 
 
 def flattened_log_spectra(
@@ -207,7 +215,8 @@ def esm_spectra(
     Returns:
         ``(target, latent)``: two ``(B, n_bins)`` float32 rows that each sum to 1.
     """
-    bands = esm_band_powers(images, latents, n_bins, blur, remove_dc=remove_dc, floor=eps, check_finite=check_finite)
+    _check_scalars("esm_spectra", delta, eps)
+    bands = _band_powers(images, latents, n_bins, blur, remove_dc, eps, check_finite, "esm_spectra", "eps")
     return flattened_log_spectra(*bands, delta=delta, eps=eps)
 
 
@@ -265,8 +274,8 @@ def esm_loss(
     Returns:
         Scalar float32 loss.
     """
-    _check_loss_type(loss_type)
-    bands = esm_band_powers(images, latents, n_bins, blur, floor=eps, check_finite=check_finite)
+    _check_scalars("esm_loss", delta, eps, loss_type)
+    bands = _band_powers(images, latents, n_bins, blur, True, eps, check_finite, "esm_loss", "eps")
     return esm_divergence(*bands, delta=delta, loss_type=loss_type, eps=eps).mean()
 
 
@@ -287,6 +296,6 @@ def spectral_kl(
 
     ``remove_dc=False`` gives the authors' analysis number (``spectrum_distribution``'s KL: DC kept, no centring).
     """
-    _check_loss_type(loss_type)
-    bands = esm_band_powers(images, latents, n_bins, blur, remove_dc=remove_dc, floor=eps, check_finite=check_finite)
+    _check_scalars("spectral_kl", delta, eps, loss_type)
+    bands = _band_powers(images, latents, n_bins, blur, remove_dc, eps, check_finite, "spectral_kl", "eps")
     return esm_divergence(*bands, delta=delta, loss_type=loss_type, eps=eps)

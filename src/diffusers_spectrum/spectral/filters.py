@@ -45,16 +45,16 @@ _MAX_KERNEL_RADIUS = 2**20
 # Gaussian blur with reflect boundary as an (n x n) matrix, exact for any kernel length.
 
 
-def _check_blur_args(func: str, sigma, truncate) -> tuple[float, float, int]:
+def _check_blur_args(func: str, sigma, truncate, name: str = "sigma") -> tuple[float, float, int]:
     """Validate ``sigma >= 0`` and ``truncate > 0`` (finite numbers); return them with scipy's kernel radius."""
-    sigma = as_float(sigma, func, "sigma", minimum=0.0)
+    sigma = as_float(sigma, func, name, minimum=0.0)
     truncate = as_float(truncate, func, "truncate", minimum=0.0, strict=True)
     radius = int(truncate * sigma + 0.5)
     if radius > _MAX_KERNEL_RADIUS:
         raise ValueError(
-            f"{func}: sigma={sigma:g} with truncate={truncate:g} needs a kernel radius of {radius} taps (more than "
+            f"{func}: {name}={sigma:g} with truncate={truncate:g} needs a kernel radius of {radius} taps (more than "
             f"{_MAX_KERNEL_RADIUS}); a Gaussian wider than a few grid sizes already averages the grid to its mean, "
-            "so pass a sigma of at most 3 x the grid side."
+            f"so pass {name} of at most 3 x the grid side."
         )
     return sigma, truncate, radius
 
@@ -91,8 +91,8 @@ def gaussian_blur_matrix(
 
 
 def _check_dog_args(func: str, sigma1, sigma2, truncate, eps) -> tuple[float, float, float, float]:
-    sigma1, truncate, _ = _check_blur_args(func, sigma1, truncate)
-    sigma2, _, radius2 = _check_blur_args(func, sigma2, truncate)
+    sigma1, truncate, _ = _check_blur_args(func, sigma1, truncate, "sigma1")
+    sigma2, _, radius2 = _check_blur_args(func, sigma2, truncate, "sigma2")
     eps = as_float(eps, func, "eps", minimum=0.0, strict=True)
     if not sigma1 < sigma2:
         raise ValueError(f"{func}: need 0 <= sigma1 < sigma2, got sigma1={sigma1}, sigma2={sigma2}.")

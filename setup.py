@@ -31,6 +31,7 @@ setup(
         "scipy",
         "ptwt>=1.0",  # differentiable wavelet transforms in PyTorch (wavelet_loss)
         "Pillow",
+        "soundfile>=0.12",  # audio I/O (libsndfile wheels: WAV, FLAC, OGG, MP3); no ffmpeg needed
         "matplotlib",
         "tqdm",
         "tensorboard",

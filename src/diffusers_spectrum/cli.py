@@ -27,6 +27,36 @@ SUBCOMMANDS = {
     ),
     "train-dit": ("diffusers_spectrum.training.dit", "parse_args", "train_dit", "train a DiT with (DoG-)REPA"),
     "sample": ("diffusers_spectrum.pipelines.sampling", "parse_args", "sample", "sample images from a pipeline"),
+    "train-unconditional": (
+        "diffusers_spectrum.training.unconditional",
+        "parse_args",
+        "train_unconditional",
+        "train a pixel-space UNet (DDPM / EDM) with the spectral regularisers",
+    ),
+    "train-audio": (
+        "diffusers_spectrum.training.audio",
+        "parse_args",
+        "train_audio",
+        "train a waveform UNet1DModel (Dance Diffusion) with the spectral regularisers",
+    ),
+    "analyze-audio": (
+        "diffusers_spectrum.evaluation.audio_analysis",
+        None,
+        "main",
+        "band power spectra, slopes and distances of an audio folder or pipeline",
+    ),
+    "evaluate-vae": (
+        "diffusers_spectrum.evaluation.evaluate",
+        "parse_vae_args",
+        "evaluate_vae",
+        "reconstruction metrics of a VAE (rFID / FD, PSNR, SSIM, low-pass rFID, spectral KL)",
+    ),
+    "evaluate-pipeline": (
+        "diffusers_spectrum.evaluation.evaluate",
+        "parse_pipeline_args",
+        "evaluate_pipeline",
+        "generation metrics of a pipeline (FD, SWD, spectrum distance)",
+    ),
 }
 
 

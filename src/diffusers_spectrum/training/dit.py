@@ -25,13 +25,14 @@ from tqdm.auto import tqdm
 from ..dct_space import (
     DCTTransform,
     dct_weighted_mse,
-    estimate_dct_eta,
+    estimate_dct_statistics,
     estimate_entropy_weights,
     snr_scaled_scheduler,
 )
 from ..losses import fourier_loss, repa_loss, wavelet_loss
 from ..models import REPADiTTransformer2DModel, drop_labels, load_autoencoder
 from ..models.autoencoder_kl_spectral import latents_from_vae
+from ..models.dit_repa import REPA_DEFAULTS, default_repa_depth
 from ..models.encoders import RepresentationEncoder
 from ..pipelines.export import default_scheduler, export_pipeline, flow_matching_scheduler
 from ..pipelines.model_cards import pipeline_model_card
@@ -90,11 +91,6 @@ DIT_PRESETS = {
     "L/2": {"num_layers": 24, "num_attention_heads": 16, "attention_head_dim": 64, "patch_size": 2},
     "XL/2": {"num_layers": 28, "num_attention_heads": 16, "attention_head_dim": 72, "patch_size": 2},
 }
-
-
-def default_repa_depth(num_layers: int) -> int:
-    """REPA aligns after block 8 of 28 (SiT-XL/2); keep that fraction for other depths (at least block 1)."""
-    return max(1, round(num_layers * 8 / 28))
 
 
 def build_transformer(
@@ -338,7 +334,12 @@ class DataSource:
             if images is None:
                 raise ValueError("REPA targets are neither cached nor computable (images are not loaded).")
             targets = self.encoder(images, grid_hw)
-        labels = batch["labels"].to(self.device) if self.conditional else torch.zeros_like(batch["labels"])
+        labels = batch["labels"] if self.conditional else torch.zeros_like(batch["labels"])
+        if self.conditional and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(  # CPU tensor from the loader: checked where data enters, no device sync
+                f"a batch holds class label(s) outside [0, {self.num_classes - 1}] ({labels.tolist()[:8]}); pass "
+                f"--num_classes to cover them, or remap the dataset's labels to 0..K-1."
+            )
         return {"x0": x0.float(), "labels": labels.to(self.device), "targets": targets}
 
 
@@ -397,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dct_eta",
         type=float,
         default=None,
-        help="Global DCT scale eta (scaling_factor = 1 / eta). Default: estimated on the data as DCTdiff does.",
+        help="Global DCT scale eta (scaling_factor = 1 / eta). Default: max(|p1.75|, |p98.25|) of the signed Y DC "
+        "on the data (DCTdiff). In units of 127.5 levels: the paper's eta / 127.5 (e.g. 242.4 -> 1.901).",
     )
     g.add_argument(
         "--dct_entropy_weights",
@@ -438,12 +440,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="transformers vision backbone for online targets (e.g. facebook/dinov2-base).",
     )
-    g.add_argument("--repa_coeff", type=float, default=0.5, help="Weight of the REPA loss (REPA: 0.5).")
+    g.add_argument(
+        "--repa_coeff",
+        type=float,
+        default=None,
+        help="Weight of the REPA loss. Default: the authors' per projector, 0.5 for mlp (REPA), 1.0 for conv (iREPA).",
+    )
     g.add_argument(
         "--repa_depth",
         type=int,
         default=None,
-        help="1-based block whose tokens are aligned. Default: REPA's per-size setting (see default_repa_depth).",
+        help="1-based block whose tokens are aligned. Default: REPA's per size, 4 for B/2 (12 blocks), 8 for L/2 and "
+        "XL/2; one third of the depth otherwise (models.dit_repa.default_repa_depth).",
     )
     g.add_argument("--repa_projector", type=str, default="mlp", choices=("mlp", "conv"), help="Projector type.")
     g.add_argument("--repa_projector_dim", type=int, default=2048, help="Hidden width of the MLP projector.")
@@ -492,6 +500,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         args.label_column = args.label_column or "label"  # the embedded photos are labelled by source photograph
     if args.objective == "flow" and args.space == "dct" and args.snr_scale != 1.0:
         logger.info("flow matching in DCT space: SNR scale applied as a time shift of 1/sqrt(c)")
+    if args.repa_coeff is None:
+        args.repa_coeff = REPA_DEFAULTS[args.repa_projector]["loss_weight"]
     finish_common_args(args, "train_dit_repa")
     check_positive(args, ("num_validation_images", "validation_inference_steps"))
     check_nonnegative(args, ("repa_coeff", "label_dropout"))
@@ -523,16 +533,19 @@ def train_dit(args: argparse.Namespace) -> Path:
         eta_batches = list(
             image_batches(probe, 32, ImageTransform(args.resolution), args.image_column, max_samples=256)
         )
-        if args.dct_eta is None:
-            args.dct_eta = estimate_dct_eta(dct, eta_batches)
-        dct.register_to_config(scaling_factor=1.0 / args.dct_eta)
+        if args.dct_eta is None:  # the authors' eta and entropy weights, one streaming pass
+            args.dct_eta, weights = estimate_dct_statistics(dct, eta_batches)
+        else:
+            dct.register_to_config(scaling_factor=1.0 / args.dct_eta)
+            weights = estimate_entropy_weights(dct, eta_batches) if args.dct_entropy_weights else None
         data.latent_config = {"scaling_factor": dct.config.scaling_factor, "shift_factor": None}
-        entropy_weights = estimate_entropy_weights(dct, eta_batches) if args.dct_entropy_weights else None
+        entropy_weights = weights if args.dct_entropy_weights else None
         logger.info(f"DCT space: eta {args.dct_eta:.4f}, latent shape {data.latent_shape}")
     else:
         entropy_weights = None
     channels, side = data.latent_shape[0], data.latent_shape[1]
     num_classes = args.num_classes or (len(data.id2label) if data.id2label else 1)
+    data.num_classes = args.num_classes or (len(data.id2label) if data.id2label else 1000)  # labels allowed
 
     # 3. REPA targets
     mode = args.repa_targets

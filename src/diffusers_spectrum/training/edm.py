@@ -20,8 +20,8 @@ sampling see the same network inputs.
 import torch
 
 from ..models.unet_presets import check_edm_unet
-from .objectives import edm_preconditioning, x0_from_edm
 from ..spectral._checks import compute_dtype, require_4d
+from .objectives import edm_preconditioning, x0_from_edm
 
 
 # Paper defaults (Karras et al. 2022, Table 1, "Ours" column).

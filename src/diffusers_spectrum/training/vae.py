@@ -517,12 +517,13 @@ def train_vae(args: argparse.Namespace) -> Path:
             dataset, args.train_batch_size, eval_transform, args.image_column, max_samples=args.latent_stats_samples
         )
         stats = raw_vae.estimate_latent_stats(
-            stats_batches, args.latent_stats_samples, use_shift=args.use_shift or None, sample_posterior=True,
+            stats_batches, args.latent_stats_samples, use_shift=args.use_shift, sample_posterior=True,
             generator=torch.Generator(device=accelerator.device).manual_seed(args.seed),
         )  # fmt: skip
         metrics, _, _ = evaluate_vae(raw_vae, validation_images, raw_vae.config.esm_delta)
         metrics.update(
-            scaling_factor=stats["scaling_factor"], shift_factor=stats["shift_factor"], latent_std=stats["std"],
+            latent_convention=stats["convention"], scaling_factor=stats["scaling_factor"],
+            shift_factor=stats["shift_factor"], latent_std=stats["std"],
             latent_mean=stats["mean"], latent_stats_samples=stats["num_samples"], global_step=global_step,
             skipped_images=skip_counter.count, nonfinite_steps=guard.total,
         )  # fmt: skip

@@ -81,7 +81,7 @@ def edm_loss_weight(sigma: torch.Tensor, sigma_data: float = EDM_SIGMA_DATA) -> 
 
 def edm_snr(sigma: torch.Tensor) -> torch.Tensor:
     """SNR = 1 / sigma^2 of ``x0 + sigma n``: the same value as the DDPM SNR ``abar / (1 - abar)`` at
-    ``sigma = sqrt((1 - abar) / abar)``, so :func:`diffusers_spectrum.training.objectives.regularizer_weights` applies as is."""
+    ``sigma = sqrt((1 - abar) / abar)``, so :func:`training.objectives.regularizer_weights` applies as is."""
     sigma = torch.as_tensor(sigma)
     return 1.0 / sigma.to(compute_dtype(sigma.dtype)) ** 2
 

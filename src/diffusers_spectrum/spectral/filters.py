@@ -11,7 +11,8 @@ size (radius = int(truncate * sigma + 0.5), truncate 4). On an n-sample axis tha
 so the blur is diagonal in the orthonormal DCT-II basis: blur = D^T diag(H) D with H_k = sum_j g[j] cos(pi k j / n).
 The cosine is 2n-periodic in j, so the taps are first folded modulo 2n: any kernel length costs O(radius + n^2), and
 sigma2 may exceed the grid (the limit sigma2 -> infinity is the exact mean). Each blur is one small (n x n) matrix
-per axis, built once per (size, sigma, truncate, device, dtype); the DoG is four such products per map.
+per axis, built once per (size, sigma, truncate, device, dtype); the DoG is four such products per map. (One (N x N)
+operator for small grids measured ~20% faster at 16 x 16 tokens and slower at 32 x 32 on CPU: not worth a second path.)
 """
 
 import functools

@@ -180,3 +180,19 @@ def test_dsm_levels_accept_numpy_and_torch_integers(level):
 def test_radial_spectrum_accepts_numpy_integer_bins():
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(radial_spectrum(x, np.int64(4)), radial_spectrum(x, 4), atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ NaN/Inf rule
+def test_non_finite_check_is_skipped_on_recorded_steps_and_can_be_forced_or_disabled():
+    x = torch.randn(1, 4, 16, 16)
+    x[0, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match="`x` contains NaN"):
+        dsm_lowpass(x, 8)  # default: checked (nothing records gradients)
+    assert torch.isnan(dsm_lowpass(x, 8, check_finite=False)).any()  # a hot-path caller opts out
+    recorded = x.clone().requires_grad_()
+    assert torch.isnan(dsm_lowpass(recorded, 8)).any()  # a training step: flows on to the trainer's guard
+    with pytest.raises(ValueError, match="`x` contains NaN"):
+        dsm_lowpass(recorded, 8, check_finite=True)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="`x` contains NaN"):
+            radial_spectrum(recorded)  # grad mode off: nothing is recorded, so it checks

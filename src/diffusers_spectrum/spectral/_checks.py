@@ -90,7 +90,7 @@ def should_check_finite(check_finite: bool | None, *tensors: torch.Tensor) -> bo
 
 def require_finite(x: torch.Tensor, func: str, name: str) -> None:
     """Raise if ``x`` holds NaN/Inf. One host sync: call it on small (reduced) tensors or outside hot paths."""
-    if not bool(torch.isfinite(x).all()):
+    if not bool(torch.isfinite(x.detach()).all()):
         raise ValueError(
             f"{func}: `{name}` contains NaN or Inf values (or values too large to square in float32); check the data "
             "and the model's outputs (a diverged step or a corrupt image)."
@@ -102,7 +102,7 @@ def require_finite_sum(x: torch.Tensor, func: str, name: str) -> None:
 
     NaN or Inf anywhere makes the sum non-finite; a finite tensor sums to a finite float64 for any float32 input.
     """
-    if not math.isfinite(float(x.sum(dtype=torch.float64))):
+    if not math.isfinite(float(x.detach().sum(dtype=torch.float64))):
         raise ValueError(
             f"{func}: `{name}` contains NaN or Inf values; check the data and the model's outputs "
             "(a diverged step or a corrupt image), or pass check_finite=False to let them through."

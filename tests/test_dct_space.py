@@ -26,7 +26,8 @@ from diffusers_spectrum import (
     snr_scaled_scheduler,
     wavelet_loss,
 )
-from diffusers_spectrum.dct_space import estimate_dct_statistics, zigzag_order
+from diffusers_spectrum.pipelines.dct_transform import zigzag_order
+from diffusers_spectrum.training.dct_statistics import estimate_dct_statistics
 from diffusers_spectrum.training.objectives import DiffusionObjective, snr_from_flow_time
 
 

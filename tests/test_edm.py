@@ -13,7 +13,6 @@ from diffusers import (
 )
 
 from diffusers_spectrum.models.unet_presets import build_unet, check_edm_unet
-from diffusers_spectrum.training.objectives import regularizer_weights, snr_from_alphas_cumprod
 from diffusers_spectrum.pipelines.edm_pipeline import EDMPipeline, edm_scheduler
 from diffusers_spectrum.training.edm import (
     edm_denoise,
@@ -24,6 +23,7 @@ from diffusers_spectrum.training.edm import (
     edm_sample_sigmas,
     edm_snr,
 )
+from diffusers_spectrum.training.objectives import regularizer_weights, snr_from_alphas_cumprod
 
 
 SIGMAS = torch.tensor([0.002, 0.05, 0.5, 1.0, 3.0, 80.0])

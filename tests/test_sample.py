@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from diffusers_spectrum.models import SpectrumAutoencoderKL
-from diffusers_spectrum.pipelines.export import default_scheduler, export_pipeline, flow_matching_scheduler
+from diffusers_spectrum.pipelines.export import export_pipeline
+from diffusers_spectrum.pipelines.schedulers import default_scheduler, flow_matching_scheduler
 from diffusers_spectrum.training.dit import build_transformer
 
 

@@ -5,18 +5,12 @@
 from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
 
 from ._version import __version__  # noqa: F401
-from .dct_space import (
-    DCTTransform,
-    dct_weighted_mse,
-    estimate_dct_eta,
-    estimate_entropy_weights,
-    snr_scaled_scheduler,
-)
 from .evaluation.analyze import analyze_vae, compare_vaes
 from .evaluation.diagnostics import power_law_field, spectrum_summary, spectrum_verdict
 from .evaluation.encoder_analysis import analyze_encoder
 from .evaluation.metrics import frechet_distance, frechet_distance_from_stats, psnr, reconstruction_metrics, ssim
 from .losses import repa_loss
+from .losses.dct import dct_weighted_mse
 from .losses.spectral_regularizers import fourier_loss, wavelet_loss
 from .models import (
     REPADiTTransformer2DModel,
@@ -26,7 +20,9 @@ from .models import (
     drop_labels,
 )
 from .models.encoders import RepresentationEncoder
-from .pipelines.export import default_scheduler, export_pipeline, export_vae, flow_matching_scheduler
+from .pipelines.dct_transform import DCTTransform
+from .pipelines.export import export_pipeline, export_vae
+from .pipelines.schedulers import default_scheduler, flow_matching_scheduler, snr_scaled_scheduler
 from .spectral import (
     apply_target_filter,
     blockwise_dct_2d,
@@ -42,6 +38,7 @@ from .spectral import (
     spatial_normalize,
     spectral_kl,
 )
+from .training.dct_statistics import estimate_dct_eta, estimate_dct_statistics, estimate_entropy_weights
 from .training.objectives import DiffusionObjective, x0_from_edm, x0_from_epsilon, x0_from_flow, x0_from_v
 
 
@@ -61,6 +58,7 @@ __all__ = [
     "spectral_kl",
     "dct_weighted_mse",
     "estimate_dct_eta",
+    "estimate_dct_statistics",
     "estimate_entropy_weights",
     "fourier_loss",
     "snr_scaled_scheduler",

@@ -186,11 +186,11 @@ class LPIPSLoss(torch.nn.Module):
         super().__init__()
         if not lpips_available():
             raise ImportError(
-                "LPIPSLoss needs the `lpips` package and torchvision, and downloads the backbone's ImageNet weights "
-                "on first use. Install them without replacing a CPU torch: `pip install torchvision --index-url "
-                "https://download.pytorch.org/whl/cpu && pip install lpips` (pick the index of your torch build); "
-                "or, offline, use FeaturePerceptualLoss with a local transformers backbone folder "
-                "(--perceptual_backbone)."
+                "LPIPSLoss needs the `lpips` package and a torchvision built for your exact torch version, and "
+                "downloads the backbone's ImageNet weights on first use. An unpinned `pip install torchvision` "
+                "replaces torch with another build: pin the torchvision release made for your torch. Offline (or "
+                "without them), train with --perceptual_loss none, or FeaturePerceptualLoss with a local "
+                "transformers backbone folder (--perceptual_loss features --perceptual_backbone DIR)."
             )
         import lpips
 

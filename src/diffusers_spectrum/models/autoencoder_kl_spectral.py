@@ -401,7 +401,7 @@ class SpectrumAutoencoderKL(AutoencoderKL):
 
         # 3. DSM: the same blockwise low-pass on latent and image, decode the low-passed latent
         block = self.config.dsm_block_size
-        target = dsm_lowpass(images, level, block)  # (B, 3, H, W)
+        target = dsm_lowpass(images, level, block, check_finite=False)  # (B, 3, H, W); no sync per step
         reconstruction = self.decode(dsm_lowpass(latents, level, block)).sample  # (B, 3, H, W)
 
         # 4. Spectral terms on the unmasked sampled posterior, before any scaling factor (band powers computed once)

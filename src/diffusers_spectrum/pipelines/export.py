@@ -1,4 +1,4 @@
-"""Publish a Spectrum VAE + DiT pair as a plain diffusers `DiTPipeline` folder, and the matching schedulers.
+"""Publish a Spectrum VAE + DiT pair as a plain diffusers `DiTPipeline` folder (schedulers: `schedulers.py`).
 
 The folder names stock classes only (`DiTPipeline`, `AutoencoderKL`, `DiTTransformer2DModel`, a diffusers
 scheduler), so `DiffusionPipeline.from_pretrained("<user>/<repo>")` loads it from the Hub with plain diffusers and no
@@ -11,13 +11,7 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DiTPipeline,
-    DiTTransformer2DModel,
-    DPMSolverMultistepScheduler,
-)
+from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel
 from diffusers.schedulers import KarrasDiffusionSchedulers
 
 from .._version import __version__
@@ -28,10 +22,8 @@ from .model_cards import pipeline_model_card, vae_model_card
 
 __all__ = [
     "SPECTRUM_INFO_NAME",
-    "default_scheduler",
     "export_pipeline",
     "export_vae",
-    "flow_matching_scheduler",
     "stock_transformer",
     "stock_vae",
 ]
@@ -39,52 +31,6 @@ __all__ = [
 SPECTRUM_INFO_NAME = "spectrum_info.json"
 # DiTPipeline uses class 1000 as the null label, so the label table must have 1000 classes + null.
 DIT_PIPELINE_NULL_CLASS = 1000
-
-
-# ------------------------------------------------------------------------------------------------
-# Schedulers
-
-
-def flow_matching_scheduler(num_train_timesteps: int = 1000) -> DPMSolverMultistepScheduler:
-    """DPM-Solver++ for flow-matching models (x_t = (1 - t) x + t noise, velocity target noise - x, timestep
-    t * num_train_timesteps): `use_flow_sigmas=True`, `prediction_type="flow_prediction"`."""
-    return DPMSolverMultistepScheduler(
-        num_train_timesteps=num_train_timesteps,
-        use_flow_sigmas=True,
-        prediction_type="flow_prediction",
-        flow_shift=1.0,
-        final_sigmas_type="zero",
-    )
-
-
-def default_scheduler(
-    prediction_type: str = "epsilon", num_train_timesteps: int = 1000, solver: str = "ddim"
-) -> DDIMScheduler | DPMSolverMultistepScheduler:
-    """Sampler for a DiT trained with DiT's DDPM schedule (linear betas 1e-4 to 0.02, Peebles & Xie 2023).
-
-    Args:
-        prediction_type: `"epsilon"`, `"v_prediction"`, or `"flow_prediction"` (gives `flow_matching_scheduler`).
-        solver: `"ddim"` or `"dpmsolver++"`.
-    """
-    if prediction_type in ("flow", "flow_prediction"):
-        return flow_matching_scheduler(num_train_timesteps)
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(
-            f"default_scheduler: prediction_type must be 'epsilon', 'v_prediction' or 'flow_prediction', "
-            f"got {prediction_type!r}."
-        )
-    schedule = dict(
-        num_train_timesteps=num_train_timesteps,
-        beta_start=0.0001,
-        beta_end=0.02,
-        beta_schedule="linear",
-        prediction_type=prediction_type,
-    )
-    if solver == "ddim":
-        return DDIMScheduler(clip_sample=False, **schedule)
-    if solver == "dpmsolver++":
-        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", **schedule)
-    raise ValueError(f"default_scheduler: solver must be 'ddim' or 'dpmsolver++', got {solver!r}.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -107,7 +53,7 @@ def stock_vae(vae: AutoencoderKL, fold_shift: bool = True) -> AutoencoderKL:
     A `DCTTransform` (DCT-space diffusion) has no stock counterpart and is returned as is: a DCT-space pipeline folder
     names `diffusers_spectrum` for its `vae` and loads where the package is installed.
     """
-    from ..dct_space import DCTTransform
+    from .dct_transform import DCTTransform
 
     if isinstance(vae, DCTTransform):
         return vae

@@ -22,21 +22,17 @@ from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..dct_space import (
-    DCTTransform,
-    dct_weighted_mse,
-    estimate_dct_statistics,
-    estimate_entropy_weights,
-    snr_scaled_scheduler,
-)
 from ..losses import fourier_loss, repa_loss, wavelet_loss
+from ..losses.dct import dct_weighted_mse
 from ..models import REPADiTTransformer2DModel, drop_labels, load_autoencoder
 from ..models.autoencoder_kl_spectral import latents_from_vae
 from ..models.dit_repa import REPA_DEFAULTS, default_repa_depth
 from ..models.encoders import RepresentationEncoder
-from ..pipelines.export import default_scheduler, export_pipeline, flow_matching_scheduler
+from ..pipelines.dct_transform import DCTTransform
+from ..pipelines.export import export_pipeline
 from ..pipelines.model_cards import pipeline_model_card
 from ..pipelines.sampling import sample_images
+from ..pipelines.schedulers import default_scheduler, flow_matching_scheduler, snr_scaled_scheduler
 from ..spectral.filters import apply_target_filter
 from .args import (
     add_data_args,
@@ -49,6 +45,7 @@ from .args import (
 )
 from .checkpointing import Checkpointer
 from .data import ImageTransform, embedded_class_names, image_batches, load_image_dataset, make_image_dataloader
+from .dct_statistics import estimate_dct_statistics, estimate_entropy_weights
 from .latent_cache import load_latent_dataset, make_latent_dataloader, read_cache_info
 from .loop import AccumulationWindow, make_accelerator, make_optimizer, push_output, resume_data_position
 from .objectives import DiffusionObjective

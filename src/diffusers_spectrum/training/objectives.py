@@ -6,6 +6,8 @@ Three objectives share one interface (:class:`DiffusionObjective`) so a trainer 
   DDPM/DDIM scheduler, ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (Ho et al. 2020, Eq. 4), with the
   noise ``eps`` or the velocity ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022, Sec. 4)
   as the target. Training timesteps are integer indices in ``[0, num_train_timesteps)``.
+- ``"sample"``: the same forward process with the clean sample ``x0`` itself as the target (diffusers'
+  ``prediction_type="sample"``); x0 recovery is the identity.
 - ``"flow"``: the linear interpolant ``x_t = (1 - t) x0 + t eps`` with ``t`` in ``(0, 1)`` and velocity target
   ``eps - x0`` (rectified flow / flow matching, Liu et al. 2022; Lipman et al. 2022; SiT, Ma et al. 2024). The
   model sees ``t * 1000``, matching diffusers' ``FlowMatchEulerDiscreteScheduler`` timesteps.
@@ -23,7 +25,7 @@ import torch
 from ..spectral._checks import compute_dtype, require_tensor
 
 
-OBJECTIVE_KINDS = ("epsilon", "v_prediction", "flow")
+OBJECTIVE_KINDS = ("epsilon", "v_prediction", "sample", "flow")
 REGULARIZER_WEIGHTINGS = ("none", "signal", "min_snr")
 
 
@@ -225,7 +227,8 @@ class DiffusionObjective:
 
     Args:
         kind (`str`, *optional*, defaults to `"epsilon"`):
-            `"epsilon"`, `"v_prediction"` (DDPM-family schedule) or `"flow"` (linear interpolant, velocity target).
+            `"epsilon"`, `"v_prediction"`, `"sample"` (DDPM-family schedule) or `"flow"` (linear interpolant,
+            velocity target).
         noise_scheduler (*optional*):
             For `"epsilon"`/`"v_prediction"`: a diffusers scheduler with `alphas_cumprod` (DDPMScheduler,
             DDIMScheduler, DPMSolverMultistepScheduler, ...) whose `config.prediction_type` equals `kind`; None
@@ -366,10 +369,12 @@ class DiffusionObjective:
         return x_t, model_timesteps
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Regression target in ``x0``'s dtype: ``noise`` (epsilon), ``a_t noise - s_t x0`` (v), ``noise - x0``
-        (flow)."""
+        """Regression target in ``x0``'s dtype: ``noise`` (epsilon), ``a_t noise - s_t x0`` (v), ``x0`` (sample),
+        ``noise - x0`` (flow)."""
         if self.kind == "epsilon":
             return noise
+        if self.kind == "sample":
+            return x0
         if self.kind == "flow":
             return (noise.float() - x0.float()).to(x0.dtype)
         a_t, s_t = self._coefficients(timesteps, x0)
@@ -381,6 +386,9 @@ class DiffusionObjective:
             _check_pair(model_output, x_t, "DiffusionObjective.predict_x0")
             time = _append_dims(self._check_flow_time(timesteps).to(compute_dtype(x_t.dtype)), x_t.ndim)
             return (x_t.to(time.dtype) - time * model_output.to(time.dtype)).to(model_output.dtype)
+        if self.kind == "sample":
+            _check_pair(model_output, x_t, "DiffusionObjective.predict_x0")
+            return model_output
         abar = self._alphas_cumprod_at(timesteps, compute_dtype(x_t.dtype))
         if self.kind == "epsilon":
             return x0_from_epsilon(model_output, x_t, abar)

@@ -1,5 +1,7 @@
 """The Spectrum VAE training loop: `train_vae(args)` trains or fine-tunes a `SpectrumAutoencoderKL` with ESM / DSM,
-perceptual and adversarial losses. `examples/train_spectrum_vae.py` and `diffusers-spectrum train-vae` only parse
+perceptual and adversarial losses, and the two baselines Spectrum Matching unifies: `--recipe eq-vae` (EQ-VAE's
+equivariance branch, `losses.equivariance`) and `--recipe va-vae` (VA-VAE's VF alignment loss against a frozen vision
+encoder, `losses.alignment`). `examples/train_spectrum_vae.py` and `diffusers-spectrum train-vae` only parse
 flags (`parse_args`) and call it.
 
 The output folder holds the trained `SpectrumAutoencoderKL` (EMA weights with `--use_ema`), `stock/` (the same
@@ -27,11 +29,14 @@ from ..losses import (
     lpips_available,
     reconstruction_loss,
 )
+from ..losses.alignment import VFAlignmentLoss, adaptive_weight
+from ..losses.equivariance import EquivarianceTransform, equivariance_targets, sample_equivariance_transform
 from ..models import SpectrumAutoencoderKL
+from ..models.encoders import RepresentationEncoder
 from ..pipelines.export import export_vae
 from ..pipelines.model_cards import vae_model_card
 from ..spectral import spectral_kl
-from ..spectral.esm import esm_spectra
+from ..spectral.esm import esm_band_powers, esm_divergence, esm_spectra
 from .args import add_data_args, add_optimization_args, add_output_args, finish_common_args
 from .checkpointing import Checkpointer
 from .data import ImageTransform, image_batches, load_image_dataset, make_image_dataloader

@@ -32,11 +32,11 @@ def images(batch=2, size=32, seed=0):
 
 
 def test_save_and_from_pretrained_round_trip_config_and_weights_exactly(tmp_path):
-    vae = tiny_vae(esm_delta=0.5, dsm_levels=(0, 10), use_kl=True, esm_blur=False)
+    vae = tiny_vae(esm_delta=0.5, dsm_levels=(0, 10), esm_blur=False)
     vae.save_pretrained(tmp_path)
     assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
     loaded = SpectrumAutoencoderKL.from_pretrained(tmp_path)
-    for key in ("esm_delta", "dsm_levels", "use_kl", "esm_blur", "block_out_channels"):
+    for key in ("esm_delta", "dsm_levels", "esm_blur", "block_out_channels"):
         assert (
             list(loaded.config[key]) == list(vae.config[key])
             if isinstance(vae.config[key], tuple)

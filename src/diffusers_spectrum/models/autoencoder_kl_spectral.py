@@ -56,9 +56,6 @@ __all__ = [
     "load_autoencoder",
 ]
 
-# Keys of the spectral settings this class adds to the parent's config.
-SPECTRAL_CONFIG_KEYS = ("esm_delta", "esm_num_bins", "esm_blur", "dsm_block_size", "dsm_levels", "use_kl")
-
 # How diffusion latents are made from raw VAE latents; see the module docstring.
 LATENT_CONVENTIONS = ("scale", "shift_scale", "per_channel")
 
@@ -262,8 +259,6 @@ class SpectrumAutoencoderKL(AutoencoderKL):
         dsm_block_size (`int`, *optional*, defaults to 8): DCT block side of the DSM low-pass.
         dsm_levels (`tuple[int]`, *optional*, defaults to `(0, 8, 10, 12)`): mask levels drawn uniformly per step;
             `(0,)` disables DSM.
-        use_kl (`bool`, *optional*, defaults to `False`): whether the recipe adds the KL term (the authors' ESM/DSM
-            autoencoders do not; their SD-VAE baseline does, weight 1e-6). Read by trainers, not by `forward`.
     """
 
     @register_to_config
@@ -292,7 +287,6 @@ class SpectrumAutoencoderKL(AutoencoderKL):
         esm_blur: bool | None = None,
         dsm_block_size: int = 8,
         dsm_levels: tuple[int, ...] = DSM_DEFAULT_LEVELS,
-        use_kl: bool = False,
     ):
         check_vae_config(
             {

@@ -24,7 +24,6 @@ from torch import nn
 __all__ = [
     "ConfigMixin",
     "ModelMixin",
-    "REPA_CONFIG_KEYS",
     "REPADiTTransformer2DModel",
     "REPADiTTransformer2DModelOutput",
     "REPA_DEFAULTS",
@@ -35,8 +34,6 @@ __all__ = [
 
 logger = logging.get_logger(__name__)
 
-# Keys this class adds to the parent's config; `export_pipeline` drops them.
-REPA_CONFIG_KEYS = ("repa_depth", "repa_target_dim", "repa_projector_dim", "repa_projector", "repa_kernel_size")
 REPA_PROJECTORS = ("mlp", "conv")
 
 # The authors' per-size alignment depth (1-based block whose output is aligned), keyed by the transformer's depth:

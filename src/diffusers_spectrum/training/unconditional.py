@@ -1,0 +1,590 @@
+"""Unconditional pixel-space diffusion: `train_unconditional(args)` trains a stock `UNet2DModel` with the DDPM
+formulation (epsilon, v or sample prediction; Ho et al. 2020) or the EDM formulation (Karras et al. 2022), with the
+spectral regularisers (Fourier and wavelet losses on the predicted clean image) as one-flag additions.
+`examples/train_unconditional.py` and `diffusers-spectrum train-unconditional` only parse flags (`parse_args`) and
+call it. Flag names follow diffusers' `examples/unconditional_image_generation/train_unconditional.py`.
+
+- DDPM: `x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps` on a `DDPMScheduler` schedule (`--ddpm_num_steps`,
+  `--ddpm_beta_schedule`), MSE to the `--prediction_type` target (for `sample`, the plain MSE to x0; diffusers'
+  script weights that one by the SNR); the regularisers compare `x0_hat` (`DiffusionObjective.predict_x0`) with x0,
+  per sample weighted by `--spectral_timestep_weighting`. Output: a stock `DDPMPipeline` folder.
+- EDM: `x = x0 + sigma n` with `ln sigma ~ N(P_mean, P_std^2)`, preconditioned denoiser `D(x; sigma)` and loss weight
+  `(sigma^2 + sigma_data^2) / (sigma sigma_data)^2` (`training.edm`); the regularisers compare `D(x; sigma)` with x0,
+  weighted by the same SNR rule with SNR = 1 / sigma^2. Output: an `EDMPipeline` folder whose `unet/` is a stock
+  `UNet2DModel` and `scheduler/` a stock `EDMEulerScheduler` (diffusers alone samples it with
+  `ConsistencyModelPipeline.from_pretrained`).
+
+The output folder is the pipeline itself (as in diffusers' script), plus `metrics.json`, `training_args.json`,
+`spectrum_info.json`, a model card (`README.md`), `validation/` sample grids, checkpoints (`checkpoint-<step>`) and
+logs (`logs/`); the Hub upload leaves checkpoints and logs out.
+"""
+
+import argparse
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from huggingface_hub import ModelCard, ModelCardData
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .._version import __version__
+from ..models.unet_presets import UNET_PRESETS, build_unet, check_edm_unet, unet_downsampling_factor
+from ..pipelines.edm_pipeline import EDM_SCHEDULERS, EDMPipeline, edm_scheduler
+from ..pipelines.model_cards import BASE_TAGS, markdown_table
+from ..pipelines.sampling import pipeline_samples
+from .args import (
+    add_data_args,
+    add_optimization_args,
+    add_output_args,
+    add_regularizer_args,
+    check_positive,
+    finish_common_args,
+)
+from .checkpointing import Checkpointer
+from .data import ImageTransform, load_image_dataset, make_image_dataloader
+from .dit import spectral_regularizer_terms
+from .edm import EDM_P_MEAN, EDM_P_STD, EDM_SIGMA_DATA, edm_denoise, edm_denoising_loss, edm_noisy_inputs
+from .edm import edm_sample_sigmas, edm_snr
+from .loop import AccumulationWindow, make_accelerator, make_optimizer, push_output, resume_data_position
+from .objectives import DiffusionObjective, regularizer_weights
+from .utils import NonFiniteGuard, create_ema, ema_weights, image_grid, log_images, public_args, step_generator
+from .utils import write_json
+
+
+__all__ = [
+    "DDPM_BETA_SCHEDULES",
+    "FORMULATIONS",
+    "PREDICTION_TYPES",
+    "build_parser",
+    "build_pipeline",
+    "ddpm_loss_terms",
+    "ddpm_noise_scheduler",
+    "edm_loss_terms",
+    "parse_args",
+    "regularizer_settings",
+    "total_loss",
+    "train_unconditional",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMULATIONS = ("ddpm", "edm")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+DDPM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+# --unet_config default per resolution (the DDPM-paper sizes of models.unet_presets)
+PRESET_BY_RESOLUTION = {32: "ddpm-32", 64: "ddpm-64", 256: "ddpm-256"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Formulations: noise schedule, loss terms
+
+
+def ddpm_noise_scheduler(num_steps: int = 1000, beta_schedule: str = "linear", prediction_type: str = "epsilon"):
+    """The training (and DDPM sampling) schedule: diffusers' `DDPMScheduler` with DDPM's betas 1e-4 to 0.02."""
+    if beta_schedule not in DDPM_BETA_SCHEDULES:
+        raise ValueError(f"--ddpm_beta_schedule must be one of {DDPM_BETA_SCHEDULES}, got {beta_schedule!r}.")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"--prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
+    return DDPMScheduler(num_train_timesteps=num_steps, beta_schedule=beta_schedule, prediction_type=prediction_type)
+
+
+def regularizer_settings(args) -> tuple[dict | None, dict | None]:
+    """Keyword arguments of `fourier_loss` and `wavelet_loss` from the `--fourier_*` / `--wavelet_*` flags (None for
+    a term whose weight is 0), as the DiT trainer reads them."""
+    fourier = None if args.fourier_weight == 0 else dict(
+        amplitude_weight=args.fourier_amplitude_weight, phase_weight=args.fourier_phase_weight,
+        log_amplitude=args.fourier_log_amplitude, frequency_power=args.fourier_frequency_power,
+        loss_type=args.spectral_loss_type,
+    )  # fmt: skip
+    wavelet = None if args.wavelet_weight == 0 else dict(
+        levels=args.wavelet_levels, level_weights=args.wavelet_level_weights, wavelet=args.wavelet,
+        loss_type=args.spectral_loss_type,
+    )  # fmt: skip
+    return fourier, wavelet
+
+
+def ddpm_loss_terms(
+    model,
+    objective: DiffusionObjective,
+    x0: torch.Tensor,
+    generator: torch.Generator,
+    fourier: dict | None = None,
+    wavelet: dict | None = None,
+    weighting: str = "signal",
+    snr_gamma: float = 5.0,
+    autocast=contextlib.nullcontext,
+) -> dict[str, torch.Tensor]:
+    """Unweighted loss terms of one DDPM batch.
+
+    Args:
+        model: the (wrapped) `UNet2DModel`, called as `model(x_t, t).sample`.
+        objective: forward process and target (`DiffusionObjective` of kind epsilon / v_prediction / sample).
+        x0: `(B, C, H, W)` clean images in [-1, 1].
+        generator: draws the timesteps and the noise (on its device).
+        fourier, wavelet: `regularizer_settings` (None = term off).
+
+    Returns:
+        `{"diffusion": MSE to the target, "fourier": ..., "wavelet": ...}` scalars (the enabled regularisers are
+        per-sample losses on `x0_hat` times the timestep weights, averaged).
+    """
+    timesteps = objective.sample_timesteps(x0.shape[0], generator=generator, device=x0.device)  # (B,)
+    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+    x_t, model_timesteps = objective.noisy_inputs(x0, noise, timesteps)
+    with autocast():
+        prediction = model(x_t, model_timesteps).sample.float()  # (B, C, H, W)
+    target = objective.target(x0, noise, timesteps).float()
+    terms = {"diffusion": (prediction - target).square().mean()}
+    if fourier is not None or wavelet is not None:
+        x0_hat = objective.predict_x0(prediction, x_t.float(), timesteps)
+        weights = objective.regularizer_weights(timesteps, weighting, snr_gamma)  # (B,)
+        terms.update(spectral_regularizer_terms(x0_hat, x0.float(), weights, fourier, wavelet))
+    return terms
+
+
+def edm_loss_terms(
+    model,
+    x0: torch.Tensor,
+    generator: torch.Generator,
+    fourier: dict | None = None,
+    wavelet: dict | None = None,
+    weighting: str = "signal",
+    snr_gamma: float = 5.0,
+    p_mean: float = EDM_P_MEAN,
+    p_std: float = EDM_P_STD,
+    sigma_data: float = EDM_SIGMA_DATA,
+    autocast=contextlib.nullcontext,
+) -> dict[str, torch.Tensor]:
+    """Unweighted loss terms of one EDM batch (Karras et al. 2022, Eq. 8 with the Table 1 settings).
+
+    Args:
+        model: the (wrapped) `UNet2DModel` serving as EDM's F (sinusoidal time embedding).
+        x0: `(B, C, H, W)` clean images in [-1, 1].
+        generator: draws the noise levels and the noise.
+
+    Returns:
+        `{"diffusion": mean lambda(sigma) |D - x0|^2, "fourier": ..., "wavelet": ...}`; the regularisers compare
+        `D(x; sigma)` with x0, weighted per sample by `regularizer_weights(1 / sigma^2)`.
+    """
+    sigma = edm_sample_sigmas(x0.shape[0], p_mean, p_std, generator=generator, device=x0.device)  # (B,)
+    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+    x_noisy = edm_noisy_inputs(x0, noise, sigma)
+    with autocast():
+        denoised = edm_denoise(model, x_noisy, sigma, sigma_data).float()  # D(x; sigma): (B, C, H, W)
+    terms = {"diffusion": edm_denoising_loss(denoised, x0.float(), sigma, sigma_data).mean()}
+    if fourier is not None or wavelet is not None:
+        weights = regularizer_weights(edm_snr(sigma), weighting, snr_gamma)  # (B,)
+        terms.update(spectral_regularizer_terms(denoised, x0.float(), weights, fourier, wavelet))
+    return terms
+
+
+def total_loss(terms: dict[str, torch.Tensor], fourier_weight: float, wavelet_weight: float) -> torch.Tensor:
+    """diffusion + fourier_weight * fourier + wavelet_weight * wavelet (absent terms count 0)."""
+    loss = terms["diffusion"]
+    if "fourier" in terms:
+        loss = loss + fourier_weight * terms["fourier"]
+    if "wavelet" in terms:
+        loss = loss + wavelet_weight * terms["wavelet"]
+    return loss
+
+
+def build_pipeline(args, unet: UNet2DModel):
+    """The pipeline that samples `unet` as trained: `DDPMPipeline` (DDPM schedule) or `EDMPipeline`."""
+    if args.formulation == "edm":
+        return EDMPipeline(unet=unet, scheduler=edm_scheduler(args.edm_scheduler, sigma_data=EDM_SIGMA_DATA))
+    return DDPMPipeline(
+        unet=unet, scheduler=ddpm_noise_scheduler(args.ddpm_num_steps, args.ddpm_beta_schedule, args.prediction_type)
+    )
+
+
+def sampling_steps(args) -> int:
+    return args.edm_num_inference_steps if args.formulation == "edm" else args.ddpm_num_inference_steps
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train an unconditional pixel-space diffusion UNet (diffusers' UNet2DModel) with the DDPM or "
+        "EDM formulation and optional Fourier / wavelet regularisers on the predicted clean image. Flags follow "
+        "diffusers' train_unconditional.py. With no data flag it trains on the embedded photos."
+    )
+    add_data_args(parser, images=True)
+    g = parser.add_argument_group("model and formulation")
+    g.add_argument(
+        "--unet_config",
+        type=str,
+        default=None,
+        choices=sorted(UNET_PRESETS),
+        help="UNet2DModel size: tiny (tests / CPU) or the DDPM paper's ddpm-32 / ddpm-64 / ddpm-256. Default: the "
+        "DDPM preset of --resolution (32, 64 or 256).",
+    )
+    g.add_argument(
+        "--model_config_name_or_path",
+        type=str,
+        default=None,
+        help="A UNet2DModel config (folder or config.json) to build instead of a preset (diffusers' flag).",
+    )
+    g.add_argument("--formulation", type=str, default="ddpm", choices=FORMULATIONS, help="DDPM or EDM training.")
+    g.add_argument(
+        "--prediction_type",
+        type=str,
+        default="epsilon",
+        choices=PREDICTION_TYPES,
+        help="DDPM target: epsilon, v_prediction or sample (x0). EDM has its own parameterisation.",
+    )
+    g.add_argument("--ddpm_num_steps", type=int, default=1000, help="DDPM training timesteps. (%(default)s)")
+    g.add_argument(
+        "--ddpm_beta_schedule", type=str, default="linear", choices=DDPM_BETA_SCHEDULES, help="DDPM beta schedule."
+    )
+    g.add_argument(
+        "--ddpm_num_inference_steps", type=int, default=1000, help="DDPM sampler steps for validation. (%(default)s)"
+    )
+    g.add_argument("--edm_p_mean", type=float, default=EDM_P_MEAN, help="EDM: mean of ln(sigma). (%(default)s)")
+    g.add_argument("--edm_p_std", type=float, default=EDM_P_STD, help="EDM: std of ln(sigma). (%(default)s)")
+    g.add_argument(
+        "--edm_scheduler", type=str, default="euler", choices=EDM_SCHEDULERS, help="EDM sampler saved in the pipeline."
+    )
+    g.add_argument("--edm_num_inference_steps", type=int, default=40, help="EDM sampler steps for validation.")
+    add_regularizer_args(parser)
+    add_optimization_args(parser)
+    g = add_output_args(parser)
+    g.add_argument("--eval_batch_size", type=int, default=16, help="Images in the validation grid. (%(default)s)")
+    # diffusers' train_unconditional.py defaults
+    parser.set_defaults(
+        output_dir="ddpm-model-64", resolution=64, train_batch_size=16, learning_rate=1e-4, lr_scheduler="cosine",
+        lr_warmup_steps=500, adam_weight_decay=1e-6, checkpointing_steps=500, validation_steps=1000,
+    )  # fmt: skip
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return resolve_args(build_parser().parse_args(argv))
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Validate once; fill the preset from the resolution."""
+    finish_common_args(args, "train_unconditional")
+    check_positive(
+        args, ("ddpm_num_steps", "ddpm_num_inference_steps", "edm_num_inference_steps", "eval_batch_size")
+    )
+    if args.random_flip is None:
+        args.random_flip = False
+    if args.formulation == "edm" and args.prediction_type != "epsilon":
+        raise ValueError(
+            f"--prediction_type {args.prediction_type} applies to --formulation ddpm only; EDM trains its own "
+            "preconditioned parameterisation (leave --prediction_type at epsilon)."
+        )
+    if args.ddpm_num_inference_steps > args.ddpm_num_steps:
+        raise ValueError(
+            f"--ddpm_num_inference_steps ({args.ddpm_num_inference_steps}) cannot exceed --ddpm_num_steps "
+            f"({args.ddpm_num_steps})."
+        )
+    if not args.edm_p_std > 0:
+        raise ValueError(f"--edm_p_std must be positive, got {args.edm_p_std}.")
+    if args.model_config_name_or_path is not None and args.unet_config is not None:
+        raise ValueError("Pass either --unet_config or --model_config_name_or_path, not both.")
+    if args.model_config_name_or_path is None:
+        if args.unet_config is None:
+            if args.resolution not in PRESET_BY_RESOLUTION:
+                raise ValueError(
+                    f"no default UNet for --resolution {args.resolution}: pass --unet_config (one of "
+                    f"{sorted(UNET_PRESETS)}) or --model_config_name_or_path."
+                )
+            args.unet_config = PRESET_BY_RESOLUTION[args.resolution]
+        factor = unet_downsampling_factor(args.unet_config)
+        if args.resolution % factor:
+            raise ValueError(
+                f"--resolution {args.resolution} must be a multiple of {factor} for --unet_config {args.unet_config}."
+            )
+    return args
+
+
+def build_model(args) -> UNet2DModel:
+    """A fresh UNet2DModel: the preset, or the config of `--model_config_name_or_path`; checked for the data."""
+    if args.model_config_name_or_path is None:
+        unet = build_unet(args.unet_config, args.resolution)
+    else:
+        path = Path(args.model_config_name_or_path)
+        if not path.exists():
+            raise FileNotFoundError(f"--model_config_name_or_path {str(path)!r} does not exist.")
+        unet = UNet2DModel.from_config(UNet2DModel.load_config(str(path)))
+        size = unet.config.sample_size
+        if (size if isinstance(size, int) else size[0]) != args.resolution or unet.config.in_channels != 3:
+            raise ValueError(
+                f"the UNet config at {str(path)!r} has sample_size {size} and in_channels {unet.config.in_channels}; "
+                f"the data are 3-channel {args.resolution} px images (--resolution)."
+            )
+    if args.formulation == "edm":
+        check_edm_unet(unet)
+    return unet
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def train_unconditional(args: argparse.Namespace) -> Path:
+    """Train as `args` (from `parse_args`) says; returns the output (pipeline) folder."""
+    # 1. Accelerator, logging, seeds
+    start_time = time.time()
+    output_dir = Path(args.output_dir)
+    accelerator = make_accelerator(args)
+
+    # 2. Data
+    dataset = load_image_dataset(
+        args.dataset_name, args.train_data_dir, args.dataset_split, args.image_column, not args.no_streaming
+    )
+    transform = ImageTransform(args.resolution, args.center_crop, args.random_flip, seed=args.seed)
+
+    # 3. Model, EMA, optimizer, formulation
+    unet = build_model(args)
+    unet.train()
+    ema = create_ema(unet, args.ema_decay) if args.use_ema else None
+    objective = None
+    if args.formulation == "ddpm":
+        scheduler = ddpm_noise_scheduler(args.ddpm_num_steps, args.ddpm_beta_schedule, args.prediction_type)
+        objective = DiffusionObjective(args.prediction_type, scheduler)
+    fourier, wavelet = regularizer_settings(args)
+    optimizer, lr_scheduler = make_optimizer(unet.parameters(), args, accelerator)
+    model, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+    raw_model = accelerator.unwrap_model(model)
+    checkpointer = Checkpointer(
+        accelerator, output_dir, {"unet": model}, {"unet": ema} if ema is not None else None,
+        args.checkpoints_total_limit,
+    )  # fmt: skip
+    logger.info(
+        f"UNet {args.unet_config or args.model_config_name_or_path}: "
+        f"{sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M params, {args.resolution} px, "
+        f"{args.formulation}" + (f" ({args.prediction_type})" if objective is not None else "")
+        + f", fourier {args.fourier_weight}, wavelet {args.wavelet_weight}"
+    )
+
+    # 4. Resume
+    global_step, data_position = 0, 0
+    guard = NonFiniteGuard(args.max_nonfinite_steps)
+    state = checkpointer.resume(args.resume_from_checkpoint)
+    if state is not None:
+        global_step, data_position = state["global_step"], resume_data_position(state, accelerator)
+        guard.load_state_dict(state["nonfinite"])
+        logger.info(f"resumed from {state['checkpoint']} at step {global_step}, data position {data_position}")
+    dataloader = make_image_dataloader(
+        dataset, args.train_batch_size, transform, image_column=args.image_column, start_position=data_position,
+        num_processes=accelerator.num_processes, process_index=accelerator.process_index, seed=args.seed,
+        shuffle_buffer_size=args.shuffle_buffer_size, num_workers=args.dataloader_num_workers,
+    )  # fmt: skip
+    skip_counter = dataloader.dataset.skip_counter
+    data_iterator = iter(dataloader)
+
+    # 5. Loop: one optimizer step = `gradient_accumulation_steps` micro-batches
+    progress = tqdm(total=args.max_train_steps, initial=global_step, desc=f"train {args.formulation}",
+                    disable=not accelerator.is_main_process)  # fmt: skip
+    accumulation = args.gradient_accumulation_steps
+    window = AccumulationWindow(accelerator, [model], accumulation)
+    weighting = dict(weighting=args.spectral_timestep_weighting, snr_gamma=args.spectral_snr_gamma)
+    logs = {}
+    while global_step < args.max_train_steps:
+        logs = {}
+        for micro_step in range(accumulation):
+            batch = next(data_iterator)
+            data_position = int(batch["data_position"][-1])
+            x0 = batch["pixel_values"].to(accelerator.device)
+            generator = step_generator(args.seed, global_step, micro_step, accelerator.process_index, x0.device)
+            with window.micro_step(micro_step):
+                # 5a. Diffusion loss and the spectral regularisers on the predicted clean image
+                if objective is not None:
+                    terms = ddpm_loss_terms(
+                        model, objective, x0, generator, fourier, wavelet, **weighting, autocast=accelerator.autocast
+                    )
+                else:
+                    terms = edm_loss_terms(
+                        model, x0, generator, fourier, wavelet, **weighting, p_mean=args.edm_p_mean,
+                        p_std=args.edm_p_std, autocast=accelerator.autocast,
+                    )  # fmt: skip
+                terms["loss"] = total_loss(terms, args.fourier_weight, args.wavelet_weight)
+                window.backward(terms["loss"])
+            for name, value in terms.items():
+                logs[name] = logs.get(name, 0.0) + value.detach() / accumulation
+
+        # 5b. Optimizer step (skipped together on every process when a loss of the window was not finite)
+        if window.step_ok(guard):
+            if args.max_grad_norm > 0:
+                logs["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            if ema is not None:
+                ema.step(raw_model.parameters())
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        global_step += 1
+        progress.update(1)
+        logs = {k: float(v) for k, v in logs.items()}  # one transfer per optimizer step, for the trackers
+        logs.update(lr=lr_scheduler.get_last_lr()[0], skipped_images=skip_counter.count, nonfinite_steps=guard.total)
+        progress.set_postfix(loss=f"{logs['loss']:.4f}")
+        accelerator.log(logs, step=global_step)
+
+        # 5c. Checkpoint and validation samples
+        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+            positions = accelerator.gather(torch.tensor([data_position], device=accelerator.device)).tolist()
+            checkpointer.save(global_step, {"data_positions": positions, "nonfinite": guard.state_dict()})
+        if accelerator.is_main_process and global_step % args.validation_steps == 0:
+            validate(args, accelerator, raw_model, ema, global_step, output_dir)
+    progress.close()
+
+    # 6. Final model: EMA weights, pipeline folder, metrics, card, push
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.copy_to(raw_model.parameters())
+        raw_model.eval()
+        metrics = {k: v for k, v in logs.items() if k != "lr"}
+        metrics.update(global_step=global_step, train_seconds=round(time.time() - start_time, 1))
+        write_outputs(args, raw_model, metrics, output_dir)
+        logger.info(f"final metrics: {metrics}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return output_dir
+
+
+@torch.no_grad()
+def validation_samples(args, unet: UNet2DModel, num_images: int, seed: int = 0) -> torch.Tensor:
+    """`(num_images, 3, H, W)` samples in [-1, 1] from the pipeline of `unet` (image i seeded `seed + i`)."""
+    pipeline = build_pipeline(args, unet)
+    pipeline.set_progress_bar_config(disable=True)
+    batches = pipeline_samples(
+        pipeline, num_images, batch_size=num_images, num_inference_steps=sampling_steps(args), seed=seed,
+        progress=False,
+    )  # fmt: skip
+    return torch.cat(list(batches))
+
+
+def validate(args, accelerator, raw_model, ema, step: int, output_dir: Path) -> Path:
+    """Sample a grid with the (EMA) weights; saved as `validation/step-<step>.png` and logged."""
+    raw_model.eval()
+    with ema_weights(ema, raw_model):
+        images = validation_samples(args, raw_model, args.eval_batch_size)
+    raw_model.train()
+    path = output_dir / "validation" / f"step-{step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_grid(images)).save(path)
+    log_images(accelerator, "validation/samples", images, step)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def _regularizer_description(args) -> str:
+    parts = []
+    if args.fourier_weight > 0:
+        parts.append(f"Fourier amplitude/phase loss (weight {args.fourier_weight:g})")
+    if args.wavelet_weight > 0:
+        parts.append(f"{args.wavelet_levels}-level {args.wavelet} wavelet loss (weight {args.wavelet_weight:g})")
+    if not parts:
+        return "no spectral regulariser"
+    return " and ".join(parts) + f" on the predicted clean image ({args.spectral_timestep_weighting} weighting)"
+
+
+def _sample_code(args, repo_id: str) -> str:
+    if args.formulation == "edm":
+        return (
+            "import torch\n"
+            "from diffusers import ConsistencyModelPipeline\n"
+            "from diffusers_spectrum.pipelines.edm_pipeline import EDMPipeline\n\n"
+            f'pipe = EDMPipeline.from_pretrained("{repo_id}")  # pip install diffusers-spectrum\n'
+            f"images = pipe(batch_size=4, num_inference_steps={args.edm_num_inference_steps}, "
+            "generator=torch.manual_seed(0)).images\n\n"
+            "# diffusers alone: ConsistencyModelPipeline runs the same loop with the saved EDM scheduler\n"
+            f'pipe = ConsistencyModelPipeline.from_pretrained("{repo_id}")\n'
+            f"images = pipe(batch_size=4, num_inference_steps={args.edm_num_inference_steps}, "
+            "generator=torch.manual_seed(0)).images"
+        )
+    return (
+        "import torch\n"
+        "from diffusers import DDIMPipeline, DDIMScheduler, DiffusionPipeline\n\n"
+        f'pipe = DiffusionPipeline.from_pretrained("{repo_id}")  # a stock DDPMPipeline\n'
+        f"images = pipe(batch_size=4, num_inference_steps={args.ddpm_num_steps}, "
+        "generator=torch.manual_seed(0)).images\n\n"
+        "# DDIM, 50 steps, with the same training schedule\n"
+        "ddim = DDIMPipeline(unet=pipe.unet, scheduler=DDIMScheduler.from_config(pipe.scheduler.config))\n"
+        "images = ddim(batch_size=4, num_inference_steps=50, eta=0.0, generator=torch.manual_seed(0)).images"
+    )
+
+
+def unconditional_card(args, repo_id: str, metrics: dict, config: dict) -> ModelCard:
+    """The model card of the output folder: YAML metadata (library, tags, metrics) and the sampling snippet.
+
+    Composed from `pipelines.model_cards` (`BASE_TAGS`, `markdown_table`); the packaged templates describe
+    DiT / VAE folders, so the text is assembled here.
+    """
+    stock = args.formulation == "ddpm"
+    pipeline_class = "DDPMPipeline" if stock else "EDMPipeline"
+    card_data = ModelCardData(
+        library_name="diffusers",
+        license="apache-2.0",
+        datasets=[args.dataset_name] if args.dataset_name else None,
+        pipeline_tag="unconditional-image-generation",
+        tags=list(BASE_TAGS) + [pipeline_class, "unconditional-image-generation", "spectral-regularization"],
+        diffusers_spectrum={"kind": "unconditional", "formulation": args.formulation, "metrics": metrics},
+    )
+    data = args.dataset_name or args.train_data_dir or "the embedded photos of diffusers-spectrum"
+    formulation = (
+        f"DDPM (Ho et al. 2020), {args.prediction_type} prediction, {args.ddpm_num_steps} steps, "
+        f"{args.ddpm_beta_schedule} betas"
+        if stock
+        else f"EDM (Karras et al. 2022): sigma_data {EDM_SIGMA_DATA}, ln sigma ~ N({args.edm_p_mean}, "
+        f"{args.edm_p_std}^2), sampled with {type(edm_scheduler(args.edm_scheduler)).__name__}"
+    )
+    loading = (
+        "It is a stock `DDPMPipeline` folder: plain diffusers loads it."
+        if stock
+        else "`unet/` is a stock `UNet2DModel` and `scheduler/` a stock diffusers EDM scheduler. `model_index.json` "
+        "names `EDMPipeline` (diffusers-spectrum), the smallest pipeline that feeds the network EDM's scaled inputs "
+        "(`DDPMPipeline` / `DDIMPipeline` do not call `scale_model_input`). With diffusers alone, "
+        "`ConsistencyModelPipeline.from_pretrained` runs the same loop and gives the same images."
+    )
+    text = "\n".join([
+        "---", card_data.to_yaml(), "---", "",
+        f"# Unconditional pixel-space diffusion: {repo_id}", "",
+        f"A `UNet2DModel` ({args.unet_config or 'custom config'}, {args.resolution} px) trained with "
+        f"`diffusers-spectrum` in pixel space: {formulation}; {_regularizer_description(args)}. {loading}", "",
+        "## How to load and sample", "", "```python", _sample_code(args, repo_id), "```", "",
+        "## Model", "", markdown_table(config, ("setting", "value")), "",
+        "## Metrics (last training step)", "", markdown_table(metrics, ("metric", "value")), "",
+        "## Training", "", f"- Data: {data}", f"- Steps: {args.max_train_steps}", "",
+        "All resolved training flags:", "", markdown_table(public_args(args), ("flag", "value")), "",
+    ])  # fmt: skip
+    return ModelCard(text)
+
+
+def write_outputs(args, unet: UNet2DModel, metrics: dict, output_dir: Path) -> Path:
+    """The pipeline folder (stock components), `spectrum_info.json`, `metrics.json`, the card and the (dry-run)
+    push."""
+    pipeline = build_pipeline(args, unet.to("cpu"))
+    pipeline.save_pretrained(output_dir, safe_serialization=True)
+    info = {
+        "diffusers_spectrum_version": __version__,
+        "formulation": args.formulation,
+        "prediction_type": args.prediction_type if args.formulation == "ddpm" else "edm",
+        "pipeline": type(pipeline).__name__,
+        "scheduler": type(pipeline.scheduler).__name__,
+        "regularizers": {"fourier_weight": args.fourier_weight, "wavelet_weight": args.wavelet_weight,
+                         "weighting": args.spectral_timestep_weighting},
+        "metrics": metrics,
+    }  # fmt: skip
+    write_json(output_dir / "spectrum_info.json", info)
+    write_json(output_dir / "metrics.json", metrics)
+    repo_id = args.hub_model_id or output_dir.resolve().name
+    architecture = {k: unet.config[k] for k in ("sample_size", "block_out_channels", "layers_per_block",
+                                                "down_block_types", "time_embedding_type")}  # fmt: skip
+    architecture["parameters"] = sum(p.numel() for p in unet.parameters())
+    unconditional_card(args, repo_id, metrics, architecture).save(output_dir / "README.md")
+    push_output(args, output_dir)
+    return output_dir

@@ -15,6 +15,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -30,7 +31,12 @@ from ..losses import (
     reconstruction_loss,
 )
 from ..losses.alignment import VFAlignmentLoss, adaptive_weight
-from ..losses.equivariance import EquivarianceTransform, equivariance_targets, sample_equivariance_transform
+from ..losses.equivariance import (
+    EquivarianceTransform,
+    apply_spatial_transform,
+    equivariance_targets,
+    sample_equivariance_transform,
+)
 from ..models import SpectrumAutoencoderKL
 from ..models.encoders import RepresentationEncoder
 from ..pipelines.export import export_vae
@@ -79,13 +85,46 @@ RECIPES = {
     "sd-vae": dict(_AUTHORS_BASE, kl_weight=1e-6, esm_weight=0.0, dsm_levels=(0,)),
     "esm-ae": dict(_AUTHORS_BASE, kl_weight=0.0, esm_weight=0.01, esm_delta=1.0, dsm_levels=(0,)),
     "dsm-ae": dict(_AUTHORS_BASE, kl_weight=0.0, esm_weight=0.0, dsm_levels=(0, 8, 10, 12)),
+    # EQ-VAE (Kouzelis et al. 2025; settings from the authors' code, see losses/equivariance.py): the SD-VAE loss
+    # (L1 + LPIPS + KL 1e-6 + PatchGAN 0.5 with the adaptive weight, disc_start 0 since they fine-tune) applied on
+    # every step to (tau(x), D(tau(z))): with probability 0.5 tau = a downscale s in [0.25, 1) on the latent grid and a
+    # k x 90 degree rotation (k in 1..3) of latent and image; else with probability 0.25 a low-resolution
+    # reconstruction; else the plain one. Adam betas (0.5, 0.9) and their fine-tuning lr (base 4.5e-6 x 160 = 7.2e-4
+    # on 8 GPUs x batch 10 x accumulation 2; `--learning_rate` to rescale for your batch).
+    "eq-vae": dict(
+        _AUTHORS_BASE, kl_weight=1e-6, esm_weight=0.0, dsm_levels=(0,), disc_start=0, learning_rate=7.2e-4,
+        lr_warmup_steps=0, adam_beta1=0.5, adam_beta2=0.9, adam_weight_decay=0.0, equivariance=True,
+    ),
+    # VA-VAE (Yao et al. 2025; settings from the authors' f16d32_vfdinov2.yaml, see losses/alignment.py): the
+    # SD-VAE loss (L1 + LPIPS + KL 1e-6 + PatchGAN 0.5 from step 5001) plus the VF loss against a frozen vision
+    # encoder's patch features (--vf_encoder; DINOv2 ViT-L/14 in the paper): w_hyper 0.1 x the adaptive weight x
+    # (marginal cosine, margin 0.5 + marginal distance matrix, margin 0.25), through a 1x1 projector trained with the
+    # autoencoder. Adam betas (0.5, 0.9), lr 1e-4 (not batch-scaled).
+    "va-vae": dict(
+        _AUTHORS_BASE, kl_weight=1e-6, esm_weight=0.0, dsm_levels=(0,), disc_start=5001, learning_rate=1e-4,
+        lr_warmup_steps=0, adam_beta1=0.5, adam_beta2=0.9, adam_weight_decay=0.0, vf_weight=0.1,
+    ),
 }
 # Defaults without a recipe: ESM + DSM with pixel losses only (runs anywhere, no LPIPS weights needed).
 DEFAULTS = dict(
     reconstruction_loss="l1", perceptual_loss="none", perceptual_weight=0.0, disc_weight=0.0, disc_start=0,
     learning_rate=1e-4, lr_scheduler="constant_with_warmup", lr_warmup_steps=0, adam_weight_decay=0.005,
     max_grad_norm=1.0, random_flip=False, kl_weight=0.0, esm_weight=0.01, esm_delta=1.0, dsm_levels=(0, 8, 10, 12),
+    adam_beta1=0.9, adam_beta2=0.999, equivariance=False, vf_weight=0.0,
 )  # fmt: skip
+
+
+def discriminator_min_size(num_layers: int) -> int:
+    """Smallest image side the PatchGAN (`NLayerDiscriminator`) scores: each of its `num_layers` stride-2 4x4 convs
+    (padding 1) maps a side s to floor(s / 2), and its two stride-1 4x4 convs take 1 each, so the output has a pixel
+    only when s / 2**num_layers >= 3: 24 px for the 3-layer default. EQ-VAE's downscaled targets fall below that at
+    small resolutions (a 32 px image at scale 0.25 is 8 px), so the recipe skips the GAN terms on such steps."""
+    return 3 * 2**num_layers
+
+
+# LPIPS-VGG pools four times before its last tap (relu5_3): below 16 px that tap is empty. The feature loss resizes
+# its input to the backbone's resolution, so it has no minimum.
+PERCEPTUAL_MIN_SIZE = {"lpips": 16, "features": 1, "none": 1}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -93,8 +132,9 @@ DEFAULTS = dict(
 
 
 class VAETrainingModule(torch.nn.Module):
-    """What `accelerator.prepare` wraps: its `forward` runs `vae.training_losses`, so encode and decode go through
-    the DDP / autocast wrapper (gradients are synchronised, mixed precision applies)."""
+    """What `accelerator.prepare` wraps: its `forward` runs `vae.training_losses` (or, for an EQ-VAE step with a
+    non-identity transform, [`equivariance_losses`]), so encode and decode go through the DDP / autocast wrapper
+    (gradients are synchronised, mixed precision applies)."""
 
     def __init__(self, vae: SpectrumAutoencoderKL):
         super().__init__()
@@ -105,16 +145,69 @@ class VAETrainingModule(torch.nn.Module):
         """What the `Checkpointer` saves as a `save_pretrained` folder."""
         return self.vae
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+    def forward(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        transform: EquivarianceTransform | None = None,
+    ) -> dict:
+        """`images` `(B, 3, H, W)`; `transform` (EQ-VAE) None or an identity = the plain Spectrum VAE step.
+
+        Returns the unweighted terms: `reconstruction` and `target` `(B, 3, H', W')` (H' < H on EQ-VAE steps),
+        `latents` `(B, C, h, w)` (the untransformed posterior sample), `kl` `(B,)`, `esm` and
+        `spectral_kl_delta0` (scalars), `dsm_level` (int)."""
+        if transform is not None and not transform.is_identity:
+            return equivariance_losses(self.vae, images, transform, generator)
         out = self.vae.training_losses(images, generator=generator)
         return {
             "reconstruction": out.reconstruction,
             "target": out.target,
+            "latents": out.latents,
             "kl": out.kl,
             "esm": out.esm,
             "spectral_kl_delta0": out.spectral_kl_delta0,
             "dsm_level": out.dsm_level,
         }
+
+
+def equivariance_losses(
+    vae: SpectrumAutoencoderKL,
+    images: torch.Tensor,
+    transform: EquivarianceTransform,
+    generator: torch.Generator | None = None,
+) -> dict:
+    """One EQ-VAE step beside `vae.training_losses`: the same terms, with the reconstruction pair replaced.
+
+    - `"equivariance"` branch: encode x, sample z, decode tau(z) and train it against tau(x) (both from
+      `equivariance_targets`: the same bilinear downscale and rotation).
+    - `"low_resolution_prior"` branch: encode and decode tau(x) (a downscale only) and train against tau(x).
+
+    KL and the spectral terms are those of the posterior of the image that was encoded (untransformed x for the
+    equivariance branch, as the authors' KL; tau(x) for the low-resolution prior). DSM is off on these steps
+    (`dsm_level` 0). Needs images whose side is a multiple of the VAE's downsample factor at every drawn scale
+    (`sample_equivariance_transform(latent_size=...)` guarantees it).
+
+    Returns the dict of [`VAETrainingModule.forward`]; `reconstruction` / `target` are `(B, 3, H', W')`.
+    """
+    if transform.branch == "low_resolution_prior":
+        images = apply_spatial_transform(images, transform)  # (B, 3, s H, s W)
+    posterior = vae.encode(images).latent_dist
+    latents = posterior.sample(generator=generator)  # (B, C, h, w)
+    if transform.branch == "equivariance":
+        decoded_latents, target = equivariance_targets(images, latents, transform)  # tau(z), tau(x)
+    else:
+        decoded_latents, target = latents, images
+    reconstruction = vae.decode(decoded_latents).sample  # (B, 3, H', W')
+    image_bands, latent_bands = esm_band_powers(images, latents, n_bins=vae.config.esm_num_bins, blur=vae.config.esm_blur)
+    return {
+        "reconstruction": reconstruction,
+        "target": target,
+        "latents": latents,
+        "kl": posterior.kl(),
+        "esm": esm_divergence(image_bands, latent_bands, delta=vae.config.esm_delta).mean(),
+        "spectral_kl_delta0": esm_divergence(image_bands, latent_bands.detach(), delta=0.0).mean().detach(),
+        "dsm_level": 0,
+    }
 
 
 def build_vae(args) -> SpectrumAutoencoderKL:
@@ -136,6 +229,43 @@ def build_vae(args) -> SpectrumAutoencoderKL:
         **preset,
         **spectral,
     )
+
+
+def build_vf_loss(args, vae: SpectrumAutoencoderKL, device) -> tuple[RepresentationEncoder | None, VFAlignmentLoss | None]:
+    """VA-VAE: the frozen vision encoder (`--vf_encoder`, loaded like REPA's targets: `RepresentationEncoder`) and
+    the VF loss with its 1x1 projector (latent channels -> the encoder's feature width); `(None, None)` when off."""
+    if args.vf_weight == 0:
+        return None, None
+    encoder = RepresentationEncoder.from_pretrained(args.vf_encoder, input_range="[-1,1]", device=device)
+    encoder.requires_grad_(False)
+    loss = VFAlignmentLoss(
+        vae.config.latent_channels, encoder.feature_dim, margin_cos=args.vf_margin_cos, margin_dist=args.vf_margin_dist
+    )
+    return encoder, loss
+
+
+@torch.no_grad()
+def vf_features(encoder: RepresentationEncoder, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The frozen encoder's patch features on the latent grid: `(B, 3, H, W)` -> `(B, D, h, w)` (float32)."""
+    tokens = encoder(images, grid)  # (B, h * w, D)
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], *grid)
+
+
+def transform_generator(seed: int, global_step: int, micro_step: int) -> torch.Generator:
+    """CPU generator of one micro-step's EQ-VAE transform: a function of the step only, the same on every process
+    (so all processes decode the same sizes and run the same networks) and on a resumed run."""
+    state = np.random.SeedSequence([seed, global_step, micro_step, 0x5EED, 0]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def draw_transform(args, images: torch.Tensor, factor: int, generator: torch.Generator) -> EquivarianceTransform | None:
+    """The EQ-VAE transform of one micro-step (`None` when `--equivariance` is off)."""
+    if not args.equivariance:
+        return None
+    return sample_equivariance_transform(
+        generator, (images.shape[-2] // factor, images.shape[-1] // factor), args.eq_probability,
+        args.eq_low_resolution_probability, args.eq_min_scale, (1, 2, 3) if args.eq_rotations else (0,),
+    )  # fmt: skip
 
 
 def build_perceptual(args):
@@ -187,6 +317,17 @@ def evaluate_vae(
     return metrics, reconstructions, latents
 
 
+def perceptual_fits(out: dict, args) -> bool:
+    """Whether the perceptual network can score this step's reconstructions (EQ-VAE's downscaled targets can be
+    smaller than LPIPS' 16 px minimum; `PERCEPTUAL_MIN_SIZE`). Python ints only: no host sync."""
+    return min(out["reconstruction"].shape[-2:]) >= PERCEPTUAL_MIN_SIZE[args.perceptual_loss]
+
+
+def gan_fits(out: dict, args) -> bool:
+    """Whether the PatchGAN can score this step's reconstructions (`discriminator_min_size`: 24 px for 3 layers)."""
+    return min(out["reconstruction"].shape[-2:]) >= discriminator_min_size(args.disc_layers)
+
+
 def autoencoder_loss(
     out: dict,
     args,
@@ -194,17 +335,26 @@ def autoencoder_loss(
     discriminator: torch.nn.Module | None = None,
     last_layer: torch.Tensor | None = None,
     autocast=contextlib.nullcontext,
+    encoder_last_layer: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """The weighted autoencoder (generator-side) loss of one batch and its unweighted named terms.
 
     Every term keeps its graph (the perceptual loss is *not* under no_grad). `discriminator` (unwrapped; `None` = GAN
-    off for this step) is frozen while scoring the reconstructions, so this loss never trains it.
+    off for this step) is frozen while scoring the reconstructions, so this loss never trains it. The perceptual and
+    GAN terms are skipped on steps whose reconstructions are below their networks' minimum size (EQ-VAE's
+    downscaled branch at small resolutions; `perceptual_fits`, `gan_fits`).
+
+    VA-VAE: when `out` holds `"vf"` (the unweighted `VFAlignmentLoss` value, L_mcos + L_mdms), adds
+    `w_hyper * w_adaptive * vf` with w_hyper = `args.vf_weight` and w_adaptive the gradient-norm ratio of the
+    reconstruction NLL to the VF loss at `encoder_last_layer` (`vae.encoder.conv_out.weight`; `args.adaptive_vf`).
     """
     terms = {
         "reconstruction": reconstruction_loss(out["reconstruction"], out["target"], args.reconstruction_loss).mean()
     }
     nll = args.reconstruction_weight * terms["reconstruction"]
-    if perceptual is not None:
+    if discriminator is not None and not gan_fits(out, args):
+        discriminator = None
+    if perceptual is not None and perceptual_fits(out, args):
         with autocast():
             terms["perceptual"] = perceptual(out["reconstruction"], out["target"]).mean()
         nll = nll + args.perceptual_weight * terms["perceptual"]
@@ -215,6 +365,13 @@ def autoencoder_loss(
     if args.esm_weight > 0:
         loss = loss + args.esm_weight * out["esm"]
     terms["esm"] = out["esm"].detach()
+    if "vf" in out:
+        terms["vf"] = out["vf"]
+        vf_weight = torch.full((), args.vf_weight, device=loss.device)
+        if args.adaptive_vf and nll.requires_grad:
+            vf_weight = adaptive_weight(nll, terms["vf"], encoder_last_layer, w_hyper=args.vf_weight)
+        terms["vf_weight"] = vf_weight
+        loss = loss + vf_weight * terms["vf"]
     if discriminator is not None:
         discriminator.requires_grad_(False)
         with autocast():
@@ -263,8 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=sorted(RECIPES),
         help="The authors' recipes: sd-vae (KL 1e-6), esm-ae (ESM 0.01, delta 1), dsm-ae (DSM 0,8,10,12); "
-        "all with L1 + 0.5 LPIPS + PatchGAN 0.5 from step 50001. LPIPS needs the `lpips` package and VGG weights "
-        "from the internet: offline, add --perceptual_loss none.",
+        "all with L1 + 0.5 LPIPS + PatchGAN 0.5 from step 50001. The baselines with their papers' settings: eq-vae "
+        "(EQ-VAE: KL 1e-6 + equivariance branch) and va-vae (VA-VAE: KL 1e-6 + VF loss 0.1, needs --vf_encoder). "
+        "LPIPS needs the `lpips` package and VGG weights from the internet: offline, add --perceptual_loss none.",
     )
     g.add_argument("--reconstruction_loss", type=str, default=None, choices=("l1", "l2"), help="Pixel loss.")
     g.add_argument("--reconstruction_weight", type=float, default=1.0, help="Weight of the pixel loss.")
@@ -317,6 +475,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--dsm_block_size", type=int, default=8, help="DCT block side of the DSM low-pass.")
 
+    g = parser.add_argument_group("EQ-VAE equivariance (Kouzelis et al. 2025; --recipe eq-vae)")
+    g.add_argument(
+        "--equivariance",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Decode spatially transformed latents against the same transform of the image (EQ-VAE).",
+    )
+    g.add_argument("--eq_probability", type=float, default=0.5, help="Probability of the equivariance branch (0.5).")
+    g.add_argument(
+        "--eq_low_resolution_probability",
+        type=float,
+        default=0.25,
+        help="Within the other steps, probability of a low-resolution reconstruction (0.25).",
+    )
+    g.add_argument("--eq_min_scale", type=float, default=0.25, help="Smallest downscale factor (0.25).")
+    g.add_argument(
+        "--eq_rotations",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Rotate by 90/180/270 degrees in the equivariance branch (the paper does).",
+    )
+    g = parser.add_argument_group("VA-VAE vision-foundation alignment (Yao et al. 2025; --recipe va-vae)")
+    g.add_argument(
+        "--vf_encoder",
+        type=str,
+        default=None,
+        help="Frozen vision encoder (transformers model folder or Hub id, e.g. facebook/dinov2-large as the paper) "
+        "whose patch features on the latent grid the VF loss aligns to.",
+    )
+    g.add_argument("--vf_weight", type=float, default=None, help="VF loss weight w_hyper (VA-VAE: 0.1; 0 = off).")
+    g.add_argument("--vf_margin_cos", type=float, default=0.5, help="Marginal cosine margin m1 (0.5).")
+    g.add_argument("--vf_margin_dist", type=float, default=0.25, help="Marginal distance-matrix margin m2 (0.25).")
+    g.add_argument(
+        "--adaptive_vf",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Scale the VF loss by the gradient-norm ratio at the encoder's last layer (VA-VAE does).",
+    )
+
     add_optimization_args(parser)
     g = add_output_args(parser)
     g.add_argument("--num_validation_images", type=int, default=4, help="Images in the validation grid.")
@@ -335,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Recipe-dependent flags default to None and are filled by `resolve_args`.
     parser.set_defaults(
         output_dir="spectrum-vae", learning_rate=None, lr_scheduler=None, lr_warmup_steps=None,
-        adam_weight_decay=None, max_grad_norm=None,
+        adam_weight_decay=None, max_grad_norm=None, adam_beta1=None, adam_beta2=None,
     )  # fmt: skip
     return parser
 
@@ -367,7 +564,20 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     from .args import check_nonnegative, check_positive
 
     check_positive(args, ("latent_stats_samples", "num_validation_images"))
-    check_nonnegative(args, ("reconstruction_weight", "perceptual_weight", "disc_weight", "kl_weight", "esm_weight"))
+    check_nonnegative(
+        args, ("reconstruction_weight", "perceptual_weight", "disc_weight", "kl_weight", "esm_weight", "vf_weight",
+               "vf_margin_cos", "vf_margin_dist"),
+    )  # fmt: skip
+    if args.vf_weight > 0 and args.vf_encoder is None:
+        raise ValueError(
+            f"{'--recipe va-vae' if args.recipe == 'va-vae' else '--vf_weight > 0'} needs --vf_encoder: a transformers "
+            "vision model folder or Hub id (the paper: DINOv2 ViT-L/14, facebook/dinov2-large)."
+        )
+    for name in ("eq_probability", "eq_low_resolution_probability"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name} must lie in [0, 1], got {getattr(args, name)}.")
+    if not 0.0 < args.eq_min_scale < 1.0:
+        raise ValueError(f"--eq_min_scale must lie in (0, 1), got {args.eq_min_scale}.")
     if args.disc_learning_rate is None:
         args.disc_learning_rate = args.learning_rate
     return args
@@ -408,10 +618,15 @@ def train_vae(args: argparse.Namespace) -> Path:
     use_gan = args.disc_weight > 0
     discriminator = NLayerDiscriminator(3, args.disc_channels, args.disc_layers, args.disc_norm) if use_gan else None
     ema = create_ema(vae, args.ema_decay) if args.use_ema else None
+    vf_encoder, vf_loss = build_vf_loss(args, vae, accelerator.device)
 
-    optimizer, lr_scheduler = make_optimizer(vae.parameters(), args, accelerator)
+    trained = [*vae.parameters(), *(vf_loss.parameters() if vf_loss is not None else ())]  # VF projector: AE optimiser
+    optimizer, lr_scheduler = make_optimizer(trained, args, accelerator)
     module, optimizer, lr_scheduler = accelerator.prepare(module, optimizer, lr_scheduler)
     models = {"vae": module}
+    if vf_loss is not None:
+        vf_loss = accelerator.prepare(vf_loss)
+        models["vf_projector"] = vf_loss  # saved in checkpoints (model.safetensors), so resume is exact
     if use_gan:
         disc_optimizer = adamw(discriminator.parameters(), args, args.disc_learning_rate)  # constant lr
         discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
@@ -421,6 +636,7 @@ def train_vae(args: argparse.Namespace) -> Path:
     raw_vae = accelerator.unwrap_model(module).vae
     raw_discriminator = accelerator.unwrap_model(discriminator) if use_gan else None
     last_layer = raw_vae.decoder.conv_out.weight
+    encoder_last_layer = raw_vae.encoder.conv_out.weight
     checkpointer = Checkpointer(
         accelerator, output_dir, models, {"vae": ema} if ema is not None else None, args.checkpoints_total_limit
     )
@@ -447,7 +663,7 @@ def train_vae(args: argparse.Namespace) -> Path:
         total=args.max_train_steps, initial=global_step, desc="train vae", disable=not accelerator.is_main_process
     )
     accumulation = args.gradient_accumulation_steps
-    window = AccumulationWindow(accelerator, [module, discriminator], accumulation)
+    window = AccumulationWindow(accelerator, [module, discriminator, vf_loss], accumulation)
     while global_step < args.max_train_steps:
         gan_active = use_gan and global_step >= args.disc_start
         logs = {}
@@ -456,14 +672,21 @@ def train_vae(args: argparse.Namespace) -> Path:
             data_position = int(batch["data_position"][-1])
             images = batch["pixel_values"].to(accelerator.device)
             generator = step_generator(args.seed, global_step, micro_step, accelerator.process_index, images.device)
+            transform = draw_transform(
+                args, images, raw_vae.downsample_factor, transform_generator(args.seed, global_step, micro_step)
+            )
             with window.micro_step(micro_step):
-                # 5a. Autoencoder: encode / decode through the wrapped module (DDP, autocast)
-                out = module(images, generator=generator)
+                # 5a. Autoencoder: encode / decode through the wrapped module (DDP, autocast); EQ-VAE transforms
+                out = module(images, generator=generator, transform=transform)
+                if vf_loss is not None:  # VA-VAE: align the projected posterior sample to the frozen features
+                    features = vf_features(vf_encoder, images, tuple(out["latents"].shape[-2:]))
+                    out["vf"] = vf_loss(out["latents"], features).loss
                 loss, terms = autoencoder_loss(
-                    out, args, perceptual, raw_discriminator if gan_active else None, last_layer, accelerator.autocast
-                )
-                # 5b. Discriminator on detached real and reconstructed images (one forward for DDP)
-                if gan_active:
+                    out, args, perceptual, raw_discriminator if gan_active else None, last_layer, accelerator.autocast,
+                    encoder_last_layer,
+                )  # fmt: skip
+                # 5b. Discriminator on detached real and reconstructed images (one forward for DDP), at sizes it takes
+                if gan_active and gan_fits(out, args):
                     terms["discriminator"] = discriminator_loss(discriminator, out)
                     loss = loss + terms["discriminator"]  # separate parameters: one backward serves both
                 window.backward(loss)
@@ -475,7 +698,8 @@ def train_vae(args: argparse.Namespace) -> Path:
         # 5c. Optimizer steps (skipped together on every process when a loss of the window was not finite)
         if window.step_ok(guard):
             if args.max_grad_norm > 0:
-                logs["grad_norm"] = accelerator.clip_grad_norm_(module.parameters(), args.max_grad_norm)
+                clipped = [*module.parameters(), *(vf_loss.parameters() if vf_loss is not None else ())]
+                logs["grad_norm"] = accelerator.clip_grad_norm_(clipped, args.max_grad_norm)
             optimizer.step()
             if gan_active:
                 if args.max_grad_norm > 0:

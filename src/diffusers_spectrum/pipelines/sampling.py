@@ -4,8 +4,12 @@ on. Used by validation during training, `sample`, the evaluation scripts and the
 
 import argparse
 import inspect
+import json
 import logging
+import os
+import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,7 @@ from diffusers import (
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..models.checks import looks_local
 from ..training.utils import image_grid, write_json
 
 
@@ -60,6 +65,9 @@ def set_scheduler(pipe, name: str) -> None:
 
 __all__ = [
     "build_parser",
+    "check_local_path",
+    "check_pipeline_folder",
+    "load_pipeline",
     "parse_args",
     "pipeline_classes",
     "pipeline_samples",
@@ -67,6 +75,128 @@ __all__ = [
     "sample",
     "sample_images",
 ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading pipelines strictly
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".gguf")
+# diffusers' / transformers' warnings for weights the config does not describe, or parameters the file lacks
+_MISMATCH = re.compile(r"were not initialized from the model checkpoint|were not used when initializing")
+
+
+def check_pipeline_folder(path: str | os.PathLike) -> Path:
+    """Check a local pipeline folder before diffusers reads it, so each defect is one clear error naming the file:
+    the folder exists (`FileNotFoundError`, "no such folder"), holds a readable `model_index.json`, and every
+    model component listed there has its folder, `config.json` and a weights file. Returns the folder."""
+    folder = Path(os.path.expanduser(str(path)))
+    if not folder.exists():
+        raise FileNotFoundError(f"no such folder: the pipeline path {str(path)!r} does not exist; check the path.")
+    index = folder / "model_index.json"
+    if not folder.is_dir() or not index.is_file():
+        raise FileNotFoundError(
+            f"{str(folder)!r} is not a pipeline folder: it has no model_index.json (a VAE folder goes to "
+            "evaluate-vae / --pretrained_vae; a pipeline is what the trainers export)."
+        )
+    try:
+        components = json.loads(index.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{index}: not valid JSON ({error}); re-export the pipeline.") from None
+    if not isinstance(components, dict):
+        raise ValueError(f"{index}: expected a JSON object of components, got {type(components).__name__}.")
+    for name, entry in components.items():
+        if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
+            continue
+        sub = folder / name
+        if not sub.is_dir():
+            raise FileNotFoundError(f"pipeline component {name!r} ({entry[1]}) has no folder {sub}; re-export it.")
+        if (sub / "config.json").is_file() and not any(p.suffix in _WEIGHT_SUFFIXES for p in sub.iterdir()):
+            raise FileNotFoundError(
+                f"pipeline component {name!r}: {sub} has config.json but no weights file (expected "
+                "diffusion_pytorch_model.safetensors or model.safetensors); copy the weights or re-export it."
+            )
+    return folder
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if _MISMATCH.search(message):
+            self.messages.append(message)
+
+
+@contextmanager
+def _weight_mismatch_warnings() -> Iterator[list[str]]:
+    """Collect diffusers' / transformers' warnings about weights missing from, or unused in, a checkpoint (raised
+    to WARNING level meanwhile, so a quiet logging setting cannot hide them)."""
+    handler = _Collect()
+    loggers = [logging.getLogger("diffusers"), logging.getLogger("transformers")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.addHandler(handler)
+        if log.level > logging.WARNING or log.level == logging.NOTSET:
+            log.setLevel(logging.WARNING)
+    try:
+        yield handler.messages
+    finally:
+        for log, level in zip(loggers, levels):
+            log.removeHandler(handler)
+            log.setLevel(level)
+
+
+def _mismatch_error(name: str, messages: list[str], components: dict) -> ValueError:
+    """One error naming the component and its weights folder from diffusers' mismatch warning(s)."""
+    first = messages[0]
+    where = re.search(r"checkpoint at (\S+?)(?: and| were|:|$)", first)
+    folder = where.group(1) if where else name
+    component = next((c for c in components if folder.rstrip("/").endswith(f"/{c}") or folder == c), None)
+    keys = re.findall(r"'([^']+)'", first)
+    example = f" (e.g. {', '.join(keys[:3])})" if keys else ""
+    files = (
+        sorted(p.name for p in Path(folder).glob("*") if p.suffix in _WEIGHT_SUFFIXES) if os.path.isdir(folder) else []
+    )
+    weights = os.path.join(folder, files[0]) if len(files) == 1 else folder
+    return ValueError(
+        f"pipeline {name!r}: component {component or '?'!r} does not match its weights {weights}{example}: "
+        "its config.json describes other layers than the weights file holds, so some weights would be random. "
+        "Fix config.json (e.g. num_layers) or re-export the pipeline."
+    )
+
+
+def load_pipeline(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    device: str | torch.device | None = None,
+    torch_dtype: torch.dtype | None = None,
+):
+    """`DiffusionPipeline.from_pretrained`, strictly: a path that looks local and does not exist fails at once with
+    "no such folder" (no Hub retries), a local folder is checked first (`check_pipeline_folder`), and a component
+    whose config does not match its weights (weights missing from or unused by the file, which diffusers only
+    warns about before initialising them randomly) is a `ValueError` naming the component and its folder."""
+    text = os.fspath(name_or_path)
+    if looks_local(text) or os.path.exists(text):
+        check_pipeline_folder(text)
+        text = os.path.expanduser(text)
+    kwargs = {"revision": revision} if revision is not None else {}
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    with _weight_mismatch_warnings() as messages:
+        try:
+            pipe = DiffusionPipeline.from_pretrained(text, **kwargs)
+        except (OSError, ValueError, KeyError, TypeError, EnvironmentError) as error:
+            raise ValueError(f"could not load a pipeline from {text!r}: {type(error).__name__}: {error}") from error
+    if messages:
+        raise _mismatch_error(text, messages, pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device) if device is not None else pipe
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Labels and samples
 
 
 def pipeline_classes(pipe) -> dict[int, str] | None:
@@ -199,6 +329,13 @@ def cli_labels(pipe, class_labels: str | None, num_images: int | None, unconditi
     return [labels[i % len(labels)] for i in range(count)]
 
 
+def check_local_path(parser: argparse.ArgumentParser, flag: str, value) -> None:
+    """`parser.error` (exit 2 with the usage line, no traceback) when `value` looks like a local path (see
+    `models.checks.looks_local`) that does not exist: "no such folder" at once instead of Hub retries."""
+    if value is not None and looks_local(value) and not os.path.exists(os.path.expanduser(str(value))):
+        parser.error(f"{flag} {value}: no such folder (a local path that does not exist); check the path.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Sample images from a pipeline folder or Hub id (what the trainers export, or any DiTPipeline "
@@ -252,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_local_path(parser, "--pretrained_model_name_or_path", args.pretrained_model_name_or_path)
     if args.num_images is not None and args.num_images < 1:
         parser.error("--num_images must be positive.")
     if args.batch_size < 1 or args.num_inference_steps < 1:
@@ -267,7 +405,7 @@ def sample(args: argparse.Namespace) -> Path:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     # 1. Pipeline and scheduler
-    pipe = DiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, revision=args.revision).to(device)
+    pipe = load_pipeline(args.pretrained_model_name_or_path, revision=args.revision, device=device)
     if args.dtype != "float32":
         pipe = pipe.to(dtype=DTYPES[args.dtype])
     set_scheduler(pipe, args.scheduler)

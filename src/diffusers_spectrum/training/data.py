@@ -31,12 +31,14 @@ __all__ = [
     "ImageStreamDataset",
     "ImageTransform",
     "SkipCounter",
+    "data_image_size",
     "decode_image",
     "embedded_class_names",
     "embedded_dataset_dir",
     "image_batches",
     "load_image_dataset",
     "make_image_dataloader",
+    "open_image_data",
     "to_rgb",
 ]
 
@@ -563,6 +565,36 @@ def make_image_dataloader(
 # Analysis and evaluation batches
 
 
+def open_image_data(data=None, image_column: str = "image", split: str = "train"):
+    """A streamed image dataset from a local folder / files, a Hub id or (``None``) the embedded photos; a path that
+    looks local and does not exist is a `FileNotFoundError` at once, anything else unreadable one `ValueError`
+    naming `data`."""
+    if data is not None and looks_local(data) and not Path(str(data)).exists():
+        raise FileNotFoundError(f"no such folder or file: the dataset path {str(data)!r} does not exist.")
+    if data is None or Path(str(data)).exists():
+        kwargs = {"train_data_dir": data}
+    else:
+        kwargs = {"dataset_name": str(data)}
+    try:
+        return load_image_dataset(**kwargs, split=split, image_column=image_column, streaming=True)
+    except Exception as error:  # datasets raises many kinds (missing repo, offline, bad files); one clear message
+        raise ValueError(f"Could not read the dataset {data!r}: {type(error).__name__}: {error}") from error
+
+
+def data_image_size(data=None, image_column: str = "image", split: str = "train", max_tries: int = 16) -> int:
+    """The shorter side in pixels of the first readable image of `data` (as `open_image_data` reads it): the
+    resolution at which evaluation neither upsamples nor throws detail away. Raises a `ValueError` naming `data`
+    when none of its first `max_tries` examples can be read."""
+    dataset = open_image_data(data, image_column, split)
+    errors = []
+    for example in dataset.take(max_tries):
+        try:
+            return min(decode_image(example[image_column]).size)
+        except (OSError, ValueError, TypeError, SyntaxError, Image.DecompressionBombError) as error:
+            errors.append(f"{type(error).__name__}: {error}")
+    raise ValueError(f"none of the first {max_tries} images of {data!r} could be read ({'; '.join(errors[:3])}).")
+
+
 def image_batches_from(
     data=None,
     num_samples: int = 64,
@@ -571,21 +603,16 @@ def image_batches_from(
     image_column: str = "image",
     split: str = "train",
     skip_counter=None,
+    transform: ImageTransform | None = None,
 ):
     """Image batches ``(B, 3, resolution, resolution)`` in [-1, 1] from a local folder / files, a Hub id or (``None``)
-    the embedded photos, streamed, centre-cropped, at most ``num_samples`` images."""
-    if data is not None and looks_local(data) and not Path(str(data)).exists():
-        raise FileNotFoundError(f"no such folder or file: the dataset path {str(data)!r} does not exist.")
-    if data is None or Path(str(data)).exists():
-        kwargs = {"train_data_dir": data}
-    else:
-        kwargs = {"dataset_name": str(data)}
-    try:
-        dataset = load_image_dataset(**kwargs, split=split, image_column=image_column, streaming=True)
-    except Exception as error:  # datasets raises many kinds (missing repo, offline, bad files); one clear message
-        raise ValueError(f"Could not read the dataset {data!r}: {type(error).__name__}: {error}") from error
+    the embedded photos, streamed, centre-cropped, at most ``num_samples`` images. Pass `transform` (an
+    `ImageTransform` at `resolution`) to read its `num_upsampled` count afterwards."""
+    dataset = open_image_data(data, image_column, split)
     skip_counter = SkipCounter() if skip_counter is None else skip_counter
-    transform = ImageTransform(resolution, center_crop=True, random_flip=False)
+    transform = ImageTransform(resolution, center_crop=True, random_flip=False) if transform is None else transform
+    if transform.resolution != resolution:
+        raise ValueError(f"image_batches_from: transform is {transform.resolution} px, resolution {resolution} px.")
     for batch in image_batches(
         dataset, batch_size, transform, image_column, max_samples=num_samples, skip_counter=skip_counter
     ):

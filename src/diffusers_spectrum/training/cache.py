@@ -16,10 +16,17 @@ from pathlib import Path
 import torch
 
 from ..models import load_autoencoder
-from ..models.checks import check_resolution
+from ..models.checks import check_resolution, looks_local
 from ..models.encoders import RepresentationEncoder
 from ..pipelines.model_cards import dataset_card, push_folder_to_hub
-from .data import ImageTransform, class_names_of, detect_label_column, embedded_class_names, load_image_dataset
+from .data import (
+    ImageTransform,
+    SkipCounter,
+    class_names_of,
+    detect_label_column,
+    embedded_class_names,
+    load_image_dataset,
+)
 from .latent_cache import write_latent_cache
 from .utils import public_args, save_args_json
 
@@ -199,6 +206,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.dataset_name is not None and args.train_data_dir is not None:
         parser.error("pass either --dataset_name or --train_data_dir, not both.")
+    for flag in ("pretrained_vae", "train_data_dir", "class_names_file", "repa_encoder"):
+        value = getattr(args, flag)
+        if value is not None and looks_local(value) and not Path(value).expanduser().exists():
+            parser.error(f"--{flag} {value}: no such folder or file; check the path.")
+    if args.train_data_dir is not None and not Path(args.train_data_dir).expanduser().exists():
+        parser.error(f"--train_data_dir {args.train_data_dir}: no such folder or file; check the path.")
+    if args.unconditional and args.label_column is not None:
+        parser.error("pass either --unconditional or --label_column, not both.")
     for name in ("resolution", "batch_size", "shard_size", "max_samples", "repa_grid_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -226,12 +241,14 @@ def cache_latents(args: argparse.Namespace) -> dict:
         grid_size = (side, side)
 
     # 2. Data and encoding (resumes from cache_info.json if present)
+    scan_skips = SkipCounter()
     dataset = load_image_dataset(
         args.dataset_name,
         args.train_data_dir,
         split=args.split,
         image_column=args.image_column,
         label_column=args.label_column,
+        skip_counter=scan_skips,
     )
     args.label_column = detect_label_column(dataset, args.label_column, args.unconditional)
     transform = ImageTransform(args.resolution, center_crop=not args.random_crop, seed=args.seed)
@@ -262,14 +279,19 @@ def cache_latents(args: argparse.Namespace) -> dict:
         repa_grid_size=grid_size,
         seed=args.seed,
         metadata=metadata,
+        skipped_files=scan_skips.count,
     )
     logger.info(
-        "cached %d latents of shape %s in %d shard(s) at %s (%d unreadable images skipped)",
+        "cached %d %s latents of shape %s in %d shard(s) at %s (%d unreadable images and %d non-regular files "
+        "skipped, %d images upsampled 8x or more)",
         info["num_examples"],
+        f"class-conditional (label column {args.label_column!r})" if args.label_column else "unconditional",
         info["latent_shape"],
         len(info["shards"]),
         args.output_dir,
         info["skipped_images"],
+        info["skipped_files"],
+        info["upsampled_images"],
     )
 
     # 3. Publish

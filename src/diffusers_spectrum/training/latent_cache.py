@@ -19,6 +19,7 @@ an interrupted run continues from the last completed shard's end: no duplicates,
 """
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.autoencoder_kl_spectral import latent_convention
+from ..models.checks import looks_local
 from .data import ImageStreamDataset, ImageTransform, ResumableStream, SkipCounter
 from .utils import write_json
 
@@ -37,6 +39,8 @@ from .utils import write_json
 __all__ = [
     "CACHE_INFO_NAME",
     "LatentStreamDataset",
+    "check_cache_info",
+    "check_shard",
     "encode_latents",
     "latent_batch",
     "load_latent_dataset",
@@ -48,6 +52,7 @@ __all__ = [
 CACHE_INFO_NAME = "cache_info.json"
 _DATA_DIR = "data"
 _MODES = ("mean_std", "mean", "sample")
+logger = logging.getLogger(__name__)
 _DTYPES = {"float16": np.float16, "bfloat16": None, "float32": np.float32}
 
 
@@ -130,6 +135,7 @@ def write_latent_cache(
     seed: int = 0,
     metadata: dict | None = None,
     show_progress: bool = True,
+    skipped_files: int = 0,
 ) -> dict:
     """Encode `dataset` (in its order, one pass) into a resumable sharded parquet latent dataset in `output_dir`.
 
@@ -148,6 +154,11 @@ def write_latent_cache(
         repa_grid_size: `(h, w)` token grid for `encoder` (the DiT's: latent size / patch size); an int means square.
         seed: seeds the posterior samples in `"sample"` mode (per image: `seed * 2**32 + source_index`).
         metadata: extra JSON-serialisable facts for `cache_info.json` (e.g. the VAE path, id2label).
+        skipped_files: entries of the source folder skipped before reading (not regular files: FIFOs, sockets,
+            broken symlinks, symlink loops; `load_image_dataset(skip_counter=)`), recorded as `skipped_files`.
+
+    `cache_info.json` also counts `skipped_images` (unreadable images) and `upsampled_images` (images upsampled 8x
+    or more by `transform`).
 
     Returns:
         the final `cache_info` dict (also in `output_dir/cache_info.json`).
@@ -187,7 +198,7 @@ def write_latent_cache(
     info_path = output_dir / CACHE_INFO_NAME
     info = {"settings": settings, "shards": [], "num_examples": 0, "complete": False, "skipped_images": 0}
     if info_path.exists():
-        previous = json.loads(info_path.read_text(encoding="utf-8"))
+        previous = _read_info_file(info_path, output_dir)
         keys = set(settings) | set(previous["settings"])
         changed = sorted(k for k in keys if settings.get(k) != previous["settings"].get(k))
         if changed:
@@ -196,6 +207,12 @@ def write_latent_cache(
                 "pass a new output_dir (or delete the folder) to start over."
             )
         info = previous
+        intact = _intact_shards(output_dir, info["shards"])
+        if intact < len(info["shards"]):  # a deleted or corrupt shard: re-encode from it on
+            info["shards"] = info["shards"][:intact]
+            info["num_examples"] = sum(shard["num_examples"] for shard in info["shards"])
+            info["complete"] = False
+            logger.warning("re-encoding %s from shard %d on", output_dir, intact)
         if info["complete"]:
             return info
     for stale in (output_dir / _DATA_DIR).glob("*") if (output_dir / _DATA_DIR).exists() else ():
@@ -267,6 +284,8 @@ def write_latent_cache(
     if info["num_examples"] == 0:
         raise ValueError("write_latent_cache: no image could be read from the dataset; nothing was cached.")
     info["skipped_images"] += skip_counter.count
+    info["skipped_files"] = skipped_files
+    info["upsampled_images"] = info.get("upsampled_images", 0) + transform.num_upsampled
     info["complete"] = True
     write_json(info_path, info)
     return info
@@ -299,21 +318,112 @@ def _stack(items: list[dict]) -> dict:
 # Reading back
 
 
+_REQUIRED_INFO_KEYS = ("settings", "shards", "num_examples")
+_REQUIRED_SETTINGS_KEYS = ("mode", "label_column", "scaling_factor")
+_REQUIRED_SHARD_KEYS = ("file", "num_examples", "end_position")
+
+
 def _is_local(path_or_id: str | Path) -> bool:
-    return Path(path_or_id).exists()
+    """True for an existing path; a `FileNotFoundError` ("no such folder") for a name that looks like a local path
+    (`models.checks.looks_local`) but does not exist, instead of a Hub id validation error or Hub retries."""
+    if Path(path_or_id).exists():
+        return True
+    if looks_local(path_or_id):
+        raise FileNotFoundError(
+            f"no such folder: the latent cache {str(path_or_id)!r} does not exist; check the path."
+        )
+    return False
+
+
+def _fix_hint(path) -> str:
+    """How to repair a damaged cache file: the cache command re-encodes from the first missing shard on, or
+    everything when `cache_info.json` is gone."""
+    if Path(path).name == CACHE_INFO_NAME:
+        return f"delete {path} and re-run the cache command (it then re-encodes everything)"
+    return f"delete {path} and re-run the cache command (it resumes, re-encoding from that shard on)"
+
+
+def _intact_shards(output_dir: Path, shards: list[dict]) -> int:
+    """How many leading shards of a manifest exist and have a readable parquet footer."""
+    for index, shard in enumerate(shards):
+        try:
+            check_shard(output_dir / shard["file"])
+        except ValueError as error:
+            logger.warning("%s", error)
+            return index
+    return len(shards)
+
+
+def check_cache_info(info, source: str | Path, folder: str | Path | None = None) -> dict:
+    """Validate a parsed `cache_info.json` (`source` names it in errors): the keys the readers need, and, for a
+    local cache `folder`, that every shard is a relative path resolving inside `folder` (a manifest naming
+    `../x.parquet` or an absolute path is refused, never read). Returns `info`."""
+    if not isinstance(info, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(info).__name__}; {_fix_hint(source)}.")
+    for key in _REQUIRED_INFO_KEYS:
+        if key not in info:
+            raise ValueError(
+                f"{source} has no {key!r} entry: not a complete latent cache manifest; {_fix_hint(source)}."
+            )
+    if not isinstance(info["settings"], dict) or not isinstance(info["shards"], list):
+        raise ValueError(f"{source}: 'settings' must be an object and 'shards' a list; {_fix_hint(source)}.")
+    for key in _REQUIRED_SETTINGS_KEYS:
+        if key not in info["settings"]:
+            raise ValueError(f"{source}: 'settings' has no {key!r} entry; {_fix_hint(source)}.")
+    if info["shards"] and "latent_shape" not in info:
+        raise ValueError(f"{source} lists shards but has no 'latent_shape' entry; {_fix_hint(source)}.")
+    root = None if folder is None else Path(folder).resolve()
+    for index, shard in enumerate(info["shards"]):
+        missing = [k for k in _REQUIRED_SHARD_KEYS if not isinstance(shard, dict) or k not in shard]
+        if missing:
+            raise ValueError(f"{source}: shard #{index} has no {missing[0]!r} entry; {_fix_hint(source)}.")
+        name = shard["file"]
+        if not isinstance(name, str) or not name or Path(name).is_absolute() or "\\" in name:
+            raise ValueError(
+                f"{source}: shard #{index} file {name!r} must be a relative path inside the cache folder."
+            )
+        if root is not None and not (root / name).resolve().is_relative_to(root):
+            raise ValueError(
+                f"{source}: shard #{index} file {name!r} resolves outside the cache folder {str(root)!r}; refused."
+            )
+    return info
+
+
+def _read_info_file(path: Path, folder: Path | None) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+        info = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); {_fix_hint(path)}.") from None
+    return check_cache_info(info, path, folder)
 
 
 def read_cache_info(path_or_id: str | Path, revision: str | None = None) -> dict:
-    """The `cache_info.json` of a local cache folder or a Hub dataset repo of latents."""
+    """The `cache_info.json` of a local cache folder or a Hub dataset repo of latents, validated by
+    `check_cache_info`; a local path that does not exist is a `FileNotFoundError`."""
     if _is_local(path_or_id):
-        path = Path(path_or_id) / CACHE_INFO_NAME
-        if not path.exists():
+        folder = Path(path_or_id)
+        path = folder / CACHE_INFO_NAME
+        if not folder.is_dir() or not path.is_file():
             raise ValueError(f"{path_or_id} is not a latent cache: it has no {CACHE_INFO_NAME}.")
-    else:
-        from huggingface_hub import hf_hub_download
+        return _read_info_file(path, folder)
+    from huggingface_hub import hf_hub_download
 
-        path = hf_hub_download(str(path_or_id), CACHE_INFO_NAME, repo_type="dataset", revision=revision)
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    path = hf_hub_download(str(path_or_id), CACHE_INFO_NAME, repo_type="dataset", revision=revision)
+    return _read_info_file(Path(path), None)
+
+
+def check_shard(path: Path) -> None:
+    """A `ValueError` naming the shard and the fix when `path` is missing or not a readable parquet file (its footer
+    is read, not its data)."""
+    if not path.is_file():
+        raise ValueError(f"latent cache shard {path} is missing; {_fix_hint(path)}.")
+    try:
+        pq.read_metadata(path)
+    except Exception as error:  # pyarrow.ArrowInvalid ("Parquet magic bytes not found"), OSError
+        raise ValueError(
+            f"latent cache shard {path} is corrupt ({type(error).__name__}: {error}); {_fix_hint(path)}."
+        ) from None
 
 
 def load_latent_dataset(
@@ -322,14 +432,18 @@ def load_latent_dataset(
     """Open a latent cache (local folder or Hub dataset id) as a `datasets` dataset, streamed by default.
 
     Only completed shards listed in `cache_info.json` are read for a local folder, so an unfinished cache can be
-    inspected while it is being written.
+    inspected while it is being written; each is checked first (`check_shard`), so a corrupt or missing shard is an
+    error naming it rather than an Arrow error mid-training.
     """
     if _is_local(path_or_id):
         info = read_cache_info(path_or_id)
-        files = [str(Path(path_or_id) / shard["file"]) for shard in info["shards"]]
+        files = [Path(path_or_id) / shard["file"] for shard in info["shards"]]
         if not files:
             raise ValueError(f"{path_or_id} holds no completed latent shard yet.")
-        return datasets.load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming)
+        for file in files:
+            check_shard(file)
+        data_files = {split: [str(f) for f in files]}
+        return datasets.load_dataset("parquet", data_files=data_files, split=split, streaming=streaming)
     return datasets.load_dataset(str(path_or_id), split=split, streaming=streaming, revision=revision)
 
 

@@ -21,8 +21,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.autoencoder_kl_spectral import load_autoencoder
-from ..models.checks import check_resolution
-from ..spectral import power_law_slope, radial_spectrum
 from ..training.data import image_batches_from
 from ..training.utils import write_json
 from . import diagnostics, plotting
@@ -31,15 +29,22 @@ from . import diagnostics, plotting
 __all__ = ["analyze_vae", "compare_vaes", "main", "parse_args"]
 
 logger = logging.getLogger(__name__)
-EMBEDDED_PHOTO_SIZE = 64  # side of the embedded photo crops (`data.embedded_dataset_dir`)
-
-
-# ------------------------------------------------------------------------------------------------
-# Loading
 
 
 # ------------------------------------------------------------------------------------------------
 # VAE view
+
+
+def analysis_resolution(vae, data, resolution: int | None, dsm_levels, image_column: str, split: str) -> tuple:
+    """``(resolution, data_side)``: the data's own image size (its first readable image's shorter side, rounded down
+    to what the VAE and DSM blocks accept) unless ``resolution`` is given; an explicit ``resolution`` above the data's
+    size is allowed with a loud warning (upsampling steepens the image spectrum and changes the verdict).
+    The same rule and messages as `evaluation.evaluate` (`vae_resolution`)."""
+    from ..training.data import data_image_size
+    from .evaluate import vae_resolution
+
+    data_side = data_image_size(data, image_column, split)
+    return vae_resolution(vae, resolution, data_side, dsm_levels), data_side
 
 
 @torch.no_grad()
@@ -47,121 +52,95 @@ def analyze_vae(
     vae,
     data=None,
     num_samples: int = 64,
-    resolution: int = 256,
+    resolution: int | None = None,
     batch_size: int = 8,
     output_dir: str | Path | None = None,
     dsm_levels=(0, 8, 10, 12),
     n_bins: int = 16,
     slope_tolerance: float = diagnostics.VERDICT_SLOPE_TOLERANCE,
-    sample_posterior: bool = False,
+    latents: str = "sample",
+    spectrum_convention: str = "authors",
+    seed: int = 0,
     device="cpu",
     image_column: str = "image",
     split: str = "train",
     progress: bool = True,
     name: str | None = None,
+    sample_posterior: bool | None = None,
 ) -> dict:
-    """Latent spectra, slopes, spectral KL, RMSC, per-channel spectra, DSM low-pass errors and a verdict for a VAE.
+    """Latent spectra, slopes, spectral KL, RMSC, per-channel spectra, the posterior std, DSM low-pass errors and a
+    verdict for a VAE, in memory flat in ``num_samples`` (running sums; nothing kept per image).
 
     Args:
         vae: a VAE instance, or a folder / Hub id for `models.load_autoencoder`.
         data: local image folder / parquet files, a Hub dataset id, or ``None`` for the embedded photos.
         num_samples: images read (streamed; unreadable ones are skipped and counted).
-        resolution: images are resized and centre-cropped to this side (256 = the authors' CelebA setting).
+        resolution: resize + centre-crop side; ``None`` (default) uses the data's own image size (see
+            `analysis_resolution`; a larger explicit value warns that it upsamples).
         dsm_levels: DSM mask levels of the low-pass view (0 = plain reconstruction); ``()`` skips decoding.
-        sample_posterior: analyse posterior samples (what ESM trains) instead of the posterior mean.
+        latents: ``"sample"`` (default: posterior samples ``mu + sigma * noise`` from a generator seeded with
+            ``seed``, the authors' convention) or ``"mean"`` (the posterior mean); the low-pass view decodes the same.
+        spectrum_convention: ``"authors"`` (default: DC kept, no centring) or ``"dc_free"``.
         output_dir: if given, write ``report.json`` and ``spectra.png``, ``channel_spectra.png``, ``dsm_lowpass.png``.
+        sample_posterior: deprecated alias (``True`` -> ``latents="sample"``, ``False`` -> ``"mean"``).
 
     Returns:
-        The report dict (see the module docstring of `diffusers_spectrum.evaluation.diagnostics` for the verdict rule).
+        The report dict; ``report["convention"]`` states the latents and spectrum convention (verdict rule:
+        `diffusers_spectrum.evaluation.diagnostics`).
     """
     start = time.perf_counter()
+    if sample_posterior is not None:
+        latents = "sample" if sample_posterior else "mean"
+    diagnostics.check_convention(latents, spectrum_convention)
     name = name or (str(vae) if isinstance(vae, (str, Path)) else type(vae).__name__)
     vae = load_autoencoder(vae, device=device, torch_dtype=torch.float32)
     dsm_levels = tuple(int(k) for k in dsm_levels)
-    check_resolution(vae, resolution, dsm_levels)
-    if data is None and resolution > EMBEDDED_PHOTO_SIZE:
-        logger.warning(
-            "The embedded photos are %d px: upsampling them to %d px steepens the image spectrum; pass --data for "
-            "a real evaluation or --resolution %d.",
-            EMBEDDED_PHOTO_SIZE,
-            resolution,
-            EMBEDDED_PHOTO_SIZE,
-        )
+    resolution, data_side = analysis_resolution(vae, data, resolution, dsm_levels, image_column, split)
     from ..training.data import SkipCounter
 
     skips = SkipCounter()
     batches = image_batches_from(data, num_samples, resolution, batch_size, image_column, split, skip_counter=skips)
-    collected = {
-        key: []
-        for key in ("image", "target", "latent", "kl0", "kl1", "rmsc", "channels", "image_power", "latent_power")
-    }
-    lowpass = {level: [] for level in dsm_levels}
+    stats = diagnostics.SpectrumStatistics(n_bins, convention=spectrum_convention)
+    lowpass_sums = {level: 0.0 for level in dsm_levels}  # running sums of per-image MSE (nothing kept per image)
+    generator = torch.Generator(device=device).manual_seed(seed)
     latent_shape = None
     for images in tqdm(
         batches, desc=f"analyze {name}", total=math.ceil(num_samples / batch_size), disable=not progress
     ):
         images = images.to(device=device, dtype=vae.dtype)
-        posterior = vae.encode(images).latent_dist
-        latents = (posterior.sample() if sample_posterior else posterior.mode()).float()
-        latent_shape = list(latents.shape[1:])
-        summary = diagnostics.spectrum_summary(images.float(), latents, n_bins=n_bins)
-        for key in ("image", "target", "latent"):
-            collected[key].append(summary[key].cpu())
-        collected["kl0"].append(summary["spectral_kl_delta0"].cpu())
-        collected["kl1"].append(summary["spectral_kl_delta1"].cpu())
-        collected["rmsc"].append(diagnostics.rms_spatial_contrast(latents).cpu())
-        collected["channels"].append(diagnostics.channel_spectra(latents, n_bins).cpu())
-        collected["image_power"].append(radial_spectrum(images.float(), n_bins).cpu())
-        collected["latent_power"].append(radial_spectrum(latents, n_bins).cpu())
+        z, std = diagnostics.posterior_latents(vae.encode(images).latent_dist, latents, generator)
+        latent_shape = list(z.shape[1:])
+        stats.update(images.float(), z, std)
         if dsm_levels:
             errors = diagnostics.lowpass_reconstruction_errors(
-                lambda z: vae.decode(z.to(vae.dtype)).sample.clamp(-1, 1), images.float(), latents, dsm_levels
+                lambda w: vae.decode(w.to(vae.dtype)).sample.clamp(-1, 1), images.float(), z, dsm_levels
             )
             for level, value in errors.items():
-                lowpass[level].append(value.cpu())
+                lowpass_sums[level] += float(value.double().sum())
+        del images, z, std  # free the batch's buffers before the next one
     if latent_shape is None:
         raise ValueError(f"The dataset {data!r} gave no readable images ({skips.count} skipped).")
-    spectra = {key: torch.cat(value) for key, value in collected.items()}
-    slopes = {key: float(power_law_slope(spectra[key].mean(0))) for key in ("image", "target", "latent")}
-    mean_kl1 = float(spectra["kl1"].mean())
-    verdict = diagnostics.spectrum_verdict(slopes["latent"], slopes["target"], slope_tolerance, mean_kl1)
-    channel_mean = spectra["channels"].mean(0)  # (C, n_bins)
-    lowpass_mse = {level: float(torch.cat(values).mean()) for level, values in lowpass.items()}
+    summary = stats.result(slope_tolerance)
+    lowpass_mse = {level: total / stats.count for level, total in lowpass_sums.items()}
+    convention = {
+        "latents": latents,
+        "latents_description": diagnostics.LATENT_KINDS[latents] + (f", seed {seed}" if latents == "sample" else ""),
+        "spectrum": spectrum_convention,
+        "spectrum_description": diagnostics.SPECTRUM_CONVENTIONS[spectrum_convention]["description"],
+        "seed": seed,
+    }
     report = {
         "kind": "vae",
         "name": name,
-        "verdict": verdict,
-        "verdict_thresholds": {
-            "rule": (
-                "latent_slope - target_slope > tol: over-noisy; < -tol: over-smoothed; else matched if "
-                "spectral_kl_delta1 <= kl_threshold, otherwise the sign of the slope gap"
-            ),
-            "slope_tolerance": slope_tolerance,
-            "kl_threshold": diagnostics.VERDICT_KL_THRESHOLD,
-            "target_slope": slopes["target"],
-            "over_noisy_above": slopes["target"] + slope_tolerance,
-            "over_smoothed_below": slopes["target"] - slope_tolerance,
-            "slopes": "log-log slopes of the sample-mean normalised log spectra, f_k = k + 1",
-        },
-        "image_slope": slopes["image"],
-        "target_slope": slopes["target"],
-        "latent_slope": slopes["latent"],
-        "image_power_slope": float(power_law_slope(spectra["image_power"].mean(0), "center")),
-        "latent_power_slope": float(power_law_slope(spectra["latent_power"].mean(0), "center")),
-        "spectral_kl_delta0": float(spectra["kl0"].mean()),
-        "spectral_kl_delta1": float(spectra["kl1"].mean()),
-        "spectral_kl_delta1_std": float(spectra["kl1"].std(unbiased=False)),
-        "rmsc": float(spectra["rmsc"].mean()),
-        "rmsc_std": float(spectra["rmsc"].std(unbiased=False)),
-        "num_samples": int(spectra["latent"].shape[0]),
+        "verdict": summary.pop("verdict"),
+        "convention": convention,
+        **summary,
         "skipped_images": skips.count,
         "resolution": resolution,
+        "data_resolution": data_side,
+        "upsampled": resolution > data_side,
         "latent_shape": latent_shape,
-        "sample_posterior": sample_posterior,
         "n_bins": n_bins,
-        "spectra": {key: diagnostics.mean_std(spectra[key]) for key in ("image", "target", "latent")},
-        "channel_spectra": channel_mean.tolist(),
-        "channel_slopes": [float(s) for s in power_law_slope(channel_mean)],
         "dsm_lowpass_mse": {str(level): value for level, value in lowpass_mse.items()},
         "dsm_lowpass_psnr": {str(level): 10 * math.log10(4.0 / max(mse, 1e-12)) for level, mse in lowpass_mse.items()},
         "vae_config": {
@@ -172,19 +151,21 @@ def analyze_vae(
     }
     report["vae_config"]["block_out_channels"] = list(report["vae_config"]["block_out_channels"] or [])
     if output_dir is not None:
-        _write_vae_outputs(report, spectra, Path(output_dir))
+        _write_vae_outputs(report, Path(output_dir))
     return report
 
 
-def _write_vae_outputs(report: dict, spectra: dict, output_dir: Path) -> None:
+def _write_vae_outputs(report: dict, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     slopes = f"latent slope {report['latent_slope']:.2f}, target {report['target_slope']:.2f}"
-    title = f"{report['name']}: {report['verdict']} ({slopes})"
+    convention = f"{report['convention']['latents']}, {report['convention']['spectrum']}"
+    title = f"{report['name']}: {report['verdict']} ({slopes}; {convention})"
     plots = {"spectra": "spectra.png", "channel_spectra": "channel_spectra.png"}
+    spectra = report["spectra"]
     plotting.plot_spectra(
         spectra["image"], spectra["latent"], 1.0, spectra["target"], output_dir / plots["spectra"], title
     )
-    plotting.plot_channel_spectra(spectra["channels"], output_dir / plots["channel_spectra"])
+    plotting.plot_channel_spectra(torch.tensor(report["channel_spectra"])[None], output_dir / plots["channel_spectra"])
     if report["dsm_lowpass_mse"]:
         plots["dsm_lowpass"] = "dsm_lowpass.png"
         plotting.plot_lowpass_errors({report["name"]: report["dsm_lowpass_mse"]}, output_dir / plots["dsm_lowpass"])
@@ -208,7 +189,15 @@ def compare_vaes(vaes, names=None, output_dir: str | Path | None = None, **kwarg
     for vae, name in zip(vaes, names):
         subdir = None if output_dir is None else Path(output_dir) / name
         reports[name] = analyze_vae(vae, output_dir=subdir, name=name, **kwargs)
-    columns = ("verdict", "latent_slope", "target_slope", "spectral_kl_delta0", "spectral_kl_delta1", "rmsc")
+    columns = (
+        "verdict",
+        "latent_slope",
+        "target_slope",
+        "spectral_kl_delta0",
+        "spectral_kl_delta1",
+        "mean_spectrum_kl_delta1",
+        "rmsc",
+    )
     table = [
         {"name": name, **{c: report[c] for c in columns}, "dsm_lowpass_mse": report["dsm_lowpass_mse"]}
         for name, report in reports.items()
@@ -223,11 +212,13 @@ def compare_vaes(vaes, names=None, output_dir: str | Path | None = None, **kwarg
         lowpass = {name: r["dsm_lowpass_mse"] for name, r in reports.items() if r["dsm_lowpass_mse"]}
         if lowpass:
             plotting.plot_lowpass_errors(lowpass, output_dir / "compare_dsm_lowpass.png")
-        write_json(output_dir / "compare.json", {"table": table}, sort_keys=False)
+        convention = next(iter(reports.values()))["convention"]
+        write_json(output_dir / "compare.json", {"convention": convention, "table": table}, sort_keys=False)
         lines = ["| " + " | ".join(("name",) + columns) + " |", "|" + "---|" * (len(columns) + 1)]
         for row in table:
             cells = [row["name"]] + [row[c] if isinstance(row[c], str) else f"{row[c]:.4g}" for c in columns]
             lines.append("| " + " | ".join(cells) + " |")
+        lines.append(f"\nLatents: {convention['latents_description']}. Spectra: {convention['spectrum_description']}.")
         (output_dir / "compare.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return result
 
@@ -236,7 +227,7 @@ def compare_vaes(vaes, names=None, output_dir: str | Path | None = None, **kwarg
 # Command line
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffusers-spectrum analyze", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -252,7 +243,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_samples", type=int, default=64, help="images to analyse.")
     parser.add_argument("--output_dir", required=True, help="where report.json and the PNG plots are written.")
     parser.add_argument(
-        "--resolution", type=int, default=256, help="image side after resize + centre crop (VAE input)."
+        "--resolution",
+        type=int,
+        default=None,
+        help="image side after resize + centre crop (VAE input). Default: the data's own image size (rounded down "
+        "to what the VAE accepts); a larger value upsamples, with a warning.",
     )
     parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass.")
     parser.add_argument(
@@ -263,19 +258,45 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--slope_tolerance",
         type=float,
         default=diagnostics.VERDICT_SLOPE_TOLERANCE,
-        help="verdict tolerance on the slope gap.",
+        help="verdict tolerance on the slope gap (derived in evaluation/diagnostics.py).",
     )
     parser.add_argument(
-        "--sample_posterior", action="store_true", help="analyse posterior samples instead of the mean."
+        "--latents",
+        choices=sorted(diagnostics.LATENT_KINDS),
+        default="sample",
+        help="analyse posterior samples mu + sigma * noise (default, the authors' convention; seeded by --seed) or "
+        "the posterior mean. The posterior std is reported either way.",
+    )
+    parser.add_argument(
+        "--spectrum_convention",
+        choices=sorted(diagnostics.SPECTRUM_CONVENTIONS),
+        default="authors",
+        help="'authors' (default): DC kept, no mean removal, as the authors' analysis and SPEC.md's reference "
+        "numbers; 'dc_free': DC power set to 0 (the ESM loss's convention).",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples (--latents sample).")
+    parser.add_argument(
+        "--sample_posterior",
+        action="store_true",
+        help="alias of --latents sample (the default); kept for older commands.",
     )
     parser.add_argument("--grid_size", type=int, default=16, help="encoder token grid side (--encoder).")
     parser.add_argument("--image_column", default="image", help="dataset column holding the images.")
     parser.add_argument("--split", default="train", help="dataset split.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device.")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar.")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.num_samples < 1 or args.batch_size < 1:
         parser.error("--num_samples and --batch_size must be positive.")
+    if args.resolution is not None and args.resolution < 1:
+        parser.error(f"--resolution must be positive, got {args.resolution}.")
+    if args.sample_posterior and args.latents != "sample":
+        parser.error("--sample_posterior contradicts --latents mean; pass one of them.")
     try:
         args.dsm_levels = tuple(int(v) for v in args.dsm_levels.split(",") if v.strip())
     except ValueError:
@@ -299,25 +320,41 @@ def main(argv=None) -> int:
         resolution=args.resolution,
         dsm_levels=args.dsm_levels,
         slope_tolerance=args.slope_tolerance,
-        sample_posterior=args.sample_posterior,
+        latents=args.latents,
+        spectrum_convention=args.spectrum_convention,
+        seed=args.seed,
     )
     try:
         if args.encoder:
             from .encoder_analysis import analyze_encoder
 
-            report = analyze_encoder(args.encoder, output_dir=args.output_dir, grid_size=args.grid_size, **common)
+            report = analyze_encoder(
+                args.encoder,
+                output_dir=args.output_dir,
+                grid_size=args.grid_size,
+                resolution=args.resolution,
+                spectrum_convention=args.spectrum_convention,
+                **common,
+            )
             print(f"{args.encoder}: RMSC " + ", ".join(f"{k} {v['rmsc']:.3f}" for k, v in report["filters"].items()))
         elif args.compare:
             result = compare_vaes(args.compare, output_dir=args.output_dir, **common, **vae_options)
             for row in result["table"]:
                 slope, kl = row["latent_slope"], row["spectral_kl_delta1"]
                 print(f"{row['name']}: {row['verdict']} (latent slope {slope:.3f}, spectral KL d1 {kl:.4f})")
+            convention = next(iter(result["reports"].values()))["convention"]
+            print(f"latents: {convention['latents_description']}; spectra: {convention['spectrum_description']}")
         else:
             report = analyze_vae(args.vae, output_dir=args.output_dir, **common, **vae_options)
+            convention = report["convention"]
             print(
                 f"{args.vae}: {report['verdict']} | latent slope {report['latent_slope']:.3f} vs target "
                 f"{report['target_slope']:.3f} (image {report['image_slope']:.3f}) | spectral KL d0 "
-                f"{report['spectral_kl_delta0']:.4f} d1 {report['spectral_kl_delta1']:.4f} | RMSC {report['rmsc']:.3f}"
+                f"{report['spectral_kl_delta0']:.4f} d1 {report['spectral_kl_delta1']:.4f} (mean curves "
+                f"{report['mean_spectrum_kl_delta1']:.4f}) | RMSC {report['rmsc']:.3f} | posterior std "
+                f"{report['posterior_std']['mean']:.4f}\n  {report['num_samples']} images at "
+                f"{report['resolution']} px; latents: {convention['latents_description']}; spectra: "
+                f"{convention['spectrum_description']}"
             )
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"diffusers-spectrum analyze: error: {error}", file=sys.stderr)

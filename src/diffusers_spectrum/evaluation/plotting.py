@@ -45,15 +45,24 @@ def _rows(spectra) -> np.ndarray:
     return array
 
 
-def _band(ax, spectra, label: str, color=None, linestyle="-") -> None:
-    """Mean curve over samples with a +-1 std band, against the band frequency k + 1 on log-log axes."""
+def _mean_std(spectra) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(mean, std, number of rows)`` of rows, or of a report's ``{"mean": [...], "std": [...]}`` summary."""
+    if isinstance(spectra, dict):
+        mean, std = _rows(spectra["mean"])[0], _rows(spectra["std"])[0]
+        return mean, std, 2  # a summary over several samples: draw its band
     rows = _rows(spectra)
-    frequencies = np.arange(1, rows.shape[1] + 1)
-    mean, std = rows.mean(0), rows.std(0)
+    return rows.mean(0), rows.std(0), rows.shape[0]
+
+
+def _band(ax, spectra, label: str, color=None, linestyle="-") -> None:
+    """Mean curve over samples with a +-1 std band, against the band frequency k + 1 on log-log axes. ``spectra``:
+    ``(N, n_bins)`` rows or a ``{"mean", "std"}`` summary (as `analyze` reports store them)."""
+    mean, std, count = _mean_std(spectra)
+    frequencies = np.arange(1, mean.shape[0] + 1)
     # Bands with no power (the removed DC alone in band 0 on small grids, empty bands) cannot sit on log axes: skip.
     mean = np.where(mean > 0, mean, np.nan)
     (line,) = ax.plot(frequencies, mean, label=label, color=color, linestyle=linestyle, marker="o", markersize=3)
-    if rows.shape[0] > 1:
+    if count > 1:
         low = np.maximum(mean - std, mean / 5)  # keep the band visible on log axes
         ax.fill_between(frequencies, low, mean + std, color=line.get_color(), alpha=0.2)
 
@@ -84,7 +93,8 @@ def plot_spectra(
     """Image, latent and delta-target normalised log spectra (mean +- std over samples) on log-log axes.
 
     Args:
-        image_spectra: ``(N, n_bins)`` or ``(n_bins,)`` normalised log spectra of the images (delta 0).
+        image_spectra: ``(N, n_bins)`` or ``(n_bins,)`` normalised log spectra of the images (delta 0), or a
+            ``{"mean", "std"}`` summary (the same for the other two).
         latent_spectra: the same for the latents.
         delta: the flattening exponent of ``target_spectra`` (for the legend).
         target_spectra: the delta-flattened image target (`esm_spectra` with ``delta``); omitted if ``None``.
@@ -100,11 +110,21 @@ def plot_spectra(
 
 @torch.no_grad()
 def plot_image_latent_spectra(
-    images: torch.Tensor, latents: torch.Tensor, delta: float = 1.0, path: str | Path | None = None, title=None
+    images: torch.Tensor,
+    latents: torch.Tensor,
+    delta: float = 1.0,
+    path: str | Path | None = None,
+    title=None,
+    convention: str = "authors",
 ) -> Figure:
-    """`plot_spectra` straight from images ``(B, 3, H, W)`` in [-1, 1] and latents ``(B, C, h, w)`` (for trainers)."""
-    image, latent = esm_spectra(images.float(), latents.float(), delta=0.0)
-    target, _ = esm_spectra(images.float(), latents.float(), delta=delta)
+    """`plot_spectra` straight from images ``(B, 3, H, W)`` in [-1, 1] and latents ``(B, C, h, w)`` (for trainers),
+    in the spectrum ``convention`` of `evaluation.diagnostics` (``"authors"``: DC kept; ``"dc_free"``)."""
+    from .diagnostics import SPECTRUM_CONVENTIONS, check_convention
+
+    check_convention(spectrum=convention)
+    remove_dc = SPECTRUM_CONVENTIONS[convention]["remove_dc"]
+    image, latent = esm_spectra(images.float(), latents.float(), delta=0.0, remove_dc=remove_dc)
+    target, _ = esm_spectra(images.float(), latents.float(), delta=delta, remove_dc=remove_dc)
     return plot_spectra(image, latent, delta=delta, target_spectra=target, path=path, title=title)
 
 

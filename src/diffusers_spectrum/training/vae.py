@@ -41,8 +41,7 @@ from ..models import SpectrumAutoencoderKL
 from ..models.encoders import RepresentationEncoder
 from ..pipelines.export import export_vae
 from ..pipelines.model_cards import vae_model_card
-from ..spectral import spectral_kl
-from ..spectral.esm import esm_band_powers, esm_divergence, esm_spectra
+from ..spectral.esm import esm_band_powers, esm_divergence
 from .args import add_data_args, add_optimization_args, add_output_args, finish_common_args
 from .checkpointing import Checkpointer
 from .data import ImageTransform, image_batches, load_image_dataset, make_image_dataloader
@@ -277,44 +276,60 @@ def build_perceptual(args):
 
 
 def spectrum_figure(images: torch.Tensor, latents: torch.Tensor, delta: float):
-    """Image, delta-target and latent normalised log spectra (`evaluation.plotting.plot_spectra`)."""
-    from ..evaluation.plotting import plot_spectra
+    """Image, delta-target and latent normalised log spectra in analyze's default convention (DC kept, no centring):
+    `evaluation.plotting.plot_image_latent_spectra`. ``latents``: the posterior samples `evaluate_vae` returns."""
+    from ..evaluation.plotting import plot_image_latent_spectra
 
-    image_spectra, latent_spectra = esm_spectra(images.float(), latents.float(), delta=0.0)  # (B, n_bins) each
-    target_spectra, _ = esm_spectra(images.float(), latents.float(), delta=delta)
-    return plot_spectra(image_spectra, latent_spectra, delta=delta, target_spectra=target_spectra)
+    return plot_image_latent_spectra(images, latents, delta=delta, convention="authors")
 
 
 @torch.no_grad()
 def evaluate_vae(
-    vae: SpectrumAutoencoderKL, images: torch.Tensor, delta: float
+    vae: SpectrumAutoencoderKL, images: torch.Tensor, delta: float, seed: int = 0
 ) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """PSNR, the spectral summary (slopes, spectral KL, verdict; as `diffusers-spectrum analyze` reports them) and
-    the DSM low-pass errors of `vae` on `images`, with the posterior mean.
+    """Validation metrics of `vae` on `images` ``(B, 3, H, W)`` in [-1, 1], in `diffusers-spectrum analyze`'s
+    conventions (one source: `evaluation.diagnostics.spectrum_summary`, the function analyze accumulates).
 
-    Returns `(metrics, reconstructions, latents)`.
+    - Reconstruction numbers (``psnr``, ``dsm_lowpass_mse_<k>``) decode the posterior *mean*
+      (``reconstruction_latents: "mean"``).
+    - Spectral numbers (slopes, spectral KLs, verdict) are those of posterior *samples* ``mu + sigma * noise`` with
+      noise from a generator seeded with `seed`, DC kept and no centring (``spectral_latents: "sample"``,
+      ``spectrum_convention: "authors"``), as analyze reports by default; ``spectral_kl_target`` is the per-sample
+      KL to the VAE's own ESM target (exponent `delta`); ``posterior_std`` is the mean over elements of sigma.
+
+    Returns `(metrics, reconstructions, latents)`: ``latents`` are the posterior samples the spectra describe.
     """
-    latents = vae.encode(images).latent_dist.mode()  # (B, C, h, w)
-    reconstructions = vae.decode(latents).sample.clamp(-1, 1)  # (B, 3, H, W)
+    from ..evaluation.diagnostics import posterior_latents
+
+    posterior = vae.encode(images).latent_dist
+    means = posterior.mode()  # (B, C, h, w)
+    reconstructions = vae.decode(means).sample.clamp(-1, 1)  # (B, 3, H, W)
     mse = ((reconstructions.float() - images.float()) / 2).square().flatten(1).mean(1)  # on the [0, 1] scale
-    summary = spectrum_summary(images.float(), latents.float(), blur=vae.config.esm_blur)
+    generator = torch.Generator(device=means.device).manual_seed(seed)
+    samples, std = posterior_latents(posterior, "sample", generator)  # (B, C, h, w) each, float32
+    summary = spectrum_summary(images.float(), samples, posterior_std=std, target_delta=delta)
     metrics = {
         "psnr": float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()),
-        "spectral_kl_delta0": float(summary["spectral_kl_delta0"].mean()),
-        "spectral_kl_delta1": float(summary["spectral_kl_delta1"].mean()),
-        "spectral_kl_target": float(spectral_kl(images, latents, delta=delta, blur=vae.config.esm_blur).mean()),
+        "reconstruction_latents": "mean",
+        "spectral_latents": "sample",
+        "spectrum_convention": summary["spectrum_convention"],
+        "spectral_kl_delta0": summary["spectral_kl_delta0"],
+        "spectral_kl_delta1": summary["spectral_kl_delta1"],
+        "mean_spectrum_kl_delta1": summary["mean_spectrum_kl_delta1"],
+        "spectral_kl_target": summary["spectral_kl_target"],
         "image_slope": summary["image_slope"],
         "target_slope": summary["target_slope"],
         "latent_slope": summary["latent_slope"],
         "verdict": summary["verdict"],
+        "posterior_std": summary["posterior_std"]["mean"],
     }
     levels = [level for level in vae.config.dsm_levels if level > 0]
     if levels:
         errors = lowpass_reconstruction_errors(
-            lambda z: vae.decode(z).sample, images, latents, levels, vae.config.dsm_block_size
+            lambda z: vae.decode(z).sample, images, means, levels, vae.config.dsm_block_size
         )
         metrics.update({f"dsm_lowpass_mse_{level}": float(error.mean()) for level, error in errors.items()})
-    return metrics, reconstructions, latents
+    return metrics, reconstructions, samples
 
 
 def perceptual_fits(out: dict, args) -> bool:

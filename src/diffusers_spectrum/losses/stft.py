@@ -166,3 +166,30 @@ def multi_resolution_stft_loss(
     convergence, log_magnitude = stft_loss_terms(x0_hat, x0, fft_sizes, hop_lengths, win_lengths, window, eps)
     total = convergence_weight * convergence + magnitude_weight * log_magnitude  # (B,)
     return (total.mean() if reduction == "mean" else total).to(x0_hat.dtype)
+
+
+def fit_stft_resolutions(
+    length: int,
+    fft_sizes: tuple[int, ...] = DEFAULT_FFT_SIZES,
+    hop_lengths: tuple[int, ...] = DEFAULT_HOP_LENGTHS,
+    win_lengths: tuple[int, ...] = DEFAULT_WIN_LENGTHS,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Resolutions for clips of ``length`` samples: the given ones (Parallel WaveGAN's by default) halved together,
+    FFT sizes, hops and windows alike (so each keeps its time/frequency trade-off), until the largest FFT size is at
+    most ``length``; unchanged when they already fit.
+
+    Returns:
+        ``(fft_sizes, hop_lengths, win_lengths)``; raises ``ValueError`` when ``length`` is too short for any STFT
+        (fewer than 16 samples).
+    """
+    if not isinstance(length, int) or length < 16:
+        raise ValueError(f"fit_stft_resolutions: `length` must be an integer >= 16 samples, got {length!r}.")
+    fft, hop, win = list(fft_sizes), list(hop_lengths), list(win_lengths)
+    _check_resolutions(fft, hop, win, "hann", 10**12)
+    while max(fft) > length:
+        if min(fft) < 16:
+            raise ValueError(f"fit_stft_resolutions: cannot fit FFT sizes {tuple(fft_sizes)} into {length} samples.")
+        fft = [size // 2 for size in fft]
+        hop = [max(1, h // 2) for h in hop]
+        win = [max(1, min(w // 2, f)) for w, f in zip(win, fft, strict=True)]
+    return tuple(fft), tuple(hop), tuple(win)

@@ -371,7 +371,7 @@ def check_cache_info(info, source: str | Path, folder: str | Path | None = None)
         if key not in info["settings"]:
             raise ValueError(f"{source}: 'settings' has no {key!r} entry; {_fix_hint(source)}.")
     if info["shards"] and "latent_shape" not in info:
-        raise ValueError(f"{source} lists shards but has no 'latent_shape' entry; {_fix_hint(source)}.")
+        raise ValueError(f"{source} has no 'latent_shape' entry (it lists shards); {_fix_hint(source)}.")
     root = None if folder is None else Path(folder).resolve()
     for index, shard in enumerate(info["shards"]):
         missing = [k for k in _REQUIRED_SHARD_KEYS if not isinstance(shard, dict) or k not in shard]

@@ -404,8 +404,10 @@ CLI_CASES = [
     (["cache-latents", "--pretrained_vae", "./vea", "--output_dir", "o"], "--pretrained_vae ./vea: no such folder"),
     (["cache-latents", "--pretrained_vae", "x/y", "--output_dir", "o", "--resolution", "0"], "--resolution must be"),
     (["cache-latents", "--pretrained_vae", "x/y", "--output_dir", "o", "--train_data_dir", "/no/such"], "/no/such"),
-    (["cache-latents", "--pretrained_vae", "x/y", "--output_dir", "o", "--unconditional", "--label_column", "y"],
-     "either --unconditional or --label_column"),
+    (
+        ["cache-latents", "--pretrained_vae", "x/y", "--output_dir", "o", "--unconditional", "--label_column", "y"],
+        "either --unconditional or --label_column",
+    ),
     (["evaluate-vea"], "invalid choice: 'evaluate-vea'"),
 ]
 

@@ -226,6 +226,8 @@ def evaluate_vae(args: argparse.Namespace) -> dict:
         batches(),
         extractor=extractor,
         dsm_levels=args.dsm_levels,
+        # level 0 filters nothing; block size 1 keeps dsm_lowpass from demanding 8-px blocks at that level
+        block_size=8 if any(level > 0 for level in args.dsm_levels) else 1,
         sample_posterior=args.sample_posterior,
         progress=not args.no_progress,
         total=math.ceil(args.num_samples / args.batch_size),
@@ -375,6 +377,7 @@ def evaluate_pipeline(args: argparse.Namespace) -> dict:
     result["sample_spectrum_slope"] = _spectrum_slope(samples)
     result["data_spectrum_slope"] = _spectrum_slope(references)
     extractor = _feature_extractor(args.feature_extractor, args.device)
+    result["fd"] = None
     if extractor is not None:
         from .metrics import sample_frechet_distance
 
@@ -395,7 +398,7 @@ def evaluate_pipeline(args: argparse.Namespace) -> dict:
         elapsed_s=time.perf_counter() - start,
     )
     output = _write_result(args.output_file, result)
-    fd = f"FD {result['fd']:.3f} | " if "fd" in result else ""
+    fd = f"FD {result['fd']:.3f} | " if result["fd"] is not None else ""
     swd = result["swd_x1e3_avg"]
     print(
         f"{args.pipeline}: {result['num_samples']} samples ({len(classes)} classes, guidance {guidance:g}) vs "

@@ -1,6 +1,9 @@
 """`diffusers-spectrum analyze` end to end on tiny random models and the embedded photos, plus the plotting helpers."""
 
+import gc
 import json
+import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +13,12 @@ from PIL import Image
 
 from diffusers_spectrum import cli
 from diffusers_spectrum.evaluation.analyze import analyze_vae, compare_vaes
-from diffusers_spectrum.evaluation.diagnostics import VERDICTS, rms_spatial_contrast
+from diffusers_spectrum.evaluation.diagnostics import (
+    VERDICT_SLOPE_TOLERANCE,
+    VERDICTS,
+    SpectrumStatistics,
+    rms_spatial_contrast,
+)
 from diffusers_spectrum.evaluation.encoder_analysis import analyze_encoder
 from diffusers_spectrum.evaluation.plotting import figure_to_array, plot_image_latent_spectra
 from diffusers_spectrum.models import SpectrumAutoencoderKL
@@ -46,55 +54,95 @@ def _valid_png(path) -> bool:
 @pytest.mark.slow
 def test_analyze_command_on_tiny_vae_and_embedded_dataset_writes_report_and_pngs(tiny_vae_dir, tmp_path):
     out = tmp_path / "report"
-    argv = [
-        "analyze",
-        "--vae",
-        str(tiny_vae_dir),
-        "--num_samples",
-        "6",
-        "--batch_size",
-        "4",
-        "--resolution",
-        "64",
-        "--output_dir",
-        str(out),
-        "--no_progress",
-    ]
-    assert cli.main(argv) == 0
+    argv = ["analyze", "--vae", str(tiny_vae_dir), "--num_samples", "6", "--batch_size", "4", "--output_dir", str(out)]
+    assert cli.main(argv + ["--no_progress"]) == 0
     report = json.loads((out / "report.json").read_text())
-    for key in (
-        "verdict",
-        "image_slope",
-        "latent_slope",
-        "spectral_kl_delta0",
-        "spectral_kl_delta1",
-        "rmsc",
-        "num_samples",
-    ):
-        assert key in report
+    # no --resolution: the embedded photos' own 64 px, nothing upsampled
+    assert report["resolution"] == report["data_resolution"] == 64 and report["upsampled"] is False
+    assert report["convention"]["latents"] == "sample" and report["convention"]["spectrum"] == "authors"
     assert report["verdict"] in VERDICTS and report["num_samples"] == 6 and report["latent_shape"] == [4, 32, 32]
-    assert report["verdict_thresholds"]["slope_tolerance"] == 0.15
+    assert report["verdict_thresholds"]["slope_tolerance"] == VERDICT_SLOPE_TOLERANCE
     assert sorted(report["dsm_lowpass_mse"]) == ["0", "10", "12", "8"]
     assert len(report["spectra"]["latent"]["mean"]) == 16 and len(report["channel_spectra"]) == 4
     assert 0 < report["rmsc"] <= 1 and report["image_slope"] < report["target_slope"]
     for name in report["plots"].values():
         assert _valid_png(out / name)
 
-    # the report's numbers are those of the same images and posterior means computed directly
+    # the report's numbers are those of the same images and seeded posterior samples, computed directly with the
+    # spectral core in the authors' convention (DC kept)
     vae = AutoencoderKL.from_pretrained(tiny_vae_dir).eval()
-    images = torch.cat(list(image_batches_from(None, num_samples=6, resolution=64, batch_size=6)))
+    images = torch.cat(list(image_batches_from(None, num_samples=6, resolution=64, batch_size=4)))
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        latents = vae.encode(images).latent_dist.mode()
+        samples, stds = [], []
+        for batch in (images[:4], images[4:]):  # the same batches, so the same noise draws
+            posterior = vae.encode(batch).latent_dist
+            noise = torch.randn(posterior.mean.shape, generator=generator)
+            samples.append(posterior.mean + posterior.std * noise)
+            stds.append(posterior.std)
+        latents, std = torch.cat(samples), torch.cat(stds)
         reconstruction = vae.decode(latents).sample.clamp(-1, 1)
-    assert report["spectral_kl_delta1"] == pytest.approx(
-        float(spectral_kl(images, latents, delta=1.0).mean()), rel=1e-4
-    )
-    assert report["spectral_kl_delta0"] == pytest.approx(
-        float(spectral_kl(images, latents, delta=0.0).mean()), rel=1e-4
-    )
+    for delta, key in ((1.0, "spectral_kl_delta1"), (0.0, "spectral_kl_delta0")):
+        expected = float(spectral_kl(images, latents, delta=delta, remove_dc=False).mean())
+        assert report[key] == pytest.approx(expected, rel=1e-4)
     assert report["rmsc"] == pytest.approx(float(rms_spatial_contrast(latents).mean()), rel=1e-4)
-    mse = float((reconstruction - images).square().mean())
-    assert report["dsm_lowpass_mse"]["0"] == pytest.approx(mse, rel=1e-4)
+    assert report["posterior_std"]["mean"] == pytest.approx(float(std.mean()), rel=1e-4)
+    assert report["dsm_lowpass_mse"]["0"] == pytest.approx(float((reconstruction - images).square().mean()), rel=1e-4)
+
+
+def test_analyze_labels_the_mean_and_dc_free_options_and_warns_when_it_upsamples(tiny_vae_dir, tmp_path, caplog):
+    vae = AutoencoderKL.from_pretrained(tiny_vae_dir).eval()
+    common = dict(num_samples=4, batch_size=4, dsm_levels=(), progress=False)
+    with caplog.at_level(logging.WARNING):
+        report = analyze_vae(vae, resolution=128, latents="mean", spectrum_convention="dc_free", **common)
+    assert report["upsampled"] is True and report["resolution"] == 128 and report["data_resolution"] == 64
+    assert "UPSAMPLING" in caplog.text
+    assert report["convention"]["latents"] == "mean" and report["convention"]["spectrum"] == "dc_free"
+    images = torch.cat(list(image_batches_from(None, num_samples=4, resolution=128, batch_size=4)))
+    with torch.no_grad():
+        means = vae.encode(images).latent_dist.mean
+    expected = float(spectral_kl(images, means, delta=1.0, remove_dc=True).mean())
+    assert report["spectral_kl_delta1"] == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="latents"):
+        analyze_vae(vae, latents="mode", **common)
+    with pytest.raises(ValueError, match="spectrum_convention"):
+        analyze_vae(vae, spectrum_convention="centred", **common)
+
+
+def _live_tensor_bytes() -> int:
+    """Bytes of every distinct tensor storage reachable by the garbage collector (model weights included)."""
+    gc.collect()
+    storages = {}
+    with warnings.catch_warnings():  # isinstance on deprecated torch module attributes warns
+        warnings.simplefilter("ignore")
+        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+@pytest.mark.slow
+def test_analyze_memory_is_flat_in_the_number_of_images(tiny_vae_dir, monkeypatch):
+    vae = AutoencoderKL.from_pretrained(tiny_vae_dir).eval()
+    original = SpectrumStatistics.update
+    measured = []
+
+    def update(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        batches = self.count // 2
+        live = _live_tensor_bytes() if batches in (2, num_samples // 2) else None  # after the 2nd and the last batch
+        measured[-1].append((live, self.state_nbytes()))
+
+    monkeypatch.setattr(SpectrumStatistics, "update", update)
+    for num_samples in (4, 16):  # N and 4N images, 2 per batch, with the DSM low-pass decodes
+        measured.append([])
+        analyze_vae(vae, num_samples=num_samples, batch_size=2, resolution=16, dsm_levels=(0, 8), progress=False)
+    short, long = measured
+    assert len(short) == 2 and len(long) == 8
+    assert short[-1][1] == long[-1][1]  # the accumulators' state does not grow
+    # nothing per image survives a batch: live tensors after the last batch are the same for N and 4N images
+    assert long[-1][0] == long[1][0] == short[-1][0]
 
 
 def test_analyze_vae_takes_a_spectrum_autoencoder_folder_and_a_pipeline_folder(tmp_path):
@@ -122,7 +170,9 @@ def test_compare_writes_one_table_and_one_plot(tiny_vae_dir, tmp_path):
     assert [row["name"] for row in result["table"]] == ["a", "b"]
     assert result["table"][0]["latent_slope"] != result["table"][1]["latent_slope"]
     assert json.loads((tmp_path / "compare.json").read_text())["table"][1]["name"] == "b"
-    assert (tmp_path / "compare.md").read_text().count("\n") == 4
+    markdown = (tmp_path / "compare.md").read_text()
+    assert sum(line.startswith("| ") for line in markdown.splitlines()) == 3  # header and two rows
+    assert "Latents: posterior samples" in markdown
     assert _valid_png(tmp_path / "compare.png") and (tmp_path / "a" / "report.json").is_file()
 
 

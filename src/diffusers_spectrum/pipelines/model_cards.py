@@ -63,6 +63,14 @@ def _json_safe(values: dict | None) -> dict:
     return json.loads(json.dumps(values or {}, default=str))
 
 
+def _public(training_args) -> dict:
+    """The flags for a card's table, secrets dropped by the package's one filter (`training.utils.public_args`), so a
+    caller passing `vars(args)` cannot publish `--hub_token`."""
+    from ..training.utils import public_args
+
+    return _json_safe(public_args(training_args or {}))
+
+
 def _as_list(value) -> list[str] | None:
     if value is None:
         return None
@@ -107,7 +115,7 @@ def vae_model_card(
         recipe: recipe name (`sd-vae`, `esm-ae`, `dsm-ae`, or a free description).
         eval_description: what the metrics were measured on.
     """
-    config, training_args, metrics = _json_safe(config), _json_safe(training_args), _json_safe(metrics)
+    config, training_args, metrics = _json_safe(config), _public(training_args), _json_safe(metrics)
     datasets = _as_list(datasets)
     card_data = ModelCardData(
         library_name="diffusers",
@@ -181,7 +189,7 @@ def pipeline_model_card(
         id2label: class names; the sampling snippet uses the first one.
         repa: whether the transformer was trained with REPA / DoG-REPA.
     """
-    training_args, metrics = _json_safe(training_args), _json_safe(metrics)
+    training_args, metrics = _public(training_args), _json_safe(metrics)
     datasets = _as_list(datasets)
     card_data = ModelCardData(
         library_name="diffusers",
@@ -242,7 +250,7 @@ def dataset_card(
         source_datasets: Hub ids of the images the latents were computed from.
         vae: path or Hub id of the encoder.
     """
-    contents, training_args = _json_safe(contents), _json_safe(training_args)
+    contents, training_args = _json_safe(contents), _public(training_args)
     source_datasets = _as_list(source_datasets)
     card_data = DatasetCardData(
         license=license,

@@ -224,3 +224,57 @@ def test_cache_push_dry_run_writes_dataset_card_and_lists_files(tmp_path, image_
     card = DatasetCard.load(tmp_path / "cache" / "README.md")
     assert "diffusers-spectrum" in card.data.tags
     shutil.rmtree(tmp_path / "cache")
+
+
+def test_readme_command_on_data_with_a_label_column_writes_a_conditional_cache(tmp_path, caplog):
+    """`cache_latents.py --pretrained_vae X --train_data_dir D ...` without --label_column, on parquet data with a
+    ClassLabel `label` column: labels are found as the DiT trainer finds them, logged, and stored with their names."""
+    import io
+    import logging
+
+    import datasets
+
+    cells, labels = [], [2, 0, 1, 2]
+    for i in range(len(labels)):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((32, 32, 3), 30 * i, dtype=np.uint8)).save(buffer, format="PNG")
+        cells.append({"bytes": buffer.getvalue(), "path": None})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_dict({"image": cells, "label": labels}, features).to_parquet(
+        str(tmp_path / "data" / "t.parquet")
+    )
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    script = load_example("cache_latents")
+    with caplog.at_level(logging.INFO):
+        info = script.cache_latents(script.parse_args([
+            "--pretrained_vae", str(tmp_path / "vae"), "--train_data_dir", str(tmp_path / "data"),
+            "--resolution", "32", "--output_dir", str(tmp_path / "cache"),
+        ]))  # fmt: skip
+    assert info["settings"]["label_column"] == "label" and info["settings"]["id2label"] == {
+        "0": "a",
+        "1": "b",
+        "2": "c",
+    }
+    assert [row["label"] for row in rows_of(tmp_path / "cache")] == labels
+    assert "labels: found column 'label'" in caplog.text and "class-conditional (label column 'label')" in caplog.text
+
+
+def test_corrupt_shard_is_named_and_rerunning_the_command_repairs_it(tmp_path, image_folder):
+    vae = tiny_vae()
+    vae.save_pretrained(tmp_path / "vae")
+    script = load_example("cache_latents")
+    argv = ["--pretrained_vae", str(tmp_path / "vae"), "--train_data_dir", str(image_folder), "--resolution", "32",
+            "--output_dir", str(tmp_path / "cache"), "--shard_size", "5", "--label_column", "label"]  # fmt: skip
+    script.cache_latents(script.parse_args(argv))
+    before = rows_of(tmp_path / "cache")
+    shard = tmp_path / "cache" / "data" / "train-00001.parquet"
+    shard.write_bytes(b"PAR1 truncated")
+    with pytest.raises(ValueError, match="train-00001.parquet is corrupt.*re-run the cache command"):
+        load_latent_dataset(tmp_path / "cache")
+    info = script.cache_latents(script.parse_args(argv))  # the same command, as the message says
+    after = rows_of(tmp_path / "cache")
+    assert info["complete"] and info["num_examples"] == len(before) == len(after) == 13
+    assert [r["source_index"] for r in after] == [r["source_index"] for r in before]
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(np.asarray(a["latents"]), np.asarray(b["latents"]))

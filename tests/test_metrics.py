@@ -174,7 +174,19 @@ def test_reconstruction_metrics_on_a_tiny_vae_agree_with_direct_computation():
         collect_features(extractor, [everything]), collect_features(extractor, [reconstruction])
     )
     assert result["levels"][0]["fd"] == pytest.approx(expected_fd, rel=1e-4)
-    assert result["spectral_kl_delta1"] > 0
+    # spectral numbers: seeded posterior samples (one generator across the batches), DC kept, as analyze reports
+    from diffusers_spectrum.spectral import spectral_kl
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        samples = []
+        for batch in images:
+            posterior = vae.encode(batch).latent_dist
+            samples.append(posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator))
+    expected_kl = float(spectral_kl(everything, torch.cat(samples), delta=1.0, remove_dc=False).mean())
+    assert result["spectral_kl_delta1"] == pytest.approx(expected_kl, rel=1e-4)
+    assert result["conventions"]["reconstruction_latents"] == "mean"
+    assert result["conventions"]["spectral_latents"] == "sample" and result["conventions"]["spectrum"] == "authors"
 
 
 def test_local_evaluate_modules_load_offline_and_agree_with_the_functions():

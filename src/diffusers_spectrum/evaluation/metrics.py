@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..spectral import dsm_lowpass, spectral_kl
+from ..spectral import dsm_lowpass
 from ..spectral._checks import require_4d
 from ..spectral.esm import gaussian_kernel_1d
+from .diagnostics import LATENT_KINDS, SPECTRUM_CONVENTIONS, SpectrumStatistics, check_convention, posterior_latents
 
 
 __all__ = [
@@ -332,6 +333,9 @@ def reconstruction_metrics(
     sample_posterior: bool = False,
     progress: bool = True,
     total: int | None = None,
+    spectral_latents: str = "sample",
+    spectrum_convention: str = "authors",
+    seed: int = 0,
 ) -> dict:
     """Reconstruct image batches with a VAE and measure them, per DSM level.
 
@@ -342,24 +346,36 @@ def reconstruction_metrics(
         vae: an `AutoencoderKL`-compatible model (``encode(x).latent_dist``, ``decode(z).sample``).
         batches: image batches ``(B, 3, H, W)`` in [-1, 1].
         extractor: feature extractor for the Fréchet distance (``None``: no FD).
-        sample_posterior: use a posterior sample instead of its mean.
+        sample_posterior: reconstruct from a posterior sample instead of its mean.
+        spectral_latents, spectrum_convention, seed: the spectral numbers' conventions, as `diffusers-spectrum
+            analyze` reports them (`evaluation.diagnostics.SpectrumStatistics`): by default seeded posterior samples,
+            DC kept, no centring.
 
     Returns:
-        ``{"num_samples", "spectral_kl_delta0", "spectral_kl_delta1", "levels": {k: {"psnr", "ssim", "mse",
-        "fd"?}}}`` (means over images).
+        ``{"num_samples", "spectral_kl_delta0", "spectral_kl_delta1", "mean_spectrum_kl_delta1", "latent_slope",
+        "target_slope", "verdict", "conventions", "levels": {k: {"psnr", "ssim", "mse", "fd"?}}}`` (means over
+        images); ``conventions`` says which latents each group of numbers used.
     """
+    check_convention(spectral_latents, spectrum_convention)
+    stats = SpectrumStatistics(convention=spectrum_convention)
+
     levels = [int(k) for k in dsm_levels]
     sums: dict = {k: {"psnr": 0.0, "ssim": 0.0, "mse": 0.0} for k in levels}
     features: dict = {k: ([], []) for k in levels}
-    kl0 = kl1 = 0.0
     count = 0
     device = next(vae.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
     for images in tqdm(batches, desc="reconstruct", total=total, disable=not progress):
         images = images.to(device=device, dtype=vae.dtype)
         posterior = vae.encode(images).latent_dist
-        latents = posterior.sample() if sample_posterior else posterior.mode()
-        kl0 += float(spectral_kl(images.float(), latents.float(), delta=0.0).sum())
-        kl1 += float(spectral_kl(images.float(), latents.float(), delta=1.0).sum())
+        analysed, std = posterior_latents(posterior, spectral_latents, generator)
+        stats.update(images.float(), analysed, std)
+        if not sample_posterior:
+            latents = posterior.mode()
+        elif spectral_latents == "sample":
+            latents = analysed.to(vae.dtype)  # the same draw the spectral numbers describe
+        else:
+            latents = posterior.sample(generator=generator)
         for level in levels:
             target = dsm_lowpass(images, level, block_size=block_size).float()
             reconstruction = vae.decode(dsm_lowpass(latents, level, block_size=block_size)).sample.float().clamp(-1, 1)
@@ -372,7 +388,18 @@ def reconstruction_metrics(
         count += images.shape[0]
     if count == 0:
         raise ValueError("reconstruction_metrics: no images were given.")
-    result = {"num_samples": count, "spectral_kl_delta0": kl0 / count, "spectral_kl_delta1": kl1 / count, "levels": {}}
+    spectral = stats.result()
+    keys = ("spectral_kl_delta0", "spectral_kl_delta1", "mean_spectrum_kl_delta1", "latent_slope", "target_slope")
+    result = {"num_samples": count, **{key: spectral[key] for key in keys}, "verdict": spectral["verdict"]}
+    result["posterior_std"] = spectral["posterior_std"]["mean"]
+    result["conventions"] = {
+        "reconstruction_latents": "sample" if sample_posterior else "mean",
+        "spectral_latents": spectral_latents,
+        "spectral_latents_description": LATENT_KINDS[spectral_latents] + f", seed {seed}",
+        "spectrum": spectrum_convention,
+        "spectrum_description": SPECTRUM_CONVENTIONS[spectrum_convention]["description"],
+    }
+    result["levels"] = {}
     for level in levels:
         entry = {name: value / count for name, value in sums[level].items()}
         if extractor is not None:

@@ -93,3 +93,20 @@ def test_sample_scheduler_choice_keeps_training_schedule_and_refuses_mismatch(fl
     record = json.loads((out / "samples.json").read_text())
     assert record["scheduler"] == "DDIMScheduler" and record["guidance_scale"] == 1.0
     assert [r["class_id"] for r in record["images"]] == [0, 0]
+
+
+def test_sample_loads_strictly_and_refuses_a_missing_folder_at_once(flow_pipeline, tmp_path, capsys):
+    """A config that says 3 layers over 2-layer weights is an error naming the component and weights file (plain
+    diffusers only warns and initialises the third block randomly); a mistyped local folder exits at parse time."""
+    import shutil
+
+    script = load_example("sample")
+    bad = Path(shutil.copytree(flow_pipeline, tmp_path / "bad"))
+    config = json.loads((bad / "transformer" / "config.json").read_text())
+    (bad / "transformer" / "config.json").write_text(json.dumps({**config, "num_layers": config["num_layers"] + 1}))
+    with pytest.raises(ValueError, match="component 'transformer'.*transformer/diffusion_pytorch_model.safetensors"):
+        run(script, "--pretrained_model_name_or_path", str(bad), "--output_dir", str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit) as caught:
+        script.parse_args(["--pretrained_model_name_or_path", str(tmp_path / "pipleine")])
+    assert caught.value.code == 2 and "pipleine: no such folder" in capsys.readouterr().err

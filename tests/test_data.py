@@ -257,3 +257,18 @@ def test_processes_get_disjoint_shards_that_cover_the_dataset(tmp_path):
     assert keys(torch.cat(seen)) == keys(everything)
     with pytest.raises(ValueError, match="process_index"):
         make_image_dataloader(dataset, 4, ImageTransform(8), num_processes=2, process_index=2)
+
+
+def test_data_image_size_is_the_first_readable_images_shorter_side_and_batches_count_upsampling(tmp_path):
+    from diffusers_spectrum.training.data import data_image_size, image_batches_from
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    Image.fromarray(np.zeros((12, 20, 3), np.uint8)).save(folder / "b.png")  # 20 wide, 12 high
+    Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(folder / "c.png")
+    assert data_image_size(str(folder)) == 12
+    transform, skips = ImageTransform(24), SkipCounter()
+    batches = list(image_batches_from(str(folder), 8, 24, 8, skip_counter=skips, transform=transform))
+    assert [tuple(b.shape) for b in batches] == [(2, 3, 24, 24)]
+    assert skips.count == 1 and transform.num_upsampled == 1  # 3 px -> 24 px is 8x; 12 px -> 24 px is 2x

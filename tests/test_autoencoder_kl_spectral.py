@@ -42,7 +42,8 @@ def test_save_and_from_pretrained_round_trip_config_and_weights_exactly(tmp_path
             if isinstance(vae.config[key], tuple)
             else (loaded.config[key] == vae.config[key])
         )
-    for (name, a), (_, b) in zip(vae.state_dict().items(), loaded.state_dict().items(), strict=False):
+    assert list(vae.state_dict()) == list(loaded.state_dict())  # the same keys in the same order
+    for (name, a), (_, b) in zip(vae.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     x = images()
     torch.testing.assert_close(loaded(x).sample, vae(x).sample, rtol=0, atol=0)

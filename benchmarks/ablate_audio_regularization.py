@@ -48,7 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 steps, 1 seed (a smoke test).")
     parser.add_argument("--output_dir", default=str(REPO / "docs"), help="where the JSON / PNG (/ AUDIO.md) go.")
     parser.add_argument("--work_dir", default=None, help="training folders (default: a temporary folder).")
-    parser.add_argument("--num_threads", type=int, default=2, help="torch threads (the budget machine has 2 cores).")
+    parser.add_argument("--num_threads", type=int, default=1, help="torch threads (1: two threads on the shared 2-core machine oversubscribe).")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds.")
     return parser.parse_args(argv)
 

@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     if parse_name is None:
         return getattr(module, run_name)(argv[1:]) or 0
     sys.argv[0] = f"diffusers-spectrum {argv[0]}"  # argparse's usage line names the subcommand
-    getattr(module, run_name)(getattr(module, parse_name)(argv[1:]))
+    args = getattr(module, parse_name)(argv[1:])
+    try:
+        getattr(module, run_name)(args)
+    except (FileNotFoundError, ValueError, TypeError) as error:  # bad input found while running: a message
+        parser.exit(1, f"diffusers-spectrum {argv[0]}: error: {error}\n")
     return 0
 
 

@@ -77,7 +77,6 @@ def run_demo(
 
     if num_threads is not None:
         torch.set_num_threads(num_threads)
-    from diffusers import DiffusionPipeline
     from PIL import Image
     from transformers import Dinov2Config, Dinov2Model
     from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -85,6 +84,7 @@ def run_demo(
     from .evaluation.analyze import analyze_vae
     from .models import SpectrumAutoencoderKL
     from .pipelines import sampling
+    from .pipelines.sampling import load_pipeline
     from .training import cache as cache_loop
     from .training import dit as dit_loop
     from .training import vae as vae_loop
@@ -147,7 +147,7 @@ def run_demo(
 
     # 4. Load with plain diffusers and sample a grid
     t0 = _stage(4, "sample from the pipeline folder with DiffusionPipeline.from_pretrained")
-    pipe = DiffusionPipeline.from_pretrained(pipeline_dir)
+    pipe = load_pipeline(pipeline_dir)  # DiffusionPipeline.from_pretrained, strictly
     print(f"loaded {type(pipe).__name__}: {', '.join(f'{k}={type(v).__name__}' for k, v in pipe.components.items())}")
     samples_dir = sampling.sample(sampling.parse_args([
         "--pretrained_model_name_or_path", str(pipeline_dir), "--num_images", str(settings["num_images"]),

@@ -628,6 +628,7 @@ def train_dit(args: argparse.Namespace) -> Path:
         guard.load_state_dict(state["nonfinite"])
         logger.info(f"resumed from {state['checkpoint']} at step {global_step}, data position {data_position}")
     dataloader = data.dataloader(accelerator, data_position)
+    skip_counter = getattr(dataloader.dataset, "skip_counter", None)  # image data: unreadable images skipped
     data_iterator = iter(dataloader)
     val_labels = validation_labels(args.num_validation_images, num_classes if data.conditional else 1)
 
@@ -696,6 +697,8 @@ def train_dit(args: argparse.Namespace) -> Path:
         progress.update(1)
         logs = {k: float(v) for k, v in logs.items()}  # one transfer per optimizer step, for the trackers
         logs.update(lr=lr_scheduler.get_last_lr()[0], nonfinite_steps=guard.total)
+        if skip_counter is not None:
+            logs["skipped_images"] = skip_counter.count
         progress.set_postfix({k: f"{logs[k]:.4f}" for k in ("loss", "repa_cosine") if k in logs})
         accelerator.log(logs, step=global_step)
 

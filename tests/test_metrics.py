@@ -236,8 +236,8 @@ def test_evaluate_vae_example_writes_json_with_lowpass_levels(tmp_path, tiny_din
         norm_num_groups=4,
         layers_per_block=1,
     ).save_pretrained(tmp_path / "vae")
-    example = _example("evaluate_vae")
-    args = example.parse_args(
+    example = _example("evaluate_vae")  # thin: the library's parse_vae_args / evaluate_vae
+    args = example.parse_vae_args(
         [
             "--vae",
             str(tmp_path / "vae"),
@@ -256,7 +256,7 @@ def test_evaluate_vae_example_writes_json_with_lowpass_levels(tmp_path, tiny_din
             "--no_progress",
         ]
     )
-    example.main(args)
+    example.evaluate_vae(args)
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["num_samples"] == 4 and sorted(result["levels"]) == ["0", "8"]
     assert np.isfinite(result["levels"]["8"]["fd"]) and result["levels"]["0"]["psnr"] > 0
@@ -287,8 +287,8 @@ def test_evaluate_pipeline_example_scores_dit_samples_against_the_data(tmp_path,
         num_embeds_ada_norm=10,
     )
     DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "pipe")
-    example = _example("evaluate_pipeline")
-    args = example.parse_args(
+    example = _example("evaluate_pipeline")  # thin: the library's parse_pipeline_args / evaluate_pipeline
+    args = example.parse_pipeline_args(
         [
             "--pipeline",
             str(tmp_path / "pipe"),
@@ -307,7 +307,7 @@ def test_evaluate_pipeline_example_scores_dit_samples_against_the_data(tmp_path,
             "--no_progress",
         ]
     )
-    result = example.main(args)
+    result = example.evaluate_pipeline(args)
     assert json.loads((tmp_path / "fd.json").read_text())["fd"] == pytest.approx(result["fd"])
     assert result["num_samples"] == 4 and result["num_reference"] == 4 and result["resolution"] == 16
     assert result["class_labels"] == [1, 3] and result["fd"] > 0

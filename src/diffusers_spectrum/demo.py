@@ -189,6 +189,8 @@ def run_demo(
                 "target_slope",
                 "spectral_kl_delta0",
                 "spectral_kl_delta1",
+                "mean_spectrum_kl_delta1",
+                "posterior_std",
                 "convention",
             )  # fmt: skip
         },
@@ -210,13 +212,15 @@ def _print_summary(summary: dict) -> None:
     print("\n" + "=" * 78)
     print(f"diffusers-spectrum demo finished in {summary['wall_seconds']:.0f} s "
           f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['stage_seconds'].items())})")  # fmt: skip
-    # Each number is printed once, from one source: PSNR from the trainer's evaluation, the spectrum from analyze.
-    print(f"VAE (trainer's evaluation):  PSNR {vae['psnr']:.2f} dB, scaling_factor {vae['scaling_factor']:.4g}")
+    # Each number is printed once, from one source: PSNR (decoded from the posterior mean) from the trainer's final
+    # evaluation, every spectral number from the analyze report.
+    print(f"VAE (trainer's evaluation):  PSNR {vae['psnr']:.2f} dB (posterior mean decoded)")
+    convention = spectrum["convention"]
     print(
-        f"VAE spectrum (analyze, {spectrum.get('convention') or 'report'}): latent slope "
-        f"{spectrum['latent_slope']:.2f} vs target {spectrum['target_slope']:.2f} (images "
-        f"{spectrum['image_slope']:.2f}), spectral KL to the delta=1 target {spectrum['spectral_kl_delta1']:.4f}: "
-        f"{spectrum['verdict']}"
+        f"VAE spectrum (analyze; {convention['latents_description']}; {convention['spectrum_description']}):\n"
+        f"      latent slope {spectrum['latent_slope']:.2f} vs target {spectrum['target_slope']:.2f} (images "
+        f"{spectrum['image_slope']:.2f}), spectral KL of the mean curves to the delta=1 target "
+        f"{spectrum['mean_spectrum_kl_delta1']:.4f}: {spectrum['verdict']}"
     )
     print(f"DiT:  {dit['global_step']} steps, final loss {dit['loss']:.4f}, REPA cosine {dit['repa_cosine']:.3f}")
     for name, path in summary["outputs"].items():

@@ -33,7 +33,6 @@ target needs; it has no semantics, so the arm tests the plumbing and the spectra
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -50,14 +49,36 @@ DSM_LEVELS = (0, 8, 10, 12)
 
 SETTINGS = {
     "full": dict(
-        vae_steps=300, scan_steps=(150, 300), scan_weights=(0.0, 0.01, 0.1, 1.0), batch=8, lr=1e-3, dit_steps=300,
-        dit_config="tiny", dit_lr=1e-3, dit_batch=32, seeds=(0, 1, 2), num_samples=126, sample_steps=20,
-        analyze_samples=126, repa_seeds=(0, 1),
+        vae_steps=300,
+        scan_steps=(150, 300),
+        scan_weights=(0.0, 0.01, 0.1, 1.0),
+        batch=8,
+        lr=1e-3,
+        dit_steps=300,
+        dit_config="tiny",
+        dit_lr=1e-3,
+        dit_batch=32,
+        seeds=(0, 1, 2),
+        num_samples=126,
+        sample_steps=20,
+        analyze_samples=126,
+        repa_seeds=(0, 1),
     ),
     "quick": dict(
-        vae_steps=10, scan_steps=(5, 10), scan_weights=(0.0, 1.0), batch=4, lr=1e-3, dit_steps=10,
-        dit_config="tiny", dit_lr=1e-3, dit_batch=16, seeds=(0, 1), num_samples=32, sample_steps=3,
-        analyze_samples=32, repa_seeds=(0,),
+        vae_steps=10,
+        scan_steps=(5, 10),
+        scan_weights=(0.0, 1.0),
+        batch=4,
+        lr=1e-3,
+        dit_steps=10,
+        dit_config="tiny",
+        dit_lr=1e-3,
+        dit_batch=16,
+        seeds=(0, 1),
+        num_samples=32,
+        sample_steps=3,
+        analyze_samples=32,
+        repa_seeds=(0,),
     ),
 }
 
@@ -362,6 +383,7 @@ def run_study(args) -> dict:
     scan = {}
     for weight in s["scan_weights"]:
         for steps in s["scan_steps"]:
+
             def scan_unit(weight=weight, steps=steps):
                 folder = train_autoencoder(
                     f"scan-esm{weight}", vae_flags("scan-esm", weight, encoder), work / "scan" / f"esm{weight}",
@@ -376,6 +398,7 @@ def run_study(args) -> dict:
     # 3-4. Autoencoders and their analysis
     autoencoders = {}
     for name in AUTOENCODERS:
+
         def ae_unit(name=name):
             if name == "esm" and s["scan_steps"][-1] == s["vae_steps"]:  # the scan run at the chosen weight
                 return {"folder": str(work / "scan" / f"esm{esm_weight}"), "reused_scan_run": True,
@@ -396,6 +419,7 @@ def run_study(args) -> dict:
         )["result"]  # fmt: skip
         runs = []
         for seed in s["seeds"]:
+
             def dit_unit(name=name, seed=seed, cache_dir=cache_dir):
                 out = work / "dit" / f"{name}-seed{seed}"
                 trained = train_diffusion(cache_dir, out, seed, s)
@@ -416,6 +440,7 @@ def run_study(args) -> dict:
     for key in ("plain", "dog"):
         runs = []
         for seed in s["repa_seeds"]:
+
             def repa_unit(seed=seed, key=key):
                 out = work / "repa" / f"{key}-seed{seed}"
                 trained = train_diffusion(repa_cache, out, seed, s, repa=key)
@@ -443,12 +468,13 @@ def assemble(args, s, info, encoder, scan, esm_weight, rule, autoencoders, diffu
             "posterior_std_ratio": ae["posterior_std_ratio"],
             "latent_slope_mean": ae["mean"]["latent_slope"], "latent_slope_sample": ae["sample"]["latent_slope"],
             "target_slope": ae["sample"]["target_slope"],
-            "spectral_kl_mean": ae["mean"]["spectral_kl_delta1"], "spectral_kl_sample": ae["sample"]["spectral_kl_delta1"],
+            "spectral_kl_mean": ae["mean"]["spectral_kl_delta1"],
+            "spectral_kl_sample": ae["sample"]["spectral_kl_delta1"],
             "verdict_mean": ae["mean"]["verdict"], "verdict_sample": ae["sample"]["verdict"],
             "dsm_lowpass_psnr": ae["mean"]["dsm_lowpass_psnr"],
             "swd_x1e3": mean_std([r["swd_x1e3"] for r in runs]),
             "spectrum_distance": mean_std([r["spectrum_distance"] for r in runs]),
-            "final_dit_loss": mean_std([np.mean([v for _, v in r["loss_curve"][-20:]]) for r in runs if r["loss_curve"]]),
+            "final_dit_loss": mean_std([np.mean([v for _, v in r["loss_curve"][-20:]]) for r in runs]),
         }  # fmt: skip
     repa_table = {
         key: {
@@ -466,13 +492,21 @@ def assemble(args, s, info, encoder, scan, esm_weight, rule, autoencoders, diffu
         "data": info,
         "encoder": encoder if args.encoder else "stand-in: DINOv2 architecture, fixed 4x4 DCT patch embedding",
         "versions": {
-            "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "numpy": np.__version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "numpy": np.__version__,
             "diffusers_spectrum": _git_commit(),
         },  # fmt: skip
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
-        "scan": {"weights": list(s["scan_weights"]), "steps": list(s["scan_steps"]), "results": scan,
-                 "chosen_esm_weight": esm_weight, "rule": rule},  # fmt: skip
+        "scan": {
+            "weights": list(s["scan_weights"]),
+            "steps": list(s["scan_steps"]),
+            "results": scan,
+            "chosen_esm_weight": esm_weight,
+            "rule": rule,
+        },  # fmt: skip
         "autoencoders": {name: autoencoders[name]["result"] for name in AUTOENCODERS},
         "diffusion": {name: [r["result"] for r in diffusion[name]] for name in AUTOENCODERS},
         "table": table,
@@ -484,14 +518,13 @@ def assemble(args, s, info, encoder, scan, esm_weight, rule, autoencoders, diffu
 
 
 def _git_commit() -> str:
-    head = REPO / ".git"
-    try:
-        import subprocess
+    import subprocess
 
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
+    try:
+        command = ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return str(head)
+        return "unknown"
 
 
 def _separated(a: dict, b: dict) -> bool:
@@ -502,7 +535,10 @@ def _separated(a: dict, b: dict) -> bool:
 def claims(table: dict, repa: dict) -> dict:
     """Each claim as measured: `holds` (bool) and `decided` (the seed spread separates the values)."""
     base = table["sd-vae"]
-    spectral = {name: table[name]["spectral_kl_sample"] < base["spectral_kl_sample"] for name in ("esm", "dsm", "esm+dsm", "eq-vae")}
+    spectral = {
+        name: table[name]["spectral_kl_sample"] < base["spectral_kl_sample"]
+        for name in ("esm", "dsm", "esm+dsm", "eq-vae", "va-vae")
+    }
     over_noisy = base["latent_slope_sample"] > base["target_slope"]
     diffusability = {
         name: {"lower_swd": table[name]["swd_x1e3"]["mean"] < base["swd_x1e3"]["mean"],
@@ -592,8 +628,8 @@ def write_figures(results: dict, output_dir: Path, work_dir: Path, suffix: str) 
     twin = axes[2].twinx()
     twin.plot(x, ratios, "ko-", label="posterior std / spread of means")
     twin.set_ylabel("posterior std / std of posterior means")
-    axes[2].legend(fontsize=7, loc="upper left")
-    twin.legend(fontsize=7, loc="upper right")
+    axes[2].legend(fontsize=7, loc="lower left")
+    twin.legend(fontsize=7, loc="lower right")
     axes[2].set_title("the posterior noise carries the spectrum")
     fig.tight_layout()
     names.append(f"reproduction_spectra{suffix}.png")
@@ -633,7 +669,7 @@ def write_figures(results: dict, output_dir: Path, work_dir: Path, suffix: str) 
             steps = curves[0][: smooth.shape[1], 0] + window - 1
             axes[2].plot(steps, smooth.mean(0), label=name)
             axes[2].fill_between(steps, smooth.mean(0) - smooth.std(0), smooth.mean(0) + smooth.std(0), alpha=0.2)
-    axes[2].set(xlabel="DiT step", ylabel="flow-matching loss (smoothed; mean +- std over seeds)",
+    axes[2].set(xlabel="DiT step", ylabel="loss (smoothed; mean +- std over seeds)",
                 title="DiT loss on each latent space")  # fmt: skip
     for ax in axes:
         ax.legend(fontsize=7)
@@ -650,18 +686,19 @@ def _pm(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
 
 def page_text(results: dict, figures: list[str]) -> str:
     s, t, c = results["settings"], results["table"], results["claims"]
+    json_name = "reproduction.json" if results["mode"] == "full" else f"reproduction_{results['mode']}.json"
     lines = [
         "# Spectrum Matching, in miniature: a reproduction with the baselines it unifies",
         "",
         "Everything on this page is written by `benchmarks/reproduce_spectrum_matching.py` from its own run "
         f"(`{results['command']}`, mode `{results['mode']}`); every number is in "
-        "[reproduction.json](reproduction.json) with the seeds, versions and wall time. Nothing here is typed in.",
+        f"[{json_name}]({json_name}) with the seeds, versions and wall time. Nothing here is typed in.",
         "",
         "## Budget, and what a miniature can and cannot test",
         "",
         f"- Machine: {results['machine']['cpus']} shared CPU cores, no GPU; wall time of the study (the sum of its "
-        f"stored work units, over every invocation): {results['unit_seconds_total'] / 60:.1f} min. The issue allows 2 hours; this "
-        "run was sized to fit about 25 minutes.",
+        f"stored work units, over every invocation): {results['unit_seconds_total'] / 60:.1f} min. The issue "
+        "allows 2 hours; this run was sized to fit about 25 minutes on cores shared with other jobs.",
         f"- Data: {results['data']['train']} training and {results['data']['heldout']} held-out 32 px crops of the "
         f"{results['data']['photos']} embedded 64 px photos (a 3 x 3 grid of offsets per photo; every 8th photo held "
         "out whole).",
@@ -686,7 +723,8 @@ def page_text(results: dict, figures: list[str]) -> str:
         f"ESM weights {results['scan']['weights']} at {results['scan']['steps']} VAE steps (figure 3). Chosen weight: "
         f"**{results['scan']['chosen_esm_weight']}** ({results['scan']['rule']}).",
         "",
-        "| ESM weight | steps | PSNR | spectral KL (mean) | spectral KL (sample) | latent slope (sample) | posterior std ratio |",
+        "| ESM weight | steps | PSNR | spectral KL (mean) | spectral KL (sample) | latent slope (sample) | "
+        "posterior std ratio |",
         "|---|---|---|---|---|---|---|",
     ]
     for weight in results["scan"]["weights"]:
@@ -718,7 +756,8 @@ def page_text(results: dict, figures: list[str]) -> str:
             f"| {name} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['latent_slope_mean']:.2f} / "
             f"{r['latent_slope_sample']:.2f} | {r['spectral_kl_mean']:.3f} / {r['spectral_kl_sample']:.3f} | "
             f"{r['verdict_sample']} | {r['posterior_std_ratio']:.2f} | {lp['8']:.1f} / {lp['10']:.1f} / {lp['12']:.1f}"
-            f" | {_pm(r['swd_x1e3'])} | {_pm(r['spectrum_distance'], digits=3)} | {_pm(r['final_dit_loss'], digits=3)} |"
+            f" | {_pm(r['swd_x1e3'])} | {_pm(r['spectrum_distance'], digits=3)} | "
+            f"{_pm(r['final_dit_loss'], digits=3)} |"
         )
     rp = results["repa"]
     lines += [
@@ -739,9 +778,13 @@ def page_text(results: dict, figures: list[str]) -> str:
         f"1. Spectral ordering (posterior samples): closer to the delta = 1 target than SD-VAE: "
         f"{', '.join(below) or 'none'}; not closer: {', '.join(above) or 'none'}. SD-VAE over-noisy (latent slope "
         f"flatter than the target): {'yes' if c1['sd_vae_flatter_than_target'] else 'no'} "
-        f"({t['sd-vae']['latent_slope_sample']:.2f} vs {t['sd-vae']['target_slope']:.2f}). On posterior means the "
-        "picture differs (table: mean vs sample columns): the spectral terms act mostly through the posterior "
-        "variance (posterior std ratio column, figure 1)."
+        f"({t['sd-vae']['latent_slope_sample']:.2f} vs {t['sd-vae']['target_slope']:.2f}). Mechanism (figure 1): "
+        f"from SD-VAE to ESM the spectral KL moves {t['sd-vae']['spectral_kl_mean']:.3f} -> "
+        f"{t['esm']['spectral_kl_mean']:.3f} on posterior means and {t['sd-vae']['spectral_kl_sample']:.3f} -> "
+        f"{t['esm']['spectral_kl_sample']:.3f} on posterior samples, with the posterior std at "
+        f"{t['sd-vae']['posterior_std_ratio']:.2f} -> {t['esm']['posterior_std_ratio']:.2f} times the spread of the "
+        "means: where the two columns disagree, the loss is being met through the posterior variance rather than "
+        "the encoder's mean."
     )
     c2 = c["2_diffusability"]
     parts = []

@@ -192,7 +192,9 @@ def test_va_vae_term_equals_the_closed_form_marginal_losses_and_its_adaptive_wei
     _, terms = script.autoencoder_loss(out, args, encoder_last_layer=weight)
     g_rec = torch.autograd.grad(terms["reconstruction"], weight, retain_graph=True)[0].norm()
     g_vf = torch.autograd.grad(out["vf"], weight, retain_graph=True)[0].norm()
-    assert abs(terms["vf_weight"].item() - 0.1 * g_rec.item() / (g_vf.item() + 1e-4)) < 1e-6 * max(1, terms["vf_weight"].item())
+    assert abs(terms["vf_weight"].item() - 0.1 * g_rec.item() / (g_vf.item() + 1e-4)) < 1e-6 * max(
+        1, terms["vf_weight"].item()
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -216,7 +218,9 @@ def test_eq_vae_recipe_trains(photo_folder, tmp_path):
 
 
 @pytest.mark.slow
-def test_va_vae_recipe_trains_saves_its_projector_and_resumes_exactly(photo_folder, tiny_dinov2, tmp_path, monkeypatch):
+def test_va_vae_recipe_trains_saves_its_projector_and_resumes_exactly(
+    photo_folder, tiny_dinov2, tmp_path, monkeypatch
+):
     extra = ("--vf_encoder", tiny_dinov2)
     script.train_vae(_run_args("va-vae", photo_folder, tmp_path / "full", *extra))
     projector = tmp_path / "full" / "checkpoint-4" / "vf_projector"
@@ -234,7 +238,9 @@ def test_va_vae_recipe_trains_saves_its_projector_and_resumes_exactly(photo_fold
     with pytest.raises(KeyboardInterrupt):
         script.train_vae(_run_args("va-vae", photo_folder, tmp_path / "resumed", *extra))
     monkeypatch.undo()
-    script.train_vae(_run_args("va-vae", photo_folder, tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest"))
+    script.train_vae(
+        _run_args("va-vae", photo_folder, tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest")
+    )
     for name in ("diffusion_pytorch_model.safetensors", *(
         str(p.relative_to(tmp_path / "full")) for p in projector.glob("*.safetensors")
     )):  # fmt: skip

@@ -197,7 +197,8 @@ def equivariance_losses(
     else:
         decoded_latents, target = latents, images
     reconstruction = vae.decode(decoded_latents).sample  # (B, 3, H', W')
-    image_bands, latent_bands = esm_band_powers(images, latents, n_bins=vae.config.esm_num_bins, blur=vae.config.esm_blur)
+    config = vae.config
+    image_bands, latent_bands = esm_band_powers(images, latents, n_bins=config.esm_num_bins, blur=config.esm_blur)
     return {
         "reconstruction": reconstruction,
         "target": target,
@@ -230,7 +231,9 @@ def build_vae(args) -> SpectrumAutoencoderKL:
     )
 
 
-def build_vf_loss(args, vae: SpectrumAutoencoderKL, device) -> tuple[RepresentationEncoder | None, VFAlignmentLoss | None]:
+def build_vf_loss(
+    args, vae: SpectrumAutoencoderKL, device
+) -> tuple[RepresentationEncoder | None, VFAlignmentLoss | None]:
     """VA-VAE: the frozen vision encoder (`--vf_encoder`, loaded like REPA's targets: `RepresentationEncoder`) and
     the VF loss with its 1x1 projector (latent channels -> the encoder's feature width); `(None, None)` when off."""
     if args.vf_weight == 0:
@@ -257,7 +260,9 @@ def transform_generator(seed: int, global_step: int, micro_step: int) -> torch.G
     return torch.Generator().manual_seed(int(state))
 
 
-def draw_transform(args, images: torch.Tensor, factor: int, generator: torch.Generator) -> EquivarianceTransform | None:
+def draw_transform(
+    args, images: torch.Tensor, factor: int, generator: torch.Generator
+) -> EquivarianceTransform | None:
     """The EQ-VAE transform of one micro-step (`None` when `--equivariance` is off)."""
     if not args.equivariance:
         return None
@@ -585,8 +590,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     )  # fmt: skip
     if args.vf_weight > 0 and args.vf_encoder is None:
         raise ValueError(
-            f"{'--recipe va-vae' if args.recipe == 'va-vae' else '--vf_weight > 0'} needs --vf_encoder: a transformers "
-            "vision model folder or Hub id (the paper: DINOv2 ViT-L/14, facebook/dinov2-large)."
+            f"{'--recipe va-vae' if args.recipe == 'va-vae' else '--vf_weight > 0'} needs --vf_encoder: a "
+            "transformers vision model folder or Hub id (the paper: DINOv2 ViT-L/14, facebook/dinov2-large)."
         )
     for name in ("eq_probability", "eq_low_resolution_probability"):
         if not 0.0 <= getattr(args, name) <= 1.0:

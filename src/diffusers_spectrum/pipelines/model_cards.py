@@ -15,6 +15,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 
 __all__ = [
+    "audio_pipeline_model_card",
     "DEFAULT_IGNORE_PATTERNS",
     "dataset_card",
     "markdown_table",
@@ -312,3 +313,68 @@ def push_folder_to_hub(
         ignore_patterns=ignore,
     )
     return files
+
+
+def audio_pipeline_model_card(
+    repo_id: str,
+    *,
+    training_args: dict | None = None,
+    metrics: dict | None = None,
+    components: dict | None = None,
+    datasets: list[str] | None = None,
+    dataset_description: str = "a local dataset",
+    sample_rate: int = 16000,
+    license: str = "apache-2.0",
+) -> ModelCard:
+    """Card of a published `DanceDiffusionPipeline` folder: YAML metadata (library, tags, metrics under
+    `diffusers_spectrum`), a loading snippet, components, metrics and all training flags ."""
+    import json
+
+    training_args = json.loads(json.dumps(training_args or {}, default=str))
+    metrics = json.loads(json.dumps(metrics or {}, default=str))
+    card_data = ModelCardData(
+        library_name="diffusers", license=license, datasets=datasets,
+        tags=list(BASE_TAGS) + ["DanceDiffusionPipeline", "audio-generation", "unconditional-audio-generation"],
+        diffusers_spectrum={"kind": "audio_pipeline", "metrics": metrics},
+    )  # fmt: skip
+    text = f"""---
+{card_data.to_yaml()}
+---
+
+# Waveform diffusion: {repo_id}
+
+An unconditional waveform diffusion pipeline trained with `diffusers-spectrum` (`train-audio`): diffusers'
+`UNet1DModel` in the Dance Diffusion layout, trained on the v-objective that `IPNDMScheduler` samples with, optionally
+with spectral regularisers (Fourier, wavelet, multi-resolution STFT) on the predicted clean waveform. It is saved in
+diffusers' stock format (`DanceDiffusionPipeline`), so plain diffusers loads it.
+
+## How to load and sample
+
+```python
+import soundfile
+import torch
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("{repo_id}")
+audio = pipe(batch_size=1, num_inference_steps=100, generator=torch.manual_seed(0)).audios  # (1, C, T) in [-1, 1]
+soundfile.write("sample.wav", audio[0].T, {sample_rate})
+```
+
+## Components
+
+{markdown_table(components, ("component", "what"))}
+
+## Metrics
+
+{markdown_table(metrics, ("metric", "value"))}
+
+## Training
+
+- Data: {dataset_description}
+- Steps: {training_args.get("max_train_steps", "unknown")}
+
+All resolved training flags:
+
+{markdown_table(training_args, ("flag", "value"))}
+"""
+    return ModelCard(text)

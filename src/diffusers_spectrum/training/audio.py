@@ -33,7 +33,6 @@ import numpy as np
 import soundfile
 import torch
 from diffusers import DanceDiffusionPipeline, IPNDMScheduler, UNet1DModel
-from huggingface_hub import ModelCard, ModelCardData
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
@@ -47,7 +46,7 @@ from ..losses.stft import (
     fit_stft_resolutions,
     multi_resolution_stft_loss,
 )
-from ..pipelines.model_cards import BASE_TAGS, markdown_table
+from ..pipelines.model_cards import audio_pipeline_model_card
 from .args import (
     add_data_args,
     add_optimization_args,
@@ -75,7 +74,6 @@ from .utils import (
 
 __all__ = [
     "AUDIO_UNET_PRESETS",
-    "audio_model_card",
     "audio_spectral_terms",
     "build_audio_unet",
     "build_parser",
@@ -144,8 +142,9 @@ def check_sample_size(model: UNet1DModel, sample_size: int) -> None:
     factor = 2 ** (len(model.up_blocks) + 1)
     if sample_size % factor or sample_size < 3 * factor:
         raise ValueError(
-            f"--sample_size {sample_size} does not fit this UNet: it must be a multiple of {factor} (2 ** (blocks + 1)) "
-            f"and at least {3 * factor}; try {max(3 * factor, round(sample_size / factor) * factor)}."
+            f"--sample_size {sample_size} does not fit this UNet: it must be a multiple of {factor} "
+            f"(2 ** (blocks + 1)) and at least {3 * factor}; "
+            f"try {max(3 * factor, round(sample_size / factor) * factor)}."
         )
 
 
@@ -342,8 +341,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.stft_fft_sizes, args.stft_hop_lengths, args.stft_win_lengths = (list(v) for v in stft)
         if max(args.stft_fft_sizes) // 2 >= args.sample_size:
             raise ValueError(
-                f"--stft_fft_sizes {args.stft_fft_sizes}: the largest FFT needs more than {max(args.stft_fft_sizes) // 2}"
-                f" samples but --sample_size is {args.sample_size}; pass smaller FFT sizes."
+                f"--stft_fft_sizes {args.stft_fft_sizes}: the largest FFT needs more than "
+                f"{max(args.stft_fft_sizes) // 2} samples but --sample_size is {args.sample_size}; pass smaller "
+                "FFT sizes."
             )
     if args.wavelet_weight > 0 and args.sample_size < 2**args.wavelet_levels:
         raise ValueError(f"--wavelet_levels {args.wavelet_levels} needs --sample_size >= {2**args.wavelet_levels}.")
@@ -539,72 +539,6 @@ def validate(args, accelerator, raw_model, ema, step: int, output_dir: Path) -> 
     return paths
 
 
-def audio_model_card(
-    repo_id: str,
-    *,
-    training_args: dict | None = None,
-    metrics: dict | None = None,
-    components: dict | None = None,
-    datasets: list[str] | None = None,
-    dataset_description: str = "a local dataset",
-    sample_rate: int = 16000,
-    license: str = "apache-2.0",
-) -> ModelCard:
-    """Card of a published `DanceDiffusionPipeline` folder: YAML metadata (library, tags, metrics under
-    `diffusers_spectrum`), a loading snippet, components, metrics and all training flags (tables built with
-    `pipelines.model_cards.markdown_table`)."""
-    import json
-
-    training_args = json.loads(json.dumps(training_args or {}, default=str))
-    metrics = json.loads(json.dumps(metrics or {}, default=str))
-    card_data = ModelCardData(
-        library_name="diffusers", license=license, datasets=datasets,
-        tags=list(BASE_TAGS) + ["DanceDiffusionPipeline", "audio-generation", "unconditional-audio-generation"],
-        diffusers_spectrum={"kind": "audio_pipeline", "metrics": metrics},
-    )  # fmt: skip
-    text = f"""---
-{card_data.to_yaml()}
----
-
-# Waveform diffusion: {repo_id}
-
-An unconditional waveform diffusion pipeline trained with `diffusers-spectrum` (`train-audio`): diffusers'
-`UNet1DModel` in the Dance Diffusion layout, trained on the v-objective that `IPNDMScheduler` samples with, optionally
-with spectral regularisers (Fourier, wavelet, multi-resolution STFT) on the predicted clean waveform. It is saved in
-diffusers' stock format (`DanceDiffusionPipeline`), so plain diffusers loads it.
-
-## How to load and sample
-
-```python
-import soundfile
-import torch
-from diffusers import DiffusionPipeline
-
-pipe = DiffusionPipeline.from_pretrained("{repo_id}")
-audio = pipe(batch_size=1, num_inference_steps=100, generator=torch.manual_seed(0)).audios  # (1, C, T) in [-1, 1]
-soundfile.write("sample.wav", audio[0].T, {sample_rate})
-```
-
-## Components
-
-{markdown_table(components, ("component", "what"))}
-
-## Metrics
-
-{markdown_table(metrics, ("metric", "value"))}
-
-## Training
-
-- Data: {dataset_description}
-- Steps: {training_args.get("max_train_steps", "unknown")}
-
-All resolved training flags:
-
-{markdown_table(training_args, ("flag", "value"))}
-"""
-    return ModelCard(text)
-
-
 def write_outputs(args, model: UNet1DModel, metrics: dict, output_dir: Path) -> Path:
     """Save the stock `DanceDiffusionPipeline` (UNet + IPNDMScheduler + card), metrics.json, and push."""
     pipeline_dir = output_dir / "pipeline"
@@ -619,7 +553,7 @@ def write_outputs(args, model: UNet1DModel, metrics: dict, output_dir: Path) -> 
         "scheduler": "IPNDMScheduler (v-objective, alpha = cos(pi t / 2), sigma = sin(pi t / 2))",
         "regularisers": ", ".join(k for k, v in regularizers.items() if v is not None) or "none",
     }
-    card = audio_model_card(
+    card = audio_pipeline_model_card(
         repo_id, training_args=public_args(args), metrics=metrics, components=components,
         datasets=[args.dataset_name] if args.dataset_name else None, dataset_description=_data_source(args),
         sample_rate=args.sample_rate,

@@ -31,7 +31,7 @@ def run_audio_demo(output_dir, quick: bool = False, seed: int = 0, num_threads: 
         seed: training and sampling seed.
         num_threads: torch CPU threads.
     """
-    from diffusers import DiffusionPipeline
+    from .pipelines.sampling import load_pipeline
 
     from .evaluation.audio_analysis import analyze_waveforms, plot_band_spectra
     from .spectral.audio import band_center_frequencies, frequency_band_edges, log_spectral_distance
@@ -54,7 +54,7 @@ def run_audio_demo(output_dir, quick: bool = False, seed: int = 0, num_threads: 
     metrics = json.loads((output_dir / "train" / "metrics.json").read_text())
 
     # Load back with diffusers alone, generate, write WAVs.
-    pipe = DiffusionPipeline.from_pretrained(pipeline_dir)
+    pipe = load_pipeline(pipeline_dir)  # DiffusionPipeline.from_pretrained, strictly
     pipe.set_progress_bar_config(disable=True)
     clips = generate_audio(pipe, settings["clips"], settings["inference_steps"], seed=seed)
     wavs = write_wavs(clips, SAMPLE_RATE, output_dir / "samples")

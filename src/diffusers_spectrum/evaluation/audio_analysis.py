@@ -83,11 +83,11 @@ def load_source(kind: str, value: str, args, sample_rate: int, sample_size: int)
 
 
 def _generate(folder: str, args, sample_size: int) -> torch.Tensor:
-    from diffusers import DiffusionPipeline
+    from ..pipelines.sampling import load_pipeline
 
     if not (Path(folder) / "model_index.json").is_file():
         raise FileNotFoundError(f"--pipeline {folder!r} is not a diffusers pipeline folder (no model_index.json).")
-    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe = load_pipeline(folder)  # DiffusionPipeline.from_pretrained, strictly
     pipe.set_progress_bar_config(disable=True)
     rate = pipe.unet.config.sample_rate
     clips = []

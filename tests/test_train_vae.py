@@ -149,15 +149,16 @@ def test_training_run_writes_model_stock_export_card_and_counts_corrupt_images(s
     ])  # fmt: skip
     script.train_vae(args)
 
-    # the model, its stock export (shift folded), metrics and the tensorboard log
+    # the model, its stock export (the latent convention kept, shift included: export_vae; the DiT export is the one
+    # that folds it), metrics and the tensorboard log
     vae = SpectrumAutoencoderKL.from_pretrained(out)
     stock = AutoencoderKL.from_pretrained(out / "stock")
-    assert stock.config.shift_factor is None and vae.config.shift_factor is not None
+    assert vae.config.shift_factor is not None and stock.config.shift_factor == vae.config.shift_factor
     images = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         z = vae.encode(images).latent_dist.mode()
         z_stock = stock.encode(images).latent_dist.mode()
-        torch.testing.assert_close(z_stock, z - vae.config.shift_factor, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(z_stock, z, atol=1e-5, rtol=1e-5)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped_images"] >= 1 and metrics["global_step"] == 3
     assert metrics["scaling_factor"] == pytest.approx(vae.config.scaling_factor)

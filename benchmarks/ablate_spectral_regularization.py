@@ -76,7 +76,7 @@ def random_crops(photo: Path, count: int, size: int, rng: np.random.Generator) -
         raise ValueError(f"photo {photo.name} ({width}x{height}) is smaller than the crop size {size}.")
     tops = rng.integers(0, height - size + 1, count)
     lefts = rng.integers(0, width - size + 1, count)
-    return [image[t : t + size, l : l + size] for t, l in zip(tops, lefts)]
+    return [image[top : top + size, left : left + size] for top, left in zip(tops, lefts)]
 
 
 def prepare_data(work_dir: Path, budget: dict) -> tuple[Path, torch.Tensor, torch.Tensor]:
@@ -268,8 +268,9 @@ def write_figure(summary: list[dict], work_dir: Path, path: Path) -> None:
     figure, axes = plt.subplots(1, 4, figsize=(17, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.1, 1.1]})
     width = 0.38
     x = np.arange(len(REGULARIZERS))
-    for panel, (key, label) in enumerate((("swd_x1e3", "SWD x 1e3 (lower is better)"),
-                                          ("spectrum_distance", "log-spectrum distance (lower is better)"))):  # fmt: skip
+    panels = (("swd_x1e3", "SWD x 1e3 (lower is better)"),
+              ("spectrum_distance", "log-spectrum distance (lower is better)"))  # fmt: skip
+    for panel, (key, label) in enumerate(panels):
         ax = axes[panel]
         for offset, formulation in zip((-width / 2, width / 2), FORMULATIONS):
             rows = {r["regularizer"]: r for r in summary if r["formulation"] == formulation}
@@ -341,8 +342,8 @@ from [`spectral_regularization.json`](spectral_regularization.json), which also 
   min.
 
 **The budget is far below the issue's.** The issue sizes the ablation at about one hour on 2 CPU cores with e.g.
-32 px crops; this run was limited to at most 15 minutes on 2 cores *shared* with other engineers' jobs (a load
-average near 10 while it ran: one UNet step of batch 8 at 32 px took about 3 s), so it uses
+32 px crops; this run was limited to at most 15 minutes on 2 cores *shared* with other engineers' jobs (when the budget was
+sized the load average was near 10 and one UNet step of batch 8 at 32 px took about 3 s), so it uses
 {budget['resolution']} px crops, each model gets {budget['max_train_steps']} steps of batch
 {budget['train_batch_size']} and is measured on {budget['num_samples']} samples (at {budget['resolution']} px the
 pyramid SWD has a single level). At this budget the models are barely past initialisation; the numbers say whether

@@ -102,8 +102,8 @@ def overhead_rows(preset: str, resolution: int, batch: int, repeats: int, device
         for which in REGULARIZERS:
             t_added = regularizer_time(formulation, x0, which, repeats)
             rows.append({
-                "benchmark": f"{which} fwd+bwd / UNet {preset} {formulation} step, {batch}x3x{resolution}x{resolution}, "
-                f"{device.type}",
+                "benchmark": f"{which} fwd+bwd / UNet {preset} {formulation} step, "
+                f"{batch}x3x{resolution}x{resolution}, {device.type}",
                 "metric": "overhead",
                 "value": t_added * 1e3,
                 "unit": "ms",

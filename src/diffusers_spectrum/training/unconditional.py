@@ -47,12 +47,28 @@ from .args import (
 from .checkpointing import Checkpointer
 from .data import ImageTransform, load_image_dataset, make_image_dataloader
 from .dit import spectral_regularizer_terms
-from .edm import EDM_P_MEAN, EDM_P_STD, EDM_SIGMA_DATA, edm_denoise, edm_denoising_loss, edm_noisy_inputs
-from .edm import edm_sample_sigmas, edm_snr
+from .edm import (
+    EDM_P_MEAN,
+    EDM_P_STD,
+    EDM_SIGMA_DATA,
+    edm_denoise,
+    edm_denoising_loss,
+    edm_noisy_inputs,
+    edm_sample_sigmas,
+    edm_snr,
+)
 from .loop import AccumulationWindow, make_accelerator, make_optimizer, push_output, resume_data_position
 from .objectives import DiffusionObjective, regularizer_weights
-from .utils import NonFiniteGuard, create_ema, ema_weights, image_grid, log_images, public_args, step_generator
-from .utils import write_json
+from .utils import (
+    NonFiniteGuard,
+    create_ema,
+    ema_weights,
+    image_grid,
+    log_images,
+    public_args,
+    step_generator,
+    write_json,
+)
 
 
 __all__ = [

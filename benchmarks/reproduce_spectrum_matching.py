@@ -737,7 +737,9 @@ def page_text(results: dict, figures: list[str]) -> str:
         "## The scale scan",
         "",
         f"ESM weights {results['scan']['weights']} at {results['scan']['steps']} VAE steps (figure 3). Chosen weight: "
-        f"**{results['scan']['chosen_esm_weight']}** ({results['scan']['rule']}).",
+        f"**{results['scan']['chosen_esm_weight']}** ({results['scan']['rule']}). Only the ESM weight and the step "
+        "count were scanned: model width and resolution were not (one width, the `tiny` preset, at 32 px; a second "
+        "width or 64 px would each have cost about the whole budget again).",
         "",
         "| ESM weight | steps | PSNR | spectral KL (mean) | spectral KL (sample) | latent slope (sample) | "
         "posterior std ratio |",

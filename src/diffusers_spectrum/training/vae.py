@@ -37,14 +37,14 @@ from ..losses.equivariance import (
     equivariance_targets,
     sample_equivariance_transform,
 )
-from ..models import SpectrumAutoencoderKL
+from ..models import SpectrumAutoencoderKL, load_autoencoder
 from ..models.encoders import RepresentationEncoder
 from ..pipelines.export import export_vae
 from ..pipelines.model_cards import vae_model_card
 from ..spectral.esm import esm_band_powers, esm_divergence
 from .args import add_data_args, add_optimization_args, add_output_args, finish_common_args
 from .checkpointing import Checkpointer
-from .data import ImageTransform, image_batches, load_image_dataset, make_image_dataloader
+from .data import ImageTransform, SkipCounter, image_batches, load_image_dataset, make_image_dataloader
 from .loop import AccumulationWindow, adamw, make_accelerator, make_optimizer, push_output, resume_data_position
 from .utils import (
     NonFiniteGuard,
@@ -217,8 +217,11 @@ def build_vae(args) -> SpectrumAutoencoderKL:
         dsm_block_size=args.dsm_block_size,
     )
     if args.pretrained_vae is not None:
-        vae = SpectrumAutoencoderKL.from_pretrained(args.pretrained_vae)
-        vae.register_to_config(**spectral)
+        # The one VAE loader (fails at once on a missing folder, reads a pipeline's vae/ subfolder, loads strictly);
+        # any family (SD, SDXL, SD3, FLUX) keeps its config keys, latent convention included.
+        loaded = load_autoencoder(args.pretrained_vae, subfolder=args.pretrained_vae_subfolder)
+        vae = SpectrumAutoencoderKL.from_config({**loaded.config, **spectral})
+        vae.load_state_dict(loaded.state_dict(), strict=True)
         return vae
     preset = VAE_PRESETS[args.vae_config]
     depth = len(preset["block_out_channels"])
@@ -423,7 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_data_args(parser, images=True)
     g = parser.add_argument_group("model")
-    g.add_argument("--pretrained_vae", type=str, default=None, help="AutoencoderKL folder or Hub id to fine-tune.")
+    g.add_argument(
+        "--pretrained_vae",
+        type=str,
+        default=None,
+        help="AutoencoderKL folder or Hub id to fine-tune (SD, SDXL, SD3, FLUX; a pipeline repo's vae/ is found).",
+    )
+    g.add_argument(
+        "--pretrained_vae_subfolder", type=str, default=None, help="Subfolder holding the VAE (e.g. vae)."
+    )
     g.add_argument(
         "--vae_config",
         type=str,
@@ -614,9 +625,11 @@ def train_vae(args: argparse.Namespace) -> Path:
     accelerator = make_accelerator(args)
 
     # 2. Data
+    skip_counter = SkipCounter()  # files that are not images (scan) and images that do not decode (stream)
     dataset = load_image_dataset(
-        args.dataset_name, args.train_data_dir, args.dataset_split, args.image_column, not args.no_streaming
-    )
+        args.dataset_name, args.train_data_dir, args.dataset_split, args.image_column, not args.no_streaming,
+        skip_counter=skip_counter,
+    )  # fmt: skip
     train_transform = ImageTransform(args.resolution, args.center_crop, args.random_flip, seed=args.seed)
     eval_transform = ImageTransform(args.resolution, center_crop=True)
     validation_batch = next(
@@ -673,9 +686,8 @@ def train_vae(args: argparse.Namespace) -> Path:
         dataset, args.train_batch_size, train_transform, image_column=args.image_column,
         start_position=data_position, num_processes=accelerator.num_processes,
         process_index=accelerator.process_index, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
-        num_workers=args.dataloader_num_workers,
+        num_workers=args.dataloader_num_workers, skip_counter=skip_counter,
     )  # fmt: skip
-    skip_counter = dataloader.dataset.skip_counter
     data_iterator = iter(dataloader)
 
     # 5. Loop: one optimizer step = `gradient_accumulation_steps` micro-batches
@@ -734,7 +746,10 @@ def train_vae(args: argparse.Namespace) -> Path:
         global_step += 1
         progress.update(1)
         logs = {k: float(v) for k, v in logs.items()}  # one transfer per optimizer step, for the trackers
-        logs.update(lr=lr_scheduler.get_last_lr()[0], skipped_images=skip_counter.count, nonfinite_steps=guard.total)
+        logs.update(
+            lr=lr_scheduler.get_last_lr()[0], skipped_images=skip_counter.count, nonfinite_steps=guard.total,
+            upsampled_images=train_transform.num_upsampled,
+        )  # fmt: skip
         progress.set_postfix(loss=logs.get("reconstruction", float("nan")), esm=logs.get("esm", float("nan")))
         accelerator.log(logs, step=global_step)
 
@@ -775,6 +790,7 @@ def train_vae(args: argparse.Namespace) -> Path:
             shift_factor=stats["shift_factor"], latent_std=stats["std"],
             latent_mean=stats["mean"], latent_stats_samples=stats["num_samples"], global_step=global_step,
             skipped_images=skip_counter.count, nonfinite_steps=guard.total,
+            upsampled_images=train_transform.num_upsampled,
         )  # fmt: skip
         write_outputs(args, raw_vae, metrics, output_dir)
         logger.info(f"final metrics: {metrics}")
@@ -798,8 +814,10 @@ def write_outputs(args, vae: SpectrumAutoencoderKL, metrics: dict, output_dir: P
         dataset_description=None if args.dataset_name or args.train_data_dir else "the embedded photo crops",
         recipe=args.recipe,
         eval_description=(
-            f"the first {args.num_validation_images} images of the training data (centre crops, {args.resolution} px; "
-            f"posterior mean); latent statistics over {metrics['latent_stats_samples']} images"
+            f"the first {args.num_validation_images} images of the training data (centre crops, "
+            f"{args.resolution} px): reconstructions decoded from the posterior mean, spectral numbers on seeded posterior samples with the "
+            f"DC term kept (the authors' analysis convention); latent statistics over "
+            f"{metrics['latent_stats_samples']} images"
         ),
     )
     card.save(output_dir / "README.md")

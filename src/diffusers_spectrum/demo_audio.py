@@ -23,7 +23,8 @@ QUICK = {"unet_config": "tiny", "sample_size": 1024, "steps": 4, "batch": 2, "cl
 
 
 def run_audio_demo(output_dir, quick: bool = False, seed: int = 0, num_threads: int = 1) -> dict:
-    """Train, export, reload, generate and measure; returns the summary dict (also `output_dir/demo_audio_summary.json`).
+    """Train, export, reload, generate and measure; returns the summary dict (also written as
+    `output_dir/demo_audio_summary.json`).
 
     Args:
         output_dir: folder for the run (`train/` with the pipeline, `samples/*.wav`, `audio_spectra.png`).
@@ -31,9 +32,8 @@ def run_audio_demo(output_dir, quick: bool = False, seed: int = 0, num_threads: 
         seed: training and sampling seed.
         num_threads: torch CPU threads.
     """
-    from .pipelines.sampling import load_pipeline
-
     from .evaluation.audio_analysis import analyze_waveforms, plot_band_spectra
+    from .pipelines.sampling import load_pipeline
     from .spectral.audio import band_center_frequencies, frequency_band_edges, log_spectral_distance
     from .training.audio import generate_audio, parse_args, train_audio, write_wavs
     from .training.audio_data import AudioTransform, audio_batches, embedded_audio_dir, load_audio_dataset

@@ -36,7 +36,9 @@ __all__ = ["analyze_waveforms", "build_parser", "load_source", "main", "plot_ban
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="diffusers-spectrum analyze-audio", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="diffusers-spectrum analyze-audio",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--audio_dir", help="folder of audio files (wav/flac/ogg/...) to analyse.")
@@ -47,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     reference.add_argument("--reference_dataset", help="Hub or local dataset of real audio to compare with.")
     parser.add_argument("--output_dir", required=True, help="where audio_report.json and audio_spectra.png go.")
     parser.add_argument("--num_samples", type=int, default=32, help="clips per set (generated or read). (%(default)s)")
-    parser.add_argument("--sample_rate", type=int, default=None, help="analysis rate (default: the pipeline's or 16000).")
+    parser.add_argument(
+        "--sample_rate", type=int, default=None, help="analysis rate (default: the pipeline's or 16000)."
+    )
     parser.add_argument("--sample_size", type=int, default=None, help="crop length (default: pipeline's or 1 s).")
     parser.add_argument("--num_bands", type=int, default=24, help="frequency bands. (%(default)s)")
     parser.add_argument("--min_frequency_hz", type=float, default=50.0, help="lowest band edge. (%(default)s)")
@@ -66,7 +70,9 @@ def load_source(kind: str, value: str, args, sample_rate: int, sample_size: int)
     if kind == "pipeline":
         return _generate(value, args, sample_size), 0
     if kind == "folder" and not Path(value).is_dir():
-        raise FileNotFoundError(f"--audio_dir / --reference_dir {value!r} is not a folder; pass a folder of audio files.")
+        raise FileNotFoundError(
+            f"--audio_dir / --reference_dir {value!r} is not a folder; pass a folder of audio files."
+        )
     dataset = load_audio_dataset(
         dataset_name=value if kind == "dataset" else None, train_data_dir=value if kind == "folder" else None,
         split=args.split, audio_column=args.audio_column,
@@ -76,8 +82,8 @@ def load_source(kind: str, value: str, args, sample_rate: int, sample_size: int)
     batches = list(audio_batches(dataset, 16, transform, args.audio_column, args.num_samples, skipped))
     if not batches:
         raise ValueError(
-            f"{value!r}: no usable clip of at least {sample_size} samples at {sample_rate} Hz ({skipped.count} skipped:"
-            f" {skipped.reasons[:3]}); pass a smaller --sample_size."
+            f"{value!r}: no usable clip of at least {sample_size} samples at {sample_rate} Hz "
+            f"({skipped.count} skipped: {skipped.reasons[:3]}); pass a smaller --sample_size."
         )
     return torch.cat(batches).double(), skipped.count
 
@@ -154,7 +160,9 @@ def main(argv=None) -> int:
                    if args.dataset_name else ("folder", args.audio_dir))  # fmt: skip
     sets = {"analysed": (kind, value)}
     if args.reference_dir or args.reference_dataset:
-        sets["reference"] = ("folder", args.reference_dir) if args.reference_dir else ("dataset", args.reference_dataset)
+        sets["reference"] = (
+            ("folder", args.reference_dir) if args.reference_dir else ("dataset", args.reference_dataset)
+        )
     report = {"sample_rate": sample_rate, "sample_size": sample_size, "bands": bands, "sets": {}}
     powers = {}
     for name, (source_kind, source) in sets.items():

@@ -815,8 +815,8 @@ def write_outputs(args, vae: SpectrumAutoencoderKL, metrics: dict, output_dir: P
         recipe=args.recipe,
         eval_description=(
             f"the first {args.num_validation_images} images of the training data (centre crops, "
-            f"{args.resolution} px): reconstructions decoded from the posterior mean, spectral numbers on seeded posterior samples with the "
-            f"DC term kept (the authors' analysis convention); latent statistics over "
+            f"{args.resolution} px): reconstructions decoded from the posterior mean, spectral numbers on seeded "
+            "posterior samples with the DC term kept (the authors' analysis convention); latent statistics over "
             f"{metrics['latent_stats_samples']} images"
         ),
     )

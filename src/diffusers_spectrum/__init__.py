@@ -6,22 +6,49 @@ from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F40
 
 from ._version import __version__  # noqa: F401
 from .evaluation.analyze import analyze_vae, compare_vaes
-from .evaluation.diagnostics import power_law_field, spectrum_summary, spectrum_verdict
+from .evaluation.diagnostics import (
+    SpectrumStatistics,
+    posterior_latents,
+    power_law_field,
+    spectrum_summary,
+    spectrum_verdict,
+)
 from .evaluation.encoder_analysis import analyze_encoder
+from .evaluation.generation_metrics import laplacian_pyramid, pyramid_swd, sliced_wasserstein, spectrum_distance
 from .evaluation.metrics import frechet_distance, frechet_distance_from_stats, psnr, reconstruction_metrics, ssim
-from .losses import repa_loss
+from .losses import (
+    EquivarianceTransform,
+    VFAlignmentLoss,
+    equivariance_targets,
+    multi_resolution_stft_loss,
+    repa_loss,
+    sample_equivariance_transform,
+    vf_adaptive_weight,
+    vf_alignment_terms,
+)
 from .losses.dct import dct_weighted_mse
 from .losses.spectral_regularizers import fourier_loss, wavelet_loss
 from .models import (
+    LatentStats,
     REPADiTTransformer2DModel,
     REPADiTTransformer2DModelOutput,
+    RepresentationEncoder,
     SpectrumAutoencoderKL,
     SpectrumAutoencoderKLTrainingOutput,
+    build_unet,
+    check_class_labels,
+    default_repa_depth,
     drop_labels,
+    fold_latent_shift,
+    latent_convention,
+    latents_from_vae,
+    latents_to_vae,
+    load_autoencoder,
 )
-from .models.encoders import RepresentationEncoder
 from .pipelines.dct_transform import DCTTransform
+from .pipelines.edm_pipeline import EDMPipeline, edm_scheduler
 from .pipelines.export import export_pipeline, export_vae
+from .pipelines.sampling import load_pipeline, pipeline_samples
 from .pipelines.schedulers import default_scheduler, flow_matching_scheduler, snr_scaled_scheduler
 from .spectral import (
     apply_target_filter,
@@ -38,7 +65,10 @@ from .spectral import (
     spatial_normalize,
     spectral_kl,
 )
+from .spectral.audio import band_power_spectrum, log_spectral_distance, spectral_slope
+from .training.audio_data import AudioTransform, embedded_audio_dir, load_audio_dataset
 from .training.dct_statistics import estimate_dct_eta, estimate_dct_statistics, estimate_entropy_weights
+from .training.edm import edm_denoise, edm_loss_weight, edm_sample_sigmas
 from .training.objectives import DiffusionObjective, x0_from_edm, x0_from_epsilon, x0_from_flow, x0_from_v
 
 
@@ -95,4 +125,41 @@ __all__ += [
     "spectrum_summary",
     "spectrum_verdict",
     "ssim",
+]
+__all__ += [
+    "AudioTransform",
+    "EDMPipeline",
+    "EquivarianceTransform",
+    "LatentStats",
+    "SpectrumStatistics",
+    "VFAlignmentLoss",
+    "band_power_spectrum",
+    "build_unet",
+    "check_class_labels",
+    "default_repa_depth",
+    "edm_denoise",
+    "edm_loss_weight",
+    "edm_sample_sigmas",
+    "edm_scheduler",
+    "embedded_audio_dir",
+    "equivariance_targets",
+    "fold_latent_shift",
+    "laplacian_pyramid",
+    "latent_convention",
+    "latents_from_vae",
+    "latents_to_vae",
+    "load_audio_dataset",
+    "load_autoencoder",
+    "load_pipeline",
+    "log_spectral_distance",
+    "multi_resolution_stft_loss",
+    "pipeline_samples",
+    "posterior_latents",
+    "pyramid_swd",
+    "sample_equivariance_transform",
+    "sliced_wasserstein",
+    "spectral_slope",
+    "spectrum_distance",
+    "vf_adaptive_weight",
+    "vf_alignment_terms",
 ]

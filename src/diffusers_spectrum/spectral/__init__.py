@@ -1,5 +1,13 @@
 """Spectral maths on tensors: transforms, spectra, ESM/DSM and target filters. Pure functions, no models."""
 
+from .audio import (
+    band_center_frequencies,
+    band_power_spectrum,
+    dwt_1d,
+    frequency_band_edges,
+    log_spectral_distance,
+    spectral_slope,
+)
 from .dct import blockwise_dct_2d, blockwise_idct_2d, dct_2d, dct_matrix, idct_2d
 from .dsm import DSM_DEFAULT_LEVELS, check_dsm_level, dsm_lowpass, dsm_mask
 from .esm import (
@@ -27,6 +35,12 @@ from .wavelets import dwt_2d, idwt_2d
 
 
 __all__ = [
+    "band_center_frequencies",
+    "band_power_spectrum",
+    "dwt_1d",
+    "frequency_band_edges",
+    "log_spectral_distance",
+    "spectral_slope",
     "DSM_DEFAULT_LEVELS",
     "POWER_FLOOR",
     "band_average_matrix",

@@ -3,7 +3,8 @@
 
     python scripts/readme_figures.py --output_dir readme-run
 
-1. `diffusers-spectrum demo` (full size) into OUTPUT_DIR/demo; its sample grid and spectrum plot are copied to
+1. `diffusers-spectrum demo` (full size, into `spectrum-demo` in the current folder, as a user runs it); its sample
+   grid and spectrum plot are copied to
    docs/demo_sample_grid.png and docs/demo_spectrum.png, its printed summary to docs/demo_output.txt.
 2. The same tiny VAE trained the same steps without ESM / DSM (`--esm_weight 0 --dsm_levels 0`), then
    `diffusers-spectrum analyze --compare` of the two on the 112 embedded photos at 32 px; the plot is copied to
@@ -42,12 +43,13 @@ def main(argv=None) -> int:
     start = time.time()
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        cli.main(["demo", "--output_dir", str(out / "demo")])
+        cli.main(["demo"])  # the default output folder, spectrum-demo
     summary_text = printed.getvalue()
     sys.stdout.write(summary_text)
     (docs / "demo_output.txt").write_text(summary_text[summary_text.index("=" * 20) :], encoding="utf-8")
-    shutil.copyfile(out / "demo" / "sample_grid.png", docs / "demo_sample_grid.png")
-    shutil.copyfile(out / "demo" / "spectrum.png", docs / "demo_spectrum.png")
+    demo = Path("spectrum-demo")
+    shutil.copyfile(demo / "sample_grid.png", docs / "demo_sample_grid.png")
+    shutil.copyfile(demo / "spectrum.png", docs / "demo_spectrum.png")
     print(f"demo: {time.time() - start:.0f} s")
 
     # 2. The plain VAE (no ESM / DSM), same architecture, data, steps and seed as the demo's
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     print(f"(the demo VAE used ESM weight {DEMO_ESM_WEIGHT} and DSM levels 0,8,10,12)")
     compare = out / "compare"
     code = cli.main([
-        "analyze", "--compare", str(out / "demo" / "vae"), str(out / "plain_vae"), "--num_samples", "112",
+        "analyze", "--compare", str(demo / "vae"), str(out / "plain_vae"), "--num_samples", "112",
         "--resolution", str(settings["resolution"]), "--output_dir", str(compare), "--no_progress",
     ])  # fmt: skip
     if code:

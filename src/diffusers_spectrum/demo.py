@@ -207,6 +207,11 @@ def run_demo(
     return summary
 
 
+# Short words for the analyze report's convention block (the report itself holds the full descriptions).
+LATENT_WORDS = {"sample": "posterior samples", "mean": "posterior means"}
+SPECTRUM_WORDS = {"authors": "the authors' convention, DC kept", "dc_free": "DC removed"}
+
+
 def _print_summary(summary: dict) -> None:
     spectrum, vae, dit = summary["spectrum"], summary["vae"], summary["dit"]
     print("\n" + "=" * 78)
@@ -217,7 +222,8 @@ def _print_summary(summary: dict) -> None:
     print(f"VAE (trainer's evaluation):  PSNR {vae['psnr']:.2f} dB (posterior mean decoded)")
     convention = spectrum["convention"]
     print(
-        f"VAE spectrum (analyze; {convention['latents_description']}; {convention['spectrum_description']}):\n"
+        f"VAE spectrum (analyze: {LATENT_WORDS.get(convention['latents'], convention['latents'])}, "
+        f"{SPECTRUM_WORDS.get(convention['spectrum'], convention['spectrum'])}):\n"
         f"      latent slope {spectrum['latent_slope']:.2f} vs target {spectrum['target_slope']:.2f} (images "
         f"{spectrum['image_slope']:.2f}), spectral KL of the mean curves to the delta=1 target "
         f"{spectrum['mean_spectrum_kl_delta1']:.4f}: {spectrum['verdict']}"

@@ -37,7 +37,7 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "test": ["pytest", "scikit-image", "scikit-learn"],
+        "test": ["pytest", "scikit-image", "scikit-learn", "wheel"],  # wheel: the non-editable install test
         "wandb": ["wandb"],
     },
     entry_points={"console_scripts": ["diffusers-spectrum=diffusers_spectrum.cli:main"]},

@@ -46,6 +46,12 @@ def _per_sample(values, x: torch.Tensor, func: str, name: str) -> torch.Tensor:
     return _append_dims(values, x.ndim)
 
 
+def _checkable(values: torch.Tensor) -> bool:
+    """Whether value checks on `values` are free: CPU tensors only (on an accelerator a check is a host sync on the
+    training hot path; values are validated where data enters instead)."""
+    return values.device.type == "cpu"
+
+
 def _check_pair(model_output: torch.Tensor, x_t: torch.Tensor, func: str) -> None:
     require_tensor(model_output, func, "model_output")
     require_tensor(x_t, func, "x_t")
@@ -109,7 +115,7 @@ def x0_from_flow(model_output: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tens
     """
     _check_pair(model_output, x_t, "x0_from_flow")
     time = _per_sample(t, x_t, "x0_from_flow", "t")
-    if (time > 1).any() or (time < 0).any():
+    if _checkable(time) and ((time > 1).any() or (time < 0).any()):
         raise ValueError("x0_from_flow: `t` must lie in [0, 1]; divide model timesteps (t * 1000) by 1000 first.")
     work_dtype = time.dtype
     x0 = x_t.to(work_dtype) - time * model_output.to(work_dtype)
@@ -125,7 +131,7 @@ def edm_preconditioning(
     c_noise = log(sigma) / 4. Shapes follow ``sigma``.
     """
     sigma = torch.as_tensor(sigma, dtype=torch.float32)
-    if (sigma <= 0).any():
+    if _checkable(sigma) and (sigma <= 0).any():
         raise ValueError("edm_preconditioning: `sigma` must be positive.")
     total = sigma**2 + sigma_data**2
     return sigma_data**2 / total, sigma * sigma_data / total.sqrt(), 1 / total.sqrt(), sigma.log() / 4
@@ -318,7 +324,11 @@ class DiffusionObjective:
         return timesteps
 
     def _check_range(self, timesteps: torch.Tensor) -> None:
-        """Value checks (one device sync), done once per step in :meth:`noisy_inputs`."""
+        """Value checks of timesteps on the CPU (free there; skipped on an accelerator, where reading the values would
+        force a host sync on every training step: timesteps from :meth:`sample_timesteps` are in range by
+        construction)."""
+        if not _checkable(timesteps):
+            return
         if self.kind == "flow":
             if (timesteps < 0).any() or (timesteps > 1).any():
                 raise ValueError(

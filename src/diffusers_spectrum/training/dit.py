@@ -47,7 +47,15 @@ from .checkpointing import Checkpointer
 from .data import ImageTransform, embedded_class_names, image_batches, load_image_dataset, make_image_dataloader
 from .dct_statistics import estimate_dct_statistics, estimate_entropy_weights
 from .latent_cache import load_latent_dataset, make_latent_dataloader, read_cache_info
-from .loop import AccumulationWindow, make_accelerator, make_optimizer, push_output, resume_data_position
+from .loop import (
+    AccumulationWindow,
+    make_accelerator,
+    make_optimizer,
+    optimizer_step,
+    push_output,
+    resume_data_position,
+    save_checkpoint_if_due,
+)
 from .objectives import DiffusionObjective
 from .utils import (
     NonFiniteGuard,
@@ -685,14 +693,7 @@ def train_dit(args: argparse.Namespace) -> Path:
                 logs[name] = logs.get(name, 0.0) + value.detach() / accumulation
 
         # 6b. Optimizer step (skipped together on every process when a loss of the window was not finite)
-        if window.step_ok(guard):
-            if args.max_grad_norm > 0:
-                logs["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            if ema is not None:
-                ema.step(raw_model.parameters())
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        logs.update(optimizer_step(window, guard, model, optimizer, lr_scheduler, ema, args.max_grad_norm))
         global_step += 1
         progress.update(1)
         logs = {k: float(v) for k, v in logs.items()}  # one transfer per optimizer step, for the trackers
@@ -703,9 +704,7 @@ def train_dit(args: argparse.Namespace) -> Path:
         accelerator.log(logs, step=global_step)
 
         # 6c. Checkpoint and validation samples
-        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-            positions = accelerator.gather(torch.tensor([data_position], device=accelerator.device)).tolist()
-            checkpointer.save(global_step, {"data_positions": positions, "nonfinite": guard.state_dict()})
+        save_checkpoint_if_due(checkpointer, args, global_step, data_position, guard)
         if accelerator.is_main_process and global_step % args.validation_steps == 0:
             validate(args, accelerator, raw_model, ema, data, val_labels, global_step, output_dir)
     progress.close()

@@ -13,7 +13,16 @@ from diffusers.optimization import get_scheduler
 from .utils import public_args, save_args_json, write_json
 
 
-__all__ = ["AccumulationWindow", "adamw", "make_accelerator", "make_optimizer", "push_output", "resume_data_position"]
+__all__ = [
+    "AccumulationWindow",
+    "adamw",
+    "make_accelerator",
+    "make_optimizer",
+    "optimizer_step",
+    "push_output",
+    "resume_data_position",
+    "save_checkpoint_if_due",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -139,3 +148,29 @@ def push_output(args, folder: Path, repo_type: str = "model") -> list[str] | Non
     write_json(Path(args.output_dir) / "hub_upload.json", {"repo_id": args.hub_model_id, "dry_run": args.hub_dry_run,
                                                           "files": files})  # fmt: skip
     return files
+
+
+def optimizer_step(window, guard, model, optimizer, lr_scheduler, ema=None, max_grad_norm: float = 0.0) -> dict:
+    """The end of one optimizer step of a single-model trainer: when every loss of the accumulation window was
+    finite on every process, clip (`max_grad_norm` > 0), step the optimizer and the EMA; then step the lr schedule
+    and clear the gradients (a skipped window's gradients are dropped). Returns `{"grad_norm": ...}` when clipped
+    (a device tensor: the caller converts its logs once per step)."""
+    logs = {}
+    if window.step_ok(guard):
+        if max_grad_norm > 0:
+            logs["grad_norm"] = window.accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        if ema is not None:
+            ema.step(window.accelerator.unwrap_model(model).parameters())
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return logs
+
+
+def save_checkpoint_if_due(checkpointer, args, global_step: int, data_position: int, guard) -> None:
+    """Every `--checkpointing_steps` and at the last step: a checkpoint with each process's data position and the
+    non-finite guard (call on every process)."""
+    if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+        accelerator = checkpointer.accelerator
+        positions = accelerator.gather(torch.tensor([data_position], device=accelerator.device)).tolist()
+        checkpointer.save(global_step, {"data_positions": positions, "nonfinite": guard.state_dict()})

@@ -57,7 +57,15 @@ from .edm import (
     edm_sample_sigmas,
     edm_snr,
 )
-from .loop import AccumulationWindow, make_accelerator, make_optimizer, push_output, resume_data_position
+from .loop import (
+    AccumulationWindow,
+    make_accelerator,
+    make_optimizer,
+    optimizer_step,
+    push_output,
+    resume_data_position,
+    save_checkpoint_if_due,
+)
 from .objectives import DiffusionObjective, regularizer_weights
 from .utils import (
     NonFiniteGuard,
@@ -430,14 +438,7 @@ def train_unconditional(args: argparse.Namespace) -> Path:
                 logs[name] = logs.get(name, 0.0) + value.detach() / accumulation
 
         # 5b. Optimizer step (skipped together on every process when a loss of the window was not finite)
-        if window.step_ok(guard):
-            if args.max_grad_norm > 0:
-                logs["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            if ema is not None:
-                ema.step(raw_model.parameters())
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        logs.update(optimizer_step(window, guard, model, optimizer, lr_scheduler, ema, args.max_grad_norm))
         global_step += 1
         progress.update(1)
         logs = {k: float(v) for k, v in logs.items()}  # one transfer per optimizer step, for the trackers
@@ -446,9 +447,7 @@ def train_unconditional(args: argparse.Namespace) -> Path:
         accelerator.log(logs, step=global_step)
 
         # 5c. Checkpoint and validation samples
-        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-            positions = accelerator.gather(torch.tensor([data_position], device=accelerator.device)).tolist()
-            checkpointer.save(global_step, {"data_positions": positions, "nonfinite": guard.state_dict()})
+        save_checkpoint_if_due(checkpointer, args, global_step, data_position, guard)
         if accelerator.is_main_process and global_step % args.validation_steps == 0:
             validate(args, accelerator, raw_model, ema, global_step, output_dir)
     progress.close()

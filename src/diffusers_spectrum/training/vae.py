@@ -45,7 +45,15 @@ from ..spectral.esm import esm_band_powers, esm_divergence
 from .args import add_data_args, add_optimization_args, add_output_args, finish_common_args
 from .checkpointing import Checkpointer
 from .data import ImageTransform, SkipCounter, image_batches, load_image_dataset, make_image_dataloader
-from .loop import AccumulationWindow, adamw, make_accelerator, make_optimizer, push_output, resume_data_position
+from .loop import (
+    AccumulationWindow,
+    adamw,
+    make_accelerator,
+    make_optimizer,
+    push_output,
+    resume_data_position,
+    save_checkpoint_if_due,
+)
 from .utils import (
     NonFiniteGuard,
     create_ema,
@@ -754,9 +762,7 @@ def train_vae(args: argparse.Namespace) -> Path:
         accelerator.log(logs, step=global_step)
 
         # 5d. Checkpoint and validation
-        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-            positions = accelerator.gather(torch.tensor([data_position], device=accelerator.device)).tolist()
-            checkpointer.save(global_step, {"data_positions": positions, "nonfinite": guard.state_dict()})
+        save_checkpoint_if_due(checkpointer, args, global_step, data_position, guard)
         if accelerator.is_main_process and (global_step % args.validation_steps == 0 or global_step == 1):
             raw_vae.eval()
             with ema_weights(ema, raw_vae):

@@ -285,7 +285,7 @@ def write_figure(summary: list[dict], work_dir: Path, path: Path) -> None:
         for name in ("none", "both"):
             file = work_dir / "grids" / f"{formulation}_{name}.pt"
             if file.is_file():
-                grids.append(image_grid(torch.load(file), nrow=4))
+                grids.append(image_grid(torch.load(file, weights_only=True), nrow=4))
         if grids:
             ax.imshow(np.concatenate(grids, axis=1))
         ax.set_title(f"{formulation.upper()} samples: none (left) | both (right)", fontsize=10)

@@ -90,7 +90,8 @@ def train_and_measure(name: str, seed: int, settings: dict, train_dir: Path, rea
     from diffusers import DiffusionPipeline
 
     from diffusers_spectrum.spectral.audio import band_power_spectrum, log_spectral_distance
-    from diffusers_spectrum.training.audio import generate_audio, parse_args as trainer_args, train_audio
+    from diffusers_spectrum.training.audio import generate_audio, train_audio
+    from diffusers_spectrum.training.audio import parse_args as trainer_args
 
     output = work / f"{name}-{seed}"
     shutil.rmtree(output, ignore_errors=True)

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from diffusers_spectrum.losses.spectral_regularizers import spectral_regularizer_terms
 from diffusers_spectrum.models.unet_presets import build_unet
 from diffusers_spectrum.training.edm import edm_snr
 from diffusers_spectrum.training.objectives import DiffusionObjective, regularizer_weights
@@ -23,7 +24,6 @@ from diffusers_spectrum.training.unconditional import (
     ddpm_loss_terms,
     ddpm_noise_scheduler,
     edm_loss_terms,
-    spectral_regularizer_terms,
 )
 
 

@@ -13,6 +13,7 @@ import torch
 from diffusers import DiffusionPipeline, IPNDMScheduler
 from safetensors.torch import load_file
 
+from diffusers_spectrum.losses.spectral_regularizers import spectral_regularizer_terms
 from diffusers_spectrum.losses.stft import fit_stft_resolutions
 from diffusers_spectrum.training import audio
 from diffusers_spectrum.training.audio_data import embedded_audio_dir
@@ -136,7 +137,7 @@ def test_each_regularizer_lowers_the_loss_on_a_fixed_batch(regularizer):
         prediction = model(x_t, t).sample
         loss = (prediction - audio.v_diffusion_target(x0, noise, t)).square().mean()
         x0_hat = audio.x0_from_v_diffusion(prediction, x_t, t)
-        terms = audio.audio_spectral_terms(x0_hat, x0, torch.ones(x0.shape[0]), fourier, wavelet, stft)
+        terms = spectral_regularizer_terms(x0_hat, x0, torch.ones(x0.shape[0]), fourier, wavelet, stft)
         assert set(terms) == ({regularizer} - {"none"})
         return loss + sum(weights[k] * v for k, v in terms.items())
 

@@ -12,11 +12,11 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import Dinov2Config, Dinov2Model
 
+from diffusers_spectrum.losses.spectral_regularizers import spectral_regularizer_terms
 from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.training.dit import (
     build_transformer,
     repa_term,
-    spectral_regularizer_terms,
     standardize_latents,
 )
 

@@ -211,3 +211,37 @@ def wavelet_loss(
     if approximation_weight != 0:
         total = total + approximation_weight * distance(approximation)
     return _reduce(total, reduction, x0_hat.dtype)
+
+
+def spectral_regularizer_terms(
+    x0_hat: torch.Tensor,
+    x0: torch.Tensor,
+    weights: torch.Tensor,
+    fourier: dict | None = None,
+    wavelet: dict | None = None,
+    stft: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """The enabled spectral regularisers between the predicted and the true clean samples, each a per-sample loss
+    times `weights` (the timestep weighting) averaged over the batch, unweighted by the flag weights: what every
+    diffusion trainer adds (DiT latents, pixel-space UNets, waveforms).
+
+    Args:
+        x0_hat, x0: `(B, C, H, W)` images / latents or `(B, C, T)` waveforms.
+        weights: `(B,)` per-sample weights (`training.objectives.regularizer_weights`).
+        fourier, wavelet, stft: keyword arguments of `fourier_loss`, `wavelet_loss`,
+            `losses.stft.multi_resolution_stft_loss` (waveforms only); None = term off.
+
+    Returns:
+        `{"fourier": scalar, "wavelet": scalar, "stft": scalar}` for the enabled terms.
+    """
+    from .stft import multi_resolution_stft_loss
+
+    terms = {}
+    weights = weights.to(x0.device, torch.float32)
+    for name, function, options in (
+        ("fourier", fourier_loss, fourier), ("wavelet", wavelet_loss, wavelet),
+        ("stft", multi_resolution_stft_loss, stft),
+    ):  # fmt: skip
+        if options is not None:
+            terms[name] = (function(x0_hat, x0, reduction="none", **options).float() * weights).mean()
+    return terms

@@ -15,6 +15,7 @@ __all__ = [
     "check_nonnegative",
     "check_positive",
     "finish_common_args",
+    "regularizer_settings",
 ]
 
 
@@ -150,6 +151,21 @@ def add_regularizer_args(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     )
     g.add_argument("--spectral_snr_gamma", type=float, default=5.0, help="gamma of min_snr weighting.")
     return g
+
+
+def regularizer_settings(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
+    """Keyword arguments of `fourier_loss` and `wavelet_loss` from the flags of `add_regularizer_args` (None for a
+    term whose weight is 0), for `losses.spectral_regularizers.spectral_regularizer_terms`."""
+    fourier = None if args.fourier_weight == 0 else dict(
+        amplitude_weight=args.fourier_amplitude_weight, phase_weight=args.fourier_phase_weight,
+        log_amplitude=args.fourier_log_amplitude, frequency_power=args.fourier_frequency_power,
+        loss_type=args.spectral_loss_type,
+    )  # fmt: skip
+    wavelet = None if args.wavelet_weight == 0 else dict(
+        levels=args.wavelet_levels, level_weights=args.wavelet_level_weights, wavelet=args.wavelet,
+        loss_type=args.spectral_loss_type,
+    )  # fmt: skip
+    return fourier, wavelet
 
 
 def check_positive(args: argparse.Namespace, names) -> None:

@@ -37,14 +37,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from ..losses import fourier_loss, wavelet_loss
+from ..losses.spectral_regularizers import spectral_regularizer_terms
 from ..losses.stft import (
     DEFAULT_FFT_SIZES,
     DEFAULT_HOP_LENGTHS,
     DEFAULT_WIN_LENGTHS,
     STFT_WINDOWS,
     fit_stft_resolutions,
-    multi_resolution_stft_loss,
 )
 from ..pipelines.model_cards import audio_pipeline_model_card
 from .args import (
@@ -82,7 +81,6 @@ from .utils import (
 
 __all__ = [
     "AUDIO_UNET_PRESETS",
-    "audio_spectral_terms",
     "build_audio_unet",
     "build_parser",
     "check_sample_size",
@@ -192,34 +190,6 @@ def v_diffusion_snr(t: torch.Tensor) -> torch.Tensor:
     """SNR = alpha^2 / sigma^2 = cot(pi t / 2)^2, `(B,)` (inf at t = 0)."""
     alpha, sigma = v_diffusion_alphas_sigmas(t)
     return alpha.square() / sigma.square()
-
-
-def audio_spectral_terms(
-    x0_hat: torch.Tensor,
-    x0: torch.Tensor,
-    weights: torch.Tensor,
-    fourier: dict | None = None,
-    wavelet: dict | None = None,
-    stft: dict | None = None,
-) -> dict[str, torch.Tensor]:
-    """The enabled regularisers between predicted and clean waveforms, each a per-sample loss times `weights` (the
-    timestep weighting), averaged over the batch; unweighted by the flag weights.
-
-    Args:
-        x0_hat, x0: `(B, C, T)` waveforms.
-        weights: `(B,)` per-sample weights.
-        fourier, wavelet, stft: keyword arguments of `fourier_loss`, `wavelet_loss`, `multi_resolution_stft_loss`
-            (None = term off).
-    """
-    terms = {}
-    weights = weights.to(x0.device, torch.float32)
-    for name, function, options in (
-        ("fourier", fourier_loss, fourier), ("wavelet", wavelet_loss, wavelet),
-        ("stft", multi_resolution_stft_loss, stft),
-    ):  # fmt: skip
-        if options is not None:
-            terms[name] = (function(x0_hat, x0, reduction="none", **options).float() * weights).mean()
-    return terms
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -471,7 +441,7 @@ def train_audio(args: argparse.Namespace) -> Path:
                     weights = regularizer_weights(
                         v_diffusion_snr(t), args.spectral_timestep_weighting, args.spectral_snr_gamma
                     )
-                    regularizers = audio_spectral_terms(x0_hat, x0, weights, fourier, wavelet, stft)
+                    regularizers = spectral_regularizer_terms(x0_hat, x0, weights, fourier, wavelet, stft)
                     terms.update(regularizers)
                     for name, value in regularizers.items():
                         loss = loss + weights_by_term[name] * value

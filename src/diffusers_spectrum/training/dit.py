@@ -22,8 +22,9 @@ from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..losses import fourier_loss, repa_loss, wavelet_loss
+from ..losses import repa_loss
 from ..losses.dct import dct_weighted_mse
+from ..losses.spectral_regularizers import spectral_regularizer_terms
 from ..models import REPADiTTransformer2DModel, drop_labels, load_autoencoder
 from ..models.autoencoder_kl_spectral import latents_from_vae
 from ..models.dit_repa import REPA_DEFAULTS, default_repa_depth
@@ -42,6 +43,7 @@ from .args import (
     check_nonnegative,
     check_positive,
     finish_common_args,
+    regularizer_settings,
 )
 from .checkpointing import Checkpointer
 from .data import ImageTransform, embedded_class_names, image_batches, load_image_dataset, make_image_dataloader
@@ -76,7 +78,6 @@ __all__ = [
     "default_repa_depth",
     "parse_args",
     "repa_term",
-    "spectral_regularizer_terms",
     "standardize_latents",
     "train_dit",
 ]
@@ -195,34 +196,6 @@ def repa_term(
     )
     loss = repa_loss(repa_tokens.float(), target)
     return loss, -loss.detach()
-
-
-def spectral_regularizer_terms(
-    x0_hat: torch.Tensor,
-    x0: torch.Tensor,
-    weights: torch.Tensor,
-    fourier: dict | None = None,
-    wavelet: dict | None = None,
-) -> dict[str, torch.Tensor]:
-    """Fourier / wavelet losses between the predicted and true clean samples, each a per-sample loss weighted by
-    `weights` (timestep weighting) and averaged over the batch.
-
-    Args:
-        x0_hat, x0: `(B, C, H, W)` (latent or pixel space).
-        weights: `(B,)` per-sample weights (`DiffusionObjective.regularizer_weights`).
-        fourier: keyword arguments of `fourier_loss` (None = term off).
-        wavelet: keyword arguments of `wavelet_loss` (None = term off).
-
-    Returns:
-        `{"fourier": scalar, "wavelet": scalar}` for the enabled terms, unweighted by the flag weights.
-    """
-    terms = {}
-    weights = weights.to(x0.device, torch.float32)
-    if fourier is not None:
-        terms["fourier"] = (fourier_loss(x0_hat, x0, reduction="none", **fourier).float() * weights).mean()
-    if wavelet is not None:
-        terms["wavelet"] = (wavelet_loss(x0_hat, x0, reduction="none", **wavelet).float() * weights).mean()
-    return terms
 
 
 def export_scheduler(args):
@@ -612,15 +585,7 @@ def train_dit(args: argparse.Namespace) -> Path:
         accelerator, output_dir, {"transformer": model}, {"transformer": ema} if ema is not None else None,
         args.checkpoints_total_limit,
     )  # fmt: skip
-    fourier = None if args.fourier_weight == 0 else dict(
-        amplitude_weight=args.fourier_amplitude_weight, phase_weight=args.fourier_phase_weight,
-        log_amplitude=args.fourier_log_amplitude, frequency_power=args.fourier_frequency_power,
-        loss_type=args.spectral_loss_type,
-    )  # fmt: skip
-    wavelet = None if args.wavelet_weight == 0 else dict(
-        levels=args.wavelet_levels, level_weights=args.wavelet_level_weights, wavelet=args.wavelet,
-        loss_type=args.spectral_loss_type,
-    )  # fmt: skip
+    fourier, wavelet = regularizer_settings(args)
     logger.info(
         f"DiT {args.dit_config}: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M params, latents "
         f"{data.latent_shape}, grid {grid_hw}, objective {args.objective}, REPA {args.repa_targets_resolved} "

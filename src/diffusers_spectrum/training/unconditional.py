@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .._version import __version__
+from ..losses.spectral_regularizers import spectral_regularizer_terms
 from ..models.unet_presets import UNET_PRESETS, build_unet, check_edm_unet, unet_downsampling_factor
 from ..pipelines.edm_pipeline import EDM_SCHEDULERS, EDMPipeline, edm_scheduler
 from ..pipelines.model_cards import BASE_TAGS, markdown_table
@@ -43,10 +44,10 @@ from .args import (
     add_regularizer_args,
     check_positive,
     finish_common_args,
+    regularizer_settings,
 )
 from .checkpointing import Checkpointer
 from .data import ImageTransform, load_image_dataset, make_image_dataloader
-from .dit import spectral_regularizer_terms
 from .edm import (
     EDM_P_MEAN,
     EDM_P_STD,
@@ -89,7 +90,6 @@ __all__ = [
     "ddpm_noise_scheduler",
     "edm_loss_terms",
     "parse_args",
-    "regularizer_settings",
     "total_loss",
     "train_unconditional",
 ]
@@ -114,21 +114,6 @@ def ddpm_noise_scheduler(num_steps: int = 1000, beta_schedule: str = "linear", p
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"--prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
     return DDPMScheduler(num_train_timesteps=num_steps, beta_schedule=beta_schedule, prediction_type=prediction_type)
-
-
-def regularizer_settings(args) -> tuple[dict | None, dict | None]:
-    """Keyword arguments of `fourier_loss` and `wavelet_loss` from the `--fourier_*` / `--wavelet_*` flags (None for
-    a term whose weight is 0), as the DiT trainer reads them."""
-    fourier = None if args.fourier_weight == 0 else dict(
-        amplitude_weight=args.fourier_amplitude_weight, phase_weight=args.fourier_phase_weight,
-        log_amplitude=args.fourier_log_amplitude, frequency_power=args.fourier_frequency_power,
-        loss_type=args.spectral_loss_type,
-    )  # fmt: skip
-    wavelet = None if args.wavelet_weight == 0 else dict(
-        levels=args.wavelet_levels, level_weights=args.wavelet_level_weights, wavelet=args.wavelet,
-        loss_type=args.spectral_loss_type,
-    )  # fmt: skip
-    return fourier, wavelet
 
 
 def ddpm_loss_terms(

@@ -21,7 +21,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from diffusers_spectrum.models import SpectrumAutoencoderKL, load_autoencoder
-from diffusers_spectrum.models.autoencoder_kl_spectral import fold_latent_shift, latents_from_vae
+from diffusers_spectrum.models.latent_conventions import fold_latent_shift, latents_from_vae
 
 
 _DOWN, _UP = ["DownEncoderBlock2D"] * 4, ["UpDecoderBlock2D"] * 4

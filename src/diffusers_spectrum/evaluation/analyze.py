@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models.autoencoder_kl_spectral import load_autoencoder
+from ..models.loading import load_autoencoder
 from ..training.data import image_batches_from
 from ..training.utils import write_json
 from . import diagnostics, plotting

@@ -1,17 +1,6 @@
 """Models: diffusers subclasses that add spectral training to stock architectures, their loaders and presets."""
 
-from .autoencoder_kl_spectral import (
-    LATENT_CONVENTIONS,
-    LatentStats,
-    SpectrumAutoencoderKL,
-    SpectrumAutoencoderKLTrainingOutput,
-    check_vae_config,
-    fold_latent_shift,
-    latent_convention,
-    latents_from_vae,
-    latents_to_vae,
-    load_autoencoder,
-)
+from .autoencoder_kl_spectral import LatentStats, SpectrumAutoencoderKL, SpectrumAutoencoderKLTrainingOutput
 from .dit_repa import (
     REPA_DEFAULTS,
     REPADiTTransformer2DModel,
@@ -21,6 +10,15 @@ from .dit_repa import (
     drop_labels,
 )
 from .encoders import RepresentationEncoder, resample_position_embedding
+from .latent_conventions import (
+    LATENT_CONVENTIONS,
+    check_vae_config,
+    fold_latent_shift,
+    latent_convention,
+    latents_from_vae,
+    latents_to_vae,
+)
+from .loading import load_autoencoder
 from .unet_presets import UNET_PRESETS, build_unet
 
 

@@ -4,26 +4,12 @@ At inference it *is* an `AutoencoderKL` (same modules, same `encode` / `decode` 
 pipeline takes it. Training adds `training_losses` (ESM on the sampled posterior, the DSM shared low-pass) and
 `estimate_latent_stats`; `to_autoencoder_kl` gives a stock model for publishing.
 
-Latent conventions (how a pipeline turns raw VAE latents `z` into diffusion latents and back), read from the config:
-
-- ``"scale"`` (SD 1.x/2.x, SDXL): encode ``z * scaling_factor``, decode ``latents / scaling_factor``.
-- ``"shift_scale"`` (SD3, FLUX; ``shift_factor`` set): encode ``(z - shift_factor) * scaling_factor``, decode
-  ``latents / scaling_factor + shift_factor``.
-- ``"per_channel"`` (``latents_mean`` and ``latents_std`` set, read by the SDXL pipelines): encode
-  ``(z - latents_mean) * scaling_factor / latents_std``, decode ``latents * latents_std / scaling_factor +
-  latents_mean``.
-
-`load_autoencoder` is the package's one VAE loader: the saved class, strict weights, clear errors.
+`estimate_latent_stats` keeps the family's latent convention (`latent_conventions.py`); the package's one VAE
+loader is `loading.load_autoencoder`.
 """
 
-import inspect
-import json
-import math
-import numbers
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
@@ -38,7 +24,15 @@ from tqdm.auto import tqdm
 
 from ..spectral import DSM_DEFAULT_LEVELS, check_dsm_level, dsm_lowpass, esm_band_powers, esm_divergence
 from ..spectral._checks import require_4d, require_finite
-from .checks import looks_local
+from .latent_conventions import (
+    LATENT_CONVENTIONS,
+    check_vae_config,
+    fold_latent_shift,
+    latent_convention,
+    latents_from_vae,
+    latents_to_vae,
+    stock_autoencoder_config,
+)
 
 
 __all__ = [
@@ -53,126 +47,7 @@ __all__ = [
     "latent_convention",
     "latents_from_vae",
     "latents_to_vae",
-    "load_autoencoder",
 ]
-
-# How diffusion latents are made from raw VAE latents; see the module docstring.
-LATENT_CONVENTIONS = ("scale", "shift_scale", "per_channel")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Config checks and latent conventions (pure functions of the config)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_positive_int(config: Mapping, key: str, source: str) -> None:
-    value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{source}: `{key}` must be a positive integer, got {value!r}.")
-
-
-def _check_number_list(value, key: str, length: int, source: str, positive: bool = False) -> None:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != length:
-        raise ValueError(
-            f"{source}: `{key}` must be a list of {length} numbers (one per latent channel) or null, got {value!r}."
-        )
-    for item in value:
-        if not _is_real(item) or not math.isfinite(item) or (positive and item <= 0):
-            raise ValueError(
-                f"{source}: `{key}` must hold finite{' positive' if positive else ''} numbers, got {value!r}."
-            )
-
-
-def check_vae_config(config: Mapping, source: str = "AutoencoderKL config") -> None:
-    """Raise a `ValueError` naming the key when a VAE config cannot describe a working `AutoencoderKL`.
-
-    Checks the architecture keys that diffusers would otherwise turn into an `IndexError` or a silent default
-    (`block_out_channels`, `down_block_types`, `up_block_types`, `latent_channels`) and the latent convention keys
-    (`scaling_factor` a positive finite number, `shift_factor` a finite number or null, `latents_mean` /
-    `latents_std` one number per latent channel or null).
-
-    Args:
-        config: a config dict (as in `config.json`) or a model's `config`.
-        source: what to name in the message (a file path, a class).
-    """
-    blocks = config.get("block_out_channels")
-    if blocks is None:
-        raise ValueError(
-            f"{source}: the VAE config has no `block_out_channels`; add it (e.g. [128, 256, 512, 512] for the SD/SDXL/"
-            "SD3/FLUX VAEs) or use the config.json saved with the weights."
-        )
-    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) or len(blocks) == 0:
-        raise ValueError(f"{source}: `block_out_channels` must be a non-empty list of channel counts, got {blocks!r}.")
-    if any(isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 1 for c in blocks):
-        raise ValueError(f"{source}: `block_out_channels` must hold positive integers, got {blocks!r}.")
-    for key in ("down_block_types", "up_block_types"):
-        types = config.get(key)
-        # diffusers indexes block_out_channels with each block type's position: more types than channels fail.
-        if types is not None and (isinstance(types, (str, bytes)) or not 1 <= len(types) <= len(blocks)):
-            raise ValueError(
-                f"{source}: `{key}` must name between 1 and len(block_out_channels) = {len(blocks)} blocks, "
-                f"got {types!r}."
-            )
-    for key in ("latent_channels", "layers_per_block", "norm_num_groups"):
-        if key in config:
-            _check_positive_int(config, key, source)
-    scaling = config.get("scaling_factor", 0.18215)
-    if not _is_real(scaling) or not math.isfinite(scaling) or scaling <= 0:
-        raise ValueError(
-            f"{source}: `scaling_factor` must be a positive finite number (1 / latent std, e.g. 0.18215), "
-            f"got {scaling!r}."
-        )
-    shift = config.get("shift_factor")
-    if shift is not None and (not _is_real(shift) or not math.isfinite(shift)):
-        raise ValueError(f"{source}: `shift_factor` must be a finite number or null, got {shift!r}.")
-    channels = config.get("latent_channels", 4)
-    for key, positive in (("latents_mean", False), ("latents_std", True)):
-        if config.get(key) is not None:
-            _check_number_list(config[key], key, channels, source, positive=positive)
-    if (config.get("latents_mean") is None) != (config.get("latents_std") is None):
-        raise ValueError(f"{source}: set both `latents_mean` and `latents_std` (per-channel convention) or neither.")
-
-
-def latent_convention(config: Mapping) -> str:
-    """The family's latent convention read from a VAE config: `"per_channel"` when `latents_mean` and
-    `latents_std` are set, else `"shift_scale"` when `shift_factor` is set, else `"scale"`."""
-    if config.get("latents_mean") is not None and config.get("latents_std") is not None:
-        return "per_channel"
-    return "shift_scale" if config.get("shift_factor") is not None else "scale"
-
-
-def _channel_view(values, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
-
-
-def latents_to_vae(latents: torch.Tensor, config: Mapping) -> torch.Tensor:
-    """Diffusion latents `(B, C, h, w)` back to raw VAE latents, as the family's pipelines do before `decode`
-    (`latents / scaling_factor [+ shift_factor]`, or the per-channel form)."""
-    scale = config["scaling_factor"]
-    convention = latent_convention(config)
-    if convention == "per_channel":
-        std, mean = _channel_view(config["latents_std"], latents), _channel_view(config["latents_mean"], latents)
-        return latents * std / scale + mean
-    if convention == "shift_scale":
-        return latents / scale + config["shift_factor"]
-    return latents / scale
-
-
-def latents_from_vae(latents: torch.Tensor, config: Mapping) -> torch.Tensor:
-    """Raw VAE latents `(B, C, h, w)` to diffusion latents, as the family's training scripts and img2img
-    pipelines do after `encode` (`(z [- shift_factor]) * scaling_factor`, or the per-channel form)."""
-    scale = config["scaling_factor"]
-    convention = latent_convention(config)
-    if convention == "per_channel":
-        std, mean = _channel_view(config["latents_std"], latents), _channel_view(config["latents_mean"], latents)
-        return (latents - mean) * scale / std
-    if convention == "shift_scale":
-        return (latents - config["shift_factor"]) * scale
-    return latents * scale
-
 
 @dataclass
 class LatentStats:
@@ -523,7 +398,7 @@ class SpectrumAutoencoderKL(AutoencoderKL):
     # ------------------------------------------------------------------------------------------------------------
     def stock_config(self) -> dict:
         """The parent's config keys only: what a stock `AutoencoderKL` accepts without warnings."""
-        return _stock_config(self.config)
+        return stock_autoencoder_config(self.config)
 
     @torch.no_grad()
     def to_autoencoder_kl(self, fold_shift: bool = False) -> AutoencoderKL:
@@ -537,232 +412,3 @@ class SpectrumAutoencoderKL(AutoencoderKL):
         stock.load_state_dict(self.state_dict(), strict=True)
         stock.eval()
         return fold_latent_shift(stock) if fold_shift else stock
-
-
-def _stock_config(config: Mapping) -> dict:
-    allowed = set(inspect.signature(AutoencoderKL.__init__).parameters) - {"self"}
-    return {k: v for k, v in config.items() if k in allowed and not k.startswith("_")}
-
-
-@torch.no_grad()
-def fold_latent_shift(vae: AutoencoderKL) -> AutoencoderKL:
-    """A stock `AutoencoderKL` whose latents are `z - shift_factor`, with `shift_factor=None` in its config.
-
-    The encoder's mean loses the shift through the quant conv bias and the decoder gets it back through the
-    post-quant conv bias (both 1x1 convolutions, so the fold is exact up to float rounding everywhere, borders
-    included). A VAE without quant convs (SD3, FLUX: `use_quant_conv=False`, `use_post_quant_conv=False`) gets
-    identity 1x1 convs carrying the shift. Pipelines that only divide by `scaling_factor` (`DiTPipeline`) then
-    decode `latents / scaling_factor + shift_factor` exactly. The input is not modified; a VAE without a shift
-    comes back as a plain stock copy.
-
-    Args:
-        vae: any `AutoencoderKL` (a `SpectrumAutoencoderKL` too).
-    """
-    if not isinstance(vae, AutoencoderKL):
-        raise TypeError(f"fold_latent_shift: `vae` must be an AutoencoderKL, got {type(vae).__name__}.")
-    if vae.config.get("latents_mean") is not None:
-        raise ValueError(
-            "fold_latent_shift: the VAE uses per-channel latents_mean / latents_std, which a pipeline that only "
-            "divides by scaling_factor ignores; this fold handles shift_factor only."
-        )
-    shift = vae.config.shift_factor
-    config = _stock_config(vae.config)
-    if shift is not None:
-        config.update(use_quant_conv=True, use_post_quant_conv=True, shift_factor=None)
-    stock = AutoencoderKL.from_config(config)
-    missing, unexpected = stock.load_state_dict({k: v.float() for k, v in vae.state_dict().items()}, strict=False)
-    added = {"quant_conv.weight", "quant_conv.bias", "post_quant_conv.weight", "post_quant_conv.bias"}
-    if unexpected or not set(missing) <= added:
-        raise RuntimeError(f"fold_latent_shift: state dict mismatch (missing {missing}, unexpected {unexpected}).")
-    if shift is not None:
-        channels = vae.config.latent_channels
-        if not vae.config.use_quant_conv:  # identity on the 2C moments (mean, logvar)
-            _set_identity(stock.quant_conv, 2 * channels)
-        if not vae.config.use_post_quant_conv:
-            _set_identity(stock.post_quant_conv, channels)
-        shift_vec = torch.full((channels,), float(shift), dtype=torch.float32)
-        stock.quant_conv.bias[:channels] -= shift_vec
-        weight = stock.post_quant_conv.weight.sum(dim=(2, 3))  # (C_out, C_in); 1x1 conv
-        stock.post_quant_conv.bias += weight @ shift_vec
-    dtype = next(vae.parameters()).dtype
-    return stock.to(device=vae.device, dtype=dtype).eval()
-
-
-def _set_identity(conv: torch.nn.Conv2d, channels: int) -> None:
-    conv.weight.zero_()
-    conv.weight[:, :, 0, 0] = torch.eye(channels, dtype=conv.weight.dtype)
-    conv.bias.zero_()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Loading
-
-_WEIGHTS_NAME = "diffusion_pytorch_model"
-_LOADABLE_CLASSES = {"AutoencoderKL": AutoencoderKL, "SpectrumAutoencoderKL": SpectrumAutoencoderKL}
-
-
-def _closest_existing(path: Path) -> Path | None:
-    for parent in path.parents:
-        if str(parent) not in ("", ".") and parent.exists():
-            return parent
-    return None
-
-
-def _weights_files(variant: str | None) -> list[str]:
-    stem = f"{_WEIGHTS_NAME}.{variant}" if variant else _WEIGHTS_NAME
-    return [f"{stem}.safetensors", f"{stem}.bin", f"{stem}.safetensors.index.json", f"{stem}.bin.index.json"]
-
-
-def _read_local_config(folder: Path) -> dict:
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        hint = (
-            " It is a pipeline folder: pass subfolder='vae'."
-            if (folder / "model_index.json").is_file()
-            else " A diffusers VAE folder holds config.json and diffusion_pytorch_model.safetensors (written by "
-            "save_pretrained)."
-        )
-        raise FileNotFoundError(f"load_autoencoder: no config.json in the folder {str(folder)!r}.{hint}")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(
-            f"load_autoencoder: {str(config_path)!r} is not valid JSON ({error}); restore the file."
-        ) from None
-    if not isinstance(config, dict):
-        raise ValueError(
-            f"load_autoencoder: {str(config_path)!r} must hold a JSON object, got {type(config).__name__}."
-        )
-    return config
-
-
-def _check_local_folder(path: Path, subfolder: str | None, variant: str | None) -> dict:
-    """Existence, config and weights file of a local VAE folder; returns the parsed config."""
-    if not path.exists():
-        near = _closest_existing(path.absolute())
-        where = f" (the closest existing folder is {str(near)!r})" if near is not None else ""
-        raise FileNotFoundError(
-            f"load_autoencoder: no such folder {str(path)!r}{where}; check the path (a Hub id has the form "
-            "'owner/name')."
-        )
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"load_autoencoder: {str(path)!r} is a file; pass the folder that holds config.json and the weights."
-        )
-    folder = path / subfolder if subfolder else path
-    if not folder.is_dir():
-        raise FileNotFoundError(f"load_autoencoder: no such folder {str(folder)!r} (subfolder {subfolder!r}).")
-    config = _read_local_config(folder)
-    names = _weights_files(variant)
-    if not any((folder / name).is_file() for name in names):
-        present = sorted(p.name for p in folder.iterdir())
-        raise FileNotFoundError(
-            f"load_autoencoder: the weights file {names[0]!r} is missing from {str(folder)!r} (found {present}); copy "
-            f"the weights next to config.json, or load the model and save it again with save_pretrained."
-        )
-    return config
-
-
-def _resolve_class(config: dict, source: str):
-    name = config.get("_class_name", "AutoencoderKL")
-    if name not in _LOADABLE_CLASSES:
-        raise ValueError(
-            f"load_autoencoder: {source} is a {name!r}, not an AutoencoderKL; pass a VAE folder (for a pipeline "
-            "folder, its 'vae' subfolder)."
-        )
-    return _LOADABLE_CLASSES[name]
-
-
-def _from_pretrained_strict(cls, name_or_path: str, source: str, **kwargs) -> AutoencoderKL:
-    try:
-        model, info = cls.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
-    except ValueError as error:
-        if "expected shape" not in str(error):
-            raise
-        raise ValueError(
-            f"load_autoencoder: the config of {source} does not match its weights ({error}); fix config.json or "
-            "save the model again."
-        ) from None
-    problems = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
-    problems = {k: v for k, v in problems.items() if v}
-    if problems:
-        listed = "; ".join(f"{k}: {list(v)[:4]}{' ...' if len(v) > 4 else ''}" for k, v in problems.items())
-        raise ValueError(
-            f"load_autoencoder: the config of {source} does not match its weights ({listed}); a layer would be left "
-            "randomly initialised. Fix config.json (e.g. layers_per_block, block_out_channels) or save the model "
-            "again."
-        )
-    return model
-
-
-def load_autoencoder(
-    pretrained_model_name_or_path,
-    subfolder: str | None = None,
-    revision: str | None = None,
-    torch_dtype: torch.dtype | None = None,
-    device: str | torch.device | None = None,
-    **kwargs,
-) -> AutoencoderKL:
-    """The package's one VAE loader: a folder or Hub id loaded as the class it was saved as, strictly, in eval mode.
-
-    A `SpectrumAutoencoderKL` folder loads as one (no warnings about its extra keys), any other `AutoencoderKL`
-    folder (SD, SDXL, SD3, FLUX VAEs) as a stock `AutoencoderKL`. A local pipeline folder (`model_index.json`
-    beside a `vae/` folder) is read from `vae/`; a Hub id without a root `config.json` is tried once more in its
-    `vae` subfolder. A model instance is returned as is (moved to `device` / `torch_dtype` when given).
-
-    Errors come at once and name the culprit: a path that looks local and does not exist (`FileNotFoundError`,
-    "no such folder", no Hub retries), a missing config.json or weights file, a config that cannot describe the
-    weights (missing `block_out_channels`, `scaling_factor="abc"`, other layer counts: `ValueError`).
-
-    Args:
-        pretrained_model_name_or_path: folder, Hub id (`owner/name`) or model instance.
-        subfolder: folder inside it (`"vae"` for pipeline repositories).
-        revision: Hub revision.
-        torch_dtype: dtype of the loaded weights (e.g. `torch.float16`).
-        device: where to put the model.
-        **kwargs: passed to `from_pretrained` (`variant`, `cache_dir`, `token`, `local_files_only`, ...).
-    """
-    if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
-        raise TypeError(f"load_autoencoder: `torch_dtype` must be a torch.dtype, got {torch_dtype!r}.")
-    if isinstance(pretrained_model_name_or_path, torch.nn.Module):
-        model = pretrained_model_name_or_path
-        return model.to(device=device, dtype=torch_dtype).eval() if (device or torch_dtype) else model.eval()
-    if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
-        raise TypeError(
-            "load_autoencoder: pass a folder, a Hub id or a model, got "
-            f"{type(pretrained_model_name_or_path).__name__}."
-        )
-    text = os.fspath(pretrained_model_name_or_path)
-    load_kwargs = dict(kwargs, revision=revision)
-    if torch_dtype is not None:
-        load_kwargs["torch_dtype"] = torch_dtype
-    if looks_local(text) or os.path.exists(text):
-        path = Path(os.path.expanduser(text))
-        if subfolder is None and (path / "model_index.json").is_file() and (path / "vae").is_dir():
-            subfolder = "vae"
-        config = _check_local_folder(path, subfolder, kwargs.get("variant"))
-        folder = path / subfolder if subfolder else path
-        source = repr(str(folder / "config.json"))
-        name = str(path)
-    else:
-        name = text
-        config, subfolder = _load_hub_config(text, subfolder, revision, kwargs)
-        source = f"{text!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
-    check_vae_config(config, source=source)
-    cls = _resolve_class(config, source)
-    model = _from_pretrained_strict(cls, name, source, subfolder=subfolder, **load_kwargs)
-    return model.to(device).eval() if device is not None else model.eval()
-
-
-def _load_hub_config(name: str, subfolder: str | None, revision: str | None, kwargs: dict) -> tuple[dict, str | None]:
-    """The config of a Hub id: its root (or `subfolder`), else its `vae` subfolder."""
-    extra = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only") if k in kwargs}
-    tries = [subfolder] if subfolder is not None else [None, "vae"]
-    errors = []
-    for folder in tries:
-        try:
-            return dict(AutoencoderKL.load_config(name, subfolder=folder, revision=revision, **extra)), folder
-        except OSError as error:
-            errors.append(f"{'subfolder ' + repr(folder) if folder else 'root'}: {error}")
-    raise OSError(f"load_autoencoder: could not read a VAE config from the Hub id {name!r}: " + " | ".join(errors))

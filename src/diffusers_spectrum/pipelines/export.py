@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel
 from diffusers.schedulers import KarrasDiffusionSchedulers
 
 from .._version import __version__
-from ..models.autoencoder_kl_spectral import fold_latent_shift, latent_convention
+from ..models.latent_conventions import fold_latent_shift, latent_convention
 from ..training.utils import write_json
 from .model_cards import pipeline_model_card, vae_model_card
 

@@ -26,9 +26,9 @@ from ..losses import repa_loss
 from ..losses.dct import dct_weighted_mse
 from ..losses.spectral_regularizers import spectral_regularizer_terms
 from ..models import REPADiTTransformer2DModel, drop_labels, load_autoencoder
-from ..models.autoencoder_kl_spectral import latents_from_vae
 from ..models.dit_repa import REPA_DEFAULTS, default_repa_depth
 from ..models.encoders import RepresentationEncoder
+from ..models.latent_conventions import latents_from_vae
 from ..pipelines.dct_transform import DCTTransform
 from ..pipelines.export import export_pipeline
 from ..pipelines.model_cards import pipeline_model_card

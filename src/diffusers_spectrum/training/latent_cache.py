@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from ..models.autoencoder_kl_spectral import latent_convention
 from ..models.checks import looks_local
+from ..models.latent_conventions import latent_convention
 from .data import ImageStreamDataset, ImageTransform, ResumableStream, SkipCounter
 from .utils import write_json
 

@@ -15,6 +15,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 
 __all__ = [
+    "unconditional_model_card",
     "audio_pipeline_model_card",
     "DEFAULT_IGNORE_PATTERNS",
     "dataset_card",
@@ -377,4 +378,41 @@ All resolved training flags:
 
 {markdown_table(training_args, ("flag", "value"))}
 """
+    return ModelCard(text)
+
+
+def unconditional_model_card(
+    repo_id: str,
+    *,
+    pipeline_class: str,
+    formulation: str,
+    description: str,
+    sample_code: str,
+    config: dict | None = None,
+    metrics: dict | None = None,
+    training_args: dict | None = None,
+    datasets: list[str] | None = None,
+    dataset_description: str = "a local dataset",
+    license: str = "apache-2.0",
+) -> ModelCard:
+    """Card of an unconditional pixel-space pipeline folder (`DDPMPipeline`, or `EDMPipeline`): YAML metadata
+    (library, tags, metrics under `diffusers_spectrum`), the trainer's description and sampling snippet, the model
+    settings, metrics and all training flags (secrets dropped)."""
+    training_args = _json_safe(_public(training_args))
+    metrics = _json_safe(metrics)
+    card_data = ModelCardData(
+        library_name="diffusers", license=license, datasets=datasets, pipeline_tag="unconditional-image-generation",
+        tags=list(BASE_TAGS) + [pipeline_class, "unconditional-image-generation", "spectral-regularization"],
+        diffusers_spectrum={"kind": "unconditional", "formulation": formulation, "metrics": metrics},
+    )  # fmt: skip
+    text = "\n".join([
+        "---", card_data.to_yaml(), "---", "",
+        f"# Unconditional pixel-space diffusion: {repo_id}", "",
+        description, "",
+        "## How to load and sample", "", "```python", sample_code, "```", "",
+        "## Model", "", markdown_table(config, ("setting", "value")), "",
+        "## Metrics (last training step)", "", markdown_table(metrics, ("metric", "value")), "",
+        "## Training", "", f"- Data: {dataset_description}", f"- Steps: {training_args.get('max_train_steps', '?')}",
+        "", "All resolved training flags:", "", markdown_table(training_args, ("flag", "value")), "",
+    ])  # fmt: skip
     return ModelCard(text)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -35,7 +35,7 @@ from .._version import __version__
 from ..losses.spectral_regularizers import spectral_regularizer_terms
 from ..models.unet_presets import UNET_PRESETS, build_unet, check_edm_unet, unet_downsampling_factor
 from ..pipelines.edm_pipeline import EDM_SCHEDULERS, EDMPipeline, edm_scheduler
-from ..pipelines.model_cards import BASE_TAGS, markdown_table
+from ..pipelines.model_cards import unconditional_model_card
 from ..pipelines.sampling import pipeline_samples
 from .args import (
     add_data_args,
@@ -519,22 +519,9 @@ def _sample_code(args, repo_id: str) -> str:
 
 
 def unconditional_card(args, repo_id: str, metrics: dict, config: dict) -> ModelCard:
-    """The model card of the output folder: YAML metadata (library, tags, metrics) and the sampling snippet.
-
-    Composed from `pipelines.model_cards` (`BASE_TAGS`, `markdown_table`); the packaged templates describe
-    DiT / VAE folders, so the text is assembled here.
-    """
+    """The output folder's model card: the trainer supplies what it knows (formulation, regularisers, how to load,
+    the sampling snippet); `pipelines.model_cards.unconditional_model_card` assembles the card."""
     stock = args.formulation == "ddpm"
-    pipeline_class = "DDPMPipeline" if stock else "EDMPipeline"
-    card_data = ModelCardData(
-        library_name="diffusers",
-        license="apache-2.0",
-        datasets=[args.dataset_name] if args.dataset_name else None,
-        pipeline_tag="unconditional-image-generation",
-        tags=list(BASE_TAGS) + [pipeline_class, "unconditional-image-generation", "spectral-regularization"],
-        diffusers_spectrum={"kind": "unconditional", "formulation": args.formulation, "metrics": metrics},
-    )
-    data = args.dataset_name or args.train_data_dir or "the embedded photos of diffusers-spectrum"
     formulation = (
         f"DDPM (Ho et al. 2020), {args.prediction_type} prediction, {args.ddpm_num_steps} steps, "
         f"{args.ddpm_beta_schedule} betas"
@@ -550,18 +537,16 @@ def unconditional_card(args, repo_id: str, metrics: dict, config: dict) -> Model
         "(`DDPMPipeline` / `DDIMPipeline` do not call `scale_model_input`). With diffusers alone, "
         "`ConsistencyModelPipeline.from_pretrained` runs the same loop and gives the same images."
     )
-    text = "\n".join([
-        "---", card_data.to_yaml(), "---", "",
-        f"# Unconditional pixel-space diffusion: {repo_id}", "",
+    description = (
         f"A `UNet2DModel` ({args.unet_config or 'custom config'}, {args.resolution} px) trained with "
-        f"`diffusers-spectrum` in pixel space: {formulation}; {_regularizer_description(args)}. {loading}", "",
-        "## How to load and sample", "", "```python", _sample_code(args, repo_id), "```", "",
-        "## Model", "", markdown_table(config, ("setting", "value")), "",
-        "## Metrics (last training step)", "", markdown_table(metrics, ("metric", "value")), "",
-        "## Training", "", f"- Data: {data}", f"- Steps: {args.max_train_steps}", "",
-        "All resolved training flags:", "", markdown_table(public_args(args), ("flag", "value")), "",
-    ])  # fmt: skip
-    return ModelCard(text)
+        f"`diffusers-spectrum` in pixel space: {formulation}; {_regularizer_description(args)}. {loading}"
+    )
+    return unconditional_model_card(
+        repo_id, pipeline_class="DDPMPipeline" if stock else "EDMPipeline", formulation=args.formulation,
+        description=description, sample_code=_sample_code(args, repo_id), config=config, metrics=metrics,
+        training_args=public_args(args), datasets=[args.dataset_name] if args.dataset_name else None,
+        dataset_description=args.dataset_name or args.train_data_dir or "the embedded photos of diffusers-spectrum",
+    )  # fmt: skip
 
 
 def write_outputs(args, unet: UNet2DModel, metrics: dict, output_dir: Path) -> Path:

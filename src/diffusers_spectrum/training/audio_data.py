@@ -369,41 +369,17 @@ class AudioStreamDataset(ResumableStream):
         self.num_padded = 0
 
     def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        if info is not None and info.num_workers > 1:
-            raise ValueError(
-                "AudioStreamDataset runs in one worker (num_workers 0 or 1) so data positions stay exact."
-            )
-        epoch, epoch_start, remaining = 0, 0, self.start_position
-        while True:
-            counter, padded, yielded = [0], [0], 0
+        def read_epoch(dataset, epoch, start, counter):
+            padded = [0]
             for position, clip in _clips(
-                self._epoch_dataset(epoch),
-                self.transform,
-                self.audio_column,
-                self.skip_counter,
-                epoch=epoch,
-                start=remaining,
-                counter=counter,
-                padded=padded,
-            ):
-                self.num_padded = self.num_padded + padded[0]
-                padded[0] = 0
-                yield {"waveforms": clip, "data_position": epoch_start + position}
-                yielded += 1
-            epoch_length = counter[0]
-            if epoch_length == 0:
-                raise ValueError("the dataset shard of this process is empty; use fewer processes or more data.")
-            if yielded == 0 and remaining == 0:
-                raise ValueError(
-                    f"none of the {epoch_length} examples of this process's shard could be used "
-                    f"({self.skip_counter.count} skipped: {self.skip_counter.reasons[:3]}); check the data."
-                )
-            remaining = max(remaining - epoch_length, 0)
-            epoch_start += epoch_length
-            epoch += 1
-            if not self.infinite:
-                return
+                dataset, self.transform, self.audio_column, self.skip_counter, epoch=epoch, start=start,
+                counter=counter, padded=padded,
+            ):  # fmt: skip
+                self.num_padded, padded[0] = self.num_padded + padded[0], 0
+                yield position, clip
+
+        for data_position, clip in self._epochs(read_epoch, self.skip_counter):
+            yield {"waveforms": clip, "data_position": data_position}
 
 
 def make_audio_dataloader(

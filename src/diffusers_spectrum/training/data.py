@@ -448,6 +448,39 @@ class ResumableStream(torch.utils.data.IterableDataset):
             dataset = split_dataset_by_node(dataset, self.process_index, self.num_processes)
         return dataset
 
+    def _epochs(self, read_epoch, skip_counter):
+        """Yield `(data_position, item)` from `start_position` on, epoch after epoch (once without `infinite`).
+
+        `read_epoch(dataset, epoch, start, counter)` yields `(raw index + 1, item)` for the usable examples of one
+        epoch's shard from raw index `start` on (earlier ones are read but not decoded) and leaves the number of raw
+        examples read in `counter[0]`; `data_position = epoch_start + raw index + 1` counts skipped examples, so
+        storing the last one and passing it back as `start_position` resumes exactly (with at most one worker).
+        """
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.num_workers > 1:
+            raise ValueError(
+                f"{type(self).__name__} runs in one worker (num_workers 0 or 1) so data positions stay exact."
+            )
+        epoch, epoch_start, remaining = 0, 0, self.start_position
+        while True:
+            counter, yielded = [0], 0
+            for position, item in read_epoch(self._epoch_dataset(epoch), epoch, remaining, counter):
+                yield epoch_start + position, item
+                yielded += 1
+            epoch_length = counter[0]
+            if epoch_length == 0:
+                raise ValueError("the dataset shard of this process is empty; use fewer processes or more data.")
+            if yielded == 0 and remaining == 0:
+                raise ValueError(
+                    f"none of the {epoch_length} examples of this process's shard could be used "
+                    f"({skip_counter.count} skipped: {skip_counter.reasons[:3]}); check the data."
+                )
+            remaining = max(remaining - epoch_length, 0)
+            epoch_start += epoch_length
+            epoch += 1
+            if not self.infinite:
+                return
+
 
 class ImageStreamDataset(ResumableStream):
     """Endless (or single-pass) stream of one process's share of an image dataset, resumable from a data position.
@@ -483,38 +516,15 @@ class ImageStreamDataset(ResumableStream):
         self.skip_counter = SkipCounter() if skip_counter is None else skip_counter
 
     def __iter__(self):
-        if torch.utils.data.get_worker_info() is not None and torch.utils.data.get_worker_info().num_workers > 1:
-            raise ValueError(
-                "ImageStreamDataset runs in one worker (num_workers 0 or 1) so data positions stay exact."
-            )
-        epoch, epoch_start, remaining = 0, 0, self.start_position
-        while True:
-            counter, yielded = [0], 0
+        def read_epoch(dataset, epoch, start, counter):
             for position, pixel_values, label in _samples(
-                self._epoch_dataset(epoch),
-                self.transform,
-                self.image_column,
-                self.label_column,
-                self.skip_counter,
-                epoch=epoch,
-                start=remaining,
-                counter=counter,
-            ):
-                yield {"pixel_values": pixel_values, "labels": label, "data_position": epoch_start + position}
-                yielded += 1
-            epoch_length = counter[0]
-            if epoch_length == 0:
-                raise ValueError("the dataset shard of this process is empty; use fewer processes or more data.")
-            if yielded == 0 and remaining == 0:
-                raise ValueError(
-                    f"none of the {epoch_length} examples of this process's shard could be read "
-                    f"({self.skip_counter.count} skipped as unreadable); check the data."
-                )
-            remaining = max(remaining - epoch_length, 0)
-            epoch_start += epoch_length
-            epoch += 1
-            if not self.infinite:
-                return
+                dataset, self.transform, self.image_column, self.label_column, self.skip_counter, epoch=epoch,
+                start=start, counter=counter,
+            ):  # fmt: skip
+                yield position, (pixel_values, label)
+
+        for data_position, (pixel_values, label) in self._epochs(read_epoch, self.skip_counter):
+            yield {"pixel_values": pixel_values, "labels": label, "data_position": data_position}
 
 
 def make_image_dataloader(

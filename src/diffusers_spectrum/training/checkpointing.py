@@ -119,10 +119,10 @@ def _load_module(module: torch.nn.Module, folder: Path) -> None:
             f"checkpoint is missing the model folder {folder}; it was not written by this trainer."
         )
     if isinstance(module, ModelMixin):
-        weights = next(iter(sorted(folder.glob("*.safetensors"))), None)
-        if weights is None:
+        shards = sorted(folder.glob("*.safetensors"))  # one file, or the shards of a large model
+        if not shards:
             raise FileNotFoundError(f"no safetensors weights in {folder}.")
-        state = load_file(weights)
+        state = {key: value for shard in shards for key, value in load_file(shard).items()}
     else:
         state = load_file(folder / "model.safetensors")
     module.load_state_dict(state, strict=True)

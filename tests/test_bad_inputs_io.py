@@ -419,3 +419,33 @@ def test_cli_bad_flags_exit_with_a_message_naming_the_flag(argv, message, capsys
     assert caught.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# No network: Hub ids fail at once, naming the flag and the fix (no minute of retries)
+
+
+def test_unreachable_hub_dataset_fails_at_once_naming_the_flag(monkeypatch):
+    from diffusers_spectrum.models import checks
+    from diffusers_spectrum.training.data import load_image_dataset
+
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as on a user's machine without the offline switch
+    monkeypatch.setattr(checks, "_hub_reachable", lambda timeout=3.0: False)
+    start = time.time()
+    with pytest.raises(ValueError, match="--dataset_name 'someone/photos': the Hub cannot be reached"):
+        load_image_dataset(dataset_name="someone/photos")
+    assert time.time() - start < 5
+
+
+def test_unreachable_hub_vae_is_read_from_the_cache_only(monkeypatch, tmp_path):
+    from diffusers_spectrum.models import checks, load_autoencoder
+
+    monkeypatch.setattr(checks, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    start = time.time()
+    with pytest.raises(OSError, match="not in the local cache: pass a local folder"):
+        load_autoencoder("someone/some-vae")
+    assert time.time() - start < 10

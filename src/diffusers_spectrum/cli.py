@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = getattr(module, parse_name)(argv[1:])
     try:
         getattr(module, run_name)(args)
-    except (FileNotFoundError, ValueError, TypeError) as error:  # bad input found while running: a message
+    except (OSError, ValueError, TypeError) as error:  # bad input found while running: a message, not a traceback
         parser.exit(1, f"diffusers-spectrum {argv[0]}: error: {error}\n")
     return 0
 

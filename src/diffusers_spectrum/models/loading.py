@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from .autoencoder_kl_spectral import SpectrumAutoencoderKL
-from .checks import looks_local
+from .checks import hub_offline_kwargs, looks_local
 from .latent_conventions import check_vae_config
 
 
@@ -169,6 +169,8 @@ def load_autoencoder(
         name = str(path)
     else:
         name = text
+        offline = hub_offline_kwargs(text)  # no network: the local cache at once, not a minute of retries
+        kwargs, load_kwargs = {**kwargs, **offline}, {**load_kwargs, **offline}
         config, subfolder = _load_hub_config(text, subfolder, revision, kwargs)
         source = f"{text!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
     check_vae_config(config, source=source)
@@ -187,4 +189,11 @@ def _load_hub_config(name: str, subfolder: str | None, revision: str | None, kwa
             return dict(AutoencoderKL.load_config(name, subfolder=folder, revision=revision, **extra)), folder
         except OSError as error:
             errors.append(f"{'subfolder ' + repr(folder) if folder else 'root'}: {error}")
-    raise OSError(f"load_autoencoder: could not read a VAE config from the Hub id {name!r}: " + " | ".join(errors))
+    hint = (
+        " The Hub cannot be reached and it is not in the local cache: pass a local folder."
+        if kwargs.get("local_files_only")
+        else ""
+    )
+    raise OSError(
+        f"load_autoencoder: could not read a VAE config from the Hub id {name!r}: " + " | ".join(errors) + hint
+    )

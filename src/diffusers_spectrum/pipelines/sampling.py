@@ -26,7 +26,7 @@ from diffusers import (
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..models.checks import looks_local
+from ..models.checks import hub_offline_kwargs, looks_local
 from ..training.utils import image_grid, write_json
 
 
@@ -184,6 +184,8 @@ def load_pipeline(
     kwargs = {"revision": revision} if revision is not None else {}
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
+    if not os.path.exists(text):
+        kwargs.update(hub_offline_kwargs(text))  # no network: the local cache at once, not a minute of retries
     with _weight_mismatch_warnings() as messages:
         try:
             pipe = DiffusionPipeline.from_pretrained(text, **kwargs)

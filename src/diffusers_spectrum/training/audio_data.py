@@ -33,6 +33,7 @@ import scipy.signal
 import soundfile
 import torch
 
+from ..models.checks import check_hub_dataset_reachable
 from .data import ResumableStream, SkipCounter
 
 
@@ -118,6 +119,7 @@ def load_audio_dataset(
             audio_column, datasets.Audio(decode=False)
         )
 
+    check_hub_dataset_reachable(dataset_name)
     dataset = datasets.load_dataset(dataset_name, split=split, streaming=streaming)
     source = f"dataset_name={dataset_name!r}"
     features = dataset.features

@@ -24,7 +24,7 @@ import torch
 from datasets.distributed import split_dataset_by_node
 from PIL import Image, ImageOps
 
-from ..models.checks import looks_local
+from ..models.checks import check_hub_dataset_reachable, looks_local
 
 
 __all__ = [
@@ -126,6 +126,7 @@ def load_image_dataset(
         raise ValueError("Pass either dataset_name or train_data_dir, not both.")
     # 1. Open
     if dataset_name is not None:
+        check_hub_dataset_reachable(dataset_name)
         dataset = datasets.load_dataset(dataset_name, split=split, streaming=streaming)
         source = f"dataset_name={dataset_name!r}"
     else:

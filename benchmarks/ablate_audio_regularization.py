@@ -36,7 +36,7 @@ REGULARIZERS = {  # name -> trainer flags (weights chosen once, before any run; 
     "wavelet": ["--wavelet_weight", "0.1"],
     "stft": ["--stft_weight", "0.05"],
 }
-FULL = {"unet_config": "small", "sample_size": 2048, "steps": 40, "batch": 4, "lr": 1e-3, "seeds": [0, 1, 2],
+FULL = {"unet_config": "small", "sample_size": 2048, "steps": 150, "batch": 4, "lr": 1e-3, "seeds": [0, 1, 2],
         "clips": 8, "inference_steps": 20, "heldout_crops": 4}  # fmt: skip
 QUICK = {"unet_config": "tiny", "sample_size": 512, "steps": 2, "batch": 2, "lr": 1e-3, "seeds": [0],
          "clips": 2, "inference_steps": 2, "heldout_crops": 1}  # fmt: skip

@@ -63,12 +63,11 @@ from .loop import (
     make_optimizer,
     optimizer_step,
     push_output,
-    resume_data_position,
+    resume_training,
     save_checkpoint_if_due,
 )
 from .objectives import regularizer_weights
 from .utils import (
-    NonFiniteGuard,
     create_ema,
     ema_weights,
     log_figure,
@@ -293,8 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_regularizer_args(parser)
     g = parser.add_argument_group("multi-resolution STFT loss (Parallel WaveGAN) on x0_hat")
     g.add_argument("--stft_weight", type=float, default=0.0, help="Weight of the multi-resolution STFT loss.")
-    g.add_argument("--stft_fft_sizes", type=parse_int_list, default=None,
-                   help="FFT sizes (default: Parallel WaveGAN's 1024,2048,512, halved until they fit --sample_size).")
+    g.add_argument(
+        "--stft_fft_sizes",
+        type=parse_int_list,
+        default=None,
+        help="FFT sizes (default: Parallel WaveGAN's 1024,2048,512, halved until they fit --sample_size).",
+    )
     g.add_argument("--stft_hop_lengths", type=parse_int_list, default=None, help="Hops, one per FFT size.")
     g.add_argument("--stft_win_lengths", type=parse_int_list, default=None, help="Window lengths, one per FFT size.")
     g.add_argument("--stft_window", type=str, default="hann", choices=STFT_WINDOWS, help="STFT window.")
@@ -388,17 +391,13 @@ def train_audio(args: argparse.Namespace) -> Path:
     logger.info(
         f"UNet1DModel {args.unet_config}: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M params, clips "
         f"({args.channels}, {args.sample_size}) at {args.sample_rate} Hz, regularisers "
-        f"{ {k: v for k, v in weights_by_term.items() if v} or 'none'}"
+        f"{ {k: v for k, v in weights_by_term.items() if v} or 'none' }"
     )
 
     # 3. Resume, data
-    global_step, data_position = 0, 0
-    guard = NonFiniteGuard(args.max_nonfinite_steps)
-    state = checkpointer.resume(args.resume_from_checkpoint)
-    if state is not None:
-        global_step, data_position = state["global_step"], resume_data_position(state, accelerator)
-        guard.load_state_dict(state["nonfinite"])
-        logger.info(f"resumed from {state['checkpoint']} at step {global_step}, data position {data_position}")
+    global_step, data_position, guard = resume_training(
+        checkpointer, args.resume_from_checkpoint, args.max_nonfinite_steps
+    )
     dataset = load_audio_dataset(
         args.dataset_name, args.train_data_dir, args.dataset_split, args.audio_column,
         streaming=not args.no_streaming,

@@ -55,12 +55,11 @@ from .loop import (
     make_optimizer,
     optimizer_step,
     push_output,
-    resume_data_position,
+    resume_training,
     save_checkpoint_if_due,
 )
 from .objectives import DiffusionObjective
 from .utils import (
-    NonFiniteGuard,
     create_ema,
     ema_weights,
     image_grid,
@@ -593,13 +592,9 @@ def train_dit(args: argparse.Namespace) -> Path:
     )
 
     # 5. Resume
-    global_step, data_position = 0, 0
-    guard = NonFiniteGuard(args.max_nonfinite_steps)
-    state = checkpointer.resume(args.resume_from_checkpoint)
-    if state is not None:
-        global_step, data_position = state["global_step"], resume_data_position(state, accelerator)
-        guard.load_state_dict(state["nonfinite"])
-        logger.info(f"resumed from {state['checkpoint']} at step {global_step}, data position {data_position}")
+    global_step, data_position, guard = resume_training(
+        checkpointer, args.resume_from_checkpoint, args.max_nonfinite_steps
+    )
     dataloader = data.dataloader(accelerator, data_position)
     skip_counter = getattr(dataloader.dataset, "skip_counter", None)  # image data: unreadable images skipped
     data_iterator = iter(dataloader)

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
 
-from .utils import public_args, save_args_json, write_json
+from .utils import NonFiniteGuard, public_args, save_args_json, write_json
 
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "optimizer_step",
     "push_output",
     "resume_data_position",
+    "resume_training",
     "save_checkpoint_if_due",
 ]
 
@@ -174,3 +175,17 @@ def save_checkpoint_if_due(checkpointer, args, global_step: int, data_position: 
         accelerator = checkpointer.accelerator
         positions = accelerator.gather(torch.tensor([data_position], device=accelerator.device)).tolist()
         checkpointer.save(global_step, {"data_positions": positions, "nonfinite": guard.state_dict()})
+
+
+def resume_training(checkpointer, resume_from_checkpoint, max_nonfinite_steps: int):
+    """Restore a run (`None`, `"latest"` or a checkpoint folder) and return `(global_step, data_position, guard)`:
+    the step to continue from, this process's position in its data stream and the non-finite guard with its counts
+    (a fresh start gives `(0, 0, NonFiniteGuard(max_nonfinite_steps))`)."""
+    guard = NonFiniteGuard(max_nonfinite_steps)
+    state = checkpointer.resume(resume_from_checkpoint)
+    if state is None:
+        return 0, 0, guard
+    global_step, data_position = state["global_step"], resume_data_position(state, checkpointer.accelerator)
+    guard.load_state_dict(state["nonfinite"])
+    logger.info("resumed from %s at step %d, data position %d", state["checkpoint"], global_step, data_position)
+    return global_step, data_position, guard

@@ -64,12 +64,11 @@ from .loop import (
     make_optimizer,
     optimizer_step,
     push_output,
-    resume_data_position,
+    resume_training,
     save_checkpoint_if_due,
 )
 from .objectives import DiffusionObjective, regularizer_weights
 from .utils import (
-    NonFiniteGuard,
     create_ema,
     ema_weights,
     image_grid,
@@ -279,9 +278,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Validate once; fill the preset from the resolution."""
     finish_common_args(args, "train_unconditional")
-    check_positive(
-        args, ("ddpm_num_steps", "ddpm_num_inference_steps", "edm_num_inference_steps", "eval_batch_size")
-    )
+    check_positive(args, ("ddpm_num_steps", "ddpm_num_inference_steps", "edm_num_inference_steps", "eval_batch_size"))
     if args.random_flip is None:
         args.random_flip = False
     if args.formulation == "edm" and args.prediction_type != "epsilon":
@@ -372,18 +369,15 @@ def train_unconditional(args: argparse.Namespace) -> Path:
     logger.info(
         f"UNet {args.unet_config or args.model_config_name_or_path}: "
         f"{sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M params, {args.resolution} px, "
-        f"{args.formulation}" + (f" ({args.prediction_type})" if objective is not None else "")
+        f"{args.formulation}"
+        + (f" ({args.prediction_type})" if objective is not None else "")
         + f", fourier {args.fourier_weight}, wavelet {args.wavelet_weight}"
     )
 
     # 4. Resume
-    global_step, data_position = 0, 0
-    guard = NonFiniteGuard(args.max_nonfinite_steps)
-    state = checkpointer.resume(args.resume_from_checkpoint)
-    if state is not None:
-        global_step, data_position = state["global_step"], resume_data_position(state, accelerator)
-        guard.load_state_dict(state["nonfinite"])
-        logger.info(f"resumed from {state['checkpoint']} at step {global_step}, data position {data_position}")
+    global_step, data_position, guard = resume_training(
+        checkpointer, args.resume_from_checkpoint, args.max_nonfinite_steps
+    )
     dataloader = make_image_dataloader(
         dataset, args.train_batch_size, transform, image_column=args.image_column, start_position=data_position,
         num_processes=accelerator.num_processes, process_index=accelerator.process_index, seed=args.seed,

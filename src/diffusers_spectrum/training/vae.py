@@ -51,11 +51,10 @@ from .loop import (
     make_accelerator,
     make_optimizer,
     push_output,
-    resume_data_position,
+    resume_training,
     save_checkpoint_if_due,
 )
 from .utils import (
-    NonFiniteGuard,
     create_ema,
     ema_weights,
     log_figure,
@@ -99,8 +98,17 @@ RECIPES = {
     # reconstruction; else the plain one. Adam betas (0.5, 0.9) and their fine-tuning lr (base 4.5e-6 x 160 = 7.2e-4
     # on 8 GPUs x batch 10 x accumulation 2; `--learning_rate` to rescale for your batch).
     "eq-vae": dict(
-        _AUTHORS_BASE, kl_weight=1e-6, esm_weight=0.0, dsm_levels=(0,), disc_start=0, learning_rate=7.2e-4,
-        lr_warmup_steps=0, adam_beta1=0.5, adam_beta2=0.9, adam_weight_decay=0.0, equivariance=True,
+        _AUTHORS_BASE,
+        kl_weight=1e-6,
+        esm_weight=0.0,
+        dsm_levels=(0,),
+        disc_start=0,
+        learning_rate=7.2e-4,
+        lr_warmup_steps=0,
+        adam_beta1=0.5,
+        adam_beta2=0.9,
+        adam_weight_decay=0.0,
+        equivariance=True,
     ),
     # VA-VAE (Yao et al. 2025; settings from the authors' f16d32_vfdinov2.yaml, see losses/alignment.py): the
     # SD-VAE loss (L1 + LPIPS + KL 1e-6 + PatchGAN 0.5 from step 5001) plus the VF loss against a frozen vision
@@ -108,8 +116,17 @@ RECIPES = {
     # (marginal cosine, margin 0.5 + marginal distance matrix, margin 0.25), through a 1x1 projector trained with the
     # autoencoder. Adam betas (0.5, 0.9), lr 1e-4 (not batch-scaled).
     "va-vae": dict(
-        _AUTHORS_BASE, kl_weight=1e-6, esm_weight=0.0, dsm_levels=(0,), disc_start=5001, learning_rate=1e-4,
-        lr_warmup_steps=0, adam_beta1=0.5, adam_beta2=0.9, adam_weight_decay=0.0, vf_weight=0.1,
+        _AUTHORS_BASE,
+        kl_weight=1e-6,
+        esm_weight=0.0,
+        dsm_levels=(0,),
+        disc_start=5001,
+        learning_rate=1e-4,
+        lr_warmup_steps=0,
+        adam_beta1=0.5,
+        adam_beta2=0.9,
+        adam_weight_decay=0.0,
+        vf_weight=0.1,
     ),
 }
 # Defaults without a recipe: ESM + DSM with pixel losses only (runs anywhere, no LPIPS weights needed).
@@ -440,9 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="AutoencoderKL folder or Hub id to fine-tune (SD, SDXL, SD3, FLUX; a pipeline repo's vae/ is found).",
     )
-    g.add_argument(
-        "--pretrained_vae_subfolder", type=str, default=None, help="Subfolder holding the VAE (e.g. vae)."
-    )
+    g.add_argument("--pretrained_vae_subfolder", type=str, default=None, help="Subfolder holding the VAE (e.g. vae).")
     g.add_argument(
         "--vae_config",
         type=str,
@@ -683,13 +698,9 @@ def train_vae(args: argparse.Namespace) -> Path:
     )
 
     # 4. Resume
-    global_step, data_position = 0, 0
-    guard = NonFiniteGuard(args.max_nonfinite_steps)
-    state = checkpointer.resume(args.resume_from_checkpoint)
-    if state is not None:
-        global_step, data_position = state["global_step"], resume_data_position(state, accelerator)
-        guard.load_state_dict(state["nonfinite"])
-        logger.info(f"resumed from {state['checkpoint']} at step {global_step}, data position {data_position}")
+    global_step, data_position, guard = resume_training(
+        checkpointer, args.resume_from_checkpoint, args.max_nonfinite_steps
+    )
     dataloader = make_image_dataloader(
         dataset, args.train_batch_size, train_transform, image_column=args.image_column,
         start_position=data_position, num_processes=accelerator.num_processes,

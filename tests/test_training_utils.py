@@ -146,8 +146,8 @@ def test_resuming_never_unpickles_a_planted_payload(tmp_path):
             pickle.dump(_Payload(marker), f)
     checkpointer.resume("latest")
     assert not marker.exists()
-    # a planted custom_checkpoint_*.pkl (what accelerate would unpickle with weights_only=False for objects
-    # registered for checkpointing; we register none) is refused before it is read
+    # a planted custom_checkpoint_*.pkl (accelerate fully unpickles those for objects registered for
+    # checkpointing; we register none) is refused before it is read
     with open(path / "custom_checkpoint_0.pkl", "wb") as f:
         pickle.dump(_Payload(marker), f)
     with pytest.raises(RuntimeError, match="custom checkpoints"):

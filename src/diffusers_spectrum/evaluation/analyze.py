@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..models.loading import load_autoencoder
 from ..training.data import image_batches_from
+from ..run_folders import claim_output_dir
 from ..training.utils import write_json
 from . import diagnostics, plotting
 
@@ -325,6 +326,7 @@ def main(argv=None) -> int:
         seed=args.seed,
     )
     try:
+        claim_output_dir(args.output_dir, "analyze", ("report.json", "compare.json"))
         if args.encoder:
             from .encoder_analysis import analyze_encoder
 

@@ -22,6 +22,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..run_folders import claim_output_dir
 from ..spectral.audio import (
     band_center_frequencies,
     band_power_spectrum,
@@ -156,6 +157,7 @@ def main(argv=None) -> int:
     bands = {"num_bands": args.num_bands, "min_frequency_hz": args.min_frequency_hz, "scale": args.scale}
     frequency_band_edges(sample_rate, **bands)  # clear error for bands that do not fit the rate
 
+    claim_output_dir(args.output_dir, "analyze-audio", "audio_report.json")
     kind, value = (("pipeline", args.pipeline) if args.pipeline else ("dataset", args.dataset_name)
                    if args.dataset_name else ("folder", args.audio_dir))  # fmt: skip
     sets = {"analysed": (kind, value)}

@@ -27,6 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..models.checks import hub_offline_kwargs, looks_local
+from ..run_folders import claim_output_dir
 from ..training.utils import image_grid, write_json
 
 
@@ -404,6 +405,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def sample(args: argparse.Namespace) -> Path:
     """Sample as `args` (from `parse_args`) says; returns the output folder."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    claim_output_dir(args.output_dir, "sample", "samples.json", create=False)  # new, empty or earlier samples
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     # 1. Pipeline and scheduler
@@ -426,8 +428,7 @@ def sample(args: argparse.Namespace) -> Path:
         pipe, len(labels), args.batch_size, labels, args.num_inference_steps, args.guidance_scale, seeds=seeds,
     )  # fmt: skip
     images = torch.cat(list(batches))
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = claim_output_dir(args.output_dir, "sample", "samples.json")
     names = []
     for i, (image, label, seed) in enumerate(zip(images, labels, seeds)):
         name = f"{i:05d}_class-{label}_seed-{seed}.png"

@@ -362,7 +362,7 @@ def train_audio(args: argparse.Namespace) -> Path:
     # 1. Accelerator, logging, seeds
     start_time = time.time()
     output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args)
+    accelerator = make_accelerator(args, "train-audio")
 
     # 2. Model, EMA, optimizer
     if args.pretrained_unet is not None:

@@ -19,6 +19,7 @@ from ..models import load_autoencoder
 from ..models.checks import check_resolution, looks_local
 from ..models.encoders import RepresentationEncoder
 from ..pipelines.model_cards import dataset_card, push_folder_to_hub
+from ..run_folders import claim_output_dir
 from .data import (
     ImageTransform,
     SkipCounter,
@@ -27,7 +28,7 @@ from .data import (
     embedded_class_names,
     load_image_dataset,
 )
-from .latent_cache import write_latent_cache
+from .latent_cache import CACHE_INFO_NAME, write_latent_cache
 from .utils import public_args, save_args_json
 
 
@@ -228,6 +229,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def cache_latents(args: argparse.Namespace) -> dict:
     """Encode as `args` (from `parse_args`) says; returns the cache info (`cache_info.json`)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    claim_output_dir(args.output_dir, "cache-latents", CACHE_INFO_NAME)  # new, empty or this cache: else refused
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     # 1. Models

@@ -500,7 +500,7 @@ def train_dit(args: argparse.Namespace) -> Path:
     # 1. Accelerator, logging, seeds
     start_time = time.time()
     output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args)
+    accelerator = make_accelerator(args, "train-dit")
 
     # 2. Data source (cached latents, VAE on the fly, or DCT space)
     data = DataSource(args, accelerator)

@@ -21,6 +21,7 @@ an interrupted run continues from the last completed shard's end: no duplicates,
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -54,6 +55,7 @@ _DATA_DIR = "data"
 _MODES = ("mean_std", "mean", "sample")
 logger = logging.getLogger(__name__)
 _DTYPES = {"float16": np.float16, "bfloat16": None, "float32": np.float32}
+_SHARD_FILE = re.compile(r"^train-\d{5}\.parquet(\.tmp)?$")  # what `_shard_name` / `_write_shard` write
 
 
 def _shard_name(index: int) -> str:
@@ -215,9 +217,7 @@ def write_latent_cache(
             logger.warning("re-encoding %s from shard %d on", output_dir, intact)
         if info["complete"]:
             return info
-    for stale in (output_dir / _DATA_DIR).glob("*") if (output_dir / _DATA_DIR).exists() else ():
-        if stale.name not in {Path(s["file"]).name for s in info["shards"]}:
-            stale.unlink()  # a shard or temp file written after the last manifest update: re-encoded below
+    _remove_unlisted_shards(output_dir, info["shards"])
     start_position = info["shards"][-1]["end_position"] if info["shards"] else 0
 
     # 2. Stream the images from the resume position, in order
@@ -289,6 +289,33 @@ def write_latent_cache(
     info["complete"] = True
     write_json(info_path, info)
     return info
+
+
+def _remove_unlisted_shards(output_dir: Path, shards: list[dict]) -> None:
+    """Before resuming, delete the shards (and temporary files) an interrupted run of ours wrote after its last
+    manifest update: files named as this writer names them (`train-00007.parquet`, `train-00007.parquet.tmp`)
+    that the manifest does not list; they are re-encoded. Any other file in `data/` was not written by the cache
+    and is kept (a warning names it: a Hub upload of the folder would include it)."""
+    folder = output_dir / _DATA_DIR
+    if not folder.is_dir():
+        return
+    listed = {Path(shard["file"]).name for shard in shards}
+    foreign = []
+    for path in sorted(folder.iterdir()):
+        if path.name in listed:
+            continue
+        if _SHARD_FILE.match(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink()
+        else:
+            foreign.append(path.name)
+    if foreign:
+        logger.warning(
+            "%s holds %d file(s) the latent cache did not write (%s); they are kept and not read as latents, but "
+            "a Hub upload of the folder would include them.",
+            folder,
+            len(foreign),
+            ", ".join(foreign[:3]),
+        )
 
 
 def _batched(stream, batch_size: int, limit: int | None) -> Iterator[dict]:

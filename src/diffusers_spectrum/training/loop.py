@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
 
+from ..run_folders import claim_output_dir
 from .utils import NonFiniteGuard, public_args, save_args_json, write_json
 
 
@@ -28,10 +29,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def make_accelerator(args) -> Accelerator:
+def make_accelerator(args, command: str) -> Accelerator:
     """An `Accelerator` writing into `args.output_dir` (trackers in `logging_dir`); seeds torch, saves the resolved
-    arguments (secrets dropped) and starts the trackers."""
-    output_dir = Path(args.output_dir)
+    arguments (secrets dropped) and starts the trackers. The folder is first claimed for `command`
+    (`run_folders.claim_output_dir`): a new or empty folder, or an earlier run of the same trainer; anything else is
+    refused before a file is written."""
+    output_dir = claim_output_dir(args.output_dir, command, "training_args.json")
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,

@@ -340,7 +340,7 @@ def train_unconditional(args: argparse.Namespace) -> Path:
     # 1. Accelerator, logging, seeds
     start_time = time.time()
     output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args)
+    accelerator = make_accelerator(args, "train-unconditional")
 
     # 2. Data
     dataset = load_image_dataset(

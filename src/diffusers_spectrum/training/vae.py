@@ -645,7 +645,7 @@ def train_vae(args: argparse.Namespace) -> Path:
     """Train as `args` (from `parse_args`) says; returns the output folder."""
     # 1. Accelerator, logging, seeds
     output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args)
+    accelerator = make_accelerator(args, "train-vae")
 
     # 2. Data
     skip_counter = SkipCounter()  # files that are not images (scan) and images that do not decode (stream)

@@ -121,17 +121,31 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             parser.exit(2, f"{prog}: error: {message}\n")
     sys.argv[0] = prog  # argparse's usage line names the subcommand
-    try:  # bad input found while parsing: a message naming the problem, not a traceback (exit status 2)
+    try:
         module = importlib.import_module(module_name)
-        if parse_name is None:
+        if parse_name is None:  # the module's own main: its errors, one line each (exit status 2)
             return getattr(module, run_name)(argv[1:]) or 0
-        args = getattr(module, parse_name)(argv[1:])
     except (OSError, ValueError, TypeError) as error:
         parser.exit(2, f"{prog}: error: {error}\n")
+    return run_script(getattr(module, parse_name), getattr(module, run_name), argv[1:], prog)
+
+
+def run_script(parse, run, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`run(parse(argv))` for the console script and the example scripts: bad input found while parsing (a
+    `ValueError` from a flag check) exits with status 2 and one line `prog: error: ...`, bad input found while
+    running with status 1 and one line; never a traceback for the user's input."""
+    prog = prog or os.path.basename(sys.argv[0])
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        getattr(module, run_name)(args)
-    except (OSError, ValueError, TypeError) as error:  # bad input found while running: a message, not a traceback
-        parser.exit(1, f"{prog}: error: {error}\n")
+        args = parse(argv)
+    except (OSError, ValueError, TypeError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        run(args)
+    except (OSError, ValueError, TypeError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     return 0
 
 

@@ -8,7 +8,6 @@ its source; `print_summary(summary)` prints it.
 
 import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -34,8 +33,8 @@ def run_audio_demo(output_dir, quick: bool = False, seed: int = 0, num_threads: 
     """
     from .demo import start_demo_folder
     from .evaluation.audio_analysis import analyze_waveforms, plot_band_spectra
-    from .run_folders import record_run_files
     from .pipelines.sampling import load_pipeline
+    from .run_folders import record_run_files
     from .spectral.audio import band_center_frequencies, frequency_band_edges, log_spectral_distance
     from .training.audio import generate_audio, parse_args, train_audio, write_wavs
     from .training.audio_data import AudioTransform, audio_batches, embedded_audio_dir, load_audio_dataset

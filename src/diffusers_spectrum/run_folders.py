@@ -76,8 +76,9 @@ def claim_output_dir(
     Args:
         path: the folder.
         command: the command's name, recorded in the marker; another command's run folder is refused.
-        signature: file name(s) only this command writes (e.g. `"cache_info.json"`): a folder holding one but no
-            marker is this command's run from before markers existed, and is adopted.
+        signature: file name(s) or glob patterns only this command writes (e.g. `"cache_info.json"`,
+            `"checkpoint-*/extra_state.json"`): a folder holding one but no marker is this command's run from before
+            markers existed (or a copy of its checkpoints), and is adopted.
         flag: the flag named in the message.
     """
     folder = Path(os.path.expanduser(str(path)))
@@ -94,7 +95,7 @@ def claim_output_dir(
             )
         entries = [p for p in folder.iterdir() if not p.name.startswith(RUN_MARKER)]
         signatures = (signature,) if isinstance(signature, str) else tuple(signature or ())
-        if entries and not any((folder / name).exists() for name in signatures):
+        if entries and not any(next(folder.glob(pattern), None) is not None for pattern in signatures):
             raise OutputFolderError(
                 f"{flag} {str(path)!r} is not empty and is not a `{command}` run (it holds {_describe(folder)}); "
                 "nothing was written or deleted. Pass a new or empty folder."

@@ -21,8 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.loading import load_autoencoder
-from ..training.data import image_batches_from
 from ..run_folders import claim_output_dir
+from ..training.data import image_batches_from
 from ..training.utils import write_json
 from . import diagnostics, plotting
 

@@ -346,7 +346,9 @@ def evaluate_pipeline(args: argparse.Namespace) -> dict:
     """Evaluate as `args` (from `parse_pipeline_args`) says; writes and returns the results dict."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     start = time.perf_counter()
-    pipe = load_pipeline(args.pipeline, revision=args.revision, device=args.device)
+    pipe = load_pipeline(
+        args.pipeline, revision=args.revision, device=args.device, kind="image", command="evaluate-pipeline"
+    )
     labels = cli_labels(pipe, args.class_labels, args.num_samples, args.unconditional)
     guidance = default_guidance(pipe, args.unconditional) if args.guidance_scale is None else args.guidance_scale
     classes = sorted(set(labels))

@@ -59,6 +59,7 @@ from .audio_data import AudioTransform, load_audio_dataset, make_audio_dataloade
 from .checkpointing import Checkpointer
 from .loop import (
     AccumulationWindow,
+    learning_settings,
     make_accelerator,
     make_optimizer,
     optimizer_step,
@@ -94,6 +95,13 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Flags a resume must keep (`loop.learning_settings`): they change what the UNet learns.
+RESUME_SETTINGS = (
+    "sample_rate", "sample_size", "channels", "unet_config", "pretrained_unet", "stft_weight", "stft_fft_sizes",
+    "fourier_weight", "wavelet_weight", "wavelet_levels", "wavelet",
+    "spectral_loss_type", "fourier_log_amplitude",
+)  # fmt: skip
 
 FOURIER_TIME_CHANNELS = 16  # Dance Diffusion's Fourier time features, concatenated to the input (extra_in_channels)
 
@@ -384,7 +392,7 @@ def train_audio(args: argparse.Namespace) -> Path:
     raw_model = accelerator.unwrap_model(model)
     checkpointer = Checkpointer(
         accelerator, output_dir, {"unet": model}, {"unet": ema} if ema is not None else None,
-        args.checkpoints_total_limit,
+        args.checkpoints_total_limit, settings=learning_settings(args, RESUME_SETTINGS),
     )  # fmt: skip
     fourier, wavelet, stft = regularizer_options(args)
     weights_by_term = {"fourier": args.fourier_weight, "wavelet": args.wavelet_weight, "stft": args.stft_weight}
@@ -481,7 +489,9 @@ def train_audio(args: argparse.Namespace) -> Path:
             seconds_per_step=round(float(np.median(timed)), 4) if timed else None,
             skipped_clips=dataloader.dataset.skip_counter.count, padded_clips=dataloader.dataset.num_padded,
             skipped_reasons=dataloader.dataset.skip_counter.reasons[:10],
+            source_sample_rates={str(rate): n for rate, n in sorted(transform.source_rates.items())},
         )  # fmt: skip
+        logger.info("audio read: %s", transform.resampling_summary())  # counts of this process (num_workers 0)
         result = write_outputs(args, raw_model, metrics, output_dir)
         logger.info(f"final metrics: {metrics}")
     accelerator.wait_for_everyone()

@@ -16,6 +16,7 @@ leaves only complete `checkpoint-<step>` folders visible.
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -31,6 +32,7 @@ from .utils import write_json
 __all__ = [
     "CHECKPOINT_PREFIX",
     "Checkpointer",
+    "check_resume_settings",
     "find_resume_checkpoint",
     "list_checkpoints",
     "load_ema_state",
@@ -172,6 +174,7 @@ class Checkpointer:
         models: dict[str, torch.nn.Module],
         emas: dict[str, EMAModel] | None = None,
         total_limit: int | None = None,
+        settings: dict | None = None,
     ):
         if total_limit is not None and total_limit < 1:
             raise ValueError(f"checkpoints_total_limit must be >= 1 or None, got {total_limit}.")
@@ -180,6 +183,9 @@ class Checkpointer:
         self.names = list(models)
         self.emas = dict(emas or {})
         self.total_limit = total_limit
+        # what the model learns (formulation, objective, resolution, model, regularisers): stored in every checkpoint,
+        # and a resume under other values is refused (`check_resume_settings`)
+        self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
         accelerator.register_save_state_pre_hook(self._save_hook)
         accelerator.register_load_state_pre_hook(self._load_hook)
 
@@ -209,6 +215,8 @@ class Checkpointer:
         final = output_dir / f"{CHECKPOINT_PREFIX}{global_step}"
         temporary = output_dir / f".{final.name}.tmp"
         state = {**(extra_state or {}), "global_step": int(global_step)}
+        if self.settings is not None:
+            state["settings"] = self.settings
         json.dumps(state)  # fail before writing anything if it is not serialisable
 
         if accelerator.is_main_process:
@@ -239,8 +247,51 @@ class Checkpointer:
         path = find_resume_checkpoint(self.output_dir, resume_from_checkpoint)
         if path is None:
             return None
-        self.accelerator.load_state(str(path))
-        with open(path / EXTRA_STATE_NAME, encoding="utf-8") as f:
-            state = json.load(f)
+        try:
+            with open(path / EXTRA_STATE_NAME, encoding="utf-8") as f:
+                state = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(
+                f"{path / EXTRA_STATE_NAME} is not valid JSON ({error}); resume from another checkpoint-<step>."
+            ) from None
+        if self.settings is not None and state.get("settings") is not None:
+            check_resume_settings(state["settings"], self.settings, path)
+        try:
+            self.accelerator.load_state(str(path))
+        except pickle.UnpicklingError as error:  # torch.load(weights_only=True) refused a file: not plain tensors
+            raise ValueError(
+                f"checkpoint {path}: {_refused_file(path)} holds pickled objects other than tensors, which are never "
+                f"loaded (torch: {str(error).splitlines()[0]}); this trainer did not write it. Delete {path} and "
+                "resume from an earlier checkpoint (or start fresh)."
+            ) from None
         state["checkpoint"] = str(path)
         return state
+
+
+def _refused_file(folder: Path) -> str:
+    """The first file of a checkpoint that `torch.load(weights_only=True)` refuses (for the error message)."""
+    for file in sorted(folder.rglob("*")):
+        if file.is_file() and file.suffix in (".bin", ".pkl", ".pt", ".pth"):
+            try:
+                torch.load(file, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                return str(file)
+            except Exception:  # noqa: BLE001 - another defect; only the refused file is named here
+                continue
+    return "a file"
+
+
+def check_resume_settings(saved: dict, current: dict, checkpoint: str | Path) -> None:
+    """A `ValueError` naming every setting that differs between a checkpoint (`saved`) and this run (`current`):
+    resuming under another formulation, objective, resolution, model or regulariser would train (and export)
+    something else than the checkpoint learned."""
+    changed = [
+        f"--{key} {saved.get(key)!r} -> {current.get(key)!r}"
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key) != current.get(key)
+    ]
+    if changed:
+        raise ValueError(
+            f"cannot resume from {checkpoint}: it was trained with other settings ({'; '.join(changed)}). Pass the "
+            "checkpoint's values (see training_args.json beside it), or a new --output_dir to start a new run."
+        )

@@ -48,9 +48,17 @@ from .args import (
 from .checkpointing import Checkpointer
 from .data import ImageTransform, embedded_class_names, image_batches, load_image_dataset, make_image_dataloader
 from .dct_statistics import estimate_dct_statistics, estimate_entropy_weights
-from .latent_cache import load_latent_dataset, make_latent_dataloader, read_cache_info
+from .latent_cache import (
+    check_cache_against_vae,
+    latent_statistics,
+    load_latent_dataset,
+    make_latent_dataloader,
+    read_cache_info,
+    warn_if_badly_scaled,
+)
 from .loop import (
     AccumulationWindow,
+    learning_settings,
     make_accelerator,
     make_optimizer,
     optimizer_step,
@@ -82,6 +90,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Flags a resume must keep (`loop.learning_settings`): they change what the transformer learns.
+RESUME_SETTINGS = (
+    "objective", "space", "resolution", "dit_config", "patch_size", "snr_scale", "dct_block_size", "dct_num_dropped",
+    "unconditional", "num_classes", "repa_targets_resolved", "repa_target_filter", "repa_projector", "repa_depth",
+    "fourier_weight", "wavelet_weight", "wavelet_levels", "wavelet",
+    "spectral_loss_type", "fourier_log_amplitude",
+)  # fmt: skip
 
 # What standardises raw VAE latents for diffusion (the family convention; see `models.latent_convention`).
 LATENT_CONFIG_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
@@ -253,6 +269,21 @@ class DataSource:
                 self.id2label = dict(enumerate(embedded_class_names()))
         if args.unconditional:
             self.conditional, self.id2label = False, None
+        if self.cache_info is not None:
+            self.check_cache()
+
+    def check_cache(self) -> None:
+        """Before training on cached latents: their recorded latent convention must be the decoding VAE's
+        (`check_cache_against_vae`, an error), and a sample of them, standardised, should have a std near 1 (a loud
+        warning with the fix otherwise)."""
+        args, settings = self.args, self.cache_info["settings"]
+        vae_name = args.pretrained_vae or settings.get("pretrained_vae")
+        check_cache_against_vae(settings, self.decoder().config, args.latent_dataset, vae_name)
+        sample = load_latent_dataset(args.latent_dataset, streaming=True)
+        self.latent_statistics = latent_statistics(
+            sample, self.latent_config, seed=args.seed, source=args.latent_dataset
+        )
+        warn_if_badly_scaled(self.latent_statistics, settings, args.latent_dataset)
 
     def load_decoder(self):
         """The VAE (or DCT transform) that decodes samples: `--pretrained_vae`, else the one the cache records."""
@@ -279,7 +310,9 @@ class DataSource:
         if self.cache_info is not None:
             local = Path(args.latent_dataset).exists()
             dataset = load_latent_dataset(args.latent_dataset, streaming=not local or args.streaming)
-            return make_latent_dataloader(dataset, args.train_batch_size, **common)
+            return make_latent_dataloader(
+                dataset, args.train_batch_size, **common, source=args.latent_dataset if local else None
+            )
         dataset = load_image_dataset(
             args.dataset_name, args.train_data_dir, args.dataset_split, args.image_column,
             streaming=(args.streaming or args.dataset_name is not None) and not args.no_streaming,
@@ -582,7 +615,7 @@ def train_dit(args: argparse.Namespace) -> Path:
     raw_model = accelerator.unwrap_model(model)
     checkpointer = Checkpointer(
         accelerator, output_dir, {"transformer": model}, {"transformer": ema} if ema is not None else None,
-        args.checkpoints_total_limit,
+        args.checkpoints_total_limit, settings=learning_settings(args, RESUME_SETTINGS),
     )  # fmt: skip
     fourier, wavelet = regularizer_settings(args)
     logger.info(

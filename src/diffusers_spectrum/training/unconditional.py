@@ -10,9 +10,9 @@ call it. Flag names follow diffusers' `examples/unconditional_image_generation/t
   per sample weighted by `--spectral_timestep_weighting`. Output: a stock `DDPMPipeline` folder.
 - EDM: `x = x0 + sigma n` with `ln sigma ~ N(P_mean, P_std^2)`, preconditioned denoiser `D(x; sigma)` and loss weight
   `(sigma^2 + sigma_data^2) / (sigma sigma_data)^2` (`training.edm`); the regularisers compare `D(x; sigma)` with x0,
-  weighted by the same SNR rule with SNR = 1 / sigma^2. Output: an `EDMPipeline` folder whose `unet/` is a stock
-  `UNet2DModel` and `scheduler/` a stock `EDMEulerScheduler` (diffusers alone samples it with
-  `ConsistencyModelPipeline.from_pretrained`).
+  weighted by the same SNR rule with SNR = 1 / sigma^2. Output: a stock folder (`unet/` a `UNet2DModel`,
+  `scheduler/` an `EDMEulerScheduler`, `model_index.json` naming `ConsistencyModelPipeline`, whose loop is
+  `EDMPipeline`'s), so `DiffusionPipeline.from_pretrained` samples it with diffusers alone.
 
 The output folder is the pipeline itself (as in diffusers' script), plus `metrics.json`, `training_args.json`,
 `spectrum_info.json`, a model card (`README.md`), `validation/` sample grids, checkpoints (`checkpoint-<step>`) and
@@ -33,7 +33,14 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..losses.spectral_regularizers import spectral_regularizer_terms
-from ..models.unet_presets import UNET_PRESETS, build_unet, check_edm_unet, unet_downsampling_factor
+from ..models.unet_presets import (
+    UNET_PRESETS,
+    build_unet,
+    check_edm_unet,
+    check_unet_config,
+    read_model_config,
+    unet_downsampling_factor,
+)
 from ..pipelines.edm_pipeline import EDM_SCHEDULERS, EDMPipeline, edm_scheduler
 from ..pipelines.model_cards import unconditional_model_card
 from ..pipelines.sampling import pipeline_samples
@@ -60,6 +67,7 @@ from .edm import (
 )
 from .loop import (
     AccumulationWindow,
+    learning_settings,
     make_accelerator,
     make_optimizer,
     optimizer_step,
@@ -94,6 +102,13 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Flags a resume must keep (`loop.learning_settings`): they change what the UNet learns.
+RESUME_SETTINGS = (
+    "formulation", "prediction_type", "ddpm_num_steps", "ddpm_beta_schedule", "edm_p_mean", "edm_p_std", "resolution",
+    "unet_config", "model_config_name_or_path", "fourier_weight", "wavelet_weight", "wavelet_levels", "wavelet",
+    "spectral_loss_type", "fourier_log_amplitude",
+)  # fmt: skip
 
 FORMULATIONS = ("ddpm", "edm")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -308,6 +323,11 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(
                 f"--resolution {args.resolution} must be a multiple of {factor} for --unet_config {args.unet_config}."
             )
+    else:
+        config = read_model_config(args.model_config_name_or_path)
+        check_unet_config(
+            config, args.resolution, source=f"--model_config_name_or_path {args.model_config_name_or_path}"
+        )
     return args
 
 
@@ -315,17 +335,8 @@ def build_model(args) -> UNet2DModel:
     """A fresh UNet2DModel: the preset, or the config of `--model_config_name_or_path`; checked for the data."""
     if args.model_config_name_or_path is None:
         unet = build_unet(args.unet_config, args.resolution)
-    else:
-        path = Path(args.model_config_name_or_path)
-        if not path.exists():
-            raise FileNotFoundError(f"--model_config_name_or_path {str(path)!r} does not exist.")
-        unet = UNet2DModel.from_config(UNet2DModel.load_config(str(path)))
-        size = unet.config.sample_size
-        if (size if isinstance(size, int) else size[0]) != args.resolution or unet.config.in_channels != 3:
-            raise ValueError(
-                f"the UNet config at {str(path)!r} has sample_size {size} and in_channels {unet.config.in_channels}; "
-                f"the data are 3-channel {args.resolution} px images (--resolution)."
-            )
+    else:  # checked by `resolve_args` (unknown keys, sample size, downsampling)
+        unet = UNet2DModel.from_config(read_model_config(args.model_config_name_or_path))
     if args.formulation == "edm":
         check_edm_unet(unet)
     return unet
@@ -364,7 +375,7 @@ def train_unconditional(args: argparse.Namespace) -> Path:
     raw_model = accelerator.unwrap_model(model)
     checkpointer = Checkpointer(
         accelerator, output_dir, {"unet": model}, {"unet": ema} if ema is not None else None,
-        args.checkpoints_total_limit,
+        args.checkpoints_total_limit, settings=learning_settings(args, RESUME_SETTINGS),
     )  # fmt: skip
     logger.info(
         f"UNet {args.unet_config or args.model_config_name_or_path}: "
@@ -490,15 +501,13 @@ def _sample_code(args, repo_id: str) -> str:
     if args.formulation == "edm":
         return (
             "import torch\n"
-            "from diffusers import ConsistencyModelPipeline\n"
-            "from diffusers_spectrum.pipelines.edm_pipeline import EDMPipeline\n\n"
-            f'pipe = EDMPipeline.from_pretrained("{repo_id}")  # pip install diffusers-spectrum\n'
+            "from diffusers import DiffusionPipeline\n\n"
+            f'pipe = DiffusionPipeline.from_pretrained("{repo_id}")  # a stock ConsistencyModelPipeline\n'
             f"images = pipe(batch_size=4, num_inference_steps={args.edm_num_inference_steps}, "
             "generator=torch.manual_seed(0)).images\n\n"
-            "# diffusers alone: ConsistencyModelPipeline runs the same loop with the saved EDM scheduler\n"
-            f'pipe = ConsistencyModelPipeline.from_pretrained("{repo_id}")\n'
-            f"images = pipe(batch_size=4, num_inference_steps={args.edm_num_inference_steps}, "
-            "generator=torch.manual_seed(0)).images"
+            "# the same images with diffusers-spectrum's EDMPipeline (pip install diffusers-spectrum)\n"
+            "from diffusers_spectrum.pipelines.edm_pipeline import EDMPipeline\n\n"
+            f'pipe = EDMPipeline.from_pretrained("{repo_id}")'
         )
     return (
         "import torch\n"
@@ -526,10 +535,10 @@ def unconditional_card(args, repo_id: str, metrics: dict, config: dict) -> Model
     loading = (
         "It is a stock `DDPMPipeline` folder: plain diffusers loads it."
         if stock
-        else "`unet/` is a stock `UNet2DModel` and `scheduler/` a stock diffusers EDM scheduler. `model_index.json` "
-        "names `EDMPipeline` (diffusers-spectrum), the smallest pipeline that feeds the network EDM's scaled inputs "
-        "(`DDPMPipeline` / `DDIMPipeline` do not call `scale_model_input`). With diffusers alone, "
-        "`ConsistencyModelPipeline.from_pretrained` runs the same loop and gives the same images."
+        else "`unet/` is a stock `UNet2DModel` and `scheduler/` a stock diffusers EDM scheduler; `model_index.json` "
+        "names the stock `ConsistencyModelPipeline`, whose loop feeds the network EDM's scaled inputs "
+        "(`DDPMPipeline` / `DDIMPipeline` do not call `scale_model_input`), so plain diffusers loads and samples it. "
+        "diffusers-spectrum's `EDMPipeline.from_pretrained` loads the same folder and gives the same images."
     )
     description = (
         f"A `UNet2DModel` ({args.unet_config or 'custom config'}, {args.resolution} px) trained with "

@@ -48,6 +48,7 @@ from .data import ImageTransform, SkipCounter, image_batches, load_image_dataset
 from .loop import (
     AccumulationWindow,
     adamw,
+    learning_settings,
     make_accelerator,
     make_optimizer,
     push_output,
@@ -69,6 +70,12 @@ from .utils import (
 __all__ = ["RECIPES", "VAE_PRESETS", "build_parser", "parse_args", "train_vae"]
 
 logger = logging.getLogger(__name__)
+
+# Flags a resume must keep (`loop.learning_settings`): they change what the autoencoder learns.
+RESUME_SETTINGS = (
+    "recipe", "vae_config", "resolution", "reconstruction_loss", "perceptual_loss", "perceptual_weight", "disc_weight",
+    "kl_weight", "esm_weight", "esm_delta", "dsm_levels", "dsm_block_size", "equivariance", "vf_weight", "use_shift",
+)  # fmt: skip
 
 # Architectures from SPEC.md (f8d4, f16d16) and a tiny one for CPU runs and tests.
 VAE_PRESETS = {
@@ -694,8 +701,9 @@ def train_vae(args: argparse.Namespace) -> Path:
     last_layer = raw_vae.decoder.conv_out.weight
     encoder_last_layer = raw_vae.encoder.conv_out.weight
     checkpointer = Checkpointer(
-        accelerator, output_dir, models, {"vae": ema} if ema is not None else None, args.checkpoints_total_limit
-    )
+        accelerator, output_dir, models, {"vae": ema} if ema is not None else None, args.checkpoints_total_limit,
+        settings=learning_settings(args, RESUME_SETTINGS),
+    )  # fmt: skip
 
     # 4. Resume
     global_step, data_position, guard = resume_training(

@@ -126,16 +126,12 @@ def check_output_file(path: str | os.PathLike, command: str, required_key: str, 
 
 
 def list_files(folder: str | os.PathLike) -> set[str]:
-    """Relative POSIX paths of every file under `folder` (its own marker excluded; the markers of runs inside it,
-    written by those runs, included)."""
+    """Relative POSIX paths of every file under `folder`, run markers excluded (a marker goes with its folder: it
+    is removed when nothing else is left there)."""
     folder = Path(folder)
     if not folder.is_dir():
         return set()
-    return {
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and not p.relative_to(folder).as_posix().startswith(RUN_MARKER)
-    }
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and RUN_MARKER not in p.name}
 
 
 def record_run_files(folder: str | os.PathLike, before: set[str]) -> list[str]:
@@ -171,7 +167,8 @@ def remove_recorded_files(folder: str | os.PathLike) -> tuple[list[str], list[st
         removed.append(name)
         emptied.update(parent for parent in path.parents if parent != folder and folder in parent.parents)
     for directory in sorted(emptied, key=lambda p: -len(p.parts)):
-        if directory.is_dir() and not any(directory.iterdir()):
+        if directory.is_dir() and {p.name for p in directory.iterdir()} <= {RUN_MARKER}:
+            (directory / RUN_MARKER).unlink(missing_ok=True)  # the marker of a run folder left empty
             directory.rmdir()
     marker["files"] = {}
     _write_marker(folder, marker)

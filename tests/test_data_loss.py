@@ -147,12 +147,12 @@ def command_cases(assets, out):
         "cache-latents": ["cache-latents", "--pretrained_vae", vae, "--resolution", "16", "--output_dir", out],
         "train-dit": ["train-dit", "--latent_dataset", vae, "--dit_config", "tiny", "--output_dir", out],
         "sample": ["sample", "--pretrained_model_name_or_path", pipe, "--output_dir", out],
-        "train-unconditional": ["train-unconditional", "--unet_config", "tiny", "--resolution", "16", "--output_dir",
-                                out],  # fmt: skip
+        "train-unconditional": ["train-unconditional", "--unet_config", "tiny", "--resolution", "16",
+                                "--output_dir", out],
         "train-audio": ["train-audio", "--unet_config", "tiny", "--output_dir", out],
         "analyze": ["analyze", "--vae", vae, "--output_dir", out],
         "analyze-audio": ["analyze-audio", "--audio_dir", audio, "--output_dir", out],
-    }
+    }  # fmt: skip
 
 
 COMMANDS = ["demo", "demo-audio", "train-vae", "cache-latents", "train-dit", "sample", "train-unconditional",

@@ -126,8 +126,9 @@ def test_analyze_audio_says_it_takes_audio_pipelines_when_given_an_image_one(nam
 
 @pytest.mark.slow
 def test_analyze_audio_takes_the_audio_export(exports, tmp_path, capsys):
-    code, err = run(["analyze-audio", "--pipeline", str(exports["audio"]), "--num_samples", "2",
-                     "--num_inference_steps", "2", "--num_bands", "8", "--output_dir", str(tmp_path / "o")], capsys)
+    argv = ["analyze-audio", "--pipeline", str(exports["audio"]), "--num_samples", "2", "--num_inference_steps", "2",
+            "--num_bands", "8", "--output_dir", str(tmp_path / "o")]  # fmt: skip
+    code, err = run(argv, capsys)
     assert code == 0, err
     report = json.loads((tmp_path / "o" / "audio_report.json").read_text())
     assert report["sets"]["analysed"]["num_clips"] == 2

@@ -306,6 +306,47 @@ def test_help_and_a_mistyped_local_path_answer_before_any_heavy_import(argv):
         assert "no such folder" in result.stderr and "Traceback" not in result.stderr
 
 
+SUBCOMMAND_FLAG_ERRORS = {
+    "train-vae": ["--kl_weight", "nan"],
+    "cache-latents": ["--pretrained_vae", "x/y", "--output_dir", "o", "--resolution", "0"],
+    "train-dit": ["--pretrained_vae", "x/y", "--fourier_weight", "-1"],
+    "sample": ["--pretrained_model_name_or_path", "x/y", "--num_images", "0"],
+    "train-unconditional": ["--resolution", "32", "--fourier_weight", "nan"],
+    "train-audio": ["--stft_weight", "nan"],
+    "analyze": ["--vae", "x/y", "--output_dir", "o", "--num_samples", "0"],
+    "analyze-audio": ["--audio_dir", ".", "--output_dir", "o", "--num_bands", "0"],
+    "evaluate-vae": ["--vae", "x/y", "--num_samples", "0"],
+    "evaluate-pipeline": ["--pipeline", "x/y", "--num_samples", "1"],
+}
+
+
+def test_every_subcommands_help_and_flag_errors_import_no_diffusers():
+    """The flag parsers live with their loops but import diffusers, transformers, datasets, accelerate, scipy and
+    matplotlib only inside the functions that run (torch, for the modules' tensor helpers, is allowed). One process
+    runs every command's `--help` and a bad flag, then lists what was imported."""
+    runs = [[command, "--help"] for command in SUBCOMMAND_FLAG_ERRORS]
+    runs += [[command, *flags] for command, flags in SUBCOMMAND_FLAG_ERRORS.items()]
+    code = (
+        "import sys; from diffusers_spectrum import cli\n"
+        f"for argv in {runs!r}:\n"
+        "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
+        "print('LOADED', ' '.join(m for m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    loaded = set(result.stdout.split("LOADED", 1)[1].split())
+    assert not loaded & (set(HEAVY) - {"torch"}), loaded & set(HEAVY)
+    errors = [line for line in result.stderr.splitlines() if ": error:" in line]
+    assert len(errors) == len(SUBCOMMAND_FLAG_ERRORS) and "Traceback" not in result.stderr, result.stderr
+
+
+def test_the_parsers_copies_of_library_constants_match_them():
+    from diffusers_spectrum.models.dit_repa import REPA_DEFAULTS
+    from diffusers_spectrum.pipelines.edm_pipeline import EDM_SCHEDULERS
+
+    assert unconditional.EDM_SCHEDULER_KINDS == EDM_SCHEDULERS
+    assert dit.REPA_LOSS_WEIGHTS == {name: value["loss_weight"] for name, value in REPA_DEFAULTS.items()}
+
+
 def test_a_crop_of_a_long_file_reads_only_its_frames_and_equals_the_full_decode(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     path = tmp_path / "long.flac"

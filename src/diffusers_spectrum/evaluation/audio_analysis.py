@@ -13,14 +13,15 @@ Writes `output_dir/audio_report.json` (per set: clip count, skipped, mean band p
 `output_dir/audio_spectra.png`.
 """
 
+from __future__ import annotations
+
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from ..run_folders import claim_output_dir
 from ..spectral.audio import (
@@ -30,6 +31,10 @@ from ..spectral.audio import (
     log_spectral_distance,
     spectral_slope,
 )
+
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 __all__ = ["analyze_waveforms", "build_parser", "load_source", "main", "plot_band_spectra"]
@@ -126,6 +131,9 @@ def analyze_waveforms(waveforms: torch.Tensor, sample_rate: int, source: str = "
 
 def plot_band_spectra(curves: dict, centres: np.ndarray, path: str | Path, title: str = "") -> Figure:
     """Mean band power of each set (name -> `(num_bands,)`) against band centre frequency, log-log; saved to `path`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

@@ -17,6 +17,8 @@ Both write a JSON file (default `<output_dir>/eval_vae.json` / `eval_pipeline.js
 working directory) and return the same dict.
 """
 
+from __future__ import annotations
+
 import argparse
 import logging
 import math
@@ -26,12 +28,10 @@ from pathlib import Path
 
 import torch
 
-from ..models import load_autoencoder
 from ..models.checks import check_resolution, downsample_factor
 from ..pipelines.sampling import check_local_path, cli_labels, load_pipeline, pipeline_classes, pipeline_samples
 from ..run_folders import OutputFolderError, check_output_file
 from ..spectral import power_law_slope, radial_spectrum
-from ..training.data import ImageTransform, SkipCounter, data_image_size, image_batches_from
 from ..training.utils import write_json
 from .generation_metrics import SWD_MIN_RESOLUTION, pyramid_swd, spectrum_distance
 
@@ -211,6 +211,8 @@ def _feature_extractor(spec: str, device):
 
 def evaluate_vae(args: argparse.Namespace) -> dict:
     """Evaluate as `args` (from `parse_vae_args`) says; writes and returns the results dict."""
+    from ..models.loading import load_autoencoder
+    from ..training.data import ImageTransform, SkipCounter, data_image_size, image_batches_from
     from .metrics import reconstruction_metrics
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -344,6 +346,8 @@ def _offline_metrics(samples: torch.Tensor, references: torch.Tensor, seed: int)
 
 def evaluate_pipeline(args: argparse.Namespace) -> dict:
     """Evaluate as `args` (from `parse_pipeline_args`) says; writes and returns the results dict."""
+    from ..training.data import SkipCounter, image_batches_from
+
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     start = time.perf_counter()
     pipe = load_pipeline(

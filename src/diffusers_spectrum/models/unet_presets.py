@@ -16,13 +16,18 @@ All use the sinusoidal ("positional") time embedding that the DDPM and EDM formu
 :func:`check_edm_unet` refuses the other embeddings for EDM.
 """
 
+from __future__ import annotations
+
 import difflib
 import inspect
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from diffusers import UNet2DModel
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DModel
 
 
 # Settings shared by the DDPM-paper presets (diffusers' google/ddpm-* configs): a single attention head over all
@@ -97,6 +102,8 @@ def build_unet(preset: str, resolution: int, channels: int = 3) -> UNet2DModel:
     Returns:
         The model, in float32 on CPU.
     """
+    from diffusers import UNet2DModel  # here: the flag parsers read the presets without importing diffusers
+
     kwargs = _preset_kwargs(preset)
     factor = unet_downsampling_factor(preset)
     if not isinstance(resolution, int) or resolution < factor or resolution % factor:
@@ -109,11 +116,13 @@ def build_unet(preset: str, resolution: int, channels: int = 3) -> UNet2DModel:
     return UNet2DModel(sample_size=resolution, in_channels=channels, out_channels=channels, **kwargs)
 
 
-def read_model_config(path: str | os.PathLike, model_class=UNet2DModel, flag: str = "--model_config_name_or_path"):
+def read_model_config(path: str | os.PathLike, model_class=None, flag: str = "--model_config_name_or_path"):
     """The config dict of a model folder or `config.json` file, checked against `model_class`'s arguments: a key
     the class does not take (a typo such as `sample_sise`, which diffusers only warns about before building another
     model) is a `ValueError` naming the key and the nearest valid one. Keys starting with `_` (diffusers' own
-    bookkeeping) are allowed."""
+    bookkeeping) are allowed. `model_class` defaults to `UNet2DModel`."""
+    if model_class is None:
+        from diffusers import UNet2DModel as model_class
     path = Path(os.path.expanduser(str(path)))
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():

@@ -1,6 +1,9 @@
 """Sampling any diffusers image pipeline reproducibly: one generator per image (seed + index), so an image does not
 depend on the batch size or its position in the batch; class labels checked against what the pipeline was trained
-on. Used by validation during training, `sample`, the evaluation scripts and the benchmarks."""
+on. Used by validation during training, `sample`, the evaluation scripts and the benchmarks. Importing this module
+(for the `sample` flags) loads no diffusers; the functions that need it import it."""
+
+from __future__ import annotations
 
 import argparse
 import inspect
@@ -14,15 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DiffusionPipeline,
-    DiTPipeline,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -34,12 +28,12 @@ from ..training.utils import image_grid, write_json
 logger = logging.getLogger(__name__)
 
 # --scheduler choices; "default" keeps the pipeline's own (for flow-matching pipelines, the flow-configured one).
-SCHEDULERS = {
-    "ddim": DDIMScheduler,
-    "ddpm": DDPMScheduler,
-    "dpmsolver": DPMSolverMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-    "unipc": UniPCMultistepScheduler,
+SCHEDULERS = {  # diffusers class names, resolved on use (the flag parser imports no diffusers)
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "dpmsolver": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "unipc": "UniPCMultistepScheduler",
 }
 # Schedulers that can keep a flow-matching configuration (`use_flow_sigmas`, `prediction_type="flow_prediction"`).
 FLOW_SCHEDULERS = ("dpmsolver", "unipc")
@@ -61,7 +55,9 @@ def set_scheduler(pipe, name: str) -> None:
             f"--scheduler {name} cannot sample this flow-matching pipeline; use one of default, "
             f"{', '.join(FLOW_SCHEDULERS)}."
         )
-    pipe.scheduler = SCHEDULERS[name].from_config(config)
+    import diffusers
+
+    pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(config)
 
 
 __all__ = [
@@ -121,7 +117,9 @@ def _pipeline_class(index: Path, class_name):
     """The class to load a folder with when `model_index.json`'s `_class_name` is not a diffusers pipeline: one of
     ours (folders exported before the EDM export named the stock class: `EDMPipeline`), else a `ValueError`
     naming the file and the fix. `None` when diffusers resolves the name itself."""
+
     import diffusers
+    from diffusers import DiffusionPipeline
 
     if isinstance(class_name, str) and hasattr(diffusers, class_name):
         return None
@@ -237,6 +235,8 @@ def load_pipeline(
     (checked from `model_index.json` before any weight is read). A folder whose `_class_name` is one of our
     pipelines (`EDMPipeline`, as older EDM exports name it) loads with that class; an unknown `_class_name` is a
     `ValueError` naming `model_index.json` and the fix."""
+    from diffusers import DiffusionPipeline
+
     text = os.fspath(name_or_path)
     pipeline_class = DiffusionPipeline
     if looks_local(text) or os.path.exists(text):
@@ -368,6 +368,8 @@ def sample_images(
 ) -> torch.Tensor:
     """Sample with diffusers' `DiTPipeline` built from in-memory components (validation during training); image
     `i` has class `class_labels[i]` and seed `seed + i`. Returns `(N, 3, H, W)` in [-1, 1] on the CPU."""
+    from diffusers import DiTPipeline
+
     pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=type(scheduler).from_config(scheduler.config))
     pipe.set_progress_bar_config(disable=not show_progress)
     labels = [int(label) for label in class_labels]

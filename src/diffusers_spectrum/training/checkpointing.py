@@ -10,8 +10,11 @@ A checkpoint `output_dir/checkpoint-<step>/` holds
 
 Nothing we write is unpickled on resume. Saving goes to a hidden temporary folder that is renamed into place (an
 atomic rename); pruning renames an old checkpoint to a hidden name *before* deleting it, so a kill at any moment
-leaves only complete `checkpoint-<step>` folders visible.
+leaves only complete `checkpoint-<step>` folders visible. (diffusers and safetensors are imported where used, so the
+trainers' flag parsers stay light.)
 """
+
+from __future__ import annotations
 
 import json
 import logging
@@ -20,13 +23,15 @@ import pickle
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import ModelMixin
-from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
 
 from .utils import write_json
+
+
+if TYPE_CHECKING:
+    from diffusers.training_utils import EMAModel
 
 
 __all__ = [
@@ -108,6 +113,9 @@ def _clean_leftovers(output_dir: Path) -> None:
 
 
 def _save_module(module: torch.nn.Module, folder: Path) -> None:
+    from diffusers import ModelMixin
+    from safetensors.torch import save_file
+
     if isinstance(module, ModelMixin):
         module.save_pretrained(folder, safe_serialization=True)
     else:
@@ -116,6 +124,9 @@ def _save_module(module: torch.nn.Module, folder: Path) -> None:
 
 
 def _load_module(module: torch.nn.Module, folder: Path) -> None:
+    from diffusers import ModelMixin
+    from safetensors.torch import load_file
+
     if not folder.is_dir():
         raise FileNotFoundError(
             f"checkpoint is missing the model folder {folder}; it was not written by this trainer."
@@ -132,6 +143,8 @@ def _load_module(module: torch.nn.Module, folder: Path) -> None:
 
 def save_ema_state(ema: EMAModel, folder: str | Path) -> None:
     """EMA shadow parameters as `ema.safetensors`, its counters and settings as `ema_state.json`."""
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = ema.state_dict()
@@ -142,6 +155,8 @@ def save_ema_state(ema: EMAModel, folder: str | Path) -> None:
 
 def load_ema_state(ema: EMAModel, folder: str | Path) -> None:
     """Inverse of `save_ema_state` (no unpickling)."""
+    from safetensors.torch import load_file
+
     folder = Path(folder)
     with open(folder / "ema_state.json", encoding="utf-8") as f:
         state = json.load(f)

@@ -17,17 +17,21 @@ call it. Flag names follow diffusers' `examples/unconditional_image_generation/t
 The output folder is the pipeline itself (as in diffusers' script), plus `metrics.json`, `training_args.json`,
 `spectrum_info.json`, a model card (`README.md`), `validation/` sample grids, checkpoints (`checkpoint-<step>`) and
 logs (`logs/`); the Hub upload leaves checkpoints and logs out.
+
+Importing this module (for its flags: `build_parser`, `parse_args`) loads neither diffusers nor accelerate nor
+datasets; the functions that need them import them.
 """
+
+from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-from huggingface_hub import ModelCard
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -41,9 +45,6 @@ from ..models.unet_presets import (
     read_model_config,
     unet_downsampling_factor,
 )
-from ..pipelines.edm_pipeline import EDM_SCHEDULERS, EDMPipeline, edm_scheduler
-from ..pipelines.model_cards import unconditional_model_card
-from ..pipelines.sampling import pipeline_samples
 from .args import (
     add_data_args,
     add_optimization_args,
@@ -54,7 +55,6 @@ from .args import (
     regularizer_settings,
 )
 from .checkpointing import Checkpointer
-from .data import ImageTransform, load_image_dataset, make_image_dataloader
 from .edm import (
     EDM_P_MEAN,
     EDM_P_STD,
@@ -64,16 +64,6 @@ from .edm import (
     edm_noisy_inputs,
     edm_sample_sigmas,
     edm_snr,
-)
-from .loop import (
-    AccumulationWindow,
-    learning_settings,
-    make_accelerator,
-    make_optimizer,
-    optimizer_step,
-    push_output,
-    resume_training,
-    save_checkpoint_if_due,
 )
 from .objectives import DiffusionObjective, regularizer_weights
 from .utils import (
@@ -85,6 +75,11 @@ from .utils import (
     step_generator,
     write_json,
 )
+
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DModel
+    from huggingface_hub import ModelCard
 
 
 __all__ = [
@@ -111,6 +106,7 @@ RESUME_SETTINGS = (
 )  # fmt: skip
 
 FORMULATIONS = ("ddpm", "edm")
+EDM_SCHEDULER_KINDS = ("euler", "dpmsolver")  # `pipelines.edm_pipeline.EDM_SCHEDULERS` (a test keeps them equal)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 DDPM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 # --unet_config default per resolution (the DDPM-paper sizes of models.unet_presets)
@@ -123,6 +119,8 @@ PRESET_BY_RESOLUTION = {32: "ddpm-32", 64: "ddpm-64", 256: "ddpm-256"}
 
 def ddpm_noise_scheduler(num_steps: int = 1000, beta_schedule: str = "linear", prediction_type: str = "epsilon"):
     """The training (and DDPM sampling) schedule: diffusers' `DDPMScheduler` with DDPM's betas 1e-4 to 0.02."""
+    from diffusers import DDPMScheduler
+
     if beta_schedule not in DDPM_BETA_SCHEDULES:
         raise ValueError(f"--ddpm_beta_schedule must be one of {DDPM_BETA_SCHEDULES}, got {beta_schedule!r}.")
     if prediction_type not in PREDICTION_TYPES:
@@ -216,6 +214,10 @@ def total_loss(terms: dict[str, torch.Tensor], fourier_weight: float, wavelet_we
 
 def build_pipeline(args, unet: UNet2DModel):
     """The pipeline that samples `unet` as trained: `DDPMPipeline` (DDPM schedule) or `EDMPipeline`."""
+    from diffusers import DDPMPipeline
+
+    from ..pipelines.edm_pipeline import EDMPipeline, edm_scheduler
+
     if args.formulation == "edm":
         return EDMPipeline(unet=unet, scheduler=edm_scheduler(args.edm_scheduler, sigma_data=EDM_SIGMA_DATA))
     return DDPMPipeline(
@@ -271,7 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--edm_p_mean", type=float, default=EDM_P_MEAN, help="EDM: mean of ln(sigma). (%(default)s)")
     g.add_argument("--edm_p_std", type=float, default=EDM_P_STD, help="EDM: std of ln(sigma). (%(default)s)")
     g.add_argument(
-        "--edm_scheduler", type=str, default="euler", choices=EDM_SCHEDULERS, help="EDM sampler saved in the pipeline."
+        "--edm_scheduler",
+        type=str,
+        default="euler",
+        choices=EDM_SCHEDULER_KINDS,
+        help="EDM sampler saved in the pipeline.",
     )
     g.add_argument("--edm_num_inference_steps", type=int, default=40, help="EDM sampler steps for validation.")
     add_regularizer_args(parser)
@@ -333,6 +339,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def build_model(args) -> UNet2DModel:
     """A fresh UNet2DModel: the preset, or the config of `--model_config_name_or_path`; checked for the data."""
+    from diffusers import UNet2DModel
+
     if args.model_config_name_or_path is None:
         unet = build_unet(args.unet_config, args.resolution)
     else:  # checked by `resolve_args` (unknown keys, sample size, downsampling)
@@ -348,6 +356,17 @@ def build_model(args) -> UNet2DModel:
 
 def train_unconditional(args: argparse.Namespace) -> Path:
     """Train as `args` (from `parse_args`) says; returns the output (pipeline) folder."""
+    from .data import ImageTransform, load_image_dataset, make_image_dataloader
+    from .loop import (
+        AccumulationWindow,
+        learning_settings,
+        make_accelerator,
+        make_optimizer,
+        optimizer_step,
+        resume_training,
+        save_checkpoint_if_due,
+    )
+
     # 1. Accelerator, logging, seeds
     start_time = time.time()
     output_dir = Path(args.output_dir)
@@ -460,6 +479,8 @@ def train_unconditional(args: argparse.Namespace) -> Path:
 @torch.no_grad()
 def validation_samples(args, unet: UNet2DModel, num_images: int, seed: int = 0) -> torch.Tensor:
     """`(num_images, 3, H, W)` samples in [-1, 1] from the pipeline of `unet` (image i seeded `seed + i`)."""
+    from ..pipelines.sampling import pipeline_samples
+
     pipeline = build_pipeline(args, unet)
     pipeline.set_progress_bar_config(disable=True)
     batches = pipeline_samples(
@@ -524,6 +545,9 @@ def _sample_code(args, repo_id: str) -> str:
 def unconditional_card(args, repo_id: str, metrics: dict, config: dict) -> ModelCard:
     """The output folder's model card: the trainer supplies what it knows (formulation, regularisers, how to load,
     the sampling snippet); `pipelines.model_cards.unconditional_model_card` assembles the card."""
+    from ..pipelines.edm_pipeline import edm_scheduler
+    from ..pipelines.model_cards import unconditional_model_card
+
     stock = args.formulation == "ddpm"
     formulation = (
         f"DDPM (Ho et al. 2020), {args.prediction_type} prediction, {args.ddpm_num_steps} steps, "
@@ -555,6 +579,8 @@ def unconditional_card(args, repo_id: str, metrics: dict, config: dict) -> Model
 def write_outputs(args, unet: UNet2DModel, metrics: dict, output_dir: Path) -> Path:
     """The pipeline folder (stock components), `spectrum_info.json`, `metrics.json`, the card and the (dry-run)
     push."""
+    from .loop import push_output
+
     pipeline = build_pipeline(args, unet.to("cpu"))
     pipeline.save_pretrained(output_dir, safe_serialization=True)
     info = {

@@ -84,8 +84,7 @@ _MISMATCH = re.compile(r"were not initialized from the model checkpoint|were not
 # What each command takes: image pipelines (`sample`, `evaluate-pipeline`) or audio ones (`analyze-audio`).
 PIPELINE_KINDS = {
     "image": "an image pipeline (DiTPipeline from train-dit; DDPMPipeline or the EDM folder, a "
-    "ConsistencyModelPipeline, "
-    "from train-unconditional)",
+    "ConsistencyModelPipeline, from train-unconditional)",
     "audio": "an audio pipeline (DanceDiffusionPipeline from train-audio)",
 }
 _KIND_COMMANDS = {"image": "sample / evaluate-pipeline", "audio": "analyze-audio --pipeline"}

@@ -8,7 +8,11 @@ robust decoding with `soundfile`, resampling, channel conversion, seeded crops a
   the file's sample rate, via libsndfile (WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF, ...).
 - `AudioTransform`: resample to `sample_rate` (polyphase, `scipy.signal.resample_poly`), convert to `channels`
   (mono = mean of all channels, stereo from mono = duplicated), then a crop of `sample_size` samples, random or
-  centred; its randomness is a function of `(seed, epoch, position)`, so a resumed run draws the same crops.
+  centred; its randomness is a function of `(seed, epoch, position)`, so a resumed run draws the same crops. It
+  counts clips per source rate (`resampling_summary`) and warns once per rate below `sample_rate` (upsampled audio
+  has empty high bands).
+- `read_clip`: the crop of a file or bytes cell, reading only the frames the crop needs plus the resampler's reach
+  (`soundfile` seek + frames), so a 10-minute file costs what its crop costs; equal to cropping the whole decode.
 - `make_audio_dataloader`: an endless, shuffled, per-process-sharded `DataLoader` of `{"waveforms", "data_position"}`
   batches that resumes from a data position (the same contract as `make_image_dataloader`).
 

@@ -333,7 +333,6 @@ def evaluate_vae(
 
     Returns `(metrics, reconstructions, latents)`: ``latents`` are the posterior samples the spectra describe.
     """
-
     from ..evaluation.diagnostics import posterior_latents
 
     posterior = vae.encode(images).latent_dist

@@ -186,6 +186,19 @@ def test_resume_refuses_settings_that_change_what_the_model_learns(tmp_path):
     assert state["global_step"] == 1 and state["settings"] == settings
 
 
+def test_pruning_deletes_what_the_checkpoint_wrote_and_keeps_a_users_file(tmp_path):
+    checkpointer, model, optimizer = _prepared(tmp_path, limit=1)
+    first = checkpointer.save(1)
+    written = json.loads((first / "extra_state.json").read_text())["files"]
+    assert "optimizer.bin" in written and all((first / name).is_file() for name in written)
+    (first / "notes.txt").write_text("mine")
+    _train_step(model, optimizer)
+    checkpointer.save(2)  # prunes checkpoint-1
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2"]
+    assert [p.relative_to(first).as_posix() for p in first.rglob("*")] == ["notes.txt"]
+    assert (first / "notes.txt").read_text() == "mine"
+
+
 def test_saving_the_same_step_twice_replaces_it(tmp_path):
     checkpointer, _, _ = _prepared(tmp_path)
     checkpointer.save(5, {"v": 1})

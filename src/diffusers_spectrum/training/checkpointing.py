@@ -10,8 +10,9 @@ A checkpoint `output_dir/checkpoint-<step>/` holds
 
 Nothing we write is unpickled on resume. Saving goes to a hidden temporary folder that is renamed into place (an
 atomic rename); pruning renames an old checkpoint to a hidden name *before* deleting it, so a kill at any moment
-leaves only complete `checkpoint-<step>` folders visible. (diffusers and safetensors are imported where used, so the
-trainers' flag parsers stay light.)
+leaves only complete `checkpoint-<step>` folders visible. `extra_state.json` lists the files the checkpoint wrote:
+pruning deletes those, and a file someone else put in the folder stays. (diffusers and safetensors are imported
+where used, so the trainers' flag parsers stay light.)
 """
 
 from __future__ import annotations
@@ -92,20 +93,53 @@ def find_resume_checkpoint(output_dir: str | Path, resume_from_checkpoint: str |
     return path
 
 
+def _foreign_files(folder: Path) -> list[Path]:
+    """Files in a checkpoint folder that the checkpoint did not write (its `extra_state.json` lists what it wrote;
+    a checkpoint from before that list is taken to hold only its own files)."""
+    try:
+        written = json.loads((folder / EXTRA_STATE_NAME).read_text(encoding="utf-8")).get("files")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        written = None
+    if written is None:
+        return []
+    written = set(written) | {EXTRA_STATE_NAME}
+    return [p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() not in written]
+
+
+def _delete(doomed: Path, visible: Path) -> None:
+    """Delete a hidden, being-deleted checkpoint folder; files it did not write (a user's notes) are kept: the
+    checkpoint's own files go and the folder is renamed back to `visible` without its completion marker."""
+    keep = _foreign_files(doomed)
+    if not keep:
+        shutil.rmtree(doomed, ignore_errors=True)
+        return
+    keep_names = {p.relative_to(doomed).as_posix() for p in keep}
+    for path in sorted(doomed.rglob("*"), key=lambda p: -len(p.parts)):
+        if path.is_file() and path.relative_to(doomed).as_posix() not in keep_names:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    if not visible.exists():
+        os.replace(doomed, visible)
+    logger.warning("kept %d file(s) in %s that the checkpoint did not write (%s)", len(keep), visible, keep[0].name)
+
+
 def _remove(path: Path) -> None:
     """Delete a checkpoint folder so that no half-deleted folder is ever visible under a checkpoint name: rename it
-    to a hidden name first (atomic), then delete."""
+    to a hidden name first (atomic), then delete what the checkpoint wrote (`_delete`)."""
     doomed = path.with_name(f".{path.name}.deleting")
-    shutil.rmtree(doomed, ignore_errors=True)
+    if doomed.exists():
+        _delete(doomed, path.with_name(path.name + ".kept"))
     os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
+    _delete(doomed, path)
 
 
 def _clean_leftovers(output_dir: Path) -> None:
-    """Remove hidden temporary / being-deleted folders a killed run left behind."""
+    """Remove the hidden temporary / being-deleted checkpoint folders a killed run left behind (files in them that a
+    checkpoint did not write are kept, `_delete`)."""
     for path in output_dir.glob(f".{CHECKPOINT_PREFIX}*"):
         if path.is_dir() and path.name.endswith((".tmp", ".old", ".deleting")):
-            shutil.rmtree(path, ignore_errors=True)
+            _delete(path, path.with_name(path.name[1:].rsplit(".", 1)[0]))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -241,6 +275,8 @@ class Checkpointer:
         accelerator.save_state(str(temporary), safe_serialization=True)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            # what this checkpoint wrote (pruning deletes these and nothing else), then the completion marker
+            state["files"] = sorted(p.relative_to(temporary).as_posix() for p in temporary.rglob("*") if p.is_file())
             write_json(temporary / EXTRA_STATE_NAME, state)  # completion marker, written last
             if final.exists():  # a same-step checkpoint (a re-run) is replaced
                 _remove(final)

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     from diffusers_spectrum.demo import start_demo_folder
     from diffusers_spectrum.run_folders import record_run_files
 
-    out, before = start_demo_folder(args.output_dir, "readme-figures", "plain_vae")
+    out, before = start_demo_folder(args.output_dir, "readme-figures")
 
     import torch
 

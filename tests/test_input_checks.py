@@ -109,6 +109,21 @@ def test_latent_statistics_of_a_well_scaled_cache_are_near_one_and_a_10x_scale_w
     assert suggested == pytest.approx(settings["scaling_factor"], rel=0.05)
 
 
+def test_a_cache_is_not_reused_after_its_vae_was_retrained_in_place(images, tmp_path, capsys):
+    vae_dir = tmp_path / "vae"
+    tiny_vae().save_pretrained(vae_dir)
+    argv = ["cache-latents", "--pretrained_vae", str(vae_dir), "--train_data_dir", str(images), "--resolution", "16",
+            "--output_dir", str(tmp_path / "cache")]  # fmt: skip
+    assert run(argv, capsys)[0] == 0
+    assert run(argv, capsys)[0] == 0  # the same VAE: the complete cache is reused
+    vae = tiny_vae()
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.add_(0.1)  # "retrained" in place
+    vae.save_pretrained(vae_dir)
+    code, err = run(argv, capsys)
+    assert code == 1 and "different settings (vae_weights_sha256; the VAE weights changed since)" in err
+
+
 @pytest.mark.slow
 def test_resuming_an_edm_run_as_ddpm_is_refused_naming_the_flag(tmp_path):
     common = ["--unet_config", "tiny", "--resolution", "16", "--train_batch_size", "2", "--checkpointing_steps", "1",

@@ -66,11 +66,12 @@ def _stage(number: int, title: str) -> float:
     return time.time()
 
 
-def start_demo_folder(output_dir: str | Path, command: str, signature: str) -> tuple[Path, set[str]]:
+def start_demo_folder(output_dir: str | Path, command: str, signature: str | None = None) -> tuple[Path, set[str]]:
     """Claim `output_dir` for a demo run (`run_folders.claim_output_dir`: a new or empty folder, or an earlier run of
-    the same demo; anything else is refused) and remove the files the earlier run recorded as its own, so every
-    stage starts fresh while a file the user put there stays (one line says which were kept). Returns the folder and
-    the files present before this run (for `run_folders.record_run_files`)."""
+    the same demo; anything else, a demo folder from before run records included, is refused) and remove the files
+    the earlier run recorded as its own, so every stage starts fresh while a file the user put there stays (one line
+    says which were kept). Returns the folder and the files present before this run (for
+    `run_folders.record_run_files`)."""
     folder = claim_output_dir(output_dir, command, signature)
     removed, kept = remove_recorded_files(folder)
     if kept:
@@ -89,7 +90,7 @@ def run_demo(
     `num_threads` sets torch's intra-op threads (None keeps torch's default). The demo's models are tiny, so extra
     threads gain little, while OpenMP threads that wait on a core another process is using slow down by 10-30x.
     """
-    output_dir, before = start_demo_folder(output_dir, "demo", "demo_summary.json")
+    output_dir, before = start_demo_folder(output_dir, "demo")
     import torch
 
     if num_threads is not None:

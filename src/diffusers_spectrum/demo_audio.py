@@ -39,7 +39,7 @@ def run_audio_demo(output_dir, quick: bool = False, seed: int = 0, num_threads: 
     from .training.audio import generate_audio, parse_args, train_audio, write_wavs
     from .training.audio_data import AudioTransform, audio_batches, embedded_audio_dir, load_audio_dataset
 
-    output_dir, before = start_demo_folder(output_dir, "demo-audio", "demo_audio_summary.json")
+    output_dir, before = start_demo_folder(output_dir, "demo-audio")
     torch.set_num_threads(num_threads)
     settings = QUICK if quick else FULL
     started = time.time()

@@ -223,6 +223,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # Main
 
 
+def vae_weights_fingerprint(path: str, subfolder: str | None = None) -> str | None:
+    """SHA-256 of a local VAE folder's weight files (a pipeline folder's `vae/`), or None for a Hub id: recorded in
+    the cache's settings, so re-running the cache command after the VAE was retrained in place re-encodes instead of
+    resuming (or returning) latents of the old weights."""
+    import hashlib
+
+    folder = Path(path) / subfolder if subfolder else Path(path)
+    if not folder.is_dir():
+        return None
+    if not (folder / "config.json").is_file() and (folder / "vae" / "config.json").is_file():
+        folder = folder / "vae"
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*")):
+        if file.suffix in (".safetensors", ".bin") and file.is_file():
+            with open(file, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
 def cache_latents(args: argparse.Namespace) -> dict:
     """Encode as `args` (from `parse_args`) says; returns the cache info (`cache_info.json`)."""
     from ..models.encoders import RepresentationEncoder
@@ -257,6 +277,8 @@ def cache_latents(args: argparse.Namespace) -> dict:
     args.label_column = detect_label_column(dataset, args.label_column, args.unconditional)
     transform = ImageTransform(args.resolution, center_crop=not args.random_crop, seed=args.seed)
     metadata = {
+        # the VAE's weights, so a cache is never resumed (or reused) with latents of another training of the VAE
+        "vae_weights_sha256": vae_weights_fingerprint(args.pretrained_vae, args.vae_subfolder),
         # a local VAE is recorded by absolute path, so the DiT trainer finds it from any working directory
         "pretrained_vae": str(Path(args.pretrained_vae).resolve())
         if Path(args.pretrained_vae).exists()

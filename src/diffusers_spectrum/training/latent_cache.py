@@ -208,8 +208,9 @@ def write_latent_cache(
         changed = sorted(k for k in keys if settings.get(k) != previous["settings"].get(k))
         if changed:
             raise ValueError(
-                f"{output_dir} already holds a latent cache made with different settings ({', '.join(changed)}); "
-                "pass a new output_dir (or delete the folder) to start over."
+                f"{output_dir} already holds a latent cache made with different settings ({', '.join(changed)}"
+                f"{'; the VAE weights changed since' if 'vae_weights_sha256' in changed else ''}); pass a new "
+                "output_dir (or delete the folder) to start over."
             )
         info = previous
         intact = _intact_shards(output_dir, info["shards"], info.get("latent_shape"))

@@ -48,7 +48,12 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 steps, 1 seed (a smoke test).")
     parser.add_argument("--output_dir", default=str(REPO / "docs"), help="where the JSON / PNG (/ AUDIO.md) go.")
     parser.add_argument("--work_dir", default=None, help="training folders (default: a temporary folder).")
-    parser.add_argument("--num_threads", type=int, default=1, help="torch threads (1: two threads on the shared 2-core machine oversubscribe).")
+    parser.add_argument(
+        "--num_threads",
+        type=int,
+        default=1,
+        help="torch threads (1: two threads on the shared 2-core machine oversubscribe).",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds.")
     return parser.parse_args(argv)
 
@@ -211,6 +216,10 @@ def main(argv=None) -> dict:
     previous = json.loads(json_path.read_text()) if json_path.exists() else {}
     runs = previous.get("runs", {}) if previous.get("settings") == settings else {}
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="audio-ablation-"))
+    # a given --work_dir must be new, empty or this study's: its data/ and run folders are replaced, nothing else
+    from diffusers_spectrum.run_folders import claim_output_dir
+
+    claim_output_dir(work, "ablate-audio-regularization", "data", flag="--work_dir")
     started = time.time()
     train_dir, heldout_dir = split_embedded(work / "data")
     real = band_powers(heldout_dir, settings)

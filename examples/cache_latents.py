@@ -10,8 +10,11 @@ Re-running the same command after an interruption continues after the last compl
 `diffusers_spectrum.training.cache` (also `diffusers-spectrum cache-latents`).
 """
 
+import sys
+
+from diffusers_spectrum.cli import run_script
 from diffusers_spectrum.training.cache import cache_latents, parse_args
 
 
-if __name__ == "__main__":
-    cache_latents(parse_args())
+if __name__ == "__main__":  # bad flags or data: one line "cache_latents.py: error: ..." (exit 2 / 1), no traceback
+    sys.exit(run_script(parse_args, cache_latents))

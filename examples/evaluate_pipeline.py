@@ -13,12 +13,9 @@ the pipeline's guidance default (1.8 for class-conditional pipelines; `--guidanc
 
 import sys
 
+from diffusers_spectrum.cli import run_script
 from diffusers_spectrum.evaluation.evaluate import evaluate_pipeline, parse_pipeline_args
 
 
-if __name__ == "__main__":
-    args = parse_pipeline_args()
-    try:
-        evaluate_pipeline(args)
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"evaluate_pipeline.py: error: {error}")
+if __name__ == "__main__":  # bad flags or data: one line "evaluate_pipeline.py: error: ..." (exit 2 / 1), no traceback
+    sys.exit(run_script(parse_pipeline_args, evaluate_pipeline))

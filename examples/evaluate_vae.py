@@ -11,12 +11,9 @@ in `diffusers_spectrum.evaluation.evaluate` (also `diffusers-spectrum evaluate-v
 
 import sys
 
+from diffusers_spectrum.cli import run_script
 from diffusers_spectrum.evaluation.evaluate import evaluate_vae, parse_vae_args
 
 
-if __name__ == "__main__":
-    args = parse_vae_args()
-    try:
-        evaluate_vae(args)
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"evaluate_vae.py: error: {error}")
+if __name__ == "__main__":  # bad flags or data: one line "evaluate_vae.py: error: ..." (exit 2 / 1), no traceback
+    sys.exit(run_script(parse_vae_args, evaluate_vae))

@@ -9,8 +9,11 @@ size. Writes one PNG per image, `grid.png` and `samples.json`. The code lives in
 `diffusers_spectrum.pipelines.sampling` (also `diffusers-spectrum sample`).
 """
 
+import sys
+
+from diffusers_spectrum.cli import run_script
 from diffusers_spectrum.pipelines.sampling import parse_args, sample
 
 
-if __name__ == "__main__":
-    sample(parse_args())
+if __name__ == "__main__":  # bad flags or data: one line "sample.py: error: ..." (exit 2 / 1), no traceback
+    sys.exit(run_script(parse_args, sample))

@@ -5,8 +5,13 @@
         --stft_weight 0.1 --use_ema --output_dir audio-run
 """
 
+import sys
+
+from diffusers_spectrum.cli import run_script
 from diffusers_spectrum.training.audio import parse_args, train_audio
 
 
-if __name__ == "__main__":
-    train_audio(parse_args())
+if (
+    __name__ == "__main__"
+):  # bad flags or data: one line "train_audio_diffusion.py: error: ..." (exit 2 / 1), no traceback
+    sys.exit(run_script(parse_args, train_audio))

@@ -12,8 +12,11 @@ Multi-GPU / multi-node: `accelerate launch examples/train_dit_repa.py ...`. The 
 `diffusers_spectrum.training.dit` (also `diffusers-spectrum train-dit`).
 """
 
+import sys
+
+from diffusers_spectrum.cli import run_script
 from diffusers_spectrum.training.dit import parse_args, train_dit
 
 
-if __name__ == "__main__":
-    train_dit(parse_args())
+if __name__ == "__main__":  # bad flags or data: one line "train_dit_repa.py: error: ..." (exit 2 / 1), no traceback
+    sys.exit(run_script(parse_args, train_dit))

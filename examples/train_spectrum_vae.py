@@ -8,8 +8,13 @@ flags given explicitly win. See `--help`. The loop lives in `diffusers_spectrum.
 `diffusers-spectrum train-vae`).
 """
 
+import sys
+
+from diffusers_spectrum.cli import run_script
 from diffusers_spectrum.training.vae import parse_args, train_vae
 
 
-if __name__ == "__main__":
-    train_vae(parse_args())
+if (
+    __name__ == "__main__"
+):  # bad flags or data: one line "train_spectrum_vae.py: error: ..." (exit 2 / 1), no traceback
+    sys.exit(run_script(parse_args, train_vae))

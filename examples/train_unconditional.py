@@ -4,8 +4,13 @@ Thin wrapper: the loop lives in `diffusers_spectrum.training.unconditional` (als
 train-unconditional`). Flags follow diffusers' `examples/unconditional_image_generation/train_unconditional.py`.
 """
 
+import sys
+
+from diffusers_spectrum.cli import run_script
 from diffusers_spectrum.training.unconditional import parse_args, train_unconditional
 
 
-if __name__ == "__main__":
-    train_unconditional(parse_args())
+if (
+    __name__ == "__main__"
+):  # bad flags or data: one line "train_unconditional.py: error: ..." (exit 2 / 1), no traceback
+    sys.exit(run_script(parse_args, train_unconditional))

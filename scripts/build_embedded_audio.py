@@ -21,7 +21,6 @@ package), write 16-bit FLAC. Run: `python scripts/build_embedded_audio.py`.
 import argparse
 import hashlib
 import json
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -124,11 +123,24 @@ def _convert(source: Path, target: Path) -> float:
     return round(len(mono) / SAMPLE_RATE, 3)
 
 
+def _remove_previous_build(output_dir: Path) -> None:
+    """Delete what an earlier build wrote (the clips its `metadata.jsonl` lists, that file and LICENSES.md), nothing
+    else: the folder may hold files this script did not write."""
+    metadata = output_dir / "metadata.jsonl"
+    if metadata.is_file():
+        for line in metadata.read_text(encoding="utf-8").splitlines():
+            name = json.loads(line).get("file_name", "") if line.strip() else ""
+            if name and "/" not in name and (output_dir / name).is_file():
+                (output_dir / name).unlink()
+    for name in ("metadata.jsonl", "LICENSES.md"):
+        if (output_dir / name).is_file():
+            (output_dir / name).unlink()
+
+
 def build(output_dir: Path) -> list[dict]:
     theme_version, flite_version = _package_version("sound-theme-freedesktop"), _package_version("flite")
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _remove_previous_build(output_dir)
     records = []
     # 1. Desktop sounds (Creative Commons)
     for stem, holder, (license_name, license_url) in THEME_SOUNDS:

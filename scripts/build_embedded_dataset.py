@@ -53,8 +53,11 @@ def crops_of(image: np.ndarray, num_crops: int, size: int, rng: np.random.Genera
 def build(output_dir: Path, crops_per_source: int = 16, size: int = 64, seed: int = 0) -> int:
     """Write the PNGs and `metadata.jsonl` into `output_dir`; returns the number of images."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    for old in output_dir.glob("*.png"):
-        old.unlink()
+    metadata = output_dir / "metadata.jsonl"  # an earlier build's images: replaced; any other file is kept
+    for line in metadata.read_text(encoding="utf-8").splitlines() if metadata.is_file() else ():
+        name = json.loads(line).get("file_name", "") if line.strip() else ""
+        if name and "/" not in name and (output_dir / name).is_file():
+            (output_dir / name).unlink()
     rng = np.random.default_rng(seed)
     rows = []
     for label, name in enumerate(SOURCES):

@@ -25,12 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="readme-run", help="Scratch folder for the runs (replaced).")
+    parser.add_argument(
+        "--output_dir",
+        default="readme-run",
+        help="Scratch folder for the runs: new, empty or an earlier run of this script (its own files are replaced).",
+    )
     args = parser.parse_args(argv)
-    out = Path(args.output_dir)
     docs = REPO / "docs"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    from diffusers_spectrum.demo import start_demo_folder
+    from diffusers_spectrum.run_folders import record_run_files
+
+    out, before = start_demo_folder(args.output_dir, "readme-figures")
 
     import torch
 
@@ -80,6 +85,7 @@ def main(argv=None) -> int:
         if (compare / name).is_file():
             shutil.copyfile(compare / name, docs / "compare_spectra.md")
             break
+    record_run_files(out, before)
     print(f"total: {time.time() - start:.0f} s")
     return 0
 

@@ -207,11 +207,11 @@ def test_encoder_view_reports_spectrum_and_rmsc_before_and_after_each_filter(tmp
 
 
 def test_analyze_reports_clear_errors(tiny_vae_dir, tmp_path, capsys):
-    base = ["analyze", "--output_dir", str(tmp_path), "--no_progress", "--num_samples", "1"]
+    base = ["analyze", "--output_dir", str(tmp_path / "out"), "--no_progress", "--num_samples", "1"]
     assert cli.main(base + ["--vae", str(tmp_path / "missing")]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert cli.main(base + ["--vae", str(tiny_vae_dir), "--data", str(tmp_path / "nodata")]) == 2
-    assert "dataset path" in capsys.readouterr().err
+    assert "--data " + str(tmp_path / "nodata") + ": no such folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli.main(base + ["--vae", str(tiny_vae_dir), "--data", str(tmp_path / "empty"), "--resolution", "32"]) == 2
     assert "Could not read the dataset" in capsys.readouterr().err

@@ -52,16 +52,29 @@ def test_demo_quick_writes_loadable_pipeline_sample_grid_and_spectrum_report(tmp
 @pytest.mark.slow
 def test_a_non_editable_install_runs_the_demo_from_another_folder(tmp_path):
     """`pip install .` (a built wheel, not editable) into a fresh venv, then the demo from an unrelated folder: the
-    package must not need the repository's examples/ or any file outside the wheel."""
+    package must not need the repository's examples/ or any file outside the wheel.
+
+    The wheel is built offline by the test environment's own pip and setuptools (the venv has no pip of its own, so
+    it uses theirs; `.[test]` pins setuptools >= 70.1, which builds wheels itself, as pyproject.toml declares), with
+    any installed `wheel` package shadowed by setuptools' own vendored copy: what a fresh machine without `wheel`
+    has."""
+    import setuptools
+
+    vendored = Path(setuptools.__file__).parent / "_vendor" / "wheel"
+    assert vendored.is_dir(), f"setuptools {setuptools.__version__} cannot build wheels itself; pip install -e .[test]"
+    shadow = tmp_path / "no_installed_wheel"
+    shadow.mkdir()
+    (shadow / "wheel").symlink_to(vendored, target_is_directory=True)
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     build = tmp_path / "build"
-    subprocess.run(
+    built = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-cache-dir",
-         "--target", str(build), str(REPO)],
-        check=True, capture_output=True, timeout=600,
+         "--no-index", "--target", str(build), str(REPO)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(shadow)},
     )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(build), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -260,7 +260,7 @@ def test_ddpm_folder_loads_with_plain_diffusers_and_samples_with_ddpm_and_ddim(t
 
 @pytest.mark.slow
 def test_edm_folder_samples_with_the_edm_scheduler_and_stock_consistency_pipeline(tmp_path):
-    from diffusers import ConsistencyModelPipeline, EDMEulerScheduler, UNet2DModel
+    from diffusers import ConsistencyModelPipeline, DiffusionPipeline, EDMEulerScheduler, UNet2DModel
 
     from diffusers_spectrum.pipelines.edm_pipeline import EDMPipeline
 
@@ -273,7 +273,12 @@ def test_edm_folder_samples_with_the_edm_scheduler_and_stock_consistency_pipelin
     stock_images = stock(batch_size=2, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
     assert np.allclose(images, stock_images, atol=1e-5)
     card = (out / "README.md").read_text()
-    assert "EDMPipeline.from_pretrained" in card and "ConsistencyModelPipeline.from_pretrained" in card
+    assert "EDMPipeline.from_pretrained" in card and "DiffusionPipeline.from_pretrained" in card
+    # plain diffusers: model_index.json names the stock ConsistencyModelPipeline (same loop, same images)
+    plain = DiffusionPipeline.from_pretrained(out)
+    assert type(plain) is ConsistencyModelPipeline
+    plain_images = plain(batch_size=2, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
+    np.testing.assert_array_equal(plain_images, stock_images)
 
 
 @pytest.mark.slow

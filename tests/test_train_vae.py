@@ -244,7 +244,9 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(script, tmp_p
 @pytest.mark.slow
 def test_nonfinite_losses_are_skipped_reported_and_stop_the_run(script, tmp_path, monkeypatch):
     data = _image_folder(tmp_path / "data", count=4, corrupt=0)
-    real_loss = script.reconstruction_loss
+    from diffusers_spectrum.losses import autoencoder as losses  # the trainer imports its losses from here on use
+
+    real_loss = losses.reconstruction_loss
     calls = {"n": 0}
 
     def nan_on_second_call(*args, **kwargs):
@@ -260,7 +262,7 @@ def test_nonfinite_losses_are_skipped_reported_and_stop_the_run(script, tmp_path
             "--max_nonfinite_steps", "2",
         ])  # fmt: skip
 
-    monkeypatch.setattr(script, "reconstruction_loss", nan_on_second_call)
+    monkeypatch.setattr(losses, "reconstruction_loss", nan_on_second_call)
     script.train_vae(args_for(tmp_path / "one_nan", 3))
     out = tmp_path / "one_nan"
     assert json.loads((out / "metrics.json").read_text())["nonfinite_steps"] == 1
@@ -273,17 +275,18 @@ def test_nonfinite_losses_are_skipped_reported_and_stop_the_run(script, tmp_path
     after_three = load_file(out / "checkpoint-3" / "vae" / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(after[k], after_three[k]) for k in after)
 
-    monkeypatch.setattr(script, "reconstruction_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
+    monkeypatch.setattr(losses, "reconstruction_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
     with pytest.raises(RuntimeError, match="2 steps in a row"):
         script.train_vae(args_for(tmp_path / "all_nan", 5))
 
 
 DDP_PROBE = """
 import json, sys, torch
+from diffusers_spectrum.losses import autoencoder as losses
 from diffusers_spectrum.training import vae as script
 
 nan_call = int(sys.argv[1])  # 1-based call of reconstruction_loss on process 1 that returns NaN (0: none)
-real_loss, calls = script.reconstruction_loss, {"n": 0}
+real_loss, calls = losses.reconstruction_loss, {"n": 0}
 real_save = script.Checkpointer.save
 
 
@@ -305,7 +308,7 @@ def save_and_probe(self, global_step, *args, **kwargs):
     return real_save(self, global_step, *args, **kwargs)
 
 
-script.reconstruction_loss = loss_with_injected_nan
+losses.reconstruction_loss = loss_with_injected_nan
 script.Checkpointer.save = save_and_probe
 script.train_vae(script.parse_args(sys.argv[2:]))
 """

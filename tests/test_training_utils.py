@@ -155,6 +155,50 @@ def test_resuming_never_unpickles_a_planted_payload(tmp_path):
     assert not marker.exists()
 
 
+def test_a_planted_pickle_in_the_optimizer_state_is_one_error_naming_the_file(tmp_path):
+    checkpointer, model, optimizer = _prepared(tmp_path / "run")
+    _train_step(model, optimizer)
+    path = checkpointer.save(1)
+    marker = tmp_path / "pwned"
+    with open(path / "optimizer.bin", "wb") as f:
+        pickle.dump(_Payload(marker), f)
+    with pytest.raises(ValueError) as caught:
+        checkpointer.resume("latest")
+    message = str(caught.value)
+    assert "\n" not in message and str(path / "optimizer.bin") in message and "Delete" in message
+    assert not marker.exists()
+
+
+def test_resume_refuses_settings_that_change_what_the_model_learns(tmp_path):
+    def checkpointer_with(settings):
+        checkpointer, _, _ = _prepared(tmp_path)
+        checkpointer.settings = settings
+        return checkpointer
+
+    settings = {"formulation": "edm", "resolution": 32, "fourier_on": True}
+    checkpointer_with(settings).save(1)
+    with pytest.raises(ValueError) as caught:
+        checkpointer_with({"formulation": "ddpm", "resolution": 32, "fourier_on": False}).resume("latest")
+    message = str(caught.value)
+    assert "--formulation 'edm' -> 'ddpm'" in message and "--fourier_on True -> False" in message
+    assert "resolution" not in message and "\n" not in message
+    state = checkpointer_with(dict(settings)).resume("latest")
+    assert state["global_step"] == 1 and state["settings"] == settings
+
+
+def test_pruning_deletes_what_the_checkpoint_wrote_and_keeps_a_users_file(tmp_path):
+    checkpointer, model, optimizer = _prepared(tmp_path, limit=1)
+    first = checkpointer.save(1)
+    written = json.loads((first / "extra_state.json").read_text())["files"]
+    assert "optimizer.bin" in written and all((first / name).is_file() for name in written)
+    (first / "notes.txt").write_text("mine")
+    _train_step(model, optimizer)
+    checkpointer.save(2)  # prunes checkpoint-1
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2"]
+    assert [p.relative_to(first).as_posix() for p in first.rglob("*")] == ["notes.txt"]
+    assert (first / "notes.txt").read_text() == "mine"
+
+
 def test_saving_the_same_step_twice_replaces_it(tmp_path):
     checkpointer, _, _ = _prepared(tmp_path)
     checkpointer.save(5, {"v": 1})

@@ -1,75 +1,107 @@
-"""diffusers-spectrum: Spectrum Matching (ESM / DSM), DoG-REPA and spectral tools for latent diffusion on diffusers."""
+"""diffusers-spectrum: Spectrum Matching (ESM / DSM), DoG-REPA and spectral tools for latent diffusion on diffusers.
 
-# diffusers' pipeline loader looks the base classes up on the library named in `model_index.json`
-# (`["diffusers_spectrum", "SpectrumAutoencoderKL"]`), so they must be attributes of this package too.
-from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin  # noqa: F401
+The package root is lazy (PEP 562, as diffusers' own): every public name is imported from its module on first use,
+so `import diffusers_spectrum` is instant and `from diffusers_spectrum import esm_loss` loads the spectral maths
+only. `diffusers_spectrum.SpectrumAutoencoderKL` etc. resolve as attributes, which diffusers' pipeline loader
+needs: it looks each component's class up on the library named in `model_index.json`
+(`["diffusers_spectrum", "SpectrumAutoencoderKL"]`), and the base classes `DiffusionPipeline`, `ModelMixin`,
+`SchedulerMixin` on the same library.
+"""
 
+from ._lazy import lazy_namespace
 from ._version import __version__  # noqa: F401
-from .evaluation.analyze import analyze_vae, compare_vaes
-from .evaluation.diagnostics import (
-    SpectrumStatistics,
-    posterior_latents,
-    power_law_field,
-    spectrum_summary,
-    spectrum_verdict,
-)
-from .evaluation.encoder_analysis import analyze_encoder
-from .evaluation.generation_metrics import laplacian_pyramid, pyramid_swd, sliced_wasserstein, spectrum_distance
-from .evaluation.metrics import frechet_distance, frechet_distance_from_stats, psnr, reconstruction_metrics, ssim
-from .losses import (
-    EquivarianceTransform,
-    VFAlignmentLoss,
-    equivariance_targets,
-    multi_resolution_stft_loss,
-    repa_loss,
-    sample_equivariance_transform,
-    vf_adaptive_weight,
-    vf_alignment_terms,
-)
-from .losses.dct import dct_weighted_mse
-from .losses.spectral_regularizers import fourier_loss, wavelet_loss
-from .models import (
-    LatentStats,
-    REPADiTTransformer2DModel,
-    REPADiTTransformer2DModelOutput,
-    RepresentationEncoder,
-    SpectrumAutoencoderKL,
-    SpectrumAutoencoderKLTrainingOutput,
-    build_unet,
-    check_class_labels,
-    default_repa_depth,
-    drop_labels,
-    fold_latent_shift,
-    latent_convention,
-    latents_from_vae,
-    latents_to_vae,
-    load_autoencoder,
-)
-from .pipelines.dct_transform import DCTTransform
-from .pipelines.edm_pipeline import EDMPipeline, edm_scheduler
-from .pipelines.export import export_pipeline, export_vae
-from .pipelines.sampling import load_pipeline, pipeline_samples
-from .pipelines.schedulers import default_scheduler, flow_matching_scheduler, snr_scaled_scheduler
-from .spectral import (
-    apply_target_filter,
-    blockwise_dct_2d,
-    blockwise_idct_2d,
-    dct_2d,
-    dog_filter,
-    dsm_lowpass,
-    esm_loss,
-    idct_2d,
-    power_law_slope,
-    radial_spectrum,
-    rmsc,
-    spatial_normalize,
-    spectral_kl,
-)
-from .spectral.audio import band_power_spectrum, log_spectral_distance, spectral_slope
-from .training.audio_data import AudioTransform, embedded_audio_dir, load_audio_dataset
-from .training.dct_statistics import estimate_dct_eta, estimate_dct_statistics, estimate_entropy_weights
-from .training.edm import edm_denoise, edm_loss_weight, edm_sample_sigmas
-from .training.objectives import DiffusionObjective, x0_from_edm, x0_from_epsilon, x0_from_flow, x0_from_v
+
+
+# public name -> the module that defines it
+_LAZY_NAMES = {
+    "DiffusionPipeline": "diffusers",
+    "ModelMixin": "diffusers",
+    "SchedulerMixin": "diffusers",
+    "analyze_vae": ".evaluation.analyze",
+    "compare_vaes": ".evaluation.analyze",
+    "SpectrumStatistics": ".evaluation.diagnostics",
+    "posterior_latents": ".evaluation.diagnostics",
+    "power_law_field": ".evaluation.diagnostics",
+    "spectrum_summary": ".evaluation.diagnostics",
+    "spectrum_verdict": ".evaluation.diagnostics",
+    "analyze_encoder": ".evaluation.encoder_analysis",
+    "laplacian_pyramid": ".evaluation.generation_metrics",
+    "pyramid_swd": ".evaluation.generation_metrics",
+    "sliced_wasserstein": ".evaluation.generation_metrics",
+    "spectrum_distance": ".evaluation.generation_metrics",
+    "frechet_distance": ".evaluation.metrics",
+    "frechet_distance_from_stats": ".evaluation.metrics",
+    "psnr": ".evaluation.metrics",
+    "reconstruction_metrics": ".evaluation.metrics",
+    "ssim": ".evaluation.metrics",
+    "EquivarianceTransform": ".losses",
+    "VFAlignmentLoss": ".losses",
+    "equivariance_targets": ".losses",
+    "multi_resolution_stft_loss": ".losses",
+    "repa_loss": ".losses",
+    "sample_equivariance_transform": ".losses",
+    "vf_adaptive_weight": ".losses",
+    "vf_alignment_terms": ".losses",
+    "dct_weighted_mse": ".losses.dct",
+    "fourier_loss": ".losses.spectral_regularizers",
+    "wavelet_loss": ".losses.spectral_regularizers",
+    "LatentStats": ".models",
+    "REPADiTTransformer2DModel": ".models",
+    "REPADiTTransformer2DModelOutput": ".models",
+    "RepresentationEncoder": ".models",
+    "SpectrumAutoencoderKL": ".models",
+    "SpectrumAutoencoderKLTrainingOutput": ".models",
+    "build_unet": ".models",
+    "check_class_labels": ".models",
+    "default_repa_depth": ".models",
+    "drop_labels": ".models",
+    "fold_latent_shift": ".models",
+    "latent_convention": ".models",
+    "latents_from_vae": ".models",
+    "latents_to_vae": ".models",
+    "load_autoencoder": ".models",
+    "DCTTransform": ".pipelines.dct_transform",
+    "EDMPipeline": ".pipelines.edm_pipeline",
+    "edm_scheduler": ".pipelines.edm_pipeline",
+    "export_pipeline": ".pipelines.export",
+    "export_vae": ".pipelines.export",
+    "load_pipeline": ".pipelines.sampling",
+    "pipeline_samples": ".pipelines.sampling",
+    "default_scheduler": ".pipelines.schedulers",
+    "flow_matching_scheduler": ".pipelines.schedulers",
+    "snr_scaled_scheduler": ".pipelines.schedulers",
+    "apply_target_filter": ".spectral",
+    "blockwise_dct_2d": ".spectral",
+    "blockwise_idct_2d": ".spectral",
+    "dct_2d": ".spectral",
+    "dog_filter": ".spectral",
+    "dsm_lowpass": ".spectral",
+    "esm_loss": ".spectral",
+    "idct_2d": ".spectral",
+    "power_law_slope": ".spectral",
+    "radial_spectrum": ".spectral",
+    "rmsc": ".spectral",
+    "spatial_normalize": ".spectral",
+    "spectral_kl": ".spectral",
+    "band_power_spectrum": ".spectral.audio",
+    "log_spectral_distance": ".spectral.audio",
+    "spectral_slope": ".spectral.audio",
+    "AudioTransform": ".training.audio_data",
+    "embedded_audio_dir": ".training.audio_data",
+    "load_audio_dataset": ".training.audio_data",
+    "estimate_dct_eta": ".training.dct_statistics",
+    "estimate_dct_statistics": ".training.dct_statistics",
+    "estimate_entropy_weights": ".training.dct_statistics",
+    "edm_denoise": ".training.edm",
+    "edm_loss_weight": ".training.edm",
+    "edm_sample_sigmas": ".training.edm",
+    "DiffusionObjective": ".training.objectives",
+    "x0_from_edm": ".training.objectives",
+    "x0_from_epsilon": ".training.objectives",
+    "x0_from_flow": ".training.objectives",
+    "x0_from_v": ".training.objectives",
+}
+__getattr__, __dir__ = lazy_namespace(__name__, _LAZY_NAMES, globals())
 
 
 __all__ = [

@@ -6,6 +6,7 @@ loop, so `diffusers-spectrum train-vae ARGS` and `python examples/train_spectrum
 
 import argparse
 import importlib
+import os
 import sys
 
 
@@ -59,6 +60,47 @@ SUBCOMMANDS = {
     ),
 }
 
+# Input flags checked before the subcommand's module (torch, diffusers, ...) is imported, so a mistyped local path
+# answers at once: LOCAL_FLAGS name local files or folders only; the others take a local path or a Hub id, and are
+# checked when the value looks like a local path (`models.checks.looks_local`).
+LOCAL_FLAGS = ("--train_data_dir", "--audio_dir", "--reference_dir", "--model_config_name_or_path")
+PATH_OR_HUB_FLAGS = (
+    "--vae", "--compare", "--data", "--encoder", "--pipeline", "--pretrained_vae", "--latent_dataset",
+    "--pretrained_model_name_or_path", "--pretrained_transformer", "--pretrained_unet", "--repa_encoder",
+    "--vf_encoder", "--dataset_name", "--reference_dataset",
+)  # fmt: skip
+
+
+def _flag_values(argv: list[str], flag: str) -> list[str]:
+    """Values given to `flag` in `argv` (`--flag v`, `--flag=v`; every value of an `nargs="+"` flag)."""
+    values = []
+    for index, item in enumerate(argv):
+        if item.startswith(flag + "="):
+            values.append(item.split("=", 1)[1])
+        elif item == flag:
+            for value in argv[index + 1 :]:
+                if value.startswith("--"):
+                    break
+                values.append(value)
+                if flag != "--compare":
+                    break
+    return values
+
+
+def missing_local_path(argv: list[str]) -> str | None:
+    """The first input flag of `argv` naming a local path that does not exist, as an error message, or None."""
+    from .models.checks import looks_local  # standard library + huggingface_hub's id check: cheap
+
+    for flag in LOCAL_FLAGS + PATH_OR_HUB_FLAGS:
+        for value in _flag_values(argv, flag):
+            if not value or os.path.exists(os.path.expanduser(value)):
+                continue
+            if flag in LOCAL_FLAGS:
+                return f"{flag} {value}: no such folder or file; check the path."
+            if looks_local(value):
+                return f"{flag} {value}: no such folder (a local path that does not exist); check the path."
+    return None
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -68,16 +110,42 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         parser.parse_args(argv[:1] or ["--help"])
-    module_name, parse_name, run_name, _ = SUBCOMMANDS[argv[0]]
-    module = importlib.import_module(module_name)
-    if parse_name is None:
-        return getattr(module, run_name)(argv[1:]) or 0
-    sys.argv[0] = f"diffusers-spectrum {argv[0]}"  # argparse's usage line names the subcommand
-    args = getattr(module, parse_name)(argv[1:])
+    command = argv[0]
+    prog = f"diffusers-spectrum {command}"
+    module_name, parse_name, run_name, _ = SUBCOMMANDS[command]
+    if "-h" not in argv and "--help" not in argv:
+        message = missing_local_path(argv[1:])
+        if message is not None:  # as the subcommand would say it: its return value, or argparse's exit status
+            if parse_name is None:
+                print(f"{prog}: error: {message}", file=sys.stderr)
+                return 2
+            parser.exit(2, f"{prog}: error: {message}\n")
+    sys.argv[0] = prog  # argparse's usage line names the subcommand
     try:
-        getattr(module, run_name)(args)
-    except (OSError, ValueError, TypeError) as error:  # bad input found while running: a message, not a traceback
-        parser.exit(1, f"diffusers-spectrum {argv[0]}: error: {error}\n")
+        module = importlib.import_module(module_name)
+        if parse_name is None:  # the module's own main: its errors, one line each (exit status 2)
+            return getattr(module, run_name)(argv[1:]) or 0
+    except (OSError, ValueError, TypeError) as error:
+        parser.exit(2, f"{prog}: error: {error}\n")
+    return run_script(getattr(module, parse_name), getattr(module, run_name), argv[1:], prog)
+
+
+def run_script(parse, run, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`run(parse(argv))` for the console script and the example scripts: bad input found while parsing (a
+    `ValueError` from a flag check) exits with status 2 and one line `prog: error: ...`, bad input found while
+    running with status 1 and one line; never a traceback for the user's input."""
+    prog = prog or os.path.basename(sys.argv[0])
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse(argv)
+    except (OSError, ValueError, TypeError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        run(args)
+    except (OSError, ValueError, TypeError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     return 0
 
 

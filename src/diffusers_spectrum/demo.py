@@ -20,10 +20,11 @@ import json
 import logging
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from .training.utils import write_json
+from .run_folders import claim_output_dir, list_files, record_run_files, remove_recorded_files
 
 
 __all__ = ["DEMO_SETTINGS", "main", "parse_args", "run_demo"]
@@ -65,14 +66,31 @@ def _stage(number: int, title: str) -> float:
     return time.time()
 
 
+def start_demo_folder(output_dir: str | Path, command: str, signature: str | None = None) -> tuple[Path, set[str]]:
+    """Claim `output_dir` for a demo run (`run_folders.claim_output_dir`: a new or empty folder, or an earlier run of
+    the same demo; anything else, a demo folder from before run records included, is refused) and remove the files
+    the earlier run recorded as its own, so every stage starts fresh while a file the user put there stays (one line
+    says which were kept). Returns the folder and the files present before this run (for
+    `run_folders.record_run_files`)."""
+    folder = claim_output_dir(output_dir, command, signature)
+    removed, kept = remove_recorded_files(folder)
+    if kept:
+        shown = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
+        print(f"{folder}: replaced the previous demo's {len(removed)} files; kept {len(kept)} it did not write "
+              f"({shown})", flush=True)  # fmt: skip
+    return folder, list_files(folder)
+
+
 def run_demo(
     output_dir: str | Path = "spectrum-demo", quick: bool = False, seed: int = 0, num_threads: int | None = 1
 ) -> dict:
     """Run the five stages into `output_dir`; returns the summary (also written to `demo_summary.json`).
 
+    `output_dir` must be new, empty or an earlier demo run (whose own files are replaced; nothing else is deleted).
     `num_threads` sets torch's intra-op threads (None keeps torch's default). The demo's models are tiny, so extra
     threads gain little, while OpenMP threads that wait on a core another process is using slow down by 10-30x.
     """
+    output_dir, before = start_demo_folder(output_dir, "demo")
     import torch
 
     if num_threads is not None:
@@ -88,19 +106,17 @@ def run_demo(
     from .training import cache as cache_loop
     from .training import dit as dit_loop
     from .training import vae as vae_loop
+    from .training.utils import write_json
 
     settings = DEMO_SETTINGS["quick" if quick else "full"]
-    output_dir = Path(output_dir)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)  # a fresh run each time (the stages resume otherwise)
-    output_dir.mkdir(parents=True)
     start, timings = time.time(), {}
     res = str(settings["resolution"])
     torch.manual_seed(seed)
 
     # 1. Tiny Spectrum VAE with ESM + DSM
     t0 = _stage(1, "Spectrum VAE (ESM + DSM) on the embedded photos")
-    init_dir = output_dir / "vae_init"
+    scratch = tempfile.TemporaryDirectory(prefix="spectrum-demo-")  # the initial weights; removed when done
+    init_dir = Path(scratch.name) / "vae_init"
     SpectrumAutoencoderKL(**DEMO_VAE).save_pretrained(init_dir)
     vae_dir = output_dir / "vae"
     vae_loop.train_vae(vae_loop.parse_args([
@@ -111,7 +127,8 @@ def run_demo(
         "--perceptual_weight", "0", "--disc_weight", "0", "--checkpointing_steps", str(settings["vae_steps"]),
         "--validation_steps", str(settings["vae_steps"]), "--latent_stats_samples", "112", "--seed", str(seed),
     ]))  # fmt: skip
-    shutil.rmtree(init_dir)
+    scratch.cleanup()
+    record_run_files(output_dir, before)
     timings["vae"] = time.time() - t0
 
     # 2. Latent cache with REPA targets from a tiny random DINOv2
@@ -129,6 +146,7 @@ def run_demo(
         "--pretrained_vae", str(vae_dir), "--output_dir", str(cache_dir), "--resolution", res,
         "--repa_encoder", str(encoder_dir), "--repa_grid_size", "8", "--batch_size", "16", "--seed", str(seed),
     ]))  # fmt: skip
+    record_run_files(output_dir, before)
     timings["cache"] = time.time() - t0
 
     # 3. DiT with flow matching and DoG-REPA, exported as a stock DiTPipeline
@@ -143,6 +161,7 @@ def run_demo(
         "--validation_steps", str(steps), "--num_validation_images", "7", "--validation_inference_steps",
         str(settings["sample_steps"]), "--seed", str(seed),
     ]))  # fmt: skip
+    record_run_files(output_dir, before)
     timings["dit"] = time.time() - t0
 
     # 4. Load with plain diffusers and sample a grid
@@ -204,6 +223,7 @@ def run_demo(
         },
     }
     write_json(output_dir / "demo_summary.json", summary)
+    record_run_files(output_dir, before)
     return summary
 
 
@@ -237,7 +257,12 @@ def _print_summary(summary: dict) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="diffusers-spectrum demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--output_dir", default="spectrum-demo", help="Where everything is written (replaced).")
+    parser.add_argument(
+        "--output_dir",
+        default="spectrum-demo",
+        help="Where everything is written: a new or empty folder, or an earlier demo run (its own files are "
+        "replaced, nothing else).",
+    )
     parser.add_argument("--quick", action="store_true", help="A few steps of every stage (for tests).")
     parser.add_argument(
         "--modality",

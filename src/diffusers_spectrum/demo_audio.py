@@ -8,7 +8,6 @@ its source; `print_summary(summary)` prints it.
 
 import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -32,15 +31,17 @@ def run_audio_demo(output_dir, quick: bool = False, seed: int = 0, num_threads: 
         seed: training and sampling seed.
         num_threads: torch CPU threads.
     """
+    from .demo import start_demo_folder
     from .evaluation.audio_analysis import analyze_waveforms, plot_band_spectra
     from .pipelines.sampling import load_pipeline
+    from .run_folders import record_run_files
     from .spectral.audio import band_center_frequencies, frequency_band_edges, log_spectral_distance
     from .training.audio import generate_audio, parse_args, train_audio, write_wavs
     from .training.audio_data import AudioTransform, audio_batches, embedded_audio_dir, load_audio_dataset
 
+    output_dir, before = start_demo_folder(output_dir, "demo-audio")
     torch.set_num_threads(num_threads)
     settings = QUICK if quick else FULL
-    output_dir = Path(output_dir)
     started = time.time()
     argv = [
         "--unet_config", settings["unet_config"], "--sample_size", str(settings["sample_size"]),
@@ -50,6 +51,7 @@ def run_audio_demo(output_dir, quick: bool = False, seed: int = 0, num_threads: 
         "--report_to", "none", "--output_dir", str(output_dir / "train"),
     ]  # fmt: skip
     pipeline_dir = train_audio(parse_args(argv))
+    record_run_files(output_dir, before)
     train_seconds = time.time() - started
     metrics = json.loads((output_dir / "train" / "metrics.json").read_text())
 
@@ -93,6 +95,7 @@ def run_audio_demo(output_dir, quick: bool = False, seed: int = 0, num_threads: 
         "data": {"value": str(embedded_audio_dir()), "source": "embedded sounds (licences in metadata.jsonl)"},
     }  # fmt: skip
     write_json(output_dir / "demo_audio_summary.json", summary)
+    record_run_files(output_dir, before)
     return summary
 
 

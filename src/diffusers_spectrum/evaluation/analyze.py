@@ -9,6 +9,8 @@ writes ``DIR/report.json`` and PNG plots beside it. Python API: `analyze_vae`, `
 `diffusers_spectrum.evaluation.diagnostics` and are repeated in every report.
 """
 
+from __future__ import annotations
+
 import argparse
 import logging
 import math
@@ -20,10 +22,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models.loading import load_autoencoder
-from ..training.data import image_batches_from
+from ..run_folders import claim_output_dir
 from ..training.utils import write_json
-from . import diagnostics, plotting
+from . import diagnostics
 
 
 __all__ = ["analyze_vae", "compare_vaes", "main", "parse_args"]
@@ -88,6 +89,9 @@ def analyze_vae(
         The report dict; ``report["convention"]`` states the latents and spectrum convention (verdict rule:
         `diffusers_spectrum.evaluation.diagnostics`).
     """
+    from ..models.loading import load_autoencoder
+    from ..training.data import image_batches_from
+
     start = time.perf_counter()
     if sample_posterior is not None:
         latents = "sample" if sample_posterior else "mean"
@@ -156,6 +160,8 @@ def analyze_vae(
 
 
 def _write_vae_outputs(report: dict, output_dir: Path) -> None:
+    from . import plotting
+
     output_dir.mkdir(parents=True, exist_ok=True)
     slopes = f"latent slope {report['latent_slope']:.2f}, target {report['target_slope']:.2f}"
     convention = f"{report['convention']['latents']}, {report['convention']['spectrum']}"
@@ -179,6 +185,8 @@ def compare_vaes(vaes, names=None, output_dir: str | Path | None = None, **kwarg
     Writes ``output_dir/<name>/report.json`` per VAE and ``compare.json``, ``compare.md``, ``compare.png``,
     ``compare_dsm_lowpass.png``. Returns ``{"reports": {name: report}, "table": [rows]}``.
     """
+    from . import plotting
+
     vaes = list(vaes)
     if not vaes:
         raise ValueError("compare_vaes needs at least one VAE.")
@@ -325,6 +333,7 @@ def main(argv=None) -> int:
         seed=args.seed,
     )
     try:
+        claim_output_dir(args.output_dir, "analyze", ("report.json", "compare.json"))
         if args.encoder:
             from .encoder_analysis import analyze_encoder
 

@@ -13,15 +13,17 @@ Writes `output_dir/audio_report.json` (per set: clip count, skipped, mean band p
 `output_dir/audio_spectra.png`.
 """
 
+from __future__ import annotations
+
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from ..run_folders import claim_output_dir
 from ..spectral.audio import (
     band_center_frequencies,
     band_power_spectrum,
@@ -29,6 +31,10 @@ from ..spectral.audio import (
     log_spectral_distance,
     spectral_slope,
 )
+
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 __all__ = ["analyze_waveforms", "build_parser", "load_source", "main", "plot_band_spectra"]
@@ -85,6 +91,8 @@ def load_source(kind: str, value: str, args, sample_rate: int, sample_size: int)
             f"{value!r}: no usable clip of at least {sample_size} samples at {sample_rate} Hz "
             f"({skipped.count} skipped: {skipped.reasons[:3]}); pass a smaller --sample_size."
         )
+    print(f"{kind} {value}: {transform.resampling_summary()}")
+    args.source_rates[f"{kind}:{value}"] = {str(rate): n for rate, n in sorted(transform.source_rates.items())}
     return torch.cat(batches).double(), skipped.count
 
 
@@ -93,7 +101,7 @@ def _generate(folder: str, args, sample_size: int) -> torch.Tensor:
 
     if not (Path(folder) / "model_index.json").is_file():
         raise FileNotFoundError(f"--pipeline {folder!r} is not a diffusers pipeline folder (no model_index.json).")
-    pipe = load_pipeline(folder)  # DiffusionPipeline.from_pretrained, strictly
+    pipe = load_pipeline(folder, kind="audio", command="analyze-audio --pipeline")  # strictly, audio only
     pipe.set_progress_bar_config(disable=True)
     rate = pipe.unet.config.sample_rate
     clips = []
@@ -106,8 +114,15 @@ def _generate(folder: str, args, sample_size: int) -> torch.Tensor:
     return torch.cat(clips)[..., :sample_size]
 
 
-def analyze_waveforms(waveforms: torch.Tensor, sample_rate: int, **bands) -> dict:
-    """Band powers `(N, num_bands)`, their mean, and the slope of the mean spectrum for `(N, C, T)` clips."""
+def analyze_waveforms(waveforms: torch.Tensor, sample_rate: int, source: str = "the clips", **bands) -> dict:
+    """Band powers `(N, num_bands)`, their mean, and the slope of the mean spectrum for `(N, C, T)` clips. Clips
+    that are all silent (every sample 0) have no spectrum to fit: a `ValueError` naming `source`."""
+    if not bool(waveforms.abs().amax() > 0):
+        raise ValueError(
+            f"{source}: all {waveforms.shape[0]} clips are silent (every sample is 0), so there is no spectrum or "
+            "slope "
+            "to measure; pass audio with sound in it (or check the files' gain / encoding)."
+        )
     power = band_power_spectrum(waveforms, sample_rate, **bands)
     mean = power.mean(dim=0)
     slope = spectral_slope(mean, sample_rate, bands.get("min_frequency_hz", 50.0), None, bands.get("scale", "log"))
@@ -116,6 +131,9 @@ def analyze_waveforms(waveforms: torch.Tensor, sample_rate: int, **bands) -> dic
 
 def plot_band_spectra(curves: dict, centres: np.ndarray, path: str | Path, title: str = "") -> Figure:
     """Mean band power of each set (name -> `(num_bands,)`) against band centre frequency, log-log; saved to `path`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -156,6 +174,7 @@ def main(argv=None) -> int:
     bands = {"num_bands": args.num_bands, "min_frequency_hz": args.min_frequency_hz, "scale": args.scale}
     frequency_band_edges(sample_rate, **bands)  # clear error for bands that do not fit the rate
 
+    claim_output_dir(args.output_dir, "analyze-audio", "audio_report.json", create=False)  # refused before work
     kind, value = (("pipeline", args.pipeline) if args.pipeline else ("dataset", args.dataset_name)
                    if args.dataset_name else ("folder", args.audio_dir))  # fmt: skip
     sets = {"analysed": (kind, value)}
@@ -165,15 +184,16 @@ def main(argv=None) -> int:
         )
     report = {"sample_rate": sample_rate, "sample_size": sample_size, "bands": bands, "sets": {}}
     powers = {}
+    args.source_rates = {}
     for name, (source_kind, source) in sets.items():
         waveforms, skipped = load_source(source_kind, source, args, sample_rate, sample_size)
-        result = analyze_waveforms(waveforms, sample_rate, **bands)
+        result = analyze_waveforms(waveforms, sample_rate, source=f"{source_kind} {source}", **bands)
         powers[name] = result.pop("power")
         report["sets"][name] = {"source": f"{source_kind}:{source}", "skipped": skipped, **result}
+    report["source_sample_rates"] = args.source_rates  # clips per file sample rate (resampled unless = sample_rate)
     if "reference" in powers:
         report["log_spectral_distance_db"] = float(log_spectral_distance(powers["analysed"], powers["reference"]))
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = claim_output_dir(args.output_dir, "analyze-audio", "audio_report.json")
     from ..training.utils import write_json
 
     write_json(output_dir / "audio_report.json", report)

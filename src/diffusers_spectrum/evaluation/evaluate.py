@@ -17,6 +17,8 @@ Both write a JSON file (default `<output_dir>/eval_vae.json` / `eval_pipeline.js
 working directory) and return the same dict.
 """
 
+from __future__ import annotations
+
 import argparse
 import logging
 import math
@@ -26,11 +28,10 @@ from pathlib import Path
 
 import torch
 
-from ..models import load_autoencoder
 from ..models.checks import check_resolution, downsample_factor
 from ..pipelines.sampling import check_local_path, cli_labels, load_pipeline, pipeline_classes, pipeline_samples
+from ..run_folders import OutputFolderError, check_output_file
 from ..spectral import power_law_slope, radial_spectrum
-from ..training.data import ImageTransform, SkipCounter, data_image_size, image_batches_from
 from ..training.utils import write_json
 from .generation_metrics import SWD_MIN_RESOLUTION, pyramid_swd, spectrum_distance
 
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 VAE_OUTPUT_NAME = "eval_vae.json"
 PIPELINE_OUTPUT_NAME = "eval_pipeline.json"
+# results file -> (command, a key every result of it holds): what may be overwritten
+OUTPUT_KEYS = {VAE_OUTPUT_NAME: ("evaluate-vae", "vae"), PIPELINE_OUTPUT_NAME: ("evaluate-pipeline", "pipeline")}
 CONDITIONAL_GUIDANCE = 1.8  # the `sample` command's default for class-conditional pipelines
 
 
@@ -87,8 +90,11 @@ def _finish_common(parser: argparse.ArgumentParser, args: argparse.Namespace, de
         parser.error(f"--batch_size must be positive, got {args.batch_size}.")
     if args.output_file is None:
         args.output_file = str(Path(args.output_dir or ".") / default_name)
-    if Path(args.output_file).is_dir():
-        parser.error(f"--output_file {args.output_file} is a folder; name a .json file.")
+    command, key = OUTPUT_KEYS[default_name]
+    try:  # an existing file is overwritten only when it is an earlier result of this command
+        check_output_file(args.output_file, command, key)
+    except OutputFolderError as error:
+        parser.error(str(error))
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -205,6 +211,8 @@ def _feature_extractor(spec: str, device):
 
 def evaluate_vae(args: argparse.Namespace) -> dict:
     """Evaluate as `args` (from `parse_vae_args`) says; writes and returns the results dict."""
+    from ..models.loading import load_autoencoder
+    from ..training.data import ImageTransform, SkipCounter, data_image_size, image_batches_from
     from .metrics import reconstruction_metrics
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -338,9 +346,13 @@ def _offline_metrics(samples: torch.Tensor, references: torch.Tensor, seed: int)
 
 def evaluate_pipeline(args: argparse.Namespace) -> dict:
     """Evaluate as `args` (from `parse_pipeline_args`) says; writes and returns the results dict."""
+    from ..training.data import SkipCounter, image_batches_from
+
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     start = time.perf_counter()
-    pipe = load_pipeline(args.pipeline, revision=args.revision, device=args.device)
+    pipe = load_pipeline(
+        args.pipeline, revision=args.revision, device=args.device, kind="image", command="evaluate-pipeline"
+    )
     labels = cli_labels(pipe, args.class_labels, args.num_samples, args.unconditional)
     guidance = default_guidance(pipe, args.unconditional) if args.guidance_scale is None else args.guidance_scale
     classes = sorted(set(labels))

@@ -1,30 +1,42 @@
-"""Loss terms, each a small function returning an unreduced or scalar loss; trainers choose the weights."""
+"""Loss terms, each a small function returning an unreduced or scalar loss; trainers choose the weights.
 
-from ..spectral import esm_loss
-from .alignment import VFAlignmentLoss, VFAlignmentLossOutput, vf_alignment_terms
-from .alignment import adaptive_weight as vf_adaptive_weight
-from .autoencoder import (
-    FeaturePerceptualLoss,
-    LPIPSLoss,
-    NLayerDiscriminator,
-    adaptive_discriminator_weight,
-    hinge_d_loss,
-    hinge_g_loss,
-    lpips_available,
-    reconstruction_loss,
-)
-from .dct import dct_weighted_mse
-from .equivariance import (
-    EQ_VAE_BRANCHES,
-    EquivarianceTransform,
-    apply_spatial_transform,
-    equivariance_targets,
-    sample_equivariance_transform,
-)
-from .repa import repa_loss
-from .spectral_regularizers import fourier_loss, radial_frequency_weights, rfft_frequency_weights, wavelet_loss
-from .stft import fit_stft_resolutions, multi_resolution_stft_loss, stft_loss_terms, stft_magnitude
+Public names are imported on first use (`_lazy.lazy_namespace`, PEP 562)."""
 
+from .._lazy import lazy_namespace
+
+
+# public name -> the module that defines it (or (module, name) for a renamed export)
+_LAZY_NAMES = {
+    "esm_loss": "..spectral.esm",
+    "VFAlignmentLoss": ".alignment",
+    "VFAlignmentLossOutput": ".alignment",
+    "vf_alignment_terms": ".alignment",
+    "vf_adaptive_weight": (".alignment", "adaptive_weight"),
+    "FeaturePerceptualLoss": ".autoencoder",
+    "LPIPSLoss": ".autoencoder",
+    "NLayerDiscriminator": ".autoencoder",
+    "adaptive_discriminator_weight": ".autoencoder",
+    "hinge_d_loss": ".autoencoder",
+    "hinge_g_loss": ".autoencoder",
+    "lpips_available": ".autoencoder",
+    "reconstruction_loss": ".autoencoder",
+    "dct_weighted_mse": ".dct",
+    "EQ_VAE_BRANCHES": ".equivariance",
+    "EquivarianceTransform": ".equivariance",
+    "apply_spatial_transform": ".equivariance",
+    "equivariance_targets": ".equivariance",
+    "sample_equivariance_transform": ".equivariance",
+    "repa_loss": ".repa",
+    "fourier_loss": ".spectral_regularizers",
+    "radial_frequency_weights": ".spectral_regularizers",
+    "rfft_frequency_weights": ".spectral_regularizers",
+    "wavelet_loss": ".spectral_regularizers",
+    "fit_stft_resolutions": ".stft",
+    "multi_resolution_stft_loss": ".stft",
+    "stft_loss_terms": ".stft",
+    "stft_magnitude": ".stft",
+}
+__getattr__, __dir__ = lazy_namespace(__name__, _LAZY_NAMES, globals())
 
 __all__ = [
     "EQ_VAE_BRANCHES",

@@ -1,26 +1,34 @@
-"""Models: diffusers subclasses that add spectral training to stock architectures, their loaders and presets."""
+"""Models: diffusers subclasses that add spectral training to stock architectures, their loaders and presets.
 
-from .autoencoder_kl_spectral import LatentStats, SpectrumAutoencoderKL, SpectrumAutoencoderKLTrainingOutput
-from .dit_repa import (
-    REPA_DEFAULTS,
-    REPADiTTransformer2DModel,
-    REPADiTTransformer2DModelOutput,
-    check_class_labels,
-    default_repa_depth,
-    drop_labels,
-)
-from .encoders import RepresentationEncoder, resample_position_embedding
-from .latent_conventions import (
-    LATENT_CONVENTIONS,
-    check_vae_config,
-    fold_latent_shift,
-    latent_convention,
-    latents_from_vae,
-    latents_to_vae,
-)
-from .loading import load_autoencoder
-from .unet_presets import UNET_PRESETS, build_unet
+Public names are imported on first use (`_lazy.lazy_namespace`, PEP 562)."""
 
+from .._lazy import lazy_namespace
+
+
+# public name -> the module that defines it (or (module, name) for a renamed export)
+_LAZY_NAMES = {
+    "LatentStats": ".autoencoder_kl_spectral",
+    "SpectrumAutoencoderKL": ".autoencoder_kl_spectral",
+    "SpectrumAutoencoderKLTrainingOutput": ".autoencoder_kl_spectral",
+    "REPA_DEFAULTS": ".dit_repa",
+    "REPADiTTransformer2DModel": ".dit_repa",
+    "REPADiTTransformer2DModelOutput": ".dit_repa",
+    "check_class_labels": ".dit_repa",
+    "default_repa_depth": ".dit_repa",
+    "drop_labels": ".dit_repa",
+    "RepresentationEncoder": ".encoders",
+    "resample_position_embedding": ".encoders",
+    "LATENT_CONVENTIONS": ".latent_conventions",
+    "check_vae_config": ".latent_conventions",
+    "fold_latent_shift": ".latent_conventions",
+    "latent_convention": ".latent_conventions",
+    "latents_from_vae": ".latent_conventions",
+    "latents_to_vae": ".latent_conventions",
+    "load_autoencoder": ".loading",
+    "UNET_PRESETS": ".unet_presets",
+    "build_unet": ".unet_presets",
+}
+__getattr__, __dir__ = lazy_namespace(__name__, _LAZY_NAMES, globals())
 
 __all__ = [
     "LATENT_CONVENTIONS",

@@ -16,7 +16,18 @@ All use the sinusoidal ("positional") time embedding that the DDPM and EDM formu
 :func:`check_edm_unet` refuses the other embeddings for EDM.
 """
 
-from diffusers import UNet2DModel
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DModel
 
 
 # Settings shared by the DDPM-paper presets (diffusers' google/ddpm-* configs): a single attention head over all
@@ -91,6 +102,8 @@ def build_unet(preset: str, resolution: int, channels: int = 3) -> UNet2DModel:
     Returns:
         The model, in float32 on CPU.
     """
+    from diffusers import UNet2DModel  # here: the flag parsers read the presets without importing diffusers
+
     kwargs = _preset_kwargs(preset)
     factor = unet_downsampling_factor(preset)
     if not isinstance(resolution, int) or resolution < factor or resolution % factor:
@@ -101,6 +114,60 @@ def build_unet(preset: str, resolution: int, channels: int = 3) -> UNet2DModel:
     if not isinstance(channels, int) or channels < 1:
         raise ValueError(f"build_unet: `channels` must be a positive integer, got {channels!r}.")
     return UNet2DModel(sample_size=resolution, in_channels=channels, out_channels=channels, **kwargs)
+
+
+def read_model_config(path: str | os.PathLike, model_class=None, flag: str = "--model_config_name_or_path"):
+    """The config dict of a model folder or `config.json` file, checked against `model_class`'s arguments: a key
+    the class does not take (a typo such as `sample_sise`, which diffusers only warns about before building another
+    model) is a `ValueError` naming the key and the nearest valid one. Keys starting with `_` (diffusers' own
+    bookkeeping) are allowed. `model_class` defaults to `UNet2DModel`."""
+    if model_class is None:
+        from diffusers import UNet2DModel as model_class
+    path = Path(os.path.expanduser(str(path)))
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{flag} {str(path)!r}: no such config.json; pass a model folder or its config.json.")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{flag} {file}: not valid JSON ({error}).") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{flag} {file}: expected a JSON object of {model_class.__name__} arguments.")
+    valid = set(inspect.signature(model_class.__init__).parameters) - {"self"}
+    for key in config:
+        if key.startswith("_") or key in valid:
+            continue
+        nearest = difflib.get_close_matches(key, sorted(valid), n=1)
+        hint = f"did you mean {nearest[0]!r}?" if nearest else f"valid keys: {', '.join(sorted(valid))}."
+        raise ValueError(f"{flag} {file}: {key!r} is not a {model_class.__name__} argument; {hint}")
+    return config
+
+
+def check_unet_config(config: dict, resolution: int, channels: int = 3, source: str = "the UNet config") -> None:
+    """A `UNet2DModel` config trains on square `channels`-channel images of side `resolution` only when its
+    `sample_size` is that side and the side survives every downsampling (a multiple of 2^(levels - 1)); anything
+    else is a `ValueError` naming the fix, not a tensor-size error inside the UNet."""
+    size = config.get("sample_size")
+    side = size if isinstance(size, int) else size[0] if isinstance(size, (list, tuple)) and size else None
+    if side != resolution or (isinstance(size, (list, tuple)) and len(set(size)) != 1):
+        raise ValueError(
+            f"{source} has sample_size {size}; the data are {resolution} px squares (--resolution): set sample_size "
+            f"to {resolution} or pass --resolution {side}."
+        )
+    levels = len(config.get("down_block_types") or config.get("block_out_channels") or ("",))
+    factor = 2 ** (levels - 1)
+    if resolution % factor:
+        lower, upper = resolution // factor * factor, (resolution // factor + 1) * factor
+        raise ValueError(
+            f"{source} downsamples {levels - 1} times (by {factor}), so its sample_size and --resolution must be a "
+            f"multiple of {factor}: {resolution} is not (its skip connections would not line up); use "
+            f"{lower or upper} or {upper}."
+        )
+    if config.get("in_channels", 3) != channels or config.get("out_channels", 3) != channels:
+        raise ValueError(
+            f"{source} has in_channels {config.get('in_channels', 3)} and out_channels {config.get('out_channels', 3)}"
+            f"; the data are {channels}-channel images."
+        )
 
 
 def check_edm_unet(unet) -> None:

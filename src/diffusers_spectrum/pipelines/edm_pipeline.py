@@ -8,11 +8,18 @@ typed and documented for ``CMStochasticIterativeScheduler`` only; it gives the s
 (tests/test_edm.py checks that image for image), so ``ConsistencyModelPipeline.from_pretrained(folder)`` is the way
 to sample a saved folder with diffusers alone.
 
-Saved folders keep stock components: ``unet/`` is a plain ``UNet2DModel`` and ``scheduler/`` a plain
-``EDMEulerScheduler`` / ``EDMDPMSolverMultistepScheduler``; only ``model_index.json`` names ``EDMPipeline``, so load
-them with ``EDMPipeline.from_pretrained`` (``DiffusionPipeline.from_pretrained`` looks ``_class_name`` up in the
-``diffusers`` module only).
+Saved folders are stock throughout: ``unet/`` is a plain ``UNet2DModel``, ``scheduler/`` a plain
+``EDMEulerScheduler`` / ``EDMDPMSolverMultistepScheduler``, and ``model_index.json`` names the stock
+``ConsistencyModelPipeline`` (``EDMPipeline.save_pretrained`` writes that name), so plain
+``DiffusionPipeline.from_pretrained(folder)`` loads and samples it with diffusers alone, while
+``EDMPipeline.from_pretrained(folder)`` loads the same folder as this class. (diffusers 0.42 resolves a pipeline's
+``_class_name`` in the ``diffusers`` module only: a list such as ``["diffusers_spectrum", "EDMPipeline"]`` is read as
+custom code, a ``diffusers_spectrum.py`` file in the folder run with ``trust_remote_code=True``; library names are
+looked up for the components, not for the pipeline class.)
 """
+
+import json
+import os
 
 import torch
 from diffusers import DiffusionPipeline, EDMDPMSolverMultistepScheduler, EDMEulerScheduler, UNet2DModel
@@ -23,6 +30,8 @@ from ..models.unet_presets import check_edm_unet
 
 
 EDM_SCHEDULERS = ("euler", "dpmsolver")
+# the stock pipeline whose loop is EDMPipeline's, named in saved folders so diffusers alone loads them
+STOCK_PIPELINE = "ConsistencyModelPipeline"
 OUTPUT_TYPES = ("pil", "np", "pt")
 EDM_SIGMA_DATA = 0.5  # Karras et al. 2022, as in `training.edm` (not imported: pipelines sit below training)
 
@@ -81,6 +90,22 @@ class EDMPipeline(DiffusionPipeline):
                 f"{scheduler.config.prediction_type!r}."
             )
         self.register_modules(unet=unet, scheduler=scheduler)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """`DiffusionPipeline.save_pretrained`, then `model_index.json` names the stock `ConsistencyModelPipeline`
+        (same loop, same images), so `DiffusionPipeline.from_pretrained(save_directory)` works with diffusers alone;
+        `EDMPipeline.from_pretrained` still loads the folder as this class. (With `push_to_hub=True` the upload
+        happens inside diffusers' method, before the rename: save first, then push the folder.)"""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if not isinstance(self.unet.config.sample_size, int):
+            return  # ConsistencyModelPipeline samples square images only; keep our name for non-square ones
+        index = os.path.join(save_directory, "model_index.json")
+        with open(index, encoding="utf-8") as f:
+            config = json.load(f)
+        config["_class_name"] = STOCK_PIPELINE
+        with open(index, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
 
     @torch.no_grad()
     def __call__(

@@ -1,6 +1,9 @@
 """Sampling any diffusers image pipeline reproducibly: one generator per image (seed + index), so an image does not
 depend on the batch size or its position in the batch; class labels checked against what the pipeline was trained
-on. Used by validation during training, `sample`, the evaluation scripts and the benchmarks."""
+on. Used by validation during training, `sample`, the evaluation scripts and the benchmarks. Importing this module
+(for the `sample` flags) loads no diffusers; the functions that need it import it."""
+
+from __future__ import annotations
 
 import argparse
 import inspect
@@ -14,31 +17,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DiffusionPipeline,
-    DiTPipeline,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
 from PIL import Image
 from tqdm.auto import tqdm
 
 from ..models.checks import hub_offline_kwargs, looks_local
+from ..run_folders import claim_output_dir
 from ..training.utils import image_grid, write_json
 
 
 logger = logging.getLogger(__name__)
 
 # --scheduler choices; "default" keeps the pipeline's own (for flow-matching pipelines, the flow-configured one).
-SCHEDULERS = {
-    "ddim": DDIMScheduler,
-    "ddpm": DDPMScheduler,
-    "dpmsolver": DPMSolverMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-    "unipc": UniPCMultistepScheduler,
+SCHEDULERS = {  # diffusers class names, resolved on use (the flag parser imports no diffusers)
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "dpmsolver": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "unipc": "UniPCMultistepScheduler",
 }
 # Schedulers that can keep a flow-matching configuration (`use_flow_sigmas`, `prediction_type="flow_prediction"`).
 FLOW_SCHEDULERS = ("dpmsolver", "unipc")
@@ -60,7 +55,9 @@ def set_scheduler(pipe, name: str) -> None:
             f"--scheduler {name} cannot sample this flow-matching pipeline; use one of default, "
             f"{', '.join(FLOW_SCHEDULERS)}."
         )
-    pipe.scheduler = SCHEDULERS[name].from_config(config)
+    import diffusers
+
+    pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(config)
 
 
 __all__ = [
@@ -83,6 +80,59 @@ __all__ = [
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".gguf")
 # diffusers' / transformers' warnings for weights the config does not describe, or parameters the file lacks
 _MISMATCH = re.compile(r"were not initialized from the model checkpoint|were not used when initializing")
+
+# What each command takes: image pipelines (`sample`, `evaluate-pipeline`) or audio ones (`analyze-audio`).
+PIPELINE_KINDS = {
+    "image": "an image pipeline (DiTPipeline from train-dit; DDPMPipeline or the EDM folder, a "
+    "ConsistencyModelPipeline, from train-unconditional)",
+    "audio": "an audio pipeline (DanceDiffusionPipeline from train-audio)",
+}
+_KIND_COMMANDS = {"image": "sample / evaluate-pipeline", "audio": "analyze-audio --pipeline"}
+
+
+def pipeline_kind(class_name: str, components: dict | None = None) -> str:
+    """`"audio"` for an audio pipeline (its class names audio or music, as `DanceDiffusionPipeline`,
+    `AudioLDMPipeline`, `MusicLDMPipeline`, or its `unet` is a `UNet1DModel`), else `"image"`. `components`: the
+    `model_index.json` entries (`{"unet": ["diffusers", "UNet1DModel"], ...}`) or the loaded pipeline's components."""
+    name = str(class_name)
+    if any(word in name for word in ("Audio", "Dance", "Music")):
+        return "audio"
+    unet = (components or {}).get("unet")
+    unet_class = unet[1] if isinstance(unet, (list, tuple)) and len(unet) == 2 else type(unet).__name__
+    return "audio" if unet_class == "UNet1DModel" else "image"
+
+
+def check_pipeline_kind(name: str, class_name: str, components: dict | None, kind: str, command: str) -> None:
+    """A `ValueError` naming what `command` takes when the pipeline `name` is of the other kind."""
+    found = pipeline_kind(class_name, components)
+    if kind is not None and found != kind:
+        raise ValueError(
+            f"{command} takes {PIPELINE_KINDS[kind]}; {name} is {PIPELINE_KINDS[found].split(' (')[0]} "
+            f"({class_name}): use `diffusers-spectrum {_KIND_COMMANDS[found]}` for it."
+        )
+
+
+def _pipeline_class(index: Path, class_name):
+    """The class to load a folder with when `model_index.json`'s `_class_name` is not a diffusers pipeline: one of
+    ours (folders exported before the EDM export named the stock class: `EDMPipeline`), else a `ValueError`
+    naming the file and the fix. `None` when diffusers resolves the name itself."""
+
+    import diffusers
+    from diffusers import DiffusionPipeline
+
+    if isinstance(class_name, str) and hasattr(diffusers, class_name):
+        return None
+    if isinstance(class_name, str):
+        import diffusers_spectrum
+
+        ours = getattr(diffusers_spectrum, class_name, None)
+        if isinstance(ours, type) and issubclass(ours, DiffusionPipeline):
+            return ours
+    raise ValueError(
+        f"{index}: _class_name {class_name!r} is neither a diffusers pipeline nor a diffusers-spectrum one; set it "
+        "to the class that saved the folder (e.g. DiTPipeline, DDPMPipeline, ConsistencyModelPipeline, "
+        "DanceDiffusionPipeline) or re-export the pipeline."
+    )
 
 
 def check_pipeline_folder(path: str | os.PathLike) -> Path:
@@ -172,15 +222,29 @@ def load_pipeline(
     revision: str | None = None,
     device: str | torch.device | None = None,
     torch_dtype: torch.dtype | None = None,
+    kind: str | None = None,
+    command: str = "this command",
 ):
     """`DiffusionPipeline.from_pretrained`, strictly: a path that looks local and does not exist fails at once with
     "no such folder" (no Hub retries), a local folder is checked first (`check_pipeline_folder`), and a component
     whose config does not match its weights (weights missing from or unused by the file, which diffusers only
-    warns about before initialising them randomly) is a `ValueError` naming the component and its folder."""
+    warns about before initialising them randomly) is a `ValueError` naming the component and its folder.
+
+    `kind` (`"image"` / `"audio"`): what `command` takes; a pipeline of the other kind is a `ValueError` saying so
+    (checked from `model_index.json` before any weight is read). A folder whose `_class_name` is one of our
+    pipelines (`EDMPipeline`, as older EDM exports name it) loads with that class; an unknown `_class_name` is a
+    `ValueError` naming `model_index.json` and the fix."""
+    from diffusers import DiffusionPipeline
+
     text = os.fspath(name_or_path)
+    pipeline_class = DiffusionPipeline
     if looks_local(text) or os.path.exists(text):
-        check_pipeline_folder(text)
+        folder = check_pipeline_folder(text)
         text = os.path.expanduser(text)
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        class_name = index.get("_class_name")
+        check_pipeline_kind(text, class_name, index, kind, command)
+        pipeline_class = _pipeline_class(folder / "model_index.json", class_name) or DiffusionPipeline
     kwargs = {"revision": revision} if revision is not None else {}
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
@@ -188,11 +252,12 @@ def load_pipeline(
         kwargs.update(hub_offline_kwargs(text))  # no network: the local cache at once, not a minute of retries
     with _weight_mismatch_warnings() as messages:
         try:
-            pipe = DiffusionPipeline.from_pretrained(text, **kwargs)
-        except (OSError, ValueError, KeyError, TypeError, EnvironmentError) as error:
+            pipe = pipeline_class.from_pretrained(text, **kwargs)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, EnvironmentError) as error:
             raise ValueError(f"could not load a pipeline from {text!r}: {type(error).__name__}: {error}") from error
     if messages:
         raise _mismatch_error(text, messages, pipe.components)
+    check_pipeline_kind(text, type(pipe).__name__, pipe.components, kind, command)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device) if device is not None else pipe
 
@@ -261,7 +326,8 @@ def pipeline_samples(
 
     Image `i` uses its own generator seeded `seed + i` (or `seeds[i]`). Class-conditional pipelines (a
     `class_labels` argument, as `DiTPipeline`) cycle through `class_labels` (default `[0]`) with
-    `guidance_scale`; unconditional ones (e.g. `DDPMPipeline`, `DDIMPipeline`) get `batch_size`.
+    `guidance_scale`; unconditional ones (e.g. `DDPMPipeline`, `DDIMPipeline`, the EDM export's
+    `ConsistencyModelPipeline`) get `batch_size`.
     """
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}.")
@@ -275,10 +341,11 @@ def pipeline_samples(
         count = min(batch_size, num_samples - start)
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds[start : start + count]]
         kwargs = {"num_inference_steps": num_inference_steps, "generator": generators, "output_type": "np"}
-        if "class_labels" in parameters:
+        if "class_labels" in parameters:  # DiTPipeline; ConsistencyModelPipeline ignores them when unconditional
             kwargs["class_labels"] = [labels[(start + i) % len(labels)] for i in range(count)]
+        if "guidance_scale" in parameters:
             kwargs["guidance_scale"] = guidance_scale
-        else:
+        if "batch_size" in parameters:  # DDPMPipeline, DDIMPipeline, ConsistencyModelPipeline, EDMPipeline
             kwargs["batch_size"] = count
         images = np.asarray(pipeline(**kwargs).images, dtype=np.float32)  # (B, H, W, C) in [0, 1]
         if images.ndim == 3:
@@ -300,6 +367,8 @@ def sample_images(
 ) -> torch.Tensor:
     """Sample with diffusers' `DiTPipeline` built from in-memory components (validation during training); image
     `i` has class `class_labels[i]` and seed `seed + i`. Returns `(N, 3, H, W)` in [-1, 1] on the CPU."""
+    from diffusers import DiTPipeline
+
     pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=type(scheduler).from_config(scheduler.config))
     pipe.set_progress_bar_config(disable=not show_progress)
     labels = [int(label) for label in class_labels]
@@ -404,10 +473,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def sample(args: argparse.Namespace) -> Path:
     """Sample as `args` (from `parse_args`) says; returns the output folder."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    claim_output_dir(args.output_dir, "sample", "samples.json", create=False)  # new, empty or earlier samples
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     # 1. Pipeline and scheduler
-    pipe = load_pipeline(args.pretrained_model_name_or_path, revision=args.revision, device=device)
+    pipe = load_pipeline(
+        args.pretrained_model_name_or_path, revision=args.revision, device=device, kind="image", command="sample"
+    )
     if args.dtype != "float32":
         pipe = pipe.to(dtype=DTYPES[args.dtype])
     set_scheduler(pipe, args.scheduler)
@@ -426,8 +498,7 @@ def sample(args: argparse.Namespace) -> Path:
         pipe, len(labels), args.batch_size, labels, args.num_inference_steps, args.guidance_scale, seeds=seeds,
     )  # fmt: skip
     images = torch.cat(list(batches))
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = claim_output_dir(args.output_dir, "sample", "samples.json")
     names = []
     for i, (image, label, seed) in enumerate(zip(images, labels, seeds)):
         name = f"{i:05d}_class-{label}_seed-{seed}.png"

@@ -1,38 +1,53 @@
-"""Spectral maths on tensors: transforms, spectra, ESM/DSM and target filters. Pure functions, no models."""
+"""Spectral maths on tensors: transforms, spectra, ESM/DSM and target filters. Pure functions, no models.
 
-from .audio import (
-    band_center_frequencies,
-    band_power_spectrum,
-    dwt_1d,
-    frequency_band_edges,
-    log_spectral_distance,
-    spectral_slope,
-)
-from .dct import blockwise_dct_2d, blockwise_idct_2d, dct_2d, dct_matrix, idct_2d
-from .dsm import DSM_DEFAULT_LEVELS, check_dsm_level, dsm_lowpass, dsm_mask
-from .esm import (
-    esm_band_powers,
-    esm_divergence,
-    esm_loss,
-    esm_spectra,
-    flattened_log_spectra,
-    gaussian_kernel_1d,
-    normalize_log_spectrum,
-    spectral_kl,
-)
-from .filters import TARGET_FILTERS, apply_target_filter, dog_filter, gaussian_blur_matrix, rmsc, spatial_normalize
-from .psd import (
-    POWER_FLOOR,
-    band_average_matrix,
-    band_means,
-    bin_frequencies,
-    channel_power,
-    power_law_slope,
-    radial_bin_index,
-    radial_spectrum,
-)
-from .wavelets import dwt_2d, idwt_2d
+Public names are imported on first use (`_lazy.lazy_namespace`, PEP 562)."""
 
+from .._lazy import lazy_namespace
+
+
+# public name -> the module that defines it (or (module, name) for a renamed export)
+_LAZY_NAMES = {
+    "band_center_frequencies": ".audio",
+    "band_power_spectrum": ".audio",
+    "dwt_1d": ".audio",
+    "frequency_band_edges": ".audio",
+    "log_spectral_distance": ".audio",
+    "spectral_slope": ".audio",
+    "blockwise_dct_2d": ".dct",
+    "blockwise_idct_2d": ".dct",
+    "dct_2d": ".dct",
+    "dct_matrix": ".dct",
+    "idct_2d": ".dct",
+    "DSM_DEFAULT_LEVELS": ".dsm",
+    "check_dsm_level": ".dsm",
+    "dsm_lowpass": ".dsm",
+    "dsm_mask": ".dsm",
+    "esm_band_powers": ".esm",
+    "esm_divergence": ".esm",
+    "esm_loss": ".esm",
+    "esm_spectra": ".esm",
+    "flattened_log_spectra": ".esm",
+    "gaussian_kernel_1d": ".esm",
+    "normalize_log_spectrum": ".esm",
+    "spectral_kl": ".esm",
+    "TARGET_FILTERS": ".filters",
+    "apply_target_filter": ".filters",
+    "dog_filter": ".filters",
+    "gaussian_blur_matrix": ".filters",
+    "rmsc": ".filters",
+    "spatial_normalize": ".filters",
+    "POWER_FLOOR": ".psd",
+    "band_average_matrix": ".psd",
+    "band_means": ".psd",
+    "bin_frequencies": ".psd",
+    "channel_power": ".psd",
+    "power_law_slope": ".psd",
+    "radial_bin_index": ".psd",
+    "radial_spectrum": ".psd",
+    "dwt_2d": ".wavelets",
+    "idwt_2d": ".wavelets",
+}
+__getattr__, __dir__ = lazy_namespace(__name__, _LAZY_NAMES, globals())
 
 __all__ = [
     "band_center_frequencies",

@@ -2,6 +2,7 @@
 spell and check the common flags the same way. Each trainer adds its own groups and `parser.set_defaults(...)`."""
 
 import argparse
+import math
 from pathlib import Path
 
 from .utils import parse_float_list
@@ -12,8 +13,10 @@ __all__ = [
     "add_optimization_args",
     "add_output_args",
     "add_regularizer_args",
+    "check_finite",
     "check_nonnegative",
     "check_positive",
+    "check_regularizers",
     "finish_common_args",
     "regularizer_settings",
 ]
@@ -183,10 +186,48 @@ def check_nonnegative(args: argparse.Namespace, names) -> None:
             raise ValueError(f"--{name} must be >= 0, got {value}.")
 
 
+def check_finite(args: argparse.Namespace) -> None:
+    """Every number flag (and every entry of a number-list flag) is finite: `nan` or `inf` is an error naming the
+    flag, not a run whose every step is skipped as non-finite."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ValueError(f"--{name} must be a finite number, got {value}.")
+
+
+# Weights of loss terms: >= 0 (a negative weight would reward the mismatch the term measures).
+REGULARIZER_WEIGHTS = ("fourier_weight", "fourier_amplitude_weight", "fourier_phase_weight", "wavelet_weight")
+
+
+def check_regularizers(args: argparse.Namespace) -> None:
+    """The spectral regulariser flags of `add_regularizer_args`: non-negative weights (level weights included, one
+    per `--wavelet_levels`), a positive min-SNR gamma and at least one DWT level."""
+    check_nonnegative(args, REGULARIZER_WEIGHTS)
+    levels = getattr(args, "wavelet_levels", None)
+    if levels is not None and levels < 1:
+        raise ValueError(f"--wavelet_levels must be a positive integer, got {levels}.")
+    level_weights = getattr(args, "wavelet_level_weights", None)
+    if level_weights is not None:
+        if any(weight < 0 for weight in level_weights):
+            raise ValueError(
+                f"--wavelet_level_weights must be >= 0 (one weight per level), got {list(level_weights)}."
+            )
+        if levels is not None and len(level_weights) != levels:
+            raise ValueError(
+                f"--wavelet_level_weights has {len(level_weights)} entries but --wavelet_levels is {levels}; pass one "
+                "weight per level, finest first."
+            )
+    gamma = getattr(args, "spectral_snr_gamma", None)
+    if gamma is not None and not gamma > 0:
+        raise ValueError(f"--spectral_snr_gamma must be positive (min-SNR weighting), got {gamma}.")
+
+
 def finish_common_args(args: argparse.Namespace, tracker_project_name: str) -> argparse.Namespace:
     """The checks and defaults every trainer shares (after its own defaults are filled)."""
     if getattr(args, "dataset_name", None) is not None and getattr(args, "train_data_dir", None) is not None:
         raise ValueError("Pass either --dataset_name or --train_data_dir, not both.")
+    check_finite(args)
+    check_regularizers(args)
     check_positive(
         args,
         ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps",

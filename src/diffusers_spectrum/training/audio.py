@@ -21,20 +21,22 @@ The output folder holds `pipeline/` (the stock `DanceDiffusionPipeline`: `unet/`
 `metrics.json` (losses, skipped / padded clip counts, seconds per step), `training_args.json`, `validation/`
 (WAV files + spectrogram PNGs), checkpoints (`checkpoint-<step>`) and tensorboard logs (one scalar per loss term,
 `add_audio` clips, spectrogram figures).
+
+Importing this module (for its flags: `build_parser`, `parse_args`) loads neither diffusers nor accelerate nor
+datasets; the functions that need them import them.
 """
+
+from __future__ import annotations
 
 import argparse
 import logging
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import soundfile
 import torch
-from diffusers import DanceDiffusionPipeline, IPNDMScheduler, UNet1DModel
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from ..losses.spectral_regularizers import spectral_regularizer_terms
@@ -45,7 +47,6 @@ from ..losses.stft import (
     STFT_WINDOWS,
     fit_stft_resolutions,
 )
-from ..pipelines.model_cards import audio_pipeline_model_card
 from .args import (
     add_data_args,
     add_optimization_args,
@@ -55,17 +56,7 @@ from .args import (
     check_positive,
     finish_common_args,
 )
-from .audio_data import AudioTransform, load_audio_dataset, make_audio_dataloader
 from .checkpointing import Checkpointer
-from .loop import (
-    AccumulationWindow,
-    make_accelerator,
-    make_optimizer,
-    optimizer_step,
-    push_output,
-    resume_training,
-    save_checkpoint_if_due,
-)
 from .objectives import regularizer_weights
 from .utils import (
     create_ema,
@@ -76,6 +67,11 @@ from .utils import (
     step_generator,
     write_json,
 )
+
+
+if TYPE_CHECKING:
+    from diffusers import DanceDiffusionPipeline, UNet1DModel
+    from matplotlib.figure import Figure
 
 
 __all__ = [
@@ -94,6 +90,13 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Flags a resume must keep (`loop.learning_settings`): they change what the UNet learns.
+RESUME_SETTINGS = (
+    "sample_rate", "sample_size", "channels", "unet_config", "pretrained_unet", "stft_weight", "stft_fft_sizes",
+    "fourier_weight", "wavelet_weight", "wavelet_levels", "wavelet",
+    "spectral_loss_type", "fourier_log_amplitude",
+)  # fmt: skip
 
 FOURIER_TIME_CHANNELS = 16  # Dance Diffusion's Fourier time features, concatenated to the input (extra_in_channels)
 
@@ -123,6 +126,8 @@ def build_audio_unet(preset: str, sample_size: int, sample_rate: int, channels: 
         sample_rate: samples per second (stored in the config; the pipeline's time unit).
         channels: 1 (mono) or 2 (stereo).
     """
+    from diffusers import UNet1DModel
+
     if preset not in AUDIO_UNET_PRESETS:
         raise ValueError(f"unknown audio UNet preset {preset!r}; choose one of {sorted(AUDIO_UNET_PRESETS)}.")
     widths = AUDIO_UNET_PRESETS[preset]["block_out_channels"]
@@ -197,6 +202,8 @@ def v_diffusion_snr(t: torch.Tensor) -> torch.Tensor:
 
 def audio_pipeline(unet: UNet1DModel) -> DanceDiffusionPipeline:
     """The stock pipeline around `unet` with the scheduler it was trained for (`IPNDMScheduler`), progress bar off."""
+    from diffusers import DanceDiffusionPipeline, IPNDMScheduler
+
     pipe = DanceDiffusionPipeline(unet=unet, scheduler=IPNDMScheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -223,6 +230,8 @@ def generate_audio(
 
 def write_wavs(clips: np.ndarray, sample_rate: int, folder: str | Path, prefix: str = "sample") -> list[Path]:
     """`(N, C, T)` clips in [-1, 1] -> `folder/<prefix>_<i>.wav` (16-bit PCM); returns the paths."""
+    import soundfile
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -235,6 +244,9 @@ def write_wavs(clips: np.ndarray, sample_rate: int, folder: str | Path, prefix: 
 
 def spectrogram_figure(clips: np.ndarray, sample_rate: int, title: str = "") -> Figure:
     """Log-magnitude spectrograms (dB) of up to four `(C, T)` clips (first channel), one panel each."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     count = min(4, len(clips))
     fig = Figure(figsize=(3.2 * count, 2.6))
     FigureCanvasAgg(fig)
@@ -359,10 +371,23 @@ def _data_source(args) -> str:
 
 def train_audio(args: argparse.Namespace) -> Path:
     """Train as `args` (from `parse_args`) says; returns the exported `DanceDiffusionPipeline` folder."""
+    from diffusers import UNet1DModel
+
+    from .audio_data import AudioTransform, load_audio_dataset, make_audio_dataloader
+    from .loop import (
+        AccumulationWindow,
+        learning_settings,
+        make_accelerator,
+        make_optimizer,
+        optimizer_step,
+        resume_training,
+        save_checkpoint_if_due,
+    )
+
     # 1. Accelerator, logging, seeds
     start_time = time.time()
     output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args)
+    accelerator = make_accelerator(args, "train-audio")
 
     # 2. Model, EMA, optimizer
     if args.pretrained_unet is not None:
@@ -384,7 +409,7 @@ def train_audio(args: argparse.Namespace) -> Path:
     raw_model = accelerator.unwrap_model(model)
     checkpointer = Checkpointer(
         accelerator, output_dir, {"unet": model}, {"unet": ema} if ema is not None else None,
-        args.checkpoints_total_limit,
+        args.checkpoints_total_limit, settings=learning_settings(args, RESUME_SETTINGS),
     )  # fmt: skip
     fourier, wavelet, stft = regularizer_options(args)
     weights_by_term = {"fourier": args.fourier_weight, "wavelet": args.wavelet_weight, "stft": args.stft_weight}
@@ -481,7 +506,9 @@ def train_audio(args: argparse.Namespace) -> Path:
             seconds_per_step=round(float(np.median(timed)), 4) if timed else None,
             skipped_clips=dataloader.dataset.skip_counter.count, padded_clips=dataloader.dataset.num_padded,
             skipped_reasons=dataloader.dataset.skip_counter.reasons[:10],
+            source_sample_rates={str(rate): n for rate, n in sorted(transform.source_rates.items())},
         )  # fmt: skip
+        logger.info("audio read: %s", transform.resampling_summary())  # counts of this process (num_workers 0)
         result = write_outputs(args, raw_model, metrics, output_dir)
         logger.info(f"final metrics: {metrics}")
     accelerator.wait_for_everyone()
@@ -509,6 +536,11 @@ def validate(args, accelerator, raw_model, ema, step: int, output_dir: Path) -> 
 
 def write_outputs(args, model: UNet1DModel, metrics: dict, output_dir: Path) -> Path:
     """Save the stock `DanceDiffusionPipeline` (UNet + IPNDMScheduler + card), metrics.json, and push."""
+    from diffusers import DanceDiffusionPipeline, IPNDMScheduler
+
+    from ..pipelines.model_cards import audio_pipeline_model_card
+    from .loop import push_output
+
     pipeline_dir = output_dir / "pipeline"
     pipe = DanceDiffusionPipeline(unet=model.to("cpu"), scheduler=IPNDMScheduler())
     pipe.save_pretrained(pipeline_dir, safe_serialization=True)

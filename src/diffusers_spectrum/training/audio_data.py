@@ -8,7 +8,11 @@ robust decoding with `soundfile`, resampling, channel conversion, seeded crops a
   the file's sample rate, via libsndfile (WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF, ...).
 - `AudioTransform`: resample to `sample_rate` (polyphase, `scipy.signal.resample_poly`), convert to `channels`
   (mono = mean of all channels, stereo from mono = duplicated), then a crop of `sample_size` samples, random or
-  centred; its randomness is a function of `(seed, epoch, position)`, so a resumed run draws the same crops.
+  centred; its randomness is a function of `(seed, epoch, position)`, so a resumed run draws the same crops. It
+  counts clips per source rate (`resampling_summary`) and warns once per rate below `sample_rate` (upsampled audio
+  has empty high bands).
+- `read_clip`: the crop of a file or bytes cell, reading only the frames the crop needs plus the resampler's reach
+  (`soundfile` seek + frames), so a 10-minute file costs what its crop costs; equal to cropping the whole decode.
 - `make_audio_dataloader`: an endless, shuffled, per-process-sharded `DataLoader` of `{"waveforms", "data_position"}`
   batches that resumes from a data position (the same contract as `make_image_dataloader`).
 
@@ -20,6 +24,7 @@ stream's `num_padded`), or skipped and counted with `too_short="skip"`. Any posi
 and resampled (awkward ratios such as 7999 -> 16000 Hz use an FFT resampler instead of a huge polyphase filter).
 """
 
+import collections
 import io
 import logging
 import math
@@ -45,6 +50,7 @@ __all__ = [
     "audio_batches",
     "convert_channels",
     "decode_audio",
+    "read_clip",
     "embedded_audio_dir",
     "list_audio_files",
     "load_audio_dataset",
@@ -201,6 +207,31 @@ def resample_audio(waveform: np.ndarray, source_rate: int, target_rate: int) -> 
     return resampled.astype(np.float32)
 
 
+def _ratio(source_rate: int, target_rate: int) -> tuple[int, int]:
+    divisor = math.gcd(source_rate, target_rate)
+    return target_rate // divisor, source_rate // divisor
+
+
+def resampled_length(frames: int, source_rate: int, target_rate: int) -> int:
+    """Samples `resample_audio` returns for `frames` samples: `ceil(frames * target / source)`."""
+    up, down = _ratio(source_rate, target_rate)
+    return -(-frames * up // down)
+
+
+def source_window(offset: int, size: int, frames: int, source_rate: int, target_rate: int) -> tuple[int, int] | None:
+    """The source frames `[start, stop)` whose polyphase resampling reproduces output samples
+    `[offset, offset + size)` of the whole file's: the span plus the filter's reach (`resample_poly`'s Kaiser
+    window reaches `10 * max(up, down)` upsampled samples each side), `start` a multiple of `down` so the segment's
+    output grid is the file's. `None` when the FFT resampler would be used (it sees the whole clip)."""
+    up, down = _ratio(source_rate, target_rate)
+    if source_rate != target_rate and max(up, down) > MAX_POLYPHASE_FACTOR:
+        return None
+    margin = -(-10 * max(up, down) // up) + 2 if source_rate != target_rate else 0
+    start = max(offset * down // up - margin, 0) // down * down
+    stop = min(-(-(offset + size) * down // up) + margin, frames)
+    return start, stop
+
+
 def convert_channels(waveform: np.ndarray, channels: int) -> np.ndarray:
     """`(C, frames)` -> `(channels, frames)`: mono is the mean of all channels, stereo from mono duplicates it, and
     stereo from more than two channels raises (a surround layout has no single right downmix)."""
@@ -214,6 +245,48 @@ def convert_channels(waveform: np.ndarray, channels: int) -> np.ndarray:
         f"the audio has {waveform.shape[0]} channels and {channels} were requested; pass channels=1 to downmix "
         "to mono, or convert the files first."
     )
+
+
+def _checked(data: np.ndarray) -> np.ndarray:
+    """`(frames, channels)` from soundfile -> `(channels, frames)`, refusing empty or non-finite audio."""
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise ValueError("the audio is empty (no samples).")
+    if not np.isfinite(data).all():
+        raise ValueError("the audio contains NaN or Inf samples.")
+    return np.ascontiguousarray(data.T)
+
+
+def _reread(file: soundfile.SoundFile) -> np.ndarray:
+    file.seek(0)
+    return file.read(dtype="float32", always_2d=True)
+
+
+def _open_sound(value) -> soundfile.SoundFile | None:
+    """An open `soundfile.SoundFile` for a path or bytes cell (`None` for decoded arrays)."""
+    if isinstance(value, dict) and value.get("array") is not None:
+        return None
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        return soundfile.SoundFile(io.BytesIO(value["bytes"]))
+    if isinstance(value, dict) and value.get("path") is not None:
+        value = value["path"]
+    if isinstance(value, (bytes, bytearray)):
+        return soundfile.SoundFile(io.BytesIO(value))
+    if isinstance(value, (str, Path)):
+        if not stat.S_ISREG(os.stat(value).st_mode):  # FileNotFoundError for a missing file
+            raise ValueError(f"{value} is not a regular file (a FIFO, socket or device); it was not opened.")
+        return soundfile.SoundFile(value)
+    return None
+
+
+def read_clip(value, transform: "AudioTransform", position: int = 0, epoch: int = 0) -> tuple[torch.Tensor, bool]:
+    """`transform.crop` of a dataset cell (path, bytes or decoded array; see `decode_audio`), reading from a file
+    only the frames the crop needs. Returns the clip and whether it was zero-padded."""
+    file = _open_sound(value)
+    if file is None:
+        waveform, source_rate = decode_audio(value)
+        return transform.crop(waveform, source_rate, position, epoch)
+    with file:
+        return transform.crop_file(file, position, epoch)
 
 
 class AudioTransform:
@@ -251,30 +324,84 @@ class AudioTransform:
         self.random_crop = random_crop
         self.too_short = too_short
         self.seed = 0 if seed is None else int(seed)
+        self.source_rates = collections.Counter()  # clips seen per source sample rate (resampled unless = rate)
+
+    def offset(self, length: int, position: int = 0, epoch: int = 0) -> int:
+        """Where the crop of a clip of `length` samples (at `sample_rate`) starts: seeded by `(seed, epoch,
+        position)` when random, else centred."""
+        if self.random_crop:
+            rng = np.random.default_rng([self.seed, int(epoch), int(position)])
+            return int(rng.integers(0, length - self.sample_size + 1))
+        return (length - self.sample_size) // 2
+
+    def count_source_rate(self, source_rate: int) -> None:
+        """Count a clip of `source_rate`; the first clip below `sample_rate` logs a warning (upsampling leaves the
+        bands above its Nyquist frequency empty)."""
+        self.source_rates[int(source_rate)] += 1
+        if source_rate < self.sample_rate and self.source_rates[int(source_rate)] == 1:
+            logger.warning(
+                "upsampling %d Hz audio to %d Hz: its bands above %d Hz are empty (no content, only the resampler's "
+                "roll-off), so spectra and slopes over them describe silence; pass --sample_rate %d or lower to keep "
+                "to the recorded band.",
+                source_rate, self.sample_rate, source_rate // 2, source_rate,
+            )  # fmt: skip
+
+    def resampling_summary(self) -> str:
+        """One line: clips per source rate, and how many were resampled to `sample_rate`."""
+        resampled = sum(n for rate, n in self.source_rates.items() if rate != self.sample_rate)
+        rates = ", ".join(f"{n} at {rate} Hz" for rate, n in sorted(self.source_rates.items()))
+        total = sum(self.source_rates.values())
+        return f"{total} clips ({rates or 'none'}); {resampled} resampled to {self.sample_rate} Hz"
+
+    def _pad(self, audio: np.ndarray) -> tuple[torch.Tensor, bool]:
+        length = audio.shape[-1]
+        if self.too_short == "skip":
+            raise ValueError(
+                f"the clip has {length} samples at {self.sample_rate} Hz, fewer than sample_size="
+                f"{self.sample_size} (too_short='skip')."
+            )
+        padded = np.zeros((self.channels, self.sample_size), dtype=np.float32)
+        padded[:, :length] = audio
+        return torch.from_numpy(padded), True
 
     def crop(
         self, waveform: np.ndarray, source_rate: int, position: int = 0, epoch: int = 0
     ) -> tuple[torch.Tensor, bool]:
         """The transformed clip `(channels, sample_size)` and whether it was zero-padded."""
+        self.count_source_rate(source_rate)
         # 1. Channels, then rate (fewer channels to resample)
         audio = resample_audio(convert_channels(waveform, self.channels), source_rate, self.sample_rate)
         # 2. Crop or pad
-        length = audio.shape[-1]
-        if length < self.sample_size:
-            if self.too_short == "skip":
-                raise ValueError(
-                    f"the clip has {length} samples at {self.sample_rate} Hz, fewer than sample_size="
-                    f"{self.sample_size} (too_short='skip')."
-                )
-            padded = np.zeros((self.channels, self.sample_size), dtype=np.float32)
-            padded[:, :length] = audio
-            return torch.from_numpy(padded), True
-        if self.random_crop:
-            rng = np.random.default_rng([self.seed, int(epoch), int(position)])
-            offset = int(rng.integers(0, length - self.sample_size + 1))
-        else:
-            offset = (length - self.sample_size) // 2
+        if audio.shape[-1] < self.sample_size:
+            return self._pad(audio)
+        offset = self.offset(audio.shape[-1], position, epoch)
         clip = audio[:, offset : offset + self.sample_size]  # (channels, sample_size)
+        return torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)), False
+
+    def crop_file(self, file: soundfile.SoundFile, position: int = 0, epoch: int = 0) -> tuple[torch.Tensor, bool]:
+        """`crop` of an open sound file, reading only the frames the crop needs (plus the resampler's reach): a
+        10-minute file costs what its crop costs. The crop is the one `crop` cuts from the whole decoded file."""
+        frames, source_rate = file.frames, file.samplerate
+        if not isinstance(source_rate, int) or source_rate < 1:
+            raise ValueError(f"invalid sample rate {source_rate!r}.")
+        if frames <= 0:
+            raise ValueError("the audio is empty (no samples).")
+        length = resampled_length(frames, source_rate, self.sample_rate)
+        window = None
+        if length >= self.sample_size:
+            offset = self.offset(length, position, epoch)
+            window = source_window(offset, self.sample_size, frames, source_rate, self.sample_rate)
+        if window is None or window == (0, frames):
+            return self.crop(_checked(file.read(dtype="float32", always_2d=True)), source_rate, position, epoch)
+        start, stop = window
+        file.seek(start)
+        segment = _checked(file.read(stop - start, dtype="float32", always_2d=True))  # (channels, frames)
+        self.count_source_rate(source_rate)
+        audio = resample_audio(convert_channels(segment, self.channels), source_rate, self.sample_rate)
+        first = offset - start * self.sample_rate // source_rate  # the segment's output grid is the file's
+        clip = audio[:, first : first + self.sample_size]
+        if clip.shape[-1] != self.sample_size:  # a short read (a truncated file): decode it whole instead
+            return self.crop(_checked(_reread(file)), source_rate, position, epoch)
         return torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)), False
 
     def __call__(self, waveform: np.ndarray, source_rate: int, position: int = 0, epoch: int = 0) -> torch.Tensor:
@@ -302,8 +429,7 @@ def _clips(dataset, transform, audio_column, skip_counter, epoch=0, start=0, cou
             continue
         cell = example[audio_column]
         try:
-            waveform, source_rate = decode_audio(cell)
-            clip, was_padded = transform.crop(waveform, source_rate, position=position, epoch=epoch)
+            clip, was_padded = read_clip(cell, transform, position=position, epoch=epoch)
         except DECODE_ERRORS as error:
             path = cell.get("path") if isinstance(cell, dict) else None
             skip_counter.record(f"example {position}" + (f", {path}" if path else ""), error)

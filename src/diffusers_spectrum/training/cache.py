@@ -6,7 +6,12 @@ The output is sharded parquet (`data/train-*.parquet`, each shard written atomic
 re-running the same command after an interruption continues after the last complete shard, with no duplicates
 or gaps. `--push_to_hub` uploads the folder as a dataset repo with a dataset card (`--hub_dry_run` lists what would
 be uploaded without any network access).
+
+Importing this module (for its flags: `build_parser`, `parse_args`) loads neither diffusers nor accelerate nor
+datasets; the functions that need them import them.
 """
+
+from __future__ import annotations
 
 import argparse
 import json
@@ -15,19 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..models import load_autoencoder
 from ..models.checks import check_resolution, looks_local
-from ..models.encoders import RepresentationEncoder
-from ..pipelines.model_cards import dataset_card, push_folder_to_hub
-from .data import (
-    ImageTransform,
-    SkipCounter,
-    class_names_of,
-    detect_label_column,
-    embedded_class_names,
-    load_image_dataset,
-)
-from .latent_cache import write_latent_cache
+from ..run_folders import claim_output_dir
 from .utils import public_args, save_args_json
 
 
@@ -43,6 +37,8 @@ logger = logging.getLogger(__name__)
 def id2label_for(args, dataset) -> dict[int, str] | None:
     """Class names: `--class_names_file` (JSON list or {index: name}), a `ClassLabel` column's names, the embedded
     photos' names, or None."""
+    from .data import class_names_of, embedded_class_names
+
     if args.label_column is None:
         return None
     if args.class_names_file is not None:
@@ -59,6 +55,8 @@ def id2label_for(args, dataset) -> dict[int, str] | None:
 
 def push_cache_to_hub(args, info: dict) -> list[str]:
     """Write the dataset card and upload the folder as a dataset repo (or list the files with `--hub_dry_run`)."""
+    from ..pipelines.model_cards import dataset_card, push_folder_to_hub
+
     repo_id = args.hub_model_id or Path(args.output_dir).name
     columns = ["latents"] + (["latents_std"] if info["settings"]["mode"] == "mean_std" else [])
     contents = {
@@ -225,9 +223,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # Main
 
 
+def vae_weights_fingerprint(path: str, subfolder: str | None = None) -> str | None:
+    """SHA-256 of a local VAE folder's weight files (a pipeline folder's `vae/`), or None for a Hub id: recorded in
+    the cache's settings, so re-running the cache command after the VAE was retrained in place re-encodes instead of
+    resuming (or returning) latents of the old weights."""
+    import hashlib
+
+    folder = Path(path) / subfolder if subfolder else Path(path)
+    if not folder.is_dir():
+        return None
+    if not (folder / "config.json").is_file() and (folder / "vae" / "config.json").is_file():
+        folder = folder / "vae"
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*")):
+        if file.suffix in (".safetensors", ".bin") and file.is_file():
+            with open(file, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
 def cache_latents(args: argparse.Namespace) -> dict:
     """Encode as `args` (from `parse_args`) says; returns the cache info (`cache_info.json`)."""
+    from ..models.encoders import RepresentationEncoder
+    from ..models.loading import load_autoencoder
+    from .data import ImageTransform, SkipCounter, detect_label_column, load_image_dataset
+    from .latent_cache import CACHE_INFO_NAME, write_latent_cache
+
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    claim_output_dir(args.output_dir, "cache-latents", CACHE_INFO_NAME)  # new, empty or this cache: else refused
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     # 1. Models
@@ -253,6 +277,8 @@ def cache_latents(args: argparse.Namespace) -> dict:
     args.label_column = detect_label_column(dataset, args.label_column, args.unconditional)
     transform = ImageTransform(args.resolution, center_crop=not args.random_crop, seed=args.seed)
     metadata = {
+        # the VAE's weights, so a cache is never resumed (or reused) with latents of another training of the VAE
+        "vae_weights_sha256": vae_weights_fingerprint(args.pretrained_vae, args.vae_subfolder),
         # a local VAE is recorded by absolute path, so the DiT trainer finds it from any working directory
         "pretrained_vae": str(Path(args.pretrained_vae).resolve())
         if Path(args.pretrained_vae).exists()

@@ -10,27 +10,35 @@ A checkpoint `output_dir/checkpoint-<step>/` holds
 
 Nothing we write is unpickled on resume. Saving goes to a hidden temporary folder that is renamed into place (an
 atomic rename); pruning renames an old checkpoint to a hidden name *before* deleting it, so a kill at any moment
-leaves only complete `checkpoint-<step>` folders visible.
+leaves only complete `checkpoint-<step>` folders visible. `extra_state.json` lists the files the checkpoint wrote:
+pruning deletes those, and a file someone else put in the folder stays. (diffusers and safetensors are imported
+where used, so the trainers' flag parsers stay light.)
 """
+
+from __future__ import annotations
 
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import ModelMixin
-from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
 
 from .utils import write_json
+
+
+if TYPE_CHECKING:
+    from diffusers.training_utils import EMAModel
 
 
 __all__ = [
     "CHECKPOINT_PREFIX",
     "Checkpointer",
+    "check_resume_settings",
     "find_resume_checkpoint",
     "list_checkpoints",
     "load_ema_state",
@@ -85,20 +93,53 @@ def find_resume_checkpoint(output_dir: str | Path, resume_from_checkpoint: str |
     return path
 
 
+def _foreign_files(folder: Path) -> list[Path]:
+    """Files in a checkpoint folder that the checkpoint did not write (its `extra_state.json` lists what it wrote;
+    a checkpoint from before that list is taken to hold only its own files)."""
+    try:
+        written = json.loads((folder / EXTRA_STATE_NAME).read_text(encoding="utf-8")).get("files")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        written = None
+    if written is None:
+        return []
+    written = set(written) | {EXTRA_STATE_NAME}
+    return [p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() not in written]
+
+
+def _delete(doomed: Path, visible: Path) -> None:
+    """Delete a hidden, being-deleted checkpoint folder; files it did not write (a user's notes) are kept: the
+    checkpoint's own files go and the folder is renamed back to `visible` without its completion marker."""
+    keep = _foreign_files(doomed)
+    if not keep:
+        shutil.rmtree(doomed, ignore_errors=True)
+        return
+    keep_names = {p.relative_to(doomed).as_posix() for p in keep}
+    for path in sorted(doomed.rglob("*"), key=lambda p: -len(p.parts)):
+        if path.is_file() and path.relative_to(doomed).as_posix() not in keep_names:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    if not visible.exists():
+        os.replace(doomed, visible)
+    logger.warning("kept %d file(s) in %s that the checkpoint did not write (%s)", len(keep), visible, keep[0].name)
+
+
 def _remove(path: Path) -> None:
     """Delete a checkpoint folder so that no half-deleted folder is ever visible under a checkpoint name: rename it
-    to a hidden name first (atomic), then delete."""
+    to a hidden name first (atomic), then delete what the checkpoint wrote (`_delete`)."""
     doomed = path.with_name(f".{path.name}.deleting")
-    shutil.rmtree(doomed, ignore_errors=True)
+    if doomed.exists():
+        _delete(doomed, path.with_name(path.name + ".kept"))
     os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
+    _delete(doomed, path)
 
 
 def _clean_leftovers(output_dir: Path) -> None:
-    """Remove hidden temporary / being-deleted folders a killed run left behind."""
+    """Remove the hidden temporary / being-deleted checkpoint folders a killed run left behind (files in them that a
+    checkpoint did not write are kept, `_delete`)."""
     for path in output_dir.glob(f".{CHECKPOINT_PREFIX}*"):
         if path.is_dir() and path.name.endswith((".tmp", ".old", ".deleting")):
-            shutil.rmtree(path, ignore_errors=True)
+            _delete(path, path.with_name(path.name[1:].rsplit(".", 1)[0]))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -106,6 +147,9 @@ def _clean_leftovers(output_dir: Path) -> None:
 
 
 def _save_module(module: torch.nn.Module, folder: Path) -> None:
+    from diffusers import ModelMixin
+    from safetensors.torch import save_file
+
     if isinstance(module, ModelMixin):
         module.save_pretrained(folder, safe_serialization=True)
     else:
@@ -114,6 +158,9 @@ def _save_module(module: torch.nn.Module, folder: Path) -> None:
 
 
 def _load_module(module: torch.nn.Module, folder: Path) -> None:
+    from diffusers import ModelMixin
+    from safetensors.torch import load_file
+
     if not folder.is_dir():
         raise FileNotFoundError(
             f"checkpoint is missing the model folder {folder}; it was not written by this trainer."
@@ -130,6 +177,8 @@ def _load_module(module: torch.nn.Module, folder: Path) -> None:
 
 def save_ema_state(ema: EMAModel, folder: str | Path) -> None:
     """EMA shadow parameters as `ema.safetensors`, its counters and settings as `ema_state.json`."""
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = ema.state_dict()
@@ -140,6 +189,8 @@ def save_ema_state(ema: EMAModel, folder: str | Path) -> None:
 
 def load_ema_state(ema: EMAModel, folder: str | Path) -> None:
     """Inverse of `save_ema_state` (no unpickling)."""
+    from safetensors.torch import load_file
+
     folder = Path(folder)
     with open(folder / "ema_state.json", encoding="utf-8") as f:
         state = json.load(f)
@@ -172,6 +223,7 @@ class Checkpointer:
         models: dict[str, torch.nn.Module],
         emas: dict[str, EMAModel] | None = None,
         total_limit: int | None = None,
+        settings: dict | None = None,
     ):
         if total_limit is not None and total_limit < 1:
             raise ValueError(f"checkpoints_total_limit must be >= 1 or None, got {total_limit}.")
@@ -180,6 +232,9 @@ class Checkpointer:
         self.names = list(models)
         self.emas = dict(emas or {})
         self.total_limit = total_limit
+        # what the model learns (formulation, objective, resolution, model, regularisers): stored in every checkpoint,
+        # and a resume under other values is refused (`check_resume_settings`)
+        self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
         accelerator.register_save_state_pre_hook(self._save_hook)
         accelerator.register_load_state_pre_hook(self._load_hook)
 
@@ -209,6 +264,8 @@ class Checkpointer:
         final = output_dir / f"{CHECKPOINT_PREFIX}{global_step}"
         temporary = output_dir / f".{final.name}.tmp"
         state = {**(extra_state or {}), "global_step": int(global_step)}
+        if self.settings is not None:
+            state["settings"] = self.settings
         json.dumps(state)  # fail before writing anything if it is not serialisable
 
         if accelerator.is_main_process:
@@ -218,6 +275,8 @@ class Checkpointer:
         accelerator.save_state(str(temporary), safe_serialization=True)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            # what this checkpoint wrote (pruning deletes these and nothing else), then the completion marker
+            state["files"] = sorted(p.relative_to(temporary).as_posix() for p in temporary.rglob("*") if p.is_file())
             write_json(temporary / EXTRA_STATE_NAME, state)  # completion marker, written last
             if final.exists():  # a same-step checkpoint (a re-run) is replaced
                 _remove(final)
@@ -239,8 +298,51 @@ class Checkpointer:
         path = find_resume_checkpoint(self.output_dir, resume_from_checkpoint)
         if path is None:
             return None
-        self.accelerator.load_state(str(path))
-        with open(path / EXTRA_STATE_NAME, encoding="utf-8") as f:
-            state = json.load(f)
+        try:
+            with open(path / EXTRA_STATE_NAME, encoding="utf-8") as f:
+                state = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(
+                f"{path / EXTRA_STATE_NAME} is not valid JSON ({error}); resume from another checkpoint-<step>."
+            ) from None
+        if self.settings is not None and state.get("settings") is not None:
+            check_resume_settings(state["settings"], self.settings, path)
+        try:
+            self.accelerator.load_state(str(path))
+        except pickle.UnpicklingError as error:  # torch.load(weights_only=True) refused a file: not plain tensors
+            raise ValueError(
+                f"checkpoint {path}: {_refused_file(path)} holds pickled objects other than tensors, which are never "
+                f"loaded (torch: {str(error).splitlines()[0]}); this trainer did not write it. Delete {path} and "
+                "resume from an earlier checkpoint (or start fresh)."
+            ) from None
         state["checkpoint"] = str(path)
         return state
+
+
+def _refused_file(folder: Path) -> str:
+    """The first file of a checkpoint that `torch.load(weights_only=True)` refuses (for the error message)."""
+    for file in sorted(folder.rglob("*")):
+        if file.is_file() and file.suffix in (".bin", ".pkl", ".pt", ".pth"):
+            try:
+                torch.load(file, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                return str(file)
+            except Exception:  # noqa: BLE001 - another defect; only the refused file is named here
+                continue
+    return "a file"
+
+
+def check_resume_settings(saved: dict, current: dict, checkpoint: str | Path) -> None:
+    """A `ValueError` naming every setting that differs between a checkpoint (`saved`) and this run (`current`):
+    resuming under another formulation, objective, resolution, model or regulariser would train (and export)
+    something else than the checkpoint learned."""
+    changed = [
+        f"--{key} {saved.get(key)!r} -> {current.get(key)!r}"
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key) != current.get(key)
+    ]
+    if changed:
+        raise ValueError(
+            f"cannot resume from {checkpoint}: it was trained with other settings ({'; '.join(changed)}). Pass the "
+            "checkpoint's values (see training_args.json beside it), or a new --output_dir to start a new run."
+        )

@@ -9,31 +9,26 @@ model card), `transformer/` (our class with the REPA projector, to fine-tune), `
 
 Each loss helper returns *unweighted* terms; the loop applies the flag weights (`--repa_coeff`, `--fourier_weight`,
 `--wavelet_weight`) and logs every term separately.
+
+Importing this module (for its flags: `build_parser`, `parse_args`) loads neither diffusers nor accelerate nor
+datasets; the functions that need them import them.
 """
+
+from __future__ import annotations
 
 import argparse
 import logging
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..losses import repa_loss
 from ..losses.dct import dct_weighted_mse
 from ..losses.spectral_regularizers import spectral_regularizer_terms
-from ..models import REPADiTTransformer2DModel, drop_labels, load_autoencoder
-from ..models.dit_repa import REPA_DEFAULTS, default_repa_depth
-from ..models.encoders import RepresentationEncoder
-from ..models.latent_conventions import latents_from_vae
-from ..pipelines.dct_transform import DCTTransform
-from ..pipelines.export import export_pipeline
-from ..pipelines.model_cards import pipeline_model_card
-from ..pipelines.sampling import sample_images
-from ..pipelines.schedulers import default_scheduler, flow_matching_scheduler, snr_scaled_scheduler
 from ..spectral.filters import apply_target_filter
 from .args import (
     add_data_args,
@@ -46,18 +41,6 @@ from .args import (
     regularizer_settings,
 )
 from .checkpointing import Checkpointer
-from .data import ImageTransform, embedded_class_names, image_batches, load_image_dataset, make_image_dataloader
-from .dct_statistics import estimate_dct_statistics, estimate_entropy_weights
-from .latent_cache import load_latent_dataset, make_latent_dataloader, read_cache_info
-from .loop import (
-    AccumulationWindow,
-    make_accelerator,
-    make_optimizer,
-    optimizer_step,
-    push_output,
-    resume_training,
-    save_checkpoint_if_due,
-)
 from .objectives import DiffusionObjective
 from .utils import (
     create_ema,
@@ -70,11 +53,15 @@ from .utils import (
 )
 
 
+if TYPE_CHECKING:
+    from ..models.dit_repa import REPADiTTransformer2DModel
+
+
 __all__ = [
     "DIT_PRESETS",
     "build_parser",
     "build_transformer",
-    "default_repa_depth",
+    "default_repa_depth",  # noqa: F822 - re-exported by the module __getattr__ below
     "parse_args",
     "repa_term",
     "standardize_latents",
@@ -83,8 +70,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# Flags a resume must keep (`loop.learning_settings`): they change what the transformer learns.
+RESUME_SETTINGS = (
+    "objective", "space", "resolution", "dit_config", "patch_size", "snr_scale", "dct_block_size", "dct_num_dropped",
+    "unconditional", "num_classes", "repa_targets_resolved", "repa_target_filter", "repa_projector", "repa_depth",
+    "fourier_weight", "wavelet_weight", "wavelet_levels", "wavelet",
+    "spectral_loss_type", "fourier_log_amplitude",
+)  # fmt: skip
+
 # What standardises raw VAE latents for diffusion (the family convention; see `models.latent_convention`).
 LATENT_CONFIG_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
+
+# The authors' REPA loss weight per projector (`models.dit_repa.REPA_DEFAULTS`, which needs diffusers to import; a
+# test keeps the two equal): 0.5 for REPA's MLP, 1.0 for iREPA's conv.
+REPA_LOSS_WEIGHTS = {"mlp": 0.5, "conv": 1.0}
 
 # DiT model sizes (Peebles & Xie 2023, Table 1; heads x head_dim = hidden width), plus CPU sizes: `tiny` (tests)
 # and `mini` (the demo).
@@ -119,6 +118,8 @@ def build_transformer(
         patch_size: override the preset's patch size.
         dit_init: the DiT paper's initialisation (adaLN-zero, zero output layer); else PyTorch defaults.
     """
+    from ..models.dit_repa import REPADiTTransformer2DModel
+
     if preset not in DIT_PRESETS:
         raise ValueError(f"unknown DiT preset {preset!r}; choose one of {sorted(DIT_PRESETS)}.")
     config = dict(DIT_PRESETS[preset])
@@ -155,6 +156,8 @@ def standardize_latents(
             from the VAE config or the cache's `cache_info.json`.
         latents_std: `(B, C, h, w)` posterior std: when given a fresh posterior sample is drawn with `generator`.
     """
+    from ..models.latent_conventions import latents_from_vae
+
     if latents_std is not None:
         noise = torch.randn(latents.shape, generator=generator, device=generator.device if generator else "cpu")
         latents = latents + latents_std * noise.to(latents.device, latents.dtype)
@@ -199,6 +202,8 @@ def repa_term(
 
 def export_scheduler(args):
     """The sampler that matches the training objective (and DCT SNR scaling), as saved in the pipeline."""
+    from ..pipelines.schedulers import default_scheduler, flow_matching_scheduler, snr_scaled_scheduler
+
     if args.objective == "flow":
         scheduler = flow_matching_scheduler()
         return (
@@ -214,6 +219,10 @@ def export_scheduler(args):
 
 def training_objective(args) -> DiffusionObjective:
     """Forward process and target; DCT-space SNR scaling c multiplies the schedule's SNR (DCTdiff)."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    from ..pipelines.schedulers import snr_scaled_scheduler
+
     if args.objective == "flow":
         scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0 / math.sqrt(args.snr_scale))
         return DiffusionObjective("flow", scheduler if args.snr_scale != 1.0 else None)
@@ -228,6 +237,9 @@ class DataSource:
     data modes (cached latents, images through a VAE, images in DCT space)."""
 
     def __init__(self, args, accelerator):
+        from .data import embedded_class_names
+        from .latent_cache import read_cache_info
+
         self.args, self.device = args, accelerator.device
         self.cache_info, self.vae, self.encoder = None, None, None
         self.id2label = None
@@ -253,9 +265,29 @@ class DataSource:
                 self.id2label = dict(enumerate(embedded_class_names()))
         if args.unconditional:
             self.conditional, self.id2label = False, None
+        if self.cache_info is not None:
+            self.check_cache()
+
+    def check_cache(self) -> None:
+        """Before training on cached latents: their recorded latent convention must be the decoding VAE's
+        (`check_cache_against_vae`, an error), and a sample of them, standardised, should have a std near 1 (a loud
+        warning with the fix otherwise)."""
+        from .latent_cache import check_cache_against_vae, latent_statistics, load_latent_dataset, warn_if_badly_scaled
+
+        args, settings = self.args, self.cache_info["settings"]
+        vae_name = args.pretrained_vae or settings.get("pretrained_vae")
+        check_cache_against_vae(settings, self.decoder().config, args.latent_dataset, vae_name)
+        sample = load_latent_dataset(args.latent_dataset, streaming=True)
+        self.latent_statistics = latent_statistics(
+            sample, self.latent_config, seed=args.seed, source=args.latent_dataset
+        )
+        warn_if_badly_scaled(self.latent_statistics, settings, args.latent_dataset)
 
     def load_decoder(self):
         """The VAE (or DCT transform) that decodes samples: `--pretrained_vae`, else the one the cache records."""
+        from ..models.loading import load_autoencoder
+        from ..pipelines.dct_transform import DCTTransform
+
         args = self.args
         if args.space == "dct":
             return DCTTransform(block_size=args.dct_block_size, num_dropped=args.dct_num_dropped)
@@ -271,6 +303,9 @@ class DataSource:
         return self.vae
 
     def dataloader(self, accelerator, start_position: int):
+        from .data import ImageTransform, load_image_dataset, make_image_dataloader
+        from .latent_cache import load_latent_dataset, make_latent_dataloader
+
         args = self.args
         common = dict(
             start_position=start_position, num_processes=accelerator.num_processes,
@@ -279,7 +314,9 @@ class DataSource:
         if self.cache_info is not None:
             local = Path(args.latent_dataset).exists()
             dataset = load_latent_dataset(args.latent_dataset, streaming=not local or args.streaming)
-            return make_latent_dataloader(dataset, args.train_batch_size, **common)
+            return make_latent_dataloader(
+                dataset, args.train_batch_size, **common, source=args.latent_dataset if local else None
+            )
         dataset = load_image_dataset(
             args.dataset_name, args.train_data_dir, args.dataset_split, args.image_column,
             streaming=(args.streaming or args.dataset_name is not None) and not args.no_streaming,
@@ -478,7 +515,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.objective == "flow" and args.space == "dct" and args.snr_scale != 1.0:
         logger.info("flow matching in DCT space: SNR scale applied as a time shift of 1/sqrt(c)")
     if args.repa_coeff is None:
-        args.repa_coeff = REPA_DEFAULTS[args.repa_projector]["loss_weight"]
+        args.repa_coeff = REPA_LOSS_WEIGHTS[args.repa_projector]
     finish_common_args(args, "train_dit_repa")
     check_positive(args, ("num_validation_images", "validation_inference_steps"))
     check_nonnegative(args, ("repa_coeff", "label_dropout"))
@@ -497,10 +534,24 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def train_dit(args: argparse.Namespace) -> Path:
     """Train as `args` (from `parse_args`) says; returns the exported pipeline folder."""
+    from ..models.dit_repa import REPADiTTransformer2DModel, default_repa_depth, drop_labels
+    from ..models.encoders import RepresentationEncoder
+    from .data import ImageTransform, image_batches, load_image_dataset
+    from .dct_statistics import estimate_dct_statistics, estimate_entropy_weights
+    from .loop import (
+        AccumulationWindow,
+        learning_settings,
+        make_accelerator,
+        make_optimizer,
+        optimizer_step,
+        resume_training,
+        save_checkpoint_if_due,
+    )
+
     # 1. Accelerator, logging, seeds
     start_time = time.time()
     output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args)
+    accelerator = make_accelerator(args, "train-dit")
 
     # 2. Data source (cached latents, VAE on the fly, or DCT space)
     data = DataSource(args, accelerator)
@@ -582,7 +633,7 @@ def train_dit(args: argparse.Namespace) -> Path:
     raw_model = accelerator.unwrap_model(model)
     checkpointer = Checkpointer(
         accelerator, output_dir, {"transformer": model}, {"transformer": ema} if ema is not None else None,
-        args.checkpoints_total_limit,
+        args.checkpoints_total_limit, settings=learning_settings(args, RESUME_SETTINGS),
     )  # fmt: skip
     fourier, wavelet = regularizer_settings(args)
     logger.info(
@@ -689,6 +740,10 @@ def train_dit(args: argparse.Namespace) -> Path:
 @torch.no_grad()
 def validate(args, accelerator, raw_model, ema, data, labels, step, output_dir) -> Path:
     """Sample a validation grid with the (EMA) weights; saved as `validation/step-<step>.png` and logged."""
+    from PIL import Image
+
+    from ..pipelines.sampling import sample_images
+
     raw_model.eval()
     with ema_weights(ema, raw_model):
         images = sample_images(
@@ -705,6 +760,10 @@ def validate(args, accelerator, raw_model, ema, data, labels, step, output_dir) 
 
 def write_outputs(args, model, data, metrics: dict, num_classes: int, output_dir: Path) -> Path:
     """Export the pipeline folder (stock classes; DCT space: `DCTDiTPipeline`), metrics.json, card, push."""
+    from ..pipelines.export import export_pipeline
+    from ..pipelines.model_cards import pipeline_model_card
+    from .loop import push_output
+
     pipeline_dir = output_dir / "pipeline"
     scheduler = export_scheduler(args)
     id2label = data.id2label if data.conditional else None
@@ -740,3 +799,13 @@ def write_outputs(args, model, data, metrics: dict, num_classes: int, output_dir
     write_json(output_dir / "metrics.json", metrics)
     push_output(args, pipeline_dir)
     return pipeline_dir
+
+
+def __getattr__(name: str):
+    """`default_repa_depth` is re-exported from `models.dit_repa` on first use (PEP 562): importing this module for
+    its flags loads no diffusers."""
+    if name == "default_repa_depth":
+        from ..models.dit_repa import default_repa_depth
+
+        return default_repa_depth
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

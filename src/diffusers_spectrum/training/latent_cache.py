@@ -21,17 +21,19 @@ an interrupted run continues from the last completed shard's end: no duplicates,
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
 from ..models.checks import looks_local
-from ..models.latent_conventions import latent_convention
+from ..models.latent_conventions import latent_convention, latents_from_vae
 from .data import ImageStreamDataset, ImageTransform, ResumableStream, SkipCounter
 from .utils import write_json
 
@@ -39,10 +41,12 @@ from .utils import write_json
 __all__ = [
     "CACHE_INFO_NAME",
     "LatentStreamDataset",
+    "check_cache_against_vae",
     "check_cache_info",
     "check_shard",
     "encode_latents",
     "latent_batch",
+    "latent_statistics",
     "load_latent_dataset",
     "make_latent_dataloader",
     "read_cache_info",
@@ -54,6 +58,7 @@ _DATA_DIR = "data"
 _MODES = ("mean_std", "mean", "sample")
 logger = logging.getLogger(__name__)
 _DTYPES = {"float16": np.float16, "bfloat16": None, "float32": np.float32}
+_SHARD_FILE = re.compile(r"^train-\d{5}\.parquet(\.tmp)?$")  # what `_shard_name` / `_write_shard` write
 
 
 def _shard_name(index: int) -> str:
@@ -203,11 +208,12 @@ def write_latent_cache(
         changed = sorted(k for k in keys if settings.get(k) != previous["settings"].get(k))
         if changed:
             raise ValueError(
-                f"{output_dir} already holds a latent cache made with different settings ({', '.join(changed)}); "
-                "pass a new output_dir (or delete the folder) to start over."
+                f"{output_dir} already holds a latent cache made with different settings ({', '.join(changed)}"
+                f"{'; the VAE weights changed since' if 'vae_weights_sha256' in changed else ''}); pass a new "
+                "output_dir (or delete the folder) to start over."
             )
         info = previous
-        intact = _intact_shards(output_dir, info["shards"])
+        intact = _intact_shards(output_dir, info["shards"], info.get("latent_shape"))
         if intact < len(info["shards"]):  # a deleted or corrupt shard: re-encode from it on
             info["shards"] = info["shards"][:intact]
             info["num_examples"] = sum(shard["num_examples"] for shard in info["shards"])
@@ -215,9 +221,7 @@ def write_latent_cache(
             logger.warning("re-encoding %s from shard %d on", output_dir, intact)
         if info["complete"]:
             return info
-    for stale in (output_dir / _DATA_DIR).glob("*") if (output_dir / _DATA_DIR).exists() else ():
-        if stale.name not in {Path(s["file"]).name for s in info["shards"]}:
-            stale.unlink()  # a shard or temp file written after the last manifest update: re-encoded below
+    _remove_unlisted_shards(output_dir, info["shards"])
     start_position = info["shards"][-1]["end_position"] if info["shards"] else 0
 
     # 2. Stream the images from the resume position, in order
@@ -291,6 +295,33 @@ def write_latent_cache(
     return info
 
 
+def _remove_unlisted_shards(output_dir: Path, shards: list[dict]) -> None:
+    """Before resuming, delete the shards (and temporary files) an interrupted run of ours wrote after its last
+    manifest update: files named as this writer names them (`train-00007.parquet`, `train-00007.parquet.tmp`)
+    that the manifest does not list; they are re-encoded. Any other file in `data/` was not written by the cache
+    and is kept (a warning names it: a Hub upload of the folder would include it)."""
+    folder = output_dir / _DATA_DIR
+    if not folder.is_dir():
+        return
+    listed = {Path(shard["file"]).name for shard in shards}
+    foreign = []
+    for path in sorted(folder.iterdir()):
+        if path.name in listed:
+            continue
+        if _SHARD_FILE.match(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink()
+        else:
+            foreign.append(path.name)
+    if foreign:
+        logger.warning(
+            "%s holds %d file(s) the latent cache did not write (%s); they are kept and not read as latents, but "
+            "a Hub upload of the folder would include them.",
+            folder,
+            len(foreign),
+            ", ".join(foreign[:3]),
+        )
+
+
 def _batched(stream, batch_size: int, limit: int | None) -> Iterator[dict]:
     """Group `ImageStreamDataset` samples into batches, stopping after `limit` samples."""
     items, seen = [], 0
@@ -343,11 +374,11 @@ def _fix_hint(path) -> str:
     return f"delete {path} and re-run the cache command (it resumes, re-encoding from that shard on)"
 
 
-def _intact_shards(output_dir: Path, shards: list[dict]) -> int:
-    """How many leading shards of a manifest exist and have a readable parquet footer."""
+def _intact_shards(output_dir: Path, shards: list[dict], latent_shape=None) -> int:
+    """How many leading shards of a manifest exist, have a readable parquet footer and the cache's latent shape."""
     for index, shard in enumerate(shards):
         try:
-            check_shard(output_dir / shard["file"])
+            check_shard(output_dir / shard["file"], latent_shape)
         except ValueError as error:
             logger.warning("%s", error)
             return index
@@ -413,17 +444,53 @@ def read_cache_info(path_or_id: str | Path, revision: str | None = None) -> dict
     return _read_info_file(Path(path), None)
 
 
-def check_shard(path: Path) -> None:
-    """A `ValueError` naming the shard and the fix when `path` is missing or not a readable parquet file (its footer
-    is read, not its data)."""
+def check_shard(path: Path, latent_shape=None) -> None:
+    """A `ValueError` naming the shard and the fix when `path` is missing, not a readable parquet file (its footer
+    is read, not its data), or, given the cache's `latent_shape`, holds latents of another shape (a shard of another
+    cache, e.g. of an 8-channel VAE)."""
     if not path.is_file():
         raise ValueError(f"latent cache shard {path} is missing; {_fix_hint(path)}.")
     try:
-        pq.read_metadata(path)
+        schema = pq.read_schema(path)
     except Exception as error:  # pyarrow.ArrowInvalid ("Parquet magic bytes not found"), OSError
         raise ValueError(
             f"latent cache shard {path} is corrupt ({type(error).__name__}: {error}); {_fix_hint(path)}."
         ) from None
+    if latent_shape is None:
+        return
+    try:
+        features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+        shape = list(features["latents"]["shape"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"latent cache shard {path} has no latents column description (it was not written by the cache "
+            f"command); {_fix_hint(path)}."
+        ) from None
+    if shape != list(latent_shape):
+        raise ValueError(
+            f"latent cache shard {path} holds latents of shape {tuple(shape)} but cache_info.json says "
+            f"{tuple(latent_shape)}: it comes from another cache (another VAE); {_fix_hint(path)}."
+        )
+
+
+def unreadable_shard_error(folder: str | Path, shards: list[dict], error: BaseException) -> ValueError:
+    """The error to raise when reading a local cache failed mid-way (a corrupt data page: pyarrow's "Couldn't
+    deserialize thrift", `datasets`' DatasetGenerationError): each shard is read in full to name the broken one and
+    the fix (only on this failure path; a healthy cache is never read twice)."""
+    for shard in shards:
+        path = Path(folder) / shard["file"]
+        try:
+            pq.read_table(path)
+        except Exception as shard_error:  # noqa: BLE001 - any read failure names this shard
+            first = str(shard_error).splitlines()[0] if str(shard_error) else ""
+            return ValueError(
+                f"latent cache shard {path} is corrupt ({type(shard_error).__name__}: {first}); {_fix_hint(path)}."
+            )
+    first = str(error).splitlines()[0] if str(error) else ""
+    return ValueError(
+        f"the latent cache {folder} could not be read ({type(error).__name__}: {first}); check its shards, or "
+        "delete it and re-run the cache command."
+    )
 
 
 def load_latent_dataset(
@@ -441,9 +508,12 @@ def load_latent_dataset(
         if not files:
             raise ValueError(f"{path_or_id} holds no completed latent shard yet.")
         for file in files:
-            check_shard(file)
+            check_shard(file, info.get("latent_shape"))
         data_files = {split: [str(f) for f in files]}
-        return datasets.load_dataset("parquet", data_files=data_files, split=split, streaming=streaming)
+        try:
+            return datasets.load_dataset("parquet", data_files=data_files, split=split, streaming=streaming)
+        except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as error:
+            raise unreadable_shard_error(path_or_id, info["shards"], error) from None
     return datasets.load_dataset(str(path_or_id), split=split, streaming=streaming, revision=revision)
 
 
@@ -460,6 +530,24 @@ def latent_batch(examples: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
+def readable_rows(rows, source: str | Path | None = None):
+    """Iterate `rows` (a latent dataset); a read failure mid-way (a corrupt data page) becomes a `ValueError`
+    naming the shard of the local cache `source` and the fix (`unreadable_shard_error`)."""
+    iterator = iter(rows)
+    while True:
+        try:
+            row = next(iterator)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException, datasets.exceptions.DatasetGenerationError) as error:
+            if source is not None and Path(source).is_dir():
+                raise unreadable_shard_error(source, read_cache_info(source)["shards"], error) from None
+            raise ValueError(
+                f"the latent dataset {source} could not be read ({type(error).__name__}: {error})."
+            ) from None
+        yield row
+
+
 class LatentStreamDataset(ResumableStream):
     """Endless shuffled stream of one process's share of a latent dataset, resumable from a data position.
 
@@ -468,11 +556,13 @@ class LatentStreamDataset(ResumableStream):
     that stores the last batch's position resumes exactly with `start_position`.
     """
 
+    source: str | Path | None = None  # the local cache folder, to name a corrupt shard (`make_latent_dataloader`)
+
     def __iter__(self):
         epoch, consumed = 0, 0
         while True:
             epoch_rows = 0
-            for row in self._epoch_dataset(epoch):
+            for row in readable_rows(self._epoch_dataset(epoch), self.source):
                 epoch_rows += 1
                 consumed += 1
                 if consumed <= self.start_position:
@@ -495,12 +585,85 @@ def make_latent_dataloader(
     seed: int = 0,
     shuffle_buffer_size: int = 1000,
     infinite: bool = True,
+    source: str | Path | None = None,
 ) -> torch.utils.data.DataLoader:
     """A `DataLoader` of `latent_batch` batches over this process's shard (already sharded: do not
-    `accelerator.prepare` it). Resume with `start_position = batch["data_position"][-1]`."""
+    `accelerator.prepare` it). Resume with `start_position = batch["data_position"][-1]`. `source`: the local cache
+    folder, so that a corrupt shard found while reading is named."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     stream = LatentStreamDataset(
         dataset, start_position, num_processes, process_index, shuffle, seed, shuffle_buffer_size, infinite
     )
+    stream.source = source
     return torch.utils.data.DataLoader(stream, batch_size=batch_size, drop_last=True, collate_fn=latent_batch)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The cache's latent convention against its VAE and its own latents
+
+LATENT_CONVENTION_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std")
+# Standardised latents of a well-scaled cache have a std near 1 (the VAE trainer sets scaling_factor = 1 / std);
+# outside this range the factor is almost surely wrong (a 10x error gives 10 or 0.1).
+LATENT_STD_RANGE = (0.5, 2.0)
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    a, b = np.atleast_1d(np.asarray(a, dtype=np.float64)), np.atleast_1d(np.asarray(b, dtype=np.float64))
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-5, atol=0.0))
+
+
+def check_cache_against_vae(settings: dict, vae_config, cache: str | Path, vae_name: str) -> None:
+    """A `ValueError` when the latent convention a cache records (`cache_info.json`: scaling factor, shift,
+    per-channel statistics) differs from the one of the VAE that will decode its samples: the diffusion model
+    would train on latents standardised one way and the exported pipeline decode them the other way."""
+    for key in LATENT_CONVENTION_KEYS:
+        recorded, actual = settings.get(key), getattr(vae_config, key, None)
+        if not _same(recorded, actual):
+            raise ValueError(
+                f"the latent cache {cache} records {key} {recorded} (cache_info.json) but the VAE that decodes its "
+                f"samples ({vae_name}) has {key} {actual}: training would standardise the latents with one and the "
+                f"exported pipeline decode with the other. Re-cache with `diffusers-spectrum cache-latents "
+                f"--pretrained_vae {vae_name}`, or set {key} in {Path(str(cache)) / CACHE_INFO_NAME} back to {actual}."
+            )
+
+
+def latent_statistics(
+    dataset, latent_config: dict, max_rows: int = 256, seed: int = 0, source: str | Path | None = None
+) -> dict:
+    """Mean and std of the standardised latents (`models.latents_from_vae` with `latent_config`) of the first
+    `max_rows` rows of a latent dataset; with a stored posterior std, of posterior samples (seeded), as training
+    draws them. A well-scaled cache gives a std near 1."""
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for index, row in enumerate(readable_rows(dataset, source)):
+        if index >= max_rows:
+            break
+        latents = torch.as_tensor(np.asarray(row["latents"], dtype=np.float32))
+        if row.get("latents_std") is not None:
+            std = torch.as_tensor(np.asarray(row["latents_std"], dtype=np.float32))
+            latents = latents + std * torch.randn(latents.shape, generator=generator)
+        values.append(latents_from_vae(latents[None], latent_config))
+    if not values:
+        raise ValueError("latent_statistics: the latent dataset has no rows.")
+    stacked = torch.cat(values).double()
+    return {"mean": float(stacked.mean()), "std": float(stacked.std()), "rows": len(values)}
+
+
+def warn_if_badly_scaled(statistics: dict, settings: dict, cache: str | Path) -> bool:
+    """Log a warning (and return True) when the standardised latents' std is outside `LATENT_STD_RANGE`, with the
+    scaling factor that would give std 1."""
+    std, low_high = statistics["std"], LATENT_STD_RANGE
+    if low_high[0] <= std <= low_high[1]:
+        return False
+    factor = settings.get("scaling_factor")
+    logger.warning(
+        "THE LATENT SCALE LOOKS WRONG: the latents of %s standardised with scaling_factor %s have std %.3g over %d "
+        "rows (diffusion expects about 1; the noise schedule then drowns or barely touches them). If the factor is "
+        "wrong, %s ~ %.4g gives std 1: re-cache with a VAE whose scaling_factor is right (train-vae computes it with "
+        "--latent_stats_samples), or fix it in %s.",
+        cache, factor, std, statistics["rows"], "scaling_factor", (factor or 1.0) / std, CACHE_INFO_NAME,
+    )  # fmt: skip
+    return True

@@ -10,11 +10,13 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
 
+from ..run_folders import claim_output_dir
 from .utils import NonFiniteGuard, public_args, save_args_json, write_json
 
 
 __all__ = [
     "AccumulationWindow",
+    "learning_settings",
     "adamw",
     "make_accelerator",
     "make_optimizer",
@@ -28,10 +30,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def make_accelerator(args) -> Accelerator:
+def make_accelerator(args, command: str) -> Accelerator:
     """An `Accelerator` writing into `args.output_dir` (trackers in `logging_dir`); seeds torch, saves the resolved
-    arguments (secrets dropped) and starts the trackers."""
-    output_dir = Path(args.output_dir)
+    arguments (secrets dropped) and starts the trackers. The folder is first claimed for `command`
+    (`run_folders.claim_output_dir`): a new or empty folder, or an earlier run of the same trainer; anything else is
+    refused before a file is written."""
+    output_dir = claim_output_dir(args.output_dir, command, ("training_args.json", "checkpoint-*/extra_state.json"))
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
@@ -175,6 +179,20 @@ def save_checkpoint_if_due(checkpointer, args, global_step: int, data_position: 
         accelerator = checkpointer.accelerator
         positions = accelerator.gather(torch.tensor([data_position], device=accelerator.device)).tolist()
         checkpointer.save(global_step, {"data_positions": positions, "nonfinite": guard.state_dict()})
+
+
+def learning_settings(args, keys) -> dict:
+    """The flags among `keys` that change what a model learns, for `Checkpointer(settings=...)`: a checkpoint stores
+    them and a resume under other values is refused. Regulariser weights count only as on / off (`<name>_on`), so a
+    weight may be changed on resume but a term cannot appear or disappear."""
+    settings = {}
+    for key in keys:
+        value = getattr(args, key, None)
+        if key.endswith("_weight") and isinstance(value, (int, float)):
+            settings[key.removesuffix("_weight") + "_on"] = value > 0
+        else:
+            settings[key] = list(value) if isinstance(value, tuple) else value
+    return settings
 
 
 def resume_training(checkpointer, resume_from_checkpoint, max_nonfinite_steps: int):

@@ -10,33 +10,41 @@ call it. Flag names follow diffusers' `examples/unconditional_image_generation/t
   per sample weighted by `--spectral_timestep_weighting`. Output: a stock `DDPMPipeline` folder.
 - EDM: `x = x0 + sigma n` with `ln sigma ~ N(P_mean, P_std^2)`, preconditioned denoiser `D(x; sigma)` and loss weight
   `(sigma^2 + sigma_data^2) / (sigma sigma_data)^2` (`training.edm`); the regularisers compare `D(x; sigma)` with x0,
-  weighted by the same SNR rule with SNR = 1 / sigma^2. Output: an `EDMPipeline` folder whose `unet/` is a stock
-  `UNet2DModel` and `scheduler/` a stock `EDMEulerScheduler` (diffusers alone samples it with
-  `ConsistencyModelPipeline.from_pretrained`).
+  weighted by the same SNR rule with SNR = 1 / sigma^2. Output: a stock folder (`unet/` a `UNet2DModel`,
+  `scheduler/` an `EDMEulerScheduler`, `model_index.json` naming `ConsistencyModelPipeline`, whose loop is
+  `EDMPipeline`'s), so `DiffusionPipeline.from_pretrained` samples it with diffusers alone.
 
 The output folder is the pipeline itself (as in diffusers' script), plus `metrics.json`, `training_args.json`,
 `spectrum_info.json`, a model card (`README.md`), `validation/` sample grids, checkpoints (`checkpoint-<step>`) and
 logs (`logs/`); the Hub upload leaves checkpoints and logs out.
+
+Importing this module (for its flags: `build_parser`, `parse_args`) loads neither diffusers nor accelerate nor
+datasets; the functions that need them import them.
 """
+
+from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-from huggingface_hub import ModelCard
 from PIL import Image
 from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..losses.spectral_regularizers import spectral_regularizer_terms
-from ..models.unet_presets import UNET_PRESETS, build_unet, check_edm_unet, unet_downsampling_factor
-from ..pipelines.edm_pipeline import EDM_SCHEDULERS, EDMPipeline, edm_scheduler
-from ..pipelines.model_cards import unconditional_model_card
-from ..pipelines.sampling import pipeline_samples
+from ..models.unet_presets import (
+    UNET_PRESETS,
+    build_unet,
+    check_edm_unet,
+    check_unet_config,
+    read_model_config,
+    unet_downsampling_factor,
+)
 from .args import (
     add_data_args,
     add_optimization_args,
@@ -47,7 +55,6 @@ from .args import (
     regularizer_settings,
 )
 from .checkpointing import Checkpointer
-from .data import ImageTransform, load_image_dataset, make_image_dataloader
 from .edm import (
     EDM_P_MEAN,
     EDM_P_STD,
@@ -57,15 +64,6 @@ from .edm import (
     edm_noisy_inputs,
     edm_sample_sigmas,
     edm_snr,
-)
-from .loop import (
-    AccumulationWindow,
-    make_accelerator,
-    make_optimizer,
-    optimizer_step,
-    push_output,
-    resume_training,
-    save_checkpoint_if_due,
 )
 from .objectives import DiffusionObjective, regularizer_weights
 from .utils import (
@@ -77,6 +75,11 @@ from .utils import (
     step_generator,
     write_json,
 )
+
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DModel
+    from huggingface_hub import ModelCard
 
 
 __all__ = [
@@ -95,7 +98,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# Flags a resume must keep (`loop.learning_settings`): they change what the UNet learns.
+RESUME_SETTINGS = (
+    "formulation", "prediction_type", "ddpm_num_steps", "ddpm_beta_schedule", "edm_p_mean", "edm_p_std", "resolution",
+    "unet_config", "model_config_name_or_path", "fourier_weight", "wavelet_weight", "wavelet_levels", "wavelet",
+    "spectral_loss_type", "fourier_log_amplitude",
+)  # fmt: skip
+
 FORMULATIONS = ("ddpm", "edm")
+EDM_SCHEDULER_KINDS = ("euler", "dpmsolver")  # `pipelines.edm_pipeline.EDM_SCHEDULERS` (a test keeps them equal)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 DDPM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 # --unet_config default per resolution (the DDPM-paper sizes of models.unet_presets)
@@ -108,6 +119,8 @@ PRESET_BY_RESOLUTION = {32: "ddpm-32", 64: "ddpm-64", 256: "ddpm-256"}
 
 def ddpm_noise_scheduler(num_steps: int = 1000, beta_schedule: str = "linear", prediction_type: str = "epsilon"):
     """The training (and DDPM sampling) schedule: diffusers' `DDPMScheduler` with DDPM's betas 1e-4 to 0.02."""
+    from diffusers import DDPMScheduler
+
     if beta_schedule not in DDPM_BETA_SCHEDULES:
         raise ValueError(f"--ddpm_beta_schedule must be one of {DDPM_BETA_SCHEDULES}, got {beta_schedule!r}.")
     if prediction_type not in PREDICTION_TYPES:
@@ -201,6 +214,10 @@ def total_loss(terms: dict[str, torch.Tensor], fourier_weight: float, wavelet_we
 
 def build_pipeline(args, unet: UNet2DModel):
     """The pipeline that samples `unet` as trained: `DDPMPipeline` (DDPM schedule) or `EDMPipeline`."""
+    from diffusers import DDPMPipeline
+
+    from ..pipelines.edm_pipeline import EDMPipeline, edm_scheduler
+
     if args.formulation == "edm":
         return EDMPipeline(unet=unet, scheduler=edm_scheduler(args.edm_scheduler, sigma_data=EDM_SIGMA_DATA))
     return DDPMPipeline(
@@ -256,7 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--edm_p_mean", type=float, default=EDM_P_MEAN, help="EDM: mean of ln(sigma). (%(default)s)")
     g.add_argument("--edm_p_std", type=float, default=EDM_P_STD, help="EDM: std of ln(sigma). (%(default)s)")
     g.add_argument(
-        "--edm_scheduler", type=str, default="euler", choices=EDM_SCHEDULERS, help="EDM sampler saved in the pipeline."
+        "--edm_scheduler",
+        type=str,
+        default="euler",
+        choices=EDM_SCHEDULER_KINDS,
+        help="EDM sampler saved in the pipeline.",
     )
     g.add_argument("--edm_num_inference_steps", type=int, default=40, help="EDM sampler steps for validation.")
     add_regularizer_args(parser)
@@ -308,24 +329,22 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(
                 f"--resolution {args.resolution} must be a multiple of {factor} for --unet_config {args.unet_config}."
             )
+    else:
+        config = read_model_config(args.model_config_name_or_path)
+        check_unet_config(
+            config, args.resolution, source=f"--model_config_name_or_path {args.model_config_name_or_path}"
+        )
     return args
 
 
 def build_model(args) -> UNet2DModel:
     """A fresh UNet2DModel: the preset, or the config of `--model_config_name_or_path`; checked for the data."""
+    from diffusers import UNet2DModel
+
     if args.model_config_name_or_path is None:
         unet = build_unet(args.unet_config, args.resolution)
-    else:
-        path = Path(args.model_config_name_or_path)
-        if not path.exists():
-            raise FileNotFoundError(f"--model_config_name_or_path {str(path)!r} does not exist.")
-        unet = UNet2DModel.from_config(UNet2DModel.load_config(str(path)))
-        size = unet.config.sample_size
-        if (size if isinstance(size, int) else size[0]) != args.resolution or unet.config.in_channels != 3:
-            raise ValueError(
-                f"the UNet config at {str(path)!r} has sample_size {size} and in_channels {unet.config.in_channels}; "
-                f"the data are 3-channel {args.resolution} px images (--resolution)."
-            )
+    else:  # checked by `resolve_args` (unknown keys, sample size, downsampling)
+        unet = UNet2DModel.from_config(read_model_config(args.model_config_name_or_path))
     if args.formulation == "edm":
         check_edm_unet(unet)
     return unet
@@ -337,10 +356,21 @@ def build_model(args) -> UNet2DModel:
 
 def train_unconditional(args: argparse.Namespace) -> Path:
     """Train as `args` (from `parse_args`) says; returns the output (pipeline) folder."""
+    from .data import ImageTransform, load_image_dataset, make_image_dataloader
+    from .loop import (
+        AccumulationWindow,
+        learning_settings,
+        make_accelerator,
+        make_optimizer,
+        optimizer_step,
+        resume_training,
+        save_checkpoint_if_due,
+    )
+
     # 1. Accelerator, logging, seeds
     start_time = time.time()
     output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args)
+    accelerator = make_accelerator(args, "train-unconditional")
 
     # 2. Data
     dataset = load_image_dataset(
@@ -364,7 +394,7 @@ def train_unconditional(args: argparse.Namespace) -> Path:
     raw_model = accelerator.unwrap_model(model)
     checkpointer = Checkpointer(
         accelerator, output_dir, {"unet": model}, {"unet": ema} if ema is not None else None,
-        args.checkpoints_total_limit,
+        args.checkpoints_total_limit, settings=learning_settings(args, RESUME_SETTINGS),
     )  # fmt: skip
     logger.info(
         f"UNet {args.unet_config or args.model_config_name_or_path}: "
@@ -449,6 +479,8 @@ def train_unconditional(args: argparse.Namespace) -> Path:
 @torch.no_grad()
 def validation_samples(args, unet: UNet2DModel, num_images: int, seed: int = 0) -> torch.Tensor:
     """`(num_images, 3, H, W)` samples in [-1, 1] from the pipeline of `unet` (image i seeded `seed + i`)."""
+    from ..pipelines.sampling import pipeline_samples
+
     pipeline = build_pipeline(args, unet)
     pipeline.set_progress_bar_config(disable=True)
     batches = pipeline_samples(
@@ -490,15 +522,13 @@ def _sample_code(args, repo_id: str) -> str:
     if args.formulation == "edm":
         return (
             "import torch\n"
-            "from diffusers import ConsistencyModelPipeline\n"
-            "from diffusers_spectrum.pipelines.edm_pipeline import EDMPipeline\n\n"
-            f'pipe = EDMPipeline.from_pretrained("{repo_id}")  # pip install diffusers-spectrum\n'
+            "from diffusers import DiffusionPipeline\n\n"
+            f'pipe = DiffusionPipeline.from_pretrained("{repo_id}")  # a stock ConsistencyModelPipeline\n'
             f"images = pipe(batch_size=4, num_inference_steps={args.edm_num_inference_steps}, "
             "generator=torch.manual_seed(0)).images\n\n"
-            "# diffusers alone: ConsistencyModelPipeline runs the same loop with the saved EDM scheduler\n"
-            f'pipe = ConsistencyModelPipeline.from_pretrained("{repo_id}")\n'
-            f"images = pipe(batch_size=4, num_inference_steps={args.edm_num_inference_steps}, "
-            "generator=torch.manual_seed(0)).images"
+            "# the same images with diffusers-spectrum's EDMPipeline (pip install diffusers-spectrum)\n"
+            "from diffusers_spectrum.pipelines.edm_pipeline import EDMPipeline\n\n"
+            f'pipe = EDMPipeline.from_pretrained("{repo_id}")'
         )
     return (
         "import torch\n"
@@ -515,6 +545,9 @@ def _sample_code(args, repo_id: str) -> str:
 def unconditional_card(args, repo_id: str, metrics: dict, config: dict) -> ModelCard:
     """The output folder's model card: the trainer supplies what it knows (formulation, regularisers, how to load,
     the sampling snippet); `pipelines.model_cards.unconditional_model_card` assembles the card."""
+    from ..pipelines.edm_pipeline import edm_scheduler
+    from ..pipelines.model_cards import unconditional_model_card
+
     stock = args.formulation == "ddpm"
     formulation = (
         f"DDPM (Ho et al. 2020), {args.prediction_type} prediction, {args.ddpm_num_steps} steps, "
@@ -526,10 +559,10 @@ def unconditional_card(args, repo_id: str, metrics: dict, config: dict) -> Model
     loading = (
         "It is a stock `DDPMPipeline` folder: plain diffusers loads it."
         if stock
-        else "`unet/` is a stock `UNet2DModel` and `scheduler/` a stock diffusers EDM scheduler. `model_index.json` "
-        "names `EDMPipeline` (diffusers-spectrum), the smallest pipeline that feeds the network EDM's scaled inputs "
-        "(`DDPMPipeline` / `DDIMPipeline` do not call `scale_model_input`). With diffusers alone, "
-        "`ConsistencyModelPipeline.from_pretrained` runs the same loop and gives the same images."
+        else "`unet/` is a stock `UNet2DModel` and `scheduler/` a stock diffusers EDM scheduler; `model_index.json` "
+        "names the stock `ConsistencyModelPipeline`, whose loop feeds the network EDM's scaled inputs "
+        "(`DDPMPipeline` / `DDIMPipeline` do not call `scale_model_input`), so plain diffusers loads and samples it. "
+        "diffusers-spectrum's `EDMPipeline.from_pretrained` loads the same folder and gives the same images."
     )
     description = (
         f"A `UNet2DModel` ({args.unet_config or 'custom config'}, {args.resolution} px) trained with "
@@ -546,6 +579,8 @@ def unconditional_card(args, repo_id: str, metrics: dict, config: dict) -> Model
 def write_outputs(args, unet: UNet2DModel, metrics: dict, output_dir: Path) -> Path:
     """The pipeline folder (stock components), `spectrum_info.json`, `metrics.json`, the card and the (dry-run)
     push."""
+    from .loop import push_output
+
     pipeline = build_pipeline(args, unet.to("cpu"))
     pipeline.save_pretrained(output_dir, safe_serialization=True)
     info = {

@@ -1,6 +1,8 @@
 """Small shared pieces of the training loops: seeds per step, the non-finite guard, EMA, JSON and argument
 helpers, and tracker logging. Checkpoints live in `checkpointing.py`."""
 
+from __future__ import annotations
+
 import argparse
 import contextlib
 import json
@@ -9,10 +11,14 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers.training_utils import EMAModel
+
+
+if TYPE_CHECKING:
+    from diffusers.training_utils import EMAModel
 
 
 __all__ = [
@@ -181,6 +187,8 @@ class NonFiniteGuard:
 def create_ema(model: torch.nn.Module, decay: float = 0.9999, **kwargs) -> EMAModel:
     """An `EMAModel` of `model`'s parameters that can `save_pretrained` the averaged model. Pass it to the
     `Checkpointer` (`emas={"name": ema}`), which saves it as safetensors (never pickled)."""
+    from diffusers.training_utils import EMAModel  # here: the flag parsers import this module without diffusers
+
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"EMA decay must be in [0, 1), got {decay}.")
     return EMAModel(model.parameters(), decay=decay, model_cls=type(model), model_config=model.config, **kwargs)

@@ -7,53 +7,34 @@ flags (`parse_args`) and call it.
 The output folder holds the trained `SpectrumAutoencoderKL` (EMA weights with `--use_ema`), `stock/` (the same
 weights as a stock `AutoencoderKL`), `metrics.json`, `training_args.json`, a model card (`README.md`), the
 checkpoints (`checkpoint-<step>`) and the tensorboard logs (`logs/`).
+
+Importing this module (for its flags: `build_parser`, `parse_args`) loads neither diffusers nor accelerate nor
+datasets; the functions that need them import them.
 """
+
+from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..evaluation.diagnostics import lowpass_reconstruction_errors, spectrum_summary
-from ..losses import (
-    FeaturePerceptualLoss,
-    LPIPSLoss,
-    NLayerDiscriminator,
-    adaptive_discriminator_weight,
-    hinge_d_loss,
-    hinge_g_loss,
-    lpips_available,
-    reconstruction_loss,
-)
-from ..losses.alignment import VFAlignmentLoss, adaptive_weight
 from ..losses.equivariance import (
     EquivarianceTransform,
     apply_spatial_transform,
     equivariance_targets,
     sample_equivariance_transform,
 )
-from ..models import SpectrumAutoencoderKL, load_autoencoder
-from ..models.encoders import RepresentationEncoder
-from ..pipelines.export import export_vae
-from ..pipelines.model_cards import vae_model_card
 from ..spectral.esm import esm_band_powers, esm_divergence
 from .args import add_data_args, add_optimization_args, add_output_args, finish_common_args
 from .checkpointing import Checkpointer
-from .data import ImageTransform, SkipCounter, image_batches, load_image_dataset, make_image_dataloader
-from .loop import (
-    AccumulationWindow,
-    adamw,
-    make_accelerator,
-    make_optimizer,
-    push_output,
-    resume_training,
-    save_checkpoint_if_due,
-)
 from .utils import (
     create_ema,
     ema_weights,
@@ -66,9 +47,21 @@ from .utils import (
 )
 
 
+if TYPE_CHECKING:
+    from ..losses.alignment import VFAlignmentLoss
+    from ..models.autoencoder_kl_spectral import SpectrumAutoencoderKL
+    from ..models.encoders import RepresentationEncoder
+
+
 __all__ = ["RECIPES", "VAE_PRESETS", "build_parser", "parse_args", "train_vae"]
 
 logger = logging.getLogger(__name__)
+
+# Flags a resume must keep (`loop.learning_settings`): they change what the autoencoder learns.
+RESUME_SETTINGS = (
+    "recipe", "vae_config", "resolution", "reconstruction_loss", "perceptual_loss", "perceptual_weight", "disc_weight",
+    "kl_weight", "esm_weight", "esm_delta", "dsm_levels", "dsm_block_size", "equivariance", "vf_weight", "use_shift",
+)  # fmt: skip
 
 # Architectures from SPEC.md (f8d4, f16d16) and a tiny one for CPU runs and tests.
 VAE_PRESETS = {
@@ -236,6 +229,9 @@ def equivariance_losses(
 
 
 def build_vae(args) -> SpectrumAutoencoderKL:
+    from ..models.autoencoder_kl_spectral import SpectrumAutoencoderKL
+    from ..models.loading import load_autoencoder
+
     spectral = dict(
         esm_delta=args.esm_delta,
         dsm_levels=tuple(args.dsm_levels),
@@ -264,6 +260,9 @@ def build_vf_loss(
 ) -> tuple[RepresentationEncoder | None, VFAlignmentLoss | None]:
     """VA-VAE: the frozen vision encoder (`--vf_encoder`, loaded like REPA's targets: `RepresentationEncoder`) and
     the VF loss with its 1x1 projector (latent channels -> the encoder's feature width); `(None, None)` when off."""
+    from ..losses.alignment import VFAlignmentLoss
+    from ..models.encoders import RepresentationEncoder
+
     if args.vf_weight == 0:
         return None, None
     encoder = RepresentationEncoder.from_pretrained(args.vf_encoder, input_range="[-1,1]", device=device)
@@ -301,6 +300,8 @@ def draw_transform(
 
 
 def build_perceptual(args):
+    from ..losses.autoencoder import FeaturePerceptualLoss, LPIPSLoss
+
     if args.perceptual_loss == "none" or args.perceptual_weight == 0:
         return None
     if args.perceptual_loss == "lpips":
@@ -396,6 +397,9 @@ def autoencoder_loss(
     `w_hyper * w_adaptive * vf` with w_hyper = `args.vf_weight` and w_adaptive the gradient-norm ratio of the
     reconstruction NLL to the VF loss at `encoder_last_layer` (`vae.encoder.conv_out.weight`; `args.adaptive_vf`).
     """
+    from ..losses.alignment import adaptive_weight
+    from ..losses.autoencoder import adaptive_discriminator_weight, hinge_g_loss, reconstruction_loss
+
     terms = {
         "reconstruction": reconstruction_loss(out["reconstruction"], out["target"], args.reconstruction_loss).mean()
     }
@@ -436,6 +440,8 @@ def autoencoder_loss(
 def discriminator_loss(discriminator: torch.nn.Module, out: dict) -> torch.Tensor:
     """Hinge loss of the discriminator on the *detached* targets and reconstructions (one forward, so DDP sees one
     call per step)."""
+    from ..losses.autoencoder import hinge_d_loss
+
     pair = torch.cat([out["target"].detach(), out["reconstruction"].detach()])  # (2B, 3, H, W)
     return hinge_d_loss(*discriminator(pair).chunk(2)).mean()
 
@@ -595,6 +601,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return resolve_args(build_parser().parse_args(argv))
 
 
+def _lpips_available() -> bool:
+    from ..losses.autoencoder import lpips_available  # here: the module imports diffusers
+
+    return lpips_available()
+
+
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Fill unset flags from the recipe (or defaults) and validate them, once."""
     preset = RECIPES[args.recipe] if args.recipe else DEFAULTS
@@ -604,7 +616,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     args.dsm_levels = tuple(args.dsm_levels)
     if args.perceptual_layers is not None:
         args.perceptual_layers = tuple(args.perceptual_layers)
-    if args.perceptual_loss == "lpips" and args.perceptual_weight > 0 and not lpips_available():
+    if args.perceptual_loss == "lpips" and args.perceptual_weight > 0 and not _lpips_available():
         raise ValueError(
             f"{'--recipe ' + args.recipe + ' uses' if args.recipe else '--perceptual_loss lpips needs'} LPIPS, which "
             "needs the `lpips` package and downloads VGG weights from the internet. On a machine without them add "
@@ -643,9 +655,21 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def train_vae(args: argparse.Namespace) -> Path:
     """Train as `args` (from `parse_args`) says; returns the output folder."""
+    from ..losses.autoencoder import NLayerDiscriminator
+    from .data import ImageTransform, SkipCounter, image_batches, load_image_dataset, make_image_dataloader
+    from .loop import (
+        AccumulationWindow,
+        adamw,
+        learning_settings,
+        make_accelerator,
+        make_optimizer,
+        resume_training,
+        save_checkpoint_if_due,
+    )
+
     # 1. Accelerator, logging, seeds
     output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args)
+    accelerator = make_accelerator(args, "train-vae")
 
     # 2. Data
     skip_counter = SkipCounter()  # files that are not images (scan) and images that do not decode (stream)
@@ -694,8 +718,9 @@ def train_vae(args: argparse.Namespace) -> Path:
     last_layer = raw_vae.decoder.conv_out.weight
     encoder_last_layer = raw_vae.encoder.conv_out.weight
     checkpointer = Checkpointer(
-        accelerator, output_dir, models, {"vae": ema} if ema is not None else None, args.checkpoints_total_limit
-    )
+        accelerator, output_dir, models, {"vae": ema} if ema is not None else None, args.checkpoints_total_limit,
+        settings=learning_settings(args, RESUME_SETTINGS),
+    )  # fmt: skip
 
     # 4. Resume
     global_step, data_position, guard = resume_training(
@@ -818,6 +843,10 @@ def train_vae(args: argparse.Namespace) -> Path:
 
 def write_outputs(args, vae: SpectrumAutoencoderKL, metrics: dict, output_dir: Path) -> None:
     """save_pretrained, the stock export, metrics.json, the model card, and the (dry-run) push."""
+    from ..pipelines.export import export_vae
+    from ..pipelines.model_cards import vae_model_card
+    from .loop import push_output
+
     vae.save_pretrained(output_dir)
     export_vae(output_dir / "stock", vae, training_info={"metrics": metrics, "recipe": args.recipe})
     write_json(output_dir / "metrics.json", metrics)

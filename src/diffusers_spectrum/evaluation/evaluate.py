@@ -4,9 +4,10 @@ and `diffusers-spectrum evaluate-vae / evaluate-pipeline` only parse flags (`par
 and call them.
 
 - `evaluate_vae`: PSNR, SSIM, spectral KL, optional LPIPS and FD / rFID (`--feature_extractor`), per DSM level (levels
-  > 0 give the low-pass rFID of Spectrum Matching). The resolution defaults to the data's own image size (rounded
-  down to what the VAE accepts), so 64 px data is never silently upsampled; an explicit larger `--resolution` is
-  allowed with a loud warning. One resolution check (`models.checks.check_resolution`) for every command.
+  > 0 give the low-pass rFID of Spectrum Matching; their PSNR is also reported as the drop from level 0 with a paired
+  t interval over images, `evaluation.statistics`, which separates low-pass fidelity from reconstruction quality).
+  The resolution defaults to the data's own image size (rounded down to what the VAE accepts), so 64 px data is
+  never silently upsampled; an explicit larger `--resolution` is allowed with a loud warning. One resolution check (`models.checks.check_resolution`) for every command.
 - `evaluate_pipeline`: samples every class the pipeline was trained on (or `--class_labels`, ids or names as
   `sample` takes them) at the pipeline's guidance default (1.8 for class-conditional pipelines, as `sample`), and
   compares them with reference images at the samples' size: offline metrics that need no network (pyramid SWD and
@@ -247,11 +248,15 @@ def evaluate_vae(args: argparse.Namespace) -> dict:
     )
     output = _write_result(args.output_file, result)
     level0 = result["levels"].get("0", {})
+    drops = [f"k={k} {v['psnr']:.2f} dB (drop {v['psnr_drop']:+.2f} [{v['psnr_drop_lo']:+.2f}, "
+             f"{v['psnr_drop_hi']:+.2f}])" for k, v in result["levels"].items() if "psnr_drop" in v]  # fmt: skip
     print(
         f"{args.vae}: {result['num_samples']} images at {resolution} px | PSNR {level0.get('psnr', float('nan')):.2f}"
         f" dB | SSIM {level0.get('ssim', float('nan')):.4f} | FD {level0.get('fd', float('nan')):.3f} | spectral "
-        f"KL d1 {result['spectral_kl_delta1']:.4f} -> {output}"
-    )
+        f"KL d1 {result['spectral_kl_delta1']:.4f} | {result['verdict']} -> {output}"
+        + (f"\n  DSM low-pass PSNR, drop from level 0 with a 95% t interval over images: {'; '.join(drops)}"
+           if drops else "")
+    )  # fmt: skip
     return result
 
 

@@ -7,7 +7,8 @@ and call them.
   > 0 give the low-pass rFID of Spectrum Matching; their PSNR is also reported as the drop from level 0 with a paired
   t interval over images, `evaluation.statistics`, which separates low-pass fidelity from reconstruction quality).
   The resolution defaults to the data's own image size (rounded down to what the VAE accepts), so 64 px data is
-  never silently upsampled; an explicit larger `--resolution` is allowed with a loud warning. One resolution check (`models.checks.check_resolution`) for every command.
+  never silently upsampled; an explicit larger `--resolution` is allowed with a loud warning. One resolution check
+  (`models.checks.check_resolution`) for every command.
 - `evaluate_pipeline`: samples every class the pipeline was trained on (or `--class_labels`, ids or names as
   `sample` takes them) at the pipeline's guidance default (1.8 for class-conditional pipelines, as `sample`), and
   compares them with reference images at the samples' size: offline metrics that need no network (pyramid SWD and

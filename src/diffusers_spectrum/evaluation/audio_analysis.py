@@ -9,8 +9,8 @@ clips are generated. Clips are resampled to `--sample_rate`, downmixed to mono a
     diffusers-spectrum analyze-audio --audio_dir generated/ --reference_dir real/ --output_dir report/
     diffusers-spectrum analyze-audio --pipeline out/pipeline --reference_dir real/ --num_samples 16 --output_dir r/
 
-Writes `output_dir/audio_report.json` (per set: clip count, skipped, mean band power, slope; the distance) and
-`output_dir/audio_spectra.png`.
+Writes `output_dir/audio_report.json` (per set: clip count, skipped, mean band power, slope; the log-spectral distance,
+its level-invariant form with the sets' mean dB offset removed, and that offset) and `output_dir/audio_spectra.png`.
 """
 
 import argparse
@@ -26,7 +26,9 @@ from ..spectral.audio import (
     band_center_frequencies,
     band_power_spectrum,
     frequency_band_edges,
+    level_invariant_log_spectral_distance,
     log_spectral_distance,
+    mean_level_offset_db,
     spectral_slope,
 )
 
@@ -171,7 +173,10 @@ def main(argv=None) -> int:
         powers[name] = result.pop("power")
         report["sets"][name] = {"source": f"{source_kind}:{source}", "skipped": skipped, **result}
     if "reference" in powers:
-        report["log_spectral_distance_db"] = float(log_spectral_distance(powers["analysed"], powers["reference"]))
+        pair = (powers["analysed"], powers["reference"])
+        report["log_spectral_distance_db"] = float(log_spectral_distance(*pair))
+        report["level_invariant_log_spectral_distance_db"] = float(level_invariant_log_spectral_distance(*pair))
+        report["mean_level_offset_db"] = float(mean_level_offset_db(*pair))
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     from ..training.utils import write_json
@@ -179,8 +184,9 @@ def main(argv=None) -> int:
     write_json(output_dir / "audio_report.json", report)
     centres = band_center_frequencies(frequency_band_edges(sample_rate, **bands)).numpy()
     curves = {f"{name} ({report['sets'][name]['source']})": v["mean_band_power"] for name, v in report["sets"].items()}
-    title = (f"log-spectral distance {report['log_spectral_distance_db']:.2f} dB"
-             if "log_spectral_distance_db" in report else "")  # fmt: skip
+    title = (f"log-spectral distance {report['log_spectral_distance_db']:.2f} dB (level-invariant "
+             f"{report['level_invariant_log_spectral_distance_db']:.2f} dB, level offset "
+             f"{report['mean_level_offset_db']:+.2f} dB)" if "log_spectral_distance_db" in report else "")  # fmt: skip
     plot_band_spectra(curves, centres, output_dir / "audio_spectra.png", title)
     print(f"wrote {output_dir / 'audio_report.json'} and {output_dir / 'audio_spectra.png'}")
     return 0

@@ -5,7 +5,9 @@ from .audio import (
     band_power_spectrum,
     dwt_1d,
     frequency_band_edges,
+    level_invariant_log_spectral_distance,
     log_spectral_distance,
+    mean_level_offset_db,
     spectral_slope,
 )
 from .dct import blockwise_dct_2d, blockwise_idct_2d, dct_2d, dct_matrix, idct_2d
@@ -39,7 +41,9 @@ __all__ = [
     "band_power_spectrum",
     "dwt_1d",
     "frequency_band_edges",
+    "level_invariant_log_spectral_distance",
     "log_spectral_distance",
+    "mean_level_offset_db",
     "spectral_slope",
     "DSM_DEFAULT_LEVELS",
     "POWER_FLOOR",

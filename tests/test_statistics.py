@@ -106,3 +106,9 @@ def test_compare_arms_pairs_by_seed_and_corrects_across_arms_and_metrics():
     assert rows[0]["outcome"] == "worse" and rows[1]["outcome"] == "one run" and rows[0]["family_size"] == 1
     with pytest.raises(ValueError, match="share none"):
         paired_differences({0: 1.0}, {1: 2.0})
+    # one family over arms with their own baselines (e.g. two formulations)
+    two = {"a/none": results["base"], "a/x": results["good"], "b/none": results["base"], "b/x": results["same"]}
+    rows = compare_arms(two, {"a/x": "a/none", "b/x": "b/none"}, {"swd": True})
+    assert [(r["arm"], r["baseline"], r["outcome"]) for r in rows] == [("a/x", "a/none", "better"),
+                                                                      ("b/x", "b/none", "not separated")]  # fmt: skip
+    assert all(r["family_size"] == 2 for r in rows)

@@ -33,6 +33,7 @@ __all__ = [
     "compare_arms",
     "bootstrap_interval",
     "comparison_phrase",
+    "comparison_table",
     "holm_adjust",
     "mean_sd",
     "paired_differences",
@@ -136,22 +137,26 @@ def holm_adjust(p_values: Sequence[float]) -> np.ndarray:
 
 def compare_arms(
     results: Mapping[str, Mapping[str, Mapping]],
-    baseline: str,
+    baseline: str | Mapping[str, str],
     metrics: Mapping[str, bool],
     arms: Sequence[str] | None = None,
     alpha: float = ALPHA,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
+    correction: str = "holm",
 ) -> list[dict]:
     """Paired comparison of every arm with ``baseline`` on every metric, Holm-corrected as one family.
 
     Args:
         results: ``{arm: {metric: {seed: value}}}`` (a metric with a single run per arm: ``{0: value}``).
-        baseline: the arm every other arm is compared with.
+        baseline: the arm every other arm is compared with, or ``{arm: its baseline}`` (e.g. each formulation's own
+            unregularised arm); one Holm family either way.
         metrics: ``{metric: lower_is_better}``; the order is kept in the output.
         arms: the arms to compare (default: every arm but the baseline, in ``results`` order).
         alpha: family-wise error rate.
         n_resamples, seed: the bootstrap intervals.
+        correction: ``"holm"`` (the family) or ``"none"`` (descriptive rows outside any family: the "corrected"
+            fields repeat the uncorrected ones).
 
     Returns:
         One dict per arm x metric: ``arm``, ``baseline``, ``metric``, ``lower_is_better``, ``seeds``,
@@ -161,11 +166,19 @@ def compare_arms(
         (bool) and ``outcome``: ``"better"`` / ``"worse"`` (separated, by ``lower_is_better``), ``"not
         separated"`` or ``"one run"``.
     """
-    if baseline not in results:
-        raise ValueError(f"compare_arms: the baseline {baseline!r} is not among the arms {list(results)}.")
-    arms = [a for a in results if a != baseline] if arms is None else list(arms)
+    if isinstance(baseline, str):
+        if baseline not in results:
+            raise ValueError(f"compare_arms: the baseline {baseline!r} is not among the arms {list(results)}.")
+        arms = [a for a in results if a != baseline] if arms is None else list(arms)
+        baselines = {arm: baseline for arm in arms}
+    else:
+        baselines = dict(baseline)
+        arms = list(baselines) if arms is None else list(arms)
+        if missing := [b for b in baselines.values() if b not in results]:
+            raise ValueError(f"compare_arms: baselines {missing} are not among the arms {list(results)}.")
     rows = []
     for arm in arms:
+        baseline = baselines[arm]
         for metric, lower_is_better in metrics.items():
             if metric not in results[arm] or metric not in results[baseline]:
                 raise ValueError(f"compare_arms: metric {metric!r} missing for {arm!r} or {baseline!r}.")
@@ -180,16 +193,18 @@ def compare_arms(
                 **{k: interval[k] for k in ("mean", "sd", "n", "lo", "hi", "p_value", "confidence")},
                 "bootstrap_lo": low, "bootstrap_hi": high,
             })  # fmt: skip
-    adjusted = holm_adjust([r["p_value"] for r in rows])
+    if correction not in ("holm", "none"):
+        raise ValueError(f"compare_arms: correction must be 'holm' or 'none', got {correction!r}.")
+    adjusted = holm_adjust([r["p_value"] for r in rows]) if correction == "holm" else [r["p_value"] for r in rows]
     valid = [i for i, r in enumerate(rows) if not np.isnan(r["p_value"])]
     ranks = {index: rank for rank, index in enumerate(sorted(valid, key=lambda i: rows[i]["p_value"]))}
     for index, row in enumerate(rows):
-        row["family_size"] = len(valid)
+        row["family_size"] = len(valid) if correction == "holm" else 1
         if index not in ranks:
             row.update(p_holm=float("nan"), holm_confidence=float("nan"), holm_lo=float("nan"),
                        holm_hi=float("nan"), separated=False, outcome="one run")  # fmt: skip
             continue
-        level = alpha / (len(valid) - ranks[index])
+        level = alpha / (len(valid) - ranks[index]) if correction == "holm" else alpha
         corrected = t_interval(row["differences"], 1 - level)
         separated = bool(adjusted[index] <= alpha)
         better = (row["mean"] < 0) == row["lower_is_better"]
@@ -218,3 +233,38 @@ def comparison_phrase(row: dict, digits: int = 3, label: str | None = None) -> s
         f" Holm-corrected {_number(row['holm_lo'], digits)}, {_number(row['holm_hi'], digits)}] per seed "
         f"{per_seed}: {row['outcome']} (p {row['p_value']:.2g}, Holm {row['p_holm']:.2g})"
     )
+
+
+def comparison_table(
+    rows: Sequence[dict], digits: int = 3, labels: Mapping[str, str] | None = None, corrected: bool = True
+) -> list[str]:
+    """Markdown lines: one row per comparison (arm - baseline, metric, per-seed differences, mean, t interval, the
+    Holm-corrected interval and p-values when ``corrected``, bootstrap interval, outcome)."""
+    labels = labels or {}
+    holm_head, holm_rule = ("Holm-corrected interval | p (Holm) | ", "---|---|") if corrected else ("p | ", "---|")
+    lines = [
+        f"| arm - baseline | metric | per seed | mean | 95% t interval | {holm_head}bootstrap interval | outcome |",
+        f"|---|---|---|---:|---|{holm_rule}---|---|",
+    ]
+    for row in rows:
+        per_seed = " / ".join(_number(d, digits) for d in row["differences"])
+        if row["outcome"] == "one run":
+            cells = ["-"] * (4 if corrected else 3)
+        else:
+            cells = [f"[{_number(row['lo'], digits)}, {_number(row['hi'], digits)}]"]
+            if corrected:
+                cells += [
+                    f"[{_number(row['holm_lo'], digits)}, {_number(row['holm_hi'], digits)}] "
+                    f"({100 * row['holm_confidence']:.1f}%)",
+                    f"{row['p_value']:.2g} ({row['p_holm']:.2g})",
+                ]
+            else:
+                cells.append(f"{row['p_value']:.2g}")
+            cells.append(f"[{_number(row['bootstrap_lo'], digits)}, {_number(row['bootstrap_hi'], digits)}]")
+        metric = labels.get(row["metric"], row["metric"])
+        lines.append(
+            f"| {row['arm']} - {row['baseline']} | {metric} | {per_seed} | {_number(row['mean'], digits)} | "
+            + " | ".join(cells)
+            + f" | **{row['outcome']}** |"
+        )
+    return lines

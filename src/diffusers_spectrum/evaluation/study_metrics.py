@@ -23,12 +23,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .generation_metrics import blur_separation, kid, pyramid_swd, spectrum_distance
+from .generation_metrics import BLUR_SEPARATION_FACTOR, blur_separation, kid, pyramid_swd, spectrum_distance
 from .metrics import frechet_distance
 
 
-__all__ = ["GENERATION_METRICS", "GenerationMetricSuite", "embedded_photos", "load_images", "natural_crops",
-           "relied_metrics"]  # fmt: skip
+__all__ = ["GENERATION_METRICS", "GenerationMetricSuite", "anchored_table", "blur_check_table", "embedded_photos",
+           "load_images", "natural_crops", "relied_metrics"]  # fmt: skip
 
 # name -> (description, lower is better); every metric here is a distance: lower is better
 GENERATION_METRICS = {
@@ -141,3 +141,45 @@ class GenerationMetricSuite:
 def relied_metrics(blur_check: dict[str, dict]) -> list[str]:
     """The metrics that pass the blur check, in the suite's order: the ones a study may rely on."""
     return [name for name, check in blur_check.items() if check["passes"] and np.isfinite(check["ratio"])]
+
+
+def blur_check_table(check: dict[str, dict]) -> list[str]:
+    """Markdown lines of a blur check: each metric's unblurred and blurred distance, their ratio, relied on or not."""
+    lines = ["| metric | two unblurred halves (mean abs.) | one half blurred 5x5 | ratio | relied on |",
+             "|---|---:|---:|---:|---|"]  # fmt: skip
+    for name, row in check.items():
+        relied = "yes" if row["passes"] else f"no (< {BLUR_SEPARATION_FACTOR:g}x)"
+        lines.append(f"| {name} | {row['unblurred_abs']:.4g} | {row['blurred']:.4g} | {row['ratio']:.2f} | {relied} |")
+    return lines
+
+
+def anchored_table(
+    arms: dict[str, dict], anchors: dict, metrics: list[str], relied: list[str], labels: dict | None = None
+) -> list[str]:
+    """Markdown lines: per arm the mean +- sample SD over seeds of each metric, then the data floor and the
+    reconstruction ceiling rows (``"not measured"`` where absent). ``arms``: ``{arm: {metric: {"mean", "sd", "n"}}}``;
+    ``anchors``: ``{"floor": {metric: value} | None, "ceiling": {arm or "": {metric: value}} | None}``."""
+    labels = labels or {}
+    head = [f"{labels.get(m, m)}{'' if m in relied else ' (not relied on)'}" for m in metrics]
+    lines = ["| arm | " + " | ".join(head) + " |", "|---|" + "---:|" * len(metrics)]
+    for arm, values in arms.items():
+        cells = []
+        for metric in metrics:
+            stat = values.get(metric)
+            if stat is None:
+                cells.append("not measured")
+            elif stat["n"] > 1:
+                cells.append(f"{stat['mean']:.4g} +- {stat['sd']:.2g}")
+            else:
+                cells.append(f"{stat['mean']:.4g}")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    floor = anchors.get("floor") or {}
+    cells = [f"{floor[m]:.4g}" if m in floor else "not measured" for m in metrics]
+    lines.append("| data floor (training images vs reference, same count) | " + " | ".join(cells) + " |")
+    ceilings = anchors.get("ceiling")
+    if ceilings is not None:
+        for arm, values in ceilings.items():
+            name = f"reconstruction ceiling{f' ({arm})' if arm else ''}: decode(encode(reference)) vs reference"
+            cells = [f"{values[m]:.4g}" if values and m in values else "not measured" for m in metrics]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines

@@ -111,5 +111,8 @@ def test_ablation_quick_json_shape(tmp_path):
     assert len(saved["runs"]) == 4 and {"command", "settings", "versions", "wall_seconds"} <= set(saved)
     for row in saved["runs"].values():
         assert np.isfinite(row["log_spectral_distance_db"]) and row["seconds_per_step"] > 0
+        assert row["level_invariant_lsd_db"] <= row["log_spectral_distance_db"] + 1e-9 and row["wall_seconds"] > 0
+    assert set(saved["floor"]) == {"log_spectral_distance_db", "level_invariant_lsd_db", "level_offset_db"}
+    assert {r["outcome"] for r in saved["analysis"]["family"]} == {"one run"}  # one seed: no interval
     assert (tmp_path / "audio_regularization.png").is_file()
     assert report["summary"]["none"]["step_overhead"] == 0

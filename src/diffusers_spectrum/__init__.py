@@ -12,10 +12,21 @@ from .evaluation.diagnostics import (
     power_law_field,
     spectrum_summary,
     spectrum_verdict,
+    verdict_from_moments,
 )
 from .evaluation.encoder_analysis import analyze_encoder
-from .evaluation.generation_metrics import laplacian_pyramid, pyramid_swd, sliced_wasserstein, spectrum_distance
+from .evaluation.feature_net import SmallFeatureNet, feature_net_for
+from .evaluation.generation_metrics import (
+    blur_separation,
+    kid,
+    laplacian_pyramid,
+    pyramid_swd,
+    sliced_wasserstein,
+    spectrum_distance,
+)
 from .evaluation.metrics import frechet_distance, frechet_distance_from_stats, psnr, reconstruction_metrics, ssim
+from .evaluation.statistics import compare_arms, holm_adjust, t_interval
+from .evaluation.study_metrics import GenerationMetricSuite
 from .losses import (
     EquivarianceTransform,
     VFAlignmentLoss,
@@ -65,7 +76,12 @@ from .spectral import (
     spatial_normalize,
     spectral_kl,
 )
-from .spectral.audio import band_power_spectrum, log_spectral_distance, spectral_slope
+from .spectral.audio import (
+    band_power_spectrum,
+    level_invariant_log_spectral_distance,
+    log_spectral_distance,
+    spectral_slope,
+)
 from .training.audio_data import AudioTransform, embedded_audio_dir, load_audio_dataset
 from .training.dct_statistics import estimate_dct_eta, estimate_dct_statistics, estimate_entropy_weights
 from .training.edm import edm_denoise, edm_loss_weight, edm_sample_sigmas
@@ -162,4 +178,16 @@ __all__ += [
     "spectrum_distance",
     "vf_adaptive_weight",
     "vf_alignment_terms",
+]
+__all__ += [
+    "GenerationMetricSuite",
+    "SmallFeatureNet",
+    "blur_separation",
+    "compare_arms",
+    "feature_net_for",
+    "holm_adjust",
+    "kid",
+    "level_invariant_log_spectral_distance",
+    "t_interval",
+    "verdict_from_moments",
 ]

@@ -266,6 +266,18 @@ def test_streaming_poisson_bootstrap_agrees_with_the_plain_bootstrap():
         assert streamed[key]["hi"] == pytest.approx(plain[key]["hi"], abs=0.15 * width)
 
 
+def test_streaming_bootstrap_does_not_depend_on_the_batching():
+    latent, target = per_image_curves(0.2, 24, seed=4)
+    reports = []
+    for size in (5, 24):
+        stream = CurveBootstrap(16, replicates=200, seed=3)
+        for part in range(0, 24, size):
+            stream.update(latent[part : part + size], target[part : part + size])
+        reports.append(stream.report())
+    for key in ("centroid_gap", "w1"):  # the same draws per image: equal up to the summation order
+        assert reports[0][key] == pytest.approx(reports[1][key], rel=1e-12, abs=1e-14)
+
+
 def test_verdict_from_moments_is_conservative():
     latent, target = per_image_curves(0.3, 128, seed=8)
     plain = spectrum_verdict(latent, target)

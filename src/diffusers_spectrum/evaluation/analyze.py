@@ -280,10 +280,11 @@ def compare_markdown(table: list[dict], convention: dict, rule: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Latents: {convention['latents_description']}. Spectra: DC kept = {SPECTRUM_WORDS['authors']}; DC free = "
-        f"{SPECTRUM_WORDS['dc_free']}. Centroid gap: latents minus the delta = 1 target, in ln frequency, with its "
-        f"{100 * rule['confidence']:.0f}% bootstrap interval over images (> 0: power at higher frequencies). "
-        f"Verdict: {rule['rule']} (tolerance {rule['tolerance']}). Slopes and KLs are reported, not decisive.",
+        f"Latents: {convention['latents_description']}. Spectra: {SPECTRUM_WORDS['authors']} (the DC-kept view); "
+        f"{SPECTRUM_WORDS['dc_free']} (the DC-free view). Centroid gap: latents minus the delta = 1 target, in ln "
+        f"frequency, with its {100 * rule['confidence']:.0f}% bootstrap interval over images (> 0: power at higher "
+        f"frequencies). Verdict: {rule['rule']} (tolerance {rule['tolerance']}). Slopes and KLs are reported, not "
+        "decisive.",
     ]
     return "\n".join(lines) + "\n"
 

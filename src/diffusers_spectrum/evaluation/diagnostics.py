@@ -570,14 +570,14 @@ class CurveBootstrap:
 
     Each image gets an independent ``Poisson(1)`` weight per replicate (Hanley & MacGibbon 2006: the streaming form
     of the bootstrap over images); the state is ``replicates x (2 n_bins + 1)`` float64 sums, flat in the number of
-    images. Latent and target curves of one image share its weights (a paired resampling).
+    images. Latent and target curves of one image share its weights (a paired resampling). The weights of the i-th
+    image come from a generator seeded with ``(seed, i)``, so the intervals do not depend on how images are batched.
 
     Use: ``update(latent_rows, target_rows)`` with ``(B, n_bins)`` curves, then ``report()``.
     """
 
     def __init__(self, n_bins: int = 16, replicates: int = VERDICT_BOOTSTRAP_REPLICATES, seed: int = 0):
-        self.generator = torch.Generator().manual_seed(seed)
-        self.replicates, self.seed = replicates, seed
+        self.replicates, self.seed, self.drawn = replicates, seed, 0
         self.latent = RunningMoments()
         self.target = RunningMoments()
         self.weighted_latent = torch.zeros(replicates, n_bins, dtype=torch.float64)
@@ -596,8 +596,15 @@ class CurveBootstrap:
         self.weight += weights.sum(1)
 
     def draw(self, batch: int) -> torch.Tensor:
-        """``(replicates, batch)`` Poisson(1) weights from this accumulator's generator."""
-        return torch.poisson(torch.ones(self.replicates, batch, dtype=torch.float64), generator=self.generator)
+        """``(replicates, batch)`` Poisson(1) weights of the next ``batch`` images (image i: generator seeded with
+        ``(seed, i)``)."""
+        rate = torch.ones(self.replicates, dtype=torch.float64)
+        columns = []
+        for index in range(self.drawn, self.drawn + batch):
+            generator = torch.Generator().manual_seed((self.seed % 2**31) * 2**32 + index)
+            columns.append(torch.poisson(rate, generator=generator))
+        self.drawn += batch
+        return torch.stack(columns, dim=1)
 
     @property
     def count(self) -> int:

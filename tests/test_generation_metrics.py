@@ -261,6 +261,7 @@ def embedded_crops():
     return natural_crops(embedded_photos(), seed=1)  # one random 32 px crop of each of the 112 photos
 
 
+@pytest.mark.slow
 def test_blur_check_metrics_the_studies_rely_on_see_a_5x5_blur_and_the_published_swd_does_not(embedded_crops):
     from diffusers_spectrum.evaluation.study_metrics import GenerationMetricSuite, relied_metrics
 

@@ -5,17 +5,25 @@ users run) on random crops of the embedded photos, with the same budget and seed
 loss, the wavelet loss and both, under DDPM (epsilon prediction) and EDM, over several seeds. Each model samples a
 fixed number of images (DDIM for DDPM, `DDIMScheduler.from_config(pipe.scheduler.config)` in a `DDIMPipeline`; the
 saved EDM Euler scheduler in `EDMPipeline` for EDM), which are compared with held-out crops (crops of photos that no
-training crop comes from) by the Laplacian-pyramid sliced Wasserstein distance (`pyramid_swd`, x 1e3, mean over
-levels) and the radially averaged log-power-spectrum distance (`spectrum_distance`); mean +- std over seeds. The
-regulariser overhead per training step comes from `bench_unet_regularizers.py` (added work timed alone / step).
+training crop comes from) by every metric of `evaluation.study_metrics.GenerationMetricSuite`: the radially averaged
+log-power-spectrum distance, the Laplacian-pyramid SWD as published and its colour-aware variant, and KID / FD in
+the features of a small net trained here on the training photos (and of a random-init one). The blur check decides
+which of them the study relies on; the data floor (training crops against the held-out crops, same count) anchors
+them. Arms are compared with their formulation's unregularised arm per shared seed (`evaluation.statistics`: t and
+bootstrap intervals, Holm's correction over every arm x tested metric). The regulariser overhead per training step
+comes from `bench_unet_regularizers.py` (added work timed alone / step).
 
 Incremental: every finished run is appended to the JSON at once, and a re-run with the same budget skips the runs
 the JSON already holds (an interrupted ablation resumes where it stopped). A different budget starts a new JSON.
+`--reanalyse JSON` rewrites the analysis and the page of a stored JSON without training (the blur check is recomputed
+from the crops; what the stored runs lack is listed on the page).
 
-Writes `docs/spectral_regularization.json` (runs, summary, overhead, command line, seeds, budget, versions, wall
-time), `docs/SPECTRAL_REGULARIZATION.md` (the table, generated) and `docs/spectral_regularization.png`.
+Writes `docs/spectral_regularization.json` (runs with their train / sample seconds, summary, analysis, overhead,
+command line, seeds, budget, versions, wall time), `docs/SPECTRAL_REGULARIZATION.md` (generated) and
+`docs/spectral_regularization.png`.
 
 Usage: python benchmarks/ablate_spectral_regularization.py [--quick] [--output_dir docs] [--work_dir DIR]
+       python benchmarks/ablate_spectral_regularization.py --reanalyse docs/spectral_regularization.json
 """
 
 import argparse
@@ -41,19 +49,30 @@ REGULARIZERS = ("none", "fourier", "wavelet", "both")
 JSON_NAME = "spectral_regularization.json"
 PAGE_NAME = "SPECTRAL_REGULARIZATION.md"
 FIGURE_NAME = "spectral_regularization.png"
+PAIRED_FIGURE_NAME = "spectral_regularization_paired.png"
+METRIC_LABELS = {
+    "spectrum_distance": "spectrum distance",
+    "swd_pooled_x1e3": "colour-aware SWD x1e3",
+    "swd_x1e3": "SWD x1e3 (published)",
+    "kid_trained": "KID (trained net)",
+    "fd_trained": "FD (trained net)",
+    "kid_random": "KID (random net)",
+    "fd_random": "FD (random net)",
+    "final_diffusion_loss": "final diffusion loss",
+}
 
-# The budgets. The issue asks for about one hour on 2 CPU cores with e.g. 32 px crops; the full run here is sized to
-# about 20 minutes on 2 idle cores (32 px crops, 300 steps, 32 samples per model): the page says so.
+# The budgets. The issue sizes the ablation at about one hour on 2 CPU cores with e.g. 32 px crops; the stored full run
+# (32 samples per model) took 17 minutes on 2 idle cores. Issue 18 asks for as many samples as sampling allows: 512.
 BUDGETS = {
     "full": dict(
         resolution=32, crops_per_photo=8, train_batch_size=8, max_train_steps=300, learning_rate=1e-3,
-        lr_warmup_steps=0, num_samples=32, sampling_steps=50, seeds=(0, 1, 2), fourier_weight=0.1,
-        wavelet_weight=0.1, unet_config="tiny",
+        lr_warmup_steps=0, num_samples=512, sampling_steps=50, seeds=(0, 1, 2), fourier_weight=0.1,
+        wavelet_weight=0.1, unet_config="tiny", feature_net_steps=400, blur_splits=8,
     ),
     "quick": dict(
         resolution=32, crops_per_photo=2, train_batch_size=4, max_train_steps=2, learning_rate=1e-3,
         lr_warmup_steps=0, num_samples=8, sampling_steps=4, seeds=(0,), fourier_weight=0.1, wavelet_weight=0.1,
-        unet_config="tiny",
+        unet_config="tiny", feature_net_steps=5, blur_splits=1,
     ),
 }  # fmt: skip
 
@@ -78,9 +97,10 @@ def random_crops(photo: Path, count: int, size: int, rng: np.random.Generator) -
     return [image[top : top + size, left : left + size] for top, left in zip(tops, lefts)]
 
 
-def prepare_data(work_dir: Path, budget: dict) -> tuple[Path, torch.Tensor, torch.Tensor]:
-    """Write the training crops as PNGs to `work_dir/train` and return (that folder, held-out crops, a same-size set
-    of training crops) as `(N, 3, H, W)` tensors in [-1, 1] (N = `num_samples`)."""
+def prepare_data(work_dir: Path, budget: dict) -> dict:
+    """Write the training crops as PNGs to `work_dir/train`; return that folder, the held-out crops and a same-size
+    set of training crops (`(N, 3, H, W)` in [-1, 1], N = `num_samples`; the data floor), the training photos (for
+    the feature net) and the blur-check crops."""
     from diffusers_spectrum.training.data import embedded_dataset_dir
 
     photos = sorted(embedded_dataset_dir().glob("*.png"))
@@ -99,7 +119,19 @@ def prepare_data(work_dir: Path, budget: dict) -> tuple[Path, torch.Tensor, torc
     heldout = [c for p in heldout_photos for c in random_crops(p, per_photo, size, rng)]
     order = rng.permutation(len(heldout))[:count]
     reference = rng.permutation(len(train_crops))[:count]
-    return train_dir, _to_tensor([heldout[i] for i in order]), _to_tensor([train_crops[i] for i in reference])
+    return {
+        "train_dir": train_dir,
+        "heldout": _to_tensor([heldout[i] for i in order]),
+        "train_reference": _to_tensor([train_crops[i] for i in reference]),
+        "train_photos": _to_tensor([np.asarray(Image.open(p).convert("RGB")) for p in train_photos]),
+        "blur_crops": blur_check_crops(heldout_photos, size),
+    }
+
+
+def blur_check_crops(heldout_photos: list[Path], size: int = 32, per_photo: int = 3) -> torch.Tensor:
+    """``per_photo`` random crops of every held-out photo (own seed: the same set for every budget), >= 64 crops."""
+    rng = np.random.default_rng(4321)
+    return _to_tensor([c for p in heldout_photos for c in random_crops(p, per_photo, size, rng)])
 
 
 def _to_tensor(crops: list[np.ndarray]) -> torch.Tensor:
@@ -146,19 +178,7 @@ def sampling_pipeline(folder: Path, formulation: str):
     return pipe
 
 
-def generation_metrics(samples: torch.Tensor, heldout: torch.Tensor) -> dict:
-    """SWD x 1e3 (mean over pyramid levels, and per level) and the log-spectrum distance to the held-out crops."""
-    from diffusers_spectrum.evaluation.generation_metrics import pyramid_swd, spectrum_distance
-
-    levels = pyramid_swd(samples, heldout, seed=0) * 1e3
-    return {
-        "swd_x1e3": float(levels.mean()),
-        "swd_levels_x1e3": [float(v) for v in levels],
-        "spectrum_distance": float(spectrum_distance(samples, heldout)),
-    }
-
-
-def one_run(formulation: str, regularizer: str, seed: int, budget: dict, train_dir: Path, heldout, work_dir):
+def one_run(formulation: str, regularizer: str, seed: int, budget: dict, train_dir: Path, heldout, work_dir, suite):
     """Train, sample `num_samples` images (seeds 10000 + i) and measure; returns the run's record."""
     from diffusers_spectrum.pipelines.sampling import pipeline_samples
     from diffusers_spectrum.training.unconditional import parse_args, train_unconditional
@@ -172,8 +192,8 @@ def one_run(formulation: str, regularizer: str, seed: int, budget: dict, train_d
     start = time.perf_counter()
     pipe = sampling_pipeline(folder, formulation)
     samples = torch.cat(list(pipeline_samples(
-        pipe, budget["num_samples"], batch_size=budget["num_samples"], num_inference_steps=budget["sampling_steps"],
-        seed=10000, progress=False,
+        pipe, budget["num_samples"], batch_size=min(budget["num_samples"], 128),
+        num_inference_steps=budget["sampling_steps"], seed=10000, progress=False,
     )))  # fmt: skip
     sample_seconds = time.perf_counter() - start
     final = json.loads((folder / "metrics.json").read_text())
@@ -181,7 +201,7 @@ def one_run(formulation: str, regularizer: str, seed: int, budget: dict, train_d
         "formulation": formulation, "regularizer": regularizer, "seed": seed,
         "final_training_loss": final.get("loss"), "final_diffusion_loss": final.get("diffusion"),
         "train_seconds": round(train_seconds, 2), "sample_seconds": round(sample_seconds, 2),
-        **generation_metrics(samples, heldout),
+        **suite.measure(samples, heldout),
     }  # fmt: skip
     if seed == budget["seeds"][0]:
         grid = work_dir / "grids" / f"{formulation}_{regularizer}.pt"
@@ -192,16 +212,19 @@ def one_run(formulation: str, regularizer: str, seed: int, budget: dict, train_d
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Summary, page and figure
+# Summary, analysis, page and figures
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    array = np.asarray(values, dtype=np.float64)
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+def measured_metrics(runs: list[dict]) -> list[str]:
+    """The metrics every run holds, in `METRIC_LABELS` order."""
+    return [m for m in METRIC_LABELS if runs and all(r.get(m) is not None for r in runs)]
 
 
 def summarize(runs: list[dict]) -> list[dict]:
-    """Mean and sample std over seeds per (formulation, regulariser)."""
+    """Mean and sample SD (ddof 1; ``*_std``) over seeds per (formulation, regulariser), every measured metric and
+    the training seconds."""
+    from diffusers_spectrum.evaluation.statistics import mean_sd
+
     rows = []
     for formulation in FORMULATIONS:
         for regularizer in REGULARIZERS:
@@ -209,8 +232,9 @@ def summarize(runs: list[dict]) -> list[dict]:
             if not group:
                 continue
             row = {"formulation": formulation, "regularizer": regularizer, "num_seeds": len(group)}
-            for key in ("swd_x1e3", "spectrum_distance", "train_seconds"):
-                row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r[key] for r in group])
+            for key in [*measured_metrics(runs), "train_seconds"]:
+                stat = mean_sd(r[key] for r in group)
+                row[f"{key}_mean"], row[f"{key}_std"] = stat["mean"], stat["sd"] if stat["n"] > 1 else 0.0
             rows.append(row)
     return rows
 
@@ -225,38 +249,61 @@ def overhead(budget: dict, quick: bool) -> list[dict]:
     return [{"benchmark": r["benchmark"], "regularizer_ms": r["value"], "ratio": r["ratio"]} for r in rows]
 
 
-def verdict(summary: list[dict]) -> list[str]:
-    """One sentence per formulation: does a regulariser beat `none` by more than the seeds' spread (both metrics)?"""
+def analyse(result: dict, blur_check: dict | None = None) -> dict:
+    """Paired comparisons of each regulariser with its formulation's unregularised arm per shared seed, one Holm
+    family over every arm x tested metric (the metrics that pass the blur check, and the final diffusion loss);
+    metrics that fail it are paired the same way but reported, not tested. Every measured metric is a claim."""
+    from diffusers_spectrum.evaluation.statistics import compare_arms
+    from diffusers_spectrum.evaluation.study_metrics import relied_metrics
+
+    check = blur_check if blur_check is not None else result.get("blur_check")
+    relied = relied_metrics(check) if check else []
+    runs = result["runs"]
+    values: dict[str, dict] = {}
+    for run in runs:
+        arm = f"{run['formulation']}/{run['regularizer']}"
+        for metric in measured_metrics(runs):
+            values.setdefault(arm, {}).setdefault(metric, {})[run["seed"]] = float(run[metric])
+    baselines = {f"{f}/{r}": f"{f}/none" for f in FORMULATIONS for r in REGULARIZERS[1:] if f"{f}/{r}" in values}
+    measured = measured_metrics(runs)
+    tested = [m for m in measured if m in relied or m == "final_diffusion_loss"]
+    family = compare_arms(values, baselines, {m: True for m in tested})
+    untested = [m for m in measured if m not in tested]
+    untested_metrics = {m: True for m in untested}
+    descriptive = compare_arms(values, baselines, untested_metrics, correction="none") if untested else []
+    missing = []
+    if not any(m.startswith("kid") for m in measured):
+        missing.append("KID / FD (trained and random-init feature nets) and the colour-aware SWD: the stored runs "
+                       "measured SWD and the spectrum distance only, and their samples were not kept")  # fmt: skip
+    if result["budget"]["num_samples"] < 500:
+        missing.append(f"samples: {result['budget']['num_samples']} per model (the issue asks for >= 500 where "
+                       "sampling takes minutes; the script's full budget now draws 512)")  # fmt: skip
+    return {"blur_check": check, "relied_metrics": relied, "measured_metrics": measured, "family": family,
+            "descriptive": descriptive, "missing": missing}  # fmt: skip
+
+
+def paired_lines(analysis: dict) -> list[str]:
+    """One sentence per formulation: each regulariser's tested outcomes (Holm-corrected)."""
     lines = []
     for formulation in FORMULATIONS:
-        rows = {r["regularizer"]: r for r in summary if r["formulation"] == formulation}
-        if "none" not in rows:
+        rows = [r for r in analysis["family"] if r["arm"].startswith(f"{formulation}/")]
+        if not rows:
             continue
-        base = rows["none"]
         parts = []
         for name in REGULARIZERS[1:]:
-            if name not in rows:
-                continue
-            row = rows[name]
-            if min(row["num_seeds"], base["num_seeds"]) < 2:
-                parts.append(f"{name}: one seed only, no spread to judge a difference against")
-                continue
-            outcomes = []
-            for key, label in (("swd_x1e3", "SWD"), ("spectrum_distance", "spectrum distance")):
-                delta = row[f"{key}_mean"] - base[f"{key}_mean"]
-                spread = math.hypot(row[f"{key}_std"], base[f"{key}_std"])
-                if abs(delta) <= spread:
-                    outcomes.append(f"{label} within the seed spread ({delta:+.3g})")
-                else:
-                    outcomes.append(f"{label} {'lower (better)' if delta < 0 else 'higher (worse)'} ({delta:+.3g})")
-            parts.append(f"{name}: " + ", ".join(outcomes))
+            mine = [r for r in rows if r["arm"] == f"{formulation}/{name}"]
+            if mine:
+                outcomes = [f"{METRIC_LABELS.get(r['metric'], r['metric'])} {r['outcome']} ({r['mean']:+.3g})"
+                            for r in mine]  # fmt: skip
+                parts.append(f"{name}: " + ", ".join(outcomes))
         lines.append(f"- **{formulation.upper()}** vs no regulariser: " + "; ".join(parts) + ".")
     return lines
 
 
-def write_figure(summary: list[dict], work_dir: Path, path: Path) -> None:
-    """Bars of SWD and spectrum distance (mean +- std over seeds) per regulariser and formulation, and the first
-    seed's samples."""
+def write_figure(summary: list[dict], work_dir: Path, path: Path) -> bool:
+    """Bars of SWD and spectrum distance (mean +- sample SD over seeds) per regulariser and formulation, and the
+    first seed's samples. Returns False (and writes nothing) when the run's sample grids are not at hand (a
+    re-analysis keeps the stored figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,6 +311,8 @@ def write_figure(summary: list[dict], work_dir: Path, path: Path) -> None:
 
     from diffusers_spectrum.training.utils import image_grid
 
+    if not (work_dir / "grids").is_dir():
+        return False
     figure, axes = plt.subplots(1, 4, figsize=(17, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.1, 1.1]})
     width = 0.38
     x = np.arange(len(REGULARIZERS))
@@ -293,32 +342,90 @@ def write_figure(summary: list[dict], work_dir: Path, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return True
+
+
+def write_paired_figure(analysis: dict, path: Path) -> None:
+    """Per metric, each regulariser's per-seed differences from its formulation's unregularised arm (dots) with the
+    95% t interval and the Holm-corrected interval of their mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = analysis["family"] + analysis["descriptive"]
+    metrics = [m for m in METRIC_LABELS if any(r["metric"] == m for r in rows)]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        mine = [r for r in rows if r["metric"] == metric]
+        for index, row in enumerate(mine):
+            ax.plot([index] * len(row["differences"]), row["differences"], "o", color="0.4", ms=4)
+            if row["outcome"] != "one run":
+                ax.errorbar(index + 0.15, row["mean"], yerr=[[row["mean"] - row["lo"]], [row["hi"] - row["mean"]]],
+                            fmt="s", color="C0", capsize=3)  # fmt: skip
+                if metric in analysis["relied_metrics"] or metric == "final_diffusion_loss":
+                    ax.errorbar(index + 0.3, row["mean"], fmt="none", color="C3", capsize=3,
+                                yerr=[[row["mean"] - row["holm_lo"]], [row["holm_hi"] - row["mean"]]])  # fmt: skip
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(mine)), [r["arm"] for r in mine], rotation=40, fontsize=8)
+        tested = metric in analysis["relied_metrics"] or metric == "final_diffusion_loss"
+        ax.set_title(f"{METRIC_LABELS[metric]}: arm - none{'' if tested else ' (not relied on)'}", fontsize=9)
+    axes[0][0].set_ylabel("per seed (dots); mean, 95% t (blue), Holm (red)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def write_page(result: dict, path: Path) -> None:
     """docs/SPECTRAL_REGULARIZATION.md, generated from the JSON."""
-    budget, summary = result["budget"], result["summary"]
-    table = ["| formulation | regulariser | SWD x 1e3 | log-spectrum distance | train s / run | seeds |",
-             "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    from diffusers_spectrum.evaluation.statistics import comparison_table
+    from diffusers_spectrum.evaluation.study_metrics import blur_check_table
+
+    budget, summary, analysis = result["budget"], result["summary"], result["analysis"]
+    measured = analysis["measured_metrics"]
+    generation = [m for m in measured if m != "final_diffusion_loss"]
+    head = " | ".join(f"{METRIC_LABELS[m]}{'' if m in analysis['relied_metrics'] else ' (not relied on)'}"
+                      for m in generation)  # fmt: skip
+    table = [f"| formulation | regulariser | {head} | final diffusion loss | train s / run | seeds |",
+             "|---|---|" + "---:|" * (len(generation) + 3)]  # fmt: skip
     for r in summary:
-        table.append(
-            f"| {r['formulation'].upper()} | {r['regularizer']} | {r['swd_x1e3_mean']:.2f} +- {r['swd_x1e3_std']:.2f} "
-            f"| {r['spectrum_distance_mean']:.3f} +- {r['spectrum_distance_std']:.3f} | "
-            f"{r['train_seconds_mean']:.1f} | {r['num_seeds']} |"
-        )
-    reference = result["reference"]
-    table.append(
-        f"| data | training crops (same count) | {reference['swd_x1e3']:.2f} | {reference['spectrum_distance']:.3f} "
-        "| | |"
-    )
+        cells = [f"{r[f'{m}_mean']:.4g} +- {r[f'{m}_std']:.2g}" for m in generation + ["final_diffusion_loss"]]
+        table.append(f"| {r['formulation'].upper()} | {r['regularizer']} | " + " | ".join(cells)
+                     + f" | {r['train_seconds_mean']:.1f} | {r['num_seeds']} |")  # fmt: skip
+    floor = result["reference"]
+    cells = [f"{floor[m]:.4g}" if m in floor else "not measured" for m in generation]
+    table.append("| data floor | training crops vs held-out crops (same count) | " + " | ".join(cells) + " | | | |")
     over = ["| step | regulariser time | ratio to the step |", "|---|---:|---:|"]
     over += [f"| {o['benchmark']} | {o['regularizer_ms']:.2f} ms | {o['ratio']:.4f} |" for o in result["overhead"]]
     machine = result["machine"]
+    reanalysis = result.get("reanalysis")
+    figure_note = ""
+    if reanalysis:
+        figure_note = (
+            f"\n**Re-analysed without new training** (`{reanalysis['command']}`, commit {reanalysis['commit']}): the "
+            "statistics, the blur check and the claims are recomputed from the stored runs; the bar-and-samples "
+            "figure is the stored run's. Not stored, so not on this page:\n\n"
+            + "\n".join(f"- {m}." for m in analysis["missing"]) + "\n"
+        )  # fmt: skip
+    claims = []
+    for row in analysis["family"]:
+        claims.append(f"- {row['arm']} vs {row['baseline']}, {METRIC_LABELS[row['metric']]}: {row['arm_mean']:.4g} vs "
+                      f"{row['baseline_mean']:.4g}, **{row['outcome']}** (paired, Holm family of "
+                      f"{row['family_size']}).")  # fmt: skip
+    for row in analysis["descriptive"]:
+        claims.append(f"- {row['arm']} vs {row['baseline']}, {METRIC_LABELS[row['metric']]}: {row['arm_mean']:.4g} vs "
+                      f"{row['baseline_mean']:.4g}, {row['outcome']} uncorrected (metric not relied on: it fails the "
+                      "blur check).")  # fmt: skip
+    check = analysis["blur_check"]
+    splits, minutes = next(iter(check.values()))["num_splits"], result["wall_seconds"] / 60
+    descriptive = "none."
+    if analysis["descriptive"]:
+        descriptive = "\n".join(comparison_table(analysis["descriptive"], labels=METRIC_LABELS, corrected=False))
     text = f"""# Spectral regularisation on unconditional pixel-space diffusion: a CPU miniature
 
 Generated by `{result["command"]}` (`benchmarks/ablate_spectral_regularization.py`); the numbers below are read
 from [`spectral_regularization.json`](spectral_regularization.json), which also holds every run. Do not edit by hand.
-
+{figure_note}
 ## What was run
 
 - Model: the `{budget["unet_config"]}` `UNet2DModel` preset, {budget["resolution"]} px, trained with
@@ -329,35 +436,62 @@ from [`spectral_regularization.json`](spectral_regularization.json), which also 
 - Budget per run: {budget["max_train_steps"]} optimizer steps of batch {budget["train_batch_size"]}, AdamW lr
   {budget["learning_rate"]} (constant), no EMA; Fourier weight {budget["fourier_weight"]}, wavelet weight
   {budget["wavelet_weight"]} (3-level Haar, L1), `signal` timestep weighting. Seeds {list(budget["seeds"])} (init,
-  data order, noise).
+  data order, noise; the sampling seed and the metrics' seeds are shared by every arm, so arms are paired by seed).
 - Formulations: DDPM with epsilon prediction (1000 linear-beta steps), sampled with DDIM
   ({budget["sampling_steps"]} steps, `DDIMScheduler.from_config(pipe.scheduler.config)`); EDM (sigma_data 0.5,
   P_mean -1.2, P_std 1.2), sampled with the saved `EDMEulerScheduler` ({budget["sampling_steps"]} steps).
-- Metrics: {budget["num_samples"]} samples per model against the {budget["num_samples"]} held-out crops: the
-  Laplacian-pyramid sliced Wasserstein distance (Karras et al. 2018; x 1e3, mean over the pyramid levels) and the RMS
-  difference of the log radially averaged power spectra; mean +- sample std over the seeds.
+- Metrics: {budget["num_samples"]} samples per model against the {budget["num_samples"]} held-out crops
+  (`evaluation.study_metrics`; lower is better); mean +- sample SD (ddof 1) over the seeds. Each run's train and
+  sample seconds are in the JSON.
 - Machine: {machine["cpu"]}, {machine["cores"]} cores, torch {machine["versions"]["torch"]},
   diffusers {machine["versions"]["diffusers"]}. Wall time of the whole ablation: {result["wall_seconds"] / 60:.1f}
   min.
 
-**The budget is below the issue's.** The issue sizes the ablation at about one hour on 2 CPU cores with e.g. 32 px
-crops; this run used {result["wall_seconds"] / 60:.0f} minutes: {budget["resolution"]} px crops, each model gets
-{budget["max_train_steps"]} steps of batch {budget["train_batch_size"]} of the `{budget["unet_config"]}` UNet and is
-measured on {budget["num_samples"]} samples. At this budget the models are early in training; the numbers say whether
-the regularisers change early training in this miniature, not how they behave at convergence or at the higher
-resolutions where the paper reports its largest gains.
+**The budget is below the issue's.** Each model gets {budget["max_train_steps"]} steps of batch
+{budget["train_batch_size"]} of the `{budget["unet_config"]}` UNet and is measured on {budget["num_samples"]} samples.
+At this budget the models are early in training; the numbers say whether the regularisers change early training in
+this miniature, not how they behave at convergence or at the higher resolutions where the paper reports its largest
+gains.
+
+## Which metrics the ablation relies on
+
+At 32 images per set, held-out crops against other held-out crops box-blurred 5 x 5 must be at least twice as far
+apart as two halves of unblurred crops (`evaluation.study_metrics`, mean over {splits} random splits). Metrics that
+fail are reported, not relied on, and stay out of the tested family.
+
+{chr(10).join(blur_check_table(check))}
 
 ## Results
 
 {chr(10).join(table)}
 
-The last row is the floor of the metrics at this sample count: training crops against the held-out crops.
-
-Outcome (a difference counts only when it exceeds the root-sum-square of the two seed standard deviations):
-
-{chr(10).join(verdict(summary))}
+The data floor is what real training crops score against the held-out crops at the same count: no generator can be
+expected to beat it.
 
 ![SWD and spectrum distance per regulariser, and samples](spectral_regularization.png)
+
+## Paired comparisons
+
+Each regulariser minus its formulation's unregularised arm, per shared seed: t interval of the mean difference (sample
+SD, ddof 1), percentile bootstrap over seeds beside it (too narrow with 3 seeds: reported, not decisive), and Holm's
+correction over every arm x tested metric (the relied-on metrics and the final diffusion loss). **Separated** only
+when the Holm-adjusted p-value is at most 0.05 (the corrected interval excludes 0).
+
+{chr(10).join(comparison_table(analysis["family"], labels=METRIC_LABELS))}
+
+Metrics that fail the blur check, paired the same way, uncorrected and outside the family:
+
+{descriptive}
+
+![paired differences per seed](spectral_regularization_paired.png)
+
+Outcome, tested family:
+
+{chr(10).join(paired_lines(analysis))}
+
+## Every claim, for and against
+
+{chr(10).join(claims)}
 
 ## Overhead of the regularisers on a training step
 
@@ -369,8 +503,9 @@ training step without it, best of several runs (`benchmarks/bench_unet_regulariz
 ## Reproduce
 
 ```bash
-python benchmarks/ablate_spectral_regularization.py           # this page (about {result["wall_seconds"] / 60:.0f} min here)
+python benchmarks/ablate_spectral_regularization.py           # the full ablation (the stored run: {minutes:.0f} min)
 python benchmarks/ablate_spectral_regularization.py --quick   # about a minute, smoke test
+python benchmarks/ablate_spectral_regularization.py --reanalyse docs/spectral_regularization.json  # no training
 ```
 Runs already in the JSON with the same budget are skipped, so an interrupted ablation resumes where it stopped.
 """
@@ -404,8 +539,20 @@ def load_previous(path: Path, budget: dict) -> dict | None:
     return previous if previous.get("budget") == json.loads(json.dumps(budget)) else None
 
 
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        command = ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def run_ablation(quick: bool = False, output_dir: Path = ROOT / "docs", work_dir: Path | None = None) -> dict:
-    """Run (or resume) the ablation; writes the JSON after every run, then the page and the figure."""
+    """Run (or resume) the ablation; writes the JSON after every run, then the analysis, the page and the figures."""
+    from diffusers_spectrum.evaluation.feature_net import feature_net_for, random_feature_net
+    from diffusers_spectrum.evaluation.study_metrics import GenerationMetricSuite
     from diffusers_spectrum.training.utils import write_json
 
     budget = BUDGETS["quick" if quick else "full"]
@@ -424,33 +571,64 @@ def run_ablation(quick: bool = False, output_dir: Path = ROOT / "docs", work_dir
     }  # fmt: skip
     result["machine"] = machine()
     start = time.perf_counter() - result["wall_seconds"]
-    train_dir, heldout, reference = prepare_data(work_dir, budget)
-    result["reference"] = generation_metrics(reference, heldout)
-    done = {run_key(r["formulation"], r["regularizer"], r["seed"]) for r in result["runs"]}
+    data = prepare_data(work_dir, budget)
     try:
+        net = feature_net_for(work_dir / "feature_net", data["train_photos"], steps=budget["feature_net_steps"])
+        suite = GenerationMetricSuite(net, random_feature_net(data["train_photos"]), seed=0)
+        result["feature_net"] = json.loads((work_dir / "feature_net" / "feature_net.json").read_text())
+        result["reference"] = suite.measure(data["train_reference"], data["heldout"])  # the data floor
+        result["blur_check"] = suite.blur_check(data["blur_crops"], num_splits=budget["blur_splits"])
+        done = {run_key(r["formulation"], r["regularizer"], r["seed"]) for r in result["runs"]}
         for seed in budget["seeds"]:
             for formulation in FORMULATIONS:
                 for regularizer in REGULARIZERS:
                     if run_key(formulation, regularizer, seed) in done:
                         continue
-                    record = one_run(formulation, regularizer, seed, budget, train_dir, heldout, work_dir)
+                    record = one_run(formulation, regularizer, seed, budget, data["train_dir"], data["heldout"],
+                                     work_dir, suite)  # fmt: skip
                     result["runs"].append(record)
                     result["wall_seconds"] = round(time.perf_counter() - start, 1)
                     write_json(json_path, result, sort_keys=False)  # incremental: one line per finished run
                     print(
-                        f"{run_key(formulation, regularizer, seed)}: SWDx1e3 {record['swd_x1e3']:.2f}, spectrum "
-                        f"distance {record['spectrum_distance']:.3f}, {record['train_seconds']:.0f} s",
+                        f"{run_key(formulation, regularizer, seed)}: spectrum distance "
+                        f"{record['spectrum_distance']:.3f}, {record['train_seconds']:.0f} s",
                         flush=True,
                     )
         result["summary"] = summarize(result["runs"])
+        result["analysis"] = analyse(result)
         result["overhead"] = overhead(budget, quick)
         result["wall_seconds"] = round(time.perf_counter() - start, 1)
         write_json(json_path, result, sort_keys=False)
         write_figure(result["summary"], work_dir, output_dir / FIGURE_NAME)
+        write_paired_figure(result["analysis"], output_dir / PAIRED_FIGURE_NAME)
         write_page(result, output_dir / PAGE_NAME)
     finally:
         if own_work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
+    return result
+
+
+def reanalyse(json_path: Path, output_dir: Path) -> dict:
+    """Rewrite the analysis, summary, paired figure and page of a stored ablation JSON without training: the blur
+    check of the metrics it measured is recomputed from the held-out photos (no model needed)."""
+    from diffusers_spectrum.evaluation.study_metrics import GenerationMetricSuite
+    from diffusers_spectrum.training.data import embedded_dataset_dir
+    from diffusers_spectrum.training.utils import write_json
+
+    result = json.loads(Path(json_path).read_text())
+    _, heldout_photos = photo_split(sorted(embedded_dataset_dir().glob("*.png")))
+    check = result.get("blur_check")
+    if check is None:
+        check = GenerationMetricSuite(seed=0).blur_check(blur_check_crops(heldout_photos), num_splits=8)
+        check = {m: v for m, v in check.items() if m in measured_metrics(result["runs"])}
+    result["blur_check"] = check
+    result["summary"] = summarize(result["runs"])
+    result["analysis"] = analyse(result, check)
+    result["reanalysis"] = {"command": " ".join(["python", *sys.argv]), "commit": _git_commit()}
+    output_dir = Path(output_dir)
+    write_json(output_dir / JSON_NAME, result, sort_keys=False)
+    write_paired_figure(result["analysis"], output_dir / PAIRED_FIGURE_NAME)
+    write_page(result, output_dir / PAGE_NAME)
     return result
 
 
@@ -459,5 +637,9 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="a one-minute smoke run (1 seed, 2 steps, 8 samples)")
     parser.add_argument("--output_dir", type=Path, default=ROOT / "docs", help="where the JSON, page and figure go")
     parser.add_argument("--work_dir", type=Path, default=None, help="crops and run folders (default: a temp dir)")
+    parser.add_argument("--reanalyse", type=Path, default=None, help="a stored JSON: analysis and page, no training")
     cli = parser.parse_args()
-    run_ablation(cli.quick, cli.output_dir, cli.work_dir)
+    if cli.reanalyse:
+        reanalyse(cli.reanalyse, cli.output_dir)
+    else:
+        run_ablation(cli.quick, cli.output_dir, cli.work_dir)

@@ -14,7 +14,7 @@ from PIL import Image
 from diffusers_spectrum import cli
 from diffusers_spectrum.evaluation.analyze import analyze_vae, compare_vaes
 from diffusers_spectrum.evaluation.diagnostics import (
-    VERDICT_SLOPE_TOLERANCE,
+    VERDICT_TOLERANCE,
     VERDICTS,
     SpectrumStatistics,
     rms_spatial_contrast,
@@ -61,8 +61,16 @@ def test_analyze_command_on_tiny_vae_and_embedded_dataset_writes_report_and_pngs
     assert report["resolution"] == report["data_resolution"] == 64 and report["upsampled"] is False
     assert report["convention"]["latents"] == "sample" and report["convention"]["spectrum"] == "authors"
     assert report["verdict"] in VERDICTS and report["num_samples"] == 6 and report["latent_shape"] == [4, 32, 32]
-    assert report["verdict_thresholds"]["slope_tolerance"] == VERDICT_SLOPE_TOLERANCE
+    assert report["verdict_rule"]["tolerance"] == VERDICT_TOLERANCE
+    assert set(report["verdicts"]) == {"authors", "dc_free"}  # DC kept and DC free, side by side
+    assert report["verdicts"]["authors"]["verdict"] == report["verdict"]
+    for view in report["verdicts"].values():
+        assert view["verdict"] in VERDICTS and view["centroid_gap"]["lo"] <= view["centroid_gap"]["hi"]
     assert sorted(report["dsm_lowpass_mse"]) == ["0", "10", "12", "8"]
+    for level in ("8", "10", "12"):  # the drop from level 0 beside the absolute PSNR
+        drop = report["dsm_lowpass_drop_db"][level]
+        assert drop["drop_db"] == pytest.approx(report["dsm_lowpass_psnr"][level] - report["dsm_lowpass_psnr"]["0"])
+        assert drop["per_image_lo_db"] <= drop["per_image_mean_db"] <= drop["per_image_hi_db"]
     assert len(report["spectra"]["latent"]["mean"]) == 16 and len(report["channel_spectra"]) == 4
     assert 0 < report["rmsc"] <= 1 and report["image_slope"] < report["target_slope"]
     for name in report["plots"].values():

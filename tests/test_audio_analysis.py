@@ -44,6 +44,8 @@ def test_folder_vs_reference_report_and_plot(tmp_path):
     assert (out / "audio_spectra.png").stat().st_size > 0
     # A gain g on the same clips is exactly |20 log10 g| dB (log-spectral distance on power).
     assert report["log_spectral_distance_db"] == pytest.approx(20 * np.log10(2.0), abs=1e-6)
+    assert report["mean_level_offset_db"] == pytest.approx(20 * np.log10(2.0), abs=1e-6)  # all of it is level
+    assert report["level_invariant_log_spectral_distance_db"] == pytest.approx(0.0, abs=1e-6)
     assert report["sets"]["analysed"]["skipped"] == 1 and report["sets"]["analysed"]["num_clips"] == 6
     # White noise: flat spectrum, slope ~0 (independent: numpy periodogram of the same crops, fitted in log-log).
     crops = np.stack([soundfile.read(f)[0][4000:12000] for f in sorted(real.glob("*.wav"))])
@@ -109,5 +111,8 @@ def test_ablation_quick_json_shape(tmp_path):
     assert len(saved["runs"]) == 4 and {"command", "settings", "versions", "wall_seconds"} <= set(saved)
     for row in saved["runs"].values():
         assert np.isfinite(row["log_spectral_distance_db"]) and row["seconds_per_step"] > 0
+        assert row["level_invariant_lsd_db"] <= row["log_spectral_distance_db"] + 1e-9 and row["wall_seconds"] > 0
+    assert set(saved["floor"]) == {"log_spectral_distance_db", "level_invariant_lsd_db", "level_offset_db"}
+    assert {r["outcome"] for r in saved["analysis"]["family"]} == {"one run"}  # one seed: no interval
     assert (tmp_path / "audio_regularization.png").is_file()
     assert report["summary"]["none"]["step_overhead"] == 0

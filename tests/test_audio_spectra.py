@@ -8,7 +8,9 @@ from diffusers_spectrum.spectral.audio import (
     band_center_frequencies,
     band_power_spectrum,
     frequency_band_edges,
+    level_invariant_log_spectral_distance,
     log_spectral_distance,
+    mean_level_offset_db,
     spectral_slope,
 )
 
@@ -86,6 +88,25 @@ def test_log_spectral_distance_is_zero_for_the_same_set_and_the_gain_in_db_other
     assert log_spectral_distance(louder, power).item() == pytest.approx(20 * np.log10(2.0), rel=1e-5)
     other = band_power_spectrum(torch.tensor(_power_law_noise(2.0, 2048, 4)).float(), SAMPLE_RATE)
     assert log_spectral_distance(other, power).item() > 10.0  # brown vs white: tens of dB apart
+
+
+def test_level_invariant_distance_is_unchanged_by_a_gain_and_splits_the_distance_into_shape_and_level():
+    rng = np.random.default_rng(3)
+    real = band_power_spectrum(torch.from_numpy(rng.normal(size=(6, 1, 4096))), SAMPLE_RATE)
+    other = band_power_spectrum(torch.tensor(_power_law_noise(1.0, 4096, 5)), SAMPLE_RATE)
+    shape = level_invariant_log_spectral_distance(other, real).item()
+    assert shape > 3.0  # pink vs white: a different shape
+    for gain in (0.1, 0.5, 3.0):  # a gain g on every clip (power g^2): the shape distance does not move
+        louder = band_power_spectrum(torch.tensor(_power_law_noise(1.0, 4096, 5)) * gain, SAMPLE_RATE)
+        assert level_invariant_log_spectral_distance(louder, real).item() == pytest.approx(shape, rel=1e-9, abs=1e-9)
+        assert level_invariant_log_spectral_distance(real, real * gain**2).item() == pytest.approx(0.0, abs=1e-9)
+        assert mean_level_offset_db(real * gain**2, real).item() == pytest.approx(20 * np.log10(gain), rel=1e-9)
+    # the raw distance = sqrt(shape^2 + offset^2), computed independently in numpy
+    difference = 10 * np.log10(other.mean(0).numpy() / real.mean(0).numpy())
+    assert shape == pytest.approx(
+        float(np.std(difference)), rel=1e-9
+    )  # population SD over bands: the RMS about the mean
+    assert log_spectral_distance(other, real).item() == pytest.approx(float(np.sqrt(np.mean(difference**2))), rel=1e-9)
 
 
 def test_audio_spectra_reject_bad_input_with_clear_errors():

@@ -119,6 +119,12 @@ def test_evaluate_pipeline_scores_every_trained_class_at_the_conditional_default
     assert result["spectrum_distance"] == pytest.approx(float(distance), rel=1e-4)
     assert result["swd_x1e3"] == pytest.approx([float(v) * 1e3 for v in swd], rel=1e-4)
     assert result["num_samples"] == result["num_reference"] == 5 and result["resolution"] == 16
+    # the reconstruction ceiling of this latent pipeline: its VAE's decode(encode(references)) against them
+    with torch.no_grad():
+        reconstructed = pipe.vae.decode(pipe.vae.encode(references).latent_dist.mean).sample.clamp(-1, 1)
+    ceiling = generation_metrics.spectrum_distance(reconstructed, references)
+    assert result["ceiling"]["spectrum_distance"] == pytest.approx(float(ceiling), rel=1e-4)
+    assert result["floor"] is None and result["blur_check"] is None  # no floor set; too few references to check
 
 
 @pytest.mark.slow
@@ -141,6 +147,9 @@ def test_evaluate_pipeline_takes_class_names_a_guidance_flag_and_a_feature_extra
     references = torch.cat(list(image_batches_from(str(assets / "images"), 6, 16, 6)))
     expected = frechet_distance(channel_stats(samples).double(), channel_stats(references).double())
     assert result["fd"] == pytest.approx(expected, rel=1e-6)
+    assert result["kid"] == pytest.approx(
+        generation_metrics.kid(channel_stats(samples).double(), channel_stats(references).double()), rel=1e-6
+    )
 
 
 @pytest.mark.slow

@@ -10,6 +10,10 @@ import scipy.stats
 import torch
 
 from diffusers_spectrum.evaluation.generation_metrics import (
+    BLUR_SEPARATION_FACTOR,
+    blur_separation,
+    box_blur,
+    kid,
     laplacian_pyramid,
     pyramid_down,
     pyramid_swd,
@@ -187,3 +191,124 @@ def test_spectrum_distance_grows_with_blur_and_with_noise(natural_images):
 def test_spectrum_distance_rejects_mismatched_sizes():
     with pytest.raises(ValueError, match="share"):
         spectrum_distance(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 16, 16))
+
+
+# ------------------------------------------------------------------------------------------------
+# Colour-aware SWD, KID, and the blur check.
+
+
+def test_pooled_swd_sees_a_colour_gain_and_offset_that_the_published_swd_ignores(natural_images):
+    crops = _crops(natural_images)[:32].double()
+    shifted = 0.7 * crops + 0.2  # a gain and an offset
+    torch.testing.assert_close(pyramid_swd(crops, 0.7 * crops, **FAST), torch.zeros(2), rtol=0, atol=1e-6)
+    pooled = pyramid_swd(crops, shifted, **FAST, normalization="pooled")
+    assert (pooled > 0.05).all()  # the band-pass level sees the gain, the low-pass residual the offset too
+    assert torch.equal(pyramid_swd(crops, crops, **FAST, normalization="pooled"), torch.zeros(2))
+    with pytest.raises(ValueError, match="normalization"):
+        pyramid_swd(crops, crops, normalization="global")
+
+
+def np_poly_kernel_mean(a, a_cov, b, b_cov, dim):
+    """E[(x.y / d + 1)^3] for independent x ~ N(a, A), y ~ N(b, B), from Gaussian moments:
+    E[x.y] = a.b; E[(x.y)^2] = tr((A + aa')(B + bb')); E[(x.y)^3] = (a.b)^3 + 3 (a.b)(a'Ba) + 3 (a.b)(b'Ab + tr(AB))
+    + 6 a'BAb."""
+    m1 = a @ b
+    m2 = np.trace((a_cov + np.outer(a, a)) @ (b_cov + np.outer(b, b)))
+    m3 = (
+        m1**3
+        + 3 * m1 * (a @ b_cov @ a)
+        + 3 * m1 * (b @ a_cov @ b + np.trace(a_cov @ b_cov))
+        + 6 * a @ b_cov @ a_cov @ b
+    )
+    return 1 + 3 * m1 / dim + 3 * m2 / dim**2 + m3 / dim**3
+
+
+def test_kid_matches_its_closed_form_on_gaussians():
+    rng = np.random.default_rng(0)
+    dim = 4
+    a_mean, b_mean = np.array([0.3, 0.0, -0.2, 0.1]), np.array([0.0, 0.4, 0.1, 0.0])
+    root_a, root_b = rng.normal(0, 0.5, (dim, dim)), rng.normal(0, 0.5, (dim, dim))
+    a_cov, b_cov = root_a @ root_a.T + 0.5 * np.eye(dim), root_b @ root_b.T + 0.2 * np.eye(dim)
+    expected = (np_poly_kernel_mean(a_mean, a_cov, a_mean, a_cov, dim) + np_poly_kernel_mean(b_mean, b_cov, b_mean,
+                b_cov, dim) - 2 * np_poly_kernel_mean(a_mean, a_cov, b_mean, b_cov, dim))  # fmt: skip
+    estimates = [
+        kid(rng.multivariate_normal(a_mean, a_cov, 400), rng.multivariate_normal(b_mean, b_cov, 400))
+        for _ in range(40)
+    ]
+    standard_error = np.std(estimates, ddof=1) / np.sqrt(len(estimates))
+    assert abs(np.mean(estimates) - expected) < 4 * standard_error
+    assert expected > 10 * standard_error  # the test can tell the two distributions apart
+    # unbiased: one distribution gives 0 on average (also at a small sample size, where it can be negative)
+    same = [kid(rng.multivariate_normal(a_mean, a_cov, 16), rng.multivariate_normal(a_mean, a_cov, 16))
+            for _ in range(400)]  # fmt: skip
+    assert abs(np.mean(same)) < 4 * np.std(same, ddof=1) / np.sqrt(len(same)) and min(same) < 0
+    subsets = kid(rng.normal(size=(200, 3)), rng.normal(size=(150, 3)) + 1.0, num_subsets=10, subset_size=50)
+    assert subsets > 0
+    with pytest.raises(ValueError, match="at least 2"):
+        kid(np.zeros((1, 3)), np.zeros((4, 3)))
+
+
+def test_box_blur_is_scipys_uniform_filter_with_mirrored_borders():
+    x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
+    expected = scipy.ndimage.uniform_filter(x.numpy(), size=(1, 1, 5, 5), mode="mirror")  # no edge repeat
+    torch.testing.assert_close(box_blur(x, 5), torch.from_numpy(expected), rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def embedded_crops():
+    from diffusers_spectrum.evaluation.study_metrics import embedded_photos, natural_crops
+
+    return natural_crops(embedded_photos(), seed=1)  # one random 32 px crop of each of the 112 photos
+
+
+@pytest.mark.slow
+def test_blur_check_metrics_the_studies_rely_on_see_a_5x5_blur_and_the_published_swd_does_not(embedded_crops):
+    from diffusers_spectrum.evaluation.study_metrics import GenerationMetricSuite, relied_metrics
+
+    check = GenerationMetricSuite().blur_check(embedded_crops)
+    for name in ("spectrum_distance", "swd_pooled_x1e3"):  # what the studies rely on
+        assert check[name]["ratio"] >= BLUR_SEPARATION_FACTOR and check[name]["passes"], (name, check[name])
+    assert check["swd_x1e3"]["ratio"] < 1.5 and not check["swd_x1e3"]["passes"]  # the published SWD cannot
+    assert relied_metrics(check) == ["spectrum_distance", "swd_pooled_x1e3"]
+    assert check["spectrum_distance"]["set_size"] == 32 and check["spectrum_distance"]["blur"] == "5x5 box"
+
+
+def test_blur_separation_reads_an_unbiased_metric_by_its_magnitude():
+    crops = torch.rand(64, 3, 8, 8)
+    values = iter([0.1, 0.15, -0.1, 0.15] * 2)  # per split (unblurred, blurred): unblurred +-0.1, blurred 0.15
+    check = blur_separation(lambda a, b: next(values), crops, num_splits=4)
+    assert check["unblurred_abs"] == pytest.approx(0.1) and check["ratio"] == pytest.approx(1.5)
+    assert not check["passes"]
+    with pytest.raises(ValueError, match="crops"):
+        blur_separation(lambda a, b: 0.0, crops[:10])
+
+
+@pytest.mark.slow
+def test_feature_net_trains_caches_and_standardises(tmp_path, embedded_crops):
+    from diffusers_spectrum.evaluation.feature_net import feature_net_for, random_feature_net
+    from diffusers_spectrum.evaluation.study_metrics import GenerationMetricSuite, embedded_photos
+
+    photos = embedded_photos()[:24]
+    net = feature_net_for(tmp_path / "net", photos, steps=40, batch_size=16)
+    first, last = net.training_losses
+    assert last < first  # the denoising objective learns
+    again = feature_net_for(tmp_path / "net", photos, steps=40, batch_size=16)  # loaded, not retrained
+    torch.testing.assert_close(again.features(embedded_crops[:8]), net.features(embedded_crops[:8]))
+    centre = photos[:, :, 16:48, 16:48]
+    features = net.features(centre)
+    torch.testing.assert_close(features.mean(0), torch.zeros(features.shape[1], dtype=torch.float64), atol=1e-4,
+                               rtol=0)  # fmt: skip
+    torch.testing.assert_close(features.std(0), torch.ones(features.shape[1], dtype=torch.float64), atol=1e-3,
+                               rtol=0)  # fmt: skip
+    with pytest.raises(ValueError, match="other images"):
+        feature_net_for(tmp_path / "net", photos[:12], steps=40, batch_size=16)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("not ours")
+    with pytest.raises(ValueError, match="not a feature-net folder"):
+        feature_net_for(tmp_path / "busy", photos, steps=40, batch_size=16)
+    assert (tmp_path / "busy" / "keep.txt").is_file()
+    suite = GenerationMetricSuite(net, random_feature_net(photos))
+    values = suite.measure(embedded_crops[:32], embedded_crops[32:64])
+    assert set(values) == {"spectrum_distance", "swd_x1e3", "swd_pooled_x1e3", "kid_trained", "fd_trained",
+                           "kid_random", "fd_random"}  # fmt: skip
+    assert all(np.isfinite(v) for v in values.values())

@@ -325,12 +325,19 @@ def test_ablation_quick_mode_writes_the_json_page_and_figure(tmp_path):
     }
     for run in saved["runs"]:
         assert np.isfinite(run["swd_x1e3"]) and run["swd_x1e3"] > 0 and run["spectrum_distance"] >= 0
+        assert np.isfinite(run["kid_trained"]) and run["train_seconds"] > 0 and run["sample_seconds"] > 0
     assert len(saved["summary"]) == 8 and all("swd_x1e3_std" in row for row in saved["summary"])
+    assert set(saved["reference"]) == set(saved["blur_check"])  # the data floor of every metric
+    analysis = saved["analysis"]
+    assert {r["metric"] for r in analysis["family"]} == set(analysis["relied_metrics"]) | {"final_diffusion_loss"}
+    assert len(analysis["family"]) == 6 * len({r["metric"] for r in analysis["family"]})  # 2 x 3 arms
     assert len(saved["overhead"]) == 6 and all(row["ratio"] > 0 for row in saved["overhead"])
     for key in ("command", "seeds", "budget", "machine", "wall_seconds", "reference"):
         assert key in saved, key
     assert (tmp_path / ablation.FIGURE_NAME).stat().st_size > 0
-    assert "| DDPM | none |" in (tmp_path / ablation.PAGE_NAME).read_text()
+    assert (tmp_path / ablation.PAIRED_FIGURE_NAME).stat().st_size > 0
+    page = (tmp_path / ablation.PAGE_NAME).read_text()
+    assert "| DDPM | none |" in page and "## Every claim, for and against" in page
     # a re-run with the same budget skips every finished run
     again = ablation.run_ablation(quick=True, output_dir=tmp_path, work_dir=tmp_path / "work")
     assert again["runs"] == saved["runs"]

@@ -100,6 +100,16 @@ _LAZY_NAMES = {
     "x0_from_epsilon": ".training.objectives",
     "x0_from_flow": ".training.objectives",
     "x0_from_v": ".training.objectives",
+    "verdict_from_moments": ".evaluation.diagnostics",
+    "SmallFeatureNet": ".evaluation.feature_net",
+    "feature_net_for": ".evaluation.feature_net",
+    "blur_separation": ".evaluation.generation_metrics",
+    "kid": ".evaluation.generation_metrics",
+    "compare_arms": ".evaluation.statistics",
+    "holm_adjust": ".evaluation.statistics",
+    "t_interval": ".evaluation.statistics",
+    "GenerationMetricSuite": ".evaluation.study_metrics",
+    "level_invariant_log_spectral_distance": ".spectral.audio",
 }
 __getattr__, __dir__ = lazy_namespace(__name__, _LAZY_NAMES, globals())
 
@@ -194,4 +204,16 @@ __all__ += [
     "spectrum_distance",
     "vf_adaptive_weight",
     "vf_alignment_terms",
+]
+__all__ += [
+    "GenerationMetricSuite",
+    "SmallFeatureNet",
+    "blur_separation",
+    "compare_arms",
+    "feature_net_for",
+    "holm_adjust",
+    "kid",
+    "level_invariant_log_spectral_distance",
+    "t_interval",
+    "verdict_from_moments",
 ]

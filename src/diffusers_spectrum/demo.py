@@ -211,6 +211,7 @@ def run_demo(
                 "mean_spectrum_kl_delta1",
                 "posterior_std",
                 "convention",
+                "verdicts",
             )  # fmt: skip
         },
         "outputs": {
@@ -233,6 +234,8 @@ SPECTRUM_WORDS = {"authors": "the authors' convention, DC kept", "dc_free": "DC 
 
 
 def _print_summary(summary: dict) -> None:
+    from .evaluation.diagnostics import verdicts_phrase
+
     spectrum, vae, dit = summary["spectrum"], summary["vae"], summary["dit"]
     print("\n" + "=" * 78)
     print(f"diffusers-spectrum demo finished in {summary['wall_seconds']:.0f} s "
@@ -244,9 +247,12 @@ def _print_summary(summary: dict) -> None:
     print(
         f"VAE spectrum (analyze: {LATENT_WORDS.get(convention['latents'], convention['latents'])}, "
         f"{SPECTRUM_WORDS.get(convention['spectrum'], convention['spectrum'])}):\n"
+        f"      verdict, where the power lies against the delta=1 target (centroid gap in ln frequency, 95% "
+        f"bootstrap interval over the images):\n"
+        f"      {verdicts_phrase(spectrum['verdicts'])}\n"
         f"      latent slope {spectrum['latent_slope']:.2f} vs target {spectrum['target_slope']:.2f} (images "
         f"{spectrum['image_slope']:.2f}), spectral KL of the mean curves to the delta=1 target "
-        f"{spectrum['mean_spectrum_kl_delta1']:.4f}: {spectrum['verdict']}"
+        f"{spectrum['mean_spectrum_kl_delta1']:.4f} (numbers beside the verdict, not deciders)"
     )
     print(f"DiT:  {dit['global_step']} steps, final loss {dit['loss']:.4f}, REPA cosine {dit['repa_cosine']:.3f}")
     for name, path in summary["outputs"].items():

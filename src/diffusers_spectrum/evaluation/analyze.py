@@ -5,8 +5,11 @@
     diffusers-spectrum analyze --encoder facebook/dinov2-base --data PATH_OR_ID --output_dir DIR
 
 writes ``DIR/report.json`` and PNG plots beside it. Python API: `analyze_vae`, `compare_vaes` (here) and
-`encoder_analysis.analyze_encoder`. The verdict rule and its thresholds are in
-`diffusers_spectrum.evaluation.diagnostics` and are repeated in every report.
+`encoder_analysis.analyze_encoder`. The verdict rule (where the latents' spectral power lies against the delta = 1
+target, with a bootstrap interval over images) and its tolerance are in `diffusers_spectrum.evaluation.diagnostics`
+and are repeated in every report; the DC-kept and the DC-free verdicts are reported side by side. The DSM low-pass
+view reports each level's PSNR and its drop from level 0 (the drop separates low-pass fidelity from plain
+reconstruction quality), with a t interval over images.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from . import diagnostics
 __all__ = ["analyze_vae", "compare_vaes", "main", "parse_args"]
 
 logger = logging.getLogger(__name__)
+VIEW_WORDS = {"authors": "DC kept", "dc_free": "DC free"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -58,7 +62,7 @@ def analyze_vae(
     output_dir: str | Path | None = None,
     dsm_levels=(0, 8, 10, 12),
     n_bins: int = 16,
-    slope_tolerance: float = diagnostics.VERDICT_SLOPE_TOLERANCE,
+    tolerance: float = diagnostics.VERDICT_TOLERANCE,
     latents: str = "sample",
     spectrum_convention: str = "authors",
     seed: int = 0,
@@ -69,8 +73,9 @@ def analyze_vae(
     name: str | None = None,
     sample_posterior: bool | None = None,
 ) -> dict:
-    """Latent spectra, slopes, spectral KL, RMSC, per-channel spectra, the posterior std, DSM low-pass errors and a
-    verdict for a VAE, in memory flat in ``num_samples`` (running sums; nothing kept per image).
+    """Latent spectra, slopes, spectral KL, RMSC, per-channel spectra, the posterior std, DSM low-pass errors and the
+    verdicts (DC kept and DC free) for a VAE, in memory flat in ``num_samples`` (running sums and fixed-size bootstrap
+    replicates; nothing kept per image).
 
     Args:
         vae: a VAE instance, or a folder / Hub id for `models.load_autoencoder`.
@@ -81,7 +86,9 @@ def analyze_vae(
         dsm_levels: DSM mask levels of the low-pass view (0 = plain reconstruction); ``()`` skips decoding.
         latents: ``"sample"`` (default: posterior samples ``mu + sigma * noise`` from a generator seeded with
             ``seed``, the authors' convention) or ``"mean"`` (the posterior mean); the low-pass view decodes the same.
-        spectrum_convention: ``"authors"`` (default: DC kept, no centring) or ``"dc_free"``.
+        spectrum_convention: ``"authors"`` (default: DC kept, no centring) or ``"dc_free"``: the view of the headline
+            numbers and ``verdict``; ``verdicts`` holds both views.
+        tolerance: the verdict's tolerance (`diagnostics.VERDICT_TOLERANCE`, derived there).
         output_dir: if given, write ``report.json`` and ``spectra.png``, ``channel_spectra.png``, ``dsm_lowpass.png``.
         sample_posterior: deprecated alias (``True`` -> ``latents="sample"``, ``False`` -> ``"mean"``).
 
@@ -104,8 +111,9 @@ def analyze_vae(
 
     skips = SkipCounter()
     batches = image_batches_from(data, num_samples, resolution, batch_size, image_column, split, skip_counter=skips)
-    stats = diagnostics.SpectrumStatistics(n_bins, convention=spectrum_convention)
+    stats = diagnostics.SpectrumStatistics(n_bins, convention=spectrum_convention, seed=seed)
     lowpass_sums = {level: 0.0 for level in dsm_levels}  # running sums of per-image MSE (nothing kept per image)
+    drops = {level: diagnostics.RunningMoments() for level in dsm_levels if level != dsm_levels[0]}
     generator = torch.Generator(device=device).manual_seed(seed)
     latent_shape = None
     for images in tqdm(
@@ -121,11 +129,15 @@ def analyze_vae(
             )
             for level, value in errors.items():
                 lowpass_sums[level] += float(value.double().sum())
+            psnr = {level: 10 * torch.log10(4.0 / value.double().clamp_min(1e-12)) for level, value in errors.items()}
+            for level, moments in drops.items():
+                moments.update(psnr[level] - psnr[dsm_levels[0]])  # (B,) per-image PSNR drop from the first level
         del images, z, std  # free the batch's buffers before the next one
     if latent_shape is None:
         raise ValueError(f"The dataset {data!r} gave no readable images ({skips.count} skipped).")
-    summary = stats.result(slope_tolerance)
+    summary = stats.result(tolerance)
     lowpass_mse = {level: total / stats.count for level, total in lowpass_sums.items()}
+    lowpass_psnr = {level: 10 * math.log10(4.0 / max(mse, 1e-12)) for level, mse in lowpass_mse.items()}
     convention = {
         "latents": latents,
         "latents_description": diagnostics.LATENT_KINDS[latents] + (f", seed {seed}" if latents == "sample" else ""),
@@ -146,7 +158,8 @@ def analyze_vae(
         "latent_shape": latent_shape,
         "n_bins": n_bins,
         "dsm_lowpass_mse": {str(level): value for level, value in lowpass_mse.items()},
-        "dsm_lowpass_psnr": {str(level): 10 * math.log10(4.0 / max(mse, 1e-12)) for level, mse in lowpass_mse.items()},
+        "dsm_lowpass_psnr": {str(level): value for level, value in lowpass_psnr.items()},
+        "dsm_lowpass_drop_db": lowpass_drops(lowpass_psnr, drops),
         "vae_config": {
             k: vae.config.get(k) for k in ("latent_channels", "block_out_channels", "scaling_factor", "shift_factor")
         },
@@ -159,13 +172,41 @@ def analyze_vae(
     return report
 
 
+def lowpass_drops(lowpass_psnr: dict, per_image: dict) -> dict:
+    """Each DSM level's PSNR drop from the first level (level 0: plain reconstruction), ``{str(level): {...}}``:
+    ``drop_db`` the difference of the levels' PSNRs (of the mean MSE, as ``dsm_lowpass_psnr``) and the mean per-image
+    drop with its 95% t interval over images (`statistics.t_interval_from_summary`). A drop near 0 is low-pass
+    fidelity whatever the plain reconstruction quality."""
+    from .statistics import t_interval_from_summary
+
+    if not lowpass_psnr:
+        return {}
+    first = next(iter(lowpass_psnr))
+    result = {}
+    for level, moments in per_image.items():
+        interval = t_interval_from_summary(float(moments.mean()), float(moments.std()), moments.count)
+        result[str(level)] = {
+            "from_level": str(first),
+            "drop_db": lowpass_psnr[level] - lowpass_psnr[first],
+            "per_image_mean_db": interval["mean"],
+            "per_image_lo_db": interval["lo"],
+            "per_image_hi_db": interval["hi"],
+            "per_image_sd_db": interval["sd"],
+            "num_images": moments.count,
+        }
+    return result
+
+
 def _write_vae_outputs(report: dict, output_dir: Path) -> None:
     from . import plotting
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    slopes = f"latent slope {report['latent_slope']:.2f}, target {report['target_slope']:.2f}"
+    verdicts = report["verdicts"]
+    words = ", ".join(f"{VIEW_WORDS[name]} {view['verdict']}" for name, view in verdicts.items())
+    gap = verdicts[report["convention"]["spectrum"]]["centroid_gap"]
     convention = f"{report['convention']['latents']}, {report['convention']['spectrum']}"
-    title = f"{report['name']}: {report['verdict']} ({slopes}; {convention})"
+    interval = f"{gap['estimate']:+.3f} [{gap['lo']:+.3f}, {gap['hi']:+.3f}]"
+    title = f"{report['name']}: {words}\n(centroid gap {interval}; {convention})"
     plots = {"spectra": "spectra.png", "channel_spectra": "channel_spectra.png"}
     spectra = report["spectra"]
     plotting.plot_spectra(
@@ -197,19 +238,7 @@ def compare_vaes(vaes, names=None, output_dir: str | Path | None = None, **kwarg
     for vae, name in zip(vaes, names):
         subdir = None if output_dir is None else Path(output_dir) / name
         reports[name] = analyze_vae(vae, output_dir=subdir, name=name, **kwargs)
-    columns = (
-        "verdict",
-        "latent_slope",
-        "target_slope",
-        "spectral_kl_delta0",
-        "spectral_kl_delta1",
-        "mean_spectrum_kl_delta1",
-        "rmsc",
-    )
-    table = [
-        {"name": name, **{c: report[c] for c in columns}, "dsm_lowpass_mse": report["dsm_lowpass_mse"]}
-        for name, report in reports.items()
-    ]
+    table = [compare_row(name, report) for name, report in reports.items()]
     result = {"reports": reports, "table": table}
     if output_dir is not None:
         output_dir = Path(output_dir)
@@ -222,13 +251,53 @@ def compare_vaes(vaes, names=None, output_dir: str | Path | None = None, **kwarg
             plotting.plot_lowpass_errors(lowpass, output_dir / "compare_dsm_lowpass.png")
         convention = next(iter(reports.values()))["convention"]
         write_json(output_dir / "compare.json", {"convention": convention, "table": table}, sort_keys=False)
-        lines = ["| " + " | ".join(("name",) + columns) + " |", "|" + "---|" * (len(columns) + 1)]
-        for row in table:
-            cells = [row["name"]] + [row[c] if isinstance(row[c], str) else f"{row[c]:.4g}" for c in columns]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append(f"\nLatents: {convention['latents_description']}. Spectra: {convention['spectrum_description']}.")
-        (output_dir / "compare.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        rule = next(iter(reports.values()))["verdict_rule"]
+        (output_dir / "compare.md").write_text(compare_markdown(table, convention, rule), encoding="utf-8")
     return result
+
+
+def compare_row(name: str, report: dict) -> dict:
+    """One row of the comparison table: both views' verdicts and centroid gaps (with intervals), the slopes and
+    KLs (numbers, not deciders), RMSC and the DSM low-pass PSNR drops."""
+    row = {"name": name}
+    for view, words in (("authors", "dc_kept"), ("dc_free", "dc_free")):
+        verdict = report["verdicts"][view]
+        row[f"verdict_{words}"] = verdict["verdict"]
+        row[f"centroid_gap_{words}"] = verdict["centroid_gap"]
+    for key in ("latent_slope", "target_slope", "mean_spectrum_kl_delta1", "spectral_kl_delta1", "rmsc"):
+        row[key] = report[key]
+    row["dsm_lowpass_mse"] = report["dsm_lowpass_mse"]
+    row["dsm_lowpass_drop_db"] = {level: d["drop_db"] for level, d in report["dsm_lowpass_drop_db"].items()}
+    return row
+
+
+def _gap(gap: dict) -> str:
+    return f"{gap['estimate']:+.3f} [{gap['lo']:+.3f}, {gap['hi']:+.3f}]"
+
+
+def compare_markdown(table: list[dict], convention: dict, rule: dict) -> str:
+    """The comparison table as Markdown, with the conventions and the verdict rule under it."""
+    head = ("name", "verdict, DC kept", "centroid gap, DC kept", "verdict, DC free", "centroid gap, DC free",
+            "latent slope", "target slope", "mean-curve KL d1", "per-sample KL d1", "RMSC")  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table:
+        cells = [row["name"], row["verdict_dc_kept"], _gap(row["centroid_gap_dc_kept"]), row["verdict_dc_free"],
+                 _gap(row["centroid_gap_dc_free"])]  # fmt: skip
+        cells += [f"{row[k]:.4g}" for k in ("latent_slope", "target_slope", "mean_spectrum_kl_delta1")]
+        cells += [f"{row[k]:.4g}" for k in ("spectral_kl_delta1", "rmsc")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Latents: {convention['latents_description']}. Spectra: {SPECTRUM_WORDS['authors']} (the DC-kept view); "
+        f"{SPECTRUM_WORDS['dc_free']} (the DC-free view). Centroid gap: latents minus the delta = 1 target, in ln "
+        f"frequency, with its {100 * rule['confidence']:.0f}% bootstrap interval over images (> 0: power at higher "
+        f"frequencies). Verdict: {rule['rule']} (tolerance {rule['tolerance']}). Slopes and KLs are reported, not "
+        "decisive.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+SPECTRUM_WORDS = {name: spec["description"] for name, spec in diagnostics.SPECTRUM_CONVENTIONS.items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,10 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--n_bins", type=int, default=16, help="radial frequency bands.")
     parser.add_argument(
-        "--slope_tolerance",
+        "--verdict_tolerance",
         type=float,
-        default=diagnostics.VERDICT_SLOPE_TOLERANCE,
-        help="verdict tolerance on the slope gap (derived in evaluation/diagnostics.py).",
+        default=diagnostics.VERDICT_TOLERANCE,
+        help="verdict tolerance on where the spectral power lies (centroid gap / Wasserstein-1 distance in ln "
+        "frequency; derived in evaluation/diagnostics.py).",
     )
     parser.add_argument(
         "--latents",
@@ -327,7 +397,7 @@ def main(argv=None) -> int:
     vae_options = dict(
         resolution=args.resolution,
         dsm_levels=args.dsm_levels,
-        slope_tolerance=args.slope_tolerance,
+        tolerance=args.verdict_tolerance,
         latents=args.latents,
         spectrum_convention=args.spectrum_convention,
         seed=args.seed,
@@ -348,16 +418,18 @@ def main(argv=None) -> int:
             print(f"{args.encoder}: RMSC " + ", ".join(f"{k} {v['rmsc']:.3f}" for k, v in report["filters"].items()))
         elif args.compare:
             result = compare_vaes(args.compare, output_dir=args.output_dir, **common, **vae_options)
-            for row in result["table"]:
-                slope, kl = row["latent_slope"], row["spectral_kl_delta1"]
-                print(f"{row['name']}: {row['verdict']} (latent slope {slope:.3f}, spectral KL d1 {kl:.4f})")
+            for name, report in result["reports"].items():
+                slope, kl = report["latent_slope"], report["mean_spectrum_kl_delta1"]
+                print(f"{name}: {diagnostics.verdicts_phrase(report['verdicts'])} | latent slope {slope:.3f}, "
+                      f"mean-curve KL d1 {kl:.4f}")  # fmt: skip
             convention = next(iter(result["reports"].values()))["convention"]
             print(f"latents: {convention['latents_description']}; spectra: {convention['spectrum_description']}")
         else:
             report = analyze_vae(args.vae, output_dir=args.output_dir, **common, **vae_options)
             convention = report["convention"]
             print(
-                f"{args.vae}: {report['verdict']} | latent slope {report['latent_slope']:.3f} vs target "
+                f"{args.vae}: {diagnostics.verdicts_phrase(report['verdicts'])}\n"
+                f"  latent slope {report['latent_slope']:.3f} vs target "
                 f"{report['target_slope']:.3f} (image {report['image_slope']:.3f}) | spectral KL d0 "
                 f"{report['spectral_kl_delta0']:.4f} d1 {report['spectral_kl_delta1']:.4f} (mean curves "
                 f"{report['mean_spectrum_kl_delta1']:.4f}) | RMSC {report['rmsc']:.3f} | posterior std "

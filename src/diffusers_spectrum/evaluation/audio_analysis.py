@@ -9,8 +9,8 @@ clips are generated. Clips are resampled to `--sample_rate`, downmixed to mono a
     diffusers-spectrum analyze-audio --audio_dir generated/ --reference_dir real/ --output_dir report/
     diffusers-spectrum analyze-audio --pipeline out/pipeline --reference_dir real/ --num_samples 16 --output_dir r/
 
-Writes `output_dir/audio_report.json` (per set: clip count, skipped, mean band power, slope; the distance) and
-`output_dir/audio_spectra.png`.
+Writes `output_dir/audio_report.json` (per set: clip count, skipped, mean band power, slope; the log-spectral distance,
+its level-invariant form with the sets' mean dB offset removed, and that offset) and `output_dir/audio_spectra.png`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from ..spectral.audio import (
     band_center_frequencies,
     band_power_spectrum,
     frequency_band_edges,
+    level_invariant_log_spectral_distance,
     log_spectral_distance,
+    mean_level_offset_db,
     spectral_slope,
 )
 
@@ -192,15 +194,19 @@ def main(argv=None) -> int:
         report["sets"][name] = {"source": f"{source_kind}:{source}", "skipped": skipped, **result}
     report["source_sample_rates"] = args.source_rates  # clips per file sample rate (resampled unless = sample_rate)
     if "reference" in powers:
-        report["log_spectral_distance_db"] = float(log_spectral_distance(powers["analysed"], powers["reference"]))
+        pair = (powers["analysed"], powers["reference"])
+        report["log_spectral_distance_db"] = float(log_spectral_distance(*pair))
+        report["level_invariant_log_spectral_distance_db"] = float(level_invariant_log_spectral_distance(*pair))
+        report["mean_level_offset_db"] = float(mean_level_offset_db(*pair))
     output_dir = claim_output_dir(args.output_dir, "analyze-audio", "audio_report.json")
     from ..training.utils import write_json
 
     write_json(output_dir / "audio_report.json", report)
     centres = band_center_frequencies(frequency_band_edges(sample_rate, **bands)).numpy()
     curves = {f"{name} ({report['sets'][name]['source']})": v["mean_band_power"] for name, v in report["sets"].items()}
-    title = (f"log-spectral distance {report['log_spectral_distance_db']:.2f} dB"
-             if "log_spectral_distance_db" in report else "")  # fmt: skip
+    title = (f"log-spectral distance {report['log_spectral_distance_db']:.2f} dB (level-invariant "
+             f"{report['level_invariant_log_spectral_distance_db']:.2f} dB, level offset "
+             f"{report['mean_level_offset_db']:+.2f} dB)" if "log_spectral_distance_db" in report else "")  # fmt: skip
     plot_band_spectra(curves, centres, output_dir / "audio_spectra.png", title)
     print(f"wrote {output_dir / 'audio_report.json'} and {output_dir / 'audio_spectra.png'}")
     return 0

@@ -4,14 +4,19 @@ and `diffusers-spectrum evaluate-vae / evaluate-pipeline` only parse flags (`par
 and call them.
 
 - `evaluate_vae`: PSNR, SSIM, spectral KL, optional LPIPS and FD / rFID (`--feature_extractor`), per DSM level (levels
-  > 0 give the low-pass rFID of Spectrum Matching). The resolution defaults to the data's own image size (rounded
-  down to what the VAE accepts), so 64 px data is never silently upsampled; an explicit larger `--resolution` is
-  allowed with a loud warning. One resolution check (`models.checks.check_resolution`) for every command.
+  > 0 give the low-pass rFID of Spectrum Matching; their PSNR is also reported as the drop from level 0 with a paired
+  t interval over images, `evaluation.statistics`, which separates low-pass fidelity from reconstruction quality).
+  The resolution defaults to the data's own image size (rounded down to what the VAE accepts), so 64 px data is
+  never silently upsampled; an explicit larger `--resolution` is allowed with a loud warning. One resolution check
+  (`models.checks.check_resolution`) for every command.
 - `evaluate_pipeline`: samples every class the pipeline was trained on (or `--class_labels`, ids or names as
   `sample` takes them) at the pipeline's guidance default (1.8 for class-conditional pipelines, as `sample`), and
-  compares them with reference images at the samples' size: offline metrics that need no network (pyramid SWD and
-  the radial spectrum distance of `evaluation.generation_metrics`, the two sets' spectrum slopes), plus FD / FID
-  when `--feature_extractor` names a backbone.
+  compares them with reference images at the samples' size: offline metrics that need no network (pyramid SWD as
+  published and colour-aware, and the radial spectrum distance of `evaluation.generation_metrics`, the two sets'
+  spectrum slopes), plus FD / FID and KID when `--feature_extractor` names a backbone. Beside them: the data floor
+  (`--floor_data_dir`: real training images against the references, same count), the reconstruction ceiling of a
+  latent pipeline (its VAE's decode(encode(references))), and the 5 x 5 box-blur check of the pixel metrics on the
+  references (`evaluation.study_metrics`: which metrics can see a blur at this scale).
 
 Both write a JSON file (default `<output_dir>/eval_vae.json` / `eval_pipeline.json`, output_dir defaulting to the
 working directory) and return the same dict.
@@ -255,11 +260,15 @@ def evaluate_vae(args: argparse.Namespace) -> dict:
     )
     output = _write_result(args.output_file, result)
     level0 = result["levels"].get("0", {})
+    drops = [f"k={k} {v['psnr']:.2f} dB (drop {v['psnr_drop']:+.2f} [{v['psnr_drop_lo']:+.2f}, "
+             f"{v['psnr_drop_hi']:+.2f}])" for k, v in result["levels"].items() if "psnr_drop" in v]  # fmt: skip
     print(
         f"{args.vae}: {result['num_samples']} images at {resolution} px | PSNR {level0.get('psnr', float('nan')):.2f}"
         f" dB | SSIM {level0.get('ssim', float('nan')):.4f} | FD {level0.get('fd', float('nan')):.3f} | spectral "
-        f"KL d1 {result['spectral_kl_delta1']:.4f} -> {output}"
-    )
+        f"KL d1 {result['spectral_kl_delta1']:.4f} | {result['verdict']} -> {output}"
+        + (f"\n  DSM low-pass PSNR, drop from level 0 with a 95% t interval over images: {'; '.join(drops)}"
+           if drops else "")
+    )  # fmt: skip
     return result
 
 
@@ -276,6 +285,12 @@ def build_pipeline_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pipeline", required=True, help="Pipeline folder or Hub id (DiffusionPipeline).")
     parser.add_argument("--revision", default=None, help="Hub revision of the pipeline.")
     _add_data_args(parser, "Reference")
+    parser.add_argument(
+        "--floor_data_dir", default=None,
+        help="Real images the model was trained on (folder / parquet), for the data floor: the same metrics between "
+        "them and the references at the same count (what real data scores).",
+    )  # fmt: skip
+    parser.add_argument("--floor_dataset_name", default=None, help="Hub dataset id for the data floor (streamed).")
     parser.add_argument("--num_samples", type=int, default=1000, help="Samples generated (and reference images).")
     parser.add_argument("--batch_size", type=int, default=16, help="Samples per pipeline call.")
     parser.add_argument("--num_inference_steps", type=int, default=50, help="Sampler steps.")
@@ -331,17 +346,73 @@ def _spectrum_slope(images: torch.Tensor) -> float:
 
 
 def _offline_metrics(samples: torch.Tensor, references: torch.Tensor, seed: int) -> dict:
-    """Pyramid SWD (x 1e3, per level and mean; equal counts) and the radial spectrum distance of two sets."""
+    """Pyramid SWD as published and colour-aware (x 1e3, per level and mean; equal counts) and the radial spectrum
+    distance of two sets."""
     count, side = min(samples.shape[0], references.shape[0]), min(samples.shape[-2:])
     result = {"spectrum_distance": float(spectrum_distance(samples, references))}
-    if side >= 8:  # a 7 x 7 neighbourhood must fit; below 16 px one level at the full size
-        swd = pyramid_swd(samples[:count], references[:count], min_resolution=min(SWD_MIN_RESOLUTION, side), seed=seed)
-        result["swd_x1e3"] = [float(v) * 1e3 for v in swd]
-        result["swd_x1e3_avg"] = float(swd.mean()) * 1e3
-    else:
+    for key, normalization in (("swd_x1e3", "per_set"), ("swd_pooled_x1e3", "pooled")):
+        if side >= 8:  # a 7 x 7 neighbourhood must fit; below 16 px one level at the full size
+            swd = pyramid_swd(samples[:count], references[:count], min_resolution=min(SWD_MIN_RESOLUTION, side),
+                              seed=seed, normalization=normalization)  # fmt: skip
+            result[key] = [float(v) * 1e3 for v in swd]
+            result[f"{key}_avg"] = float(swd.mean()) * 1e3
+        else:
+            result[key] = result[f"{key}_avg"] = None
+    if side < 8:
         logger.warning("pyramid SWD skipped: samples of %d px are smaller than its 7 x 7 neighbourhoods.", side)
-        result["swd_x1e3"] = result["swd_x1e3_avg"] = None
     return result
+
+
+def _feature_metrics(samples: torch.Tensor, references: torch.Tensor, extractor) -> dict:
+    """FD and (unbiased) KID of two sets in the extractor's features."""
+    from .generation_metrics import kid
+    from .metrics import collect_features, frechet_distance
+
+    a, b = collect_features(extractor, [samples]), collect_features(extractor, [references])
+    return {"fd": frechet_distance(a, b), "kid": kid(a, b)}
+
+
+@torch.no_grad()
+def _reconstructions(vae, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``decode(encode(images))`` with the posterior mean, in [-1, 1] (the reconstruction ceiling's set)."""
+    device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+    parts = []
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size].to(device, dtype)
+        parts.append(vae.decode(vae.encode(batch).latent_dist.mean).sample.float().clamp(-1, 1).cpu())
+    return torch.cat(parts)
+
+
+def _anchors(args, pipe, references: torch.Tensor, extractor) -> dict:
+    """The data floor (``--floor_data_dir`` / ``--floor_dataset_name`` images against the references, same count)
+    and, for a latent pipeline, the reconstruction ceiling (its VAE's ``decode(encode(references))`` against them),
+    each with the same metrics as the samples; the blur check of the pixel metrics on the references (>= 64)."""
+    from ..training.data import image_batches_from
+
+    anchors = {"floor": None, "ceiling": None, "blur_check": None}
+    floor_source = args.floor_dataset_name or args.floor_data_dir
+    if floor_source:
+        floor = torch.cat(list(image_batches_from(floor_source, references.shape[0], references.shape[-1],
+                                                  args.batch_size, args.image_column, args.split)))  # fmt: skip
+        if floor.shape[0] < references.shape[0]:
+            raise ValueError(f"{floor_source!r} gave {floor.shape[0]} images for the data floor; the references are "
+                             f"{references.shape[0]}: pass a larger floor set or fewer --num_samples.")  # fmt: skip
+        anchors["floor"] = _offline_metrics(floor, references, args.seed)
+        if extractor is not None:
+            anchors["floor"].update(_feature_metrics(floor, references, extractor))
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and hasattr(vae, "encode"):
+        reconstructed = _reconstructions(vae, references, args.batch_size)
+        anchors["ceiling"] = _offline_metrics(reconstructed, references, args.seed)
+        if extractor is not None:
+            anchors["ceiling"].update(_feature_metrics(reconstructed, references, extractor))
+    if references.shape[0] >= 64 and min(references.shape[-2:]) >= 16:
+        from .study_metrics import GenerationMetricSuite, relied_metrics
+
+        check = GenerationMetricSuite(seed=args.seed).blur_check(references)
+        anchors["blur_check"] = check
+        anchors["relied_metrics"] = relied_metrics(check)
+    return anchors
 
 
 def evaluate_pipeline(args: argparse.Namespace) -> dict:
@@ -389,11 +460,10 @@ def evaluate_pipeline(args: argparse.Namespace) -> dict:
     result["sample_spectrum_slope"] = _spectrum_slope(samples)
     result["data_spectrum_slope"] = _spectrum_slope(references)
     extractor = _feature_extractor(args.feature_extractor, args.device)
-    result["fd"] = None
+    result["fd"] = result["kid"] = None
     if extractor is not None:
-        from .metrics import sample_frechet_distance
-
-        result["fd"] = sample_frechet_distance([samples], [references], extractor)
+        result.update(_feature_metrics(samples, references, extractor))
+    result.update(_anchors(args, pipe, references, extractor))
     id2label = pipeline_classes(pipe) or {}
     result.update(
         feature_extractor=getattr(extractor, "name", None),
@@ -418,4 +488,10 @@ def evaluate_pipeline(args: argparse.Namespace) -> dict:
         f"{result['spectrum_distance']:.3f} | slope samples {result['sample_spectrum_slope']:.2f}, data "
         f"{result['data_spectrum_slope']:.2f} -> {output}"
     )
+    for name in ("floor", "ceiling"):
+        if result[name] is not None:
+            print(f"  {'data floor' if name == 'floor' else 'reconstruction ceiling'}: spectrum distance "
+                  f"{result[name]['spectrum_distance']:.3f}, SWDx1e3 {result[name]['swd_x1e3_avg']}")  # fmt: skip
+    if result["blur_check"] is not None:
+        print(f"  metrics that see a 5x5 blur at 32 images per set: {', '.join(result['relied_metrics']) or 'none'}")
     return result

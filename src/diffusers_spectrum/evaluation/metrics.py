@@ -22,7 +22,15 @@ from tqdm.auto import tqdm
 from ..spectral import dsm_lowpass
 from ..spectral._checks import require_4d
 from ..spectral.esm import gaussian_kernel_1d
-from .diagnostics import LATENT_KINDS, SPECTRUM_CONVENTIONS, SpectrumStatistics, check_convention, posterior_latents
+from .diagnostics import (
+    LATENT_KINDS,
+    SPECTRUM_CONVENTIONS,
+    RunningMoments,
+    SpectrumStatistics,
+    check_convention,
+    posterior_latents,
+)
+from .statistics import t_interval_from_summary
 
 
 __all__ = [
@@ -353,14 +361,18 @@ def reconstruction_metrics(
 
     Returns:
         ``{"num_samples", "spectral_kl_delta0", "spectral_kl_delta1", "mean_spectrum_kl_delta1", "latent_slope",
-        "target_slope", "verdict", "conventions", "levels": {k: {"psnr", "ssim", "mse", "fd"?}}}`` (means over
-        images); ``conventions`` says which latents each group of numbers used.
+        "target_slope", "verdict", "verdicts", "conventions", "levels": {k: {"psnr", "ssim", "mse", "fd"?}}}`` (means
+        over images; ``verdicts``: the DC-kept and DC-free views); levels after the first also hold ``psnr_drop``
+        (mean per-image PSNR minus the first level's) with its 95% t interval over images (``psnr_drop_lo/hi``):
+        the DSM low-pass fidelity, apart from plain reconstruction quality. ``conventions`` says which latents each
+        group of numbers used.
     """
     check_convention(spectral_latents, spectrum_convention)
     stats = SpectrumStatistics(convention=spectrum_convention)
 
     levels = [int(k) for k in dsm_levels]
     sums: dict = {k: {"psnr": 0.0, "ssim": 0.0, "mse": 0.0} for k in levels}
+    drops = {k: RunningMoments() for k in levels[1:]}  # per-image PSNR drop from the first level
     features: dict = {k: ([], []) for k in levels}
     count = 0
     device = next(vae.parameters()).device
@@ -376,10 +388,16 @@ def reconstruction_metrics(
             latents = analysed.to(vae.dtype)  # the same draw the spectral numbers describe
         else:
             latents = posterior.sample(generator=generator)
+        first = None
         for level in levels:
             target = dsm_lowpass(images, level, block_size=block_size).float()
             reconstruction = vae.decode(dsm_lowpass(latents, level, block_size=block_size)).sample.float().clamp(-1, 1)
-            sums[level]["psnr"] += float(psnr(reconstruction, target).sum())
+            level_psnr = psnr(reconstruction, target)  # (B,)
+            sums[level]["psnr"] += float(level_psnr.sum())
+            if first is None:
+                first = level_psnr
+            else:
+                drops[level].update(level_psnr - first)
             sums[level]["ssim"] += float(ssim(reconstruction, target).sum())
             sums[level]["mse"] += float((reconstruction - target).square().mean(dim=(1, 2, 3)).sum())
             if extractor is not None:
@@ -391,6 +409,10 @@ def reconstruction_metrics(
     spectral = stats.result()
     keys = ("spectral_kl_delta0", "spectral_kl_delta1", "mean_spectrum_kl_delta1", "latent_slope", "target_slope")
     result = {"num_samples": count, **{key: spectral[key] for key in keys}, "verdict": spectral["verdict"]}
+    result["verdicts"] = {
+        name: {k: view[k] for k in ("verdict", "centroid_gap", "excess_high", "excess_low", "w1", "interval_method")}
+        for name, view in spectral["verdicts"].items()
+    }
     result["posterior_std"] = spectral["posterior_std"]["mean"]
     result["conventions"] = {
         "reconstruction_latents": "sample" if sample_posterior else "mean",
@@ -406,6 +428,11 @@ def reconstruction_metrics(
             if count < 2:
                 raise ValueError("reconstruction_metrics: the Fréchet distance needs at least 2 images.")
             entry["fd"] = frechet_distance(torch.cat(features[level][0]), torch.cat(features[level][1]))
+        if level in drops:
+            interval = t_interval_from_summary(float(drops[level].mean()), float(drops[level].std()), count)
+            entry["psnr_drop_from_level"] = levels[0]
+            entry["psnr_drop"] = entry["psnr"] - sums[levels[0]]["psnr"] / count
+            entry["psnr_drop_lo"], entry["psnr_drop_hi"] = interval["lo"], interval["hi"]
         result["levels"][level] = entry
     return result
 

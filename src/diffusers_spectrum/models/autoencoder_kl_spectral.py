@@ -49,6 +49,7 @@ __all__ = [
     "latents_to_vae",
 ]
 
+
 @dataclass
 class LatentStats:
     """What `SpectrumAutoencoderKL.estimate_latent_stats` measured and wrote.

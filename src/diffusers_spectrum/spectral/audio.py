@@ -192,6 +192,26 @@ def spectral_slope(
     return power_law_slope(band_power, band_center_frequencies(edges))
 
 
+def _set_mean_db_difference(generated_power: torch.Tensor, real_power: torch.Tensor, func: str):
+    """Per-band ``10 log10(mean_gen_k / mean_real_k)`` and the mask of bands where both means are positive."""
+    for name, value in (("generated_power", generated_power), ("real_power", real_power)):
+        require_tensor(value, func, name)
+        if value.ndim != 2:
+            raise ValueError(f"{func}: `{name}` must be (num_clips, num_bands), got shape {tuple(value.shape)}.")
+    if generated_power.shape[1] != real_power.shape[1]:
+        raise ValueError(
+            f"{func}: the sets have {generated_power.shape[1]} and {real_power.shape[1]} bands; "
+            "compute both with the same band options."
+        )
+    work_dtype = compute_dtype(generated_power.dtype)
+    generated_mean = generated_power.to(work_dtype).mean(dim=0)  # (num_bands,)
+    real_mean = real_power.to(work_dtype).mean(dim=0)
+    valid = (generated_mean > 0) & (real_mean > 0)
+    tiny = torch.finfo(work_dtype).tiny
+    difference_db = 10.0 * (generated_mean.clamp(min=tiny).log10() - real_mean.clamp(min=tiny).log10())
+    return difference_db, valid
+
+
 def log_spectral_distance(generated_power: torch.Tensor, real_power: torch.Tensor) -> torch.Tensor:
     """Log-spectral distance in dB between two sets: ``sqrt(mean_k (10 log10(mean_gen_k / mean_real_k))^2)``.
 
@@ -201,24 +221,34 @@ def log_spectral_distance(generated_power: torch.Tensor, real_power: torch.Tenso
 
     The set means are taken in power (not in dB), so a handful of silent clips does not dominate; bands where either
     mean is 0 (no bin, or digital silence) are left out. A gain ``g`` on every generated clip gives exactly
-    ``|20 log10 g|``. Returns a scalar in float32 (float64 for float64 input).
+    ``|20 log10 g|``: the distance mixes the level with the shape of the spectrum;
+    :func:`level_invariant_log_spectral_distance` separates them. Returns a scalar in float32 (float64 for float64
+    input).
     """
-    for name, value in (("generated_power", generated_power), ("real_power", real_power)):
-        require_tensor(value, "log_spectral_distance", name)
-        if value.ndim != 2:
-            raise ValueError(
-                f"log_spectral_distance: `{name}` must be (num_clips, num_bands), got shape {tuple(value.shape)}."
-            )
-    if generated_power.shape[1] != real_power.shape[1]:
-        raise ValueError(
-            f"log_spectral_distance: the sets have {generated_power.shape[1]} and {real_power.shape[1]} bands; "
-            "compute both with the same band options."
-        )
-    work_dtype = compute_dtype(generated_power.dtype)
-    generated_mean = generated_power.to(work_dtype).mean(dim=0)  # (num_bands,)
-    real_mean = real_power.to(work_dtype).mean(dim=0)
-    valid = (generated_mean > 0) & (real_mean > 0)
-    tiny = torch.finfo(work_dtype).tiny
-    difference_db = 10.0 * (generated_mean.clamp(min=tiny).log10() - real_mean.clamp(min=tiny).log10())
+    difference_db, valid = _set_mean_db_difference(generated_power, real_power, "log_spectral_distance")
     squared = torch.where(valid, difference_db.square(), torch.zeros_like(difference_db))
     return (squared.sum() / valid.sum().clamp(min=1)).sqrt()
+
+
+def level_invariant_log_spectral_distance(generated_power: torch.Tensor, real_power: torch.Tensor) -> torch.Tensor:
+    """The log-spectral distance with the sets' mean level offset removed: the shape of the spectrum only.
+
+    ``D_k = 10 log10(mean_gen_k / mean_real_k)`` over the valid bands (as :func:`log_spectral_distance`), then
+    ``sqrt(mean_k (D_k - mean_j D_j)^2)``: the RMS of the per-band dB differences about their mean (the mean dB offset,
+    a global level difference, reported separately by :func:`mean_level_offset_db`). Unchanged by a gain on either
+    set; ``log_spectral_distance^2 = level_invariant^2 + offset^2``. Same arguments and return as
+    :func:`log_spectral_distance`.
+    """
+    name = "level_invariant_log_spectral_distance"
+    difference_db, valid = _set_mean_db_difference(generated_power, real_power, name)
+    count = valid.sum().clamp(min=1)
+    offset = torch.where(valid, difference_db, torch.zeros_like(difference_db)).sum() / count
+    squared = torch.where(valid, (difference_db - offset).square(), torch.zeros_like(difference_db))
+    return (squared.sum() / count).sqrt()
+
+
+def mean_level_offset_db(generated_power: torch.Tensor, real_power: torch.Tensor) -> torch.Tensor:
+    """The mean over valid bands of ``10 log10(mean_gen_k / mean_real_k)``: the level offset, in dB, that
+    :func:`level_invariant_log_spectral_distance` removes (``20 log10 g`` for a gain ``g`` on the generated set)."""
+    difference_db, valid = _set_mean_db_difference(generated_power, real_power, "mean_level_offset_db")
+    return torch.where(valid, difference_db, torch.zeros_like(difference_db)).sum() / valid.sum().clamp(min=1)

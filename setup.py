@@ -35,6 +35,7 @@ setup(
         "matplotlib",
         "tqdm",
         "tensorboard",
+        "torchdata>=0.8",  # StatefulDataLoader: per-worker data positions for an exact resume
     ],
     extras_require={
         "test": ["pytest", "scikit-image", "scikit-learn", "wheel"],  # wheel: the non-editable install test

@@ -90,7 +90,15 @@ class ResumableLoader(StatefulDataLoader):
         self.dataset.load_state_dict(state)  # the workers get copies of the stream with this start
 
     def stream_states(self) -> list[dict]:
-        """The state of every stream of this loader (one per worker), as of the last batch it returned."""
+        """The state of every stream of this loader (one per worker), as of the last batch it returned; once a
+        single pass has ended, as of the end of each worker's share (so skips after the last batch count too)."""
+        iterator = self._iterator
+        if iterator is not None and getattr(iterator, "_finished", False) and hasattr(iterator, "_worker_snapshots"):
+            # torchdata applies each worker's final state (sent with its end-of-data signal) here, not to the
+            # snapshot that `state_dict` returns (which describes the last batch)
+            workers = iterator._worker_snapshots
+            keys = sorted(workers, key=lambda k: int(k.split("_")[-1]))
+            return [workers[key].get_state()["dataset_state"] for key in keys]
         return stream_states(self.state_dict())
 
     def counts(self) -> dict[str, int]:

@@ -138,3 +138,46 @@ def test_use_torch_compile_reaches_the_trainers_model(tmp_path, monkeypatch):
     dit.train_dit(args)
     assert ("checked", torch.device("cpu")) in compiled
     assert any(enabled and kind.__name__.endswith("DiTTransformer2DModel") for kind, enabled in compiled[1:])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# benchmarks/gpu_check.py: fails fast without CUDA; its dry run writes the JSON every real run writes
+
+
+def _gpu_check():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_without_cuda_stops_at_once_with_a_message(tmp_path, capsys):
+    gpu_check = _gpu_check()
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert gpu_check.main(["--output", str(tmp_path / "check.json")]) == 2
+    assert "no CUDA GPU here" in capsys.readouterr().err and not (tmp_path / "check.json").exists()
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--sections", "data,speed"])
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--budget_minutes", "0"])
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_device_versions_and_every_number(tmp_path):
+    output = tmp_path / "check.json"
+    assert _gpu_check().main(["--dry_run", "--output", str(output)]) == 0
+    report = json.loads(output.read_text())
+    assert report["dry_run"] and report["device"]["device"] == "cpu"
+    assert {"torch", "diffusers", "datasets", "torchdata", "cuda"} <= set(report["versions"])
+    stream = report["sections"]["data"]["stream"]
+    assert set(stream) == {"500x375", "1024x768"}
+    assert all(rate > 0 for rates in stream.values() for rate in rates.values())
+    config = report["sections"]["real_configs"]["configs"]["dit-tiny-dry-run"]
+    assert config["step_seconds"] > 0 and config["examples_per_second"] > 0 and config["headroom"] > 0
+    assert config["peak_memory_mb"] > 0 and config["steps_timed"] == 2
+    assert report["total_seconds"] > 0

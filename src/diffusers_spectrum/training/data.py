@@ -49,9 +49,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _PARQUET_SUFFIXES = (".parquet",)
+_ARROW_SUFFIXES = (".arrow",)
 IMAGE_ERRORS = (OSError, ValueError, TypeError, SyntaxError, Image.DecompressionBombError)  # unreadable: skipped
 _EXIF_ORIENTATION = 0x0112
-_ARROW_SUFFIXES = (".arrow",)
 
 
 def embedded_dataset_dir() -> Path:

@@ -5,9 +5,10 @@ Data: folders of quality-90 JPEGs at a typical ImageNet size (500 x 375) and at 
 photo crops (a mosaic of 64 px crops, some upscaled 2x, so the files hold real photographic detail and edges). The
 stream is what the trainers run (`ResumableStream` + `ImageReader` at 256 px, centre crop, `make_dataloader`), on the
 folder loaded without streaming (split by example, so any number of workers). Images/s are timed after the workers'
-start-up, over whole passes. The cache split times each stage alone at 256 px: decode (the stream, no workers), the
-f8d4 SD-VAE encoder (`encode_latents`, mean and std), a DINOv2-B/14 REPA encoder at 224 px (random weights: the
-architecture is what costs), and writing parquet rows (`write_latent_cache`'s shard writer, float16).
+start-up, over a whole pass; the best of 3 interleaved rounds is kept (1 with --quick). The cache split times each
+stage alone at 256 px: decode (the stream, no workers), the f8d4 SD-VAE encoder (`encode_latents`, mean and std), a
+DINOv2-B/14 REPA encoder at 224 px (random weights: the architecture is what costs), and writing parquet rows
+(`write_latent_cache`'s shard writer, float16).
 
 Goals on 2 CPU cores: 2 workers >= 1.7x one worker; reduced-size decode >= 2x for 1024 x 768 -> 256. Throughput
 depends on the machine's load: record `uptime` with the numbers (run with `nice` on a shared machine).
@@ -70,14 +71,19 @@ def image_stream_rate(folder: Path, workers: int, reduced: bool, batch_size: int
     dataset = load_image_dataset(train_data_dir=folder, streaming=False)
     transform = ImageTransform(RESOLUTION, center_crop=True, reduced_decode=reduced)
     loader = make_dataloader(ResumableStream(dataset, ImageReader(transform), seed=0), batch_size, num_workers=workers)
-    iterator = iter(loader)
-    for _ in range(max(workers, 1) * 2):  # start-up, and each worker's prefetched batches
-        next(iterator)
-    count = max(passes * len(dataset) // batch_size, 2)
-    start = time.perf_counter()
-    for _ in range(count):
-        next(iterator)
-    return count * batch_size / (time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a worker: one decoding stream is one thread (threaded collation stalls under load)
+    try:
+        iterator = iter(loader)
+        for _ in range(max(workers, 1) * 2):  # start-up, and each worker's prefetched batches
+            next(iterator)
+        count = max(passes * len(dataset) // batch_size, 2)
+        start = time.perf_counter()
+        for _ in range(count):
+            next(iterator)
+        return count * batch_size / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -165,15 +171,23 @@ def measure(
     """Every number, as a dict (what `gpu_check.py` stores). `count` images per folder (default 64 quick, else 256);
     `cache_stages=False` leaves out the encoder stages."""
     count = count or (64 if quick else 256)
-    results = {"images_per_folder": count, "resolution": RESOLUTION, "stream": {}, "uptime": _uptime()}
+    rounds = 1 if quick else 3
+    results = {"images_per_folder": count, "resolution": RESOLUTION, "rounds": rounds, "stream": {},
+               "uptime": _uptime()}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        plan = []
         for name, size in SIZES.items():
             folder = make_jpeg_folder(root / name, count, size)
-            rates = results["stream"][name] = {}
+            results["stream"][name] = {}
             for reduced in (True, False):
-                for w in workers if reduced else (0, max(workers)):
-                    rates[f"{'reduced' if reduced else 'full'}_w{w}"] = image_stream_rate(folder, w, reduced)
+                plan += [(name, folder, w, reduced) for w in (workers if reduced else (0, max(workers)))]
+        # best of `rounds`, the configurations interleaved, so load from other processes hits them alike
+        for _ in range(rounds):
+            for name, folder, w, reduced in plan:
+                key = f"{'reduced' if reduced else 'full'}_w{w}"
+                rate = image_stream_rate(folder, w, reduced)
+                results["stream"][name][key] = max(rate, results["stream"][name].get(key, 0.0))
         decode_rate = results["stream"]["500x375"]["reduced_w0"]
         batch, repeats = (64, 3) if device == "cuda" else ((2, 1) if quick else (4, 2))
         if cache_stages:

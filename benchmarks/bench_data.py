@@ -72,7 +72,7 @@ def image_stream_rate(folder: Path, workers: int, reduced: bool, batch_size: int
     transform = ImageTransform(RESOLUTION, center_crop=True, reduced_decode=reduced)
     loader = make_dataloader(ResumableStream(dataset, ImageReader(transform), seed=0), batch_size, num_workers=workers)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a worker: one decoding stream is one thread (threaded collation stalls under load)
+    torch.set_num_threads(1)  # as in a worker: one stream, one thread (threaded collation stalls under load)
     try:
         iterator = iter(loader)
         for _ in range(max(workers, 1) * 2):  # start-up, and each worker's prefetched batches

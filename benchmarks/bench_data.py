@@ -86,6 +86,19 @@ def image_stream_rate(folder: Path, workers: int, reduced: bool, batch_size: int
         torch.set_num_threads(threads)
 
 
+def transform_rate(folder: Path, reduced: bool) -> float:
+    """Images/s of `ImageTransform` alone (read the file, decode, resize, crop, to a tensor) in this process: the
+    decode speed-up without the stream around it."""
+    from diffusers_spectrum.training.data import ImageTransform
+
+    transform = ImageTransform(RESOLUTION, center_crop=True, reduced_decode=reduced)
+    files = sorted(folder.glob("*.jpg"))
+    start = time.perf_counter()
+    for path in files:
+        transform({"bytes": None, "path": str(path)})
+    return len(files) / (time.perf_counter() - start)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Cache-latents stages
 
@@ -183,11 +196,16 @@ def measure(
             for reduced in (True, False):
                 plan += [(name, folder, w, reduced) for w in (workers if reduced else (0, max(workers)))]
         # best of `rounds`, the configurations interleaved, so load from other processes hits them alike
+        results["transform"] = {name: {} for name in SIZES}
         for _ in range(rounds):
             for name, folder, w, reduced in plan:
                 key = f"{'reduced' if reduced else 'full'}_w{w}"
                 rate = image_stream_rate(folder, w, reduced)
                 results["stream"][name][key] = max(rate, results["stream"][name].get(key, 0.0))
+            for name, folder, w, reduced in plan:
+                if w == 0:
+                    key, rates = "reduced" if reduced else "full", results["transform"][name]
+                    rates[key] = max(transform_rate(folder, reduced), rates.get(key, 0.0))
         decode_rate = results["stream"]["500x375"]["reduced_w0"]
         batch, repeats = (64, 3) if device == "cuda" else ((2, 1) if quick else (4, 2))
         if cache_stages:
@@ -221,6 +239,10 @@ def rows_from(results: dict) -> list[dict]:
             target = ">= 2x" if name == "1024x768" else "~1x (source < 2x target: not reduced)"
             rows.append(_row(f"image stream {name} JPEG, {workers} worker(s): reduced-size / full decode",
                              "speed-up", reduced, "img/s", reduced / full, target))  # fmt: skip
+    for name, rates in results.get("transform", {}).items():
+        target = ">= 2x" if name == "1024x768" else "~1x (source < 2x target: not reduced)"
+        rows.append(_row(f"ImageTransform alone {name} JPEG -> {RESOLUTION} px: reduced-size / full decode",
+                         "speed-up", rates["reduced"], "img/s", rates["reduced"] / rates["full"], target))  # fmt: skip
     if "cache" not in results:
         return rows
     stages = results["cache"]["ms_per_image"]

@@ -219,6 +219,8 @@ def rows_from(results: dict) -> list[dict]:
         rows.append(_row(label, r["peak_memory_kind"], r["peak_memory_mb"], "MB", None, ""))
         rows.append(_row(label, "data-stream headroom (stream / training)", r["stream_examples_per_second"],
                          f"{r['unit']}/s", r["headroom"], ">= 1 (the GPU never waits)"))  # fmt: skip
+    rows.append(_row("machine load during the run", f"{results['load_before']} -> {results['load_after']}", None, "",
+                     None, "noisy above ~1 on 2 cores"))  # fmt: skip
     return rows
 
 

@@ -60,7 +60,7 @@ def ids(batches):
 
 
 @pytest.mark.parametrize("streaming", [True, False])
-@pytest.mark.parametrize(("processes", "workers"), [(1, 0), (1, 2), (2, 2), (1, 4)])
+@pytest.mark.parametrize(("processes", "workers"), [(1, 0), (1, 2), (2, 2), (1, 3), (1, 4)])
 def test_every_example_is_read_once_per_epoch_across_processes_and_workers(parquet_files, streaming, processes,
                                                                            workers):  # fmt: skip
     dataset = open_rows(parquet_files, streaming)

@@ -35,6 +35,7 @@ setup(
         "matplotlib",
         "tqdm",
         "tensorboard",
+        "torchdata>=0.8",  # StatefulDataLoader: per-worker data positions for an exact resume
     ],
     extras_require={
         # setuptools >= 70.1 builds wheels itself: the non-editable install test builds with the test environment's

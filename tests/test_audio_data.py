@@ -9,17 +9,18 @@ import pytest
 import soundfile
 import torch
 
+from diffusers_spectrum.data import ResumableStream, make_dataloader
 from diffusers_spectrum.training.audio_data import (
+    AudioReader,
     AudioSkipCounter,
-    AudioStreamDataset,
     AudioTransform,
     convert_channels,
     decode_audio,
     embedded_audio_dir,
     list_audio_files,
     load_audio_dataset,
-    make_audio_dataloader,
     resample_audio,
+    source_sample_rates,
 )
 
 
@@ -130,17 +131,25 @@ def test_a_folder_with_bad_files_streams_the_good_ones_and_counts_the_rest(tmp_p
     dataset = load_audio_dataset(train_data_dir=folder)
     assert len(dataset) == 9  # every audio file but the FIFO
     counter = AudioSkipCounter()
-    stream = AudioStreamDataset(
-        dataset, AudioTransform(RATE, 1024, channels=2), shuffle=False, infinite=False, skip_counter=counter
-    )
+    stream = ResumableStream(
+        dataset, AudioReader(AudioTransform(RATE, 1024, channels=2)), shuffle=False, infinite=False,
+        skip_counter=counter,
+    )  # fmt: skip
     clips = list(stream)
     # kept: good mono, good stereo 44.1 kHz, odd rate (resampled), too short (padded); skipped: surround (6 -> 2
     # channels), header-only, NaN, corrupt, empty
-    assert len(clips) == 4 and counter.count == 5 and stream.num_padded == 1
+    counts = stream.state_dict()["counts"]
+    assert len(clips) == 4 and counter.count == 5 and counts["skipped"] == 5 and counts["padded"] == 1
+    assert source_sample_rates(counts) == {"7999": 1, str(RATE): 2, "44100": 1}  # kept clips per file rate
     assert all(c["waveforms"].shape == (2, 1024) and torch.isfinite(c["waveforms"]).all() for c in clips)
-    assert [c["data_position"] for c in clips] == sorted(c["data_position"] for c in clips)
-    mono = list(AudioStreamDataset(dataset, AudioTransform(RATE, 1024), shuffle=False, infinite=False))
+    mono = list(ResumableStream(dataset, AudioReader(AudioTransform(RATE, 1024)), shuffle=False, infinite=False))
     assert len(mono) == 5  # the 6-channel file downmixes to mono
+    # with two workers: the same clips, counted over the workers
+    loader = make_dataloader(
+        ResumableStream(dataset, AudioReader(AudioTransform(RATE, 1024, channels=2)), shuffle=False, infinite=False),
+        1, num_workers=2, drop_last=False,
+    )  # fmt: skip
+    assert len(list(loader)) == 4 and loader.counts() == {**counts, "skipped": 5, "padded": 1}
 
 
 def test_decoding_a_fifo_raises_at_once_instead_of_blocking(tmp_path):
@@ -175,7 +184,8 @@ def test_an_hf_dataset_audio_column_is_read_without_torchcodec(tmp_path):
     dataset = load_audio_dataset(dataset_name=str(tmp_path / "hub"), audio_column="sound")
     assert isinstance(dataset, datasets.IterableDataset)
     assert dataset.features["sound"].decode is False
-    batch = next(iter(make_audio_dataloader(dataset, 3, AudioTransform(RATE, 2048), audio_column="sound")))
+    stream = ResumableStream(dataset, AudioReader(AudioTransform(RATE, 2048), audio_column="sound"))
+    batch = next(iter(make_dataloader(stream, 3)))
     assert batch["waveforms"].shape == (3, 1, 2048) and torch.isfinite(batch["waveforms"]).all()
     with pytest.raises(ValueError, match="Pass --audio_column"):
         load_audio_dataset(dataset_name=str(tmp_path / "hub"), audio_column="audio")
@@ -185,7 +195,8 @@ def test_an_hf_dataset_audio_column_is_read_without_torchcodec(tmp_path):
 # Resume
 
 
-def test_resuming_from_a_data_position_gives_the_same_batches(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resuming_from_a_loader_state_gives_the_same_batches(tmp_path, workers):
     folder = tmp_path / "clips"
     folder.mkdir()
     for index in range(5):
@@ -194,15 +205,18 @@ def test_resuming_from_a_data_position_gives_the_same_batches(tmp_path):
     dataset = load_audio_dataset(train_data_dir=folder)
     transform = AudioTransform(RATE, 512, seed=7)
 
-    def loader(start=0):
-        return iter(make_audio_dataloader(dataset, 2, transform, start_position=start, seed=11))
+    def loader(state=None):
+        stream = ResumableStream(dataset, AudioReader(transform), seed=11)
+        return make_dataloader(stream, 2, num_workers=workers, state=state)
 
-    uninterrupted = [next(loader_iter) for loader_iter in [loader()] for _ in range(7)]  # crosses epochs
-    resumed = loader(int(uninterrupted[2]["data_position"][-1]))
+    uninterrupted = [next(loader_iter) for loader_iter in [iter(loader())] for _ in range(7)]  # crosses epochs
+    first = loader()
+    first_iter = iter(first)
+    for _ in range(3):
+        next(first_iter)
+    resumed = iter(loader(json.loads(json.dumps(first.state_dict()))))
     for expected in uninterrupted[3:]:
-        batch = next(resumed)
-        assert torch.equal(batch["waveforms"], expected["waveforms"])
-        assert torch.equal(batch["data_position"], expected["data_position"])
+        assert torch.equal(next(resumed)["waveforms"], expected["waveforms"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,6 +235,5 @@ def test_embedded_sounds_have_provenance_and_a_licence_and_decode():
     assert total_bytes < 3 * 2**20
     waveform, rate = decode_audio(str(folder / sorted(files)[0]))
     assert rate == RATE and waveform.shape[0] == 1
-    assert len(list(AudioStreamDataset(load_audio_dataset(), AudioTransform(RATE, 4096), infinite=False))) == len(
-        files
-    )
+    stream = ResumableStream(load_audio_dataset(), AudioReader(AudioTransform(RATE, 4096)), infinite=False)
+    assert len(list(stream)) == len(files)

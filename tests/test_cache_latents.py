@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+from diffusers_spectrum.data import ResumableStream, make_dataloader
 from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.training import latent_cache
 from diffusers_spectrum.training.data import ImageTransform, decode_image, embedded_dataset_dir, load_image_dataset
 from diffusers_spectrum.training.latent_cache import (
     latent_batch,
     load_latent_dataset,
-    make_latent_dataloader,
     read_cache_info,
     write_latent_cache,
 )
@@ -156,6 +156,37 @@ def test_interrupted_cache_resumes_without_duplicates_or_gaps(tmp_path, image_fo
         write_latent_cache(tmp_path / "resumed", dataset, vae, transform, **{**kwargs, "mode": "mean"})
 
 
+def test_cache_with_two_workers_resumes_without_duplicates_or_gaps(tmp_path, image_folder, monkeypatch):
+    dataset = load_image_dataset(train_data_dir=image_folder, label_column="label", streaming=False)
+    vae, transform = tiny_vae(), ImageTransform(32)
+    kwargs = dict(label_column="label", batch_size=3, shard_size=4, mode="sample", seed=3, show_progress=False,
+                  num_workers=2)  # fmt: skip
+    reference = write_latent_cache(tmp_path / "full", dataset, vae, transform, **kwargs)
+    real_write, calls = latent_cache._write_shard, []
+
+    def crashing_write(path, rows, features):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        real_write(path, rows, features)
+
+    monkeypatch.setattr(latent_cache, "_write_shard", crashing_write)
+    with pytest.raises(KeyboardInterrupt):
+        write_latent_cache(tmp_path / "resumed", dataset, vae, transform, **kwargs)
+    monkeypatch.setattr(latent_cache, "_write_shard", real_write)
+    with pytest.raises(ValueError, match="--dataloader_num_workers 2"):  # the workers' shares depend on it
+        write_latent_cache(tmp_path / "resumed", dataset, vae, transform, **{**kwargs, "num_workers": 0})
+    resumed = write_latent_cache(tmp_path / "resumed", dataset, vae, transform, **kwargs)
+
+    assert resumed["num_examples"] == reference["num_examples"] == 13 and resumed["skipped_images"] == 1
+    full, again = rows_of(tmp_path / "full"), rows_of(tmp_path / "resumed")
+    assert [r["source_index"] for r in again] == [r["source_index"] for r in full]
+    readable = [i for i in range(len(dataset)) if not dataset[i]["image"]["path"].endswith("zz_corrupt.png")]
+    assert sorted(r["source_index"] for r in again) == readable  # one stream per worker block: source indices
+    assert [r["source_index"] for r in again] != readable  # the two workers' rows interleave
+    torch.testing.assert_close(latent_batch(again)["latents"], latent_batch(full)["latents"], atol=2e-3, rtol=2e-3)
+
+
 def test_cache_stores_repa_targets_and_latent_loader_resumes(tmp_path, image_folder):
     dataset = load_image_dataset(train_data_dir=image_folder, label_column="label")
     vae = tiny_vae()
@@ -182,14 +213,21 @@ def test_cache_stores_repa_targets_and_latent_loader_resumes(tmp_path, image_fol
     # the training stream resumes at a data position: the tail of an uninterrupted stream. (Memory-mapped here: a
     # shuffled *streamed* parquet dataset sleeps 5 s whenever an iterator closes, datasets' arrow#45214 workaround.)
     cache = load_latent_dataset(tmp_path / "cache", streaming=False)
-    loader = make_latent_dataloader(cache, batch_size=4, seed=1, shuffle_buffer_size=8)
-    batches = [b for _, b in zip(range(6), loader)]  # 24 rows: crosses into a second (reshuffled) epoch
+
+    def loader(state=None, workers=0):
+        stream = ResumableStream(cache, None, seed=1, shuffle_buffer_size=8)
+        return make_dataloader(stream, 4, num_workers=workers, collate_fn=latent_batch, state=state)
+
+    batches = [b for _, b in zip(range(6), loader())]  # 24 rows: crosses into a second (reshuffled) epoch
     assert batches[0]["repa_features"].shape == (4, 16, 6) and batches[0]["latents"].dtype == torch.float32
-    start = int(batches[2]["data_position"][-1])
-    resumed = make_latent_dataloader(cache, batch_size=4, seed=1, shuffle_buffer_size=8, start_position=start)
-    for expected, got in zip(batches[3:], resumed):
-        torch.testing.assert_close(got["latents"], expected["latents"])
-        assert got["data_position"].tolist() == expected["data_position"].tolist()
+    for workers in (0, 2):
+        full = [b for _, b in zip(range(6), loader(workers=workers))]
+        first = loader(workers=workers)
+        head = [b for _, b in zip(range(3), first)]
+        resumed = loader(first.state_dict(), workers=workers)
+        for expected, got in zip(full, head + [b for _, b in zip(range(3), resumed)]):
+            torch.testing.assert_close(got["latents"], expected["latents"], rtol=0, atol=0)
+            assert got["labels"].tolist() == expected["labels"].tolist()
     first_epoch = torch.cat([b["labels"] for b in batches])[:13]
     assert sorted(first_epoch.tolist()) == sorted(r["label"] for r in rows)
 

@@ -1,4 +1,5 @@
-"""Data loading: the embedded photos, image modes, corrupt files, empty datasets, resumable and sharded streams."""
+"""Image data: the embedded photos, image modes, reduced-size JPEG decoding, corrupt files, empty datasets, and the
+resumable, sharded training stream over images (workers and processes)."""
 
 import io
 import json
@@ -10,16 +11,17 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
+from diffusers_spectrum.data import ResumableStream, make_dataloader
 from diffusers_spectrum.training.data import (
+    ImageReader,
     ImageTransform,
     SkipCounter,
     embedded_class_names,
     embedded_dataset_dir,
     image_batches,
     load_image_dataset,
-    make_image_dataloader,
     to_rgb,
 )
 
@@ -40,6 +42,13 @@ def _write_folder(folder: Path, count: int, size=(40, 24), corrupt: int = 0) -> 
 def _batches(loader, count):
     iterator = iter(loader)
     return [next(iterator) for _ in range(count)]
+
+
+def image_loader(dataset, batch_size, transform, *, state=None, num_workers=0, label_column=None, **stream_kwargs):
+    """What the trainers build: a `ResumableStream` of `ImageReader` samples in `make_dataloader` batches."""
+    stream = ResumableStream(dataset, ImageReader(transform, "image", label_column), **stream_kwargs)
+    drop_last = stream_kwargs.get("infinite", True)
+    return make_dataloader(stream, batch_size, num_workers=num_workers, state=state, drop_last=drop_last)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -171,15 +180,15 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
         assert counter.count == 2 and len(counter.reasons) == 2
         assert all(torch.equal(b["labels"], torch.zeros(len(b["labels"]), dtype=torch.long)) for b in batches)
 
-    counter = SkipCounter()
-    loader = make_image_dataloader(
-        load_image_dataset(train_data_dir=folder), 4, ImageTransform(16), skip_counter=counter
-    )
-    _batches(loader, 3)  # 12 images from 5 good ones: more than two passes
-    assert counter.count >= 4
+    for workers in (0, 2):
+        dataset = load_image_dataset(train_data_dir=folder, streaming=False)
+        loader = image_loader(dataset, 2, ImageTransform(16), num_workers=workers)
+        _batches(loader, 6)  # 12 images from 5 good ones: more than two passes
+        assert loader.counts()["skipped"] >= 4  # counted in the workers, read here
+        assert all("bad_" in reason for reason in loader.skip_reasons())
 
     only_corrupt = _write_folder(tmp_path / "bad", count=0, corrupt=3)
-    loader = make_image_dataloader(load_image_dataset(train_data_dir=only_corrupt), 2, ImageTransform(16))
+    loader = image_loader(load_image_dataset(train_data_dir=only_corrupt), 2, ImageTransform(16))
     with pytest.raises(ValueError, match="could be used"):  # an endless loop over nothing is an error
         next(iter(loader))
 
@@ -222,41 +231,111 @@ def test_empty_or_missing_datasets_are_clear_errors(tmp_path):
 # Resumable, sharded stream
 
 
-@pytest.mark.parametrize("streaming", [True, False])
-def test_dataloader_resumes_exactly_from_a_data_position_across_epochs(tmp_path, streaming):
+@pytest.mark.parametrize(("streaming", "workers"), [(True, 0), (False, 0), (False, 2)])
+def test_dataloader_resumes_exactly_across_epochs(tmp_path, streaming, workers):
     folder = _write_folder(tmp_path / "imgs", count=7, corrupt=1)
     dataset = load_image_dataset(train_data_dir=folder, streaming=streaming)
     transform = ImageTransform(8, center_crop=False, random_flip=True, seed=0)
-    kwargs = {"batch_size": 3, "transform": transform, "seed": 5, "shuffle_buffer_size": 4}
-    full = _batches(make_image_dataloader(dataset, **kwargs), 8)  # 24 samples: three epochs of 7 good images
+    kwargs = {"num_workers": workers, "seed": 5, "shuffle_buffer_size": 4}
+    full = _batches(image_loader(dataset, 3, transform, **kwargs), 8)  # 24 samples: three epochs of 7 good images
     for resume_after in (2, 5):
-        position = int(full[resume_after - 1]["data_position"][-1])
-        resumed = _batches(make_image_dataloader(dataset, start_position=position, **kwargs), 8 - resume_after)
+        first = image_loader(dataset, 3, transform, **kwargs)
+        _batches(first, resume_after)
+        state = json.loads(json.dumps(first.state_dict()))  # what the checkpoint stores
+        resumed = _batches(image_loader(dataset, 3, transform, state=state, **kwargs), 8 - resume_after)
         for expected, got in zip(full[resume_after:], resumed):
             torch.testing.assert_close(got["pixel_values"], expected["pixel_values"], rtol=0, atol=0)
-            assert torch.equal(got["data_position"], expected["data_position"])
     # every epoch is a reshuffle of the same 7 images
     epoch_one = torch.cat([b["pixel_values"] for b in full])[:7]
     epoch_two = torch.cat([b["pixel_values"] for b in full])[7:14]
     assert not torch.equal(epoch_one, epoch_two)
 
 
-def test_processes_get_disjoint_shards_that_cover_the_dataset(tmp_path):
+def test_processes_and_workers_get_disjoint_shares_that_cover_the_dataset(tmp_path):
     folder = _write_folder(tmp_path / "imgs", count=8)
-    dataset = load_image_dataset(train_data_dir=folder)
-    seen = []
-    for rank in range(2):
-        loader = make_image_dataloader(
-            dataset, 4, ImageTransform(8), num_processes=2, process_index=rank, shuffle=False, infinite=False
-        )
-        seen.append(torch.cat([b["pixel_values"] for b in loader]))
-    assert len(seen[0]) == len(seen[1]) == 4
-    everything = torch.cat([b["pixel_values"] for b in image_batches(dataset, 8, ImageTransform(8))])
+    everything = torch.cat([b["pixel_values"] for b in image_batches(load_image_dataset(train_data_dir=folder), 8,
+                                                                     ImageTransform(8))])  # fmt: skip
     keys = lambda x: sorted(tuple(v.flatten()[:16].tolist()) for v in x)  # noqa: E731
-    assert not set(keys(seen[0])) & set(keys(seen[1]))
-    assert keys(torch.cat(seen)) == keys(everything)
+    for streaming, workers in ((True, 0), (False, 2)):
+        dataset = load_image_dataset(train_data_dir=folder, streaming=streaming)
+        seen = []
+        for rank in range(2):
+            loader = image_loader(dataset, 1, ImageTransform(8), num_workers=workers, num_processes=2,
+                                  process_index=rank, shuffle=False, infinite=False)  # fmt: skip
+            seen.append(torch.cat([b["pixel_values"] for b in loader]))
+        assert len(seen[0]) == len(seen[1]) == 4
+        assert not set(keys(seen[0])) & set(keys(seen[1]))
+        assert keys(torch.cat(seen)) == keys(everything)
     with pytest.raises(ValueError, match="process_index"):
-        make_image_dataloader(dataset, 4, ImageTransform(8), num_processes=2, process_index=2)
+        image_loader(dataset, 4, ImageTransform(8), num_processes=2, process_index=2)
+    streamed_folder = load_image_dataset(train_data_dir=folder, streaming=True)  # one shard: no worker split
+    with pytest.raises(ValueError, match="1 shard.*--no_streaming"):
+        image_loader(streamed_folder, 4, ImageTransform(8), num_workers=2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reduced-size JPEG decoding
+
+
+def _jpeg_photo(tmp_path, name: str, size: tuple[int, int]) -> Path:
+    """A photograph (scikit-image's sample) saved as a quality-90 JPEG of `size`."""
+    from skimage import data
+
+    photo = getattr(data, name)()
+    photo = np.stack([photo] * 3, -1) if photo.ndim == 2 else photo[..., :3]
+    path = tmp_path / f"{name}_{size[0]}x{size[1]}.jpg"
+    Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS).save(path, quality=90)
+    return path
+
+
+def _full_decode(path, resolution: int, resample) -> torch.Tensor:
+    """The reference: full decode, shorter side to `resolution` with `resample`, centre crop."""
+    image = Image.open(path).convert("RGB")
+    width, height = image.size
+    scale = resolution / min(width, height)
+    image = image.resize((round(width * scale), round(height * scale)), resample, reducing_gap=None)
+    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+    array = np.asarray(image.crop((left, top, left + resolution, top + resolution)), dtype=np.float32)
+    return torch.from_numpy(array / 127.5 - 1).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize(("name", "size", "resolution"), [("astronaut", (512, 512), 128), ("chelsea", (640, 426), 128),
+                                                          ("coffee", (1024, 768), 256)])  # fmt: skip
+def test_reduced_size_jpeg_decode_matches_full_decode_up_to_the_resize_filter(tmp_path, name, size, resolution):
+    path = _jpeg_photo(tmp_path, name, size)
+    transform = ImageTransform(resolution)
+    image, full_size, box = transform.decode({"bytes": None, "path": str(path)})
+    assert full_size == size and box is not None and min(image.size) >= resolution  # decoded at 1/2 or 1/4 scale
+    assert image.size[0] < size[0] and min(image.size) < 2 * resolution
+
+    reduced = transform({"bytes": path.read_bytes(), "path": None})
+    full = ImageTransform(resolution, reduced_decode=False)({"bytes": path.read_bytes(), "path": None})
+    torch.testing.assert_close(full, _full_decode(path, resolution, Image.Resampling.BICUBIC), rtol=0, atol=0)
+    difference = (reduced - full).abs()
+    # The stated tolerance: the DCT-scaled decode + bicubic differs from full decode + bicubic by at most 0.02 mean
+    # and 0.3 max (in [-1, 1]), no more than bilinear and bicubic resizing of the full image differ (+25 %).
+    bilinear = (_full_decode(path, resolution, Image.Resampling.BILINEAR) - full).abs()
+    assert difference.mean() < 0.02 and difference.max() < 0.3
+    assert difference.mean() < 1.25 * bilinear.mean() and difference.max() < 1.25 * max(bilinear.max(), 0.2)
+    # same geometry: the images are aligned (a one-pixel shift would be far worse than the filter difference)
+    shifted = (reduced[:, :, 1:] - full[:, :, :-1]).abs().mean()
+    assert difference.mean() < 0.5 * shifted
+
+
+def test_small_pngs_and_rotated_jpegs_are_decoded_at_full_size(tmp_path):
+    path = _jpeg_photo(tmp_path, "astronaut", (512, 512))
+    small = ImageTransform(300)  # the source is less than twice the target
+    assert small.decode(str(path))[2] is None
+    png = tmp_path / "photo.png"
+    Image.open(path).save(png)
+    assert ImageTransform(64).decode(str(png))[2] is None
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    Image.open(path).save(rotated, quality=90, exif=exif)
+    transform = ImageTransform(64)
+    assert transform.decode(str(rotated))[2] is None
+    torch.testing.assert_close(transform(str(rotated)), transform(ImageOps.exif_transpose(Image.open(rotated))))
 
 
 def test_data_image_size_is_the_first_readable_images_shorter_side_and_batches_count_upsampling(tmp_path):

@@ -99,11 +99,12 @@ def test_train_dit_on_cached_latents_exports_pipeline_that_plain_diffusers_loads
 
 
 @pytest.mark.slow
-def test_train_dit_killed_after_checkpoint_resumes_to_identical_weights(assets, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_train_dit_killed_after_checkpoint_resumes_to_identical_weights(assets, tmp_path, workers):
     script = load_example("train_dit_repa")
     common = ["--latent_dataset", str(assets["cache"]), "--max_train_steps", "4", "--checkpointing_steps", "2",
               "--validation_steps", "100", "--objective", "v_prediction", "--use_ema", "--ema_decay", "0.5",
-              "--repa_target_filter", "spatial_norm", *TINY]  # fmt: skip
+              "--repa_target_filter", "spatial_norm", "--dataloader_num_workers", str(workers), *TINY]  # fmt: skip
     script.train_dit(script.parse_args(["--output_dir", str(tmp_path / "full"), *common]))
 
     # a run killed during step 3: its folder holds checkpoint-2 (and nothing complete after it)
@@ -120,6 +121,36 @@ def test_train_dit_killed_after_checkpoint_resumes_to_identical_weights(assets, 
     trained = json.loads((tmp_path / "full" / "metrics.json").read_text())
     again = json.loads((killed / "metrics.json").read_text())
     assert again["loss"] == trained["loss"]
+
+
+@pytest.mark.slow
+def test_two_processes_with_two_workers_each_resume_to_identical_weights(assets, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    def launch(*args):  # 2 CPU processes, as `accelerate launch` runs them
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                   str(port), str(EXAMPLES / "train_dit_repa.py"), *args]  # fmt: skip
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    common = ["--latent_dataset", str(assets["cache"]), "--max_train_steps", "4", "--checkpointing_steps", "2",
+              "--validation_steps", "100", "--dataloader_num_workers", "2", *TINY]  # fmt: skip
+    launch("--output_dir", str(tmp_path / "full"), *common)
+    states = json.loads((tmp_path / "full" / "checkpoint-2" / "extra_state.json").read_text())["data_states"]
+    assert len(states) == 2 and all(state["num_workers"] == 2 for state in states)
+    launch("--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint",
+           str(tmp_path / "full" / "checkpoint-2"), *common)  # fmt: skip
+    full, resumed = weights(tmp_path / "full"), weights(tmp_path / "resumed")
+    assert full.keys() == resumed.keys()
+    for name in full:
+        torch.testing.assert_close(resumed[name], full[name], rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.slow

@@ -196,8 +196,11 @@ def test_training_run_writes_model_stock_export_card_and_counts_corrupt_images(s
 
 
 @pytest.mark.slow
-def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(script, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(script, tmp_path, monkeypatch, workers):
     data = _image_folder(tmp_path / "data", count=7, corrupt=1)
+    # two workers need a share each: the local folder is loaded without streaming and split by example
+    parallel = ["--dataloader_num_workers", str(workers), "--no_streaming"] if workers else []
 
     def args_for(out, *extra):
         return script.parse_args([
@@ -205,7 +208,8 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(script, tmp_p
             "--train_batch_size", "2", "--max_train_steps", "4", "--checkpointing_steps", "2",
             "--validation_steps", "100", "--latent_stats_samples", "4", "--report_to", "none", "--random_flip",
             "--disc_weight", "0.5", "--disc_start", "1", "--disc_channels", "8", "--kl_weight", "1e-6",
-            "--use_ema", "--ema_decay", "0.9", "--lr_warmup_steps", "2", "--lr_scheduler", "linear", *extra,
+            "--use_ema", "--ema_decay", "0.9", "--lr_warmup_steps", "2", "--lr_scheduler", "linear", *parallel,
+            *extra,
         ])  # fmt: skip
 
     script.train_vae(args_for(tmp_path / "full"))
@@ -239,6 +243,7 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(script, tmp_p
             assert torch.equal(full[key], resumed[key]), (name, key)
     full_metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text()) == full_metrics
+    assert full_metrics["skipped_images"] >= 1  # the corrupt file, counted in whichever worker read it
 
 
 @pytest.mark.slow
@@ -343,8 +348,8 @@ def test_two_process_ddp_training_keeps_the_replicas_identical(tmp_path):
         probe = json.loads((out / f"probe-{step}.json").read_text())
         assert probe["num_processes"] == 2
         assert probe["checksums"][0] == probe["checksums"][1]  # gradients were all-reduced through the wrapper
-    positions = json.loads((out / "checkpoint-2" / "extra_state.json").read_text())["data_positions"]
-    assert len(positions) == 2
+    states = json.loads((out / "checkpoint-2" / "extra_state.json").read_text())["data_states"]
+    assert len(states) == 2  # one data-loader state per process
     assert (out / "diffusion_pytorch_model.safetensors").is_file()
 
 
@@ -361,6 +366,38 @@ def test_ddp_accumulation_with_a_nonfinite_last_micro_step_keeps_replicas_identi
     assert metrics["nonfinite_steps"] == 1  # the window was skipped, and only that one
 
 
+def _launch(script_path: Path, *args: str) -> None:
+    """Run an example script as 2 CPU processes (accelerate's multi-process launch, as `accelerate launch` does)."""
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               str(script_path), *args]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_with_two_workers_each_resume_to_the_same_weights(tmp_path):
+    data = _image_folder(tmp_path / "data", count=9, corrupt=1)
+    common = ["--train_data_dir", str(data), "--no_streaming", "--dataloader_num_workers", "2", "--vae_config",
+              "tiny", "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "4",
+              "--checkpointing_steps", "2", "--validation_steps", "100", "--latent_stats_samples", "2",
+              "--report_to", "none", "--random_flip", "--kl_weight", "1e-6"]  # fmt: skip
+    _launch(SCRIPT, "--output_dir", str(tmp_path / "full"), *common)
+    states = json.loads((tmp_path / "full" / "checkpoint-2" / "extra_state.json").read_text())["data_states"]
+    assert len(states) == 2 and all(state["num_workers"] == 2 for state in states)  # 2 processes x 2 workers
+    # resume from the uninterrupted run's step-2 checkpoint in a new folder: steps 3-4 again, from the data states
+    _launch(SCRIPT, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint",
+            str(tmp_path / "full" / "checkpoint-2"), *common)  # fmt: skip
+    name = "diffusion_pytorch_model.safetensors"
+    full, resumed = load_file(tmp_path / "full" / name), load_file(tmp_path / "resumed" / name)
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+
+
 def test_script_help_lists_the_diffusers_flags(script, capsys):
     with pytest.raises(SystemExit) as exit_info:
         script.parse_args(["--help"])
@@ -369,5 +406,6 @@ def test_script_help_lists_the_diffusers_flags(script, capsys):
     for flag in ("--output_dir", "--train_batch_size", "--max_train_steps", "--checkpointing_steps",
                  "--checkpoints_total_limit", "--resume_from_checkpoint", "--mixed_precision",
                  "--gradient_accumulation_steps", "--learning_rate", "--seed", "--resolution", "--report_to",
-                 "--push_to_hub", "--hub_model_id", "--esm_weight", "--dsm_levels", "--recipe"):  # fmt: skip
+                 "--push_to_hub", "--hub_model_id", "--esm_weight", "--dsm_levels", "--recipe", "--allow_tf32",
+                 "--use_torch_compile", "--dataloader_num_workers", "--reduced_jpeg_decode"):  # fmt: skip
         assert flag in help_text

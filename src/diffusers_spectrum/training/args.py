@@ -34,11 +34,19 @@ def add_data_args(parser: argparse.ArgumentParser, *, images: bool = True) -> ar
         "--dataloader_num_workers",
         type=int,
         default=0,
-        choices=(0, 1),
-        help="0: decode in the training process; 1: one background worker (keep the same value when resuming).",
+        help="Decoding worker processes per process, each on its own share of the data (0: decode in the training "
+        "process). A streamed dataset needs at least processes x workers shards. Resume with the same value for "
+        "an exact resume.",
     )
     if images:
         g.add_argument("--image_column", type=str, default="image", help="Column holding the images.")
+        g.add_argument(
+            "--reduced_jpeg_decode",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="Decode JPEGs at least twice --resolution at 1/2, 1/4 or 1/8 scale before the exact resize "
+            "(several times faster; differs from a full decode about as much as bilinear from bicubic resizing).",
+        )
         g.add_argument(
             "--resolution", type=int, default=256, help="Image side: shorter-side resize + crop. (%(default)s)"
         )
@@ -78,6 +86,16 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> argparse._Argument
         default=None,
         choices=("no", "fp16", "bf16"),
         help="Mixed precision (default: accelerate's config).",
+    )
+    g.add_argument(
+        "--allow_tf32",
+        action="store_true",
+        help="Allow TF32 matmuls and convolutions on Ampere and newer GPUs (faster float32; no effect on CPU).",
+    )
+    g.add_argument(
+        "--use_torch_compile",
+        action="store_true",
+        help="torch.compile the trained network (the first steps compile; checked at start-up).",
     )
     g.add_argument("--seed", type=int, default=0, help="Seed of initialisation, data order, noise and sampling.")
     g.add_argument("--use_ema", action="store_true", help="Keep an EMA of the weights; the EMA weights are exported.")
@@ -233,7 +251,9 @@ def finish_common_args(args: argparse.Namespace, tracker_project_name: str) -> a
         ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps",
          "validation_steps", "resolution", "max_nonfinite_steps", "checkpoints_total_limit"),
     )  # fmt: skip
-    check_nonnegative(args, ("fourier_weight", "wavelet_weight", "max_grad_norm", "lr_warmup_steps"))
+    check_nonnegative(
+        args, ("fourier_weight", "wavelet_weight", "max_grad_norm", "lr_warmup_steps", "dataloader_num_workers")
+    )
     if getattr(args, "ema_decay", 0.0) is not None and not 0.0 <= args.ema_decay < 1.0:
         raise ValueError(f"--ema_decay must be in [0, 1), got {args.ema_decay}.")
     if args.tracker_project_name is None:

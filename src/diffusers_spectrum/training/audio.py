@@ -373,15 +373,17 @@ def train_audio(args: argparse.Namespace) -> Path:
     """Train as `args` (from `parse_args`) says; returns the exported `DanceDiffusionPipeline` folder."""
     from diffusers import UNet1DModel
 
-    from .audio_data import AudioTransform, load_audio_dataset, make_audio_dataloader
+    from .audio_data import AudioReader, AudioTransform, load_audio_dataset, source_sample_rates
     from .loop import (
         AccumulationWindow,
+        compile_model,
         learning_settings,
         make_accelerator,
         make_optimizer,
         optimizer_step,
         resume_training,
         save_checkpoint_if_due,
+        train_dataloader,
     )
 
     # 1. Accelerator, logging, seeds
@@ -401,6 +403,7 @@ def train_audio(args: argparse.Namespace) -> Path:
     else:
         model = build_audio_unet(args.unet_config, args.sample_size, args.sample_rate, args.channels)
     model.train()
+    compile_model(model, args.use_torch_compile)
     ema = create_ema(model, args.ema_decay) if args.use_ema else None
     optimizer, lr_scheduler = make_optimizer(model.parameters(), args, accelerator)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
@@ -420,7 +423,7 @@ def train_audio(args: argparse.Namespace) -> Path:
     )
 
     # 3. Resume, data
-    global_step, data_position, guard = resume_training(
+    global_step, data_state, guard = resume_training(
         checkpointer, args.resume_from_checkpoint, args.max_nonfinite_steps
     )
     dataset = load_audio_dataset(
@@ -430,11 +433,7 @@ def train_audio(args: argparse.Namespace) -> Path:
     transform = AudioTransform(
         args.sample_rate, args.sample_size, args.channels, random_crop=True, too_short=args.too_short, seed=args.seed
     )
-    dataloader = make_audio_dataloader(
-        dataset, args.train_batch_size, transform, audio_column=args.audio_column, start_position=data_position,
-        num_processes=accelerator.num_processes, process_index=accelerator.process_index, seed=args.seed,
-        shuffle_buffer_size=args.shuffle_buffer_size, num_workers=args.dataloader_num_workers,
-    )  # fmt: skip
+    dataloader = train_dataloader(dataset, AudioReader(transform, args.audio_column), args, accelerator, data_state)
     data_iterator = iter(dataloader)
 
     # 4. Loop: one optimizer step = `gradient_accumulation_steps` micro-batches
@@ -448,7 +447,6 @@ def train_audio(args: argparse.Namespace) -> Path:
         logs = {}
         for micro_step in range(accumulation):
             batch = next(data_iterator)
-            data_position = int(batch["data_position"][-1])
             generator = step_generator(args.seed, global_step, micro_step, accelerator.process_index, "cpu")
             x0 = batch["waveforms"]  # (B, C, T) in [-1, 1]
             t = torch.rand(x0.shape[0], generator=generator)
@@ -480,14 +478,14 @@ def train_audio(args: argparse.Namespace) -> Path:
         progress.update(1)
         logs = {k: float(v) for k, v in logs.items()}  # one transfer per optimizer step, for the trackers
         step_seconds.append(time.perf_counter() - step_start)
+        counts = dataloader.counts()  # over the workers, carried through checkpoints
         logs.update(lr=lr_scheduler.get_last_lr()[0], nonfinite_steps=guard.total,
-                    skipped_clips=dataloader.dataset.skip_counter.count,
-                    padded_clips=dataloader.dataset.num_padded)  # fmt: skip
+                    skipped_clips=counts.get("skipped", 0), padded_clips=counts.get("padded", 0))  # fmt: skip
         progress.set_postfix(loss=f"{logs['loss']:.4f}")
         accelerator.log(logs, step=global_step)
 
         # 4b. Checkpoint and validation clips
-        save_checkpoint_if_due(checkpointer, args, global_step, data_position, guard)
+        save_checkpoint_if_due(checkpointer, args, global_step, dataloader, guard)
         if accelerator.is_main_process and global_step % args.validation_steps == 0:
             validate(args, accelerator, raw_model, ema, global_step, output_dir)
     progress.close()
@@ -504,11 +502,14 @@ def train_audio(args: argparse.Namespace) -> Path:
         metrics.update(
             global_step=global_step, train_seconds=round(time.time() - start_time, 1),
             seconds_per_step=round(float(np.median(timed)), 4) if timed else None,
-            skipped_clips=dataloader.dataset.skip_counter.count, padded_clips=dataloader.dataset.num_padded,
-            skipped_reasons=dataloader.dataset.skip_counter.reasons[:10],
-            source_sample_rates={str(rate): n for rate, n in sorted(transform.source_rates.items())},
+            skipped_clips=logs.get("skipped_clips", 0), padded_clips=logs.get("padded_clips", 0),
+            skipped_reasons=dataloader.skip_reasons()[:10],
+            source_sample_rates=source_sample_rates(dataloader.counts()),
         )  # fmt: skip
-        logger.info("audio read: %s", transform.resampling_summary())  # counts of this process (num_workers 0)
+        logger.info(
+            "audio read: clips per source sample rate %s (resampled to %d Hz where different)",
+            metrics["source_sample_rates"], args.sample_rate,
+        )  # fmt: skip
         result = write_outputs(args, raw_model, metrics, output_dir)
         logger.info(f"final metrics: {metrics}")
     accelerator.wait_for_everyone()

@@ -13,14 +13,16 @@ robust decoding with `soundfile`, resampling, channel conversion, seeded crops a
   has empty high bands).
 - `read_clip`: the crop of a file or bytes cell, reading only the frames the crop needs plus the resampler's reach
   (`soundfile` seek + frames), so a 10-minute file costs what its crop costs; equal to cropping the whole decode.
-- `make_audio_dataloader`: an endless, shuffled, per-process-sharded `DataLoader` of `{"waveforms", "data_position"}`
-  batches that resumes from a data position (the same contract as `make_image_dataloader`).
+- `AudioReader`: the audio decoder of `diffusers_spectrum.data.ResumableStream` (the worker-aware, resumable
+  training stream shared with images and latents); batches of `{"waveforms"}` come from
+  `diffusers_spectrum.data.make_dataloader`. It counts clips per source rate in the stream's counts
+  (`source_rate_<Hz>`), so the totals add up over workers and survive a resume (`source_sample_rates`).
 
 Bad data, decided once here: corrupt, empty (no samples), non-finite and non-regular files, and files with more than
 two channels when stereo is requested (no layout to downmix by), raise in `decode_audio` / `AudioTransform` and are
 skipped and counted by the streams (`AudioSkipCounter`). Clips shorter than `sample_size` after resampling are
-zero-padded at the end by default (`too_short="pad"`, as Dance Diffusion's training crops do; counted in the
-stream's `num_padded`), or skipped and counted with `too_short="skip"`. Any positive integer sample rate is accepted
+zero-padded at the end by default (`too_short="pad"`, as Dance Diffusion's training crops do; counted as `"padded"`
+in the stream's counts), or skipped and counted with `too_short="skip"`. Any positive integer sample rate is accepted
 and resampled (awkward ratios such as 7999 -> 16000 Hz use an FFT resampler instead of a huge polyphase filter).
 """
 
@@ -38,14 +40,15 @@ import scipy.signal
 import soundfile
 import torch
 
+from ..data.stream import Position, ResumableStream, SkipExample
 from ..models.checks import check_hub_dataset_reachable
-from .data import ResumableStream, SkipCounter
+from .data import SkipCounter
 
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "AudioReader",
     "AudioSkipCounter",
-    "AudioStreamDataset",
     "AudioTransform",
     "audio_batches",
     "convert_channels",
@@ -54,8 +57,8 @@ __all__ = [
     "embedded_audio_dir",
     "list_audio_files",
     "load_audio_dataset",
-    "make_audio_dataloader",
     "resample_audio",
+    "source_sample_rates",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ logger = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif")
 TOO_SHORT_POLICIES = ("pad", "skip")
 MAX_POLYPHASE_FACTOR = 1000  # larger up/down factors switch to the FFT resampler
+SOURCE_RATE_COUNT = "source_rate_"  # stream count key prefix: clips per source sample rate
 DECODE_ERRORS = (OSError, ValueError, TypeError, RuntimeError)  # soundfile's LibsndfileError is a RuntimeError
 
 
@@ -419,24 +423,40 @@ class AudioTransform:
 # Streams
 
 
-def _clips(dataset, transform, audio_column, skip_counter, epoch=0, start=0, counter=None, padded=None):
-    """Yield `(position + 1, waveform)` for each usable example from raw index `start` on (earlier ones are read but
-    not decoded). `counter[0]` receives the number of raw examples read, `padded[0]` counts zero-padded clips."""
-    for position, example in enumerate(dataset):
-        if counter is not None:
-            counter[0] = position + 1
-        if position < start:
-            continue
-        cell = example[audio_column]
+class AudioReader:
+    """The audio decoder of a `diffusers_spectrum.data.ResumableStream`: a dataset row -> `{"waveforms": (channels,
+    sample_size)}` through `transform` (crops seeded by the example's epoch and key). Unusable audio raises
+    `SkipExample` (skipped and counted); zero-padded clips are counted as `"padded"` and every clip under
+    `"source_rate_<Hz>"` of its file's sample rate, in the stream's counts (summed over workers, kept through a
+    resume: `source_sample_rates(loader.counts())`)."""
+
+    def __init__(self, transform: AudioTransform, audio_column: str = "audio"):
+        self.transform = transform
+        self.audio_column = audio_column
+
+    def __call__(self, example: dict, where: Position, counts: dict) -> dict:
+        cell = example[self.audio_column]
         try:
-            clip, was_padded = read_clip(cell, transform, position=position, epoch=epoch)
+            rates_before = dict(self.transform.source_rates)
+            clip, was_padded = read_clip(cell, self.transform, position=where.key, epoch=where.epoch)
         except DECODE_ERRORS as error:
-            path = cell.get("path") if isinstance(cell, dict) else None
-            skip_counter.record(f"example {position}" + (f", {path}" if path else ""), error)
-            continue
-        if was_padded and padded is not None:
-            padded[0] += 1
-        yield position + 1, clip
+            raise SkipExample((cell.get("path") if isinstance(cell, dict) else None) or "") from error
+        for rate, seen in self.transform.source_rates.items():
+            if seen != rates_before.get(rate, 0):
+                key = f"{SOURCE_RATE_COUNT}{rate}"
+                counts[key] = counts.get(key, 0) + seen - rates_before.get(rate, 0)
+        if was_padded:
+            counts["padded"] = counts.get("padded", 0) + 1
+        return {"waveforms": clip}
+
+    def __repr__(self) -> str:
+        return f"AudioReader({self.transform!r}, {self.audio_column!r})"
+
+
+def source_sample_rates(counts: dict) -> dict[str, int]:
+    """`{"<Hz>": clips}` per source sample rate from a stream's counts (`AudioReader`), in rising rate order."""
+    rates = {int(k[len(SOURCE_RATE_COUNT) :]): n for k, n in counts.items() if k.startswith(SOURCE_RATE_COUNT)}
+    return {str(rate): rates[rate] for rate in sorted(rates)}
 
 
 def audio_batches(
@@ -452,99 +472,16 @@ def audio_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     skip_counter = AudioSkipCounter() if skip_counter is None else skip_counter
+    stream = ResumableStream(
+        dataset, AudioReader(transform, audio_column), shuffle=False, infinite=False, skip_counter=skip_counter
+    )
     clips = []
-    for seen, (_, clip) in enumerate(_clips(dataset, transform, audio_column, skip_counter)):
+    for seen, sample in enumerate(stream):
         if max_samples is not None and seen >= max_samples:
             break
-        clips.append(clip)
+        clips.append(sample["waveforms"])
         if len(clips) == batch_size:
             yield torch.stack(clips)
             clips = []
     if clips:
         yield torch.stack(clips)
-
-
-class AudioStreamDataset(ResumableStream):
-    """Endless (or single-pass) stream of one process's share of an audio dataset, resumable from a data position.
-
-    Epoch `e` is shuffled with `(seed, e)` and split across processes as in `ImageStreamDataset`. Samples are
-    `{"waveforms": (channels, sample_size), "data_position"}`; `data_position` is `epoch_start + raw index + 1` in
-    this process's stream, counting skipped examples, so storing the last batch's `data_position` and passing it
-    back as `start_position` resumes exactly (with `num_workers=0`). `skip_counter` counts skipped examples and
-    `num_padded` the clips zero-padded to `sample_size`.
-    """
-
-    def __init__(
-        self,
-        dataset,
-        transform: AudioTransform,
-        audio_column: str = "audio",
-        start_position: int = 0,
-        num_processes: int = 1,
-        process_index: int = 0,
-        shuffle: bool = True,
-        seed: int = 0,
-        shuffle_buffer_size: int = 1000,
-        infinite: bool = True,
-        skip_counter: AudioSkipCounter | None = None,
-    ):
-        super().__init__(
-            dataset, start_position, num_processes, process_index, shuffle, seed, shuffle_buffer_size, infinite
-        )
-        self.transform = transform
-        self.audio_column = audio_column
-        self.skip_counter = AudioSkipCounter() if skip_counter is None else skip_counter
-        self.num_padded = 0
-
-    def __iter__(self):
-        def read_epoch(dataset, epoch, start, counter):
-            padded = [0]
-            for position, clip in _clips(
-                dataset, self.transform, self.audio_column, self.skip_counter, epoch=epoch, start=start,
-                counter=counter, padded=padded,
-            ):  # fmt: skip
-                self.num_padded, padded[0] = self.num_padded + padded[0], 0
-                yield position, clip
-
-        for data_position, clip in self._epochs(read_epoch, self.skip_counter):
-            yield {"waveforms": clip, "data_position": data_position}
-
-
-def make_audio_dataloader(
-    dataset,
-    batch_size: int,
-    transform: AudioTransform,
-    audio_column: str = "audio",
-    start_position: int = 0,
-    num_processes: int = 1,
-    process_index: int = 0,
-    shuffle: bool = True,
-    seed: int = 0,
-    shuffle_buffer_size: int = 1000,
-    infinite: bool = True,
-    skip_counter: AudioSkipCounter | None = None,
-    num_workers: int = 0,
-):
-    """A `DataLoader` of `{"waveforms": (B, channels, sample_size), "data_position": (B,)}` batches over this
-    process's shard (pass `accelerator.num_processes` / `accelerator.process_index`; do not `accelerator.prepare`
-    it). Resume with `start_position = batch["data_position"][-1]` of the last batch consumed. Batches are full
-    (`drop_last`); with `infinite` the stream cycles over reshuffled epochs. `num_workers` is 0 or 1 (as for images).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    if num_workers > 1:
-        raise ValueError("num_workers must be 0 or 1: decoding runs in one stream so resume positions stay exact.")
-    stream = AudioStreamDataset(
-        dataset,
-        transform,
-        audio_column=audio_column,
-        start_position=start_position,
-        num_processes=num_processes,
-        process_index=process_index,
-        shuffle=shuffle,
-        seed=seed,
-        shuffle_buffer_size=shuffle_buffer_size,
-        infinite=infinite,
-        skip_counter=skip_counter,
-    )
-    return torch.utils.data.DataLoader(stream, batch_size=batch_size, drop_last=True, num_workers=num_workers)

@@ -147,6 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="Random instead of centre crop (seeded by --seed; fixed once cached).",
     )
     parser.add_argument("--max_samples", type=int, default=None, help="Encode at most this many images.")
+    parser.add_argument(
+        "--dataloader_num_workers",
+        type=int,
+        default=0,
+        help="Image-decoding worker processes, each on its own shard(s) of the data (0: decode in this process). "
+        "A streamed dataset needs at least this many shards; resume with the same value.",
+    )
+    parser.add_argument(
+        "--no_streaming",
+        action="store_true",
+        help="Load the dataset fully instead of streaming it (a local image folder is then split across workers by "
+        "example: use it with --dataloader_num_workers > 1).",
+    )
+    parser.add_argument(
+        "--reduced_jpeg_decode",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Decode JPEGs at least twice --resolution at 1/2, 1/4 or 1/8 scale before the exact resize.",
+    )
     # What to store
     parser.add_argument(
         "--latent_mode",
@@ -216,6 +235,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be positive, got {value}.")
+    if args.dataloader_num_workers < 0:
+        parser.error(f"--dataloader_num_workers must be >= 0, got {args.dataloader_num_workers}.")
     return args
 
 
@@ -273,9 +294,12 @@ def cache_latents(args: argparse.Namespace) -> dict:
         image_column=args.image_column,
         label_column=args.label_column,
         skip_counter=scan_skips,
+        streaming=not args.no_streaming,
     )
     args.label_column = detect_label_column(dataset, args.label_column, args.unconditional)
-    transform = ImageTransform(args.resolution, center_crop=not args.random_crop, seed=args.seed)
+    transform = ImageTransform(
+        args.resolution, center_crop=not args.random_crop, seed=args.seed, reduced_decode=args.reduced_jpeg_decode
+    )
     metadata = {
         # the VAE's weights, so a cache is never resumed (or reused) with latents of another training of the VAE
         "vae_weights_sha256": vae_weights_fingerprint(args.pretrained_vae, args.vae_subfolder),
@@ -306,6 +330,7 @@ def cache_latents(args: argparse.Namespace) -> dict:
         seed=args.seed,
         metadata=metadata,
         skipped_files=scan_skips.count,
+        num_workers=args.dataloader_num_workers,
     )
     logger.info(
         "cached %d %s latents of shape %s in %d shard(s) at %s (%d unreadable images and %d non-regular files "

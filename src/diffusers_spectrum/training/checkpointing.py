@@ -210,7 +210,7 @@ class Checkpointer:
 
         checkpointer = Checkpointer(accelerator, output_dir, {"vae": module, "discriminator": disc}, {"vae": ema})
         extra = checkpointer.resume("latest")          # dict (extra_state) or None
-        checkpointer.save(global_step, {"data_position": 17})
+        checkpointer.save(global_step, {"data_states": [loader.state_dict()]})
 
     Wrappers that are not `ModelMixin`s but hold one as `.wrapped_model` (e.g. the VAE trainer's loss module) are
     saved as that model's `save_pretrained` folder.

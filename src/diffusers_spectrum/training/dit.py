@@ -17,6 +17,7 @@ datasets; the functions that need them import them.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import time
@@ -302,31 +303,31 @@ class DataSource:
             self.vae = self.load_decoder().to(self.device).eval().requires_grad_(False)
         return self.vae
 
-    def dataloader(self, accelerator, start_position: int):
-        from .data import ImageTransform, load_image_dataset, make_image_dataloader
-        from .latent_cache import load_latent_dataset, make_latent_dataloader
+    def dataloader(self, accelerator, state: dict | None):
+        """The training loader (cached latents or images), resumed from `state`."""
+        from .data import ImageReader, ImageTransform, load_image_dataset
+        from .latent_cache import latent_batch, load_latent_dataset, unreadable_latents_error
+        from .loop import train_dataloader
 
         args = self.args
-        common = dict(
-            start_position=start_position, num_processes=accelerator.num_processes,
-            process_index=accelerator.process_index, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
-        )  # fmt: skip
         if self.cache_info is not None:
             local = Path(args.latent_dataset).exists()
             dataset = load_latent_dataset(args.latent_dataset, streaming=not local or args.streaming)
-            return make_latent_dataloader(
-                dataset, args.train_batch_size, **common, source=args.latent_dataset if local else None
+            describe = functools.partial(unreadable_latents_error, args.latent_dataset if local else None)
+            return train_dataloader(
+                dataset, None, args, accelerator, state, collate_fn=latent_batch, describe_read_error=describe
             )
         dataset = load_image_dataset(
             args.dataset_name, args.train_data_dir, args.dataset_split, args.image_column,
             streaming=(args.streaming or args.dataset_name is not None) and not args.no_streaming,
             label_column=args.label_column,
         )  # fmt: skip
-        transform = ImageTransform(args.resolution, args.center_crop, args.random_flip, seed=args.seed)
-        return make_image_dataloader(
-            dataset, args.train_batch_size, transform, image_column=args.image_column,
-            label_column=args.label_column, num_workers=args.dataloader_num_workers, **common,
+        transform = ImageTransform(
+            args.resolution, args.center_crop, args.random_flip, seed=args.seed,
+            reduced_decode=args.reduced_jpeg_decode,
         )  # fmt: skip
+        reader = ImageReader(transform, args.image_column, args.label_column)
+        return train_dataloader(dataset, reader, args, accelerator, state)
 
     @torch.no_grad()
     def prepare(self, batch: dict, generator: torch.Generator, grid_hw, need_targets: bool) -> dict:
@@ -540,6 +541,7 @@ def train_dit(args: argparse.Namespace) -> Path:
     from .dct_statistics import estimate_dct_statistics, estimate_entropy_weights
     from .loop import (
         AccumulationWindow,
+        compile_model,
         learning_settings,
         make_accelerator,
         make_optimizer,
@@ -624,6 +626,7 @@ def train_dit(args: argparse.Namespace) -> Path:
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.train()
+    compile_model(model, args.use_torch_compile)
     ema = create_ema(model, args.ema_decay) if args.use_ema else None
     objective = training_objective(args)
     optimizer, lr_scheduler = make_optimizer(model.parameters(), args, accelerator)
@@ -643,11 +646,10 @@ def train_dit(args: argparse.Namespace) -> Path:
     )
 
     # 5. Resume
-    global_step, data_position, guard = resume_training(
+    global_step, data_state, guard = resume_training(
         checkpointer, args.resume_from_checkpoint, args.max_nonfinite_steps
     )
-    dataloader = data.dataloader(accelerator, data_position)
-    skip_counter = getattr(dataloader.dataset, "skip_counter", None)  # image data: unreadable images skipped
+    dataloader = data.dataloader(accelerator, data_state)
     data_iterator = iter(dataloader)
     val_labels = validation_labels(args.num_validation_images, num_classes if data.conditional else 1)
 
@@ -661,7 +663,6 @@ def train_dit(args: argparse.Namespace) -> Path:
         logs = {}
         for micro_step in range(accumulation):
             batch = next(data_iterator)
-            data_position = int(batch["data_position"][-1])
             generator = step_generator(
                 args.seed, global_step, micro_step, accelerator.process_index, accelerator.device
             )
@@ -709,13 +710,13 @@ def train_dit(args: argparse.Namespace) -> Path:
         progress.update(1)
         logs = {k: float(v) for k, v in logs.items()}  # one transfer per optimizer step, for the trackers
         logs.update(lr=lr_scheduler.get_last_lr()[0], nonfinite_steps=guard.total)
-        if skip_counter is not None:
-            logs["skipped_images"] = skip_counter.count
+        if data.cache_info is None:  # image data: unreadable images skipped (over the workers)
+            logs["skipped_images"] = dataloader.counts().get("skipped", 0)
         progress.set_postfix({k: f"{logs[k]:.4f}" for k in ("loss", "repa_cosine") if k in logs})
         accelerator.log(logs, step=global_step)
 
         # 6c. Checkpoint and validation samples
-        save_checkpoint_if_due(checkpointer, args, global_step, data_position, guard)
+        save_checkpoint_if_due(checkpointer, args, global_step, dataloader, guard)
         if accelerator.is_main_process and global_step % args.validation_steps == 0:
             validate(args, accelerator, raw_model, ema, data, val_labels, global_step, output_dir)
     progress.close()

@@ -14,15 +14,17 @@ is chosen at training time. Latents are stored *unscaled*; the VAE's latent conv
 (`latent_convention`, `scaling_factor`, `shift_factor`, `latents_mean`, `latents_std`) and
 `models.latents_from_vae` standardises them for diffusion.
 
-Resuming: `cache_info.json` is rewritten (atomically) after each shard with the shard's source-position range, so
-an interrupted run continues from the last completed shard's end: no duplicates, no gaps.
+Decoding runs in `num_workers` DataLoader workers, each on its own share of the source's shards
+(`diffusers_spectrum.data`). Resuming: `cache_info.json` is rewritten (atomically) after each shard with the
+loader's state after the shard's last row (every worker's position), so an interrupted run continues from the last
+completed shard's end with the same number of workers: no duplicates, no gaps.
 """
 
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -32,15 +34,15 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from ..data import Position, ResumableStream, make_dataloader, stream_states
 from ..models.checks import looks_local
 from ..models.latent_conventions import latent_convention, latents_from_vae
-from .data import ImageStreamDataset, ImageTransform, ResumableStream, SkipCounter
+from .data import ImageReader, ImageTransform, SkipCounter
 from .utils import write_json
 
 
 __all__ = [
     "CACHE_INFO_NAME",
-    "LatentStreamDataset",
     "check_cache_against_vae",
     "check_cache_info",
     "check_shard",
@@ -48,7 +50,6 @@ __all__ = [
     "latent_batch",
     "latent_statistics",
     "load_latent_dataset",
-    "make_latent_dataloader",
     "read_cache_info",
     "write_latent_cache",
 ]
@@ -141,6 +142,7 @@ def write_latent_cache(
     metadata: dict | None = None,
     show_progress: bool = True,
     skipped_files: int = 0,
+    num_workers: int = 0,
 ) -> dict:
     """Encode `dataset` (in its order, one pass) into a resumable sharded parquet latent dataset in `output_dir`.
 
@@ -161,6 +163,11 @@ def write_latent_cache(
         metadata: extra JSON-serialisable facts for `cache_info.json` (e.g. the VAE path, id2label).
         skipped_files: entries of the source folder skipped before reading (not regular files: FIFOs, sockets,
             broken symlinks, symlink loops; `load_image_dataset(skip_counter=)`), recorded as `skipped_files`.
+        num_workers: DataLoader workers decoding images, each on its own share of the source's shards (a streamed
+            source needs at least that many shards). With one stream (0 or 1 worker) the rows keep the source
+            order and `source_index` is the image's index in the source; with more, the workers' rows interleave
+            and `source_index` is `worker + num_workers * index within the worker's share` (unique). Resume with
+            the same value.
 
     `cache_info.json` also counts `skipped_images` (unreadable images) and `upsampled_images` (images upsampled 8x
     or more by `transform`).
@@ -222,51 +229,30 @@ def write_latent_cache(
         if info["complete"]:
             return info
     _remove_unlisted_shards(output_dir, info["shards"])
-    start_position = info["shards"][-1]["end_position"] if info["shards"] else 0
+    resume_state = _resume_state(output_dir, info["shards"], num_workers)
 
-    # 2. Stream the images from the resume position, in order
+    # 2. Stream the images from the resume point, in order (one shard of the source per worker)
     skip_counter = SkipCounter()
-    stream = ImageStreamDataset(
-        dataset,
-        transform,
-        image_column=image_column,
-        label_column=label_column,
-        start_position=start_position,
-        shuffle=False,
-        infinite=False,
-        skip_counter=skip_counter,
-    )
+    stream = ResumableStream(
+        dataset, _WithSourceIndex(ImageReader(transform, image_column, label_column)), shuffle=False,
+        infinite=False, skip_counter=skip_counter,
+    )  # fmt: skip
+    loader = make_dataloader(stream, None, num_workers=num_workers, state=resume_state, seed=seed)
     remaining = None if max_samples is None else max(max_samples - info["num_examples"], 0)
     progress = tqdm(
         total=max_samples, initial=info["num_examples"], desc="caching latents", unit="img", disable=not show_progress
     )
-    features, rows, positions = None, None, []
+    features, rows, pending = None, None, []
     np_dtype = _DTYPES[dtype]
 
-    def flush(count: int) -> None:
-        nonlocal rows, positions
-        shard = {k: v[:count] for k, v in rows.items()}
-        name = _shard_name(len(info["shards"]))
-        _write_shard(output_dir / name, shard, features)
-        info["shards"].append(
-            {
-                "file": name,
-                "num_examples": count,
-                "start_position": info["shards"][-1]["end_position"] if info["shards"] else 0,
-                "end_position": positions[count - 1],
-            }
-        )
-        info["num_examples"] += count
-        rows = {k: v[count:] for k, v in rows.items()}
-        positions = positions[count:]
-        write_json(info_path, info)
-
-    for batch in _batched(stream, batch_size, remaining):
+    def encode(items: list[dict]) -> None:
         # 3. Encode a batch (and its REPA targets)
-        indices = [int(p) - 1 for p in batch["data_position"]]
-        encoded = encode_latents(vae, batch["pixel_values"], mode, seeds=[seed * 2**32 + i for i in indices])
+        nonlocal features, rows
+        pixel_values = torch.stack([item["pixel_values"] for item in items])
+        indices = [item["source_index"] for item in items]
+        encoded = encode_latents(vae, pixel_values, mode, seeds=[seed * 2**32 + i for i in indices])
         if encoder is not None:
-            encoded["repa_features"] = encoder(batch["pixel_values"], repa_grid_size).float().cpu()  # (B, N, D)
+            encoded["repa_features"] = encoder(pixel_values, repa_grid_size).float().cpu()  # (B, N, D)
         if features is None:
             repa_shape = encoded["repa_features"].shape[1:] if encoder is not None else None
             features = _features(encoded["latents"].shape[1:], "latents_std" in encoded, repa_shape, dtype)
@@ -275,21 +261,54 @@ def write_latent_cache(
             info["repa_feature_shape"] = list(repa_shape) if repa_shape is not None else None
         for key, value in encoded.items():
             rows[key].extend(list(value.numpy().astype(np_dtype)))
-        rows["label"].extend(int(label) for label in batch["labels"])
+        rows["label"].extend(int(item["labels"]) for item in items)
         rows["source_index"].extend(indices)
-        positions.extend(int(p) for p in batch["data_position"])
-        progress.update(len(indices))
-        # 4. Write every full shard
-        while len(positions) >= shard_size:
-            flush(shard_size)
-    if positions:
-        flush(len(positions))
+        progress.update(len(items))
+
+    def flush() -> None:
+        # 4. Write a shard, then record where every worker stands after its last row
+        nonlocal rows
+        count = len(rows["label"])
+        name = _shard_name(len(info["shards"]))
+        _write_shard(output_dir / name, rows, features)
+        state = loader.state_dict()
+        start = info["shards"][-1]["end_position"] if info["shards"] else 0
+        info["shards"].append(
+            {
+                "file": name,
+                "num_examples": count,
+                "start_position": start,
+                "end_position": sum(s["position"] for s in stream_states(state)),  # source rows read (one epoch)
+                "end_state": state,
+            }
+        )
+        info["num_examples"] += count
+        rows = {k: [] for k in rows}
+        write_json(info_path, info)
+
+    taken = 0
+    for item in loader:  # one image at a time, so a shard can end after any of them
+        if remaining is not None and taken >= remaining:
+            break
+        pending.append(item)
+        taken += 1
+        in_shard = (len(rows["label"]) if rows else 0) + len(pending)
+        if len(pending) == batch_size or in_shard == shard_size:
+            encode(pending)
+            pending = []
+            if len(rows["label"]) == shard_size:
+                flush()
+    if pending:
+        encode(pending)
+    if rows and rows["label"]:
+        flush()
     progress.close()
     if info["num_examples"] == 0:
         raise ValueError("write_latent_cache: no image could be read from the dataset; nothing was cached.")
-    info["skipped_images"] += skip_counter.count
+    counts = loader.counts()
+    info["skipped_images"] += counts.get("skipped", 0)
     info["skipped_files"] = skipped_files
-    info["upsampled_images"] = info.get("upsampled_images", 0) + transform.num_upsampled
+    info["upsampled_images"] = info.get("upsampled_images", 0) + counts.get("upsampled", 0)
     info["complete"] = True
     write_json(info_path, info)
     return info
@@ -322,27 +341,37 @@ def _remove_unlisted_shards(output_dir: Path, shards: list[dict]) -> None:
         )
 
 
-def _batched(stream, batch_size: int, limit: int | None) -> Iterator[dict]:
-    """Group `ImageStreamDataset` samples into batches, stopping after `limit` samples."""
-    items, seen = [], 0
-    for sample in stream:
-        if limit is not None and seen >= limit:
-            break
-        items.append(sample)
-        seen += 1
-        if len(items) == batch_size:
-            yield _stack(items)
-            items = []
-    if items:
-        yield _stack(items)
+class _WithSourceIndex:
+    """A reader whose samples also carry `source_index`: the example's key (its index in the source with one
+    stream)."""
+
+    def __init__(self, read):
+        self.read = read
+
+    def __call__(self, example: dict, where: Position, counts: dict) -> dict:
+        return {**self.read(example, where, counts), "source_index": where.key}
 
 
-def _stack(items: list[dict]) -> dict:
-    return {
-        "pixel_values": torch.stack([s["pixel_values"] for s in items]),
-        "labels": torch.tensor([s["labels"] for s in items], dtype=torch.long),
-        "data_position": [s["data_position"] for s in items],
-    }
+
+def _resume_state(output_dir: Path, shards: list[dict], num_workers: int) -> dict | None:
+    """The loader state after the last complete shard (`None`: start), checked to come from the same number of
+    workers (their shares and positions depend on it)."""
+    if not shards:
+        return None
+    last = shards[-1]
+    if "end_state" not in last:  # a cache begun before per-worker states: one stream's position
+        written_with, state = 0, {"epoch": 0, "position": int(last["end_position"])}
+        same = num_workers <= 1
+    else:
+        written_with, state = int(last["end_state"].get("num_workers", 0)), last["end_state"]
+        same = written_with == num_workers
+    if not same:
+        raise ValueError(
+            f"{output_dir} was begun with {written_with} dataloader worker(s) and this run has {num_workers}: "
+            f"resume with --dataloader_num_workers {written_with} (each worker's share of the images depends on "
+            "it), or pass a new output_dir to start over."
+        )
+    return state
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -518,85 +547,39 @@ def load_latent_dataset(
 
 
 def latent_batch(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Collate cache rows into `{"latents", "latents_std"?, "labels", "repa_features"?, "data_position"?}` float32
-    tensors (latents unscaled)."""
+    """Collate cache rows into `{"latents", "latents_std"?, "labels", "repa_features"?}` float32 tensors (latents
+    unscaled)."""
     batch = {}
     for key, out in (("latents", "latents"), ("latents_std", "latents_std"), ("repa_features", "repa_features")):
         if key in examples[0]:
             batch[out] = torch.stack([torch.as_tensor(np.asarray(e[key], dtype=np.float32)) for e in examples])
     batch["labels"] = torch.tensor([int(e["label"]) for e in examples], dtype=torch.long)
-    if "data_position" in examples[0]:
-        batch["data_position"] = torch.tensor([int(e["data_position"]) for e in examples], dtype=torch.long)
     return batch
+
+
+READ_ERRORS = (OSError, pa.ArrowException, datasets.exceptions.DatasetGenerationError)
 
 
 def readable_rows(rows, source: str | Path | None = None):
     """Iterate `rows` (a latent dataset); a read failure mid-way (a corrupt data page) becomes a `ValueError`
-    naming the shard of the local cache `source` and the fix (`unreadable_shard_error`)."""
+    naming the shard of the local cache `source` and the fix (`unreadable_latents_error`)."""
     iterator = iter(rows)
     while True:
         try:
             row = next(iterator)
         except StopIteration:
             return
-        except (OSError, pa.ArrowException, datasets.exceptions.DatasetGenerationError) as error:
-            if source is not None and Path(source).is_dir():
-                raise unreadable_shard_error(source, read_cache_info(source)["shards"], error) from None
-            raise ValueError(
-                f"the latent dataset {source} could not be read ({type(error).__name__}: {error})."
-            ) from None
+        except READ_ERRORS as error:
+            raise unreadable_latents_error(source, error) from None
         yield row
 
 
-class LatentStreamDataset(ResumableStream):
-    """Endless shuffled stream of one process's share of a latent dataset, resumable from a data position.
-
-    Mirrors `diffusers_spectrum.training.data.ImageStreamDataset`: epoch `e` is shuffled with `(seed, e)`, split across
-    processes, and every row carries `data_position` (rows consumed so far in this process's stream), so a trainer
-    that stores the last batch's position resumes exactly with `start_position`.
-    """
-
-    source: str | Path | None = None  # the local cache folder, to name a corrupt shard (`make_latent_dataloader`)
-
-    def __iter__(self):
-        epoch, consumed = 0, 0
-        while True:
-            epoch_rows = 0
-            for row in readable_rows(self._epoch_dataset(epoch), self.source):
-                epoch_rows += 1
-                consumed += 1
-                if consumed <= self.start_position:
-                    continue
-                yield {**row, "data_position": consumed}
-            if epoch_rows == 0:
-                raise ValueError("the latent dataset shard of this process is empty; use fewer processes.")
-            epoch += 1
-            if not self.infinite:
-                return
-
-
-def make_latent_dataloader(
-    dataset,
-    batch_size: int,
-    start_position: int = 0,
-    num_processes: int = 1,
-    process_index: int = 0,
-    shuffle: bool = True,
-    seed: int = 0,
-    shuffle_buffer_size: int = 1000,
-    infinite: bool = True,
-    source: str | Path | None = None,
-) -> torch.utils.data.DataLoader:
-    """A `DataLoader` of `latent_batch` batches over this process's shard (already sharded: do not
-    `accelerator.prepare` it). Resume with `start_position = batch["data_position"][-1]`. `source`: the local cache
-    folder, so that a corrupt shard found while reading is named."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    stream = LatentStreamDataset(
-        dataset, start_position, num_processes, process_index, shuffle, seed, shuffle_buffer_size, infinite
-    )
-    stream.source = source
-    return torch.utils.data.DataLoader(stream, batch_size=batch_size, drop_last=True, collate_fn=latent_batch)
+def unreadable_latents_error(source, error: Exception) -> ValueError:
+    """The one-line error for a latent dataset that fails mid-read: the corrupt shard of a local cache and the
+    fix, or the dataset and the cause."""
+    if source is not None and Path(source).is_dir():
+        return unreadable_shard_error(source, read_cache_info(source)["shards"], error)
+    return ValueError(f"the latent dataset {source} could not be read ({type(error).__name__}: {error}).")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The parts every training loop shares: the accelerator, the optimizer + lr schedule, the resume position, the
-accumulation window (gradient sync and the non-finite guard) and the Hub upload of the output folder."""
+"""The parts every training loop shares: the accelerator (and the GPU switches `--allow_tf32`,
+`--use_torch_compile`), the optimizer + lr schedule (fused AdamW on CUDA), the training data loader and its resume
+state, the accumulation window (gradient sync and the non-finite guard) and the Hub upload of the output folder."""
 
 import contextlib
 import logging
@@ -7,9 +8,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, gather_object
 from diffusers.optimization import get_scheduler
 
+from ..data import ResumableStream, make_dataloader, stream_states
 from ..run_folders import claim_output_dir
 from .utils import NonFiniteGuard, public_args, save_args_json, write_json
 
@@ -18,13 +20,17 @@ __all__ = [
     "AccumulationWindow",
     "learning_settings",
     "adamw",
+    "check_compile",
+    "compile_model",
     "make_accelerator",
     "make_optimizer",
     "optimizer_step",
     "push_output",
-    "resume_data_position",
+    "resume_data_state",
     "resume_training",
     "save_checkpoint_if_due",
+    "set_tf32",
+    "train_dataloader",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,6 +51,10 @@ def make_accelerator(args, command: str) -> Accelerator:
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     torch.manual_seed(args.seed)
+    if getattr(args, "allow_tf32", False):
+        set_tf32(True, accelerator.device)
+    if getattr(args, "use_torch_compile", False):
+        check_compile(accelerator.device)
     if accelerator.is_main_process:
         save_args_json(public_args(args), output_dir)
     if args.report_to != "none":
@@ -53,12 +63,12 @@ def make_accelerator(args, command: str) -> Accelerator:
 
 
 def make_optimizer(parameters, args, accelerator, learning_rate: float | None = None):
-    """AdamW with the `--adam_*` flags and the diffusers lr schedule `--lr_scheduler` (warm-up and length counted
-    in optimizer steps, scaled by the number of processes as diffusers' examples do)."""
+    """AdamW with the `--adam_*` flags (fused kernels on CUDA) and the diffusers lr schedule `--lr_scheduler`
+    (warm-up and length counted in optimizer steps, scaled by the number of processes as diffusers' examples do)."""
     learning_rate = args.learning_rate if learning_rate is None else learning_rate
     if args.scale_lr:
         learning_rate *= args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-    optimizer = adamw(parameters, args, learning_rate)
+    optimizer = adamw(parameters, args, learning_rate, fused=torch.device(accelerator.device).type == "cuda")
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
         optimizer,
@@ -68,32 +78,107 @@ def make_optimizer(parameters, args, accelerator, learning_rate: float | None = 
     return optimizer, lr_scheduler
 
 
-def adamw(parameters, args, learning_rate: float) -> torch.optim.AdamW:
-    """AdamW with the `--adam_beta1/2`, `--adam_weight_decay` and `--adam_epsilon` flags."""
+def adamw(parameters, args, learning_rate: float, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW with the `--adam_beta1/2`, `--adam_weight_decay` and `--adam_epsilon` flags; `fused` uses the fused
+    kernels (one launch for all parameters: what to use on CUDA)."""
     return torch.optim.AdamW(
         parameters,
         lr=learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay,
         eps=args.adam_epsilon,
+        fused=True if fused else None,
     )
 
 
-def resume_data_position(state: dict, accelerator) -> int:
-    """This process's position in its data stream from a checkpoint's extra state (`data_positions`: one per
-    process that wrote it)."""
+# ----------------------------------------------------------------------------------------------------------------
+# GPU switches
+
+
+def set_tf32(enabled: bool, device=None) -> None:
+    """`--allow_tf32`: let float32 matmuls and convolutions use TF32 tensor cores on Ampere and newer GPUs (as
+    diffusers' examples do; about 10 bits of mantissa in the products, several times the float32 speed). The flags
+    are CUDA's, so a CPU run is unchanged (logged)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    if enabled and device is not None and torch.device(device).type != "cuda":
+        logger.info("--allow_tf32 only affects CUDA devices; this run is on %s.", device)
+
+
+def check_compile(device) -> None:
+    """`--use_torch_compile`: compile a one-line function on `device` with torch.compile's default backend
+    (inductor), so a machine where it cannot compile (no C++ compiler for the CPU backend, no Triton for GPUs)
+    says so at start-up with the cause, rather than deep inside the first training step."""
+    try:
+        compiled = torch.compile(lambda x: torch.nn.functional.gelu(x) * 2 + 1)
+        compiled(torch.ones(4, device=device))
+    except Exception as error:  # BackendCompilerFailed, InvalidCxxCompiler, missing Triton, ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RuntimeError(
+            f"--use_torch_compile: torch.compile cannot compile on {device} here ({type(error).__name__}: "
+            f"{reason[:300]}). Run without --use_torch_compile, or install what the backend needs (a C++ "
+            "compiler for CPU, Triton for CUDA)."
+        ) from error
+
+
+def compile_model(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """`--use_torch_compile`: compile `model`'s forward in place (`nn.Module.compile`: same object, same parameter
+    names, so checkpoints, EMA and `save_pretrained` are unchanged). The first steps are slow while it compiles."""
+    if enabled:
+        model.compile()
+        logger.info("torch.compile: %s compiles on its first forward passes", type(model).__name__)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data and resume
+
+
+def train_dataloader(
+    dataset, read, args, accelerator, state: dict | None = None, collate_fn=None, describe_read_error=None
+):
+    """The training loader every trainer uses: an endless, shuffled `ResumableStream` of this process's share of
+    `dataset` (decoded by `read`) in `--train_batch_size` batches from `--dataloader_num_workers` workers, resumed
+    from `state` (`resume_training`'s data state). Do not `accelerator.prepare` it: it is split already.
+    `describe_read_error`: turns a failure to read the dataset itself (a corrupt shard) into the error to raise."""
+    stream = ResumableStream(
+        dataset, read, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
+        num_processes=accelerator.num_processes, process_index=accelerator.process_index,
+        describe_read_error=describe_read_error,
+    )  # fmt: skip
+    return make_dataloader(
+        stream, args.train_batch_size, num_workers=args.dataloader_num_workers, collate_fn=collate_fn, state=state,
+        pin_memory=torch.device(accelerator.device).type == "cuda", seed=args.seed,
+    )  # fmt: skip
+
+
+def resume_data_state(state: dict, accelerator) -> dict | None:
+    """This process's data-loader state from a checkpoint's extra state: `data_states` holds one loader state per
+    process (every worker's position). A checkpoint written by another number of processes restarts every stream at
+    the beginning of the earliest epoch reached (logged). Checkpoints from before per-worker states hold one
+    position per process (`data_positions`), read as a single stream's position."""
+    states = state.get("data_states")
+    if states is not None:
+        if len(states) == accelerator.num_processes:
+            return states[accelerator.process_index]
+        epoch = min((s["epoch"] for loader in states for s in stream_states(loader)), default=0)
+        logger.warning(
+            "the checkpoint was written by %d processes, this run has %d: the data streams restart at the beginning "
+            "of epoch %d.", len(states), accelerator.num_processes, epoch,
+        )  # fmt: skip
+        return {"epoch": epoch, "position": 0}
     positions = state.get("data_positions")
     if positions is None:
-        return int(state.get("data_position", 0))
+        return {"epoch": 0, "position": int(state.get("data_position", 0))}
     if len(positions) == accelerator.num_processes:
-        return int(positions[accelerator.process_index])
+        return {"epoch": 0, "position": int(positions[accelerator.process_index])}
     logger.warning(
         "the checkpoint was written by %d processes, this run has %d: the data stream restarts at an approximate "
         "position.",
         len(positions),
         accelerator.num_processes,
     )
-    return sum(positions) // accelerator.num_processes
+    return {"epoch": 0, "position": sum(positions) // accelerator.num_processes}
 
 
 class AccumulationWindow:
@@ -172,13 +257,12 @@ def optimizer_step(window, guard, model, optimizer, lr_scheduler, ema=None, max_
     return logs
 
 
-def save_checkpoint_if_due(checkpointer, args, global_step: int, data_position: int, guard) -> None:
-    """Every `--checkpointing_steps` and at the last step: a checkpoint with each process's data position and the
-    non-finite guard (call on every process)."""
+def save_checkpoint_if_due(checkpointer, args, global_step: int, dataloader, guard) -> None:
+    """Every `--checkpointing_steps` and at the last step: a checkpoint with each process's data-loader state
+    (every worker's position) and the non-finite guard (call on every process)."""
     if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-        accelerator = checkpointer.accelerator
-        positions = accelerator.gather(torch.tensor([data_position], device=accelerator.device)).tolist()
-        checkpointer.save(global_step, {"data_positions": positions, "nonfinite": guard.state_dict()})
+        states = gather_object([dataloader.state_dict()])  # one per process, in process order
+        checkpointer.save(global_step, {"data_states": states, "nonfinite": guard.state_dict()})
 
 
 def learning_settings(args, keys) -> dict:
@@ -196,14 +280,16 @@ def learning_settings(args, keys) -> dict:
 
 
 def resume_training(checkpointer, resume_from_checkpoint, max_nonfinite_steps: int):
-    """Restore a run (`None`, `"latest"` or a checkpoint folder) and return `(global_step, data_position, guard)`:
-    the step to continue from, this process's position in its data stream and the non-finite guard with its counts
-    (a fresh start gives `(0, 0, NonFiniteGuard(max_nonfinite_steps))`)."""
+    """Restore a run (`None`, `"latest"` or a checkpoint folder) and return `(global_step, data_state, guard)`:
+    the step to continue from, this process's data-loader state (for `train_dataloader`) and the non-finite guard
+    with its counts (a fresh start gives `(0, None, NonFiniteGuard(max_nonfinite_steps))`)."""
     guard = NonFiniteGuard(max_nonfinite_steps)
     state = checkpointer.resume(resume_from_checkpoint)
     if state is None:
-        return 0, 0, guard
-    global_step, data_position = state["global_step"], resume_data_position(state, checkpointer.accelerator)
+        return 0, None, guard
+    global_step, data_state = state["global_step"], resume_data_state(state, checkpointer.accelerator)
     guard.load_state_dict(state["nonfinite"])
-    logger.info("resumed from %s at step %d, data position %d", state["checkpoint"], global_step, data_position)
-    return global_step, data_position, guard
+    positions = [(s["epoch"], s["position"]) for s in stream_states(data_state)]
+    logger.info("resumed from %s at step %d, data (epoch, position) per stream %s", state["checkpoint"], global_step,
+                positions)  # fmt: skip
+    return global_step, data_state, guard

@@ -356,15 +356,17 @@ def build_model(args) -> UNet2DModel:
 
 def train_unconditional(args: argparse.Namespace) -> Path:
     """Train as `args` (from `parse_args`) says; returns the output (pipeline) folder."""
-    from .data import ImageTransform, load_image_dataset, make_image_dataloader
+    from .data import ImageReader, ImageTransform, load_image_dataset
     from .loop import (
         AccumulationWindow,
+        compile_model,
         learning_settings,
         make_accelerator,
         make_optimizer,
         optimizer_step,
         resume_training,
         save_checkpoint_if_due,
+        train_dataloader,
     )
 
     # 1. Accelerator, logging, seeds
@@ -376,11 +378,14 @@ def train_unconditional(args: argparse.Namespace) -> Path:
     dataset = load_image_dataset(
         args.dataset_name, args.train_data_dir, args.dataset_split, args.image_column, not args.no_streaming
     )
-    transform = ImageTransform(args.resolution, args.center_crop, args.random_flip, seed=args.seed)
+    transform = ImageTransform(
+        args.resolution, args.center_crop, args.random_flip, seed=args.seed, reduced_decode=args.reduced_jpeg_decode
+    )
 
     # 3. Model, EMA, optimizer, formulation
     unet = build_model(args)
     unet.train()
+    compile_model(unet, args.use_torch_compile)
     ema = create_ema(unet, args.ema_decay) if args.use_ema else None
     objective = None
     if args.formulation == "ddpm":
@@ -405,15 +410,10 @@ def train_unconditional(args: argparse.Namespace) -> Path:
     )
 
     # 4. Resume
-    global_step, data_position, guard = resume_training(
+    global_step, data_state, guard = resume_training(
         checkpointer, args.resume_from_checkpoint, args.max_nonfinite_steps
     )
-    dataloader = make_image_dataloader(
-        dataset, args.train_batch_size, transform, image_column=args.image_column, start_position=data_position,
-        num_processes=accelerator.num_processes, process_index=accelerator.process_index, seed=args.seed,
-        shuffle_buffer_size=args.shuffle_buffer_size, num_workers=args.dataloader_num_workers,
-    )  # fmt: skip
-    skip_counter = dataloader.dataset.skip_counter
+    dataloader = train_dataloader(dataset, ImageReader(transform, args.image_column), args, accelerator, data_state)
     data_iterator = iter(dataloader)
 
     # 5. Loop: one optimizer step = `gradient_accumulation_steps` micro-batches
@@ -427,7 +427,6 @@ def train_unconditional(args: argparse.Namespace) -> Path:
         logs = {}
         for micro_step in range(accumulation):
             batch = next(data_iterator)
-            data_position = int(batch["data_position"][-1])
             x0 = batch["pixel_values"].to(accelerator.device)
             generator = step_generator(args.seed, global_step, micro_step, accelerator.process_index, x0.device)
             with window.micro_step(micro_step):
@@ -451,12 +450,13 @@ def train_unconditional(args: argparse.Namespace) -> Path:
         global_step += 1
         progress.update(1)
         logs = {k: float(v) for k, v in logs.items()}  # one transfer per optimizer step, for the trackers
-        logs.update(lr=lr_scheduler.get_last_lr()[0], skipped_images=skip_counter.count, nonfinite_steps=guard.total)
+        logs.update(lr=lr_scheduler.get_last_lr()[0], skipped_images=dataloader.counts().get("skipped", 0),
+                    nonfinite_steps=guard.total)  # fmt: skip
         progress.set_postfix(loss=f"{logs['loss']:.4f}")
         accelerator.log(logs, step=global_step)
 
         # 5c. Checkpoint and validation samples
-        save_checkpoint_if_due(checkpointer, args, global_step, data_position, guard)
+        save_checkpoint_if_due(checkpointer, args, global_step, dataloader, guard)
         if accelerator.is_main_process and global_step % args.validation_steps == 0:
             validate(args, accelerator, raw_model, ema, global_step, output_dir)
     progress.close()

@@ -656,15 +656,17 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 def train_vae(args: argparse.Namespace) -> Path:
     """Train as `args` (from `parse_args`) says; returns the output folder."""
     from ..losses.autoencoder import NLayerDiscriminator
-    from .data import ImageTransform, SkipCounter, image_batches, load_image_dataset, make_image_dataloader
+    from .data import ImageReader, ImageTransform, SkipCounter, image_batches, load_image_dataset
     from .loop import (
         AccumulationWindow,
         adamw,
+        compile_model,
         learning_settings,
         make_accelerator,
         make_optimizer,
         resume_training,
         save_checkpoint_if_due,
+        train_dataloader,
     )
 
     # 1. Accelerator, logging, seeds
@@ -677,8 +679,10 @@ def train_vae(args: argparse.Namespace) -> Path:
         args.dataset_name, args.train_data_dir, args.dataset_split, args.image_column, not args.no_streaming,
         skip_counter=skip_counter,
     )  # fmt: skip
-    train_transform = ImageTransform(args.resolution, args.center_crop, args.random_flip, seed=args.seed)
-    eval_transform = ImageTransform(args.resolution, center_crop=True)
+    train_transform = ImageTransform(
+        args.resolution, args.center_crop, args.random_flip, seed=args.seed, reduced_decode=args.reduced_jpeg_decode
+    )
+    eval_transform = ImageTransform(args.resolution, center_crop=True, reduced_decode=args.reduced_jpeg_decode)
     validation_batch = next(
         image_batches(dataset, args.num_validation_images, eval_transform, args.image_column), None
     )
@@ -691,7 +695,7 @@ def train_vae(args: argparse.Namespace) -> Path:
     if args.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
     vae.train()
-    module = VAETrainingModule(vae)
+    module = compile_model(VAETrainingModule(vae), args.use_torch_compile)
     perceptual = build_perceptual(args)
     if perceptual is not None:
         perceptual.to(accelerator.device)
@@ -708,7 +712,9 @@ def train_vae(args: argparse.Namespace) -> Path:
         vf_loss = accelerator.prepare(vf_loss)
         models["vf_projector"] = vf_loss  # saved in checkpoints (model.safetensors), so resume is exact
     if use_gan:
-        disc_optimizer = adamw(discriminator.parameters(), args, args.disc_learning_rate)  # constant lr
+        disc_optimizer = adamw(  # constant lr
+            discriminator.parameters(), args, args.disc_learning_rate, fused=accelerator.device.type == "cuda"
+        )
         discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
         models["discriminator"] = discriminator
     if ema is not None:
@@ -723,15 +729,12 @@ def train_vae(args: argparse.Namespace) -> Path:
     )  # fmt: skip
 
     # 4. Resume
-    global_step, data_position, guard = resume_training(
+    global_step, data_state, guard = resume_training(
         checkpointer, args.resume_from_checkpoint, args.max_nonfinite_steps
     )
-    dataloader = make_image_dataloader(
-        dataset, args.train_batch_size, train_transform, image_column=args.image_column,
-        start_position=data_position, num_processes=accelerator.num_processes,
-        process_index=accelerator.process_index, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
-        num_workers=args.dataloader_num_workers, skip_counter=skip_counter,
-    )  # fmt: skip
+    dataloader = train_dataloader(
+        dataset, ImageReader(train_transform, args.image_column), args, accelerator, data_state
+    )
     data_iterator = iter(dataloader)
 
     # 5. Loop: one optimizer step = `gradient_accumulation_steps` micro-batches
@@ -745,7 +748,6 @@ def train_vae(args: argparse.Namespace) -> Path:
         logs = {}
         for micro_step in range(accumulation):
             batch = next(data_iterator)
-            data_position = int(batch["data_position"][-1])
             images = batch["pixel_values"].to(accelerator.device)
             generator = step_generator(args.seed, global_step, micro_step, accelerator.process_index, images.device)
             transform = draw_transform(
@@ -790,15 +792,16 @@ def train_vae(args: argparse.Namespace) -> Path:
         global_step += 1
         progress.update(1)
         logs = {k: float(v) for k, v in logs.items()}  # one transfer per optimizer step, for the trackers
+        counts = dataloader.counts()  # over the workers, carried through checkpoints
         logs.update(
-            lr=lr_scheduler.get_last_lr()[0], skipped_images=skip_counter.count, nonfinite_steps=guard.total,
-            upsampled_images=train_transform.num_upsampled,
+            lr=lr_scheduler.get_last_lr()[0], skipped_images=skip_counter.count + counts.get("skipped", 0),
+            nonfinite_steps=guard.total, upsampled_images=counts.get("upsampled", 0),
         )  # fmt: skip
         progress.set_postfix(loss=logs.get("reconstruction", float("nan")), esm=logs.get("esm", float("nan")))
         accelerator.log(logs, step=global_step)
 
         # 5d. Checkpoint and validation
-        save_checkpoint_if_due(checkpointer, args, global_step, data_position, guard)
+        save_checkpoint_if_due(checkpointer, args, global_step, dataloader, guard)
         if accelerator.is_main_process and (global_step % args.validation_steps == 0 or global_step == 1):
             raw_vae.eval()
             with ema_weights(ema, raw_vae):
@@ -831,8 +834,8 @@ def train_vae(args: argparse.Namespace) -> Path:
             latent_convention=stats["convention"], scaling_factor=stats["scaling_factor"],
             shift_factor=stats["shift_factor"], latent_std=stats["std"],
             latent_mean=stats["mean"], latent_stats_samples=stats["num_samples"], global_step=global_step,
-            skipped_images=skip_counter.count, nonfinite_steps=guard.total,
-            upsampled_images=train_transform.num_upsampled,
+            skipped_images=logs["skipped_images"], nonfinite_steps=guard.total,
+            upsampled_images=logs["upsampled_images"],
         )  # fmt: skip
         write_outputs(args, raw_vae, metrics, output_dir)
         logger.info(f"final metrics: {metrics}")

@@ -790,7 +790,7 @@ def page_text(result: dict, suffix: str) -> str:
                + _claim_lines(analysis["efficiency"], efficiency)
                + _claim_lines(analysis["quality_descriptive"], "Quality (final)", "metric not relied on")
                + _claim_lines(analysis["efficiency_descriptive"], efficiency, "metric not relied on")
-               + _claim_lines(analysis["ancestral"], "Quality (final, ancestral sampler)", "extra sampler"))  # fmt: skip
+               + _claim_lines(analysis["ancestral"], "Quality (final, ancestral)", "extra sampler"))  # fmt: skip
     missing = ""
     if analysis["missing_runs"]:
         missing = ("\n**Incomplete run**: these runs are missing from the JSON, so their arms have fewer seeds (or "

@@ -268,15 +268,18 @@ def prepare(work_dir: Path, budget: dict) -> tuple[dict, dict, dict]:
         stored = json.loads(marker.read_text()) if marker.is_file() else None
         fresh = stored is None or stored.get("budget") != budget
         start = time.perf_counter()
-        if fresh:  # this command's own training folders, (re)written whole
+        if fresh:
+            # this command's own folders: training images (re)written whole; the runs and stored stages of another
+            # budget would be resumed under this one, so they go
+            for name in ("data", "units", "runs", "grids"):
+                shutil.rmtree(work_dir / name, ignore_errors=True)
             for resolution in (32, 64):
-                folder = work_dir / "data" / f"train{resolution}"
-                shutil.rmtree(folder, ignore_errors=True)
-                write_images(data[resolution]["train"], folder)
+                write_images(data[resolution]["train"], work_dir / "data" / f"train{resolution}")
         else:
             log("data, feature nets and anchors: prepared before (stored)")
         train_photos, _ = split_photos()
-        net = feature_net_for(work_dir / "feature_net", train_photos, steps=budget["feature_net_steps"])
+        net_dir = work_dir / f"feature_net_{budget['feature_net_steps']}"
+        net = feature_net_for(net_dir, train_photos, steps=budget["feature_net_steps"])
         suite = GenerationMetricSuite(net, random_feature_net(train_photos), seed=0)
         suites = {32: suite, 64: suite}
         if fresh:
@@ -285,17 +288,18 @@ def prepare(work_dir: Path, budget: dict) -> tuple[dict, dict, dict]:
             for resolution in (32, 64):
                 reference = data[resolution]["reference"]
                 noise = torch.rand(reference.shape, generator=generator) * 2 - 1
-                ceilings = {}
+                ceilings = {}  # one per DCT configuration (the arms that share it listed)
                 for arm in budget["arms"]:
                     spec = ARMS[arm]
-                    if spec["resolution"] != resolution:
+                    if spec["resolution"] != resolution or spec["space"] != "dct":
                         continue
-                    if spec["space"] == "dct":
+                    name = dct_config_name(arm)
+                    if name not in ceilings:
                         transform = DCTTransform(
                             block_size=spec["dct_block_size"], num_dropped=spec["dct_num_dropped"]
                         )
-                        reconstructed = transform(reference).sample
-                        ceilings[arm] = suite.measure(reconstructed, reference)
+                        ceilings[name] = {"arms": [], **suite.measure(transform(reference).sample, reference)}
+                    ceilings[name]["arms"].append(arm)
                 anchors[str(resolution)] = {
                     "floor": suite.measure(data[resolution]["floor"], reference),
                     "noise": suite.measure(noise, reference),
@@ -303,12 +307,19 @@ def prepare(work_dir: Path, budget: dict) -> tuple[dict, dict, dict]:
                     "blur_check": suite.blur_check(data[resolution]["blur"], num_splits=budget["blur_splits"]),
                     "num_reference": len(reference), "num_train_images": len(data[resolution]["train"]),
                 }  # fmt: skip
-            feature_info = json.loads((work_dir / "feature_net" / "feature_net.json").read_text())
+            feature_info = json.loads((net_dir / "feature_net.json").read_text())
             stored = {"budget": budget, "anchors": anchors, "feature_net": feature_info,
                       "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
             write_json(marker, stored, sort_keys=False)
             log(f"prepared data, feature nets and anchors in {stored['seconds']} s")
     return data, suites, stored
+
+
+def dct_config_name(arm: str) -> str:
+    """The DCT configuration of an arm, e.g. `"block 2, 4 of 4 coefficients"`."""
+    spec = ARMS[arm]
+    b = spec["dct_block_size"]
+    return f"block {b}, {b * b - spec['dct_num_dropped']} of {b * b} coefficients"
 
 
 def all_units(budget: dict) -> list[tuple[str, int]]:
@@ -728,9 +739,9 @@ def page_text(result: dict, suffix: str) -> str:
         anchor = anchors[str(resolution)]
         lines.append("| data floor (training images vs reference, same count) | "
                      + " | ".join(f"{anchor['floor'][m]:.4g}" for m in measured) + " |")  # fmt: skip
-        for arm, values in anchor["ceiling"].items():
-            lines.append(f"| reconstruction ceiling of {arm}'s DCT: decode(encode(reference)) | "
-                         + " | ".join(f"{values[m]:.4g}" for m in measured) + " |")  # fmt: skip
+        for name, values in anchor["ceiling"].items():
+            lines.append(f"| reconstruction ceiling, DCT {name} ({', '.join(values['arms'])}): decode(encode("
+                         "reference)) | " + " | ".join(f"{values[m]:.4g}" for m in measured) + " |")  # fmt: skip
         lines.append("| uniform noise in [-1, 1] | " + " | ".join(f"{anchor['noise'][m]:.4g}" for m in measured)
                      + " |")  # fmt: skip
         return lines

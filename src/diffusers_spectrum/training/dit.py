@@ -1,7 +1,7 @@
 """The DiT training loop: `train_dit(args)` trains a `REPADiTTransformer2DModel` (DiT with an optional REPA projector)
-on cached latents, on images through a VAE, or in DCT space, with REPA / DoG-REPA and the spectral regularisers, and
-exports a stock `DiTPipeline`. `examples/train_dit_repa.py` and `diffusers-spectrum train-dit` only parse flags
-(`parse_args`) and call it.
+on cached latents, on images through a VAE, in DCT space or on the pixels, with REPA / DoG-REPA and the spectral
+regularisers, and exports a stock `DiTPipeline`. `examples/train_dit_repa.py` and `diffusers-spectrum train-dit` only
+parse flags (`parse_args`) and call it.
 
 The output folder holds `pipeline/` (a stock `DiTPipeline` that `DiffusionPipeline.from_pretrained` loads, with a
 model card), `transformer/` (our class with the REPA projector, to fine-tune), `metrics.json`,
@@ -234,8 +234,8 @@ def training_objective(args) -> DiffusionObjective:
 
 
 class DataSource:
-    """Turns loader batches into diffusion inputs `x0` (standardised latents), labels and REPA targets, for the three
-    data modes (cached latents, images through a VAE, images in DCT space)."""
+    """Turns loader batches into diffusion inputs `x0` (standardised latents), labels and REPA targets, for the four
+    data modes (cached latents, images through a VAE, images in DCT space, the pixels themselves)."""
 
     def __init__(self, args, accelerator):
         from .data import embedded_class_names
@@ -285,13 +285,17 @@ class DataSource:
         warn_if_badly_scaled(self.latent_statistics, settings, args.latent_dataset)
 
     def load_decoder(self):
-        """The VAE (or DCT transform) that decodes samples: `--pretrained_vae`, else the one the cache records."""
+        """The VAE that decodes samples: `--pretrained_vae`, else the one the cache records; in DCT space a
+        `DCTTransform`, in pixel space the identity `PixelTransform`."""
         from ..models.loading import load_autoencoder
         from ..pipelines.dct_transform import DCTTransform
+        from ..pipelines.pixel_transform import PixelTransform
 
         args = self.args
         if args.space == "dct":
             return DCTTransform(block_size=args.dct_block_size, num_dropped=args.dct_num_dropped)
+        if args.space == "pixel":
+            return PixelTransform(in_channels=3)
         path = args.pretrained_vae or (self.cache_info or {}).get("settings", {}).get("pretrained_vae")
         if path is None:
             raise ValueError("pass --pretrained_vae (the cache does not record its VAE).")
@@ -369,9 +373,9 @@ def validation_labels(num_images: int, num_classes: int) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train a diffusion transformer (REPADiTTransformer2DModel) on cached latents, on images through "
-        "a VAE, or in DCT space, with optional REPA / DoG-REPA and spectral regularisers; exports a stock "
-        "DiTPipeline. Defaults follow REPA (flow matching, AdamW lr 1e-4, grad clip 1, EMA 0.9999, label dropout "
-        "0.1, REPA coefficient 0.5)."
+        "a VAE, in DCT space or on the pixels, with optional REPA / DoG-REPA and spectral regularisers; exports a "
+        "stock DiTPipeline. Defaults follow REPA (flow matching, AdamW lr 1e-4, grad clip 1, EMA 0.9999, label "
+        "dropout 0.1, REPA coefficient 0.5)."
     )
     g = add_data_args(parser, images=True)
     g.add_argument(
@@ -397,8 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--space",
         type=str,
         default="latent",
-        choices=("latent", "dct"),
-        help="Diffuse VAE latents, or the blockwise DCT of the pixels (DCTdiff; needs image data).",
+        choices=("latent", "dct", "pixel"),
+        help="Diffuse VAE latents, the blockwise DCT of the pixels (DCTdiff), or the pixels in [-1, 1] themselves "
+        "(patch size p: (resolution / p)^2 tokens); dct and pixel need image data.",
     )
     g.add_argument(
         "--pretrained_vae",
@@ -507,8 +512,17 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Validate once; fill data-dependent defaults."""
     if sum(x is not None for x in (args.latent_dataset, args.dataset_name, args.train_data_dir)) > 1:
         raise ValueError("Pass at most one of --latent_dataset, --dataset_name and --train_data_dir.")
-    if args.space == "dct" and args.latent_dataset is not None:
-        raise ValueError("--space dct trains on images; it cannot use --latent_dataset.")
+    if args.space in ("dct", "pixel") and args.latent_dataset is not None:
+        raise ValueError(f"--space {args.space} trains on images; it cannot use --latent_dataset.")
+    if args.space != "dct":
+        dct_flags = [name for name, off in (("dct_entropy_weights", False), ("dct_num_dropped", 0), ("dct_eta", None))
+                     if getattr(args, name) != off]  # fmt: skip
+        if dct_flags:
+            raise ValueError(
+                f"--{dct_flags[0]} applies to DCT space only; pass --space dct, or drop it for --space {args.space}."
+            )
+    if args.space == "pixel" and args.pretrained_vae is not None:
+        raise ValueError("--space pixel diffuses the pixels themselves; drop --pretrained_vae (or use --space latent)")
     if args.space == "latent" and args.latent_dataset is None and args.pretrained_vae is None:
         raise ValueError("Training on images in latent space needs --pretrained_vae (or pass --latent_dataset).")
     if args.latent_dataset is None and args.dataset_name is None and args.train_data_dir is None:
@@ -555,7 +569,7 @@ def train_dit(args: argparse.Namespace) -> Path:
     output_dir = Path(args.output_dir)
     accelerator = make_accelerator(args, "train-dit")
 
-    # 2. Data source (cached latents, VAE on the fly, or DCT space)
+    # 2. Data source (cached latents, VAE on the fly, DCT space or pixels)
     data = DataSource(args, accelerator)
     if args.space == "dct":
         dct = data.vae
@@ -792,7 +806,7 @@ def write_outputs(args, model, data, metrics: dict, num_classes: int, output_dir
         "data": str(source),
         "metrics": metrics,
     }
-    # A DCT-space run exports its DCTTransform in the `vae` slot (export_pipeline passes it through).
+    # A DCT-space (pixel-space) run exports its DCTTransform (PixelTransform) in the `vae` slot (passed through).
     export_pipeline(
         pipeline_dir, vae=data.decoder().to("cpu"), transformer=model.to("cpu"), scheduler=scheduler,
         id2label=id2label, training_info=training_info, model_card=str(card),

@@ -137,9 +137,9 @@ SETTINGS = {
         dit_lr=1e-3,
         dit_warmup=0,
         dit_ema=0.9,
-        num_samples=64,
+        num_samples=32,
         sample_steps=2,
-        analyze_samples=64,
+        analyze_samples=32,
         fm_times=(0.3, 0.7),
         latent_stats_samples=16,
         feature_net_steps=5,
@@ -803,7 +803,7 @@ def assemble(args, s: dict, mode: str, study: Study, seconds: float) -> dict:
     arm_keys = {arm: vae_key(arm, weight) for arm in arms}
     unit = lambda name: units.get(name)["result"]  # noqa: E731
     autoencoders = {}
-    for key in {*arm_keys.values(), *[f"esm-w{w:g}" for w in s["esm_scan"]]}:
+    for key in dict.fromkeys([*arm_keys.values(), *[f"esm-w{w:g}" for w in s["esm_scan"]]]):
         seeds = s["ae_seeds"] if key in arm_keys.values() else (0,)
         autoencoders[key] = {str(seed): unit(f"vae/{key}/seed{seed}") for seed in seeds}
     sweep = {f"{SD_VAE_KL:g}": unit("vae/sd-vae/seed0")["validation"]}
@@ -1016,7 +1016,7 @@ def diffusion_values(results: dict, by_autoencoder: bool = False) -> dict:
     return out
 
 
-def arm_verdict(units: list[dict], view: str) -> dict:
+def arm_verdict(units: list[dict], view: str, latents: str = "sample") -> dict:
     """An arm's verdict over its autoencoder seeds: each statistic's estimate is the mean of the per-seed estimates
     (each on the test crops' mean curves), its interval Student's t over seeds at the verdict's confidence, and the
     rule of `evaluation.diagnostics.decide_verdict` on those intervals. The per-seed verdicts (bootstrap over
@@ -1029,7 +1029,7 @@ def arm_verdict(units: list[dict], view: str) -> dict:
         decide_verdict,
     )
 
-    reports = [u["test"]["sample"]["verdicts"][view] for u in units]
+    reports = [u["test"][latents]["verdicts"][view] for u in units]
     report = {"n": len(reports), "per_seed": [r["verdict"] for r in reports], "tolerance": VERDICT_TOLERANCE,
               "confidence": VERDICT_CONFIDENCE}  # fmt: skip
     intervals = {}
@@ -1094,6 +1094,8 @@ def analyse(results: dict) -> dict:
     keys = results["arm_vae_keys"]
     units = {arm: list(results["autoencoders"][keys[arm]].values()) for arm in arms}
     verdicts = {arm: {view: arm_verdict(units[arm], view) for view in ("authors", "dc_free")} for arm in arms}
+    for arm in arms:  # the posterior means' spectrum: is the excess power the posterior noise or the mean's?
+        verdicts[arm]["means"] = arm_verdict(units[arm], "authors", latents="mean")
 
     ae = autoencoder_values(results)
     others = [(arm, BASELINE) for arm in arms if arm != BASELINE]
@@ -1240,8 +1242,11 @@ def page_text(results: dict, figures: list[str]) -> str:
     from diffusers_spectrum.evaluation.diagnostics import REFERENCE_SPECTRA, VERDICT_TOLERANCE
     from diffusers_spectrum.evaluation.statistics import comparison_table
     from diffusers_spectrum.evaluation.study_metrics import anchored_table, blur_check_table
+    from diffusers_spectrum.spectral.psd import radial_bin_index
 
     s, a, arms = results["settings"], results["analysis"], results["arms"]
+    side = s["resolution"] // 4
+    cells = [int(c) for c in radial_bin_index(side, side, 16)[1]]
     json_name = "reproduction.json" if results["mode"] == "full" else f"reproduction_{results['mode']}.json"
     data, seeds, kl = results["data"], results["seeds"], results["kl_convention"]
     n_ae, n_dit = len(seeds["autoencoder"]), len(seeds["dit"])
@@ -1263,9 +1268,11 @@ def page_text(results: dict, figures: list[str]) -> str:
     lines += [
         "What this miniature cannot test: the authors' regime (CelebA / ImageNet at 256 px, f8 and f16 latents, "
         "500k autoencoder steps, LPIPS + PatchGAN, SiT-B/XL, FID on 50k samples); semantics (the VA-VAE arm aligns to "
-        "a fixed local-frequency stand-in, not DINOv2); REPA / DoG-REPA (not run in this mode); a DiT trained to "
-        "convergence. A 16 x 16 latent has 16 radial bands of 3 to 31 cells (DC shares band 0), so the spectral "
-        "shape is measurable, but the generation metrics are computed on a few hundred samples.",
+        "a fixed local-frequency stand-in, not DINOv2); REPA / DoG-REPA (not run in this study: without a semantic "
+        f"encoder it would test plumbing only); a DiT trained to convergence. A {side} x {side} latent has 16 radial "
+        f"bands of {min(cells)} to {max(cells)} cells (DC shares band 0), so the spectral shape is measurable, but "
+        f"the generation metrics are computed on {len(results['diffusion'][BASELINE])} x "
+        f"{results['data']['reference'].split()[0]} samples per arm.",
         "",
         "## Budget and settings",
         "",
@@ -1388,7 +1395,9 @@ def page_text(results: dict, figures: list[str]) -> str:
         'frequencies, the paper\'s "over-noisy"); matched when the whole w1 interval is within '
         f"{VERDICT_TOLERANCE}. Per arm the interval is Student's t over its {n_ae} autoencoder seeds (each seed "
         "measured on the same test crops); the per-seed verdicts (bootstrap over images) are listed beside. Posterior "
-        "samples, as the authors analyse and as the DiT sees. Mean-curve KL is the paper's number (DC kept); the "
+        "samples, as the authors analyse and as the DiT sees; the posterior means' verdict beside says whether excess "
+        "high-frequency power is the posterior noise or the means' own. Mean-curve KL is the paper's number (DC "
+        "kept); the "
         "paper's values (CelebA 256, f8) are beside for scale: "
         + ", ".join(
             f"{k.replace('_', ' ')} {v['spectral_kl_delta1']}"
@@ -1397,16 +1406,16 @@ def page_text(results: dict, figures: list[str]) -> str:
         )
         + ".",  # fmt: skip
         "",
-        "| arm | DC kept: verdict, centroid gap | per seed | DC free: verdict, centroid gap | per seed | w1 (DC kept) "
-        "| "
-        "mean-curve KL | latent slope | PSNR | SSIM | posterior std ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| arm | DC kept: verdict, centroid gap | per seed | DC free: verdict, centroid gap | per seed | posterior "
+        "means, DC kept | w1 (DC kept) | mean-curve KL | latent slope | PSNR | SSIM | posterior std ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in arms:
         v, f, m = a["verdicts"][arm]["authors"], a["verdicts"][arm]["dc_free"], a["autoencoder_summary"][arm]
         lines.append(
             f"| {_arm(arm)} | {_verdict_cell(v)} | {', '.join(v['per_seed'])} | {_verdict_cell(f)} | "
-            f"{', '.join(f['per_seed'])} | {_pm(m['w1'], 3)} | {_pm(m['mean_curve_kl'], 3)} | "
+            f"{', '.join(f['per_seed'])} | {_verdict_cell(a['verdicts'][arm]['means'])} | {_pm(m['w1'], 3)} | "
+            f"{_pm(m['mean_curve_kl'], 3)} | "
             f"{_pm(m['latent_slope'], 3)} | {_pm(m['psnr'], 4)} | {_pm(m['ssim'], 3)} | "
             f"{_pm(m['posterior_std_ratio'], 3)} |"
         )

@@ -370,7 +370,12 @@ def build_standin_encoder(folder: Path) -> str:
             layer.layer_scale2.lambda1.zero_()
     partial = folder.with_name(folder.name + f".partial{os.getpid()}")
     model.save_pretrained(partial)
-    os.replace(partial, folder)
+    try:
+        os.rename(partial, folder)
+    except OSError:  # another process of the study saved the same model first
+        import shutil
+
+        shutil.rmtree(partial)
     return str(folder)
 
 
@@ -389,7 +394,7 @@ def vae_key(arm: str, esm_weight: float | None) -> str:
     return arm
 
 
-def vae_flags(key: str, encoder: str) -> list[str]:
+def vae_flags(key: str, encoder: str | None) -> list[str]:
     """The loss composition of a training configuration (`vae_key`, ``sd-vae-kl<w>`` for the KL sweep); everything
     else is shared (`train_autoencoder`)."""
     if key == "sd-vae":
@@ -705,7 +710,8 @@ class Study:
 
     def vae_unit(self, key: str, seed: int) -> dict:
         """Train one autoencoder, analyse it on the test crops and (seed 0) on the validation crops."""
-        folder = train_autoencoder(vae_flags(key, self.encoder), self.work / "vae" / f"{key}-seed{seed}",
+        encoder = self.encoder if key == "va-vae" else None
+        folder = train_autoencoder(vae_flags(key, encoder), self.work / "vae" / f"{key}-seed{seed}",
                                    self.data_dir / "train", self.s, seed)  # fmt: skip
         result = {"key": key, "seed": seed, "folder": folder}
         if not key.startswith("sd-vae-kl"):  # the KL sweep is judged on validation only

@@ -141,7 +141,7 @@ def discriminator_min_size(num_layers: int) -> int:
 
 # LPIPS-VGG pools four times before its last tap (relu5_3): below 16 px that tap is empty. The feature loss resizes
 # its input to the backbone's resolution, so it has no minimum.
-PERCEPTUAL_MIN_SIZE = {"lpips": 16, "features": 1, "none": 1}
+PERCEPTUAL_MIN_SIZE = {"lpips": 16, "features": 1, "fourier": 1, "none": 1}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -300,12 +300,14 @@ def draw_transform(
 
 
 def build_perceptual(args):
-    from ..losses.autoencoder import FeaturePerceptualLoss, LPIPSLoss
+    from ..losses.autoencoder import FeaturePerceptualLoss, FourierAmplitudeLoss, LPIPSLoss
 
     if args.perceptual_loss == "none" or args.perceptual_weight == 0:
         return None
     if args.perceptual_loss == "lpips":
         return LPIPSLoss(net=args.lpips_net)
+    if args.perceptual_loss == "fourier":
+        return FourierAmplitudeLoss()
     return FeaturePerceptualLoss(args.perceptual_backbone, layers=args.perceptual_layers)
 
 
@@ -490,9 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--perceptual_loss",
         type=str,
         default=None,
-        choices=("none", "lpips", "features"),
+        choices=("none", "lpips", "features", "fourier"),
         help="lpips (needs the `lpips` package and downloads VGG weights), features (a local or Hub transformers "
-        "backbone, --perceptual_backbone) or none (offline).",
+        "backbone, --perceptual_backbone), fourier (offline, no weights: the phase-blind L1 distance of the log "
+        "amplitude spectra, a texture-forcing stand-in for LPIPS, `losses.FourierAmplitudeLoss`) or none.",
     )
     g.add_argument("--perceptual_weight", type=float, default=None, help="Weight of the perceptual loss.")
     g.add_argument("--lpips_net", type=str, default="vgg", choices=("vgg", "alex", "squeeze"), help="LPIPS backbone.")
@@ -620,9 +623,9 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(
             f"{'--recipe ' + args.recipe + ' uses' if args.recipe else '--perceptual_loss lpips needs'} LPIPS, which "
             "needs the `lpips` package and downloads VGG weights from the internet. On a machine without them add "
-            "--perceptual_loss none (the offline switch), or --perceptual_loss features --perceptual_backbone "
-            "<local transformers vision model>. (Do not `pip install torchvision` beside a pinned CPU torch: it "
-            "replaces torch with another build.)"
+            "--perceptual_loss none (the offline switch), --perceptual_loss fourier (an offline texture term, not "
+            "LPIPS), or --perceptual_loss features --perceptual_backbone <local transformers vision model>. (Do not "
+            "`pip install torchvision` beside a pinned CPU torch: it replaces torch with another build.)"
         )
     if args.perceptual_loss == "features" and args.perceptual_weight > 0 and args.perceptual_backbone is None:
         raise ValueError("--perceptual_loss features needs --perceptual_backbone (a path or Hub id).")

@@ -485,6 +485,11 @@ def markdown(report: dict) -> str:
         "Every claim, for and against:",
         "",
         *claim_lines(report),
+        "",
+        f"**Scale.** {s['steps']} optimizer steps of a {s['unet_config']} UNet1DModel on {report['train_files']} "
+        "training files: the numbers say whether a regulariser changes the average spectrum of early training in this "
+        "miniature, not audio quality, which needs the `dance` size, a real training budget and a Fréchet distance "
+        "on audio embeddings (the band-spectrum measures here see only the average spectrum of the clips).",
     ]  # fmt: skip
     return "\n".join(lines)
 
@@ -535,7 +540,8 @@ def finish(report: dict, output_dir: Path, page: bool) -> None:
     if page:
         update_page(output_dir / "AUDIO.md", markdown(report))
     if page and output_dir.resolve() == (REPO / "docs").resolve():
-        study_units.replace_between(REPO / "README.md", README_START, README_END, readme_bullet(report))
+        bullet = study_units.wrap_bullet(readme_bullet(report))
+        study_units.replace_between(REPO / "README.md", README_START, README_END, bullet)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -561,6 +567,8 @@ def references(work: Path, settings: dict) -> dict:
     noise = white_noise_power(settings)
     reference = {
         "train_dir": str(train_dir),
+        "train_files": len(list(train_dir.iterdir())),
+        "heldout_files": sorted(f.name for f in heldout_dir.iterdir()),
         "heldout_clips": int(real.shape[0]),
         "heldout_band_power": real.mean(0).tolist(),
         "train_band_power": train_real.mean(0).tolist(),

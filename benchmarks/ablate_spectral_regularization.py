@@ -784,7 +784,8 @@ def readme_bullet(result: dict) -> str:
 
 def update_readme(result: dict, readme: Path = ROOT / "README.md") -> bool:
     """Replace the bullet between the README's markers (when they are there)."""
-    return study_units.replace_between(readme, README_START, README_END, readme_bullet(result))
+    bullet = study_units.wrap_bullet(readme_bullet(result))
+    return study_units.replace_between(readme, README_START, README_END, bullet)
 
 
 def paired_lines(analysis: dict) -> list[str]:
@@ -942,10 +943,12 @@ def run_ablation(
     output_dir: Path = ROOT / "docs",
     work_dir: Path | None = None,
     shard: tuple[int, int] = (0, 1),
-    ignore_gate: bool = False,
+    ignore_gate: bool | None = None,
 ) -> dict:
     """Run (or resume) this process's share of the units, merging each into the JSON; the process that finds every
-    unit present writes the analysis, page and figures. Returns the merged result."""
+    unit present writes the analysis, page and figures. Returns the merged result. ``ignore_gate`` defaults to
+    ``quick`` (the quick mode's 2-step models are noise: it smoke-tests every arm)."""
+    ignore_gate = quick if ignore_gate is None else ignore_gate
     from diffusers_spectrum.run_folders import claim_output_dir
 
     budget = BUDGETS["quick" if quick else "full"]
@@ -1036,11 +1039,12 @@ if __name__ == "__main__":
     shard_help = "i/n: run every n-th unit from the i-th (baselines first), into the same JSON"
     parser.add_argument("--shard", type=study_units.parse_shard, default=(0, 1), help=shard_help)
     parser.add_argument("--num_threads", type=int, default=1, help="torch threads (1: shards share the cores)")
-    parser.add_argument("--ignore_gate", action="store_true", help="train the regularised arms even if the gate fails")
+    parser.add_argument("--ignore_gate", action="store_true",
+                        help="train the regularised arms even if the gate fails (always in --quick)")  # fmt: skip
     parser.add_argument("--reanalyse", type=Path, default=None, help="a stored JSON: analysis and page, no training")
     cli = parser.parse_args()
     torch.set_num_threads(cli.num_threads)
     if cli.reanalyse:
         reanalyse(cli.reanalyse, cli.output_dir)
     else:
-        run_ablation(cli.quick, cli.output_dir, cli.work_dir, cli.shard, cli.ignore_gate)
+        run_ablation(cli.quick, cli.output_dir, cli.work_dir, cli.shard, cli.ignore_gate or None)

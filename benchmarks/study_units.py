@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -131,3 +132,9 @@ def study_cost(units, processes) -> dict:
         "wall_seconds": sum(u["unit_seconds"] for u in units) + sum(p.get("setup_seconds", 0.0) for p in processes),
         "longest_process_wall_seconds": max((p.get("wall_seconds", 0.0) for p in processes), default=0.0),
     }
+
+
+def wrap_bullet(text: str, width: int = 119) -> str:
+    """A Markdown bullet (``"- ..."``) wrapped to the README's width, continuation lines indented by two spaces."""
+    return textwrap.fill(" ".join(text.split()), width=width, subsequent_indent="  ", break_long_words=False,
+                         break_on_hyphens=False)  # fmt: skip

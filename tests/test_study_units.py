@@ -41,7 +41,7 @@ def _merge_keys(path: str, worker: int, count: int) -> None:
 
 def test_concurrent_merges_keep_every_unit(tmp_path):
     path = tmp_path / "study.json"
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")
     workers = [context.Process(target=_merge_keys, args=(str(path), w, 15)) for w in range(4)]
     for worker in workers:
         worker.start()

@@ -177,11 +177,11 @@ def peak_name(band: int) -> str:
 
 
 def measure(generated_mean, report: dict) -> dict:
-    """Distances to the held-out mean spectrum and the contrast (dB) at every held-out peak."""
+    """Distances to the held-out mean spectrum and the contrast (dB) at every held-out and training peak."""
     curve = to_db(generated_mean)
     return {
         **distances(generated_mean, report["heldout_band_power"]),
-        **{f"{peak_name(band)}_contrast_db": contrast_db(curve, band) for band in report["heldout_peaks"]},
+        **{f"{peak_name(band)}_contrast_db": contrast_db(curve, band) for band in peak_bands(report)},
     }
 
 
@@ -267,12 +267,23 @@ def peak_hz(metric: str) -> str:
 
 def label(metric: str) -> str:
     if metric.endswith("_contrast_db"):
-        return f"contrast at the {peak_hz(metric)} held-out peak (dB)"
+        return f"contrast at the {peak_hz(metric)} peak (dB)"
     return METRIC_LABELS[metric]
 
 
 def peak_metrics(report: dict) -> list[str]:
-    return [f"{peak_name(band)}_contrast_db" for band in report["heldout_peaks"]]
+    return [f"{peak_name(band)}_contrast_db" for band in peak_bands(report)]
+
+
+def peak_bands(report: dict) -> list[int]:
+    """The held-out spectrum's peaks and the training spectrum's (what a model could learn), sorted."""
+    return sorted(set(report["heldout_peaks"]) | set(report.get("train_peaks", [])))
+
+
+def peak_source(report: dict, band: int) -> str:
+    sources = [name for name, key in (("held-out", "heldout_peaks"), ("training", "train_peaks"))
+               if band in report.get(key, [])]  # fmt: skip
+    return " and ".join(sources)
 
 
 def summarize(report: dict) -> dict:
@@ -300,7 +311,7 @@ def summarize(report: dict) -> dict:
 def analyse(report: dict) -> dict:
     """Paired comparisons of each regulariser with `none` per shared seed: one Holm family over the arms x the two
     distances; the peak contrasts, the final diffusion loss, the step time and the level offset paired the same way,
-    uncorrected. Per arm, whether it learns each held-out peak: the t interval of its contrast there (> 0: a peak)."""
+    uncorrected. Per arm, whether it learns each peak: the t interval of its contrast there (> 0: a peak)."""
     from diffusers_spectrum.evaluation.statistics import compare_arms, t_interval
 
     runs = report["units"]
@@ -346,6 +357,8 @@ def write_figure(report: dict, path: Path) -> None:
     for ax, shift in ((raw, 0.0), (aligned, train_offset)):
         ax.plot(centres, real, color="black", linewidth=2.2, label="held-out audio")
         ax.plot(centres, train - shift, color="0.45", linestyle="--", linewidth=1.5, label="training audio")
+        for band in report.get("train_peaks", []):
+            ax.axvline(centres[band], color="0.5", alpha=0.25, linewidth=6)
         for band in report["heldout_peaks"]:
             ax.axvline(centres[band], color="red", alpha=0.35, linewidth=6)
             ax.annotate(f"{centres[band]:.0f} Hz", (centres[band], real[band]), textcoords="offset points",
@@ -364,8 +377,8 @@ def write_figure(report: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("band centre frequency (Hz)")
         ax.set_ylabel("dB")
-        ax.set_title(f"{title}; {settings['steps']} steps x {len(settings['seeds'])} seeds; held-out peaks in red",
-                     fontsize=9)  # fmt: skip
+        ax.set_title(f"{title}; {settings['steps']} steps x {len(settings['seeds'])} seeds; peaks: held-out red, "
+                     "training grey", fontsize=9)  # fmt: skip
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -377,16 +390,16 @@ def _number(value: float) -> str:
 
 
 def peak_lines(report: dict) -> list[str]:
-    """The peak table: per held-out peak, its contrast in the held-out and training audio, white noise's, and each
-    arm's (mean +- SD, 95% t interval, learned or not)."""
+    """The peak table: per peak of the held-out or the training spectrum, its contrast in the held-out and training
+    audio, white noise's, and each arm's (mean over seeds, 95% t interval, learned or not)."""
     analysis = report["analysis"]
-    if not report["heldout_peaks"]:
-        return ["The held-out mean spectrum has no peak by the rule above."]
+    if not peak_bands(report):
+        return ["Neither the held-out nor the training mean spectrum has a peak by the rule above."]
     names = [n for n in REGULARIZERS if any(p["arm"] == n for p in analysis["peaks"])]
-    lines = ["| held-out peak | held-out | training audio | white noise | " + " | ".join(names) + " |",
-             "|---|---:|---:|---:|" + "---|" * len(names)]  # fmt: skip
+    lines = ["| peak | peak of | held-out | training audio | white noise | " + " | ".join(names) + " |",
+             "|---|---|---:|---:|---:|" + "---|" * len(names)]  # fmt: skip
     real, train, noise = (to_db(report[k]) for k in ("heldout_band_power", "train_band_power", "noise_band_power"))
-    for band in report["heldout_peaks"]:
+    for band in peak_bands(report):
         metric = f"{peak_name(band)}_contrast_db"
         cells = []
         for name in names:
@@ -394,7 +407,7 @@ def peak_lines(report: dict) -> list[str]:
             interval = "" if not np.isfinite(row["lo"]) else f" [{row['lo']:+.2g}, {row['hi']:+.2g}]"
             cells.append(f"{row['mean']:+.3g}{interval}{' **learned**' if row['learned'] else ''}")
         anchors = " | ".join(f"{contrast_db(curve, band):+.3g}" for curve in (real, train, noise))
-        lines.append(f"| {peak_hz(metric)} | {anchors} | " + " | ".join(cells) + " |")
+        lines.append(f"| {peak_hz(metric)} | {peak_source(report, band)} | {anchors} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -474,11 +487,12 @@ def markdown(report: dict) -> str:
         "",
         "### Does any arm learn the held-out spectral peaks?",
         "",
-        f"A held-out peak is a band whose mean power is a local maximum standing at least {PEAK_MIN_CONTRAST_DB:g} dB "
-        f"above the mean of the bands {PEAK_HALF_WIDTH} away on either side (rule fixed before any run). For each "
-        "peak: its contrast (that same difference, dB) in the held-out audio, the training audio and white noise, "
-        "and in each arm's generated mean spectrum, mean over seeds with the 95% t interval; **learned** when the "
-        "interval lies above 0 (the generated spectrum has a peak there).",
+        f"A peak is a band whose mean power is a local maximum standing at least {PEAK_MIN_CONTRAST_DB:g} dB above "
+        f"the mean of the bands {PEAK_HALF_WIDTH} away on either side (rule fixed before any run); the held-out "
+        "spectrum's peaks are the question, the training spectrum's are what a model could learn from its data. For "
+        "each peak: its contrast (that same difference, dB) in the held-out audio, the training audio and white "
+        "noise, and in each arm's generated mean spectrum, mean over seeds with the 95% t interval; **learned** when "
+        "the interval lies above 0 (the generated spectrum has a peak there).",
         "",
         *peak_lines(report),
         "",
@@ -501,8 +515,12 @@ def readme_bullet(report: dict) -> str:
     invariant = " / ".join(f"{summary[n]['level_invariant_lsd_db_mean']:.1f}" for n in names)
     separated = [f"{r['arm']} {r['outcome']} on the {label(r['metric'])}" for r in analysis["family"]
                  if r["outcome"] in ("better", "worse")]  # fmt: skip
-    learned = sorted({f"{r['arm']} ({peak_hz(r['metric'])})" for r in analysis["peaks"] if r["learned"]})
-    peaks = ", ".join(peak_hz(m) for m in peak_metrics(report)) or "none"
+    heldout = {f"{peak_name(b)}_contrast_db" for b in report["heldout_peaks"]}
+    learned = sorted({f"{r['arm']} ({peak_hz(r['metric'])})" for r in analysis["peaks"]
+                      if r["learned"] and r["metric"] in heldout})  # fmt: skip
+    learned_train = sorted({f"{r['arm']} ({peak_hz(r['metric'])})" for r in analysis["peaks"]
+                            if r["learned"] and r["metric"] not in heldout})  # fmt: skip
+    peaks = ", ".join(peak_hz(m) for m in sorted(heldout)) or "none"
     anchors = {k: f"{report[k]['log_spectral_distance_db']:.1f} / {report[k]['level_invariant_lsd_db']:.1f}"
                for k in ("floor", "noise")}  # fmt: skip
     overheads = ", ".join(f"{n} {100 * summary[n]['step_overhead']:+.0f}%" for n in names[1:])
@@ -517,6 +535,7 @@ def readme_bullet(report: dict) -> str:
         + ("; ".join(separated) if separated else "no regulariser separates from none, raw or level-invariant")
         + f". Held-out peaks ({peaks}): "
         + (f"learned by {', '.join(learned)}" if learned else "no arm learns them")
+        + (f"; training-only peaks learned by {', '.join(learned_train)}" if learned_train else "")
         + f". Step overhead: {overheads}."
     )
 
@@ -561,7 +580,7 @@ def reanalyse(json_path: Path, output_dir: Path) -> dict:
 
 
 def references(work: Path, settings: dict) -> dict:
-    """The held-out and training spectra, white noise's, the anchors and the held-out peaks."""
+    """The held-out and training spectra, white noise's, the anchors and both spectra's peaks."""
     train_dir, heldout_dir = split_embedded(work / "data")
     real, train_real = band_powers(heldout_dir, settings), band_powers(train_dir, settings)
     noise = white_noise_power(settings)
@@ -576,13 +595,14 @@ def references(work: Path, settings: dict) -> dict:
         "floor": distances(train_real.mean(0), real.mean(0)),
         "noise": distances(noise.mean(0), real.mean(0)),
         "heldout_peaks": find_peaks(to_db(real.mean(0))),
+        "train_peaks": find_peaks(to_db(train_real.mean(0))),
     }
     return reference
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.num_threads)
+    threads = study_units.limit_threads(args.num_threads)
     if args.reanalyse:
         return reanalyse(Path(args.reanalyse), Path(args.output_dir))
     import diffusers
@@ -610,7 +630,7 @@ def main(argv=None) -> dict:
             "peak_rule": {"half_width_bands": PEAK_HALF_WIDTH, "min_contrast_db": PEAK_MIN_CONTRAST_DB},
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "diffusers": diffusers.__version__, "diffusers_spectrum": diffusers_spectrum.__version__},
-            "machine": f"{platform.machine()} CPU, {args.num_threads} torch thread(s) per process",
+            "machine": f"{platform.machine()} CPU, {threads} per process",
             "num_threads": args.num_threads, **reference, "units": {}, "processes": [],
         }  # fmt: skip
 

@@ -138,3 +138,21 @@ def wrap_bullet(text: str, width: int = 119) -> str:
     """A Markdown bullet (``"- ..."``) wrapped to the README's width, continuation lines indented by two spaces."""
     return textwrap.fill(" ".join(text.split()), width=width, subsequent_indent="  ", break_long_words=False,
                          break_on_hyphens=False)  # fmt: skip
+
+
+_THREAD_LIMITS = []  # keeps threadpoolctl's limiter alive for the process
+
+
+def limit_threads(count: int) -> str:
+    """Use ``count`` threads for torch and, when threadpoolctl is installed, for numpy / scipy's BLAS too (scipy's
+    eigh in the Frechet distance would otherwise start one thread per core), so that concurrent study processes
+    with one thread each share the cores without oversubscribing them. Returns what was limited."""
+    import torch
+
+    torch.set_num_threads(count)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return f"torch {count} thread(s); BLAS threads not limited (threadpoolctl is not installed)"
+    _THREAD_LIMITS.append(threadpool_limits(limits=count))
+    return f"torch and BLAS {count} thread(s)"

@@ -116,7 +116,7 @@ def test_ablation_quick_shards_json_and_figure(tmp_path):
         assert np.isfinite(row["log_spectral_distance_db"]) and row["seconds_per_step"] > 0
         assert row["level_invariant_lsd_db"] <= row["log_spectral_distance_db"] + 1e-9
         assert row["unit_seconds"] > 0 and row["train_cpu_seconds"] > 0 and row["generate_seconds"] > 0
-        assert {f"{ablate.peak_name(b)}_contrast_db" for b in saved["heldout_peaks"]} <= set(row)
+        assert {f"{ablate.peak_name(b)}_contrast_db" for b in ablate.peak_bands(saved)} <= set(row)
     for anchor in ("floor", "noise"):
         assert set(saved[anchor]) == {"log_spectral_distance_db", "level_invariant_lsd_db", "level_offset_db"}
     assert saved["noise"]["level_invariant_lsd_db"] > saved["floor"]["level_invariant_lsd_db"]
@@ -124,7 +124,7 @@ def test_ablation_quick_shards_json_and_figure(tmp_path):
                                       "theme_dialog_information.flac"]  # fmt: skip
     family = saved["analysis"]["family"]
     assert len(family) == 3 * 2 and all(r["outcome"] != "one run" for r in family)  # two seeds: intervals
-    assert len(saved["analysis"]["peaks"]) == 4 * len(saved["heldout_peaks"])
+    assert len(saved["analysis"]["peaks"]) == 4 * len(ablate.peak_bands(saved))
     assert (tmp_path / "audio_regularization.png").is_file()
     assert report["summary"]["none"]["step_overhead"] == 0
     # the generated block, from the JSON alone

@@ -82,10 +82,10 @@ METRIC_LABELS = {
 SAMPLERS = {"ddpm": ("ancestral", "ddim_eta0", "ddim_eta1"), "edm": ("edm_euler",)}
 PRIMARY = {"ddpm": "ancestral", "edm": "edm_euler"}
 SAMPLER_LABELS = {
-    "ancestral": "DDPM ancestral: the exported DDPMPipeline and its DDPMScheduler as saved (clip_sample on)",
-    "ddim_eta0": "DDIM eta 0 (extra row): DDIMPipeline with DDIMScheduler.from_config(the saved scheduler)",
-    "ddim_eta1": "DDIM eta 1 (extra row): the same DDIM scheduler with eta 1",
-    "edm_euler": "EDM Euler: the exported folder (stock ConsistencyModelPipeline) and its saved EDMEulerScheduler",
+    "ancestral": "the exported DDPMPipeline with its DDPMScheduler as saved (ancestral, clip_sample on)",
+    "ddim_eta0": "extra row: a DDIMPipeline with DDIMScheduler.from_config(the saved scheduler), eta 0",
+    "ddim_eta1": "extra row: the same DDIM scheduler with eta 1",
+    "edm_euler": "the exported folder (a stock ConsistencyModelPipeline) with its saved EDMEulerScheduler",
 }
 SHORT_SAMPLER = {"ancestral": "DDPM ancestral", "ddim_eta0": "DDIM eta 0", "ddim_eta1": "DDIM eta 1",
                  "edm_euler": "EDM Euler"}  # fmt: skip
@@ -439,8 +439,9 @@ def analyse(result: dict) -> dict:
     units = result["units"]
     results, baselines = {}, {}
     for formulation in FORMULATIONS:
-        for regularizer, values in row_values(units, formulation, PRIMARY[formulation]).items():
-            results[f"{formulation}/{regularizer}"] = values
+        rows = row_values(units, formulation, PRIMARY[formulation])
+        for regularizer in [r for r in REGULARIZERS if r in rows]:
+            results[f"{formulation}/{regularizer}"] = rows[regularizer]
     for arm in results:
         formulation, regularizer = arm.split("/")
         if regularizer != "none" and f"{formulation}/none" in results:
@@ -450,8 +451,9 @@ def analyse(result: dict) -> dict:
     descriptive = compare_arms(results, baselines, descriptive_metrics, correction="none") if baselines else []
     extra_results, extra_baselines = {}, {}
     for sampler in SAMPLERS["ddpm"][1:]:
-        for regularizer, values in row_values(units, "ddpm", sampler).items():
-            extra_results[f"ddpm/{regularizer} ({SHORT_SAMPLER[sampler]})"] = values
+        rows = row_values(units, "ddpm", sampler)
+        for regularizer in [r for r in REGULARIZERS if r in rows]:
+            extra_results[f"ddpm/{regularizer} ({SHORT_SAMPLER[sampler]})"] = rows[regularizer]
         for regularizer in REGULARIZERS[1:]:
             arm, base = f"ddpm/{regularizer} ({SHORT_SAMPLER[sampler]})", f"ddpm/none ({SHORT_SAMPLER[sampler]})"
             if arm in extra_results and base in extra_results:
@@ -612,7 +614,7 @@ def write_page(result: dict, path: Path) -> None:
     if result.get("stopped_by_gate"):
         gate_note += f" The run stopped before the regularised arms: {result['stopped_by_gate']}."
     samplers = "\n".join(
-        f"- **{SHORT_SAMPLER[s]}**: {SAMPLER_LABELS[s]}; {budget['sampling_steps']} steps, "
+        f"  - **{SHORT_SAMPLER[s]}**: {SAMPLER_LABELS[s]}; {budget['sampling_steps']} steps, "
         f"{budget['num_samples'] if s in PRIMARY.values() else budget['extra_num_samples']} samples per model."
         for s in SHORT_SAMPLER
     )  # fmt: skip
@@ -822,8 +824,8 @@ def write_figure(result: dict, samples_dir: Path, path: Path) -> None:
     analysis, setup = result["analysis"], result["setup"]
     metrics = analysis["relied_metrics"] or analysis["measured_metrics"][:2]
     rows = [(f, s) for f in FORMULATIONS for s in SAMPLERS[f]]
-    figure = plt.figure(figsize=(4.2 * max(len(metrics), len(rows)), 8.2))
-    grid = figure.add_gridspec(2, max(len(metrics), len(rows)))
+    figure = plt.figure(figsize=(4.2 * max(len(metrics), len(rows)), 6.6))
+    grid = figure.add_gridspec(2, max(len(metrics), len(rows)), height_ratios=(1.6, 1))
     width = 0.8 / len(rows)
     for index, metric in enumerate(metrics):
         ax = figure.add_subplot(grid[0, index])
@@ -833,7 +835,7 @@ def write_figure(result: dict, samples_dir: Path, path: Path) -> None:
             means = [summary[n][f"{metric}_mean"] if n in summary else np.nan for n in REGULARIZERS]
             sds = [summary[n][f"{metric}_sd"] if n in summary else 0.0 for n in REGULARIZERS]
             ax.bar(np.arange(4) + (k - (len(rows) - 1) / 2) * width, means, width, yerr=sds, capsize=2,
-                   label=f"{formulation.upper()} {SHORT_SAMPLER[sampler]}")  # fmt: skip
+                   label=SHORT_SAMPLER[sampler])  # fmt: skip
         for count, style in ((result["budget"]["num_samples"], "-"), (result["budget"]["extra_num_samples"], ":")):
             floor = setup["floor"][str(count)].get(metric)
             noise = list(noise_values(setup, count).get(metric, {}).values())
@@ -853,7 +855,7 @@ def write_figure(result: dict, samples_dir: Path, path: Path) -> None:
             gap = np.full((images[0].shape[0], 6, 3), 255, np.uint8)
             ax.imshow(np.concatenate([images[0], gap, *images[1:]], axis=1))
         first = result["budget"]["seeds"][0]
-        ax.set_title(f"{formulation.upper()}, {SHORT_SAMPLER[sampler]}: none | both (seed {first})", fontsize=9)
+        ax.set_title(f"{SHORT_SAMPLER[sampler]}: none | both (seed {first})", fontsize=9)
         ax.axis("off")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -58,10 +58,23 @@ def load_matching(path: Path, key: str, value, fresh: Callable[[], dict]) -> dic
     return fresh()
 
 
-def shard_units(units: list, shard: tuple[int, int]) -> list:
-    """Every ``n``-th unit from the ``i``-th (``shard = (i, n)``)."""
+def shard_units(units: list, shard: tuple[int, int], costs: list[float] | None = None) -> list:
+    """The units of shard ``i`` of ``n`` (``shard = (i, n)``), in their order. Without ``costs``: every ``n``-th unit
+    from the ``i``-th. With ``costs`` (an estimate per unit): each unit in turn goes to the shard with the least
+    estimated work so far (ties to the lower index), so shards of unequal units finish together. Deterministic: every
+    process computes the same plan."""
     index, count = shard
-    return units[index::count]
+    if costs is None:
+        return units[index::count]
+    if len(costs) != len(units):
+        raise ValueError(f"shard_units: {len(costs)} costs for {len(units)} units.")
+    loads, mine = [0.0] * count, []
+    for unit, cost in zip(units, costs):
+        target = min(range(count), key=lambda k: (loads[k], k))
+        loads[target] += float(cost)
+        if target == index:
+            mine.append(unit)
+    return mine
 
 
 def parse_shard(text: str) -> tuple[int, int]:

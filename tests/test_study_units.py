@@ -63,6 +63,16 @@ def test_load_matching_starts_fresh_for_another_budget(tmp_path):
     assert units.load_matching(path, "budget", {"steps": 2}, lambda: {"fresh": True}) == {"fresh": True}
 
 
+def test_cost_balanced_shards_match_a_hand_worked_plan():
+    units = load_script("benchmarks/study_units.py")
+    # costs 3, 1, 1, 1, 2: shard 0 takes a (3); b, c, d go to shard 1 (1, 2, 3); e goes to shard 0 (tie 3-3: lower)
+    items, costs = ["a", "b", "c", "d", "e"], [3, 1, 1, 1, 2]
+    assert units.shard_units(items, (0, 2), costs) == ["a", "e"]
+    assert units.shard_units(items, (1, 2), costs) == ["b", "c", "d"]
+    with pytest.raises(ValueError, match="costs"):
+        units.shard_units(items, (0, 2), [1])
+
+
 def test_shards_cover_every_unit_once():
     units = load_script("benchmarks/study_units.py")
     items = list(range(23))
@@ -90,8 +100,13 @@ def test_every_unit_ordered_baselines_first():
     assert len(units) == len(set(units)) == 2 * 4 * len(budget["seeds"]) and len(budget["seeds"]) >= 5
     baselines = [u for u in units if u[1] == "none"]
     assert units[: len(baselines)] == baselines
-    # two shards each start with baselines
-    assert all(u[1] == "none" for u in units[::2][: len(baselines) // 2])
+    # two cost-balanced shards: every unit once, each starts with baselines, their estimated work within one unit
+    costs = [ablation.unit_cost_estimate(f, budget) for f, _, _ in units]
+    shards = [ablation.study_units.shard_units(units, (i, 2), costs) for i in range(2)]
+    assert sorted(shards[0] + shards[1]) == sorted(units)
+    assert all(u[1] == "none" for shard in shards for u in shard[:4])
+    loads = [sum(ablation.unit_cost_estimate(f, budget) for f, _, _ in shard) for shard in shards]
+    assert abs(loads[0] - loads[1]) <= max(costs)
 
 
 def _synthetic_result(ablation, model_value: dict, seeds=(0, 1, 2, 3, 4)) -> dict:

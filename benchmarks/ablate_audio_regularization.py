@@ -150,7 +150,10 @@ def distances(generated_mean, real_mean) -> dict:
 
 
 def to_db(power) -> np.ndarray:
-    return 10 * np.log10(np.maximum(np.asarray(power, dtype=np.float64), 1e-30))
+    """Power -> dB; bands with no power (no frequency bin in a short clip) are NaN: no peak, no contrast."""
+    power = np.asarray(power, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(power > 0, 10 * np.log10(np.where(power > 0, power, 1.0)), np.nan)
 
 
 def contrast_db(curve_db: np.ndarray, band: int, half_width: int = PEAK_HALF_WIDTH) -> float:
@@ -164,7 +167,7 @@ def find_peaks(curve_db: np.ndarray) -> list[int]:
     """Bands of the curve that are local maxima with a contrast of at least `PEAK_MIN_CONTRAST_DB`."""
     peaks = []
     for band in range(1, len(curve_db) - 1):
-        if curve_db[band] >= curve_db[band - 1] and curve_db[band] >= curve_db[band + 1]:
+        if curve_db[band] >= curve_db[band - 1] and curve_db[band] >= curve_db[band + 1]:  # False where NaN
             if contrast_db(curve_db, band) >= PEAK_MIN_CONTRAST_DB:
                 peaks.append(band)
     return peaks

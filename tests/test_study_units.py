@@ -170,6 +170,9 @@ def test_peak_rule_and_contrast_on_a_known_curve():
     assert audio.contrast_db(curve, 12) == pytest.approx(3.0)
     assert audio.contrast_db(curve, 0) == pytest.approx(0.0)  # clipped at the ends: the band against itself and +2
     assert audio.find_peaks(np.linspace(0, -40, 24)) == []  # a plain slope has no peak
+    # a band without power (no bin in a short clip) is NaN: no peak beside it, no -300 dB cliff
+    silent = audio.to_db(np.r_[1e-3, 0.0, np.full(22, 1e-3)])
+    assert np.isnan(silent[1]) and silent[0] == pytest.approx(-30.0) and audio.find_peaks(silent) == []
     name = audio.peak_name(5)
     assert audio.peak_hz(f"{name}_contrast_db").endswith(" Hz") and name.startswith("peak_")
 

@@ -64,7 +64,7 @@ def parse_args(argv=None):
 
 def split_embedded(folder: Path) -> tuple[Path, Path]:
     """Copy the embedded sounds into `folder/train` and `folder/heldout` (every fourth file, sorted by name)."""
-    from diffusers_spectrum.training.audio_data import embedded_audio_dir, list_audio_files
+    from diffusers_spectrum.data.sources import embedded_audio_dir, list_audio_files
 
     train, heldout = folder / "train", folder / "heldout"
     for path in (train, heldout):
@@ -77,8 +77,9 @@ def split_embedded(folder: Path) -> tuple[Path, Path]:
 def band_powers(folder: Path, settings: dict, sample_rate: int = 16000) -> torch.Tensor:
     """`(N, num_bands)` band powers of `heldout_crops` random crops per file of `folder` (zero-padded short clips
     are left out: silence would bias the mean)."""
+    from diffusers_spectrum.data.audio import AudioTransform, audio_batches
+    from diffusers_spectrum.data.sources import load_audio_dataset
     from diffusers_spectrum.spectral.audio import band_power_spectrum
-    from diffusers_spectrum.training.audio_data import AudioTransform, audio_batches, load_audio_dataset
 
     dataset = load_audio_dataset(train_data_dir=folder)
     rows = []
@@ -98,9 +99,10 @@ def train_and_measure(name: str, seed: int, settings: dict, train_dir: Path, rea
     """Train one configuration, generate clips from the exported pipeline, measure the distance and step time."""
     from diffusers import DiffusionPipeline
 
+    from diffusers_spectrum.pipelines.audio import generate_audio
     from diffusers_spectrum.spectral.audio import band_power_spectrum
-    from diffusers_spectrum.training.audio import generate_audio, train_audio
     from diffusers_spectrum.training.audio import parse_args as trainer_args
+    from diffusers_spectrum.training.audio import train_audio
 
     output = work / f"{name}-{seed}"
     shutil.rmtree(output, ignore_errors=True)
@@ -322,7 +324,7 @@ def _git_commit() -> str:
 
 def finish(report: dict, output_dir: Path, page: bool) -> None:
     """Summary, analysis, JSON, figure and (full runs) the AUDIO.md block."""
-    from diffusers_spectrum.training.utils import write_json
+    from diffusers_spectrum.utils.records import write_json
 
     report["summary"] = summarize(report["runs"])
     report["analysis"] = analyse(report["runs"])
@@ -360,7 +362,7 @@ def main(argv=None) -> dict:
     import diffusers
 
     import diffusers_spectrum
-    from diffusers_spectrum.training.utils import write_json
+    from diffusers_spectrum.utils.records import write_json
 
     settings = dict(QUICK if args.quick else FULL)
     if args.seeds is not None:
@@ -371,7 +373,7 @@ def main(argv=None) -> dict:
     runs = previous.get("runs", {}) if previous.get("settings") == settings else {}
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="audio-ablation-"))
     # a given --work_dir must be new, empty or this study's: its data/ and run folders are replaced, nothing else
-    from diffusers_spectrum.run_folders import claim_output_dir
+    from diffusers_spectrum.utils.run_folders import claim_output_dir
 
     claim_output_dir(work, "ablate-audio-regularization", "data", flag="--work_dir")
     started = time.time()

@@ -101,7 +101,7 @@ def prepare_data(work_dir: Path, budget: dict) -> dict:
     """Write the training crops as PNGs to `work_dir/train`; return that folder, the held-out crops and a same-size
     set of training crops (`(N, 3, H, W)` in [-1, 1], N = `num_samples`; the data floor), the training photos (for
     the feature net) and the blur-check crops."""
-    from diffusers_spectrum.training.data import embedded_dataset_dir
+    from diffusers_spectrum.data.sources import embedded_dataset_dir
 
     photos = sorted(embedded_dataset_dir().glob("*.png"))
     train_photos, heldout_photos = photo_split(photos)
@@ -309,7 +309,7 @@ def write_figure(summary: list[dict], work_dir: Path, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffusers_spectrum.training.utils import image_grid
+    from diffusers_spectrum.utils.images import image_grid
 
     if not (work_dir / "grids").is_dir():
         return False
@@ -553,12 +553,12 @@ def run_ablation(quick: bool = False, output_dir: Path = ROOT / "docs", work_dir
     """Run (or resume) the ablation; writes the JSON after every run, then the analysis, the page and the figures."""
     from diffusers_spectrum.evaluation.feature_net import feature_net_for, random_feature_net
     from diffusers_spectrum.evaluation.study_metrics import GenerationMetricSuite
-    from diffusers_spectrum.training.utils import write_json
+    from diffusers_spectrum.utils.records import write_json
 
     budget = BUDGETS["quick" if quick else "full"]
     output_dir = Path(output_dir)
     json_path = output_dir / JSON_NAME
-    from diffusers_spectrum.run_folders import claim_output_dir
+    from diffusers_spectrum.utils.run_folders import claim_output_dir
 
     own_work_dir = work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="ablation-")) if own_work_dir else Path(work_dir)
@@ -611,9 +611,9 @@ def run_ablation(quick: bool = False, output_dir: Path = ROOT / "docs", work_dir
 def reanalyse(json_path: Path, output_dir: Path) -> dict:
     """Rewrite the analysis, summary, paired figure and page of a stored ablation JSON without training: the blur
     check of the metrics it measured is recomputed from the held-out photos (no model needed)."""
+    from diffusers_spectrum.data.sources import embedded_dataset_dir
     from diffusers_spectrum.evaluation.study_metrics import GenerationMetricSuite
-    from diffusers_spectrum.training.data import embedded_dataset_dir
-    from diffusers_spectrum.training.utils import write_json
+    from diffusers_spectrum.utils.records import write_json
 
     result = json.loads(Path(json_path).read_text())
     _, heldout_photos = photo_split(sorted(embedded_dataset_dir().glob("*.png")))

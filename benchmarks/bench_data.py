@@ -40,7 +40,7 @@ WORKERS = (0, 1, 2, 4)
 def make_jpeg_folder(folder: Path, count: int, size: tuple[int, int], quality: int = 90, seed: int = 0) -> Path:
     """`count` JPEGs of `size`, each a mosaic of the embedded 64 px photo crops (a quarter of the tiles upscaled 2x),
     saved at `quality`. Deterministic in `seed`."""
-    from diffusers_spectrum.training.data import embedded_dataset_dir
+    from diffusers_spectrum.data.sources import embedded_dataset_dir
 
     folder.mkdir(parents=True, exist_ok=True)
     tiles = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(embedded_dataset_dir().glob("*.png"))]
@@ -66,7 +66,8 @@ def image_stream_rate(folder: Path, workers: int, reduced: bool, batch_size: int
     """Images/s of the trainers' image stream over `folder` at 256 px with `workers` decoding workers, timed over
     `passes` whole passes after a warm-up batch per worker (worker start-up excluded)."""
     from diffusers_spectrum.data import ResumableStream, make_dataloader
-    from diffusers_spectrum.training.data import ImageReader, ImageTransform, load_image_dataset
+    from diffusers_spectrum.data.images import ImageReader, ImageTransform
+    from diffusers_spectrum.data.sources import load_image_dataset
 
     dataset = load_image_dataset(train_data_dir=folder, streaming=False)
     transform = ImageTransform(RESOLUTION, center_crop=True, reduced_decode=reduced)
@@ -89,7 +90,7 @@ def image_stream_rate(folder: Path, workers: int, reduced: bool, batch_size: int
 def transform_rate(folder: Path, reduced: bool) -> float:
     """Images/s of `ImageTransform` alone (read the file, decode, resize, crop, to a tensor) in this process: the
     decode speed-up without the stream around it."""
-    from diffusers_spectrum.training.data import ImageTransform
+    from diffusers_spectrum.data.images import ImageTransform
 
     transform = ImageTransform(RESOLUTION, center_crop=True, reduced_decode=reduced)
     files = sorted(folder.glob("*.jpg"))

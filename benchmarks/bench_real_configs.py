@@ -76,8 +76,9 @@ def prepare_data(root: Path, quick: bool) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_data import make_jpeg_folder
 
+    from diffusers_spectrum.data.images import ImageTransform
+    from diffusers_spectrum.data.sources import load_image_dataset
     from diffusers_spectrum.models import SpectrumAutoencoderKL
-    from diffusers_spectrum.training.data import ImageTransform, load_image_dataset
     from diffusers_spectrum.training.latent_cache import write_latent_cache
 
     images = make_jpeg_folder(root / "images", 16 if quick else 64, (500, 375))

@@ -16,10 +16,10 @@ import time
 
 import torch
 
+from diffusers_spectrum.diffusion.edm import edm_snr
+from diffusers_spectrum.diffusion.objectives import DiffusionObjective, regularizer_weights
 from diffusers_spectrum.losses.spectral_regularizers import spectral_regularizer_terms
 from diffusers_spectrum.models.unet_presets import build_unet
-from diffusers_spectrum.training.edm import edm_snr
-from diffusers_spectrum.training.objectives import DiffusionObjective, regularizer_weights
 from diffusers_spectrum.training.unconditional import (
     ddpm_loss_terms,
     ddpm_noise_scheduler,
@@ -75,7 +75,7 @@ def regularizer_time(formulation: str, x0: torch.Tensor, which: str, repeats: in
         def x0_hat_and_weights():
             return objective.predict_x0(output, x_t, timesteps), objective.regularizer_weights(timesteps)
     else:
-        from diffusers_spectrum.training.objectives import x0_from_edm
+        from diffusers_spectrum.diffusion.objectives import x0_from_edm
 
         sigma = torch.rand(batch, generator=generator, device=device) + 0.1
 

@@ -160,7 +160,7 @@ def build_crops(folder: Path, size: int = 32, stride: int = 16, validation: bool
     """32 px crops of the embedded photos on a grid of offsets, written per split (`photo_split`)."""
     from PIL import Image
 
-    from diffusers_spectrum.training.data import embedded_dataset_dir
+    from diffusers_spectrum.data.sources import embedded_dataset_dir
 
     if (folder / "done").is_file():
         return json.loads((folder / "done").read_text())
@@ -397,7 +397,7 @@ def sample_and_measure(pipeline_dir: str, reference: torch.Tensor, suite, s: dic
     if grid_path is not None:
         from PIL import Image
 
-        from diffusers_spectrum.training.utils import image_grid
+        from diffusers_spectrum.utils.images import image_grid
 
         Image.fromarray(image_grid(samples[:16])).save(grid_path)
     return suite.measure(samples, reference[: len(samples)])

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import soundfile
 
-from diffusers_spectrum.training.audio_data import convert_channels, decode_audio, embedded_audio_dir, resample_audio
+from diffusers_spectrum.data.audio import convert_channels, decode_audio, resample_audio
+from diffusers_spectrum.data.sources import embedded_audio_dir
 
 
 SAMPLE_RATE = 16000

@@ -32,10 +32,9 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     docs = REPO / "docs"
-    from diffusers_spectrum.demo import start_demo_folder
-    from diffusers_spectrum.run_folders import record_run_files
+    from diffusers_spectrum.utils.run_folders import record_run_files, restart_run_folder
 
-    out, before = start_demo_folder(args.output_dir, "readme-figures")
+    out, before = restart_run_folder(args.output_dir, "readme-figures")
 
     import torch
 

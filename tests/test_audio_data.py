@@ -10,18 +10,16 @@ import soundfile
 import torch
 
 from diffusers_spectrum.data import ResumableStream, make_dataloader
-from diffusers_spectrum.training.audio_data import (
+from diffusers_spectrum.data.audio import (
     AudioReader,
     AudioSkipCounter,
     AudioTransform,
     convert_channels,
     decode_audio,
-    embedded_audio_dir,
-    list_audio_files,
-    load_audio_dataset,
     resample_audio,
     source_sample_rates,
 )
+from diffusers_spectrum.data.sources import embedded_audio_dir, list_audio_files, load_audio_dataset
 
 
 RATE = 16000

@@ -20,22 +20,18 @@ import torch
 from PIL import Image
 
 from diffusers_spectrum.cli import main as cli_main
+from diffusers_spectrum.data.images import ImageTransform, data_image_size, image_batches, image_batches_from
+from diffusers_spectrum.data.latents import load_latent_dataset, read_cache_info
+from diffusers_spectrum.data.sources import load_image_dataset
+from diffusers_spectrum.data.stream import SkipCounter
 from diffusers_spectrum.evaluation import evaluate
 from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.models.checks import check_resolution
 from diffusers_spectrum.pipelines import sampling
 from diffusers_spectrum.pipelines.export import export_pipeline
 from diffusers_spectrum.training import cache
-from diffusers_spectrum.training.data import (
-    ImageTransform,
-    SkipCounter,
-    data_image_size,
-    image_batches,
-    image_batches_from,
-    load_image_dataset,
-)
 from diffusers_spectrum.training.dit import build_transformer
-from diffusers_spectrum.training.latent_cache import load_latent_dataset, read_cache_info, write_latent_cache
+from diffusers_spectrum.training.latent_cache import write_latent_cache
 
 
 TIMEOUT_S = 60.0
@@ -426,14 +422,14 @@ def test_cli_bad_flags_exit_with_a_message_naming_the_flag(argv, message, capsys
 
 
 def test_unreachable_hub_dataset_fails_at_once_naming_the_flag(monkeypatch):
-    from diffusers_spectrum.models import checks
-    from diffusers_spectrum.training.data import load_image_dataset
+    from diffusers_spectrum.data.sources import load_image_dataset
+    from diffusers_spectrum.utils import hub
 
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as on a user's machine without the offline switch
-    monkeypatch.setattr(checks, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     start = time.time()
     with pytest.raises(ValueError, match="--dataset_name 'someone/photos': the Hub cannot be reached"):
         load_image_dataset(dataset_name="someone/photos")
@@ -441,9 +437,10 @@ def test_unreachable_hub_dataset_fails_at_once_naming_the_flag(monkeypatch):
 
 
 def test_unreachable_hub_vae_is_read_from_the_cache_only(monkeypatch, tmp_path):
-    from diffusers_spectrum.models import checks, load_autoencoder
+    from diffusers_spectrum.models import load_autoencoder
+    from diffusers_spectrum.utils import hub
 
-    monkeypatch.setattr(checks, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     start = time.time()
     with pytest.raises(OSError, match="not in the local cache: pass a local folder"):

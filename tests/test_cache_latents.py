@@ -11,15 +11,12 @@ import torch
 from PIL import Image
 
 from diffusers_spectrum.data import ResumableStream, make_dataloader
+from diffusers_spectrum.data.images import ImageTransform, decode_image
+from diffusers_spectrum.data.latents import latent_batch, load_latent_dataset, read_cache_info
+from diffusers_spectrum.data.sources import embedded_dataset_dir, load_image_dataset
 from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.training import latent_cache
-from diffusers_spectrum.training.data import ImageTransform, decode_image, embedded_dataset_dir, load_image_dataset
-from diffusers_spectrum.training.latent_cache import (
-    latent_batch,
-    load_latent_dataset,
-    read_cache_info,
-    write_latent_cache,
-)
+from diffusers_spectrum.training.latent_cache import write_latent_cache
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -14,16 +14,9 @@ import torch
 from PIL import Image, ImageOps
 
 from diffusers_spectrum.data import ResumableStream, make_dataloader
-from diffusers_spectrum.training.data import (
-    ImageReader,
-    ImageTransform,
-    SkipCounter,
-    embedded_class_names,
-    embedded_dataset_dir,
-    image_batches,
-    load_image_dataset,
-    to_rgb,
-)
+from diffusers_spectrum.data.images import ImageReader, ImageTransform, image_batches, to_rgb
+from diffusers_spectrum.data.sources import embedded_class_names, embedded_dataset_dir, load_image_dataset
+from diffusers_spectrum.data.stream import SkipCounter
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -339,7 +332,7 @@ def test_small_pngs_and_rotated_jpegs_are_decoded_at_full_size(tmp_path):
 
 
 def test_data_image_size_is_the_first_readable_images_shorter_side_and_batches_count_upsampling(tmp_path):
-    from diffusers_spectrum.training.data import data_image_size, image_batches_from
+    from diffusers_spectrum.data.images import data_image_size, image_batches_from
 
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -14,10 +14,14 @@ import pytest
 import torch
 
 from diffusers_spectrum import cli
+from diffusers_spectrum.data.images import ImageTransform
+from diffusers_spectrum.data.sources import load_image_dataset
 from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.pipelines.export import export_pipeline
 from diffusers_spectrum.pipelines.schedulers import flow_matching_scheduler
-from diffusers_spectrum.run_folders import (
+from diffusers_spectrum.training.dit import build_transformer
+from diffusers_spectrum.training.latent_cache import write_latent_cache
+from diffusers_spectrum.utils.run_folders import (
     RUN_MARKER,
     OutputFolderError,
     check_output_file,
@@ -26,9 +30,6 @@ from diffusers_spectrum.run_folders import (
     record_run_files,
     remove_recorded_files,
 )
-from diffusers_spectrum.training.data import ImageTransform, load_image_dataset
-from diffusers_spectrum.training.dit import build_transformer
-from diffusers_spectrum.training.latent_cache import write_latent_cache
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def assets(tmp_path_factory):
     transformer = build_transformer("tiny", in_channels=4, sample_size=8, dit_init=False)
     export_pipeline(root / "pipeline", vae=tiny_vae(), transformer=transformer, scheduler=flow_matching_scheduler(),
                     id2label={0: "cat", 1: "dog"})  # fmt: skip
-    from diffusers_spectrum.training.audio_data import embedded_audio_dir
+    from diffusers_spectrum.data.sources import embedded_audio_dir
 
     return {"root": root, "vae": root / "vae", "pipeline": root / "pipeline", "audio": embedded_audio_dir()}
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffusers_spectrum import DCTTransform
-from diffusers_spectrum.training.dct_statistics import HISTOGRAM_BINS, estimate_dct_statistics
+from diffusers_spectrum.models.dct_statistics import HISTOGRAM_BINS, estimate_dct_statistics
 
 
 B = 2  # block size

@@ -26,9 +26,9 @@ from diffusers_spectrum import (
     snr_scaled_scheduler,
     wavelet_loss,
 )
-from diffusers_spectrum.pipelines.dct_transform import zigzag_order
-from diffusers_spectrum.training.dct_statistics import estimate_dct_statistics
-from diffusers_spectrum.training.objectives import DiffusionObjective, snr_from_flow_time
+from diffusers_spectrum.diffusion.objectives import DiffusionObjective, snr_from_flow_time
+from diffusers_spectrum.models.dct_statistics import estimate_dct_statistics
+from diffusers_spectrum.models.dct_transform import zigzag_order
 
 
 # The JPEG standard's zigzag scan of an 8 x 8 block (ITU-T T.81, Figure A.6), as row * 8 + col.

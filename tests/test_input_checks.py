@@ -15,16 +15,13 @@ import torch
 from PIL import Image
 
 from diffusers_spectrum import cli
+from diffusers_spectrum.data.audio import AudioTransform, decode_audio, read_clip
+from diffusers_spectrum.data.images import ImageTransform
+from diffusers_spectrum.data.latents import load_latent_dataset
+from diffusers_spectrum.data.sources import load_image_dataset
 from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.training import audio, dit, unconditional
-from diffusers_spectrum.training.audio_data import AudioTransform, decode_audio, read_clip
-from diffusers_spectrum.training.data import ImageTransform, load_image_dataset
-from diffusers_spectrum.training.latent_cache import (
-    latent_statistics,
-    load_latent_dataset,
-    warn_if_badly_scaled,
-    write_latent_cache,
-)
+from diffusers_spectrum.training.latent_cache import latent_statistics, warn_if_badly_scaled, write_latent_cache
 
 
 def run(argv, capsys) -> tuple[int, str]:

@@ -97,7 +97,7 @@ def test_push_dry_run_lists_the_publishable_files_only(tmp_path):
 
 @pytest.mark.parametrize("kind", ["vae", "pipeline", "dataset"])
 def test_cards_drop_the_hub_token_even_from_raw_vars(kind):
-    """Every card filters its flag table with `training.utils.public_args`: `training_args=vars(args)` with a token
+    """Every card filters its flag table with `utils.records.public_args`: `training_args=vars(args)` with a token
     (the old cache-latents leak) publishes every other flag and never the token."""
     flags = {"hub_token": "hf_FAKE_SECRET_123", "learning_rate": 0.5, "hub_model_id": "user/x"}
     make = {"vae": vae_model_card, "pipeline": pipeline_model_card, "dataset": dataset_card}[kind]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
-from diffusers_spectrum.training.objectives import (
+from diffusers_spectrum.diffusion.objectives import (
     DiffusionObjective,
     edm_preconditioning,
     flow_shift_of,

@@ -111,7 +111,7 @@ def _log_everything(caplog):
 
 
 def test_public_args_is_the_one_filter():
-    from diffusers_spectrum.training.utils import public_args
+    from diffusers_spectrum.utils.records import public_args
 
     assert public_args({"hub_token": TOKEN, "seed": 0}) == {"seed": 0}
 

@@ -13,10 +13,11 @@ import torch
 from diffusers import DiffusionPipeline, IPNDMScheduler
 from safetensors.torch import load_file
 
+from diffusers_spectrum.data.sources import embedded_audio_dir
+from diffusers_spectrum.diffusion import v_diffusion
 from diffusers_spectrum.losses.spectral_regularizers import spectral_regularizer_terms
 from diffusers_spectrum.losses.stft import fit_stft_resolutions
 from diffusers_spectrum.training import audio
-from diffusers_spectrum.training.audio_data import embedded_audio_dir
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +40,7 @@ def test_ipndm_times_are_the_cosine_angle():
     t = scheduler.timesteps.double()
     np.testing.assert_allclose(scheduler.alphas[:-1].double(), torch.cos(math.pi * t / 2), atol=1e-6)
     np.testing.assert_allclose(scheduler.betas[:-1].double(), torch.sin(math.pi * t / 2), atol=1e-6)
-    alpha, sigma = audio.v_diffusion_alphas_sigmas(t)
+    alpha, sigma = v_diffusion.v_diffusion_alphas_sigmas(t)
     np.testing.assert_allclose(alpha, np.cos(np.pi * t.numpy() / 2), atol=1e-12)
     np.testing.assert_allclose(sigma, np.sin(np.pi * t.numpy() / 2), atol=1e-12)
 
@@ -56,8 +57,8 @@ def test_ipndm_step_with_the_true_velocity_is_exact(index):
     scheduler.set_begin_index(index)
     t, t_next = scheduler.timesteps[index], scheduler.timesteps[index + 1]
     times = torch.full((2,), float(t), dtype=torch.float64)
-    x_t = audio.v_diffusion_inputs(x0, noise, times)
-    previous = scheduler.step(audio.v_diffusion_target(x0, noise, times), t, x_t).prev_sample
+    x_t = v_diffusion.v_diffusion_inputs(x0, noise, times)
+    previous = scheduler.step(v_diffusion.v_diffusion_target(x0, noise, times), t, x_t).prev_sample
     a, s = math.cos(math.pi * float(t_next) / 2), math.sin(math.pi * float(t_next) / 2)
     # the scheduler's tables are float32: relative error ~1e-7 on values of order 3
     np.testing.assert_allclose(previous.numpy(), (a * x0 + s * noise).numpy(), atol=1e-5)
@@ -68,12 +69,12 @@ def test_v_objective_closed_forms():
     x0, noise = torch.randn(2, 2, 2, 32, generator=generator, dtype=torch.float64).unbind(0)
     t = torch.tensor([0.1, 0.8], dtype=torch.float64)
     a, s = np.cos(np.pi * t.numpy() / 2)[:, None, None], np.sin(np.pi * t.numpy() / 2)[:, None, None]
-    x_t = audio.v_diffusion_inputs(x0, noise, t)
-    v = audio.v_diffusion_target(x0, noise, t)
+    x_t = v_diffusion.v_diffusion_inputs(x0, noise, t)
+    v = v_diffusion.v_diffusion_target(x0, noise, t)
     np.testing.assert_allclose(x_t, a * x0.numpy() + s * noise.numpy(), atol=1e-12)
     np.testing.assert_allclose(v, a * noise.numpy() - s * x0.numpy(), atol=1e-12)
-    np.testing.assert_allclose(audio.x0_from_v_diffusion(v, x_t, t), x0, atol=1e-12)
-    np.testing.assert_allclose(audio.v_diffusion_snr(t), (a / s).ravel() ** 2, rtol=1e-12)
+    np.testing.assert_allclose(v_diffusion.x0_from_v_diffusion(v, x_t, t), x0, atol=1e-12)
+    np.testing.assert_allclose(v_diffusion.v_diffusion_snr(t), (a / s).ravel() ** 2, rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -130,13 +131,13 @@ def test_each_regularizer_lowers_the_loss_on_a_fixed_batch(regularizer):
     generator = torch.Generator().manual_seed(0)
     t = torch.rand(x0.shape[0], generator=generator) * 0.5  # informative noise levels
     noise = torch.randn(x0.shape, generator=generator)
-    x_t = audio.v_diffusion_inputs(x0, noise, t)
+    x_t = v_diffusion.v_diffusion_inputs(x0, noise, t)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def total_loss():
         prediction = model(x_t, t).sample
-        loss = (prediction - audio.v_diffusion_target(x0, noise, t)).square().mean()
-        x0_hat = audio.x0_from_v_diffusion(prediction, x_t, t)
+        loss = (prediction - v_diffusion.v_diffusion_target(x0, noise, t)).square().mean()
+        x0_hat = v_diffusion.x0_from_v_diffusion(prediction, x_t, t)
         terms = spectral_regularizer_terms(x0_hat, x0, torch.ones(x0.shape[0]), fourier, wavelet, stft)
         assert set(terms) == ({regularizer} - {"none"})
         return loss + sum(weights[k] * v for k, v in terms.items())

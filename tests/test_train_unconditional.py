@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from diffusers_spectrum.diffusion.edm import edm_noisy_inputs
+from diffusers_spectrum.diffusion.objectives import DiffusionObjective
 from diffusers_spectrum.models.unet_presets import build_unet
 from diffusers_spectrum.training import unconditional
-from diffusers_spectrum.training.edm import edm_noisy_inputs
-from diffusers_spectrum.training.objectives import DiffusionObjective
 
 
 KINDS = ("epsilon", "v_prediction", "sample", "edm")

@@ -45,7 +45,7 @@ def tiny_dinov2(tmp_path_factory):
 
 def _image_folder(folder: Path, count: int = 10, corrupt: int = 1) -> Path:
     """Photo crops (the embedded dataset's first images, some as grayscale / RGBA) plus unreadable files."""
-    from diffusers_spectrum.training.data import embedded_dataset_dir
+    from diffusers_spectrum.data.sources import embedded_dataset_dir
 
     folder.mkdir(parents=True)
     sources = sorted(embedded_dataset_dir().glob("*.png"))[::7][:count]

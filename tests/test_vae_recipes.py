@@ -32,7 +32,7 @@ def tiny_dinov2(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory):
-    from diffusers_spectrum.training.data import embedded_dataset_dir
+    from diffusers_spectrum.data.sources import embedded_dataset_dir
 
     folder = tmp_path_factory.mktemp("photos")
     for i, source in enumerate(sorted(embedded_dataset_dir().glob("*.png"))[::9][:6]):

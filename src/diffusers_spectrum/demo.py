@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .run_folders import claim_output_dir, list_files, record_run_files, remove_recorded_files
+from .utils.run_folders import record_run_files, restart_run_folder
 
 
 __all__ = ["DEMO_SETTINGS", "main", "parse_args", "run_demo"]
@@ -66,21 +66,6 @@ def _stage(number: int, title: str) -> float:
     return time.time()
 
 
-def start_demo_folder(output_dir: str | Path, command: str, signature: str | None = None) -> tuple[Path, set[str]]:
-    """Claim `output_dir` for a demo run (`run_folders.claim_output_dir`: a new or empty folder, or an earlier run of
-    the same demo; anything else, a demo folder from before run records included, is refused) and remove the files
-    the earlier run recorded as its own, so every stage starts fresh while a file the user put there stays (one line
-    says which were kept). Returns the folder and the files present before this run (for
-    `run_folders.record_run_files`)."""
-    folder = claim_output_dir(output_dir, command, signature)
-    removed, kept = remove_recorded_files(folder)
-    if kept:
-        shown = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
-        print(f"{folder}: replaced the previous demo's {len(removed)} files; kept {len(kept)} it did not write "
-              f"({shown})", flush=True)  # fmt: skip
-    return folder, list_files(folder)
-
-
 def run_demo(
     output_dir: str | Path = "spectrum-demo", quick: bool = False, seed: int = 0, num_threads: int | None = 1
 ) -> dict:
@@ -90,7 +75,7 @@ def run_demo(
     `num_threads` sets torch's intra-op threads (None keeps torch's default). The demo's models are tiny, so extra
     threads gain little, while OpenMP threads that wait on a core another process is using slow down by 10-30x.
     """
-    output_dir, before = start_demo_folder(output_dir, "demo")
+    output_dir, before = restart_run_folder(output_dir, "demo")
     import torch
 
     if num_threads is not None:
@@ -106,7 +91,7 @@ def run_demo(
     from .training import cache as cache_loop
     from .training import dit as dit_loop
     from .training import vae as vae_loop
-    from .training.utils import write_json
+    from .utils.records import write_json
 
     settings = DEMO_SETTINGS["quick" if quick else "full"]
     start, timings = time.time(), {}

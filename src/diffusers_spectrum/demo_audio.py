@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from .training.utils import write_json
+from .utils.records import write_json
 
 
 __all__ = ["print_summary", "run_audio_demo"]
@@ -31,15 +31,16 @@ def run_audio_demo(output_dir, quick: bool = False, seed: int = 0, num_threads: 
         seed: training and sampling seed.
         num_threads: torch CPU threads.
     """
-    from .demo import start_demo_folder
+    from .data.audio import AudioTransform, audio_batches
+    from .data.sources import embedded_audio_dir, load_audio_dataset
     from .evaluation.audio_analysis import analyze_waveforms, plot_band_spectra
+    from .pipelines.audio import generate_audio, write_wavs
     from .pipelines.sampling import load_pipeline
-    from .run_folders import record_run_files
     from .spectral.audio import band_center_frequencies, frequency_band_edges, log_spectral_distance
-    from .training.audio import generate_audio, parse_args, train_audio, write_wavs
-    from .training.audio_data import AudioTransform, audio_batches, embedded_audio_dir, load_audio_dataset
+    from .training.audio import parse_args, train_audio
+    from .utils.run_folders import record_run_files, restart_run_folder
 
-    output_dir, before = start_demo_folder(output_dir, "demo-audio")
+    output_dir, before = restart_run_folder(output_dir, "demo-audio")
     torch.set_num_threads(num_threads)
     settings = QUICK if quick else FULL
     started = time.time()

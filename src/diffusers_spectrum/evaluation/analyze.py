@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..run_folders import claim_output_dir
-from ..training.utils import write_json
+from ..utils.records import write_json
+from ..utils.run_folders import claim_output_dir
 from . import diagnostics
 
 
@@ -45,7 +45,7 @@ def analysis_resolution(vae, data, resolution: int | None, dsm_levels, image_col
     to what the VAE and DSM blocks accept) unless ``resolution`` is given; an explicit ``resolution`` above the data's
     size is allowed with a loud warning (upsampling steepens the image spectrum and changes the verdict).
     The same rule and messages as `evaluation.evaluate` (`vae_resolution`)."""
-    from ..training.data import data_image_size
+    from ..data.images import data_image_size
     from .evaluate import vae_resolution
 
     data_side = data_image_size(data, image_column, split)
@@ -96,8 +96,8 @@ def analyze_vae(
         The report dict; ``report["convention"]`` states the latents and spectrum convention (verdict rule:
         `diffusers_spectrum.evaluation.diagnostics`).
     """
+    from ..data.images import image_batches_from
     from ..models.loading import load_autoencoder
-    from ..training.data import image_batches_from
 
     start = time.perf_counter()
     if sample_posterior is not None:
@@ -107,7 +107,7 @@ def analyze_vae(
     vae = load_autoencoder(vae, device=device, torch_dtype=torch.float32)
     dsm_levels = tuple(int(k) for k in dsm_levels)
     resolution, data_side = analysis_resolution(vae, data, resolution, dsm_levels, image_column, split)
-    from ..training.data import SkipCounter
+    from ..data.stream import SkipCounter
 
     skips = SkipCounter()
     batches = image_batches_from(data, num_samples, resolution, batch_size, image_column, split, skip_counter=skips)

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..run_folders import claim_output_dir
 from ..spectral.audio import (
     band_center_frequencies,
     band_power_spectrum,
@@ -33,6 +32,7 @@ from ..spectral.audio import (
     mean_level_offset_db,
     spectral_slope,
 )
+from ..utils.run_folders import claim_output_dir
 
 
 if TYPE_CHECKING:
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_source(kind: str, value: str, args, sample_rate: int, sample_size: int) -> tuple[torch.Tensor, int]:
     """`(N, 1, sample_size)` float64 mono clips of a folder / dataset / pipeline, and the number skipped."""
-    from ..training.audio_data import AudioSkipCounter, AudioTransform, audio_batches, load_audio_dataset
+    from ..data.audio import AudioSkipCounter, AudioTransform, audio_batches
+    from ..data.sources import load_audio_dataset
 
     if kind == "pipeline":
         return _generate(value, args, sample_size), 0
@@ -99,21 +100,15 @@ def load_source(kind: str, value: str, args, sample_rate: int, sample_size: int)
 
 
 def _generate(folder: str, args, sample_size: int) -> torch.Tensor:
+    from ..pipelines.audio import generate_audio
     from ..pipelines.sampling import load_pipeline
 
     if not (Path(folder) / "model_index.json").is_file():
         raise FileNotFoundError(f"--pipeline {folder!r} is not a diffusers pipeline folder (no model_index.json).")
     pipe = load_pipeline(folder, kind="audio", command="analyze-audio --pipeline")  # strictly, audio only
     pipe.set_progress_bar_config(disable=True)
-    rate = pipe.unet.config.sample_rate
-    clips = []
-    for start in range(0, args.num_samples, 8):
-        count = min(8, args.num_samples - start)
-        generators = [torch.Generator().manual_seed(args.seed + start + i) for i in range(count)]
-        audio = pipe(batch_size=count, num_inference_steps=args.num_inference_steps, generator=generators,
-                     audio_length_in_s=sample_size / rate).audios  # fmt: skip
-        clips.append(torch.from_numpy(np.asarray(audio)).double().mean(dim=1, keepdim=True))
-    return torch.cat(clips)[..., :sample_size]
+    clips = generate_audio(pipe, args.num_samples, args.num_inference_steps, args.seed, sample_size=sample_size)
+    return torch.from_numpy(clips).double().mean(dim=1, keepdim=True)
 
 
 def analyze_waveforms(waveforms: torch.Tensor, sample_rate: int, source: str = "the clips", **bands) -> dict:
@@ -199,7 +194,7 @@ def main(argv=None) -> int:
         report["level_invariant_log_spectral_distance_db"] = float(level_invariant_log_spectral_distance(*pair))
         report["mean_level_offset_db"] = float(mean_level_offset_db(*pair))
     output_dir = claim_output_dir(args.output_dir, "analyze-audio", "audio_report.json")
-    from ..training.utils import write_json
+    from ..utils.records import write_json
 
     write_json(output_dir / "audio_report.json", report)
     centres = band_center_frequencies(frequency_band_edges(sample_rate, **bands)).numpy()

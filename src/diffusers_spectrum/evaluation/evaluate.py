@@ -35,9 +35,9 @@ import torch
 
 from ..models.checks import check_resolution, downsample_factor
 from ..pipelines.sampling import check_local_path, cli_labels, load_pipeline, pipeline_classes, pipeline_samples
-from ..run_folders import OutputFolderError, check_output_file
 from ..spectral import power_law_slope, radial_spectrum
-from ..training.utils import write_json
+from ..utils.records import write_json
+from ..utils.run_folders import OutputFolderError, check_output_file
 from .generation_metrics import SWD_MIN_RESOLUTION, pyramid_swd, spectrum_distance
 
 
@@ -216,8 +216,9 @@ def _feature_extractor(spec: str, device):
 
 def evaluate_vae(args: argparse.Namespace) -> dict:
     """Evaluate as `args` (from `parse_vae_args`) says; writes and returns the results dict."""
+    from ..data.images import ImageTransform, data_image_size, image_batches_from
+    from ..data.stream import SkipCounter
     from ..models.loading import load_autoencoder
-    from ..training.data import ImageTransform, SkipCounter, data_image_size, image_batches_from
     from .metrics import reconstruction_metrics
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -387,7 +388,7 @@ def _anchors(args, pipe, references: torch.Tensor, extractor) -> dict:
     """The data floor (``--floor_data_dir`` / ``--floor_dataset_name`` images against the references, same count)
     and, for a latent pipeline, the reconstruction ceiling (its VAE's ``decode(encode(references))`` against them),
     each with the same metrics as the samples; the blur check of the pixel metrics on the references (>= 64)."""
-    from ..training.data import image_batches_from
+    from ..data.images import image_batches_from
 
     anchors = {"floor": None, "ceiling": None, "blur_check": None}
     floor_source = args.floor_dataset_name or args.floor_data_dir
@@ -417,7 +418,8 @@ def _anchors(args, pipe, references: torch.Tensor, extractor) -> dict:
 
 def evaluate_pipeline(args: argparse.Namespace) -> dict:
     """Evaluate as `args` (from `parse_pipeline_args`) says; writes and returns the results dict."""
-    from ..training.data import SkipCounter, image_batches_from
+    from ..data.images import image_batches_from
+    from ..data.stream import SkipCounter
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     start = time.perf_counter()

@@ -58,7 +58,7 @@ def load_images(paths) -> torch.Tensor:
 
 def embedded_photos() -> torch.Tensor:
     """The 112 embedded 64 px photos, sorted by file name: ``(112, 3, 64, 64)`` in [-1, 1]."""
-    from ..training.data import embedded_dataset_dir
+    from ..data.sources import embedded_dataset_dir
 
     return load_images(sorted(embedded_dataset_dir().glob("*.png")))
 

@@ -7,6 +7,10 @@ from .._lazy import lazy_namespace
 
 # public name -> the module that defines it (or (module, name) for a renamed export)
 _LAZY_NAMES = {
+    "DCTTransform": ".dct_transform",
+    "estimate_dct_eta": ".dct_statistics",
+    "estimate_dct_statistics": ".dct_statistics",
+    "estimate_entropy_weights": ".dct_statistics",
     "LatentStats": ".autoencoder_kl_spectral",
     "SpectrumAutoencoderKL": ".autoencoder_kl_spectral",
     "SpectrumAutoencoderKLTrainingOutput": ".autoencoder_kl_spectral",
@@ -31,6 +35,7 @@ _LAZY_NAMES = {
 __getattr__, __dir__ = lazy_namespace(__name__, _LAZY_NAMES, globals())
 
 __all__ = [
+    "DCTTransform",
     "LATENT_CONVENTIONS",
     "LatentStats",
     "REPADiTTransformer2DModel",
@@ -45,6 +50,9 @@ __all__ = [
     "check_vae_config",
     "default_repa_depth",
     "drop_labels",
+    "estimate_dct_eta",
+    "estimate_dct_statistics",
+    "estimate_entropy_weights",
     "fold_latent_shift",
     "latent_convention",
     "latents_from_vae",

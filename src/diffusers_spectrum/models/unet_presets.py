@@ -13,7 +13,7 @@
   16 x 16, dropout 0.1) with the 64 px multipliers (1, 2, 3, 4) of Nichol & Dhariwal 2021 (Improved DDPM).
 
 All use the sinusoidal ("positional") time embedding that the DDPM and EDM formulations both need;
-:func:`check_edm_unet` refuses the other embeddings for EDM.
+`diffusion.edm.check_edm_unet` refuses the other embeddings for EDM.
 """
 
 from __future__ import annotations
@@ -170,16 +170,3 @@ def check_unet_config(config: dict, resolution: int, channels: int = 3, source: 
         )
 
 
-def check_edm_unet(unet) -> None:
-    """A UNet2DModel can serve as EDM's F only with a sinusoidal ("positional") time embedding.
-
-    ``"fourier"`` takes ``log`` of the timestep (``c_noise`` is negative below sigma = 1) and divides the output by it;
-    ``"learned"`` looks the timestep up as an integer index.
-    """
-    config = getattr(unet, "config", None)
-    embedding = config.get("time_embedding_type", "positional") if config is not None else "positional"
-    if embedding != "positional":
-        raise ValueError(
-            f"EDM needs a UNet2DModel with time_embedding_type='positional' (it receives c_noise = log(sigma) / 4 as "
-            f"its timestep), got {embedding!r}; build it with `build_unet` or set time_embedding_type='positional'."
-        )

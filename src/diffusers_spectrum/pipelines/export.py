@@ -16,7 +16,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 
 from .._version import __version__
 from ..models.latent_conventions import fold_latent_shift, latent_convention
-from ..training.utils import write_json
+from ..utils.records import write_json
 from .model_cards import pipeline_model_card, vae_model_card
 
 
@@ -53,7 +53,7 @@ def stock_vae(vae: AutoencoderKL, fold_shift: bool = True) -> AutoencoderKL:
     A `DCTTransform` (DCT-space diffusion) has no stock counterpart and is returned as is: a DCT-space pipeline folder
     names `diffusers_spectrum` for its `vae` and loads where the package is installed.
     """
-    from .dct_transform import DCTTransform
+    from ..models.dct_transform import DCTTransform
 
     if isinstance(vae, DCTTransform):
         return vae

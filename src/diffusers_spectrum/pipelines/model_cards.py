@@ -66,9 +66,9 @@ def _json_safe(values: dict | None) -> dict:
 
 
 def _public(training_args) -> dict:
-    """The flags for a card's table, secrets dropped by the package's one filter (`training.utils.public_args`), so a
+    """The flags for a card's table, secrets dropped by the package's one filter (`utils.records.public_args`), so a
     caller passing `vars(args)` cannot publish `--hub_token`."""
-    from ..training.utils import public_args
+    from ..utils.records import public_args
 
     return _json_safe(public_args(training_args or {}))
 

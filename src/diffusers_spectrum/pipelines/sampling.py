@@ -20,9 +20,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..models.checks import hub_offline_kwargs, looks_local
-from ..run_folders import claim_output_dir
-from ..training.utils import image_grid, write_json
+from ..utils.hub import hub_offline_kwargs, looks_local
+from ..utils.images import image_grid
+from ..utils.records import write_json
+from ..utils.run_folders import claim_output_dir
 
 
 logger = logging.getLogger(__name__)
@@ -118,16 +119,14 @@ def _pipeline_class(index: Path, class_name):
     naming the file and the fix. `None` when diffusers resolves the name itself."""
 
     import diffusers
-    from diffusers import DiffusionPipeline
+
+    from .edm_pipeline import EDMPipeline
 
     if isinstance(class_name, str) and hasattr(diffusers, class_name):
         return None
-    if isinstance(class_name, str):
-        import diffusers_spectrum
-
-        ours = getattr(diffusers_spectrum, class_name, None)
-        if isinstance(ours, type) and issubclass(ours, DiffusionPipeline):
-            return ours
+    ours = {"EDMPipeline": EDMPipeline}  # the package's DiffusionPipeline classes
+    if isinstance(class_name, str) and class_name in ours:
+        return ours[class_name]
     raise ValueError(
         f"{index}: _class_name {class_name!r} is neither a diffusers pipeline nor a diffusers-spectrum one; set it "
         "to the class that saved the folder (e.g. DiTPipeline, DDPMPipeline, ConsistencyModelPipeline, "
@@ -402,7 +401,7 @@ def cli_labels(pipe, class_labels: str | None, num_images: int | None, unconditi
 
 def check_local_path(parser: argparse.ArgumentParser, flag: str, value) -> None:
     """`parser.error` (exit 2 with the usage line, no traceback) when `value` looks like a local path (see
-    `models.checks.looks_local`) that does not exist: "no such folder" at once instead of Hub retries."""
+    `utils.hub.looks_local`) that does not exist: "no such folder" at once instead of Hub retries."""
     if value is not None and looks_local(value) and not os.path.exists(os.path.expanduser(str(value))):
         parser.error(f"{flag} {value}: no such folder (a local path that does not exist); check the path.")
 

@@ -5,7 +5,7 @@ import math
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
-from ..training.objectives import flow_shift_of, scale_alphas_cumprod
+from ..diffusion.objectives import flow_shift_of, scale_alphas_cumprod
 
 
 __all__ = ["default_scheduler", "flow_matching_scheduler", "snr_scaled_scheduler"]
@@ -65,7 +65,7 @@ def snr_scaled_scheduler(scheduler, snr_scale: float):
     """A copy of ``scheduler`` whose training/sampling schedule has ``SNR'(t) = snr_scale * SNR(t)``.
 
     - DDPM / DDIM / DPM-Solver: ``abar' = c abar / (1 + (c - 1) abar)``
-      (:func:`~diffusers_spectrum.training.objectives.scale_alphas_cumprod`), stored as ``trained_betas`` so the saved
+      (:func:`~diffusers_spectrum.diffusion.objectives.scale_alphas_cumprod`), stored as ``trained_betas`` so the saved
       scheduler config reproduces it.
     - Flow matching (``FlowMatchEulerDiscreteScheduler``'s ``shift`` or ``flow_shift`` with ``use_flow_sigmas``):
       SNR = ((1 - t) / t)^2, and the time shift t' = s t / (1 + (s - 1) t) divides it by s^2, so

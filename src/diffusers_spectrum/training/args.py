@@ -5,10 +5,9 @@ import argparse
 import math
 from pathlib import Path
 
-from .utils import parse_float_list
-
 
 __all__ = [
+    "ListArgumentError",
     "add_data_args",
     "add_optimization_args",
     "add_output_args",
@@ -18,8 +17,37 @@ __all__ = [
     "check_positive",
     "check_regularizers",
     "finish_common_args",
+    "parse_float_list",
+    "parse_int_list",
     "regularizer_settings",
 ]
+
+
+class ListArgumentError(argparse.ArgumentTypeError, ValueError):
+    """A comma-separated list flag that does not parse (argparse shows the message)."""
+
+
+def _parse_list(value, cast, kind: str) -> tuple:
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [item.strip() for item in str(value).split(",") if item.strip()]
+    if not items:
+        raise ListArgumentError(f"expected a comma-separated list of {kind}s such as '0,8,10,12', got {value!r}.")
+    try:
+        return tuple(cast(item) for item in items)
+    except (TypeError, ValueError):
+        raise ListArgumentError(f"expected a comma-separated list of {kind}s, got {value!r}.") from None
+
+
+def parse_int_list(value) -> tuple[int, ...]:
+    """`"0,8,10,12"` -> `(0, 8, 10, 12)`; use as an argparse `type`."""
+    return _parse_list(value, int, "integer")
+
+
+def parse_float_list(value) -> tuple[float, ...]:
+    """`"0.5,1e-3"` -> `(0.5, 0.001)`; use as an argparse `type`."""
+    return _parse_list(value, float, "number")
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, images: bool = True) -> argparse._ArgumentGroup:

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..diffusion.objectives import regularizer_weights
+from ..diffusion.v_diffusion import v_diffusion_inputs, v_diffusion_snr, v_diffusion_target, x0_from_v_diffusion
 from ..losses.spectral_regularizers import spectral_regularizer_terms
 from ..losses.stft import (
     DEFAULT_FFT_SIZES,
@@ -47,6 +49,8 @@ from ..losses.stft import (
     STFT_WINDOWS,
     fit_stft_resolutions,
 )
+from ..pipelines.audio import audio_pipeline, generate_audio, write_wavs
+from ..utils.records import public_args, write_json
 from .args import (
     add_data_args,
     add_optimization_args,
@@ -55,22 +59,14 @@ from .args import (
     check_nonnegative,
     check_positive,
     finish_common_args,
+    parse_int_list,
 )
 from .checkpointing import Checkpointer
-from .objectives import regularizer_weights
-from .utils import (
-    create_ema,
-    ema_weights,
-    log_figure,
-    parse_int_list,
-    public_args,
-    step_generator,
-    write_json,
-)
+from .loop import create_ema, ema_weights, log_figure, step_generator
 
 
 if TYPE_CHECKING:
-    from diffusers import DanceDiffusionPipeline, UNet1DModel
+    from diffusers import UNet1DModel
     from matplotlib.figure import Figure
 
 
@@ -79,14 +75,8 @@ __all__ = [
     "build_audio_unet",
     "build_parser",
     "check_sample_size",
-    "generate_audio",
     "parse_args",
     "train_audio",
-    "v_diffusion_alphas_sigmas",
-    "v_diffusion_inputs",
-    "v_diffusion_target",
-    "write_wavs",
-    "x0_from_v_diffusion",
 ]
 
 logger = logging.getLogger(__name__)
@@ -159,87 +149,7 @@ def check_sample_size(model: UNet1DModel, sample_size: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The v-diffusion objective of DanceDiffusionPipeline / IPNDMScheduler (module doc). Pure tensor maths.
-
-
-def v_diffusion_alphas_sigmas(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(alpha, sigma) = (cos(pi t / 2), sin(pi t / 2))` for model times `t` in [0, 1], in float32 (float64 kept)."""
-    angle = t.double() * (math.pi / 2) if t.dtype == torch.float64 else t.float() * (math.pi / 2)
-    return angle.cos(), angle.sin()
-
-
-def _per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:
-    return values.reshape(values.shape + (1,) * (ndim - values.ndim))
-
-
-def v_diffusion_inputs(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """`x_t = alpha x0 + sigma eps`: `(B, C, T)` clean clips, `(B, C, T)` unit noise, `(B,)` times -> `(B, C, T)`."""
-    alpha, sigma = (_per_sample(v, x0.ndim) for v in v_diffusion_alphas_sigmas(t))
-    return (alpha * x0.to(alpha.dtype) + sigma * noise.to(alpha.dtype)).to(x0.dtype)
-
-
-def v_diffusion_target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The velocity `v = alpha eps - sigma x0` the UNet regresses, `(B, C, T)`."""
-    alpha, sigma = (_per_sample(v, x0.ndim) for v in v_diffusion_alphas_sigmas(t))
-    return (alpha * noise.to(alpha.dtype) - sigma * x0.to(alpha.dtype)).to(x0.dtype)
-
-
-def x0_from_v_diffusion(model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """`x0_hat = alpha x_t - sigma v_hat` (exact inverse of the two functions above for `v_hat = v`), `(B, C, T)`."""
-    alpha, sigma = (_per_sample(v, x_t.ndim) for v in v_diffusion_alphas_sigmas(t))
-    return (alpha * x_t.to(alpha.dtype) - sigma * model_output.to(alpha.dtype)).to(model_output.dtype)
-
-
-def v_diffusion_snr(t: torch.Tensor) -> torch.Tensor:
-    """SNR = alpha^2 / sigma^2 = cot(pi t / 2)^2, `(B,)` (inf at t = 0)."""
-    alpha, sigma = v_diffusion_alphas_sigmas(t)
-    return alpha.square() / sigma.square()
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Sampling, WAVs, spectrograms
-
-
-def audio_pipeline(unet: UNet1DModel) -> DanceDiffusionPipeline:
-    """The stock pipeline around `unet` with the scheduler it was trained for (`IPNDMScheduler`), progress bar off."""
-    from diffusers import DanceDiffusionPipeline, IPNDMScheduler
-
-    pipe = DanceDiffusionPipeline(unet=unet, scheduler=IPNDMScheduler())
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@torch.no_grad()
-def generate_audio(
-    pipe: DanceDiffusionPipeline, num_clips: int, num_inference_steps: int, seed: int = 0, batch_size: int = 8
-) -> np.ndarray:
-    """`(num_clips, C, sample_size)` float32 clips in [-1, 1] from a `DanceDiffusionPipeline`, clip `i` drawn with
-    its own generator seeded `seed + i` (so the clips do not depend on `batch_size`)."""
-    sample_size, sample_rate = pipe.unet.config.sample_size, pipe.unet.config.sample_rate
-    clips = []
-    for start in range(0, num_clips, batch_size):
-        count = min(batch_size, num_clips - start)
-        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
-        clips.append(pipe(batch_size=count, num_inference_steps=num_inference_steps, generator=generators,
-                          audio_length_in_s=sample_size / sample_rate).audios)  # fmt: skip
-    audio = np.concatenate(clips)
-    if audio.shape[-1] != sample_size:
-        raise RuntimeError(f"the pipeline returned {audio.shape[-1]} samples instead of {sample_size}.")
-    return audio
-
-
-def write_wavs(clips: np.ndarray, sample_rate: int, folder: str | Path, prefix: str = "sample") -> list[Path]:
-    """`(N, C, T)` clips in [-1, 1] -> `folder/<prefix>_<i>.wav` (16-bit PCM); returns the paths."""
-    import soundfile
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, clip in enumerate(clips):
-        path = folder / f"{prefix}_{i:02d}.wav"
-        soundfile.write(path, np.clip(clip.T, -1, 1), sample_rate, subtype="PCM_16")
-        paths.append(path)
-    return paths
 
 
 def spectrogram_figure(clips: np.ndarray, sample_rate: int, title: str = "") -> Figure:
@@ -373,7 +283,8 @@ def train_audio(args: argparse.Namespace) -> Path:
     """Train as `args` (from `parse_args`) says; returns the exported `DanceDiffusionPipeline` folder."""
     from diffusers import UNet1DModel
 
-    from .audio_data import AudioReader, AudioTransform, load_audio_dataset, source_sample_rates
+    from ..data.audio import AudioReader, AudioTransform, source_sample_rates
+    from ..data.sources import load_audio_dataset
     from .loop import (
         AccumulationWindow,
         compile_model,

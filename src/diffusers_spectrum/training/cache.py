@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ..models.checks import check_resolution, looks_local
-from ..run_folders import claim_output_dir
-from .utils import public_args, save_args_json
+from ..models.checks import check_resolution
+from ..utils.hub import looks_local
+from ..utils.records import public_args, save_args_json
+from ..utils.run_folders import claim_output_dir
 
 
 __all__ = ["build_parser", "cache_latents", "parse_args"]
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 def id2label_for(args, dataset) -> dict[int, str] | None:
     """Class names: `--class_names_file` (JSON list or {index: name}), a `ClassLabel` column's names, the embedded
     photos' names, or None."""
-    from .data import class_names_of, embedded_class_names
+    from ..data.sources import class_names_of, embedded_class_names
 
     if args.label_column is None:
         return None
@@ -266,10 +267,13 @@ def vae_weights_fingerprint(path: str, subfolder: str | None = None) -> str | No
 
 def cache_latents(args: argparse.Namespace) -> dict:
     """Encode as `args` (from `parse_args`) says; returns the cache info (`cache_info.json`)."""
+    from ..data.images import ImageTransform
+    from ..data.latents import CACHE_INFO_NAME
+    from ..data.sources import detect_label_column, load_image_dataset
+    from ..data.stream import SkipCounter
     from ..models.encoders import RepresentationEncoder
     from ..models.loading import load_autoencoder
-    from .data import ImageTransform, SkipCounter, detect_label_column, load_image_dataset
-    from .latent_cache import CACHE_INFO_NAME, write_latent_cache
+    from .latent_cache import write_latent_cache
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     claim_output_dir(args.output_dir, "cache-latents", CACHE_INFO_NAME)  # new, empty or this cache: else refused

@@ -27,10 +27,13 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from ..diffusion.objectives import DiffusionObjective
 from ..losses import repa_loss
 from ..losses.dct import dct_weighted_mse
 from ..losses.spectral_regularizers import spectral_regularizer_terms
 from ..spectral.filters import apply_target_filter
+from ..utils.images import image_grid
+from ..utils.records import public_args, write_json
 from .args import (
     add_data_args,
     add_optimization_args,
@@ -42,16 +45,7 @@ from .args import (
     regularizer_settings,
 )
 from .checkpointing import Checkpointer
-from .objectives import DiffusionObjective
-from .utils import (
-    create_ema,
-    ema_weights,
-    image_grid,
-    log_images,
-    public_args,
-    step_generator,
-    write_json,
-)
+from .loop import create_ema, ema_weights, log_images, step_generator
 
 
 if TYPE_CHECKING:
@@ -238,8 +232,8 @@ class DataSource:
     data modes (cached latents, images through a VAE, images in DCT space)."""
 
     def __init__(self, args, accelerator):
-        from .data import embedded_class_names
-        from .latent_cache import read_cache_info
+        from ..data.latents import read_cache_info
+        from ..data.sources import embedded_class_names
 
         self.args, self.device = args, accelerator.device
         self.cache_info, self.vae, self.encoder = None, None, None
@@ -273,7 +267,8 @@ class DataSource:
         """Before training on cached latents: their recorded latent convention must be the decoding VAE's
         (`check_cache_against_vae`, an error), and a sample of them, standardised, should have a std near 1 (a loud
         warning with the fix otherwise)."""
-        from .latent_cache import check_cache_against_vae, latent_statistics, load_latent_dataset, warn_if_badly_scaled
+        from ..data.latents import load_latent_dataset
+        from .latent_cache import check_cache_against_vae, latent_statistics, warn_if_badly_scaled
 
         args, settings = self.args, self.cache_info["settings"]
         vae_name = args.pretrained_vae or settings.get("pretrained_vae")
@@ -286,8 +281,8 @@ class DataSource:
 
     def load_decoder(self):
         """The VAE (or DCT transform) that decodes samples: `--pretrained_vae`, else the one the cache records."""
+        from ..models.dct_transform import DCTTransform
         from ..models.loading import load_autoencoder
-        from ..pipelines.dct_transform import DCTTransform
 
         args = self.args
         if args.space == "dct":
@@ -305,8 +300,9 @@ class DataSource:
 
     def dataloader(self, accelerator, state: dict | None):
         """The training loader (cached latents or images), resumed from `state`."""
-        from .data import ImageReader, ImageTransform, load_image_dataset
-        from .latent_cache import latent_batch, load_latent_dataset, unreadable_latents_error
+        from ..data.images import ImageReader, ImageTransform
+        from ..data.latents import latent_batch, load_latent_dataset, unreadable_latents_error
+        from ..data.sources import load_image_dataset
         from .loop import train_dataloader
 
         args = self.args
@@ -535,10 +531,11 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def train_dit(args: argparse.Namespace) -> Path:
     """Train as `args` (from `parse_args`) says; returns the exported pipeline folder."""
+    from ..data.images import ImageTransform, image_batches
+    from ..data.sources import load_image_dataset
+    from ..models.dct_statistics import estimate_dct_statistics, estimate_entropy_weights
     from ..models.dit_repa import REPADiTTransformer2DModel, default_repa_depth, drop_labels
     from ..models.encoders import RepresentationEncoder
-    from .data import ImageTransform, image_batches, load_image_dataset
-    from .dct_statistics import estimate_dct_statistics, estimate_entropy_weights
     from .loop import (
         AccumulationWindow,
         compile_model,

@@ -9,7 +9,7 @@ call it. Flag names follow diffusers' `examples/unconditional_image_generation/t
   script weights that one by the SNR); the regularisers compare `x0_hat` (`DiffusionObjective.predict_x0`) with x0,
   per sample weighted by `--spectral_timestep_weighting`. Output: a stock `DDPMPipeline` folder.
 - EDM: `x = x0 + sigma n` with `ln sigma ~ N(P_mean, P_std^2)`, preconditioned denoiser `D(x; sigma)` and loss weight
-  `(sigma^2 + sigma_data^2) / (sigma sigma_data)^2` (`training.edm`); the regularisers compare `D(x; sigma)` with x0,
+  `(sigma^2 + sigma_data^2) / (sigma sigma_data)^2` (`diffusion.edm`); the regularisers compare `D(x; sigma)` with x0,
   weighted by the same SNR rule with SNR = 1 / sigma^2. Output: a stock folder (`unet/` a `UNet2DModel`,
   `scheduler/` an `EDMEulerScheduler`, `model_index.json` naming `ConsistencyModelPipeline`, whose loop is
   `EDMPipeline`'s), so `DiffusionPipeline.from_pretrained` samples it with diffusers alone.
@@ -36,15 +36,28 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .._version import __version__
+from ..diffusion.edm import (
+    EDM_P_MEAN,
+    EDM_P_STD,
+    EDM_SIGMA_DATA,
+    check_edm_unet,
+    edm_denoise,
+    edm_denoising_loss,
+    edm_noisy_inputs,
+    edm_sample_sigmas,
+    edm_snr,
+)
+from ..diffusion.objectives import DiffusionObjective, regularizer_weights
 from ..losses.spectral_regularizers import spectral_regularizer_terms
 from ..models.unet_presets import (
     UNET_PRESETS,
     build_unet,
-    check_edm_unet,
     check_unet_config,
     read_model_config,
     unet_downsampling_factor,
 )
+from ..utils.images import image_grid
+from ..utils.records import public_args, write_json
 from .args import (
     add_data_args,
     add_optimization_args,
@@ -55,26 +68,7 @@ from .args import (
     regularizer_settings,
 )
 from .checkpointing import Checkpointer
-from .edm import (
-    EDM_P_MEAN,
-    EDM_P_STD,
-    EDM_SIGMA_DATA,
-    edm_denoise,
-    edm_denoising_loss,
-    edm_noisy_inputs,
-    edm_sample_sigmas,
-    edm_snr,
-)
-from .objectives import DiffusionObjective, regularizer_weights
-from .utils import (
-    create_ema,
-    ema_weights,
-    image_grid,
-    log_images,
-    public_args,
-    step_generator,
-    write_json,
-)
+from .loop import create_ema, ema_weights, log_images, step_generator
 
 
 if TYPE_CHECKING:
@@ -356,7 +350,8 @@ def build_model(args) -> UNet2DModel:
 
 def train_unconditional(args: argparse.Namespace) -> Path:
     """Train as `args` (from `parse_args`) says; returns the output (pipeline) folder."""
-    from .data import ImageReader, ImageTransform, load_image_dataset
+    from ..data.images import ImageReader, ImageTransform
+    from ..data.sources import load_image_dataset
     from .loop import (
         AccumulationWindow,
         compile_model,

@@ -33,18 +33,10 @@ from ..losses.equivariance import (
     sample_equivariance_transform,
 )
 from ..spectral.esm import esm_band_powers, esm_divergence
-from .args import add_data_args, add_optimization_args, add_output_args, finish_common_args
+from ..utils.records import public_args, write_json
+from .args import add_data_args, add_optimization_args, add_output_args, finish_common_args, parse_int_list
 from .checkpointing import Checkpointer
-from .utils import (
-    create_ema,
-    ema_weights,
-    log_figure,
-    log_images,
-    parse_int_list,
-    public_args,
-    step_generator,
-    write_json,
-)
+from .loop import create_ema, ema_weights, log_figure, log_images, step_generator
 
 
 if TYPE_CHECKING:
@@ -655,8 +647,10 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def train_vae(args: argparse.Namespace) -> Path:
     """Train as `args` (from `parse_args`) says; returns the output folder."""
+    from ..data.images import ImageReader, ImageTransform, image_batches
+    from ..data.sources import load_image_dataset
+    from ..data.stream import SkipCounter
     from ..losses.autoencoder import NLayerDiscriminator
-    from .data import ImageReader, ImageTransform, SkipCounter, image_batches, load_image_dataset
     from .loop import (
         AccumulationWindow,
         adamw,

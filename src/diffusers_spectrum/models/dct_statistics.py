@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ..pipelines.dct_transform import PLANES, DCTTransform
+from .dct_transform import PLANES, DCTTransform
 
 
 def _image_batches(images) -> Iterable[torch.Tensor]:

@@ -1,6 +1,6 @@
 """DCT-space diffusion (DCTdiff, Ning et al. 2024; SPEC.md, "DCT-space diffusion"): `DCTTransform`, a parameter-free
 image <-> DCT "latent" transform that stands where a VAE stands in a pipeline. The data statistics it needs (eta,
-entropy weights) are in `training/dct_statistics.py`, the weighted loss in `losses/dct.py`, the SNR-scaled schedule in
+entropy weights) are in `models/dct_statistics.py`, the weighted loss in `losses/dct.py`, the SNR-scaled schedule in
 `pipelines/schedulers.py`.
 
 Conventions are the DCTdiff authors' (their code, forever208/DCTdiff), in units of 127.5 pixel levels: an image

@@ -18,6 +18,7 @@ from diffusers_spectrum.diffusion import v_diffusion
 from diffusers_spectrum.losses.spectral_regularizers import spectral_regularizer_terms
 from diffusers_spectrum.losses.stft import fit_stft_resolutions
 from diffusers_spectrum.training import audio
+from diffusers_spectrum.training.args import spectral_regularizers
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +127,8 @@ def test_each_regularizer_lowers_the_loss_on_a_fixed_batch(regularizer):
     weight = {"none": [], "fourier": ["--fourier_weight", "0.5"], "wavelet": ["--wavelet_weight", "0.5"],
               "stft": ["--stft_weight", "0.05"]}[regularizer]  # the STFT loss is ~100x larger at initialisation
     args = audio.parse_args(["--unet_config", "tiny", "--sample_size", "1024", *weight])
-    fourier, wavelet, stft = audio.regularizer_options(args)
+    regularizers = spectral_regularizers(args)
+    fourier, wavelet, stft = regularizers.fourier, regularizers.wavelet, regularizers.stft
     weights = {"fourier": args.fourier_weight, "wavelet": args.wavelet_weight, "stft": args.stft_weight}
     generator = torch.Generator().manual_seed(0)
     t = torch.rand(x0.shape[0], generator=generator) * 0.5  # informative noise levels

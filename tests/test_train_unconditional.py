@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusers_spectrum.diffusion.edm import edm_noisy_inputs
+from diffusers_spectrum.diffusion.edm import edm_noisy_inputs, edm_sample_sigmas
+from diffusers_spectrum.diffusion.loss import SpectralRegularizers, diffusion_loss_terms, total_loss
 from diffusers_spectrum.diffusion.objectives import DiffusionObjective
 from diffusers_spectrum.models.unet_presets import build_unet
 from diffusers_spectrum.training import unconditional
@@ -71,6 +72,11 @@ class _Oracle(torch.nn.Module):
         return out
 
 
+def _terms(model, objective, x0, generator, fourier, wavelet):
+    regularizers = SpectralRegularizers(fourier, wavelet)
+    return diffusion_loss_terms(model, objective, x0, generator, regularizers=regularizers)[0]
+
+
 @pytest.mark.parametrize("kind", ("epsilon", "v_prediction", "sample"))
 def test_ddpm_regularizers_compare_x0_hat_with_x0(kind):
     """The exact target gives zero loss and zero regularisers (x0_hat = x0, up to float32 recovery rounding, which
@@ -88,13 +94,13 @@ def test_ddpm_regularizers_compare_x0_hat_with_x0(kind):
 
     oracle.output = exact
     fourier, wavelet = REGULARIZERS["both"]
-    terms = unconditional.ddpm_loss_terms(oracle, objective, x0, torch.Generator().manual_seed(seed), fourier, wavelet)
+    terms = _terms(oracle, objective, x0, torch.Generator().manual_seed(seed), fourier, wavelet)
     assert float(terms["diffusion"]) == 0.0
     for name in ("fourier", "wavelet"):
         assert float(terms[name]) < 1e-4, (name, float(terms[name]))
     perturbation = 0.3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(9))
     oracle.output = lambda sample, timestep: exact(sample, timestep) + perturbation
-    terms = unconditional.ddpm_loss_terms(oracle, objective, x0, torch.Generator().manual_seed(seed), fourier, wavelet)
+    terms = _terms(oracle, objective, x0, torch.Generator().manual_seed(seed), fourier, wavelet)
     for name in ("fourier", "wavelet"):
         assert float(terms[name]) > 1e-3, (name, float(terms[name]))
 
@@ -104,7 +110,7 @@ def test_edm_regularizers_compare_the_denoiser_output_with_x0():
     x0 = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     seed, sigma_data = 7, 0.5
     g = torch.Generator().manual_seed(seed)
-    sigma = unconditional.edm_sample_sigmas(x0.shape[0], generator=g)
+    sigma = edm_sample_sigmas(x0.shape[0], generator=g)
     x_noisy = edm_noisy_inputs(x0, torch.randn(x0.shape, generator=g), sigma)
     s = sigma.reshape(-1, 1, 1, 1).double()
     c_skip = sigma_data**2 / (s**2 + sigma_data**2)  # Karras et al. 2022, Table 1
@@ -113,20 +119,14 @@ def test_edm_regularizers_compare_the_denoiser_output_with_x0():
     oracle = _Oracle()
     oracle.output = lambda sample, timestep: ideal
     fourier, wavelet = REGULARIZERS["both"]
-    terms = unconditional.edm_loss_terms(oracle, x0, torch.Generator().manual_seed(seed), fourier, wavelet)
+    terms = _terms(oracle, DiffusionObjective("edm"), x0, torch.Generator().manual_seed(seed), fourier, wavelet)
     for name in ("diffusion", "fourier", "wavelet"):
         assert float(terms[name]) < 1e-6, (name, float(terms[name]))
 
 
-def _terms(kind, model, objective, x0, generator, fourier, wavelet):
-    if kind == "edm":
-        return unconditional.edm_loss_terms(model, x0, generator, fourier, wavelet)
-    return unconditional.ddpm_loss_terms(model, objective, x0, generator, fourier, wavelet)
-
-
 def _objective(kind):
     if kind == "edm":
-        return None
+        return DiffusionObjective("edm")
     return DiffusionObjective(kind, unconditional.ddpm_noise_scheduler(1000, "linear", kind))
 
 
@@ -141,9 +141,9 @@ def test_every_formulation_trains_with_every_regularizer(kind, regularizer):
     fourier, wavelet = REGULARIZERS[regularizer]
     before = [p.detach().clone() for p in unet.parameters()]
     for step in range(2):
-        terms = _terms(kind, unet, _objective(kind), x0, torch.Generator().manual_seed(step), fourier, wavelet)
+        terms = _terms(unet, _objective(kind), x0, torch.Generator().manual_seed(step), fourier, wavelet)
         assert ("fourier" in terms) == (fourier is not None) and ("wavelet" in terms) == (wavelet is not None)
-        loss = unconditional.total_loss(terms, 0.1, 0.1)
+        loss = total_loss(terms, {"fourier": 0.1, "wavelet": 0.1})
         assert torch.isfinite(loss)
         optimizer.zero_grad()
         loss.backward()
@@ -161,8 +161,8 @@ def test_loss_goes_down_on_a_fixed_batch(kind):
     fourier, wavelet = REGULARIZERS["both"]
     losses = []
     for _ in range(12):
-        terms = _terms(kind, unet, objective, x0, torch.Generator().manual_seed(0), fourier, wavelet)  # same draws
-        loss = unconditional.total_loss(terms, 0.1, 0.1)
+        terms = _terms(unet, objective, x0, torch.Generator().manual_seed(0), fourier, wavelet)  # same draws
+        loss = total_loss(terms, {"fourier": 0.1, "wavelet": 0.1})
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

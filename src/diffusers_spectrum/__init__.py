@@ -96,7 +96,7 @@ _LAZY_NAMES = {
     "edm_loss_weight": ".diffusion.edm",
     "edm_sample_sigmas": ".diffusion.edm",
     "DiffusionObjective": ".diffusion.objectives",
-    "x0_from_edm": ".diffusion.objectives",
+    "x0_from_edm": ".diffusion.edm",
     "x0_from_epsilon": ".diffusion.objectives",
     "x0_from_flow": ".diffusion.objectives",
     "x0_from_v": ".diffusion.objectives",

@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from ._checks import append_dims
+
 
 def v_diffusion_alphas_sigmas(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`(alpha, sigma) = (cos(pi t / 2), sin(pi t / 2))` for model times `t` in [0, 1], in float32 (float64 kept)."""
@@ -21,25 +23,21 @@ def v_diffusion_alphas_sigmas(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return angle.cos(), angle.sin()
 
 
-def _per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:
-    return values.reshape(values.shape + (1,) * (ndim - values.ndim))
-
-
 def v_diffusion_inputs(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """`x_t = alpha x0 + sigma eps`: `(B, C, T)` clean clips, `(B, C, T)` unit noise, `(B,)` times -> `(B, C, T)`."""
-    alpha, sigma = (_per_sample(v, x0.ndim) for v in v_diffusion_alphas_sigmas(t))
+    alpha, sigma = (append_dims(v, x0.ndim) for v in v_diffusion_alphas_sigmas(t))
     return (alpha * x0.to(alpha.dtype) + sigma * noise.to(alpha.dtype)).to(x0.dtype)
 
 
 def v_diffusion_target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The velocity `v = alpha eps - sigma x0` the UNet regresses, `(B, C, T)`."""
-    alpha, sigma = (_per_sample(v, x0.ndim) for v in v_diffusion_alphas_sigmas(t))
+    alpha, sigma = (append_dims(v, x0.ndim) for v in v_diffusion_alphas_sigmas(t))
     return (alpha * noise.to(alpha.dtype) - sigma * x0.to(alpha.dtype)).to(x0.dtype)
 
 
 def x0_from_v_diffusion(model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """`x0_hat = alpha x_t - sigma v_hat` (exact inverse of the two functions above for `v_hat = v`), `(B, C, T)`."""
-    alpha, sigma = (_per_sample(v, x_t.ndim) for v in v_diffusion_alphas_sigmas(t))
+    alpha, sigma = (append_dims(v, x_t.ndim) for v in v_diffusion_alphas_sigmas(t))
     return (alpha * x_t.to(alpha.dtype) - sigma * model_output.to(alpha.dtype)).to(model_output.dtype)
 
 

@@ -5,6 +5,8 @@ import argparse
 import math
 from pathlib import Path
 
+from ..diffusion.loss import SpectralRegularizers
+
 
 __all__ = [
     "ListArgumentError",
@@ -19,7 +21,7 @@ __all__ = [
     "finish_common_args",
     "parse_float_list",
     "parse_int_list",
-    "regularizer_settings",
+    "spectral_regularizers",
 ]
 
 
@@ -202,9 +204,10 @@ def add_regularizer_args(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     return g
 
 
-def regularizer_settings(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
-    """Keyword arguments of `fourier_loss` and `wavelet_loss` from the flags of `add_regularizer_args` (None for a
-    term whose weight is 0), for `losses.spectral_regularizers.spectral_regularizer_terms`."""
+def spectral_regularizers(args: argparse.Namespace) -> SpectralRegularizers:
+    """The spectral regularisers the flags ask for (`add_regularizer_args`, and the audio trainer's `--stft_*`): the
+    keyword arguments of each enabled loss, the loss weights and the timestep weighting, for
+    `diffusion.loss.diffusion_loss_terms`."""
     fourier = None if args.fourier_weight == 0 else dict(
         amplitude_weight=args.fourier_amplitude_weight, phase_weight=args.fourier_phase_weight,
         log_amplitude=args.fourier_log_amplitude, frequency_power=args.fourier_frequency_power,
@@ -214,7 +217,17 @@ def regularizer_settings(args: argparse.Namespace) -> tuple[dict | None, dict | 
         levels=args.wavelet_levels, level_weights=args.wavelet_level_weights, wavelet=args.wavelet,
         loss_type=args.spectral_loss_type,
     )  # fmt: skip
-    return fourier, wavelet
+    weights = {"fourier": args.fourier_weight, "wavelet": args.wavelet_weight}
+    stft = None
+    if hasattr(args, "stft_weight"):
+        weights["stft"] = args.stft_weight
+        stft = None if args.stft_weight == 0 else dict(
+            fft_sizes=tuple(args.stft_fft_sizes), hop_lengths=tuple(args.stft_hop_lengths),
+            win_lengths=tuple(args.stft_win_lengths), window=args.stft_window,
+        )  # fmt: skip
+    return SpectralRegularizers(
+        fourier, wavelet, stft, weights, args.spectral_timestep_weighting, args.spectral_snr_gamma
+    )
 
 
 def check_positive(args: argparse.Namespace, names) -> None:

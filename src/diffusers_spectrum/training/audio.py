@@ -39,9 +39,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..diffusion.objectives import regularizer_weights
-from ..diffusion.v_diffusion import v_diffusion_inputs, v_diffusion_snr, v_diffusion_target, x0_from_v_diffusion
-from ..losses.spectral_regularizers import spectral_regularizer_terms
+from ..diffusion.loss import diffusion_loss_terms, total_loss
+from ..diffusion.objectives import DiffusionObjective
 from ..losses.stft import (
     DEFAULT_FFT_SIZES,
     DEFAULT_HOP_LENGTHS,
@@ -60,6 +59,7 @@ from .args import (
     check_positive,
     finish_common_args,
     parse_int_list,
+    spectral_regularizers,
 )
 from .checkpointing import Checkpointer
 from .loop import create_ema, ema_weights, log_figure, step_generator
@@ -253,24 +253,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def regularizer_options(args) -> tuple[dict | None, dict | None, dict | None]:
-    """Keyword arguments of the Fourier, wavelet and STFT losses from the flags (None where the weight is 0)."""
-    fourier = None if args.fourier_weight == 0 else dict(
-        amplitude_weight=args.fourier_amplitude_weight, phase_weight=args.fourier_phase_weight,
-        log_amplitude=args.fourier_log_amplitude, frequency_power=args.fourier_frequency_power,
-        loss_type=args.spectral_loss_type,
-    )  # fmt: skip
-    wavelet = None if args.wavelet_weight == 0 else dict(
-        levels=args.wavelet_levels, level_weights=args.wavelet_level_weights, wavelet=args.wavelet,
-        loss_type=args.spectral_loss_type,
-    )  # fmt: skip
-    stft = None if args.stft_weight == 0 else dict(
-        fft_sizes=tuple(args.stft_fft_sizes), hop_lengths=tuple(args.stft_hop_lengths),
-        win_lengths=tuple(args.stft_win_lengths), window=args.stft_window,
-    )  # fmt: skip
-    return fourier, wavelet, stft
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 
@@ -325,12 +307,12 @@ def train_audio(args: argparse.Namespace) -> Path:
         accelerator, output_dir, {"unet": model}, {"unet": ema} if ema is not None else None,
         args.checkpoints_total_limit, settings=learning_settings(args, RESUME_SETTINGS),
     )  # fmt: skip
-    fourier, wavelet, stft = regularizer_options(args)
-    weights_by_term = {"fourier": args.fourier_weight, "wavelet": args.wavelet_weight, "stft": args.stft_weight}
+    objective = DiffusionObjective("v_cosine")
+    regularizers = spectral_regularizers(args)
     logger.info(
         f"UNet1DModel {args.unet_config}: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M params, clips "
         f"({args.channels}, {args.sample_size}) at {args.sample_rate} Hz, regularisers "
-        f"{ {k: v for k, v in weights_by_term.items() if v} or 'none' }"
+        f"{ {k: v for k, v in regularizers.weights.items() if v} or 'none' }"
     )
 
     # 3. Resume, data
@@ -359,27 +341,13 @@ def train_audio(args: argparse.Namespace) -> Path:
         for micro_step in range(accumulation):
             batch = next(data_iterator)
             generator = step_generator(args.seed, global_step, micro_step, accelerator.process_index, "cpu")
-            x0 = batch["waveforms"]  # (B, C, T) in [-1, 1]
-            t = torch.rand(x0.shape[0], generator=generator)
-            noise = torch.randn(x0.shape, generator=generator)
-            x0, t, noise = (v.to(accelerator.device) for v in (x0, t, noise))
-            x_t = v_diffusion_inputs(x0, noise, t)
+            x0 = batch["waveforms"].to(accelerator.device)  # (B, C, T) in [-1, 1]
             with window.micro_step(micro_step):
-                with accelerator.autocast():
-                    prediction = model(x_t, t).sample.float()
-                terms = {"diffusion": (prediction - v_diffusion_target(x0, noise, t)).square().mean()}
-                loss = terms["diffusion"]
-                if fourier is not None or wavelet is not None or stft is not None:
-                    x0_hat = x0_from_v_diffusion(prediction, x_t.float(), t)
-                    weights = regularizer_weights(
-                        v_diffusion_snr(t), args.spectral_timestep_weighting, args.spectral_snr_gamma
-                    )
-                    regularizers = spectral_regularizer_terms(x0_hat, x0, weights, fourier, wavelet, stft)
-                    terms.update(regularizers)
-                    for name, value in regularizers.items():
-                        loss = loss + weights_by_term[name] * value
-                terms["loss"] = loss
-                window.backward(loss)
+                terms, _ = diffusion_loss_terms(
+                    model, objective, x0, generator, regularizers=regularizers, autocast=accelerator.autocast
+                )
+                terms["loss"] = total_loss(terms, regularizers.weights)
+                window.backward(terms["loss"])
             for name, value in terms.items():
                 logs[name] = logs.get(name, 0.0) + value.detach() / accumulation
 
@@ -457,13 +425,12 @@ def write_outputs(args, model: UNet1DModel, metrics: dict, output_dir: Path) -> 
     pipe = DanceDiffusionPipeline(unet=model.to("cpu"), scheduler=IPNDMScheduler())
     pipe.save_pretrained(pipeline_dir, safe_serialization=True)
     repo_id = args.hub_model_id or output_dir.resolve().name
-    fourier, wavelet, stft = regularizer_options(args)
-    regularizers = {"fourier": fourier, "wavelet": wavelet, "stft": stft}
+    regularizers = spectral_regularizers(args)
     components = {
         "unet": f"UNet1DModel {args.unet_config} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
         f"{args.channels} channel(s), {args.sample_size} samples at {args.sample_rate} Hz)",
         "scheduler": "IPNDMScheduler (v-objective, alpha = cos(pi t / 2), sigma = sin(pi t / 2))",
-        "regularisers": ", ".join(k for k, v in regularizers.items() if v is not None) or "none",
+        "regularisers": ", ".join(k for k, v in regularizers.weights.items() if v) or "none",
     }
     card = audio_pipeline_model_card(
         repo_id, training_args=public_args(args), metrics=metrics, components=components,

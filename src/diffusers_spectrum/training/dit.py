@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from ..diffusion.objectives import DiffusionObjective
+from ..diffusion.loss import diffusion_loss_terms, total_loss
+from ..diffusion.objectives import DiffusionObjective, mean_squared_error
 from ..losses import repa_loss
 from ..losses.dct import dct_weighted_mse
-from ..losses.spectral_regularizers import spectral_regularizer_terms
 from ..spectral.filters import apply_target_filter
 from ..utils.images import image_grid
 from ..utils.records import public_args, write_json
@@ -42,7 +42,7 @@ from .args import (
     check_nonnegative,
     check_positive,
     finish_common_args,
-    regularizer_settings,
+    spectral_regularizers,
 )
 from .checkpointing import Checkpointer
 from .loop import create_ema, ema_weights, log_images, step_generator
@@ -635,7 +635,10 @@ def train_dit(args: argparse.Namespace) -> Path:
         accelerator, output_dir, {"transformer": model}, {"transformer": ema} if ema is not None else None,
         args.checkpoints_total_limit, settings=learning_settings(args, RESUME_SETTINGS),
     )  # fmt: skip
-    fourier, wavelet = regularizer_settings(args)
+    regularizers = spectral_regularizers(args)
+    distance = mean_squared_error  # per sample, as DCTdiff's entropy-weighted MSE in DCT space
+    if entropy_weights is not None:
+        distance = functools.partial(dct_weighted_mse, channel_weights=entropy_weights)
     logger.info(
         f"DiT {args.dit_config}: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M params, latents "
         f"{data.latent_shape}, grid {grid_hw}, objective {args.objective}, REPA {args.repa_targets_resolved} "
@@ -666,38 +669,20 @@ def train_dit(args: argparse.Namespace) -> Path:
             inputs = data.prepare(batch, generator, grid_hw, need_targets=use_repa)
             x0 = inputs["x0"]
             labels = drop_labels(inputs["labels"], args.label_dropout if data.conditional else 0.0, generator)
-            timesteps = objective.sample_timesteps(x0.shape[0], generator=generator, device=x0.device)
-            noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
-            x_t, model_timesteps = objective.noisy_inputs(x0, noise, timesteps)
             with window.micro_step(micro_step):
-                with accelerator.autocast():
-                    out = model(x_t, timestep=model_timesteps, class_labels=labels, return_repa_tokens=use_repa)
-                prediction = out.sample.float()
-                target = objective.target(x0, noise, timesteps).float()
-                # 6a. Denoising loss (entropy-weighted in DCT space), REPA, spectral regularisers
-                if entropy_weights is not None:
-                    per_sample = dct_weighted_mse(prediction, target, entropy_weights)
-                else:
-                    per_sample = (prediction - target).square().mean(dim=(1, 2, 3))
-                terms = {"diffusion": per_sample.mean()}
-                loss = terms["diffusion"]
+                # 6a. Diffusion loss (entropy-weighted in DCT space) and the spectral regularisers, then REPA
+                terms, out = diffusion_loss_terms(
+                    model, objective, x0, generator, regularizers=regularizers, distance=distance,
+                    model_kwargs={"class_labels": labels, "return_repa_tokens": use_repa},
+                    autocast=accelerator.autocast,
+                )  # fmt: skip
                 if use_repa:
                     terms["repa"], terms["repa_cosine"] = repa_term(
                         out.repa_tokens, inputs["targets"], grid_hw, args.repa_target_filter, args.dog_sigma1,
                         args.dog_sigma2, args.spatial_norm_alpha,
                     )  # fmt: skip
-                    loss = loss + args.repa_coeff * terms["repa"]
-                if fourier is not None or wavelet is not None:
-                    x0_hat = objective.predict_x0(prediction, x_t.float(), timesteps)
-                    weights = objective.regularizer_weights(
-                        timesteps, args.spectral_timestep_weighting, args.spectral_snr_gamma
-                    )
-                    regularizers = spectral_regularizer_terms(x0_hat, x0, weights, fourier, wavelet)
-                    terms.update(regularizers)
-                    loss = loss + args.fourier_weight * regularizers.get("fourier", 0.0)
-                    loss = loss + args.wavelet_weight * regularizers.get("wavelet", 0.0)
-                terms["loss"] = loss
-                window.backward(loss)
+                terms["loss"] = total_loss(terms, {"repa": args.repa_coeff, **regularizers.weights})
+                window.backward(terms["loss"])
             for name, value in terms.items():
                 logs[name] = logs.get(name, 0.0) + value.detach() / accumulation
 

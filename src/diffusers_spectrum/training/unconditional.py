@@ -25,7 +25,6 @@ datasets; the functions that need them import them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -36,19 +35,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..diffusion.edm import (
-    EDM_P_MEAN,
-    EDM_P_STD,
-    EDM_SIGMA_DATA,
-    check_edm_unet,
-    edm_denoise,
-    edm_denoising_loss,
-    edm_noisy_inputs,
-    edm_sample_sigmas,
-    edm_snr,
-)
-from ..diffusion.objectives import DiffusionObjective, regularizer_weights
-from ..losses.spectral_regularizers import spectral_regularizer_terms
+from ..diffusion.edm import EDM_P_MEAN, EDM_P_STD, EDM_SIGMA_DATA, check_edm_unet
+from ..diffusion.loss import diffusion_loss_terms, total_loss
+from ..diffusion.objectives import DiffusionObjective
 from ..models.unet_presets import (
     UNET_PRESETS,
     build_unet,
@@ -65,7 +54,7 @@ from .args import (
     add_regularizer_args,
     check_positive,
     finish_common_args,
-    regularizer_settings,
+    spectral_regularizers,
 )
 from .checkpointing import Checkpointer
 from .loop import create_ema, ema_weights, log_images, step_generator
@@ -82,11 +71,8 @@ __all__ = [
     "PREDICTION_TYPES",
     "build_parser",
     "build_pipeline",
-    "ddpm_loss_terms",
     "ddpm_noise_scheduler",
-    "edm_loss_terms",
     "parse_args",
-    "total_loss",
     "train_unconditional",
 ]
 
@@ -108,7 +94,7 @@ PRESET_BY_RESOLUTION = {32: "ddpm-32", 64: "ddpm-64", 256: "ddpm-256"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Formulations: noise schedule, loss terms
+# Formulations: noise schedule, objective, pipeline
 
 
 def ddpm_noise_scheduler(num_steps: int = 1000, beta_schedule: str = "linear", prediction_type: str = "epsilon"):
@@ -122,88 +108,12 @@ def ddpm_noise_scheduler(num_steps: int = 1000, beta_schedule: str = "linear", p
     return DDPMScheduler(num_train_timesteps=num_steps, beta_schedule=beta_schedule, prediction_type=prediction_type)
 
 
-def ddpm_loss_terms(
-    model,
-    objective: DiffusionObjective,
-    x0: torch.Tensor,
-    generator: torch.Generator,
-    fourier: dict | None = None,
-    wavelet: dict | None = None,
-    weighting: str = "signal",
-    snr_gamma: float = 5.0,
-    autocast=contextlib.nullcontext,
-) -> dict[str, torch.Tensor]:
-    """Unweighted loss terms of one DDPM batch.
-
-    Args:
-        model: the (wrapped) `UNet2DModel`, called as `model(x_t, t).sample`.
-        objective: forward process and target (`DiffusionObjective` of kind epsilon / v_prediction / sample).
-        x0: `(B, C, H, W)` clean images in [-1, 1].
-        generator: draws the timesteps and the noise (on its device).
-        fourier, wavelet: `regularizer_settings` (None = term off).
-
-    Returns:
-        `{"diffusion": MSE to the target, "fourier": ..., "wavelet": ...}` scalars (the enabled regularisers are
-        per-sample losses on `x0_hat` times the timestep weights, averaged).
-    """
-    timesteps = objective.sample_timesteps(x0.shape[0], generator=generator, device=x0.device)  # (B,)
-    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
-    x_t, model_timesteps = objective.noisy_inputs(x0, noise, timesteps)
-    with autocast():
-        prediction = model(x_t, model_timesteps).sample.float()  # (B, C, H, W)
-    target = objective.target(x0, noise, timesteps).float()
-    terms = {"diffusion": (prediction - target).square().mean()}
-    if fourier is not None or wavelet is not None:
-        x0_hat = objective.predict_x0(prediction, x_t.float(), timesteps)
-        weights = objective.regularizer_weights(timesteps, weighting, snr_gamma)  # (B,)
-        terms.update(spectral_regularizer_terms(x0_hat, x0.float(), weights, fourier, wavelet))
-    return terms
-
-
-def edm_loss_terms(
-    model,
-    x0: torch.Tensor,
-    generator: torch.Generator,
-    fourier: dict | None = None,
-    wavelet: dict | None = None,
-    weighting: str = "signal",
-    snr_gamma: float = 5.0,
-    p_mean: float = EDM_P_MEAN,
-    p_std: float = EDM_P_STD,
-    sigma_data: float = EDM_SIGMA_DATA,
-    autocast=contextlib.nullcontext,
-) -> dict[str, torch.Tensor]:
-    """Unweighted loss terms of one EDM batch (Karras et al. 2022, Eq. 8 with the Table 1 settings).
-
-    Args:
-        model: the (wrapped) `UNet2DModel` serving as EDM's F (sinusoidal time embedding).
-        x0: `(B, C, H, W)` clean images in [-1, 1].
-        generator: draws the noise levels and the noise.
-
-    Returns:
-        `{"diffusion": mean lambda(sigma) |D - x0|^2, "fourier": ..., "wavelet": ...}`; the regularisers compare
-        `D(x; sigma)` with x0, weighted per sample by `regularizer_weights(1 / sigma^2)`.
-    """
-    sigma = edm_sample_sigmas(x0.shape[0], p_mean, p_std, generator=generator, device=x0.device)  # (B,)
-    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
-    x_noisy = edm_noisy_inputs(x0, noise, sigma)
-    with autocast():
-        denoised = edm_denoise(model, x_noisy, sigma, sigma_data).float()  # D(x; sigma): (B, C, H, W)
-    terms = {"diffusion": edm_denoising_loss(denoised, x0.float(), sigma, sigma_data).mean()}
-    if fourier is not None or wavelet is not None:
-        weights = regularizer_weights(edm_snr(sigma), weighting, snr_gamma)  # (B,)
-        terms.update(spectral_regularizer_terms(denoised, x0.float(), weights, fourier, wavelet))
-    return terms
-
-
-def total_loss(terms: dict[str, torch.Tensor], fourier_weight: float, wavelet_weight: float) -> torch.Tensor:
-    """diffusion + fourier_weight * fourier + wavelet_weight * wavelet (absent terms count 0)."""
-    loss = terms["diffusion"]
-    if "fourier" in terms:
-        loss = loss + fourier_weight * terms["fourier"]
-    if "wavelet" in terms:
-        loss = loss + wavelet_weight * terms["wavelet"]
-    return loss
+def training_objective(args) -> DiffusionObjective:
+    """The DDPM objective on `ddpm_noise_scheduler`'s schedule, or EDM's with the `--edm_p_*` noise levels."""
+    if args.formulation == "edm":
+        return DiffusionObjective("edm", p_mean=args.edm_p_mean, p_std=args.edm_p_std, sigma_data=EDM_SIGMA_DATA)
+    scheduler = ddpm_noise_scheduler(args.ddpm_num_steps, args.ddpm_beta_schedule, args.prediction_type)
+    return DiffusionObjective(args.prediction_type, scheduler)
 
 
 def build_pipeline(args, unet: UNet2DModel):
@@ -382,11 +292,8 @@ def train_unconditional(args: argparse.Namespace) -> Path:
     unet.train()
     compile_model(unet, args.use_torch_compile)
     ema = create_ema(unet, args.ema_decay) if args.use_ema else None
-    objective = None
-    if args.formulation == "ddpm":
-        scheduler = ddpm_noise_scheduler(args.ddpm_num_steps, args.ddpm_beta_schedule, args.prediction_type)
-        objective = DiffusionObjective(args.prediction_type, scheduler)
-    fourier, wavelet = regularizer_settings(args)
+    objective = training_objective(args)
+    regularizers = spectral_regularizers(args)
     optimizer, lr_scheduler = make_optimizer(unet.parameters(), args, accelerator)
     model, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     if ema is not None:
@@ -400,7 +307,7 @@ def train_unconditional(args: argparse.Namespace) -> Path:
         f"UNet {args.unet_config or args.model_config_name_or_path}: "
         f"{sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M params, {args.resolution} px, "
         f"{args.formulation}"
-        + (f" ({args.prediction_type})" if objective is not None else "")
+        + (f" ({args.prediction_type})" if args.formulation == "ddpm" else "")
         + f", fourier {args.fourier_weight}, wavelet {args.wavelet_weight}"
     )
 
@@ -416,7 +323,6 @@ def train_unconditional(args: argparse.Namespace) -> Path:
                     disable=not accelerator.is_main_process)  # fmt: skip
     accumulation = args.gradient_accumulation_steps
     window = AccumulationWindow(accelerator, [model], accumulation)
-    weighting = dict(weighting=args.spectral_timestep_weighting, snr_gamma=args.spectral_snr_gamma)
     logs = {}
     while global_step < args.max_train_steps:
         logs = {}
@@ -426,16 +332,10 @@ def train_unconditional(args: argparse.Namespace) -> Path:
             generator = step_generator(args.seed, global_step, micro_step, accelerator.process_index, x0.device)
             with window.micro_step(micro_step):
                 # 5a. Diffusion loss and the spectral regularisers on the predicted clean image
-                if objective is not None:
-                    terms = ddpm_loss_terms(
-                        model, objective, x0, generator, fourier, wavelet, **weighting, autocast=accelerator.autocast
-                    )
-                else:
-                    terms = edm_loss_terms(
-                        model, x0, generator, fourier, wavelet, **weighting, p_mean=args.edm_p_mean,
-                        p_std=args.edm_p_std, autocast=accelerator.autocast,
-                    )  # fmt: skip
-                terms["loss"] = total_loss(terms, args.fourier_weight, args.wavelet_weight)
+                terms, _ = diffusion_loss_terms(
+                    model, objective, x0, generator, regularizers=regularizers, autocast=accelerator.autocast
+                )
+                terms["loss"] = total_loss(terms, regularizers.weights)
                 window.backward(terms["loss"])
             for name, value in terms.items():
                 logs[name] = logs.get(name, 0.0) + value.detach() / accumulation

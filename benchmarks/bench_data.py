@@ -107,7 +107,7 @@ def transform_rate(folder: Path, reduced: bool) -> float:
 def f8d4_vae():
     """The f8d4 SD-VAE architecture (`--vae_config f8d4`), random weights."""
     from diffusers_spectrum.models import SpectrumAutoencoderKL
-    from diffusers_spectrum.training.vae import VAE_PRESETS
+    from diffusers_spectrum.models.presets import VAE_PRESETS
 
     preset = VAE_PRESETS["f8d4"]
     levels = len(preset["block_out_channels"])

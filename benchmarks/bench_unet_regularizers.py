@@ -20,7 +20,7 @@ from diffusers_spectrum.diffusion.edm import edm_snr, x0_from_edm
 from diffusers_spectrum.diffusion.loss import diffusion_loss_terms
 from diffusers_spectrum.diffusion.objectives import DiffusionObjective, regularizer_weights
 from diffusers_spectrum.losses.spectral_regularizers import spectral_regularizer_terms
-from diffusers_spectrum.models.unet_presets import build_unet
+from diffusers_spectrum.models.presets import build_unet
 from diffusers_spectrum.training.unconditional import ddpm_noise_scheduler
 
 

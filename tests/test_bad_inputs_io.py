@@ -27,10 +27,10 @@ from diffusers_spectrum.data.stream import SkipCounter
 from diffusers_spectrum.evaluation import evaluate
 from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.models.checks import check_resolution
+from diffusers_spectrum.models.presets import build_transformer
 from diffusers_spectrum.pipelines import sampling
 from diffusers_spectrum.pipelines.export import export_pipeline
 from diffusers_spectrum.training import cache
-from diffusers_spectrum.training.dit import build_transformer
 from diffusers_spectrum.training.latent_cache import write_latent_cache
 
 

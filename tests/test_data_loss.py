@@ -17,9 +17,9 @@ from diffusers_spectrum import cli
 from diffusers_spectrum.data.images import ImageTransform
 from diffusers_spectrum.data.sources import load_image_dataset
 from diffusers_spectrum.models import SpectrumAutoencoderKL
+from diffusers_spectrum.models.presets import build_transformer
 from diffusers_spectrum.pipelines.export import export_pipeline
 from diffusers_spectrum.pipelines.schedulers import flow_matching_scheduler
-from diffusers_spectrum.training.dit import build_transformer
 from diffusers_spectrum.training.latent_cache import write_latent_cache
 from diffusers_spectrum.utils.run_folders import (
     RUN_MARKER,

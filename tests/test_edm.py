@@ -23,7 +23,7 @@ from diffusers_spectrum.diffusion.edm import (
     edm_snr,
 )
 from diffusers_spectrum.diffusion.objectives import regularizer_weights, snr_from_alphas_cumprod
-from diffusers_spectrum.models.unet_presets import build_unet
+from diffusers_spectrum.models.presets import build_unet
 from diffusers_spectrum.pipelines.edm_pipeline import EDMPipeline, edm_scheduler
 
 

@@ -17,9 +17,9 @@ from diffusers_spectrum.data.images import image_batches_from
 from diffusers_spectrum.evaluation import evaluate, generation_metrics
 from diffusers_spectrum.evaluation.metrics import frechet_distance
 from diffusers_spectrum.models import SpectrumAutoencoderKL
+from diffusers_spectrum.models.presets import build_transformer
 from diffusers_spectrum.pipelines.export import export_pipeline
 from diffusers_spectrum.pipelines.sampling import load_pipeline, pipeline_samples
-from diffusers_spectrum.training.dit import build_transformer
 
 
 ROOT = Path(__file__).resolve().parents[1]

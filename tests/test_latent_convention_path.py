@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from diffusers import AutoencoderKL, DiffusionPipeline
 
 from diffusers_spectrum.training import cache, dit
+from diffusers_spectrum.training.dit_data import DiTData
 
 
 FAMILIES = {
@@ -62,10 +63,9 @@ def test_cache_dit_inputs_and_export_keep_the_family_latent_convention(name, tmp
     ]  # fmt: skip
     args = dit.parse_args(["--output_dir", str(tmp_path / "dit"), *common])
     accelerator = Accelerator(cpu=True)
-    source = dit.DataSource(args, accelerator)
-    source.num_classes = 1000
-    batch = next(iter(source.dataloader(accelerator, 0)))
-    inputs = source.prepare(batch, torch.Generator().manual_seed(0), (4, 4), need_targets=False)
+    source = DiTData(args, accelerator.device)
+    batch = next(iter(source.dataloader(accelerator, None)))
+    inputs = source.prepare(batch, torch.Generator().manual_seed(0), (4, 4))
     raw = batch["latents"]  # (B, C, 8, 8) posterior means
     expected = raw * scale if shift is None else (raw - shift) * scale
     torch.testing.assert_close(inputs["x0"], expected.float(), atol=1e-6, rtol=1e-6)

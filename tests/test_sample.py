@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from diffusers_spectrum.models import SpectrumAutoencoderKL
+from diffusers_spectrum.models.presets import build_transformer
 from diffusers_spectrum.pipelines.export import export_pipeline
 from diffusers_spectrum.pipelines.schedulers import default_scheduler, flow_matching_scheduler
-from diffusers_spectrum.training.dit import build_transformer
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -47,9 +47,9 @@ def assert_clean(folder: Path, caplog, capsys) -> None:
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("secret_assets")
     tiny_vae().save_pretrained(root / "vae")
+    from diffusers_spectrum.models.presets import build_transformer
     from diffusers_spectrum.pipelines.export import export_pipeline
     from diffusers_spectrum.pipelines.schedulers import flow_matching_scheduler
-    from diffusers_spectrum.training.dit import build_transformer
 
     transformer = build_transformer("tiny", in_channels=4, sample_size=8, dit_init=False)
     export_pipeline(root / "pipeline", vae=tiny_vae(), transformer=transformer, scheduler=flow_matching_scheduler(),

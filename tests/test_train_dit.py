@@ -12,13 +12,11 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import Dinov2Config, Dinov2Model
 
+from diffusers_spectrum.losses.repa import repa_term
 from diffusers_spectrum.losses.spectral_regularizers import spectral_regularizer_terms
 from diffusers_spectrum.models import SpectrumAutoencoderKL
-from diffusers_spectrum.training.dit import (
-    build_transformer,
-    repa_term,
-    standardize_latents,
-)
+from diffusers_spectrum.models.presets import build_transformer
+from diffusers_spectrum.training.dit_data import standardize_latents
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -78,7 +76,9 @@ def test_train_dit_on_cached_latents_exports_pipeline_that_plain_diffusers_loads
     # every term is logged separately; REPA used the cached targets
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"diffusion", "repa", "repa_cosine", "fourier", "wavelet", "loss"} <= set(metrics)
-    assert metrics["global_step"] == 3 and args.repa_targets_resolved == "cached"
+    info = json.loads((pipeline_dir / "spectrum_info.json").read_text())
+    assert metrics["global_step"] == 3 and info["training"]["repa"] == "cached"
+    assert not hasattr(args, "repa_targets_resolved")  # resolved on the data, recorded; the flags stay as parsed
     assert (out / "validation" / "step-0000003.png").is_file() and (out / "checkpoint-3").is_dir()
 
     # the pipeline folder loads with plain diffusers as a stock DiTPipeline and samples with CFG
@@ -162,8 +162,8 @@ def test_train_dit_on_images_with_online_repa_targets_and_in_dct_space(assets, t
         "--output_dir", str(tmp_path / "online"), "--max_train_steps", "2", "--checkpointing_steps", "2",
         "--validation_steps", "100", "--objective", "epsilon", *TINY,
     ])  # fmt: skip
-    script.train_dit(online)
-    assert online.repa_targets_resolved == "online"
+    online_pipeline = script.train_dit(online)
+    assert json.loads((online_pipeline / "spectrum_info.json").read_text())["training"]["repa"] == "online"
     assert json.loads((tmp_path / "online" / "metrics.json").read_text())["repa"] < 0.5
 
     # DCT space (no VAE): the pipeline holds a DCTTransform and samples images

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from diffusers_spectrum.diffusion.edm import edm_noisy_inputs, edm_sample_sigmas
 from diffusers_spectrum.diffusion.loss import SpectralRegularizers, diffusion_loss_terms, total_loss
 from diffusers_spectrum.diffusion.objectives import DiffusionObjective
-from diffusers_spectrum.models.unet_presets import build_unet
+from diffusers_spectrum.models.presets import build_unet
 from diffusers_spectrum.training import unconditional
 
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from diffusers_spectrum import SpectrumAutoencoderKL
 from diffusers_spectrum.losses import FeaturePerceptualLoss, NLayerDiscriminator
+from diffusers_spectrum.losses.autoencoder_objective import autoencoder_loss, discriminator_loss
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def test_every_enabled_loss_moves_the_weights_it_should(script, tiny_dinov2):
         ["--vae_config", "tiny", "--resolution", "32", "--dsm_levels", "0,8", "--esm_weight", "0"]
     )
     torch.manual_seed(0)
-    vae = script.build_vae(args)
+    vae = script.build_model(args)
     module = script.VAETrainingModule(vae)
     discriminator = NLayerDiscriminator(base_channels=8, num_layers=2)
     perceptual = FeaturePerceptualLoss(tiny_dinov2)
@@ -84,7 +85,8 @@ def test_every_enabled_loss_moves_the_weights_it_should(script, tiny_dinov2):
         for p in [*vae.parameters(), *discriminator.parameters()]:
             p.grad = None
         out = module(images, generator=torch.Generator().manual_seed(0))
-        loss, terms = script.autoencoder_loss(out, args, perceptual if use_perceptual else None, disc, last_layer)
+        weights = script.loss_weights(args)
+        loss, terms = autoencoder_loss(out, weights, perceptual if use_perceptual else None, disc, last_layer)
         loss.backward()
         return _grad_norm(encoder), _grad_norm(decoder), _grad_norm(discriminator.parameters()), terms
 
@@ -109,7 +111,7 @@ def test_every_enabled_loss_moves_the_weights_it_should(script, tiny_dinov2):
     for p in [*vae.parameters(), *discriminator.parameters()]:
         p.grad = None
     out = module(images, generator=torch.Generator().manual_seed(0))
-    script.discriminator_loss(discriminator, out).backward()
+    discriminator_loss(discriminator, out).backward()
     assert _grad_norm(discriminator.parameters()) > 0 and _grad_norm(vae.parameters()) == 0
 
 

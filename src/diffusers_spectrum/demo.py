@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .utils.flags import add_flags
 from .utils.run_folders import record_run_files, restart_run_folder
 
 
@@ -248,12 +249,7 @@ def _print_summary(summary: dict) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="diffusers-spectrum demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument(
-        "--output_dir",
-        default="spectrum-demo",
-        help="Where everything is written: a new or empty folder, or an earlier demo run (its own files are "
-        "replaced, nothing else).",
-    )
+    add_flags(parser, "--output_dir", output_dir="spectrum-demo")
     parser.add_argument("--quick", action="store_true", help="A few steps of every stage (for tests).")
     parser.add_argument(
         "--modality",
@@ -262,7 +258,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="image: Spectrum VAE + DiT on the embedded photos; audio: a waveform UNet1DModel (Dance Diffusion) with "
         "the spectral regularisers on the embedded sounds.",
     )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of every stage.")
+    add_flags(parser, "--seed")
     parser.add_argument(
         "--num_threads",
         type=int,

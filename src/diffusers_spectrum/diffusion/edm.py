@@ -126,8 +126,6 @@ def x0_from_edm(
     return x0.to(model_output.dtype)
 
 
-
-
 def check_edm_unet(unet) -> None:
     """A UNet2DModel can serve as EDM's F only with a sinusoidal ("positional") time embedding.
 
@@ -141,7 +139,6 @@ def check_edm_unet(unet) -> None:
             f"EDM needs a UNet2DModel with time_embedding_type='positional' (it receives c_noise = log(sigma) / 4 as "
             f"its timestep), got {embedding!r}; build it with `build_unet` or set time_embedding_type='positional'."
         )
-
 
 
 def _check_sigma_shape(sigma, x: torch.Tensor, func: str) -> None:

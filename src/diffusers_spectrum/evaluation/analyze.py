@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..utils.flags import add_flags
 from ..utils.records import write_json
 from ..utils.run_folders import claim_output_dir
 from . import diagnostics
@@ -309,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="diffusers-spectrum analyze", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--vae", help="VAE folder or Hub id (any AutoencoderKL; a pipeline folder uses its vae/).")
+    add_flags(source, "--vae")
     source.add_argument("--compare", nargs="+", metavar="VAE", help="several VAEs: one plot and one table.")
     source.add_argument("--encoder", help="transformers vision backbone (REPA target), e.g. facebook/dinov2-base.")
     parser.add_argument(
@@ -317,16 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="image folder / parquet files or Hub dataset id (streamed). Default: the embedded photos.",
     )
-    parser.add_argument("--num_samples", type=int, default=64, help="images to analyse.")
-    parser.add_argument("--output_dir", required=True, help="where report.json and the PNG plots are written.")
-    parser.add_argument(
-        "--resolution",
-        type=int,
-        default=None,
-        help="image side after resize + centre crop (VAE input). Default: the data's own image size (rounded down "
-        "to what the VAE accepts); a larger value upsamples, with a warning.",
-    )
-    parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass.")
+    add_flags(parser, "--num_samples", "--output_dir", "--batch_size", batch_size=8, required=("--output_dir",))
+    add_flags(parser, "--resolution", resolution=None)
     parser.add_argument(
         "--dsm_levels", default="0,8,10,12", help="DSM low-pass levels, comma-separated ('' to skip decoding)."
     )
@@ -352,17 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="'authors' (default): DC kept, no mean removal, as the authors' analysis and SPEC.md's reference "
         "numbers; 'dc_free': DC power set to 0 (the ESM loss's convention).",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples (--latents sample).")
-    parser.add_argument(
-        "--sample_posterior",
-        action="store_true",
-        help="alias of --latents sample (the default); kept for older commands.",
-    )
+    add_flags(parser, "--seed", "--sample_posterior")
     parser.add_argument("--grid_size", type=int, default=16, help="encoder token grid side (--encoder).")
-    parser.add_argument("--image_column", default="image", help="dataset column holding the images.")
-    parser.add_argument("--split", default="train", help="dataset split.")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device.")
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar.")
+    add_flags(parser, "--image_column", "--dataset_split", "--device", "--no_progress")
     return parser
 
 
@@ -375,6 +360,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--resolution must be positive, got {args.resolution}.")
     if args.sample_posterior and args.latents != "sample":
         parser.error("--sample_posterior contradicts --latents mean; pass one of them.")
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         args.dsm_levels = tuple(int(v) for v in args.dsm_levels.split(",") if v.strip())
     except ValueError:
@@ -390,7 +377,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size,
         device=args.device,
         image_column=args.image_column,
-        split=args.split,
+        split=args.dataset_split,
         progress=not args.no_progress,
         n_bins=args.n_bins,
     )

@@ -5,6 +5,7 @@ turns a figure into an ``(H, W, 3)`` uint8 array for ``SummaryWriter.add_image(.
 `plot_image_latent_spectra` is the one-call version for trainers (images and latents in, figure out).
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ __all__ = [
     "plot_image_latent_spectra",
     "plot_lowpass_errors",
     "plot_spectra",
+    "spectrogram_figure",
 ]
 
 
@@ -198,3 +200,20 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def spectrogram_figure(clips: np.ndarray, sample_rate: int, title: str = "") -> Figure:
+    """Log-magnitude spectrograms (dB) of up to four `(C, T)` clips (first channel), one panel each."""
+    count = min(4, len(clips))
+    fig = Figure(figsize=(3.2 * count, 2.6))
+    FigureCanvasAgg(fig)
+    for i in range(count):
+        ax = fig.add_subplot(1, count, i + 1)
+        signal = clips[i][0]
+        fft_size = min(512, 2 ** int(math.log2(len(signal))) // 2)
+        ax.specgram(signal, NFFT=fft_size, Fs=sample_rate, noverlap=fft_size * 3 // 4, scale="dB", cmap="magma")
+        ax.set_xlabel("s")
+        ax.set_ylabel("Hz" if i == 0 else "")
+        ax.set_title(f"{title} {i}".strip(), fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..utils.flags import add_flags
 from ..utils.hub import hub_offline_kwargs, looks_local
 from ..utils.images import image_grid
 from ..utils.records import write_json
@@ -418,21 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="Pipeline folder or Hub id (loaded with DiffusionPipeline.from_pretrained).",
     )
-    parser.add_argument("--revision", type=str, default=None, help="Hub revision.")
-    parser.add_argument(
-        "--class_labels",
-        type=str,
-        default=None,
-        help="Comma-separated class ids or names (pipe.labels). Default: every class once.",
-    )
-    parser.add_argument("--unconditional", action="store_true", help="Sample an unconditional model (label 0).")
+    add_flags(parser, "--revision", "--class_labels", "--unconditional")
     parser.add_argument(
         "--num_images",
         type=int,
         default=None,
         help="Number of images; the class list is cycled. Default: one per listed class.",
     )
-    parser.add_argument("--seed", type=int, default=0, help="Image i uses seed + i.")
+    add_flags(parser, "--seed")
     parser.add_argument("--seeds", type=str, default=None, help="Comma-separated seeds, one per image (overrides).")
     parser.add_argument(
         "--scheduler",
@@ -441,17 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["default", *SCHEDULERS],
         help="Sampler; 'default' keeps the pipeline's (required settings of flow models are kept).",
     )
-    parser.add_argument("--num_inference_steps", type=int, default=50, help="Sampler steps.")
-    parser.add_argument(
-        "--guidance_scale",
-        type=float,
-        default=None,
-        help="Classifier-free guidance scale (> 1 enables CFG). Default: 1.8, or 1 if unconditional.",
-    )
-    parser.add_argument("--batch_size", type=int, default=8, help="Images per pipeline call.")
-    parser.add_argument("--output_dir", type=str, default="samples", help="Folder for the PNGs and the grid.")
+    add_flags(parser, "--num_inference_steps", "--guidance_scale", "--batch_size", batch_size=8)
+    add_flags(parser, "--output_dir", output_dir="samples")
     parser.add_argument("--grid_columns", type=int, default=None, help="Grid columns (default: near square).")
-    parser.add_argument("--device", type=str, default=None, help="Device (default: cuda if available).")
+    add_flags(parser, "--device")
     parser.add_argument("--dtype", type=str, default="float32", choices=sorted(DTYPES), help="Weights dtype.")
     return parser
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ import torch
 from ..utils.images import image_grid
 from ..utils.records import public_args, save_args_json, write_json
 from ..utils.run_folders import claim_output_dir
+from .args import Loading, Optimization, Outputs
 
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ __all__ = [
     "create_ema",
     "ema_weights",
     "learning_settings",
+    "log_audio",
     "log_figure",
     "log_images",
     "make_accelerator",
@@ -51,62 +53,63 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def make_accelerator(args, command: str) -> Accelerator:
-    """An `Accelerator` writing into `args.output_dir` (trackers in `logging_dir`); seeds torch, saves the resolved
-    arguments (secrets dropped) and starts the trackers. The folder is first claimed for `command`
+def make_accelerator(command: str, outputs: Outputs, optimization: Optimization, flags: dict) -> Accelerator:
+    """An `Accelerator` writing into `outputs.output_dir` (trackers in `logging_dir`); seeds torch, saves the
+    resolved flags (`flags`, secrets dropped) and starts the trackers. The folder is first claimed for `command`
     (`run_folders.claim_output_dir`): a new or empty folder, or an earlier run of the same trainer; anything else is
     refused before a file is written."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
-    output_dir = claim_output_dir(args.output_dir, command, ("training_args.json", "checkpoint-*/extra_state.json"))
+    output_dir = claim_output_dir(outputs.output_dir, command, ("training_args.json", "checkpoint-*/extra_state.json"))
     accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
+        mixed_precision=optimization.mixed_precision,
+        log_with=None if outputs.report_to == "none" else outputs.report_to,
         project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
+            project_dir=str(output_dir), logging_dir=str(output_dir / outputs.logging_dir)
         ),
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    torch.manual_seed(args.seed)
-    if getattr(args, "allow_tf32", False):
+    torch.manual_seed(optimization.seed)
+    if optimization.allow_tf32:
         set_tf32(True, accelerator.device)
-    if getattr(args, "use_torch_compile", False):
+    if optimization.use_torch_compile:
         check_compile(accelerator.device)
     if accelerator.is_main_process:
-        save_args_json(public_args(args), output_dir)
-    if args.report_to != "none":
-        accelerator.init_trackers(args.tracker_project_name)
+        save_args_json(public_args(flags), output_dir)
+    if outputs.report_to != "none":
+        accelerator.init_trackers(outputs.tracker_project_name)
     return accelerator
 
 
-def make_optimizer(parameters, args, accelerator, learning_rate: float | None = None):
+def make_optimizer(parameters, optimization: Optimization, accelerator, learning_rate: float | None = None):
     """AdamW with the `--adam_*` flags (fused kernels on CUDA) and the diffusers lr schedule `--lr_scheduler`
     (warm-up and length counted in optimizer steps, scaled by the number of processes as diffusers' examples do)."""
     from diffusers.optimization import get_scheduler
 
-    learning_rate = args.learning_rate if learning_rate is None else learning_rate
-    if args.scale_lr:
-        learning_rate *= args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-    optimizer = adamw(parameters, args, learning_rate, fused=torch.device(accelerator.device).type == "cuda")
+    learning_rate = optimization.learning_rate if learning_rate is None else learning_rate
+    if optimization.scale_lr:
+        scale = optimization.train_batch_size * optimization.gradient_accumulation_steps * accelerator.num_processes
+        learning_rate *= scale
+    optimizer = adamw(parameters, optimization, learning_rate, fused=torch.device(accelerator.device).type == "cuda")
     lr_scheduler = get_scheduler(
-        args.lr_scheduler,
+        optimization.lr_scheduler,
         optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
+        num_warmup_steps=optimization.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=optimization.max_train_steps * accelerator.num_processes,
     )
     return optimizer, lr_scheduler
 
 
-def adamw(parameters, args, learning_rate: float, fused: bool = False) -> torch.optim.AdamW:
+def adamw(parameters, optimization: Optimization, learning_rate: float, fused: bool = False) -> torch.optim.AdamW:
     """AdamW with the `--adam_beta1/2`, `--adam_weight_decay` and `--adam_epsilon` flags; `fused` uses the fused
     kernels (one launch for all parameters: what to use on CUDA)."""
     return torch.optim.AdamW(
         parameters,
         lr=learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay,
-        eps=args.adam_epsilon,
+        betas=(optimization.adam_beta1, optimization.adam_beta2),
+        weight_decay=optimization.adam_weight_decay,
+        eps=optimization.adam_epsilon,
         fused=True if fused else None,
     )
 
@@ -239,7 +242,7 @@ def ema_weights(ema: EMAModel | None, model: torch.nn.Module) -> Iterator[torch.
 
 
 def train_dataloader(
-    dataset, read, args, accelerator, state: dict | None = None, collate_fn=None, describe_read_error=None
+    dataset, read, accelerator, loading: Loading, state: dict | None = None, collate_fn=None, describe_read_error=None
 ):
     """The training loader every trainer uses: an endless, shuffled `ResumableStream` of this process's share of
     `dataset` (decoded by `read`) in `--train_batch_size` batches from `--dataloader_num_workers` workers, resumed
@@ -248,14 +251,23 @@ def train_dataloader(
     from ..data import ResumableStream, make_dataloader
 
     stream = ResumableStream(
-        dataset, read, seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
-        num_processes=accelerator.num_processes, process_index=accelerator.process_index,
+        dataset,
+        read,
+        seed=loading.seed,
+        shuffle_buffer_size=loading.shuffle_buffer_size,
+        num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index,
         describe_read_error=describe_read_error,
-    )  # fmt: skip
+    )
     return make_dataloader(
-        stream, args.train_batch_size, num_workers=args.dataloader_num_workers, collate_fn=collate_fn, state=state,
-        pin_memory=torch.device(accelerator.device).type == "cuda", seed=args.seed,
-    )  # fmt: skip
+        stream,
+        loading.train_batch_size,
+        num_workers=loading.dataloader_num_workers,
+        collate_fn=collate_fn,
+        state=state,
+        pin_memory=torch.device(accelerator.device).type == "cuda",
+        seed=loading.seed,
+    )
 
 
 def resume_data_state(state: dict, accelerator) -> dict | None:
@@ -332,19 +344,23 @@ class AccumulationWindow:
         return guard.step_ok(self.accelerator.gather(self.finite.reshape(1)).min())
 
 
-def push_output(args, folder: Path, repo_type: str = "model") -> list[str] | None:
-    """Upload `folder` to `args.hub_model_id` when `--push_to_hub` (a dry run lists the files); the list of files is
-    written to `hub_upload.json` beside it."""
-    if not args.push_to_hub:
+def push_output(outputs: Outputs, folder: Path, repo_type: str = "model") -> list[str] | None:
+    """Upload `folder` to `outputs.hub_model_id` when `--push_to_hub` (a dry run lists the files); the list of files
+    is written to `hub_upload.json` in the output folder."""
+    if not outputs.push_to_hub:
         return None
     from ..pipelines.model_cards import push_folder_to_hub
 
     files = push_folder_to_hub(
-        folder, args.hub_model_id, repo_type, dry_run=args.hub_dry_run, private=args.hub_private_repo,
-        token=args.hub_token,
-    )  # fmt: skip
-    write_json(Path(args.output_dir) / "hub_upload.json", {"repo_id": args.hub_model_id, "dry_run": args.hub_dry_run,
-                                                          "files": files})  # fmt: skip
+        folder,
+        outputs.hub_model_id,
+        repo_type,
+        dry_run=outputs.hub_dry_run,
+        private=outputs.hub_private_repo,
+        token=outputs.hub_token,
+    )
+    upload = {"repo_id": outputs.hub_model_id, "dry_run": outputs.hub_dry_run, "files": files}
+    write_json(Path(outputs.output_dir) / "hub_upload.json", upload)
     return files
 
 
@@ -365,23 +381,23 @@ def optimizer_step(window, guard, model, optimizer, lr_scheduler, ema=None, max_
     return logs
 
 
-def save_checkpoint_if_due(checkpointer, args, global_step: int, dataloader, guard) -> None:
-    """Every `--checkpointing_steps` and at the last step: a checkpoint with each process's data-loader state
-    (every worker's position) and the non-finite guard (call on every process)."""
+def save_checkpoint_if_due(checkpointer, global_step: int, dataloader, guard, every: int, last: int) -> None:
+    """Every `every` steps and at step `last`: a checkpoint with each process's data-loader state (every worker's
+    position) and the non-finite guard (call on every process)."""
     from accelerate.utils import gather_object
 
-    if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+    if global_step % every == 0 or global_step == last:
         states = gather_object([dataloader.state_dict()])  # one per process, in process order
         checkpointer.save(global_step, {"data_states": states, "nonfinite": guard.state_dict()})
 
 
-def learning_settings(args, keys) -> dict:
+def learning_settings(flags: Mapping, keys) -> dict:
     """The flags among `keys` that change what a model learns, for `Checkpointer(settings=...)`: a checkpoint stores
     them and a resume under other values is refused. Regulariser weights count only as on / off (`<name>_on`), so a
     weight may be changed on resume but a term cannot appear or disappear."""
     settings = {}
     for key in keys:
-        value = getattr(args, key, None)
+        value = flags.get(key)
         if key.endswith("_weight") and isinstance(value, (int, float)):
             settings[key.removesuffix("_weight") + "_on"] = value > 0
         else:
@@ -433,3 +449,11 @@ def log_figure(accelerator, tag: str, figure, step: int) -> None:
             import wandb
 
             tracker.log({tag: wandb.Image(figure)}, step=step)
+
+
+def log_audio(accelerator, tag: str, clips: np.ndarray, sample_rate: int, step: int) -> None:
+    """Log `(N, C, T)` clips (first channel) to tensorboard with `add_audio`."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            for i, clip in enumerate(clips):
+                tracker.writer.add_audio(f"{tag}/{i}", torch.from_numpy(clip[:1]), step, sample_rate=sample_rate)

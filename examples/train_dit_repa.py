@@ -5,7 +5,8 @@ Data, one of:
 - `--latent_dataset DIR_OR_ID`: latents cached by `examples/cache_latents.py` (local folder or Hub dataset id,
   streamed); REPA targets come from the cache when it stores them, else online from `--repa_encoder`.
 - images (`--dataset_name`, `--train_data_dir`, default the embedded photos) encoded on the fly with
-  `--pretrained_vae`, or with `--space dct` transformed into DCT space (DCTdiff) with no VAE at all.
+  `--pretrained_vae`, or with `--space dct` transformed into DCT space (DCTdiff) with no VAE at all, or with
+  `--space pixel` diffused as pixels in [-1, 1] (patch size p: (resolution / p)^2 tokens).
 
 Single process: `python examples/train_dit_repa.py --latent_dataset out/latents --output_dir out/dit`.
 Multi-GPU / multi-node: `accelerate launch examples/train_dit_repa.py ...`. The loop lives in

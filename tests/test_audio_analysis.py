@@ -101,18 +101,33 @@ def test_demo_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_ablation_quick_json_shape(tmp_path):
+def test_ablation_quick_shards_json_and_figure(tmp_path):
     spec = importlib.util.spec_from_file_location("ablate", REPO / "benchmarks" / "ablate_audio_regularization.py")
     ablate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablate)
-    report = ablate.main(["--quick", "--output_dir", str(tmp_path)])
+    # two shards fill one JSON; the second finds every unit and writes the analysis and the figure
+    half = ablate.main(["--quick", "--output_dir", str(tmp_path), "--shard", "0/2"])
+    assert len(half["units"]) == 4 and "analysis" not in half
+    report = ablate.main(["--quick", "--output_dir", str(tmp_path), "--shard", "1/2"])
     saved = json.loads((tmp_path / "audio_regularization.json").read_text())
     assert set(saved["summary"]) == {"none", "fourier", "wavelet", "stft"}
-    assert len(saved["runs"]) == 4 and {"command", "settings", "versions", "wall_seconds"} <= set(saved)
-    for row in saved["runs"].values():
+    assert len(saved["units"]) == 8 and {"command", "settings", "versions", "processes"} <= set(saved)
+    for row in saved["units"].values():
         assert np.isfinite(row["log_spectral_distance_db"]) and row["seconds_per_step"] > 0
-        assert row["level_invariant_lsd_db"] <= row["log_spectral_distance_db"] + 1e-9 and row["wall_seconds"] > 0
-    assert set(saved["floor"]) == {"log_spectral_distance_db", "level_invariant_lsd_db", "level_offset_db"}
-    assert {r["outcome"] for r in saved["analysis"]["family"]} == {"one run"}  # one seed: no interval
+        assert row["level_invariant_lsd_db"] <= row["log_spectral_distance_db"] + 1e-9
+        assert row["unit_seconds"] > 0 and row["train_cpu_seconds"] > 0 and row["generate_seconds"] > 0
+        assert {f"{ablate.peak_name(b)}_contrast_db" for b in ablate.peak_bands(saved)} <= set(row)
+    for anchor in ("floor", "noise"):
+        assert set(saved[anchor]) == {"log_spectral_distance_db", "level_invariant_lsd_db", "level_offset_db"}
+    assert saved["noise"]["level_invariant_lsd_db"] > saved["floor"]["level_invariant_lsd_db"]
+    assert saved["heldout_files"] == ["speech_kal16_1.flac", "speech_slt_1.flac", "theme_camera_shutter.flac",
+                                      "theme_dialog_information.flac"]  # fmt: skip
+    family = saved["analysis"]["family"]
+    assert len(family) == 3 * 2 and all(r["outcome"] != "one run" for r in family)  # two seeds: intervals
+    assert len(saved["analysis"]["peaks"]) == 4 * len(ablate.peak_bands(saved))
     assert (tmp_path / "audio_regularization.png").is_file()
     assert report["summary"]["none"]["step_overhead"] == 0
+    # the generated block, from the JSON alone
+    text = ablate.markdown(saved)
+    assert "Does any arm learn the held-out spectral peaks?" in text and "white noise" in text
+    assert "Incomplete" not in text

@@ -261,16 +261,40 @@ def embedded_crops():
     return natural_crops(embedded_photos(), seed=1)  # one random 32 px crop of each of the 112 photos
 
 
-@pytest.mark.slow
-def test_blur_check_metrics_the_studies_rely_on_see_a_5x5_blur_and_the_published_swd_does_not(embedded_crops):
-    from diffusers_spectrum.evaluation.study_metrics import GenerationMetricSuite, relied_metrics
+@pytest.fixture(scope="module")
+def study_suite():
+    """The suite as the studies build it: the feature net trained with the default settings on the training photos
+    (every photo whose index is not a multiple of 8), and the random-init sanity row."""
+    from diffusers_spectrum.evaluation.feature_net import random_feature_net, train_feature_net
+    from diffusers_spectrum.evaluation.study_metrics import GenerationMetricSuite, embedded_photos
 
-    check = GenerationMetricSuite().blur_check(embedded_crops)
-    for name in ("spectrum_distance", "swd_pooled_x1e3"):  # what the studies rely on
+    photos = embedded_photos()
+    train = photos[[i for i in range(len(photos)) if i % 8 != 0]]
+    return GenerationMetricSuite(train_feature_net(train), random_feature_net(train))
+
+
+@pytest.mark.slow
+def test_blur_check_metrics_the_studies_rely_on_see_a_5x5_blur_and_the_published_swd_does_not(
+    embedded_crops, study_suite
+):
+    from diffusers_spectrum.evaluation.study_metrics import embedded_photos, natural_crops, relied_metrics
+
+    first, last = study_suite.trained_net.training_losses
+    assert last < 0.8 * first  # the whitened autoencoder learns (an untrained one costs about 1)
+    check = study_suite.blur_check(embedded_crops)  # the issue's protocol: 32 images per set, disjoint photos
+    assert check["spectrum_distance"]["set_size"] == 32 and check["spectrum_distance"]["blur"] == "5x5 box"
+    relied = ["spectrum_distance", "swd_pooled_x1e3", "kid_trained", "kid_random"]  # relied on at 32 images
+    for name in relied:
         assert check[name]["ratio"] >= BLUR_SEPARATION_FACTOR and check[name]["passes"], (name, check[name])
     assert check["swd_x1e3"]["ratio"] < 1.5 and not check["swd_x1e3"]["passes"]  # the published SWD cannot
-    assert relied_metrics(check) == ["spectrum_distance", "swd_pooled_x1e3"]
-    assert check["spectrum_distance"]["set_size"] == 32 and check["spectrum_distance"]["blur"] == "5x5 box"
+    assert set(relied) <= set(relied_metrics(check)) and "swd_x1e3" not in relied_metrics(check)
+    # at a study's sample count every learned-feature metric passes, the Frechet distances included
+    crops = natural_crops(embedded_photos(), per_photo=8, seed=2)
+    learned = ["kid_trained", "fd_trained", "kid_random", "fd_random"]
+    large = study_suite.blur_check(crops, set_size=256, metrics=learned)
+    assert list(large) == learned and relied_metrics(large) == learned, large
+    with pytest.raises(ValueError, match="no metric"):
+        study_suite.blur_check(crops, metrics=["fid"])
 
 
 def test_blur_separation_reads_an_unbiased_metric_by_its_magnitude():
@@ -283,6 +307,93 @@ def test_blur_separation_reads_an_unbiased_metric_by_its_magnitude():
         blur_separation(lambda a, b: 0.0, crops[:10])
 
 
+def test_blur_separation_split_by_source_never_puts_one_photo_in_both_sets():
+    groups = torch.arange(40) // 4  # 10 photos, 4 crops each
+    crops = torch.arange(40, dtype=torch.float64)[:, None, None, None].expand(40, 3, 8, 8).contiguous()
+    seen = []
+
+    def metric(a, b):  # constant crops stay constant under the box blur: the value names the crop
+        seen.append((a[:, 0, 0, 0].round().long(), b[:, 0, 0, 0].round().long()))
+        return 1.0
+
+    check = blur_separation(metric, crops, set_size=12, num_splits=5, groups=groups)
+    assert check["split_by"] == "source" and check["set_size"] == 12 and len(seen) == 10
+    for a, b in seen:
+        assert len(a) == len(b) == 12 and len(set(a.tolist()) | set(b.tolist())) == 24  # no crop twice
+        assert not set(groups[a].tolist()) & set(groups[b].tolist())  # no photo on both sides
+    assert blur_separation(metric, crops, set_size=12, num_splits=1)["split_by"] == "crop"
+    with pytest.raises(ValueError, match="sources holds"):
+        blur_separation(metric, crops, set_size=20, groups=torch.arange(40) % 3)
+    with pytest.raises(ValueError, match="one id per crop"):
+        blur_separation(metric, crops, set_size=12, groups=groups[:10])
+
+
+def test_passing_count_is_the_smallest_count_from_which_every_larger_one_passes():
+    from diffusers_spectrum.evaluation.study_metrics import passing_count
+
+    verdicts = {32: (False, True, False, True), 64: (True, True, False, True), 128: (True, False, True, True)}
+    checks = {n: {m: {"passes": p} for m, p in zip("abcd", row)} for n, row in verdicts.items()}
+    assert passing_count(checks) == {"a": 64, "b": None, "c": 128, "d": 32}
+
+
+def test_natural_crops_name_their_photo():
+    from diffusers_spectrum.evaluation.study_metrics import natural_crops
+
+    photos = torch.rand(5, 3, 20, 20)
+    crops, sources = natural_crops(photos, size=8, per_photo=3, seed=0, return_sources=True)
+    assert crops.shape == (15, 3, 8, 8) and sorted(sources.tolist()) == sorted(list(range(5)) * 3)
+    for crop, source in zip(crops, sources):  # each crop is a window of its own photo
+        windows = photos[source].unfold(1, 8, 1).unfold(2, 8, 1)  # (3, 13, 13, 8, 8)
+        assert (windows - crop[:, None, None]).abs().amax(dim=(0, 3, 4)).min() == 0
+    torch.testing.assert_close(natural_crops(photos, size=8, per_photo=3, seed=0), crops)
+
+
+# ------------------------------------------------------------------------------------------------
+# The feature net.
+
+
+def test_whitening_weights_make_every_frequency_cost_the_same():
+    from diffusers_spectrum.evaluation.feature_net import whitening_weights
+
+    crops = _dct_gaussian_blur(torch.randn(64, 3, 16, 16, dtype=torch.float64), 1.0)  # power falls with frequency
+    weights = whitening_weights(crops).double()
+    power = dct_2d(crops).square().mean(dim=(0, 1))
+    torch.testing.assert_close(power * weights, torch.full((16, 16), 1 / 256, dtype=torch.float64), rtol=1e-5, atol=0)
+    assert weights[-1, -1] > 100 * weights[0, 1]  # the finest frequencies weigh most where they have least power
+
+
+def test_feature_net_training_is_seeded(embedded_crops):
+    from diffusers_spectrum.evaluation.feature_net import train_feature_net
+
+    photos = embedded_crops[:24]  # 32 px: crops at the photos' own size
+    settings = {"steps": 25, "batch_size": 8, "fit_crops_per_image": 2}
+    first, again = (train_feature_net(photos, seed=3, **settings) for _ in range(2))
+    other = train_feature_net(photos, seed=4, **settings)
+    for name, tensor in first.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], tensor, rtol=0, atol=0)  # reproducible
+    assert first.loss_curve == again.loss_curve and len(first.loss_curve) == 25
+    assert not torch.equal(other.stages[0][0].weight, first.stages[0][0].weight)
+    torch.testing.assert_close(first.features(photos), again.features(photos), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="loss must be"):
+        train_feature_net(photos, loss="perceptual", **settings)
+
+
+def test_feature_net_readout_is_whitened_on_its_fit_crops_and_works_at_64_px():
+    from diffusers_spectrum.evaluation.feature_net import SmallFeatureNet, fit_crops, random_feature_net
+
+    photos = torch.rand(20, 3, 64, 64) * 2 - 1
+    net = random_feature_net(photos, crop_size=64, fit_crops_per_image=4)
+    features = net.features(fit_crops(photos, 64, 4, seed=0))
+    assert features.shape == (80, 16) and features.dtype == torch.float64
+    torch.testing.assert_close(features.mean(0), torch.zeros(16, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.cov(features.T), torch.eye(16, dtype=torch.float64), atol=1e-3, rtol=0)
+    assert net.features(photos[:, :, :32, :32]).shape == (20, 16)  # any size divisible by 4
+    with pytest.raises(ValueError, match="more than 16 images"):
+        SmallFeatureNet().fit_readout(photos[:16])
+    with pytest.raises(ValueError, match="num_components"):
+        SmallFeatureNet(num_components=500)
+
+
 @pytest.mark.slow
 def test_feature_net_trains_caches_and_standardises(tmp_path, embedded_crops):
     from diffusers_spectrum.evaluation.feature_net import feature_net_for, random_feature_net
@@ -291,17 +402,13 @@ def test_feature_net_trains_caches_and_standardises(tmp_path, embedded_crops):
     photos = embedded_photos()[:24]
     net = feature_net_for(tmp_path / "net", photos, steps=40, batch_size=16)
     first, last = net.training_losses
-    assert last < first  # the denoising objective learns
+    assert last < first  # the autoencoder learns
     again = feature_net_for(tmp_path / "net", photos, steps=40, batch_size=16)  # loaded, not retrained
     torch.testing.assert_close(again.features(embedded_crops[:8]), net.features(embedded_crops[:8]))
-    centre = photos[:, :, 16:48, 16:48]
-    features = net.features(centre)
-    torch.testing.assert_close(features.mean(0), torch.zeros(features.shape[1], dtype=torch.float64), atol=1e-4,
-                               rtol=0)  # fmt: skip
-    torch.testing.assert_close(features.std(0), torch.ones(features.shape[1], dtype=torch.float64), atol=1e-3,
-                               rtol=0)  # fmt: skip
     with pytest.raises(ValueError, match="other images"):
         feature_net_for(tmp_path / "net", photos[:12], steps=40, batch_size=16)
+    with pytest.raises(ValueError, match="unknown settings"):
+        feature_net_for(tmp_path / "other", photos, step=40)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("not ours")
     with pytest.raises(ValueError, match="not a feature-net folder"):

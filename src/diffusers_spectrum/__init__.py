@@ -62,6 +62,7 @@ _LAZY_NAMES = {
     "load_autoencoder": ".models",
     "DCTTransform": ".models.dct_transform",
     "EDMPipeline": ".pipelines.edm_pipeline",
+    "PixelTransform": ".models.pixel_transform",
     "edm_scheduler": ".pipelines.edm_pipeline",
     "export_pipeline": ".pipelines.export",
     "export_vae": ".pipelines.export",
@@ -116,6 +117,7 @@ __getattr__, __dir__ = lazy_namespace(__name__, _LAZY_NAMES, globals())
 
 __all__ = [
     "DCTTransform",
+    "PixelTransform",
     "DiffusionObjective",
     "SpectrumAutoencoderKL",
     "SpectrumAutoencoderKLTrainingOutput",

@@ -1,5 +1,5 @@
-"""Autoencoder training losses: reconstruction, perceptual (LPIPS or a transformers backbone), PatchGAN with hinge
-loss and the VQGAN adaptive weight.
+"""Autoencoder training losses: reconstruction, perceptual (LPIPS, a transformers backbone, or the offline
+Fourier-amplitude texture term), PatchGAN with hinge loss and the VQGAN adaptive weight.
 
 References: PatchGAN discriminator, Isola et al. 2017 ("Image-to-Image Translation with Conditional Adversarial
 Networks", Sec. 3.2.2); hinge GAN loss, Lim & Ye 2017 / Miyato et al. 2018; adaptive discriminator weight,
@@ -22,6 +22,7 @@ from ..spectral._checks import require_4d, require_tensor
 __all__ = [
     "ConfigMixin",
     "FeaturePerceptualLoss",
+    "FourierAmplitudeLoss",
     "LPIPSLoss",
     "ModelMixin",
     "NLayerDiscriminator",
@@ -201,6 +202,38 @@ class LPIPSLoss(torch.nn.Module):
 
     def forward(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.model(reconstruction.float(), target.float(), normalize=False).flatten(1).mean(1)
+
+
+class FourierAmplitudeLoss(torch.nn.Module):
+    """A texture-forcing reconstruction term that needs no weights: the L1 distance between the amplitude spectra
+    (orthonormal 2-D FFT per channel, ``log(1 + |F|)`` by default) of reconstruction and target, blind to phase
+    (`losses.spectral_regularizers.fourier_loss` with ``phase_weight=0``).
+
+    Why it forces texture where pixel L1 does not: under uncertainty about *where* fine detail lies, a pixel loss is
+    minimised by leaving it out (a blur), while an amplitude loss charges every frequency band whose energy is
+    missing and does not care where in the image the energy sits (a circular shift of the target costs nothing). So
+    a blurred reconstruction pays for each band it lost, like LPIPS and the PatchGAN make it pay. It is a stand-in
+    for LPIPS where LPIPS' VGG weights cannot be downloaded, not a perceptual metric: it sees global band energies
+    per channel, not local features. Works at any image size (EQ-VAE's downscaled targets included).
+
+    Args:
+        log_amplitude: compare ``log(1 + |F|)`` (compresses the large low-frequency amplitudes) or ``|F|``.
+        frequency_power: radial weights ``(r / r_max)^power`` normalised to mean 1 (0 = uniform).
+    """
+
+    def __init__(self, log_amplitude: bool = True, frequency_power: float = 0.0):
+        super().__init__()
+        self.log_amplitude, self.frequency_power = bool(log_amplitude), float(frequency_power)
+
+    def forward(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """`(B, C, H, W)` x 2 -> per-sample distance `(B,)` (gradient to both inputs; detach the target yourself)."""
+        from .spectral_regularizers import fourier_loss
+
+        require_4d(reconstruction, "FourierAmplitudeLoss", "reconstruction")
+        return fourier_loss(
+            reconstruction, target, amplitude_weight=1.0, phase_weight=0.0, log_amplitude=self.log_amplitude,
+            frequency_power=self.frequency_power, loss_type="l1", reduction="none",
+        )  # fmt: skip
 
 
 def _require_existing_local_path(path, func: str, name: str) -> None:

@@ -22,7 +22,7 @@ __all__ = [
 
 # LPIPS-VGG pools four times before its last tap (relu5_3): below 16 px that tap is empty. The feature loss resizes
 # its input to the backbone's resolution, so it has no minimum.
-PERCEPTUAL_MIN_SIZE = {"lpips": 16, "features": 1, "none": 1}
+PERCEPTUAL_MIN_SIZE = {"lpips": 16, "features": 1, "fourier": 1, "none": 1}
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class AutoencoderLossWeights:
 
     reconstruction_loss: str = "l1"  # "l1" or "l2"
     reconstruction_weight: float = 1.0
-    perceptual_loss: str = "none"  # "lpips", "features" or "none"
+    perceptual_loss: str = "none"  # "lpips", "features", "fourier" or "none"
     perceptual_weight: float = 0.0
     kl_weight: float = 0.0
     esm_weight: float = 0.0

@@ -7,7 +7,9 @@ settings and training facts go to `spectrum_info.json` and the model card.
 """
 
 import inspect
+import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -50,12 +52,14 @@ def stock_vae(vae: AutoencoderKL, fold_shift: bool = True) -> AutoencoderKL:
     FLUX, which decode with `latents / scaling_factor + shift_factor`) keeps the family's keys as they are. A
     per-channel (`latents_mean` / `latents_std`) VAE cannot be folded: DiTPipeline has no per-channel step.
 
-    A `DCTTransform` (DCT-space diffusion) has no stock counterpart and is returned as is: a DCT-space pipeline folder
-    names `diffusers_spectrum` for its `vae` and loads where the package is installed.
+    A `DCTTransform` (DCT-space diffusion) or a `PixelTransform` (pixel-space DiT) has no stock counterpart and is
+    returned as is: such a pipeline folder names `diffusers_spectrum` for its `vae` and loads where the package is
+    installed.
     """
     from ..models.dct_transform import DCTTransform
+    from ..models.pixel_transform import PixelTransform
 
-    if isinstance(vae, DCTTransform):
+    if isinstance(vae, (DCTTransform, PixelTransform)):
         return vae
     if not isinstance(vae, AutoencoderKL):
         raise TypeError(f"vae must be an AutoencoderKL (or SpectrumAutoencoderKL), got {type(vae).__name__}.")
@@ -153,6 +157,27 @@ def _write_sidecars(output_dir: Path, info: dict, kind: str, model_card: str | N
     (output_dir / "README.md").write_text(model_card, encoding="utf-8")
 
 
+def _name_package_root(index_path: Path) -> None:
+    """Name `diffusers_spectrum` itself, not the defining module, for our components in `model_index.json`.
+
+    `save_pretrained` records a component from outside diffusers under its module path
+    (`["diffusers_spectrum.pipelines.dct_transform", "DCTTransform"]`), and diffusers' loader only resolves a library
+    that the calling process has already imported: that path would need an import of a private module first. The
+    package root exports the same classes (and the base classes the loader looks up on it), so the folder loads after
+    `import diffusers_spectrum`."""
+    root = sys.modules[__name__.split(".")[0]]  # the package root, loaded before any of its modules
+
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    changed = False
+    for name, entry in index.items():
+        if isinstance(entry, list) and len(entry) == 2 and str(entry[0]).startswith("diffusers_spectrum."):
+            if getattr(root, str(entry[1]), None) is not None:
+                index[name] = ["diffusers_spectrum", entry[1]]
+                changed = True
+    if changed:
+        write_json(index_path, index)
+
+
 # ------------------------------------------------------------------------------------------------
 # Export
 
@@ -172,7 +197,7 @@ def export_pipeline(
     Args:
         output_dir: folder to write (created if needed).
         vae: `SpectrumAutoencoderKL` or `AutoencoderKL` (its shift is folded into the conv biases), or a
-            `DCTTransform` for DCT-space diffusion.
+            `DCTTransform` for DCT-space diffusion, or a `PixelTransform` for a pixel-space DiT.
         transformer: `REPADiTTransformer2DModel` or `DiTTransformer2DModel` (1000-class table + null class).
         scheduler: a stock diffusers scheduler matching the training objective (`flow_matching_scheduler()` for
             flow matching, `default_scheduler("epsilon")` ...).
@@ -199,6 +224,7 @@ def export_pipeline(
         pipe.register_to_config(id2label=labels)
     output_dir = Path(output_dir)
     pipe.save_pretrained(output_dir, safe_serialization=True)
+    _name_package_root(output_dir / "model_index.json")
     info = _spectrum_info(vae, transformer, scheduler, training_info)
     _write_sidecars(output_dir, info, "pipeline", model_card)
     return output_dir

@@ -135,6 +135,22 @@ def _pipeline_class(index: Path, class_name):
     )
 
 
+def _import_own_modules(index: dict) -> None:
+    """Import the modules of this package that a `model_index.json` names as component libraries: folders exported
+    before the export named the package root record a `DCTTransform` as `["diffusers_spectrum.pipelines.dct_transform",
+    "DCTTransform"]`, which diffusers' loader resolves only when the module is already imported. Only modules of
+    this package are imported (never one a folder names from elsewhere)."""
+    import importlib
+
+    for entry in index.values():
+        library = entry[0] if isinstance(entry, list) and len(entry) == 2 else None
+        if isinstance(library, str) and library.startswith("diffusers_spectrum."):
+            try:
+                importlib.import_module(library)
+            except ImportError:
+                pass  # diffusers names the library in its own error
+
+
 def check_pipeline_folder(path: str | os.PathLike) -> Path:
     """Check a local pipeline folder before diffusers reads it, so each defect is one clear error naming the file:
     the folder exists (`FileNotFoundError`, "no such folder"), holds a readable `model_index.json`, and every
@@ -245,6 +261,7 @@ def load_pipeline(
         class_name = index.get("_class_name")
         check_pipeline_kind(text, class_name, index, kind, command)
         pipeline_class = _pipeline_class(folder / "model_index.json", class_name) or DiffusionPipeline
+        _import_own_modules(index)
     kwargs = {"revision": revision} if revision is not None else {}
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype

@@ -1,5 +1,5 @@
 """`train_dit(args)`: a `REPADiTTransformer2DModel` (DiT with an optional REPA projector) on cached latents, on
-images through a VAE, or in DCT space (`dit_data.DiTData`), with REPA / DoG-REPA and the spectral regularisers, and a
+images through a VAE, in DCT space or on the pixels (`dit_data.DiTData`), with REPA / DoG-REPA and the spectral regularisers, and a
 stock `DiTPipeline` export. Defaults follow REPA (flow matching, AdamW lr 1e-4, grad clip 1, EMA 0.9999, label
 dropout 0.1, REPA coefficient 0.5).
 
@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--space",
         type=str,
         default="latent",
-        choices=("latent", "dct"),
-        help="Diffuse VAE latents, or the blockwise DCT of the pixels (DCTdiff; needs image data).",
+        choices=("latent", "dct", "pixel"),
+        help="Diffuse VAE latents, the blockwise DCT of the pixels (DCTdiff), or the pixels in [-1, 1] themselves "
+        "(patch size p: (resolution / p)^2 tokens); dct and pixel need image data.",
     )
     add_flags(g, "--pretrained_vae", "--vae_subfolder")
     g.add_argument("--dct_block_size", type=int, default=2, help="DCT block side (DCTdiff: 2 for 32/64 px, 4 above).")
@@ -191,8 +192,17 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Validate once; fill data-dependent defaults and the REPA knobs of the projector and the target filter."""
     if sum(x is not None for x in (args.latent_dataset, args.dataset_name, args.train_data_dir)) > 1:
         raise ValueError("Pass at most one of --latent_dataset, --dataset_name and --train_data_dir.")
-    if args.space == "dct" and args.latent_dataset is not None:
-        raise ValueError("--space dct trains on images; it cannot use --latent_dataset.")
+    if args.space in ("dct", "pixel") and args.latent_dataset is not None:
+        raise ValueError(f"--space {args.space} trains on images; it cannot use --latent_dataset.")
+    if args.space != "dct":
+        off = {"dct_entropy_weights": False, "dct_num_dropped": 0, "dct_eta": None}
+        dct_flags = [name for name, value in off.items() if getattr(args, name) != value]
+        if dct_flags:
+            raise ValueError(
+                f"--{dct_flags[0]} applies to DCT space only; pass --space dct, or drop it for --space {args.space}."
+            )
+    if args.space == "pixel" and args.pretrained_vae is not None:
+        raise ValueError("--space pixel diffuses the pixels themselves; drop --pretrained_vae (or use --space latent)")
     if args.space == "latent" and args.latent_dataset is None and args.pretrained_vae is None:
         raise ValueError("Training on images in latent space needs --pretrained_vae (or pass --latent_dataset).")
     if args.latent_dataset is None and args.dataset_name is None and args.train_data_dir is None:

@@ -154,13 +154,17 @@ class DiTData:
             self.repa_target_dim = self.encoder.feature_dim if self.encoder is not None else 768
 
     def _load_decoder(self):
-        """The VAE (or DCT transform) that decodes samples: `--pretrained_vae`, else the one the cache records."""
+        """The VAE that decodes samples: `--pretrained_vae`, else the one the cache records; in DCT space a
+        `DCTTransform`, in pixel space the identity `PixelTransform`."""
         from ..models.dct_transform import DCTTransform
         from ..models.loading import load_autoencoder
+        from ..models.pixel_transform import PixelTransform
 
         args = self.args
         if args.space == "dct":
             return DCTTransform(block_size=args.dct_block_size, num_dropped=args.dct_num_dropped)
+        if args.space == "pixel":
+            return PixelTransform(in_channels=3)
         recorded = (self.cache_info or {}).get("settings", {})
         path = args.pretrained_vae or recorded.get("pretrained_vae")
         if path is None:

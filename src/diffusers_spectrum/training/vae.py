@@ -104,9 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("reconstruction_loss", ("l1", "l2"), "Pixel loss."),
         (
             "perceptual_loss",
-            ("none", "lpips", "features"),
-            "lpips (the `lpips` package; downloads VGG weights), "
-            "features (a transformers backbone, --perceptual_backbone) or none (offline).",
+            ("none", "lpips", "features", "fourier"),
+            "lpips (the `lpips` package; downloads VGG weights), features (a transformers backbone, "
+            "--perceptual_backbone), fourier (offline, no weights: L1 between log amplitude spectra, a texture "
+            "stand-in for LPIPS, `losses.FourierAmplitudeLoss`) or none.",
         ),
         ("perceptual_weight", float, "Weight of the perceptual loss."),
         ("lpips_net", ("vgg", "alex", "squeeze"), "LPIPS backbone."),
@@ -213,9 +214,9 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(
             f"{'--recipe ' + args.recipe + ' uses' if args.recipe else '--perceptual_loss lpips needs'} LPIPS, which "
             "needs the `lpips` package and downloads VGG weights from the internet. On a machine without them add "
-            "--perceptual_loss none (the offline switch), or --perceptual_loss features --perceptual_backbone "
-            "<local transformers vision model>. (Do not `pip install torchvision` beside a pinned CPU torch: it "
-            "replaces torch with another build.)"
+            "--perceptual_loss none (the offline switch), --perceptual_loss fourier (an offline texture term, not "
+            "LPIPS), or --perceptual_loss features --perceptual_backbone <local transformers vision model>. (Do not "
+            "`pip install torchvision` beside a pinned CPU torch: it replaces torch with another build.)"
         )
     if args.perceptual_loss == "features" and args.perceptual_weight > 0 and args.perceptual_backbone is None:
         raise ValueError("--perceptual_loss features needs --perceptual_backbone (a path or Hub id).")

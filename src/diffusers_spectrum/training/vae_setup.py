@@ -145,12 +145,14 @@ def loss_weights(args) -> AutoencoderLossWeights:
 
 def build_perceptual(args):
     """The perceptual network (`--perceptual_loss`), or None when off."""
-    from ..losses.autoencoder import FeaturePerceptualLoss, LPIPSLoss
+    from ..losses.autoencoder import FeaturePerceptualLoss, FourierAmplitudeLoss, LPIPSLoss
 
     if args.perceptual_loss == "none" or args.perceptual_weight == 0:
         return None
     if args.perceptual_loss == "lpips":
         return LPIPSLoss(net=args.lpips_net)
+    if args.perceptual_loss == "fourier":
+        return FourierAmplitudeLoss()
     return FeaturePerceptualLoss(args.perceptual_backbone, layers=args.perceptual_layers)
 
 

@@ -224,8 +224,8 @@ def train_and_measure(name: str, seed: int, settings: dict, train_dir: Path, rep
     """Train one configuration, generate clips from the exported pipeline (its own IPNDM scheduler), measure."""
     from diffusers_spectrum import band_power_spectrum, load_pipeline
     from diffusers_spectrum.pipelines.audio import generate_audio
-    from diffusers_spectrum.training.audio import train_audio
     from diffusers_spectrum.training.audio import parse_args as trainer_args
+    from diffusers_spectrum.training.audio import train_audio
 
     unit_clock = clock = study_units.Stopwatch()
     output = work / f"{name}-{seed}"

@@ -207,9 +207,8 @@ def evaluate_vae(args: argparse.Namespace) -> dict:
     skips, transform = SkipCounter(), ImageTransform(resolution, center_crop=True)
 
     def batches():
-        return image_batches_from(
-            data, args.num_samples, resolution, args.batch_size, args.image_column, args.dataset_split, skips, transform
-        )
+        count, size, column = args.num_samples, args.batch_size, args.image_column
+        return image_batches_from(data, count, resolution, size, column, args.dataset_split, skips, transform)
 
     result = reconstruction_metrics(
         vae,

@@ -1,7 +1,7 @@
 """`train_dit(args)`: a `REPADiTTransformer2DModel` (DiT with an optional REPA projector) on cached latents, on
-images through a VAE, in DCT space or on the pixels (`dit_data.DiTData`), with REPA / DoG-REPA and the spectral regularisers, and a
-stock `DiTPipeline` export. Defaults follow REPA (flow matching, AdamW lr 1e-4, grad clip 1, EMA 0.9999, label
-dropout 0.1, REPA coefficient 0.5).
+images through a VAE, in DCT space or on the pixels (`dit_data.DiTData`), with REPA / DoG-REPA and the spectral
+regularisers, and a stock `DiTPipeline` export. Defaults follow REPA (flow matching, AdamW lr 1e-4, grad clip 1,
+EMA 0.9999, label dropout 0.1, REPA coefficient 0.5).
 
 The output folder holds `pipeline/` (the stock `DiTPipeline`, with a model card), `transformer/` (our class with the
 REPA projector, to fine-tune), `metrics.json`, `training_args.json`, `validation/` sample grids, checkpoints and
@@ -236,24 +236,13 @@ def train_dit(args: argparse.Namespace) -> Path | None:
         return dry_run(args)
     from ..models.dit_repa import REPADiTTransformer2DModel, default_repa_depth, drop_labels
     from ..pipelines.schedulers import matching_objective
+    from . import loop
     from .dit_data import DiTData
-    from .loop import (
-        AccumulationWindow,
-        compile_model,
-        create_ema,
-        learning_settings,
-        make_accelerator,
-        make_optimizer,
-        optimizer_step,
-        resume_training,
-        save_checkpoint_if_due,
-        step_generator,
-    )
 
     # 1. Accelerator, logging, seeds
     start_time = time.time()
     output_dir, outputs, optimization = Path(args.output_dir), Outputs.of(args), Optimization.of(args)
-    accelerator = make_accelerator("train-dit", outputs, optimization, vars(args))
+    accelerator = loop.make_accelerator("train-dit", outputs, optimization, vars(args))
 
     # 2. Data: cached latents, a VAE on the fly or DCT space; labels; REPA targets
     data = DiTData(args, accelerator.device)
@@ -295,14 +284,14 @@ def train_dit(args: argparse.Namespace) -> Path | None:
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.train()
-    compile_model(model, args.use_torch_compile)
-    ema = create_ema(model, args.ema_decay) if args.use_ema else None
+    loop.compile_model(model, args.use_torch_compile)
+    ema = loop.create_ema(model, args.ema_decay) if args.use_ema else None
     objective, regularizers = matching_objective(args.objective, args.snr_scale), spectral_regularizers(args)
     distance = mean_squared_error  # per sample, as DCTdiff's entropy-weighted MSE in DCT space
     if data.entropy_weights is not None:
         distance = functools.partial(dct_weighted_mse, channel_weights=data.entropy_weights)
     filter_knobs = {knob: getattr(args, knob) for knob in REPA_TARGET_FILTERS[args.repa_target_filter]}
-    optimizer, lr_scheduler = make_optimizer(model.parameters(), optimization, accelerator)
+    optimizer, lr_scheduler = loop.make_optimizer(model.parameters(), optimization, accelerator)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
@@ -313,7 +302,7 @@ def train_dit(args: argparse.Namespace) -> Path | None:
         {"transformer": model},
         {"transformer": ema} if ema is not None else None,
         args.checkpoints_total_limit,
-        settings=learning_settings(resolved, RESUME_SETTINGS),
+        settings=loop.learning_settings(resolved, RESUME_SETTINGS),
     )
     logger.info(
         f"DiT {args.dit_config}: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M params, latents "
@@ -322,7 +311,7 @@ def train_dit(args: argparse.Namespace) -> Path | None:
     )
 
     # 4. Resume
-    global_step, data_state, guard = resume_training(
+    global_step, data_state, guard = loop.resume_training(
         checkpointer, args.resume_from_checkpoint, args.max_nonfinite_steps
     )
     dataloader = data.dataloader(accelerator, data_state)
@@ -334,14 +323,14 @@ def train_dit(args: argparse.Namespace) -> Path | None:
     main = accelerator.is_main_process
     progress = tqdm(total=args.max_train_steps, initial=global_step, desc="train dit", disable=not main)
     accumulation = args.gradient_accumulation_steps
-    window = AccumulationWindow(accelerator, [model], accumulation)
+    window = loop.AccumulationWindow(accelerator, [model], accumulation)
     logs = {}
     while global_step < args.max_train_steps:
         logs = {}
         for micro_step in range(accumulation):
             batch = next(data_iterator)
             device = accelerator.device
-            generator = step_generator(args.seed, global_step, micro_step, accelerator.process_index, device)
+            generator = loop.step_generator(args.seed, global_step, micro_step, accelerator.process_index, device)
             inputs = data.prepare(batch, generator, grid_hw)
             labels = drop_labels(inputs["labels"], args.label_dropout if data.conditional else 0.0, generator)
             with window.micro_step(micro_step):
@@ -367,7 +356,7 @@ def train_dit(args: argparse.Namespace) -> Path | None:
                 logs[name] = logs.get(name, 0.0) + value.detach() / accumulation
 
         # 5b. Optimizer step (skipped together on every process when a loss of the window was not finite)
-        logs.update(optimizer_step(window, guard, model, optimizer, lr_scheduler, ema, args.max_grad_norm))
+        logs.update(loop.optimizer_step(window, guard, model, optimizer, lr_scheduler, ema, args.max_grad_norm))
         global_step += 1
         progress.update(1)
         logs = {k: float(v) for k, v in logs.items()}  # one transfer per optimizer step, for the trackers
@@ -378,7 +367,7 @@ def train_dit(args: argparse.Namespace) -> Path | None:
         accelerator.log(logs, step=global_step)
 
         # 5c. Checkpoint and validation samples
-        save_checkpoint_if_due(
+        loop.save_checkpoint_if_due(
             checkpointer, global_step, dataloader, guard, args.checkpointing_steps, args.max_train_steps
         )
         if main and global_step % args.validation_steps == 0:

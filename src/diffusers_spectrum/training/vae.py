@@ -256,26 +256,11 @@ def train_vae(args: argparse.Namespace) -> Path | None:
     from ..evaluation.plotting import plot_image_latent_spectra
     from ..evaluation.validation import vae_validation_metrics
     from ..losses.autoencoder import NLayerDiscriminator
-    from .loop import (
-        AccumulationWindow,
-        adamw,
-        compile_model,
-        create_ema,
-        ema_weights,
-        learning_settings,
-        log_figure,
-        log_images,
-        make_accelerator,
-        make_optimizer,
-        resume_training,
-        save_checkpoint_if_due,
-        step_generator,
-        train_dataloader,
-    )
+    from . import loop
 
     # 1. Accelerator, logging, seeds
     output_dir, outputs, optimization = Path(args.output_dir), Outputs.of(args), Optimization.of(args)
-    accelerator = make_accelerator("train-vae", outputs, optimization, vars(args))
+    accelerator = loop.make_accelerator("train-vae", outputs, optimization, vars(args))
 
     # 2. Data
     skip_counter = SkipCounter()  # files that are not images (scan) and images that do not decode (stream)
@@ -303,18 +288,18 @@ def train_vae(args: argparse.Namespace) -> Path | None:
     if args.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
     vae.train()
-    module = compile_model(VAETrainingModule(vae), args.use_torch_compile)
+    module = loop.compile_model(VAETrainingModule(vae), args.use_torch_compile)
     perceptual = build_perceptual(args)
     if perceptual is not None:
         perceptual.to(accelerator.device)
     use_gan = args.disc_weight > 0
     discriminator = NLayerDiscriminator(3, args.disc_channels, args.disc_layers, args.disc_norm) if use_gan else None
-    ema = create_ema(vae, args.ema_decay) if args.use_ema else None
+    ema = loop.create_ema(vae, args.ema_decay) if args.use_ema else None
     vf_encoder, vf_loss = build_vf_loss(args, vae, accelerator.device)
     weights, sample_transform = loss_weights(args), equivariance_sampler(args)
 
     trained = [*vae.parameters(), *(vf_loss.parameters() if vf_loss is not None else ())]  # VF projector: AE optimiser
-    optimizer, lr_scheduler = make_optimizer(trained, optimization, accelerator)
+    optimizer, lr_scheduler = loop.make_optimizer(trained, optimization, accelerator)
     module, optimizer, lr_scheduler = accelerator.prepare(module, optimizer, lr_scheduler)
     models = {"vae": module}
     if vf_loss is not None:
@@ -322,7 +307,7 @@ def train_vae(args: argparse.Namespace) -> Path | None:
         models["vf_projector"] = vf_loss  # saved in checkpoints (model.safetensors), so resume is exact
     if use_gan:
         fused = accelerator.device.type == "cuda"
-        disc_optimizer = adamw(discriminator.parameters(), optimization, args.disc_learning_rate, fused=fused)
+        disc_optimizer = loop.adamw(discriminator.parameters(), optimization, args.disc_learning_rate, fused=fused)
         discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)  # constant lr
         models["discriminator"] = discriminator
     if ema is not None:
@@ -336,29 +321,30 @@ def train_vae(args: argparse.Namespace) -> Path | None:
         models,
         {"vae": ema} if ema is not None else None,
         args.checkpoints_total_limit,
-        settings=learning_settings(vars(args), RESUME_SETTINGS),
+        settings=loop.learning_settings(vars(args), RESUME_SETTINGS),
     )
 
     # 4. Resume
-    global_step, data_state, guard = resume_training(
+    global_step, data_state, guard = loop.resume_training(
         checkpointer, args.resume_from_checkpoint, args.max_nonfinite_steps
     )
     reader = ImageReader(train_transform, args.image_column)
-    dataloader = train_dataloader(dataset, reader, accelerator, Loading.of(args), data_state)
+    dataloader = loop.train_dataloader(dataset, reader, accelerator, Loading.of(args), data_state)
     data_iterator = iter(dataloader)
 
     # 5. Loop: one optimizer step = `gradient_accumulation_steps` micro-batches
     main = accelerator.is_main_process
     progress = tqdm(total=args.max_train_steps, initial=global_step, desc="train vae", disable=not main)
     accumulation = args.gradient_accumulation_steps
-    window = AccumulationWindow(accelerator, [module, discriminator, vf_loss], accumulation)
+    window = loop.AccumulationWindow(accelerator, [module, discriminator, vf_loss], accumulation)
     while global_step < args.max_train_steps:
         gan_active = use_gan and global_step >= args.disc_start
         logs = {}
         for micro_step in range(accumulation):
             batch = next(data_iterator)
             images = batch["pixel_values"].to(accelerator.device)
-            generator = step_generator(args.seed, global_step, micro_step, accelerator.process_index, images.device)
+            process = accelerator.process_index
+            generator = loop.step_generator(args.seed, global_step, micro_step, process, images.device)
             transform = None
             if sample_transform is not None:
                 factor = raw_vae.downsample_factor
@@ -414,12 +400,12 @@ def train_vae(args: argparse.Namespace) -> Path | None:
         accelerator.log(logs, step=global_step)
 
         # 5d. Checkpoint and validation
-        save_checkpoint_if_due(
+        loop.save_checkpoint_if_due(
             checkpointer, global_step, dataloader, guard, args.checkpointing_steps, args.max_train_steps
         )
         if main and (global_step % args.validation_steps == 0 or global_step == 1):
             raw_vae.eval()
-            with ema_weights(ema, raw_vae):
+            with loop.ema_weights(ema, raw_vae):
                 metrics, reconstructions, latents = vae_validation_metrics(
                     raw_vae, validation_images, raw_vae.config.esm_delta
                 )
@@ -427,9 +413,9 @@ def train_vae(args: argparse.Namespace) -> Path | None:
             numbers = {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
             accelerator.log(numbers, step=global_step)
             pairs = torch.cat([validation_images, reconstructions])  # originals on top, reconstructions below
-            log_images(accelerator, "val/reconstructions", pairs, global_step, nrow=len(validation_images))
+            loop.log_images(accelerator, "val/reconstructions", pairs, global_step, nrow=len(validation_images))
             figure = plot_image_latent_spectra(validation_images, latents, delta=args.esm_delta, convention="authors")
-            log_figure(accelerator, "val/spectrum", figure, global_step)
+            loop.log_figure(accelerator, "val/spectrum", figure, global_step)
     progress.close()
 
     # 6. Final model: EMA weights, latent statistics, save, stock export, card, push
@@ -438,16 +424,7 @@ def train_vae(args: argparse.Namespace) -> Path | None:
         if ema is not None:
             ema.copy_to(raw_vae.parameters())
         raw_vae.eval()
-        stats_batches = image_batches(
-            dataset, args.train_batch_size, eval_transform, args.image_column, max_samples=args.latent_stats_samples
-        )
-        stats = raw_vae.estimate_latent_stats(
-            stats_batches,
-            args.latent_stats_samples,
-            use_shift=args.use_shift,
-            sample_posterior=True,
-            generator=torch.Generator(device=accelerator.device).manual_seed(args.seed),
-        )
+        stats = latent_statistics(raw_vae, dataset, eval_transform, args, accelerator.device)
         metrics, _, _ = vae_validation_metrics(raw_vae, validation_images, raw_vae.config.esm_delta)
         metrics.update(
             latent_convention=stats["convention"],
@@ -466,6 +443,17 @@ def train_vae(args: argparse.Namespace) -> Path | None:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output_dir
+
+
+def latent_statistics(vae, dataset, transform, args, device) -> dict:
+    """`SpectrumAutoencoderKL.estimate_latent_stats` over the first `--latent_stats_samples` images (seeded posterior
+    samples): the scaling and shift factors the exported VAE carries."""
+    from ..data.images import image_batches
+
+    count = args.latent_stats_samples
+    batches = image_batches(dataset, args.train_batch_size, transform, args.image_column, max_samples=count)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    return vae.estimate_latent_stats(batches, count, args.use_shift, sample_posterior=True, generator=generator)
 
 
 def write_outputs(args, vae: SpectrumAutoencoderKL, metrics: dict, output_dir: Path) -> None:

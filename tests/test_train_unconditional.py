@@ -251,6 +251,7 @@ def test_ddpm_folder_loads_with_plain_diffusers_and_samples_with_ddpm_and_ddim(t
     assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
     card = (out / "README.md").read_text()
     assert "DDIMScheduler.from_config(pipe.scheduler.config)" in card and "DiffusionPipeline.from_pretrained" in card
+    assert "eta=1.0" in card and "eta=0.0, generator" not in card  # eta 0 turns early models into grey noise
     assert (out / "validation" / "step-0000002.png").is_file()
     uploaded = json.loads((out / "hub_upload.json").read_text())["files"]
     assert "unet/diffusion_pytorch_model.safetensors" in uploaded and not any("checkpoint" in f for f in uploaded)

@@ -433,9 +433,10 @@ from diffusers import DDIMPipeline, DDIMScheduler, DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained("{repo_id}")  # a stock DDPMPipeline
 images = pipe(batch_size=4, num_inference_steps={steps}, generator=torch.manual_seed(0)).images
 
-# DDIM, 50 steps, with the same training schedule
+# DDIM, 50 steps, with the same training schedule. eta=1.0 keeps DDPM's fresh noise per step; the deterministic
+# eta=0.0 suits a well-trained model only (early in training it turns samples into grey noise)
 ddim = DDIMPipeline(unet=pipe.unet, scheduler=DDIMScheduler.from_config(pipe.scheduler.config))
-images = ddim(batch_size=4, num_inference_steps=50, eta=0.0, generator=torch.manual_seed(0)).images"""
+images = ddim(batch_size=4, num_inference_steps=50, eta=1.0, generator=torch.manual_seed(0)).images"""
 
 EDM_SAMPLE_CODE = """import torch
 from diffusers import DiffusionPipeline

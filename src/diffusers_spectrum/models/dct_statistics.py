@@ -1,5 +1,6 @@
 """DCTdiff's data statistics of a `DCTTransform`, streamed with flat memory: eta (the global coefficient scale) and
-the per-coefficient entropy weights of the loss, as the authors define them (SPEC.md, "DCT-space diffusion")."""
+the per-coefficient entropy weights of the loss, as the authors define them (Ning et al. 2024,
+"DCTdiff"; their code, forever208/DCTdiff)."""
 
 import math
 from collections.abc import Iterable

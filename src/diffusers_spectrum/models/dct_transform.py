@@ -1,40 +1,15 @@
-"""DCT-space diffusion (DCTdiff, Ning et al. 2024; SPEC.md, "DCT-space diffusion"): `DCTTransform`, a parameter-free
-image <-> DCT "latent" transform that stands where a VAE stands in a pipeline. The data statistics it needs (eta,
-entropy weights) are in `models/dct_statistics.py`, the weighted loss in `losses/dct.py`, the SNR-scaled schedule in
-`pipelines/schedulers.py`.
+"""DCT-space diffusion (DCTdiff, Ning et al. 2024; the authors' code: forever208/DCTdiff): `DCTTransform`, a
+parameter-free image <-> DCT "latent" transform that stands where a VAE stands in a pipeline.
 
-Conventions are the DCTdiff authors' (their code, forever208/DCTdiff), in units of 127.5 pixel levels: an image
-``x`` in [-1, 1] is the 8-bit picture ``p = 127.5 (x + 1)`` in [0, 255], and every coefficient here is the authors'
-coefficient divided by 127.5 (so eta here = the authors' eta / 127.5; the scaled latents ``coefficients / eta``, the
-clamps and the entropy weights are unit-free and identical). Encoding ``(B, 3, H, W)``:
+Images ``(B, 3, H, W)`` in [-1, 1] -> JPEG YCbCr, chroma 2x2-averaged, ``b x b`` blockwise DCT in zigzag order with
+the last ``num_dropped`` = m coefficients dropped -> tokens ``(B, 6K, H / 2b, W / 2b)``, ``K = b^2 - m`` (4 Y blocks,
+then Cb, Cr; ``12K`` channels without chroma subsampling). Coefficients are in units of 127.5 pixel levels (the
+authors' / 127.5); ``encode`` returns them raw and ``config.scaling_factor = 1 / eta`` scales them for diffusion.
+A stock ``DiTPipeline`` loads it as its ``vae`` (diffusers logs a type warning and loads it anyway). The statistics
+(eta, entropy weights) are in `models/dct_statistics.py`, the weighted loss in `losses/dct.py`, the SNR-scaled
+schedule in `pipelines/schedulers.py`.
 
-1. Centring as the authors: ``p - 128`` (here ``x - 1/255``), then RGB -> YCbCr with the JPEG (JFIF, ITU-R BT.601
-   full range) matrix without offsets (the chroma rows sum to 0, so only luma sees the centring).
-2. Chroma (Cb, Cr) 2x2 average-pooled (``chroma_subsampling=True``, DCTdiff's setting; their bilinear resize at
-   exactly 1/2 is the same 2x2 average).
-3. Each plane split into ``b x b`` blocks (``block_size`` b = 2 for 32/64 px, 4 for 128/256 px), orthonormal
-   DCT-II per block (:func:`~diffusers_spectrum.spectral.dct.blockwise_dct_2d`), coefficients read in JPEG zigzag
-   order and the last (highest-frequency) ``num_dropped`` = m dropped: ``K = b^2 - m`` coefficients per block.
-4. Tokens: the 2 x 2 co-located Y blocks plus the Cb and Cr block covering the same ``2b x 2b`` pixels, laid out as
-   channels: ``(B, 6K, H / 2b, W / 2b)`` in the order [Y(0,0), Y(0,1), Y(1,0), Y(1,1), Cb, Cr], each K coefficients
-   in zigzag order. Without chroma subsampling the Cb and Cr planes also give 4 blocks each: ``12K`` channels.
-
-``encode`` returns the raw coefficients (like a VAE's latents); ``config.scaling_factor = 1 / eta`` scales them for
-diffusion, eta = max(|p1.75|, |p98.25|) of the signed Y DC over the data (:func:`estimate_dct_statistics`).
-``decode`` inverts every step as the authors: coefficients clamped to +-``coefficient_clip`` eta (2 eta), dropped
-coefficients zero, chroma upsampled 2x by bilinear resize (half-pixel centres, edge replication: OpenCV's
-``INTER_LINEAR``, ``align_corners=False``), YCbCr -> RGB, ``+ 128``, pixels clamped to [0, 255] (here [-1, 1]).
-
-Inverse colour constants: the exact inverse of the forward matrix, not the authors' rounded JPEG constants (1.402,
-0.344136, 0.714136, 1.772). The two differ by < 4e-7 per unit (< 1e-4 of an 8-bit level), far below quantisation,
-and the exact inverse keeps the claimed round trips exact to float error: with m = 0 and no chroma subsampling every
-image in [-1, 1] comes back exactly; with subsampling luma is exact and chroma becomes the bilinear upsampling of its
-2x2 means (exact for images of constant chroma, e.g. grey ones).
-
-Pipelines: a :class:`DCTTransform` is the ``vae`` of a stock ``DiTPipeline`` (which divides by ``scaling_factor`` and
-calls ``decode``); the folder loads with ``DiffusionPipeline.from_pretrained`` (diffusers logs a type warning, since
-``DiTPipeline`` annotates ``vae`` as ``AutoencoderKL``, and loads it anyway).
-"""
+Provenance: docs/PROVENANCE.md#dct_transform"""
 
 import torch
 import torch.nn.functional as F

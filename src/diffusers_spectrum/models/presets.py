@@ -179,7 +179,8 @@ def check_unet_config(config: dict, resolution: int, channels: int = 3, source: 
 # Spectrum VAE sizes
 
 
-# Architectures from SPEC.md (f8d4, f16d16) and a tiny one for CPU runs and tests.
+# The Spectrum Matching authors' architectures (f8d4, f16d16: configs/ldm_f8d4.yaml and configs/ldm_f16d16.yaml in
+# forever208/SpectrumMatching) and a tiny one for CPU runs and tests.
 VAE_PRESETS = {
     "tiny": dict(block_out_channels=(16, 32, 32), latent_channels=4, layers_per_block=1, norm_num_groups=8),
     "f8d4": dict(block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2, norm_num_groups=32),

@@ -186,8 +186,13 @@ def measure(
     `cache_stages=False` leaves out the encoder stages."""
     count = count or (64 if quick else 256)
     rounds = 1 if quick else 3
-    results = {"images_per_folder": count, "resolution": RESOLUTION, "rounds": rounds, "stream": {},
-               "uptime": _uptime()}  # fmt: skip
+    results = {
+        "images_per_folder": count,
+        "resolution": RESOLUTION,
+        "rounds": rounds,
+        "stream": {},
+        "uptime": _uptime(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         plan = []
@@ -232,18 +237,42 @@ def rows_from(results: dict) -> list[dict]:
             if decode == "full":
                 continue
             target = "2 workers >= 1.7x one worker" if workers == "2" else ""
-            rows.append(_row(f"image stream {name} JPEG -> {RESOLUTION} px, {workers} worker(s)", "throughput",
-                             rate, "img/s", rate / base if workers != "1" else None, target))  # fmt: skip
+            rows.append(
+                _row(
+                    f"image stream {name} JPEG -> {RESOLUTION} px, {workers} worker(s)",
+                    "throughput",
+                    rate,
+                    "img/s",
+                    rate / base if workers != "1" else None,
+                    target,
+                )
+            )
         for workers in sorted({int(k.split("_w")[1]) for k in rates if k.startswith("full")}):
             full = rates[f"full_w{workers}"]
             reduced = rates[f"reduced_w{workers}"]
             target = ">= 2x" if name == "1024x768" else "~1x (source < 2x target: not reduced)"
-            rows.append(_row(f"image stream {name} JPEG, {workers} worker(s): reduced-size / full decode",
-                             "speed-up", reduced, "img/s", reduced / full, target))  # fmt: skip
+            rows.append(
+                _row(
+                    f"image stream {name} JPEG, {workers} worker(s): reduced-size / full decode",
+                    "speed-up",
+                    reduced,
+                    "img/s",
+                    reduced / full,
+                    target,
+                )
+            )
     for name, rates in results.get("transform", {}).items():
         target = ">= 2x" if name == "1024x768" else "~1x (source < 2x target: not reduced)"
-        rows.append(_row(f"ImageTransform alone {name} JPEG -> {RESOLUTION} px: reduced-size / full decode",
-                         "speed-up", rates["reduced"], "img/s", rates["reduced"] / rates["full"], target))  # fmt: skip
+        rows.append(
+            _row(
+                f"ImageTransform alone {name} JPEG -> {RESOLUTION} px: reduced-size / full decode",
+                "speed-up",
+                rates["reduced"],
+                "img/s",
+                rates["reduced"] / rates["full"],
+                target,
+            )
+        )
     if "cache" not in results:
         return rows
     stages = results["cache"]["ms_per_image"]
@@ -251,8 +280,16 @@ def rows_from(results: dict) -> list[dict]:
     where = f"{results['cache']['device']}, batch {results['cache']['batch_size']}"
     for stage, ms in stages.items():
         rows.append(_row(f"cache-latents {stage} ({where})", "time per image", ms, "ms", ms / total, "share of sum"))
-    rows.append(_row("cache-latents, all stages in line (decode in the process)", "throughput", 1000 / total, "img/s",
-                     None, f"load: {results['uptime']}"))  # fmt: skip
+    rows.append(
+        _row(
+            "cache-latents, all stages in line (decode in the process)",
+            "throughput",
+            1000 / total,
+            "img/s",
+            None,
+            f"load: {results['uptime']}",
+        )
+    )
     return rows
 
 

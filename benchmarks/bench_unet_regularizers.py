@@ -95,15 +95,17 @@ def overhead_rows(preset: str, resolution: int, batch: int, repeats: int, device
         t_step = step_time(unet, formulation, x0, repeats)
         for which in REGULARIZERS:
             t_added = regularizer_time(formulation, x0, which, repeats)
-            rows.append({
-                "benchmark": f"{which} fwd+bwd / UNet {preset} {formulation} step, "
-                f"{batch}x3x{resolution}x{resolution}, {device.type}",
-                "metric": "overhead",
-                "value": t_added * 1e3,
-                "unit": "ms",
-                "ratio": t_added / t_step,
-                "target": f"<= 0.02 (step: {t_step * 1e3:.0f} ms)",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "benchmark": f"{which} fwd+bwd / UNet {preset} {formulation} step, "
+                    f"{batch}x3x{resolution}x{resolution}, {device.type}",
+                    "metric": "overhead",
+                    "value": t_added * 1e3,
+                    "unit": "ms",
+                    "ratio": t_added / t_step,
+                    "target": f"<= 0.02 (step: {t_step * 1e3:.0f} ms)",
+                }
+            )
     return rows
 
 

@@ -149,8 +149,9 @@ def study_cost(units, processes) -> dict:
 
 def wrap_bullet(text: str, width: int = 119) -> str:
     """A Markdown bullet (``"- ..."``) wrapped to the README's width, continuation lines indented by two spaces."""
-    return textwrap.fill(" ".join(text.split()), width=width, subsequent_indent="  ", break_long_words=False,
-                         break_on_hyphens=False)  # fmt: skip
+    return textwrap.fill(
+        " ".join(text.split()), width=width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+    )
 
 
 _THREAD_LIMITS = []  # keeps threadpoolctl's limiter alive for the process

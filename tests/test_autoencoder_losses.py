@@ -151,8 +151,14 @@ def test_fourier_amplitude_loss_matches_numpy_and_is_blind_to_phase_but_not_to_b
     expected = np.abs(amplitude(reconstruction) - amplitude(target)).reshape(3, -1).mean(1)
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-10)
     linear = FourierAmplitudeLoss(log_amplitude=False)(reconstruction, target)
-    expected = np.abs(np.abs(np.fft.rfft2(reconstruction.numpy(), norm="ortho")) -
-                      np.abs(np.fft.rfft2(target.numpy(), norm="ortho"))).reshape(3, -1).mean(1)  # fmt: skip
+    expected = (
+        np.abs(
+            np.abs(np.fft.rfft2(reconstruction.numpy(), norm="ortho"))
+            - np.abs(np.fft.rfft2(target.numpy(), norm="ortho"))
+        )
+        .reshape(3, -1)
+        .mean(1)
+    )
     np.testing.assert_allclose(linear.numpy(), expected, rtol=1e-10)
 
     # a circular shift moves every detail and keeps every band's energy: no cost, while pixel L1 is large
@@ -174,8 +180,20 @@ def test_fourier_texture_term_is_a_perceptual_option_of_the_vae_trainer_and_trai
     from diffusers_spectrum.training import vae as script
     from diffusers_spectrum.training import vae_setup as setup
 
-    args = script.parse_args(["--recipe", "sd-vae", "--perceptual_loss", "fourier", "--vae_config", "tiny",
-                              "--resolution", "32", "--disc_weight", "0"])  # fmt: skip
+    args = script.parse_args(
+        [
+            "--recipe",
+            "sd-vae",
+            "--perceptual_loss",
+            "fourier",
+            "--vae_config",
+            "tiny",
+            "--resolution",
+            "32",
+            "--disc_weight",
+            "0",
+        ]
+    )
     assert args.perceptual_weight == 0.5  # the recipe's LPIPS weight applies to the stand-in
     perceptual = setup.build_perceptual(args)
     assert isinstance(perceptual, FourierAmplitudeLoss)
@@ -198,8 +216,22 @@ def test_kl_and_reconstruction_are_reduced_as_the_authors_reduce_them():
     from diffusers_spectrum.training import vae as script
     from diffusers_spectrum.training import vae_setup as setup
 
-    args = script.parse_args(["--recipe", "sd-vae", "--perceptual_loss", "none", "--vae_config", "tiny",
-                              "--resolution", "32", "--disc_weight", "0", "--kl_weight", "0.25"])  # fmt: skip
+    args = script.parse_args(
+        [
+            "--recipe",
+            "sd-vae",
+            "--perceptual_loss",
+            "none",
+            "--vae_config",
+            "tiny",
+            "--resolution",
+            "32",
+            "--disc_weight",
+            "0",
+            "--kl_weight",
+            "0.25",
+        ]
+    )
     torch.manual_seed(0)
     model = setup.build_model(args)
     images = torch.rand(3, 3, 32, 32) * 2 - 1

@@ -83,10 +83,14 @@ def image_folder(folder: Path, count: int = 3, side: int = 16) -> Path:
 def tiny_vae(blocks: int = 2, sample_size: int = 16) -> SpectrumAutoencoderKL:
     torch.manual_seed(0)
     return SpectrumAutoencoderKL(
-        block_out_channels=(8,) * blocks, down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks, norm_num_groups=4, latent_channels=4,
-        sample_size=sample_size, dsm_levels=(0,),
-    ).eval()  # fmt: skip
+        block_out_channels=(8,) * blocks,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=sample_size,
+        dsm_levels=(0,),
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +102,23 @@ def assets(tmp_path_factory):
     transformer = build_transformer("tiny", in_channels=4, sample_size=8, dit_init=False)
     from diffusers_spectrum.pipelines.schedulers import flow_matching_scheduler
 
-    export_pipeline(root / "pipeline", vae=tiny_vae(), transformer=transformer, scheduler=flow_matching_scheduler(),
-                    id2label={0: "cat", 1: "dog", 2: "tree"})  # fmt: skip
+    export_pipeline(
+        root / "pipeline",
+        vae=tiny_vae(),
+        transformer=transformer,
+        scheduler=flow_matching_scheduler(),
+        id2label={0: "cat", 1: "dog", 2: "tree"},
+    )
     images = image_folder(root / "images", count=4)
-    write_latent_cache(root / "cache", load_image_dataset(train_data_dir=images), tiny_vae(), ImageTransform(16),
-                       batch_size=2, shard_size=2, show_progress=False)  # fmt: skip
+    write_latent_cache(
+        root / "cache",
+        load_image_dataset(train_data_dir=images),
+        tiny_vae(),
+        ImageTransform(16),
+        batch_size=2,
+        shard_size=2,
+        show_progress=False,
+    )
     return root
 
 
@@ -284,8 +300,18 @@ def test_folder_without_cache_info_is_not_a_cache(tmp_path):
 
 
 def test_cache_latents_resolution_not_multiple_of_f8_is_the_one_check_message(assets, tmp_path):
-    args = cache.parse_args(["--pretrained_vae", str(assets / "vae8"), "--train_data_dir", str(assets / "images"),
-                             "--resolution", "30", "--output_dir", str(tmp_path / "c")])  # fmt: skip
+    args = cache.parse_args(
+        [
+            "--pretrained_vae",
+            str(assets / "vae8"),
+            "--train_data_dir",
+            str(assets / "images"),
+            "--resolution",
+            "30",
+            "--output_dir",
+            str(tmp_path / "c"),
+        ]
+    )
     with pytest.raises(ValueError) as caught:
         within(TIMEOUT_S, cache.cache_latents, args)
     with pytest.raises(ValueError) as expected:
@@ -299,8 +325,15 @@ def test_cache_resume_with_broken_manifest_names_the_file(assets, tmp_path):
     folder = copy_of(assets, "cache", tmp_path)
     rewrite_info(folder, lambda info: info["settings"].pop("mode"))
     with pytest.raises(ValueError, match="cache_info.json: 'settings' has no 'mode' entry"):
-        within(TIMEOUT_S, write_latent_cache, folder, load_image_dataset(train_data_dir=assets / "images"),
-               tiny_vae(), ImageTransform(16), show_progress=False)  # fmt: skip
+        within(
+            TIMEOUT_S,
+            write_latent_cache,
+            folder,
+            load_image_dataset(train_data_dir=assets / "images"),
+            tiny_vae(),
+            ImageTransform(16),
+            show_progress=False,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -358,23 +391,42 @@ def test_weights_the_config_does_not_use_are_refused(assets, tmp_path):
 
 
 def test_sample_refuses_an_untrained_class_id(assets, tmp_path):
-    args = sampling.parse_args(["--pretrained_model_name_or_path", str(assets / "pipeline"), "--class_labels", "12",
-                                "--output_dir", str(tmp_path / "s")])  # fmt: skip
+    args = sampling.parse_args(
+        [
+            "--pretrained_model_name_or_path",
+            str(assets / "pipeline"),
+            "--class_labels",
+            "12",
+            "--output_dir",
+            str(tmp_path / "s"),
+        ]
+    )
     with pytest.raises(ValueError, match=r"\[12\] are not classes this pipeline was trained on; valid ids: 0..2"):
         within(TIMEOUT_S, sampling.sample, args)
     assert not (tmp_path / "s").exists()
 
 
 def test_evaluate_pipeline_refuses_an_unknown_class_name(assets, tmp_path):
-    args = evaluate.parse_pipeline_args(["--pipeline", str(assets / "pipeline"), "--class_labels", "dog,zebra",
-                                         "--output_dir", str(tmp_path)])  # fmt: skip
+    args = evaluate.parse_pipeline_args(
+        ["--pipeline", str(assets / "pipeline"), "--class_labels", "dog,zebra", "--output_dir", str(tmp_path)]
+    )
     with pytest.raises(ValueError, match="unknown class label 'zebra'.*cat, dog, tree"):
         within(TIMEOUT_S, evaluate.evaluate_pipeline, args)
 
 
 def test_evaluate_vae_resolution_not_multiple_of_f8_is_the_one_check_message(assets, tmp_path):
-    args = evaluate.parse_vae_args(["--vae", str(assets / "vae8"), "--train_data_dir", str(assets / "images"),
-                                    "--resolution", "30", "--output_dir", str(tmp_path)])  # fmt: skip
+    args = evaluate.parse_vae_args(
+        [
+            "--vae",
+            str(assets / "vae8"),
+            "--train_data_dir",
+            str(assets / "images"),
+            "--resolution",
+            "30",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     with pytest.raises(ValueError, match="--resolution 30 is not divisible by the VAE's downsampling factor 8"):
         within(TIMEOUT_S, evaluate.evaluate_vae, args)
     assert not (tmp_path / "eval_vae.json").exists()

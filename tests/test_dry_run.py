@@ -14,8 +14,17 @@ def _printed(capsys) -> dict:
 
 def test_vae_dry_run_prints_the_recipe_filled_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["--recipe", "esm-ae", "--perceptual_loss", "none", "--output_dir", str(out), "--dry_run",
-            "--hub_token", "hf_secret"]  # fmt: skip
+    argv = [
+        "--recipe",
+        "esm-ae",
+        "--perceptual_loss",
+        "none",
+        "--output_dir",
+        str(out),
+        "--dry_run",
+        "--hub_token",
+        "hf_secret",
+    ]
     assert vae.train_vae(vae.parse_args(argv)) is None
     config = _printed(capsys)
     # the recipe's values, not the parser's None
@@ -27,8 +36,17 @@ def test_vae_dry_run_prints_the_recipe_filled_and_writes_nothing(tmp_path, capsy
 
 
 def test_explicit_flag_wins_over_the_recipe_in_the_dry_run(capsys, tmp_path):
-    argv = ["--recipe", "sd-vae", "--perceptual_loss", "none", "--kl_weight", "1e-4", "--output_dir",
-            str(tmp_path / "run"), "--dry_run"]  # fmt: skip
+    argv = [
+        "--recipe",
+        "sd-vae",
+        "--perceptual_loss",
+        "none",
+        "--kl_weight",
+        "1e-4",
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--dry_run",
+    ]
     vae.train_vae(vae.parse_args(argv))
     assert _printed(capsys)["kl_weight"] == 1e-4
 

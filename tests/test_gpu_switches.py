@@ -129,10 +129,30 @@ def test_use_torch_compile_reaches_the_trainers_model(tmp_path, monkeypatch):
     compiled = []
     monkeypatch.setattr(loop, "compile_model", lambda model, enabled: compiled.append((type(model), enabled)) or model)
     monkeypatch.setattr(loop, "check_compile", lambda device: compiled.append(("checked", device)))
-    args = dit.parse_args(["--dit_config", "tiny", "--resolution", "32", "--train_batch_size", "2",
-                           "--max_train_steps", "1", "--checkpointing_steps", "1", "--validation_steps", "100",
-                           "--report_to", "none", "--output_dir", str(tmp_path / "out"), "--space", "dct",
-                           "--use_torch_compile", "--allow_tf32"])  # fmt: skip
+    args = dit.parse_args(
+        [
+            "--dit_config",
+            "tiny",
+            "--resolution",
+            "32",
+            "--train_batch_size",
+            "2",
+            "--max_train_steps",
+            "1",
+            "--checkpointing_steps",
+            "1",
+            "--validation_steps",
+            "100",
+            "--report_to",
+            "none",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--space",
+            "dct",
+            "--use_torch_compile",
+            "--allow_tf32",
+        ]
+    )
     dit.train_dit(args)
     assert ("checked", torch.device("cpu")) in compiled
     assert any(enabled and kind.__name__.endswith("DiTTransformer2DModel") for kind, enabled in compiled[1:])

@@ -96,8 +96,18 @@ def test_stft_resolutions_are_fitted_to_the_clip():
     args = audio.parse_args(["--unet_config", "tiny", "--sample_size", "512"])
     assert args.stft_fft_sizes == [256, 512, 128]
     with pytest.raises(ValueError, match="--stft_fft_sizes"):
-        audio.parse_args(["--sample_size", "512", "--stft_fft_sizes", "2048", "--stft_hop_lengths", "10",
-                          "--stft_win_lengths", "100"])  # fmt: skip
+        audio.parse_args(
+            [
+                "--sample_size",
+                "512",
+                "--stft_fft_sizes",
+                "2048",
+                "--stft_hop_lengths",
+                "10",
+                "--stft_win_lengths",
+                "100",
+            ]
+        )
     with pytest.raises(ValueError, match="all three"):
         audio.parse_args(["--stft_fft_sizes", "256"])
 
@@ -124,8 +134,12 @@ def test_each_regularizer_lowers_the_loss_on_a_fixed_batch(regularizer):
     torch.manual_seed(0)
     x0 = _fixed_batch()
     model = audio.build_audio_unet("tiny", 1024, 16000, 1)
-    weight = {"none": [], "fourier": ["--fourier_weight", "0.5"], "wavelet": ["--wavelet_weight", "0.5"],
-              "stft": ["--stft_weight", "0.05"]}[regularizer]  # the STFT loss is ~100x larger at initialisation
+    weight = {
+        "none": [],
+        "fourier": ["--fourier_weight", "0.5"],
+        "wavelet": ["--wavelet_weight", "0.5"],
+        "stft": ["--stft_weight", "0.05"],
+    }[regularizer]  # the STFT loss is ~100x larger at initialisation
     args = audio.parse_args(["--unet_config", "tiny", "--sample_size", "1024", *weight])
     regularizers = spectral_regularizers(args)
     fourier, wavelet, stft = regularizers.fourier, regularizers.wavelet, regularizers.stft
@@ -159,20 +173,52 @@ def test_each_regularizer_lowers_the_loss_on_a_fixed_batch(regularizer):
 
 
 def _train_args(output_dir, *extra):
-    return audio.parse_args([
-        "--unet_config", "tiny", "--sample_size", "512", "--train_batch_size", "2", "--max_train_steps", "4",
-        "--checkpointing_steps", "2", "--validation_steps", "4", "--num_validation_samples", "2",
-        "--validation_inference_steps", "3", "--report_to", "none", "--output_dir", str(output_dir), *extra,
-    ])  # fmt: skip
+    return audio.parse_args(
+        [
+            "--unet_config",
+            "tiny",
+            "--sample_size",
+            "512",
+            "--train_batch_size",
+            "2",
+            "--max_train_steps",
+            "4",
+            "--checkpointing_steps",
+            "2",
+            "--validation_steps",
+            "4",
+            "--num_validation_samples",
+            "2",
+            "--validation_inference_steps",
+            "3",
+            "--report_to",
+            "none",
+            "--output_dir",
+            str(output_dir),
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.slow
 def test_export_loads_with_plain_diffusers_and_generates(tmp_path):
     out = tmp_path / "run"
-    pipeline_dir = audio.train_audio(_train_args(
-        out, "--stft_weight", "0.1", "--fourier_weight", "0.1", "--wavelet_weight", "0.1", "--use_ema",
-        "--push_to_hub", "--hub_dry_run", "--report_to", "tensorboard",
-    ))  # fmt: skip
+    pipeline_dir = audio.train_audio(
+        _train_args(
+            out,
+            "--stft_weight",
+            "0.1",
+            "--fourier_weight",
+            "0.1",
+            "--wavelet_weight",
+            "0.1",
+            "--use_ema",
+            "--push_to_hub",
+            "--hub_dry_run",
+            "--report_to",
+            "tensorboard",
+        )
+    )
     pipe = DiffusionPipeline.from_pretrained(pipeline_dir)
     assert type(pipe).__name__ == "DanceDiffusionPipeline"
     assert type(pipe.scheduler).__name__ == "IPNDMScheduler"
@@ -194,8 +240,9 @@ def test_export_loads_with_plain_diffusers_and_generates(tmp_path):
 def test_kill_and_resume_gives_identical_weights(tmp_path):
     full = audio.train_audio(_train_args(tmp_path / "full", "--stft_weight", "0.1", "--use_ema"))
     _ = audio.train_audio(_train_args(tmp_path / "cut", "--stft_weight", "0.1", "--use_ema", "--max_train_steps", "2"))
-    resumed = audio.train_audio(_train_args(tmp_path / "cut", "--stft_weight", "0.1", "--use_ema",
-                                            "--resume_from_checkpoint", "latest"))  # fmt: skip
+    resumed = audio.train_audio(
+        _train_args(tmp_path / "cut", "--stft_weight", "0.1", "--use_ema", "--resume_from_checkpoint", "latest")
+    )
     a = load_file(Path(full) / "unet" / "diffusion_pytorch_model.safetensors")
     b = load_file(Path(resumed) / "unet" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
@@ -218,8 +265,19 @@ def test_bad_files_are_skipped_or_padded_and_counted(tmp_path):
     out = tmp_path / "run"
     # Stereo: mono files are duplicated, the 3-channel file has no stereo downmix and is skipped like the corrupt
     # and empty ones; 4 batches of 3 read the folder (8 files, 5 usable) more than once.
-    pipeline_dir = audio.train_audio(_train_args(out, "--train_data_dir", str(folder), "--channels", "2",
-                                                 "--max_train_steps", "4", "--train_batch_size", "3"))  # fmt: skip
+    pipeline_dir = audio.train_audio(
+        _train_args(
+            out,
+            "--train_data_dir",
+            str(folder),
+            "--channels",
+            "2",
+            "--max_train_steps",
+            "4",
+            "--train_batch_size",
+            "3",
+        )
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped_clips"] >= 3, metrics["skipped_reasons"]  # at least one pass over the folder
     for name in ("corrupt.wav", "empty.wav", "three_channels.wav"):

@@ -210,12 +210,39 @@ def test_va_vae_term_equals_the_closed_form_marginal_losses_and_its_adaptive_wei
 
 
 def _run_args(recipe, data, out, *extra):
-    return script.parse_args([
-        "--recipe", recipe, "--perceptual_loss", "none", "--train_data_dir", data, "--output_dir", str(out),
-        "--vae_config", "tiny", "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "4",
-        "--checkpointing_steps", "2", "--validation_steps", "100", "--latent_stats_samples", "4",
-        "--report_to", "none", "--disc_channels", "8", "--disc_start", "1", *extra,
-    ])  # fmt: skip
+    return script.parse_args(
+        [
+            "--recipe",
+            recipe,
+            "--perceptual_loss",
+            "none",
+            "--train_data_dir",
+            data,
+            "--output_dir",
+            str(out),
+            "--vae_config",
+            "tiny",
+            "--resolution",
+            "32",
+            "--train_batch_size",
+            "2",
+            "--max_train_steps",
+            "4",
+            "--checkpointing_steps",
+            "2",
+            "--validation_steps",
+            "100",
+            "--latent_stats_samples",
+            "4",
+            "--report_to",
+            "none",
+            "--disc_channels",
+            "8",
+            "--disc_start",
+            "1",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -249,9 +276,10 @@ def test_va_vae_recipe_trains_saves_its_projector_and_resumes_exactly(
     script.train_vae(
         _run_args("va-vae", photo_folder, tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest")
     )
-    for name in ("diffusion_pytorch_model.safetensors", *(
-        str(p.relative_to(tmp_path / "full")) for p in projector.glob("*.safetensors")
-    )):  # fmt: skip
+    for name in (
+        "diffusion_pytorch_model.safetensors",
+        *(str(p.relative_to(tmp_path / "full")) for p in projector.glob("*.safetensors")),
+    ):
         full, resumed = load_file(tmp_path / "full" / name), load_file(tmp_path / "resumed" / name)
         assert full.keys() == resumed.keys()
         for key in full:

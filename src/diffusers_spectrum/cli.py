@@ -65,10 +65,21 @@ SUBCOMMANDS = {
 # checked when the value looks like a local path (`utils.hub.looks_local`).
 LOCAL_FLAGS = ("--train_data_dir", "--audio_dir", "--reference_dir", "--model_config_name_or_path")
 PATH_OR_HUB_FLAGS = (
-    "--vae", "--compare", "--data", "--encoder", "--pipeline", "--pretrained_vae", "--latent_dataset",
-    "--pretrained_model_name_or_path", "--pretrained_transformer", "--pretrained_unet", "--repa_encoder",
-    "--vf_encoder", "--dataset_name", "--reference_dataset",
-)  # fmt: skip
+    "--vae",
+    "--compare",
+    "--data",
+    "--encoder",
+    "--pipeline",
+    "--pretrained_vae",
+    "--latent_dataset",
+    "--pretrained_model_name_or_path",
+    "--pretrained_transformer",
+    "--pretrained_unet",
+    "--repa_encoder",
+    "--vf_encoder",
+    "--dataset_name",
+    "--reference_dataset",
+)
 
 
 def _flag_values(argv: list[str], flag: str) -> list[str]:

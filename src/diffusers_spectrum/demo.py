@@ -105,14 +105,44 @@ def run_demo(
     init_dir = Path(scratch.name) / "vae_init"
     SpectrumAutoencoderKL(**DEMO_VAE).save_pretrained(init_dir)
     vae_dir = output_dir / "vae"
-    vae_loop.train_vae(vae_loop.parse_args([
-        "--pretrained_vae", str(init_dir), "--output_dir", str(vae_dir), "--resolution", res, "--center_crop",
-        "--random_flip", "--train_batch_size", "8", "--max_train_steps", str(settings["vae_steps"]),
-        "--learning_rate", "1e-3", "--esm_weight", str(DEMO_ESM_WEIGHT), "--esm_delta", "1.0",
-        "--dsm_levels", "0,8,10,12",
-        "--perceptual_weight", "0", "--disc_weight", "0", "--checkpointing_steps", str(settings["vae_steps"]),
-        "--validation_steps", str(settings["vae_steps"]), "--latent_stats_samples", "112", "--seed", str(seed),
-    ]))  # fmt: skip
+    vae_loop.train_vae(
+        vae_loop.parse_args(
+            [
+                "--pretrained_vae",
+                str(init_dir),
+                "--output_dir",
+                str(vae_dir),
+                "--resolution",
+                res,
+                "--center_crop",
+                "--random_flip",
+                "--train_batch_size",
+                "8",
+                "--max_train_steps",
+                str(settings["vae_steps"]),
+                "--learning_rate",
+                "1e-3",
+                "--esm_weight",
+                str(DEMO_ESM_WEIGHT),
+                "--esm_delta",
+                "1.0",
+                "--dsm_levels",
+                "0,8,10,12",
+                "--perceptual_weight",
+                "0",
+                "--disc_weight",
+                "0",
+                "--checkpointing_steps",
+                str(settings["vae_steps"]),
+                "--validation_steps",
+                str(settings["vae_steps"]),
+                "--latent_stats_samples",
+                "112",
+                "--seed",
+                str(seed),
+            ]
+        )
+    )
     scratch.cleanup()
     record_run_files(output_dir, before)
     timings["vae"] = time.time() - t0
@@ -128,10 +158,26 @@ def run_demo(
         from transformers import BitImageProcessor as ImageProcessor
     ImageProcessor(image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD).save_pretrained(encoder_dir)
     cache_dir = output_dir / "latents"
-    cache_loop.cache_latents(cache_loop.parse_args([
-        "--pretrained_vae", str(vae_dir), "--output_dir", str(cache_dir), "--resolution", res,
-        "--repa_encoder", str(encoder_dir), "--repa_grid_size", "8", "--batch_size", "16", "--seed", str(seed),
-    ]))  # fmt: skip
+    cache_loop.cache_latents(
+        cache_loop.parse_args(
+            [
+                "--pretrained_vae",
+                str(vae_dir),
+                "--output_dir",
+                str(cache_dir),
+                "--resolution",
+                res,
+                "--repa_encoder",
+                str(encoder_dir),
+                "--repa_grid_size",
+                "8",
+                "--batch_size",
+                "16",
+                "--seed",
+                str(seed),
+            ]
+        )
+    )
     record_run_files(output_dir, before)
     timings["cache"] = time.time() - t0
 
@@ -139,14 +185,49 @@ def run_demo(
     t0 = _stage(3, "DiT (flow matching + DoG-REPA) on the cached latents")
     dit_dir = output_dir / "dit"
     steps = settings["dit_steps"]
-    pipeline_dir = dit_loop.train_dit(dit_loop.parse_args([
-        "--latent_dataset", str(cache_dir), "--output_dir", str(dit_dir), "--dit_config", "mini", "--patch_size", "1",
-        "--objective", "flow", "--repa_target_filter", "dog", "--repa_coeff", "0.5", "--repa_depth", "2",
-        "--repa_projector_dim", "256", "--train_batch_size", "16", "--max_train_steps", str(steps),
-        "--learning_rate", "5e-4", "--use_ema", "--ema_decay", "0.995", "--checkpointing_steps", str(steps),
-        "--validation_steps", str(steps), "--num_validation_images", "7", "--validation_inference_steps",
-        str(settings["sample_steps"]), "--seed", str(seed),
-    ]))  # fmt: skip
+    pipeline_dir = dit_loop.train_dit(
+        dit_loop.parse_args(
+            [
+                "--latent_dataset",
+                str(cache_dir),
+                "--output_dir",
+                str(dit_dir),
+                "--dit_config",
+                "mini",
+                "--patch_size",
+                "1",
+                "--objective",
+                "flow",
+                "--repa_target_filter",
+                "dog",
+                "--repa_coeff",
+                "0.5",
+                "--repa_depth",
+                "2",
+                "--repa_projector_dim",
+                "256",
+                "--train_batch_size",
+                "16",
+                "--max_train_steps",
+                str(steps),
+                "--learning_rate",
+                "5e-4",
+                "--use_ema",
+                "--ema_decay",
+                "0.995",
+                "--checkpointing_steps",
+                str(steps),
+                "--validation_steps",
+                str(steps),
+                "--num_validation_images",
+                "7",
+                "--validation_inference_steps",
+                str(settings["sample_steps"]),
+                "--seed",
+                str(seed),
+            ]
+        )
+    )
     record_run_files(output_dir, before)
     timings["dit"] = time.time() - t0
 
@@ -154,12 +235,26 @@ def run_demo(
     t0 = _stage(4, "sample from the pipeline folder with DiffusionPipeline.from_pretrained")
     pipe = load_pipeline(pipeline_dir)  # DiffusionPipeline.from_pretrained, strictly
     print(f"loaded {type(pipe).__name__}: {', '.join(f'{k}={type(v).__name__}' for k, v in pipe.components.items())}")
-    samples_dir = sampling.sample(sampling.parse_args([
-        "--pretrained_model_name_or_path", str(pipeline_dir), "--num_images", str(settings["num_images"]),
-        "--num_inference_steps", str(settings["sample_steps"]), "--guidance_scale", "1.8",
-        "--grid_columns", str(min(7, settings["num_images"])),
-        "--output_dir", str(output_dir / "samples"), "--seed", str(seed),
-    ]))  # fmt: skip
+    samples_dir = sampling.sample(
+        sampling.parse_args(
+            [
+                "--pretrained_model_name_or_path",
+                str(pipeline_dir),
+                "--num_images",
+                str(settings["num_images"]),
+                "--num_inference_steps",
+                str(settings["sample_steps"]),
+                "--guidance_scale",
+                "1.8",
+                "--grid_columns",
+                str(min(7, settings["num_images"])),
+                "--output_dir",
+                str(output_dir / "samples"),
+                "--seed",
+                str(seed),
+            ]
+        )
+    )
     grid = Image.open(samples_dir / "grid.png")  # 32 px images: shown 4x larger (nearest) for viewing
     grid.resize((grid.width * 4, grid.height * 4), Image.Resampling.NEAREST).save(output_dir / "sample_grid.png")
     timings["sample"] = time.time() - t0
@@ -167,10 +262,14 @@ def run_demo(
     # 5. Spectrum report of the VAE: image vs latent spectra, slopes, spectral KL, verdict
     t0 = _stage(5, "spectrum report (diffusers-spectrum analyze)")
     report = analyze_vae(
-        SpectrumAutoencoderKL.from_pretrained(vae_dir).eval(), num_samples=112, resolution=settings["resolution"],
+        SpectrumAutoencoderKL.from_pretrained(vae_dir).eval(),
+        num_samples=112,
+        resolution=settings["resolution"],
         batch_size=16,
-        output_dir=output_dir / "spectrum", progress=True, name="demo Spectrum VAE",
-    )  # fmt: skip
+        output_dir=output_dir / "spectrum",
+        progress=True,
+        name="demo Spectrum VAE",
+    )
     shutil.copyfile(output_dir / "spectrum" / "spectra.png", output_dir / "spectrum.png")
     timings["analyze"] = time.time() - t0
 
@@ -198,7 +297,7 @@ def run_demo(
                 "posterior_std",
                 "convention",
                 "verdicts",
-            )  # fmt: skip
+            )
         },
         "outputs": {
             "pipeline": str(pipeline_dir),
@@ -224,8 +323,10 @@ def _print_summary(summary: dict) -> None:
 
     spectrum, vae, dit = summary["spectrum"], summary["vae"], summary["dit"]
     print("\n" + "=" * 78)
-    print(f"diffusers-spectrum demo finished in {summary['wall_seconds']:.0f} s "
-          f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['stage_seconds'].items())})")  # fmt: skip
+    print(
+        f"diffusers-spectrum demo finished in {summary['wall_seconds']:.0f} s "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['stage_seconds'].items())})"
+    )
     # Each number is printed once, from one source: PSNR (decoded from the posterior mean) from the trainer's final
     # evaluation, every spectral number from the analyze report.
     print(f"VAE (trainer's evaluation):  PSNR {vae['psnr']:.2f} dB (posterior mean decoded)")
@@ -247,8 +348,9 @@ def _print_summary(summary: dict) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="diffusers-spectrum demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="diffusers-spectrum demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_flags(parser, "--output_dir", output_dir="spectrum-demo")
     parser.add_argument("--quick", action="store_true", help="A few steps of every stage (for tests).")
     parser.add_argument(

@@ -256,8 +256,11 @@ class AudioTransform:
                 "upsampling %d Hz audio to %d Hz: its bands above %d Hz are empty (no content, only the resampler's "
                 "roll-off), so spectra and slopes over them describe silence; pass --sample_rate %d or lower to keep "
                 "to the recorded band.",
-                source_rate, self.sample_rate, source_rate // 2, source_rate,
-            )  # fmt: skip
+                source_rate,
+                self.sample_rate,
+                source_rate // 2,
+                source_rate,
+            )
 
     def resampling_summary(self) -> str:
         """One line: clips per source rate, and how many were resampled to `sample_rate`."""

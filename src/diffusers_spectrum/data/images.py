@@ -178,8 +178,13 @@ class ImageTransform:
             if self.num_upsampled in (1, 10, 100) or self.num_upsampled % 1000 == 0:
                 logger.warning(
                     "%d image(s) so far were upsampled %dx or more (this one %dx%d px to %d px): check "
-                    "--resolution against the data", self.num_upsampled, 8, width, height, self.resolution,
-                )  # fmt: skip
+                    "--resolution against the data",
+                    self.num_upsampled,
+                    8,
+                    width,
+                    height,
+                    self.resolution,
+                )
         new_size = (max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale)))
         if box is not None:
             image = image.resize(new_size, Image.Resampling.BICUBIC, box=box, reducing_gap=None)
@@ -265,9 +270,12 @@ def image_batches(
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     skip_counter = SkipCounter() if skip_counter is None else skip_counter
     stream = ResumableStream(
-        dataset, ImageReader(transform, image_column, label_column), shuffle=False, infinite=False,
+        dataset,
+        ImageReader(transform, image_column, label_column),
+        shuffle=False,
+        infinite=False,
         skip_counter=skip_counter,
-    )  # fmt: skip
+    )
     pixels, labels, seen = [], [], 0
     for sample in stream:
         if max_samples is not None and seen >= max_samples:

@@ -278,12 +278,27 @@ def _gap(gap: dict) -> str:
 
 def compare_markdown(table: list[dict], convention: dict, rule: dict) -> str:
     """The comparison table as Markdown, with the conventions and the verdict rule under it."""
-    head = ("name", "verdict, DC kept", "centroid gap, DC kept", "verdict, DC free", "centroid gap, DC free",
-            "latent slope", "target slope", "mean-curve KL d1", "per-sample KL d1", "RMSC")  # fmt: skip
+    head = (
+        "name",
+        "verdict, DC kept",
+        "centroid gap, DC kept",
+        "verdict, DC free",
+        "centroid gap, DC free",
+        "latent slope",
+        "target slope",
+        "mean-curve KL d1",
+        "per-sample KL d1",
+        "RMSC",
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table:
-        cells = [row["name"], row["verdict_dc_kept"], _gap(row["centroid_gap_dc_kept"]), row["verdict_dc_free"],
-                 _gap(row["centroid_gap_dc_free"])]  # fmt: skip
+        cells = [
+            row["name"],
+            row["verdict_dc_kept"],
+            _gap(row["centroid_gap_dc_kept"]),
+            row["verdict_dc_free"],
+            _gap(row["centroid_gap_dc_free"]),
+        ]
         cells += [f"{row[k]:.4g}" for k in ("latent_slope", "target_slope", "mean_spectrum_kl_delta1")]
         cells += [f"{row[k]:.4g}" for k in ("spectral_kl_delta1", "rmsc")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -407,8 +422,10 @@ def main(argv=None) -> int:
             result = compare_vaes(args.compare, output_dir=args.output_dir, **common, **vae_options)
             for name, report in result["reports"].items():
                 slope, kl = report["latent_slope"], report["mean_spectrum_kl_delta1"]
-                print(f"{name}: {diagnostics.verdicts_phrase(report['verdicts'])} | latent slope {slope:.3f}, "
-                      f"mean-curve KL d1 {kl:.4f}")  # fmt: skip
+                print(
+                    f"{name}: {diagnostics.verdicts_phrase(report['verdicts'])} | latent slope {slope:.3f}, "
+                    f"mean-curve KL d1 {kl:.4f}"
+                )
             convention = next(iter(result["reports"].values()))["convention"]
             print(f"latents: {convention['latents_description']}; spectra: {convention['spectrum_description']}")
         else:

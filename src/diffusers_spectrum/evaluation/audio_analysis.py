@@ -179,8 +179,13 @@ def main(argv=None) -> int:
     frequency_band_edges(sample_rate, **bands)  # clear error for bands that do not fit the rate
 
     claim_output_dir(args.output_dir, "analyze-audio", "audio_report.json", create=False)  # refused before work
-    kind, value = (("pipeline", args.pipeline) if args.pipeline else ("dataset", args.dataset_name)
-                   if args.dataset_name else ("folder", args.audio_dir))  # fmt: skip
+    kind, value = (
+        ("pipeline", args.pipeline)
+        if args.pipeline
+        else ("dataset", args.dataset_name)
+        if args.dataset_name
+        else ("folder", args.audio_dir)
+    )
     sets = {"analysed": (kind, value)}
     if args.reference_dir or args.reference_dataset:
         sets["reference"] = (
@@ -214,9 +219,13 @@ def main(argv=None) -> int:
     write_json(output_dir / "audio_report.json", report)
     centres = band_center_frequencies(frequency_band_edges(sample_rate, **bands)).numpy()
     curves = {f"{name} ({report['sets'][name]['source']})": v["mean_band_power"] for name, v in report["sets"].items()}
-    title = (f"log-spectral distance {report['log_spectral_distance_db']:.2f} dB (level-invariant "
-             f"{report['level_invariant_log_spectral_distance_db']:.2f} dB, level offset "
-             f"{report['mean_level_offset_db']:+.2f} dB)" if "log_spectral_distance_db" in report else "")  # fmt: skip
+    title = (
+        f"log-spectral distance {report['log_spectral_distance_db']:.2f} dB (level-invariant "
+        f"{report['level_invariant_log_spectral_distance_db']:.2f} dB, level offset "
+        f"{report['mean_level_offset_db']:+.2f} dB)"
+        if "log_spectral_distance_db" in report
+        else ""
+    )
     plot_band_spectra(curves, centres, output_dir / "audio_spectra.png", title)
     print(f"wrote {output_dir / 'audio_report.json'} and {output_dir / 'audio_spectra.png'}")
     return 0

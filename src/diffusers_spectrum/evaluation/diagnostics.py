@@ -503,8 +503,10 @@ def verdict_from_moments(
     intervals = {"centroid_gap": (float(point["centroid_gap"]) - gap_half, float(point["centroid_gap"]) + gap_half)}
     z_simultaneous = float(scipy.stats.norm.ppf(1 - (1 - confidence) / (2 * (n_bins - 1))))
     cumulative = (tm - lm).cumsum(-1)[:-1]
-    half = torch.tensor([z_simultaneous * sd_bound((torch.arange(n_bins) <= k).double()) / root_n
-                         for k in range(n_bins - 1)], dtype=torch.float64)  # fmt: skip
+    half = torch.tensor(
+        [z_simultaneous * sd_bound((torch.arange(n_bins) <= k).double()) / root_n for k in range(n_bins - 1)],
+        dtype=torch.float64,
+    )
     low, high, step = cumulative - half, cumulative + half, u.diff()
     nearest = torch.where(
         low > 0, low, torch.where(high < 0, -high, torch.zeros_like(low))

@@ -151,8 +151,10 @@ def vae_resolution(vae, requested: int | None, data_side: int, dsm_levels=(0,), 
                 "UPSAMPLING: the data's images are %d px and --resolution is %d px (%.1fx): upsampled images have "
                 "steeper spectra and blurrier details, so the metrics describe the resampling as much as the VAE; "
                 "omit --resolution to evaluate at the data's size.",
-                data_side, requested, requested / data_side,
-            )  # fmt: skip
+                data_side,
+                requested,
+                requested / data_side,
+            )
         return requested
     multiple = downsample_factor(vae) * (block_size if any(int(level) > 0 for level in dsm_levels) else 1)
     resolution = data_side // multiple * multiple
@@ -236,15 +238,21 @@ def evaluate_vae(args: argparse.Namespace) -> dict:
     )
     output = _write_result(args.output_file, result)
     level0 = result["levels"].get("0", {})
-    drops = [f"k={k} {v['psnr']:.2f} dB (drop {v['psnr_drop']:+.2f} [{v['psnr_drop_lo']:+.2f}, "
-             f"{v['psnr_drop_hi']:+.2f}])" for k, v in result["levels"].items() if "psnr_drop" in v]  # fmt: skip
+    drops = [
+        f"k={k} {v['psnr']:.2f} dB (drop {v['psnr_drop']:+.2f} [{v['psnr_drop_lo']:+.2f}, {v['psnr_drop_hi']:+.2f}])"
+        for k, v in result["levels"].items()
+        if "psnr_drop" in v
+    ]
     print(
         f"{args.vae}: {result['num_samples']} images at {resolution} px | PSNR {level0.get('psnr', float('nan')):.2f}"
         f" dB | SSIM {level0.get('ssim', float('nan')):.4f} | FD {level0.get('fd', float('nan')):.3f} | spectral "
         f"KL d1 {result['spectral_kl_delta1']:.4f} | {result['verdict']} -> {output}"
-        + (f"\n  DSM low-pass PSNR, drop from level 0 with a 95% t interval over images: {'; '.join(drops)}"
-           if drops else "")
-    )  # fmt: skip
+        + (
+            f"\n  DSM low-pass PSNR, drop from level 0 with a 95% t interval over images: {'; '.join(drops)}"
+            if drops
+            else ""
+        )
+    )
     return result
 
 
@@ -261,10 +269,11 @@ def build_pipeline_parser() -> argparse.ArgumentParser:
     add_flags(parser, "--pipeline", "--revision", "--dataset_name", "--train_data_dir", required=("--pipeline",))
     add_flags(parser, "--image_column", "--dataset_split")
     parser.add_argument(
-        "--floor_data_dir", default=None,
+        "--floor_data_dir",
+        default=None,
         help="Real images the model was trained on (folder / parquet), for the data floor: the same metrics between "
         "them and the references at the same count (what real data scores).",
-    )  # fmt: skip
+    )
     parser.add_argument("--floor_dataset_name", default=None, help="Hub dataset id for the data floor (streamed).")
     add_flags(parser, "--num_samples", "--batch_size", "--num_inference_steps", "--guidance_scale", num_samples=1000)
     add_flags(parser, "--class_labels", "--unconditional", "--feature_extractor", "--seed")
@@ -306,8 +315,13 @@ def _offline_metrics(samples: torch.Tensor, references: torch.Tensor, seed: int)
     result = {"spectrum_distance": float(spectrum_distance(samples, references))}
     for key, normalization in (("swd_x1e3", "per_set"), ("swd_pooled_x1e3", "pooled")):
         if side >= 8:  # a 7 x 7 neighbourhood must fit; below 16 px one level at the full size
-            swd = pyramid_swd(samples[:count], references[:count], min_resolution=min(SWD_MIN_RESOLUTION, side),
-                              seed=seed, normalization=normalization)  # fmt: skip
+            swd = pyramid_swd(
+                samples[:count],
+                references[:count],
+                min_resolution=min(SWD_MIN_RESOLUTION, side),
+                seed=seed,
+                normalization=normalization,
+            )
             result[key] = [float(v) * 1e3 for v in swd]
             result[f"{key}_avg"] = float(swd.mean()) * 1e3
         else:
@@ -350,8 +364,10 @@ def _anchors(
         count, side = references.shape[0], references.shape[-1]
         floor = torch.cat(list(image_batches_from(floor_source, count, side, batch_size, image_column, split)))
         if floor.shape[0] < references.shape[0]:
-            raise ValueError(f"{floor_source!r} gave {floor.shape[0]} images for the data floor; the references are "
-                             f"{references.shape[0]}: pass a larger floor set or fewer --num_samples.")  # fmt: skip
+            raise ValueError(
+                f"{floor_source!r} gave {floor.shape[0]} images for the data floor; the references are "
+                f"{references.shape[0]}: pass a larger floor set or fewer --num_samples."
+            )
         anchors["floor"] = _offline_metrics(floor, references, seed)
         if extractor is not None:
             anchors["floor"].update(_feature_metrics(floor, references, extractor))
@@ -397,7 +413,7 @@ def evaluate_pipeline(args: argparse.Namespace) -> dict:
                 guidance,
                 args.seed,
                 progress=not args.no_progress,
-            )  # fmt: skip
+            )
         )
     )
     resolution = samples.shape[-1]
@@ -450,8 +466,10 @@ def evaluate_pipeline(args: argparse.Namespace) -> dict:
     )
     for name in ("floor", "ceiling"):
         if result[name] is not None:
-            print(f"  {'data floor' if name == 'floor' else 'reconstruction ceiling'}: spectrum distance "
-                  f"{result[name]['spectrum_distance']:.3f}, SWDx1e3 {result[name]['swd_x1e3_avg']}")  # fmt: skip
+            print(
+                f"  {'data floor' if name == 'floor' else 'reconstruction ceiling'}: spectrum distance "
+                f"{result[name]['spectrum_distance']:.3f}, SWDx1e3 {result[name]['swd_x1e3_avg']}"
+            )
     if result["blur_check"] is not None:
         print(f"  metrics that see a 5x5 blur at 32 images per set: {', '.join(result['relied_metrics']) or 'none'}")
     return result

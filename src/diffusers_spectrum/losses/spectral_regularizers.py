@@ -239,9 +239,10 @@ def spectral_regularizer_terms(
     terms = {}
     weights = weights.to(x0.device, torch.float32)
     for name, function, options in (
-        ("fourier", fourier_loss, fourier), ("wavelet", wavelet_loss, wavelet),
+        ("fourier", fourier_loss, fourier),
+        ("wavelet", wavelet_loss, wavelet),
         ("stft", multi_resolution_stft_loss, stft),
-    ):  # fmt: skip
+    ):
         if options is not None:
             terms[name] = (function(x0_hat, x0, reduction="none", **options).float() * weights).mean()
     return terms

@@ -310,11 +310,20 @@ def build_audio_unet(preset: str, sample_size: int, sample_rate: int, channels: 
     down = ("DownBlock1DNoSkip",) + ("DownBlock1D",) * plain + ("AttnDownBlock1D",) * attention
     up = ("AttnUpBlock1D",) * attention + ("UpBlock1D",) * plain + ("UpBlock1DNoSkip",)
     model = UNet1DModel(
-        sample_size=sample_size, sample_rate=sample_rate, in_channels=channels, out_channels=channels,
-        extra_in_channels=FOURIER_TIME_CHANNELS, time_embedding_type="fourier",
-        time_embedding_dim=FOURIER_TIME_CHANNELS, flip_sin_to_cos=True, use_timestep_embedding=False,
-        block_out_channels=widths, down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock1D",
-    )  # fmt: skip
+        sample_size=sample_size,
+        sample_rate=sample_rate,
+        in_channels=channels,
+        out_channels=channels,
+        extra_in_channels=FOURIER_TIME_CHANNELS,
+        time_embedding_type="fourier",
+        time_embedding_dim=FOURIER_TIME_CHANNELS,
+        flip_sin_to_cos=True,
+        use_timestep_embedding=False,
+        block_out_channels=widths,
+        down_block_types=down,
+        up_block_types=up,
+        mid_block_type="UNetMidBlock1D",
+    )
     check_sample_size(model, sample_size)
     return model
 

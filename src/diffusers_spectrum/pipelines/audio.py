@@ -44,8 +44,14 @@ def generate_audio(
     for start in range(0, num_clips, batch_size):
         count = min(batch_size, num_clips - start)
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
-        clips.append(pipe(batch_size=count, num_inference_steps=num_inference_steps, generator=generators,
-                          audio_length_in_s=sample_size / sample_rate).audios)  # fmt: skip
+        clips.append(
+            pipe(
+                batch_size=count,
+                num_inference_steps=num_inference_steps,
+                generator=generators,
+                audio_length_in_s=sample_size / sample_rate,
+            ).audios
+        )
     audio = np.concatenate(clips)[..., :sample_size]
     if audio.shape[-1] != sample_size:
         raise RuntimeError(f"the pipeline returned {audio.shape[-1]} samples instead of {sample_size}.")

@@ -365,10 +365,12 @@ def audio_pipeline_model_card(
     training_args = json.loads(json.dumps(training_args or {}, default=str))
     metrics = json.loads(json.dumps(metrics or {}, default=str))
     card_data = ModelCardData(
-        library_name="diffusers", license=license, datasets=datasets,
+        library_name="diffusers",
+        license=license,
+        datasets=datasets,
         tags=list(BASE_TAGS) + ["DanceDiffusionPipeline", "audio-generation", "unconditional-audio-generation"],
         diffusers_spectrum={"kind": "audio_pipeline", "metrics": metrics},
-    )  # fmt: skip
+    )
     text = f"""---
 {card_data.to_yaml()}
 ---

@@ -390,9 +390,15 @@ def sample_images(
     pipe.set_progress_bar_config(disable=not show_progress)
     labels = [int(label) for label in class_labels]
     batches = pipeline_samples(
-        pipe, len(labels), batch_size or max(len(labels), 1), labels, num_inference_steps, guidance_scale, seed,
+        pipe,
+        len(labels),
+        batch_size or max(len(labels), 1),
+        labels,
+        num_inference_steps,
+        guidance_scale,
+        seed,
         progress=False,
-    )  # fmt: skip
+    )
     return torch.cat(list(batches))
 
 
@@ -498,8 +504,14 @@ def sample(args: argparse.Namespace) -> Path:
 
     # 3. Sample and write
     batches = pipeline_samples(
-        pipe, len(labels), args.batch_size, labels, args.num_inference_steps, args.guidance_scale, seeds=seeds,
-    )  # fmt: skip
+        pipe,
+        len(labels),
+        args.batch_size,
+        labels,
+        args.num_inference_steps,
+        args.guidance_scale,
+        seeds=seeds,
+    )
     images = torch.cat(list(batches))
     output_dir = claim_output_dir(args.output_dir, "sample", "samples.json")
     names = []

@@ -334,9 +334,17 @@ def finish_common_args(args: argparse.Namespace, tracker_project_name: str) -> a
     check_regularizers(args)
     check_positive(
         args,
-        ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps",
-         "validation_steps", "resolution", "max_nonfinite_steps", "checkpoints_total_limit"),
-    )  # fmt: skip
+        (
+            "train_batch_size",
+            "max_train_steps",
+            "gradient_accumulation_steps",
+            "checkpointing_steps",
+            "validation_steps",
+            "resolution",
+            "max_nonfinite_steps",
+            "checkpoints_total_limit",
+        ),
+    )
     check_nonnegative(
         args, ("fourier_weight", "wavelet_weight", "max_grad_norm", "lr_warmup_steps", "dataloader_num_workers")
     )

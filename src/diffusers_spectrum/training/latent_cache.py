@@ -215,9 +215,12 @@ def write_latent_cache(
     # 2. Stream the images from the resume point, in order (one shard of the source per worker)
     skip_counter = SkipCounter()
     stream = ResumableStream(
-        dataset, _WithSourceIndex(ImageReader(transform, image_column, label_column)), shuffle=False,
-        infinite=False, skip_counter=skip_counter,
-    )  # fmt: skip
+        dataset,
+        _WithSourceIndex(ImageReader(transform, image_column, label_column)),
+        shuffle=False,
+        infinite=False,
+        skip_counter=skip_counter,
+    )
     loader = make_dataloader(stream, None, num_workers=num_workers, state=resume_state, seed=seed)
     remaining = None if max_samples is None else max(max_samples - info["num_examples"], 0)
     progress = tqdm(
@@ -423,6 +426,12 @@ def warn_if_badly_scaled(statistics: dict, settings: dict, cache: str | Path) ->
         "rows (diffusion expects about 1; the noise schedule then drowns or barely touches them). If the factor is "
         "wrong, %s ~ %.4g gives std 1: re-cache with a VAE whose scaling_factor is right (train-vae computes it with "
         "--latent_stats_samples), or fix it in %s.",
-        cache, factor, std, statistics["rows"], "scaling_factor", (factor or 1.0) / std, CACHE_INFO_NAME,
-    )  # fmt: skip
+        cache,
+        factor,
+        std,
+        statistics["rows"],
+        "scaling_factor",
+        (factor or 1.0) / std,
+        CACHE_INFO_NAME,
+    )
     return True

@@ -284,8 +284,11 @@ def resume_data_state(state: dict, accelerator) -> dict | None:
         epoch = min((s["epoch"] for loader in states for s in stream_states(loader)), default=0)
         logger.warning(
             "the checkpoint was written by %d processes, this run has %d: the data streams restart at the beginning "
-            "of epoch %d.", len(states), accelerator.num_processes, epoch,
-        )  # fmt: skip
+            "of epoch %d.",
+            len(states),
+            accelerator.num_processes,
+            epoch,
+        )
         return {"epoch": epoch, "position": 0}
     positions = state.get("data_positions")
     if positions is None:
@@ -418,8 +421,9 @@ def resume_training(checkpointer, resume_from_checkpoint, max_nonfinite_steps: i
     global_step, data_state = state["global_step"], resume_data_state(state, checkpointer.accelerator)
     guard.load_state_dict(state["nonfinite"])
     positions = [(s["epoch"], s["position"]) for s in stream_states(data_state)]
-    logger.info("resumed from %s at step %d, data (epoch, position) per stream %s", state["checkpoint"], global_step,
-                positions)  # fmt: skip
+    logger.info(
+        "resumed from %s at step %d, data (epoch, position) per stream %s", state["checkpoint"], global_step, positions
+    )
     return global_step, data_state, guard
 
 

@@ -188,6 +188,8 @@ def restart_run_folder(
     removed, kept = remove_recorded_files(folder)
     if kept:
         shown = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
-        print(f"{folder}: replaced the previous run's {len(removed)} files; kept {len(kept)} it did not write "
-              f"({shown})", flush=True)  # fmt: skip
+        print(
+            f"{folder}: replaced the previous run's {len(removed)} files; kept {len(kept)} it did not write ({shown})",
+            flush=True,
+        )
     return folder, list_files(folder)

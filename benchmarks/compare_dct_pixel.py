@@ -805,6 +805,8 @@ def write_paired(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from diffusers_spectrum.evaluation.plotting import paired_differences
+
     rows = result["analysis"]["quality"]
     metrics = [m for m in METRIC_LABELS if any(r["metric"] == m for r in rows)]
     if not metrics:
@@ -812,26 +814,7 @@ def write_paired(result: dict, path: Path) -> None:
     figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         mine = [r for r in rows if r["metric"] == metric]
-        for index, row in enumerate(mine):
-            ax.plot([index] * len(row["differences"]), row["differences"], "o", color="0.4", ms=4)
-            if row["outcome"] != "one run":
-                ax.errorbar(
-                    index + 0.15,
-                    row["mean"],
-                    yerr=[[row["mean"] - row["lo"]], [row["hi"] - row["mean"]]],
-                    fmt="s",
-                    color="C0",
-                    capsize=3,
-                )
-                ax.errorbar(
-                    index + 0.3,
-                    row["mean"],
-                    fmt="none",
-                    color="C3",
-                    capsize=3,
-                    yerr=[[row["mean"] - row["holm_lo"]], [row["holm_hi"] - row["mean"]]],
-                )
-        ax.axhline(0, color="k", lw=0.8)
+        paired_differences(ax, mine, marker_size=4)
         ax.set_xticks(
             range(len(mine)), [f"{r['arm']} - {r['baseline']}" for r in mine], rotation=35, fontsize=7, ha="right"
         )

@@ -124,3 +124,30 @@ def test_compare_arms_pairs_by_seed_and_corrects_across_arms_and_metrics():
         ("b/x", "b/none", "not separated"),
     ]
     assert all(r["family_size"] == 2 for r in rows)
+
+
+def test_paired_differences_draws_the_seeds_and_both_intervals():
+    from matplotlib.figure import Figure
+
+    from diffusers_spectrum.evaluation.plotting import paired_differences
+
+    rows = [
+        {
+            "differences": [1.0, 2.0, 3.0],
+            "outcome": "x",
+            "mean": 2.0,
+            "lo": 0.5,
+            "hi": 3.5,
+            "holm_lo": 0.0,
+            "holm_hi": 4.0,
+        },
+        {"differences": [5.0], "outcome": "one run", "mean": 5.0},
+    ]
+    ax = Figure().add_subplot()
+    paired_differences(ax, rows)
+    assert len(ax.containers) == 2  # one run draws no interval
+    t_bar, holm_bar = (container.lines[2][0].get_segments()[0] for container in ax.containers)
+    np.testing.assert_allclose(t_bar, [[0.15, 0.5], [0.15, 3.5]])
+    np.testing.assert_allclose(holm_bar, [[0.3, 0.0], [0.3, 4.0]])
+    seeds = [line.get_ydata().tolist() for line in ax.lines if line.get_marker() == "o"]
+    assert seeds == [[1.0, 2.0, 3.0], [5.0]]

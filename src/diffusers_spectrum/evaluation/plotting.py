@@ -18,6 +18,7 @@ from ..spectral import esm_spectra
 
 __all__ = [
     "figure_to_array",
+    "paired_differences",
     "plot_channel_spectra",
     "plot_compare",
     "plot_encoder_filters",
@@ -193,6 +194,22 @@ def plot_lowpass_errors(errors_by_name: dict, path: str | Path | None = None, ti
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
+
+
+def paired_differences(ax, rows: list[dict], marker_size: float = 3) -> None:
+    """Draw `evaluation.statistics.compare_arms` rows on ``ax``: each comparison's per-seed differences (grey dots),
+    the 95% t interval of their mean (blue) and its Holm-corrected interval (red), and the zero line."""
+    for index, row in enumerate(rows):
+        ax.plot([index] * len(row["differences"]), row["differences"], "o", color="0.4", ms=marker_size)
+        if row["outcome"] == "one run":
+            continue
+        for offset, lo, hi, style in (
+            (0.15, "lo", "hi", dict(fmt="s", color="C0")),
+            (0.3, "holm_lo", "holm_hi", dict(fmt="none", color="C3")),
+        ):
+            yerr = [[row["mean"] - row[lo]], [row[hi] - row["mean"]]]
+            ax.errorbar(index + offset, row["mean"], yerr=yerr, capsize=3, **style)
+    ax.axhline(0, color="k", lw=0.8)
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:

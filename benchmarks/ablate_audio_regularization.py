@@ -61,12 +61,34 @@ REGULARIZERS = {  # name -> trainer flags (weights chosen once, before any run; 
 # level-invariant against 9.1 / 7.5 for the training audio and 24.8 / 11.1 for white noise; the generated mean spectrum
 # follows the training spectrum, including its 1.3 kHz peak, with +4.6 dB of contrast at the held-out 144-178 Hz peak
 # (held-out +28, training +7.5).
-FULL = {"unet_config": "small", "sample_size": 2048, "steps": 1500, "batch": 4, "lr": 1e-3, "lr_scheduler": "cosine",
-        "lr_warmup_steps": 150, "seeds": [0, 1, 2, 3, 4, 5], "clips": 64, "inference_steps": 100,
-        "heldout_crops": 16, "generate_batch": 16}  # fmt: skip
-QUICK = {"unet_config": "tiny", "sample_size": 512, "steps": 2, "batch": 2, "lr": 1e-3, "lr_scheduler": "cosine",
-         "lr_warmup_steps": 1, "seeds": [0, 1], "clips": 2, "inference_steps": 2, "heldout_crops": 1,
-         "generate_batch": 2}  # fmt: skip
+FULL = {
+    "unet_config": "small",
+    "sample_size": 2048,
+    "steps": 1500,
+    "batch": 4,
+    "lr": 1e-3,
+    "lr_scheduler": "cosine",
+    "lr_warmup_steps": 150,
+    "seeds": [0, 1, 2, 3, 4, 5],
+    "clips": 64,
+    "inference_steps": 100,
+    "heldout_crops": 16,
+    "generate_batch": 16,
+}
+QUICK = {
+    "unet_config": "tiny",
+    "sample_size": 512,
+    "steps": 2,
+    "batch": 2,
+    "lr": 1e-3,
+    "lr_scheduler": "cosine",
+    "lr_warmup_steps": 1,
+    "seeds": [0, 1],
+    "clips": 2,
+    "inference_steps": 2,
+    "heldout_crops": 1,
+    "generate_batch": 2,
+}
 BANDS = {"num_bands": 24, "min_frequency_hz": 50.0, "scale": "log"}
 SAMPLE_RATE = 16000
 # A peak: a band whose mean power (dB) is a local maximum and exceeds the mean of the bands two away on either side by
@@ -86,8 +108,12 @@ def parse_args(argv=None):
         default=1,
         help="torch threads (1: two processes share the 2-core machine without oversubscribing).",
     )
-    parser.add_argument("--shard", type=study_units.parse_shard, default=(0, 1),
-                        help="i/n: run every n-th unit from the i-th, into the same JSON.")  # fmt: skip
+    parser.add_argument(
+        "--shard",
+        type=study_units.parse_shard,
+        default=(0, 1),
+        help="i/n: run every n-th unit from the i-th, into the same JSON.",
+    )
     parser.add_argument("--reanalyse", default=None, help="a stored JSON: rewrite its analysis, figure and table.")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds.")
     return parser.parse_args(argv)
@@ -100,7 +126,7 @@ def parse_args(argv=None):
 def split_embedded(folder: Path) -> tuple[Path, Path]:
     """Copy the embedded sounds into `folder/train` and `folder/heldout` (every fourth file, sorted by name)."""
     from diffusers_spectrum import embedded_audio_dir
-    from diffusers_spectrum.training.audio_data import list_audio_files
+    from diffusers_spectrum.data.sources import list_audio_files
 
     train, heldout = folder / "train", folder / "heldout"
     for path in (train, heldout):
@@ -114,7 +140,7 @@ def band_powers(folder: Path, settings: dict) -> torch.Tensor:
     """`(N, num_bands)` band powers of `heldout_crops` random crops per file of `folder` (clips shorter than a crop
     are left out: zero padding would bias the mean)."""
     from diffusers_spectrum import AudioTransform, band_power_spectrum, load_audio_dataset
-    from diffusers_spectrum.training.audio_data import audio_batches
+    from diffusers_spectrum.data.audio import audio_batches
 
     dataset = load_audio_dataset(train_data_dir=folder)
     rows = []
@@ -140,8 +166,10 @@ def distances(generated_mean, real_mean) -> dict:
     from diffusers_spectrum import level_invariant_log_spectral_distance, log_spectral_distance
     from diffusers_spectrum.spectral.audio import mean_level_offset_db
 
-    pair = (torch.as_tensor(generated_mean, dtype=torch.float64)[None], torch.as_tensor(real_mean,
-            dtype=torch.float64)[None])  # fmt: skip
+    pair = (
+        torch.as_tensor(generated_mean, dtype=torch.float64)[None],
+        torch.as_tensor(real_mean, dtype=torch.float64)[None],
+    )
     return {
         "log_spectral_distance_db": float(log_spectral_distance(*pair)),
         "level_invariant_lsd_db": float(level_invariant_log_spectral_distance(*pair)),
@@ -211,20 +239,42 @@ def all_units(settings: dict) -> list[tuple[str, int]]:
 def trainer_argv(name: str, seed: int, settings: dict, train_dir: Path, output: Path) -> list[str]:
     """`train-audio`'s flags for one run."""
     return [
-        "--train_data_dir", str(train_dir), "--unet_config", settings["unet_config"],
-        "--sample_size", str(settings["sample_size"]), "--max_train_steps", str(settings["steps"]),
-        "--train_batch_size", str(settings["batch"]), "--learning_rate", str(settings["lr"]),
-        "--lr_scheduler", settings["lr_scheduler"], "--lr_warmup_steps", str(settings["lr_warmup_steps"]),
-        "--seed", str(seed), "--checkpointing_steps", str(10**6), "--validation_steps", str(10**6),
-        "--report_to", "none", "--output_dir", str(output), *REGULARIZERS[name],
-    ]  # fmt: skip
+        "--train_data_dir",
+        str(train_dir),
+        "--unet_config",
+        settings["unet_config"],
+        "--sample_size",
+        str(settings["sample_size"]),
+        "--max_train_steps",
+        str(settings["steps"]),
+        "--train_batch_size",
+        str(settings["batch"]),
+        "--learning_rate",
+        str(settings["lr"]),
+        "--lr_scheduler",
+        settings["lr_scheduler"],
+        "--lr_warmup_steps",
+        str(settings["lr_warmup_steps"]),
+        "--seed",
+        str(seed),
+        "--checkpointing_steps",
+        str(10**6),
+        "--validation_steps",
+        str(10**6),
+        "--report_to",
+        "none",
+        "--output_dir",
+        str(output),
+        *REGULARIZERS[name],
+    ]
 
 
 def train_and_measure(name: str, seed: int, settings: dict, train_dir: Path, report: dict, work: Path) -> dict:
     """Train one configuration, generate clips from the exported pipeline (its own IPNDM scheduler), measure."""
     from diffusers_spectrum import band_power_spectrum, load_pipeline
-    from diffusers_spectrum.training.audio import generate_audio, train_audio
+    from diffusers_spectrum.pipelines.audio import generate_audio
     from diffusers_spectrum.training.audio import parse_args as trainer_args
+    from diffusers_spectrum.training.audio import train_audio
 
     unit_clock = clock = study_units.Stopwatch()
     output = work / f"{name}-{seed}"
@@ -236,8 +286,13 @@ def train_and_measure(name: str, seed: int, settings: dict, train_dir: Path, rep
     pipe = load_pipeline(pipeline_dir, kind="audio")
     if type(pipe).__name__ != "DanceDiffusionPipeline":
         raise RuntimeError(f"{pipeline_dir} loaded as {type(pipe).__name__}, expected DanceDiffusionPipeline.")
-    clips = generate_audio(pipe, settings["clips"], settings["inference_steps"], seed=1000 + 100_000 * seed,
-                           batch_size=settings["generate_batch"])  # fmt: skip
+    clips = generate_audio(
+        pipe,
+        settings["clips"],
+        settings["inference_steps"],
+        seed=1000 + 100_000 * seed,
+        batch_size=settings["generate_batch"],
+    )
     generate_time = clock.record("generate")
     generated = band_power_spectrum(torch.from_numpy(clips).double(), SAMPLE_RATE, **BANDS).mean(0)
     result = {
@@ -291,8 +346,11 @@ def peak_bands(report: dict) -> list[int]:
 
 
 def peak_source(report: dict, band: int) -> str:
-    sources = [name for name, key in (("held-out", "heldout_peaks"), ("training", "train_peaks"))
-               if band in report.get(key, [])]  # fmt: skip
+    sources = [
+        name
+        for name, key in (("held-out", "heldout_peaks"), ("training", "train_peaks"))
+        if band in report.get(key, [])
+    ]
     return " and ".join(sources)
 
 
@@ -340,8 +398,12 @@ def analyse(report: dict) -> dict:
     if "none" not in values or not arms:
         return {"family": [], "descriptive": [], "peaks": peaks}
     family = compare_arms(values, "none", {m: True for m in TESTED}, arms=arms)
-    descriptive_metrics = {**{m: False for m in peak_metrics(report)}, "final_diffusion_loss": True,
-                           "seconds_per_step": True, "level_offset_db": True}  # fmt: skip
+    descriptive_metrics = {
+        **{m: False for m in peak_metrics(report)},
+        "final_diffusion_loss": True,
+        "seconds_per_step": True,
+        "level_offset_db": True,
+    }
     descriptive = compare_arms(values, "none", descriptive_metrics, arms=arms, correction="none")
     return {"family": family, "descriptive": descriptive, "peaks": peaks}
 
@@ -371,8 +433,14 @@ def write_figure(report: dict, path: Path) -> None:
             ax.axvline(centres[band], color="0.5", alpha=0.25, linewidth=6)
         for band in report["heldout_peaks"]:
             ax.axvline(centres[band], color="red", alpha=0.35, linewidth=6)
-            ax.annotate(f"{centres[band]:.0f} Hz", (centres[band], real[band]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7, color="red")  # fmt: skip
+            ax.annotate(
+                f"{centres[band]:.0f} Hz",
+                (centres[band], real[band]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+                color="red",
+            )
     for name in REGULARIZERS:
         runs = [r for r in report["units"].values() if r["regularizer"] == name]
         if not runs:
@@ -380,15 +448,23 @@ def write_figure(report: dict, path: Path) -> None:
         curves = to_db([r["generated_band_power"] for r in runs])  # (seeds, bands)
         offsets = np.asarray([r["level_offset_db"] for r in runs])
         raw.plot(centres, curves.mean(0), marker="o", markersize=2.5, linewidth=1, label=f"generated, {name}")
-        aligned.plot(centres, (curves - offsets[:, None]).mean(0), marker="o", markersize=2.5, linewidth=1,
-                     label=f"{name}, level removed")  # fmt: skip
+        aligned.plot(
+            centres,
+            (curves - offsets[:, None]).mean(0),
+            marker="o",
+            markersize=2.5,
+            linewidth=1,
+            label=f"{name}, level removed",
+        )
     settings = report["settings"]
     for ax, title in ((raw, "mean band power (dB)"), (aligned, "each run's mean dB offset removed")):
         ax.set_xscale("log")
         ax.set_xlabel("band centre frequency (Hz)")
         ax.set_ylabel("dB")
-        ax.set_title(f"{title}; {settings['steps']} steps x {len(settings['seeds'])} seeds; peaks: held-out red, "
-                     "training grey", fontsize=9)  # fmt: skip
+        ax.set_title(
+            f"{title}; {settings['steps']} steps x {len(settings['seeds'])} seeds; peaks: held-out red, training grey",
+            fontsize=9,
+        )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -406,8 +482,10 @@ def peak_lines(report: dict) -> list[str]:
     if not peak_bands(report):
         return ["Neither the held-out nor the training mean spectrum has a peak by the rule above."]
     names = [n for n in REGULARIZERS if any(p["arm"] == n for p in analysis["peaks"])]
-    lines = ["| peak | peak of | held-out | training audio | white noise | " + " | ".join(names) + " |",
-             "|---|---|---:|---:|---:|" + "---|" * len(names)]  # fmt: skip
+    lines = [
+        "| peak | peak of | held-out | training audio | white noise | " + " | ".join(names) + " |",
+        "|---|---|---:|---:|---:|" + "---|" * len(names),
+    ]
     real, train, noise = (to_db(report[k]) for k in ("heldout_band_power", "train_band_power", "noise_band_power"))
     for band in peak_bands(report):
         metric = f"{peak_name(band)}_contrast_db"
@@ -426,9 +504,11 @@ def claim_lines(report: dict) -> list[str]:
     lines = []
     for row in analysis["family"] + analysis["descriptive"]:
         tested = row["metric"] in TESTED
-        lines.append(f"- {row['arm']} vs none, {label(row['metric'])}: {row['arm_mean']:.4g} vs "
-                     f"{row['baseline_mean']:.4g}: **{row['outcome']}**"
-                     f"{' (Holm-corrected)' if tested else ' (uncorrected, descriptive)'}.")  # fmt: skip
+        lines.append(
+            f"- {row['arm']} vs none, {label(row['metric'])}: {row['arm_mean']:.4g} vs "
+            f"{row['baseline_mean']:.4g}: **{row['outcome']}**"
+            f"{' (Holm-corrected)' if tested else ' (uncorrected, descriptive)'}."
+        )
     for row in analysis["peaks"]:
         verdict = "learned (interval above 0)" if row["learned"] else "not learned (interval reaches 0 or below)"
         lines.append(f"- {row['arm']}, {label(row['metric'])}: {row['mean']:+.3g} dB, {verdict}.")
@@ -445,8 +525,11 @@ def markdown(report: dict) -> str:
     expected = len(all_units(s))
     lines = []
     if len(units) < expected:
-        lines += [f"**Incomplete: {expected - len(units)} of {expected} units are missing** (shards still running or "
-                  "stopped); the numbers below are those of the stored units only.", ""]  # fmt: skip
+        lines += [
+            f"**Incomplete: {expected - len(units)} of {expected} units are missing** (shards still running or "
+            "stopped); the numbers below are those of the stored units only.",
+            "",
+        ]
     lines += [
         f"Budget: `{s['unet_config']}` UNet1DModel, clips of {s['sample_size']} samples at 16 kHz, {s['steps']} "
         f"steps x batch {s['batch']}, AdamW peak lr {s['lr']} with `--lr_scheduler {s['lr_scheduler']} "
@@ -460,8 +543,11 @@ def markdown(report: dict) -> str:
         f"generate and total seconds are in the JSON), {report['machine']}.",
     ]
     if report.get("reanalysis"):
-        lines += ["", f"Re-analysed from the stored units (`{report['reanalysis']['command']}`, commit "
-                  f"{report['reanalysis']['commit']})."]  # fmt: skip
+        lines += [
+            "",
+            f"Re-analysed from the stored units (`{report['reanalysis']['command']}`, commit "
+            f"{report['reanalysis']['commit']}).",
+        ]
     lines += [
         "",
         "| regulariser | log-spectral distance (dB) | level-invariant (dB) | level offset (dB) | final diffusion "
@@ -472,10 +558,13 @@ def markdown(report: dict) -> str:
     for name, row in report["summary"].items():
         overhead = "—" if name == "none" or row["step_overhead"] is None else f"{100 * row['step_overhead']:+.0f}%"
         cells = [f"{row[f'{m}_mean']:.3g} ± {row[f'{m}_sd']:.2g}" for m in shown]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['seconds_per_step']:.3f} | {overhead} | "
-                     f"{row['seeds']} |")  # fmt: skip
-    for title, anchor in (("data floor: training crops vs held-out crops", report["floor"]),
-                          ("white noise vs held-out crops", report["noise"])):  # fmt: skip
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {row['seconds_per_step']:.3f} | {overhead} | {row['seeds']} |"
+        )
+    for title, anchor in (
+        ("data floor: training crops vs held-out crops", report["floor"]),
+        ("white noise vs held-out crops", report["noise"]),
+    ):
         cells = f"{anchor['log_spectral_distance_db']:.3g} | {anchor['level_invariant_lsd_db']:.3g}"
         lines.append(f"| {title} | {cells} | {anchor['level_offset_db']:+.3g} | | | | |")
     lines += [
@@ -494,8 +583,11 @@ def markdown(report: dict) -> str:
         "Peak contrasts (higher is more peak-like), final diffusion loss, step time and level offset, paired the same "
         "way, uncorrected:",
         "",
-        *comparison_table(analysis["descriptive"],
-                          labels={r["metric"]: label(r["metric"]) for r in analysis["descriptive"]}, corrected=False),
+        *comparison_table(
+            analysis["descriptive"],
+            labels={r["metric"]: label(r["metric"]) for r in analysis["descriptive"]},
+            corrected=False,
+        ),
         "",
         "### Does any arm learn the held-out spectral peaks?",
         "",
@@ -516,7 +608,7 @@ def markdown(report: dict) -> str:
         "training files: the numbers say whether a regulariser changes the average spectrum of early training in this "
         "miniature, not audio quality, which needs the `dance` size, a real training budget and a Fréchet distance "
         "on audio embeddings (the band-spectrum measures here see only the average spectrum of the clips).",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines)
 
 
@@ -525,16 +617,27 @@ def readme_bullet(report: dict) -> str:
     names = [n for n in REGULARIZERS if n in summary]
     raw = " / ".join(f"{summary[n]['log_spectral_distance_db_mean']:.1f}" for n in names)
     invariant = " / ".join(f"{summary[n]['level_invariant_lsd_db_mean']:.1f}" for n in names)
-    separated = [f"{r['arm']} {r['outcome']} on the {label(r['metric'])}" for r in analysis["family"]
-                 if r["outcome"] in ("better", "worse")]  # fmt: skip
+    separated = [
+        f"{r['arm']} {r['outcome']} on the {label(r['metric'])}"
+        for r in analysis["family"]
+        if r["outcome"] in ("better", "worse")
+    ]
     heldout = {f"{peak_name(b)}_contrast_db" for b in report["heldout_peaks"]}
-    learned = sorted({f"{r['arm']} ({peak_hz(r['metric'])})" for r in analysis["peaks"]
-                      if r["learned"] and r["metric"] in heldout})  # fmt: skip
-    learned_train = sorted({f"{r['arm']} ({peak_hz(r['metric'])})" for r in analysis["peaks"]
-                            if r["learned"] and r["metric"] not in heldout})  # fmt: skip
+    learned = sorted(
+        {f"{r['arm']} ({peak_hz(r['metric'])})" for r in analysis["peaks"] if r["learned"] and r["metric"] in heldout}
+    )
+    learned_train = sorted(
+        {
+            f"{r['arm']} ({peak_hz(r['metric'])})"
+            for r in analysis["peaks"]
+            if r["learned"] and r["metric"] not in heldout
+        }
+    )
     peaks = ", ".join(peak_hz(m) for m in sorted(heldout)) or "none"
-    anchors = {k: f"{report[k]['log_spectral_distance_db']:.1f} / {report[k]['level_invariant_lsd_db']:.1f}"
-               for k in ("floor", "noise")}  # fmt: skip
+    anchors = {
+        k: f"{report[k]['log_spectral_distance_db']:.1f} / {report[k]['level_invariant_lsd_db']:.1f}"
+        for k in ("floor", "noise")
+    }
     overheads = ", ".join(f"{n} {100 * summary[n]['step_overhead']:+.0f}%" for n in names[1:])
     hours = study_units.study_cost(report["units"].values(), report.get("processes", []))["cpu_seconds"] / 3600
     return (
@@ -562,7 +665,7 @@ def update_page(page: Path, table: str) -> None:
 
 def finish(report: dict, output_dir: Path, page: bool) -> None:
     """Summary, analysis, JSON, figure and (full runs) the AUDIO.md block and the README bullet."""
-    from diffusers_spectrum.training.utils import write_json
+    from diffusers_spectrum.utils.records import write_json
 
     report["summary"] = summarize(report)
     report["analysis"] = analyse(report)
@@ -620,7 +723,7 @@ def main(argv=None) -> dict:
     import diffusers
 
     import diffusers_spectrum
-    from diffusers_spectrum.run_folders import claim_output_dir
+    from diffusers_spectrum.utils.run_folders import claim_output_dir
 
     settings = dict(QUICK if args.quick else FULL)
     if args.seeds is not None:
@@ -638,13 +741,23 @@ def main(argv=None) -> dict:
 
     def fresh() -> dict:
         return {
-            "command": command, "settings": settings, "regularizer_flags": REGULARIZERS, "bands": BANDS,
+            "command": command,
+            "settings": settings,
+            "regularizer_flags": REGULARIZERS,
+            "bands": BANDS,
             "peak_rule": {"half_width_bands": PEAK_HALF_WIDTH, "min_contrast_db": PEAK_MIN_CONTRAST_DB},
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "diffusers": diffusers.__version__, "diffusers_spectrum": diffusers_spectrum.__version__},
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                "diffusers_spectrum": diffusers_spectrum.__version__,
+            },
             "machine": f"{platform.machine()} CPU, {threads} per process",
-            "num_threads": args.num_threads, **reference, "units": {}, "processes": [],
-        }  # fmt: skip
+            "num_threads": args.num_threads,
+            **reference,
+            "units": {},
+            "processes": [],
+        }
 
     def read(path: Path) -> dict:
         return study_units.load_matching(path, "settings", settings, fresh)
@@ -662,20 +775,30 @@ def main(argv=None) -> dict:
         record = train_and_measure(name, seed, settings, train_dir, report, work)
         record["shard"] = f"{args.shard[0]}/{args.shard[1]}"
         report = study_units.merge(json_path, read, lambda r, k=key, v=record: r["units"].__setitem__(k, v))
-        print(f"{key}: {record['log_spectral_distance_db']:.2f} dB (level-invariant "
-              f"{record['level_invariant_lsd_db']:.2f}), unit {record['unit_seconds']:.0f} s", flush=True)  # fmt: skip
+        print(
+            f"{key}: {record['log_spectral_distance_db']:.2f} dB (level-invariant "
+            f"{record['level_invariant_lsd_db']:.2f}), unit {record['unit_seconds']:.0f} s",
+            flush=True,
+        )
 
     def note_process(r: dict) -> None:
-        r.setdefault("processes", []).append({
-            "shard": f"{args.shard[0]}/{args.shard[1]}", **setup_time, **process_clock.record("wall"),
-            "finished": time.strftime("%Y-%m-%d %H:%M"),
-        })  # fmt: skip
+        r.setdefault("processes", []).append(
+            {
+                "shard": f"{args.shard[0]}/{args.shard[1]}",
+                **setup_time,
+                **process_clock.record("wall"),
+                "finished": time.strftime("%Y-%m-%d %H:%M"),
+            }
+        )
 
     report = study_units.merge(json_path, read, note_process)
     missing = [u for u in all_units(settings) if run_key(*u, settings) not in report["units"]]
     if missing:
-        print(f"{len(missing)} units are not in the JSON yet (other shards); the shard that completes them writes the "
-              "page (or run --reanalyse).", flush=True)  # fmt: skip
+        print(
+            f"{len(missing)} units are not in the JSON yet (other shards); the shard that completes them writes the "
+            "page (or run --reanalyse).",
+            flush=True,
+        )
     else:
         with study_units.json_lock(json_path):
             report = read(json_path)

@@ -87,8 +87,12 @@ SAMPLER_LABELS = {
     "ddim_eta1": "extra row: the same DDIM scheduler with eta 1",
     "edm_euler": "the exported folder (a stock ConsistencyModelPipeline) with its saved EDMEulerScheduler",
 }
-SHORT_SAMPLER = {"ancestral": "DDPM ancestral", "ddim_eta0": "DDIM eta 0", "ddim_eta1": "DDIM eta 1",
-                 "edm_euler": "EDM Euler"}  # fmt: skip
+SHORT_SAMPLER = {
+    "ancestral": "DDPM ancestral",
+    "ddim_eta0": "DDIM eta 0",
+    "ddim_eta1": "DDIM eta 1",
+    "edm_euler": "EDM Euler",
+}
 
 # The budgets. Unit costs measured here in CPU seconds with 1 thread (the machine was shared, so wall times were 2-5x
 # longer): a tiny-UNet training step at batch 8, 32 px, ~0.2 s; one sampler step ~8.2 ms per 32 px image at batch 64
@@ -102,18 +106,44 @@ SHORT_SAMPLER = {"ancestral": "DDPM ancestral", "ddim_eta0": "DDIM eta 0", "ddim
 # 4.2 / 862 / 2.8 and the data floor 0.14 / 103 / 0.19; DDIM eta 0 gave grey noise (1.62 / 620 / 4.05 at 64 samples).
 BUDGETS = {
     "full": dict(
-        resolution=32, crops_per_photo=8, train_batch_size=8, max_train_steps=400, learning_rate=1e-3,
-        lr_scheduler="cosine", lr_warmup_steps=40, num_samples=512, extra_num_samples=64, sampling_steps=50,
-        sample_batch_size=64, seeds=(0, 1, 2, 3, 4), fourier_weight=0.1, wavelet_weight=0.1, unet_config="tiny",
-        feature_net_steps=400, blur_splits=8,
+        resolution=32,
+        crops_per_photo=8,
+        train_batch_size=8,
+        max_train_steps=400,
+        learning_rate=1e-3,
+        lr_scheduler="cosine",
+        lr_warmup_steps=40,
+        num_samples=512,
+        extra_num_samples=64,
+        sampling_steps=50,
+        sample_batch_size=64,
+        seeds=(0, 1, 2, 3, 4),
+        fourier_weight=0.1,
+        wavelet_weight=0.1,
+        unet_config="tiny",
+        feature_net_steps=400,
+        blur_splits=8,
     ),
     "quick": dict(
-        resolution=32, crops_per_photo=2, train_batch_size=4, max_train_steps=2, learning_rate=1e-3,
-        lr_scheduler="cosine", lr_warmup_steps=1, num_samples=8, extra_num_samples=4, sampling_steps=3,
-        sample_batch_size=8, seeds=(0, 1), fourier_weight=0.1, wavelet_weight=0.1, unet_config="tiny",
-        feature_net_steps=5, blur_splits=1,
+        resolution=32,
+        crops_per_photo=2,
+        train_batch_size=4,
+        max_train_steps=2,
+        learning_rate=1e-3,
+        lr_scheduler="cosine",
+        lr_warmup_steps=1,
+        num_samples=8,
+        extra_num_samples=4,
+        sampling_steps=3,
+        sample_batch_size=8,
+        seeds=(0, 1),
+        fourier_weight=0.1,
+        wavelet_weight=0.1,
+        unet_config="tiny",
+        feature_net_steps=5,
+        blur_splits=1,
     ),
-}  # fmt: skip
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -137,7 +167,7 @@ def random_crops(photo: Path, count: int, size: int, rng: np.random.Generator) -
 
 
 def embedded_photo_paths() -> list[Path]:
-    from diffusers_spectrum.training.data import embedded_dataset_dir
+    from diffusers_spectrum.data.sources import embedded_dataset_dir
 
     return sorted(embedded_dataset_dir().glob("*.png"))
 
@@ -222,15 +252,43 @@ def train_argv(formulation: str, regularizer: str, seed: int, budget: dict, trai
     fourier = budget["fourier_weight"] if regularizer in ("fourier", "both") else 0.0
     wavelet = budget["wavelet_weight"] if regularizer in ("wavelet", "both") else 0.0
     return [
-        "--train_data_dir", str(train_dir), "--output_dir", str(out), "--unet_config", budget["unet_config"],
-        "--resolution", str(budget["resolution"]), "--random_flip", "--formulation", formulation,
-        "--prediction_type", "epsilon", "--train_batch_size", str(budget["train_batch_size"]),
-        "--max_train_steps", str(budget["max_train_steps"]), "--learning_rate", str(budget["learning_rate"]),
-        "--lr_scheduler", budget["lr_scheduler"], "--lr_warmup_steps", str(budget["lr_warmup_steps"]),
-        "--checkpointing_steps", str(budget["max_train_steps"]), "--validation_steps", "1000000000",
-        "--report_to", "none", "--seed", str(seed), "--fourier_weight", str(fourier), "--wavelet_weight", str(wavelet),
+        "--train_data_dir",
+        str(train_dir),
+        "--output_dir",
+        str(out),
+        "--unet_config",
+        budget["unet_config"],
+        "--resolution",
+        str(budget["resolution"]),
+        "--random_flip",
+        "--formulation",
+        formulation,
+        "--prediction_type",
+        "epsilon",
+        "--train_batch_size",
+        str(budget["train_batch_size"]),
+        "--max_train_steps",
+        str(budget["max_train_steps"]),
+        "--learning_rate",
+        str(budget["learning_rate"]),
+        "--lr_scheduler",
+        budget["lr_scheduler"],
+        "--lr_warmup_steps",
+        str(budget["lr_warmup_steps"]),
+        "--checkpointing_steps",
+        str(budget["max_train_steps"]),
+        "--validation_steps",
+        "1000000000",
+        "--report_to",
+        "none",
+        "--seed",
+        str(seed),
+        "--fourier_weight",
+        str(fourier),
+        "--wavelet_weight",
+        str(wavelet),
         "--no_streaming",
-    ]  # fmt: skip
+    ]
 
 
 class DDIMWithEta:
@@ -241,8 +299,13 @@ class DDIMWithEta:
         self._execution_device = pipe._execution_device
 
     def __call__(self, batch_size: int = 1, generator=None, num_inference_steps: int = 50, output_type: str = "pil"):
-        return self.pipe(batch_size=batch_size, generator=generator, num_inference_steps=num_inference_steps,
-                         eta=self.eta, output_type=output_type)  # fmt: skip
+        return self.pipe(
+            batch_size=batch_size,
+            generator=generator,
+            num_inference_steps=num_inference_steps,
+            eta=self.eta,
+            output_type=output_type,
+        )
 
 
 def sampler_pipelines(folder: Path, formulation: str) -> dict:
@@ -274,7 +337,7 @@ def draw(pipe, count: int, budget: dict, seed: int) -> torch.Tensor:
         seed=sample_seed(seed),
         progress=False,
     )
-    return torch.cat(list(batches))  # fmt: skip
+    return torch.cat(list(batches))
 
 
 def run_unit(formulation, regularizer, seed, budget, data, work_dir, suite, samples_dir: Path) -> dict:
@@ -304,7 +367,7 @@ def run_unit(formulation, regularizer, seed, budget, data, work_dir, suite, samp
             rows["ancestral_extra_n"] = {"num_samples": n_extra, **extra}
         rows[sampler].update(**sample_time, **clock.record("measure"))
         if seed == budget["seeds"][0]:
-            from diffusers_spectrum.training.utils import image_grid
+            from diffusers_spectrum.utils.images import image_grid
 
             samples_dir.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image_grid(samples[:16], nrow=4)).save(
@@ -312,10 +375,15 @@ def run_unit(formulation, regularizer, seed, budget, data, work_dir, suite, samp
             )
     shutil.rmtree(out, ignore_errors=True)  # checkpoints and weights are not kept (the numbers are)
     return {
-        "formulation": formulation, "regularizer": regularizer, "seed": seed,
-        "final_training_loss": final.get("loss"), "final_diffusion_loss": final.get("diffusion"),
-        **train_time, "samplers": rows, **unit_clock.record("unit"),
-    }  # fmt: skip
+        "formulation": formulation,
+        "regularizer": regularizer,
+        "seed": seed,
+        "final_training_loss": final.get("loss"),
+        "final_diffusion_loss": final.get("diffusion"),
+        **train_time,
+        "samplers": rows,
+        **unit_clock.record("unit"),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -325,9 +393,12 @@ def run_unit(formulation, regularizer, seed, budget, data, work_dir, suite, samp
 def fresh_result(budget: dict, quick: bool) -> dict:
     return {
         "command": "python benchmarks/ablate_spectral_regularization.py" + (" --quick" if quick else ""),
-        "budget": json.loads(json.dumps(budget)), "seeds": list(budget["seeds"]), "setup": None, "units": {},
+        "budget": json.loads(json.dumps(budget)),
+        "seeds": list(budget["seeds"]),
+        "setup": None,
+        "units": {},
         "processes": [],
-    }  # fmt: skip
+    }
 
 
 def read_result(path: Path, budget: dict, quick: bool) -> dict:
@@ -480,9 +551,14 @@ def analyse(result: dict) -> dict:
             if base in arms and len(arms) > 1:
                 sampler_rows += compare_arms(arms, base, {m: True for m in relied}, correction="none")
     return {
-        "measured_metrics": measured, "relied_metrics": relied, "gate": gate(result, relied), "family": family,
-        "descriptive": descriptive, "extra": extra, "samplers": sampler_rows,
-    }  # fmt: skip
+        "measured_metrics": measured,
+        "relied_metrics": relied,
+        "gate": gate(result, relied),
+        "family": family,
+        "descriptive": descriptive,
+        "extra": extra,
+        "samplers": sampler_rows,
+    }
 
 
 def summarize(result: dict) -> list[dict]:
@@ -495,13 +571,21 @@ def summarize(result: dict) -> list[dict]:
     for formulation in FORMULATIONS:
         for sampler in (*SAMPLERS[formulation], *(("ancestral_extra_n",) if formulation == "ddpm" else ())):
             for regularizer in REGULARIZERS:
-                group = [u for u in result["units"].values() if u["formulation"] == formulation
-                         and u["regularizer"] == regularizer and sampler in u["samplers"]]  # fmt: skip
+                group = [
+                    u
+                    for u in result["units"].values()
+                    if u["formulation"] == formulation and u["regularizer"] == regularizer and sampler in u["samplers"]
+                ]
                 if not group:
                     continue
                 count = group[0]["samplers"][sampler]["num_samples"]
-                row = {"formulation": formulation, "regularizer": regularizer, "sampler": sampler,
-                       "num_samples": count, "num_seeds": len(group)}  # fmt: skip
+                row = {
+                    "formulation": formulation,
+                    "regularizer": regularizer,
+                    "sampler": sampler,
+                    "num_samples": count,
+                    "num_seeds": len(group),
+                }
                 columns = {m: [u["samplers"][sampler][m] for u in group] for m in measured}
                 columns["final_diffusion_loss"] = [u["final_diffusion_loss"] for u in group]
                 columns["train_seconds"] = [u["train_seconds"] for u in group]
@@ -535,26 +619,37 @@ def results_table(result: dict, analysis: dict) -> list[str]:
     """Every row (formulation, regulariser, sampler, n) with every measured metric, then the anchors per count."""
     measured, relied = analysis["measured_metrics"], analysis["relied_metrics"]
     head = " | ".join(f"{METRIC_LABELS[m]}{'' if m in relied else ' (not relied on)'}" for m in measured)
-    lines = [f"| formulation | regulariser | sampler | n | {head} | final diffusion loss | seeds |",
-             "|---|---|---|---:|" + "---:|" * (len(measured) + 2)]  # fmt: skip
+    lines = [
+        f"| formulation | regulariser | sampler | n | {head} | final diffusion loss | seeds |",
+        "|---|---|---|---:|" + "---:|" * (len(measured) + 2),
+    ]
     for r in result["summary"]:
         cells = [f"{_fmt(r[f'{m}_mean'])} +- {r[f'{m}_sd']:.2g}" for m in [*measured, "final_diffusion_loss"]]
-        lines.append(f"| {r['formulation'].upper()} | {r['regularizer']} | {row_label(r['sampler'])} | "
-                     f"{r['num_samples']} | " + " | ".join(cells) + f" | {r['num_seeds']} |")  # fmt: skip
+        lines.append(
+            f"| {r['formulation'].upper()} | {r['regularizer']} | {row_label(r['sampler'])} | "
+            f"{r['num_samples']} | " + " | ".join(cells) + f" | {r['num_seeds']} |"
+        )
     setup = result["setup"]
     for count in sorted({int(c) for c in setup["floor"]}, reverse=True):
         floor = setup["floor"][str(count)]
         cells = [_fmt(floor[m]) if m in floor else "not measured" for m in measured]
-        lines.append(f"| **data floor** | training crops vs held-out crops | - | {count} | " + " | ".join(cells)
-                     + " | | |")  # fmt: skip
+        lines.append(
+            f"| **data floor** | training crops vs held-out crops | - | {count} | " + " | ".join(cells) + " | | |"
+        )
         noise = noise_values(setup, count)
         cells = []
         for metric in measured:
             values = list(noise.get(metric, {}).values())
-            cells.append(f"{_fmt(np.mean(values))} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.2g}"
-                         if values else "not measured")  # fmt: skip
-        lines.append(f"| **pure noise** | N(0, 1) clamped to [-1, 1], one set per seed | - | {count} | "
-                     + " | ".join(cells) + f" | | {len(next(iter(noise.values()), {}))} |")  # fmt: skip
+            cells.append(
+                f"{_fmt(np.mean(values))} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.2g}"
+                if values
+                else "not measured"
+            )
+        lines.append(
+            f"| **pure noise** | N(0, 1) clamped to [-1, 1], one set per seed | - | {count} | "
+            + " | ".join(cells)
+            + f" | | {len(next(iter(noise.values()), {}))} |"
+        )
     return lines
 
 
@@ -565,19 +660,25 @@ def claim_lines(analysis: dict) -> list[str]:
     for row in analysis["family"]:
         formulation = row["arm"].split("/")[0]
         note = "" if passed.get(formulation) else " (gate failed: not interpretable)"
-        lines.append(f"- {row['arm']} vs {row['baseline']} ({SHORT_SAMPLER[PRIMARY[formulation]]}), "
-                     f"{METRIC_LABELS[row['metric']]}: {_fmt(row['arm_mean'])} vs {_fmt(row['baseline_mean'])}, "
-                     f"**{row['outcome']}** (paired, Holm family of {row['family_size']}){note}.")  # fmt: skip
+        lines.append(
+            f"- {row['arm']} vs {row['baseline']} ({SHORT_SAMPLER[PRIMARY[formulation]]}), "
+            f"{METRIC_LABELS[row['metric']]}: {_fmt(row['arm_mean'])} vs {_fmt(row['baseline_mean'])}, "
+            f"**{row['outcome']}** (paired, Holm family of {row['family_size']}){note}."
+        )
     for row in analysis["descriptive"]:
         formulation = row["arm"].split("/")[0]
         why = "training loss of one batch" if row["metric"] == "final_diffusion_loss" else "fails the blur check"
-        lines.append(f"- {row['arm']} vs {row['baseline']} ({SHORT_SAMPLER[PRIMARY[formulation]]}), "
-                     f"{METRIC_LABELS[row['metric']]}: {_fmt(row['arm_mean'])} vs {_fmt(row['baseline_mean'])}, "
-                     f"{row['outcome']} uncorrected (descriptive: {why}).")  # fmt: skip
+        lines.append(
+            f"- {row['arm']} vs {row['baseline']} ({SHORT_SAMPLER[PRIMARY[formulation]]}), "
+            f"{METRIC_LABELS[row['metric']]}: {_fmt(row['arm_mean'])} vs {_fmt(row['baseline_mean'])}, "
+            f"{row['outcome']} uncorrected (descriptive: {why})."
+        )
     for row in analysis["extra"]:
-        lines.append(f"- extra row, {row['arm']} vs {row['baseline']}, {METRIC_LABELS[row['metric']]}: "
-                     f"{_fmt(row['arm_mean'])} vs {_fmt(row['baseline_mean'])}, **{row['outcome']}** (paired, Holm "
-                     f"family of {row['family_size']} over the DDIM rows).")  # fmt: skip
+        lines.append(
+            f"- extra row, {row['arm']} vs {row['baseline']}, {METRIC_LABELS[row['metric']]}: "
+            f"{_fmt(row['arm_mean'])} vs {_fmt(row['baseline_mean'])}, **{row['outcome']}** (paired, Holm "
+            f"family of {row['family_size']} over the DDIM rows)."
+        )
     for row in analysis["samplers"]:
         lines.append(
             f"- sampler, {row['arm']} vs {row['baseline']}, {METRIC_LABELS[row['metric']]}: "
@@ -594,8 +695,11 @@ def gate_sentences(analysis: dict) -> list[str]:
         if not rows:
             continue
         verdict = "**passed**" if gate_result["passed"].get(formulation) else "**failed**"
-        parts = ", ".join(f"{METRIC_LABELS[r['metric']]} {_fmt(r['arm_mean'])} vs noise {_fmt(r['baseline_mean'])} "
-                          f"({r['outcome']}, Holm p {r['p_holm']:.2g})" for r in rows)  # fmt: skip
+        parts = ", ".join(
+            f"{METRIC_LABELS[r['metric']]} {_fmt(r['arm_mean'])} vs noise {_fmt(r['baseline_mean'])} "
+            f"({r['outcome']}, Holm p {r['p_holm']:.2g})"
+            for r in rows
+        )
         lines.append(f"- {formulation.upper()} ({SHORT_SAMPLER[PRIMARY[formulation]]}): gate {verdict}: {parts}.")
     return lines
 
@@ -608,23 +712,28 @@ def write_page(result: dict, path: Path) -> None:
     budget, analysis, setup = result["budget"], result["analysis"], result["setup"]
     expected = len(all_units(budget))
     missing = expected - len(result["units"])
-    status = "" if not missing else (
-        f"\n**Incomplete: {missing} of {expected} units are missing** (shards still running or stopped); the numbers "
-        "below are those of the stored units only.\n"
-    )  # fmt: skip
+    status = ""
+    if missing:
+        status = (
+            f"\n**Incomplete: {missing} of {expected} units are missing** (shards still running or stopped); the "
+            "numbers below are those of the stored units only.\n"
+        )
     gate_result = analysis["gate"]
     failed = [f for f, ok in gate_result["passed"].items() if not ok]
-    gate_note = ("every formulation's baseline beats pure noise on every relied-on metric, so the regulariser "
-                 "comparisons below are read." if not failed else
-                 f"{', '.join(f.upper() for f in failed)} failed it: their regulariser comparisons are listed but "
-                 "not interpretable (a model no better than noise cannot show a regulariser's effect).")  # fmt: skip
+    gate_note = (
+        "every formulation's baseline beats pure noise on every relied-on metric, so the regulariser "
+        "comparisons below are read."
+        if not failed
+        else f"{', '.join(f.upper() for f in failed)} failed it: their regulariser comparisons are listed but "
+        "not interpretable (a model no better than noise cannot show a regulariser's effect)."
+    )
     if result.get("stopped_by_gate"):
         gate_note += f" The run stopped before the regularised arms: {result['stopped_by_gate']}."
     samplers = "\n".join(
         f"  - **{SHORT_SAMPLER[s]}**: {SAMPLER_LABELS[s]}; {budget['sampling_steps']} steps, "
         f"{budget['num_samples'] if s in PRIMARY.values() else budget['extra_num_samples']} samples per model."
         for s in SHORT_SAMPLER
-    )  # fmt: skip
+    )
     units = list(result["units"].values())
     unit_cost = {
         f: np.mean([u.get("unit_cpu_seconds", u["unit_seconds"]) for u in units if u["formulation"] == f] or [np.nan])
@@ -639,8 +748,9 @@ def write_page(result: dict, path: Path) -> None:
     reanalysis = result.get("reanalysis")
     reanalysis_note = ""
     if reanalysis:
-        reanalysis_note = (f"\nRe-analysed from the stored units (`{reanalysis['command']}`, commit "
-                           f"{reanalysis['commit']}).\n")  # fmt: skip
+        reanalysis_note = (
+            f"\nRe-analysed from the stored units (`{reanalysis['command']}`, commit {reanalysis['commit']}).\n"
+        )
     descriptive = comparison_table(analysis["descriptive"], labels=METRIC_LABELS, corrected=False)
     sampler_table = comparison_table(analysis["samplers"], labels=METRIC_LABELS, corrected=False)
     text = f"""# Spectral regularisation on unconditional pixel-space diffusion: a CPU miniature
@@ -779,11 +889,14 @@ def readme_bullet(result: dict) -> str:
     budget, analysis = result["budget"], result["analysis"]
     seconds = study_units.study_cost(result["units"].values(), result.get("processes", []))["cpu_seconds"]
     gate_result = analysis["gate"]
-    gate_text = "; ".join(f"{f.upper()} ({SHORT_SAMPLER[PRIMARY[f]]}) {'passes' if ok else 'FAILS'}"
-                          for f, ok in gate_result["passed"].items())  # fmt: skip
+    gate_text = "; ".join(
+        f"{f.upper()} ({SHORT_SAMPLER[PRIMARY[f]]}) {'passes' if ok else 'FAILS'}"
+        for f, ok in gate_result["passed"].items()
+    )
     separated = [r for r in analysis["family"] if r["outcome"] in ("better", "worse")]
-    found = "; ".join(f"{r['arm']} {r['outcome']} on {METRIC_LABELS[r['metric']]} ({r['mean']:+.3g})"
-                      for r in separated)  # fmt: skip
+    found = "; ".join(
+        f"{r['arm']} {r['outcome']} on {METRIC_LABELS[r['metric']]} ({r['mean']:+.3g})" for r in separated
+    )
     extra_separated = [r for r in analysis["extra"] if r["outcome"] in ("better", "worse")]
     extra = "; ".join(f"{r['arm']} {r['outcome']} on {METRIC_LABELS[r['metric']]}" for r in extra_separated)
     relied = ", ".join(METRIC_LABELS[m] for m in analysis["relied_metrics"])
@@ -814,8 +927,10 @@ def paired_lines(analysis: dict) -> list[str]:
     for formulation in FORMULATIONS:
         rows = [r for r in analysis["family"] if r["arm"].startswith(f"{formulation}/")]
         if rows:
-            parts = [f"{r['arm'].split('/')[1]}: {METRIC_LABELS[r['metric']]} {r['outcome']} ({r['mean']:+.3g})"
-                     for r in rows]  # fmt: skip
+            parts = [
+                f"{r['arm'].split('/')[1]}: {METRIC_LABELS[r['metric']]} {r['outcome']} ({r['mean']:+.3g})"
+                for r in rows
+            ]
             lines.append(f"- **{formulation.upper()}** vs no regulariser: " + "; ".join(parts) + ".")
     return lines
 
@@ -837,12 +952,21 @@ def write_figure(result: dict, samples_dir: Path, path: Path) -> None:
     for index, metric in enumerate(metrics):
         ax = figure.add_subplot(grid[0, index])
         for k, (formulation, sampler) in enumerate(rows):
-            summary = {r["regularizer"]: r for r in result["summary"]
-                       if r["formulation"] == formulation and r["sampler"] == sampler}  # fmt: skip
+            summary = {
+                r["regularizer"]: r
+                for r in result["summary"]
+                if r["formulation"] == formulation and r["sampler"] == sampler
+            }
             means = [summary[n][f"{metric}_mean"] if n in summary else np.nan for n in REGULARIZERS]
             sds = [summary[n][f"{metric}_sd"] if n in summary else 0.0 for n in REGULARIZERS]
-            ax.bar(np.arange(4) + (k - (len(rows) - 1) / 2) * width, means, width, yerr=sds, capsize=2,
-                   label=SHORT_SAMPLER[sampler])  # fmt: skip
+            ax.bar(
+                np.arange(4) + (k - (len(rows) - 1) / 2) * width,
+                means,
+                width,
+                yerr=sds,
+                capsize=2,
+                label=SHORT_SAMPLER[sampler],
+            )
         for count, style in ((result["budget"]["num_samples"], "-"), (result["budget"]["extra_num_samples"], ":")):
             floor = setup["floor"][str(count)].get(metric)
             noise = list(noise_values(setup, count).get(metric, {}).values())
@@ -878,19 +1002,14 @@ def write_paired_figure(analysis: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from diffusers_spectrum.evaluation.plotting import paired_differences
+
     rows = analysis["family"] + analysis["extra"]
     metrics = [m for m in METRIC_LABELS if any(r["metric"] == m for r in rows)] or ["spectrum_distance"]
     figure, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         mine = [r for r in rows if r["metric"] == metric]
-        for index, row in enumerate(mine):
-            ax.plot([index] * len(row["differences"]), row["differences"], "o", color="0.4", ms=3)
-            if row["outcome"] != "one run":
-                ax.errorbar(index + 0.15, row["mean"], yerr=[[row["mean"] - row["lo"]], [row["hi"] - row["mean"]]],
-                            fmt="s", color="C0", capsize=3)  # fmt: skip
-                ax.errorbar(index + 0.3, row["mean"], fmt="none", color="C3", capsize=3,
-                            yerr=[[row["mean"] - row["holm_lo"]], [row["holm_hi"] - row["mean"]]])  # fmt: skip
-        ax.axhline(0, color="k", lw=0.8)
+        paired_differences(ax, mine, marker_size=3)
         ax.set_xticks(range(len(mine)), [r["arm"] for r in mine], rotation=60, fontsize=7, ha="right")
         ax.set_title(f"{METRIC_LABELS[metric]}: arm - none, per seed", fontsize=9)
     axes[0][0].set_ylabel("per seed (dots); mean, 95% t (blue), Holm (red)")
@@ -922,9 +1041,13 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "blas_threads": _blas_threads(),
         "platform": platform.platform(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "diffusers": diffusers.__version__, "diffusers_spectrum": diffusers_spectrum.__version__},
-    }  # fmt: skip
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "diffusers_spectrum": diffusers_spectrum.__version__,
+        },
+    }
 
 
 def compute_setup(data: dict, budget: dict, work_dir: Path):
@@ -944,7 +1067,7 @@ def compute_setup(data: dict, budget: dict, work_dir: Path):
         "noise": {
             str(n): {str(s): suite.measure(noise_images(n, size, s), heldout[:n]) for s in budget["seeds"]}
             for n in counts
-        },  # fmt: skip
+        },
         "blur_check": suite.blur_check(data["blur_crops"], num_splits=budget["blur_splits"]),
     }
     return suite, setup
@@ -952,7 +1075,7 @@ def compute_setup(data: dict, budget: dict, work_dir: Path):
 
 def finish(result: dict, output_dir: Path, quick: bool) -> dict:
     """Summary, analysis, overhead, figures, page (and, for the repository's docs folder, the README bullet)."""
-    from diffusers_spectrum.training.utils import write_json
+    from diffusers_spectrum.utils.records import write_json
 
     result["summary"] = summarize(result)
     result["analysis"] = analyse(result)
@@ -978,7 +1101,7 @@ def run_ablation(
     unit present writes the analysis, page and figures. Returns the merged result. ``ignore_gate`` defaults to
     ``quick`` (the quick mode's 2-step models are noise: it smoke-tests every arm)."""
     ignore_gate = quick if ignore_gate is None else ignore_gate
-    from diffusers_spectrum.run_folders import claim_output_dir
+    from diffusers_spectrum.utils.run_folders import claim_output_dir
 
     budget = BUDGETS["quick" if quick else "full"]
     output_dir = Path(output_dir)
@@ -1005,9 +1128,11 @@ def run_ablation(
                 verdict = gate(result, relied_rows(result))
                 failed = [f for f, ok in verdict["passed"].items() if not ok]
                 if failed:
-                    message = (f"the gate failed for {', '.join(failed)} (the unregularised baseline does not beat "
-                               "pure noise on every relied-on metric); stopping before the regularised arms "
-                               "(--ignore_gate runs them anyway)")  # fmt: skip
+                    message = (
+                        f"the gate failed for {', '.join(failed)} (the unregularised baseline does not beat "
+                        "pure noise on every relied-on metric); stopping before the regularised arms "
+                        "(--ignore_gate runs them anyway)"
+                    )
                     result = merge(json_path, budget, quick, lambda r, m=message: r.update(stopped_by_gate=m))
                     print(message, flush=True)
                     break
@@ -1015,14 +1140,21 @@ def run_ablation(
             record["shard"] = f"{shard[0]}/{shard[1]}"
             result = merge(json_path, budget, quick, lambda r, k=key, v=record: r["units"].__setitem__(k, v))
             primary = record["samplers"][PRIMARY[formulation]]
-            print(f"{key}: spectrum distance {primary['spectrum_distance']:.3f}, unit {record['unit_seconds']:.0f} s "
-                  f"(train {record['train_seconds']:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"{key}: spectrum distance {primary['spectrum_distance']:.3f}, unit {record['unit_seconds']:.0f} s "
+                f"(train {record['train_seconds']:.0f} s)",
+                flush=True,
+            )
 
         def note_process(r):
-            r.setdefault("processes", []).append({
-                "shard": f"{shard[0]}/{shard[1]}", **setup_time, **process_clock.record("wall"),
-                "finished": time.strftime("%Y-%m-%d %H:%M"),
-            })  # fmt: skip
+            r.setdefault("processes", []).append(
+                {
+                    "shard": f"{shard[0]}/{shard[1]}",
+                    **setup_time,
+                    **process_clock.record("wall"),
+                    "finished": time.strftime("%Y-%m-%d %H:%M"),
+                }
+            )
             r["machine"] = machine()
             if all(run_key(*u) in r["units"] for u in all_units(budget)):
                 r.pop("stopped_by_gate", None)  # a later --ignore_gate run completed the study
@@ -1030,8 +1162,11 @@ def run_ablation(
         result = merge(json_path, budget, quick, note_process)
         missing = [run_key(*u) for u in all_units(budget) if run_key(*u) not in result["units"]]
         if missing and not result.get("stopped_by_gate"):
-            print(f"{len(missing)} units are not in the JSON yet (other shards); the shard that completes them writes "
-                  "the page (or run --reanalyse).", flush=True)  # fmt: skip
+            print(
+                f"{len(missing)} units are not in the JSON yet (other shards); the shard that completes them writes "
+                "the page (or run --reanalyse).",
+                flush=True,
+            )
         else:
             with study_units.json_lock(json_path):
                 result = read_result(json_path, budget, quick)
@@ -1069,8 +1204,11 @@ if __name__ == "__main__":
     shard_help = "i/n: run every n-th unit from the i-th (baselines first), into the same JSON"
     parser.add_argument("--shard", type=study_units.parse_shard, default=(0, 1), help=shard_help)
     parser.add_argument("--num_threads", type=int, default=1, help="torch threads (1: shards share the cores)")
-    parser.add_argument("--ignore_gate", action="store_true",
-                        help="train the regularised arms even if the gate fails (always in --quick)")  # fmt: skip
+    parser.add_argument(
+        "--ignore_gate",
+        action="store_true",
+        help="train the regularised arms even if the gate fails (always in --quick)",
+    )
     parser.add_argument("--reanalyse", type=Path, default=None, help="a stored JSON: analysis and page, no training")
     cli = parser.parse_args()
     study_units.limit_threads(cli.num_threads)

@@ -62,7 +62,8 @@ def _child(data_dir: str, out_dir: str, count: int, resolution: int, batch_size:
     import torch
     from diffusers import AutoencoderKL
 
-    from diffusers_spectrum.training.data import ImageTransform, load_image_dataset
+    from diffusers_spectrum.data.images import ImageTransform
+    from diffusers_spectrum.data.sources import load_image_dataset
     from diffusers_spectrum.training.latent_cache import write_latent_cache
 
     torch.manual_seed(0)

@@ -40,7 +40,7 @@ WORKERS = (0, 1, 2, 4)
 def make_jpeg_folder(folder: Path, count: int, size: tuple[int, int], quality: int = 90, seed: int = 0) -> Path:
     """`count` JPEGs of `size`, each a mosaic of the embedded 64 px photo crops (a quarter of the tiles upscaled 2x),
     saved at `quality`. Deterministic in `seed`."""
-    from diffusers_spectrum.training.data import embedded_dataset_dir
+    from diffusers_spectrum.data.sources import embedded_dataset_dir
 
     folder.mkdir(parents=True, exist_ok=True)
     tiles = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(embedded_dataset_dir().glob("*.png"))]
@@ -66,7 +66,8 @@ def image_stream_rate(folder: Path, workers: int, reduced: bool, batch_size: int
     """Images/s of the trainers' image stream over `folder` at 256 px with `workers` decoding workers, timed over
     `passes` whole passes after a warm-up batch per worker (worker start-up excluded)."""
     from diffusers_spectrum.data import ResumableStream, make_dataloader
-    from diffusers_spectrum.training.data import ImageReader, ImageTransform, load_image_dataset
+    from diffusers_spectrum.data.images import ImageReader, ImageTransform
+    from diffusers_spectrum.data.sources import load_image_dataset
 
     dataset = load_image_dataset(train_data_dir=folder, streaming=False)
     transform = ImageTransform(RESOLUTION, center_crop=True, reduced_decode=reduced)
@@ -89,7 +90,7 @@ def image_stream_rate(folder: Path, workers: int, reduced: bool, batch_size: int
 def transform_rate(folder: Path, reduced: bool) -> float:
     """Images/s of `ImageTransform` alone (read the file, decode, resize, crop, to a tensor) in this process: the
     decode speed-up without the stream around it."""
-    from diffusers_spectrum.training.data import ImageTransform
+    from diffusers_spectrum.data.images import ImageTransform
 
     transform = ImageTransform(RESOLUTION, center_crop=True, reduced_decode=reduced)
     files = sorted(folder.glob("*.jpg"))
@@ -106,7 +107,7 @@ def transform_rate(folder: Path, reduced: bool) -> float:
 def f8d4_vae():
     """The f8d4 SD-VAE architecture (`--vae_config f8d4`), random weights."""
     from diffusers_spectrum.models import SpectrumAutoencoderKL
-    from diffusers_spectrum.training.vae import VAE_PRESETS
+    from diffusers_spectrum.models.presets import VAE_PRESETS
 
     preset = VAE_PRESETS["f8d4"]
     levels = len(preset["block_out_channels"])
@@ -185,8 +186,13 @@ def measure(
     `cache_stages=False` leaves out the encoder stages."""
     count = count or (64 if quick else 256)
     rounds = 1 if quick else 3
-    results = {"images_per_folder": count, "resolution": RESOLUTION, "rounds": rounds, "stream": {},
-               "uptime": _uptime()}  # fmt: skip
+    results = {
+        "images_per_folder": count,
+        "resolution": RESOLUTION,
+        "rounds": rounds,
+        "stream": {},
+        "uptime": _uptime(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         plan = []
@@ -231,18 +237,42 @@ def rows_from(results: dict) -> list[dict]:
             if decode == "full":
                 continue
             target = "2 workers >= 1.7x one worker" if workers == "2" else ""
-            rows.append(_row(f"image stream {name} JPEG -> {RESOLUTION} px, {workers} worker(s)", "throughput",
-                             rate, "img/s", rate / base if workers != "1" else None, target))  # fmt: skip
+            rows.append(
+                _row(
+                    f"image stream {name} JPEG -> {RESOLUTION} px, {workers} worker(s)",
+                    "throughput",
+                    rate,
+                    "img/s",
+                    rate / base if workers != "1" else None,
+                    target,
+                )
+            )
         for workers in sorted({int(k.split("_w")[1]) for k in rates if k.startswith("full")}):
             full = rates[f"full_w{workers}"]
             reduced = rates[f"reduced_w{workers}"]
             target = ">= 2x" if name == "1024x768" else "~1x (source < 2x target: not reduced)"
-            rows.append(_row(f"image stream {name} JPEG, {workers} worker(s): reduced-size / full decode",
-                             "speed-up", reduced, "img/s", reduced / full, target))  # fmt: skip
+            rows.append(
+                _row(
+                    f"image stream {name} JPEG, {workers} worker(s): reduced-size / full decode",
+                    "speed-up",
+                    reduced,
+                    "img/s",
+                    reduced / full,
+                    target,
+                )
+            )
     for name, rates in results.get("transform", {}).items():
         target = ">= 2x" if name == "1024x768" else "~1x (source < 2x target: not reduced)"
-        rows.append(_row(f"ImageTransform alone {name} JPEG -> {RESOLUTION} px: reduced-size / full decode",
-                         "speed-up", rates["reduced"], "img/s", rates["reduced"] / rates["full"], target))  # fmt: skip
+        rows.append(
+            _row(
+                f"ImageTransform alone {name} JPEG -> {RESOLUTION} px: reduced-size / full decode",
+                "speed-up",
+                rates["reduced"],
+                "img/s",
+                rates["reduced"] / rates["full"],
+                target,
+            )
+        )
     if "cache" not in results:
         return rows
     stages = results["cache"]["ms_per_image"]
@@ -250,8 +280,16 @@ def rows_from(results: dict) -> list[dict]:
     where = f"{results['cache']['device']}, batch {results['cache']['batch_size']}"
     for stage, ms in stages.items():
         rows.append(_row(f"cache-latents {stage} ({where})", "time per image", ms, "ms", ms / total, "share of sum"))
-    rows.append(_row("cache-latents, all stages in line (decode in the process)", "throughput", 1000 / total, "img/s",
-                     None, f"load: {results['uptime']}"))  # fmt: skip
+    rows.append(
+        _row(
+            "cache-latents, all stages in line (decode in the process)",
+            "throughput",
+            1000 / total,
+            "img/s",
+            None,
+            f"load: {results['uptime']}",
+        )
+    )
     return rows
 
 

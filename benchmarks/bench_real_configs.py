@@ -76,33 +76,72 @@ def prepare_data(root: Path, quick: bool) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_data import make_jpeg_folder
 
+    from diffusers_spectrum.data.images import ImageTransform
+    from diffusers_spectrum.data.sources import load_image_dataset
     from diffusers_spectrum.models import SpectrumAutoencoderKL
-    from diffusers_spectrum.training.data import ImageTransform, load_image_dataset
     from diffusers_spectrum.training.latent_cache import write_latent_cache
 
     images = make_jpeg_folder(root / "images", 16 if quick else 64, (500, 375))
     vae = SpectrumAutoencoderKL(
-        block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4, latent_channels=4, sample_size=256,
-        layers_per_block=1, dsm_levels=(0,),
-    ).eval()  # fmt: skip
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=256,
+        layers_per_block=1,
+        dsm_levels=(0,),
+    ).eval()
     vae.save_pretrained(root / "vae")
     dataset = load_image_dataset(train_data_dir=images, streaming=False)
-    write_latent_cache(root / "cache", dataset, vae, ImageTransform(256), batch_size=16, shard_size=16,
-                       metadata={"pretrained_vae": str(root / "vae")}, show_progress=False)  # fmt: skip
+    write_latent_cache(
+        root / "cache",
+        dataset,
+        vae,
+        ImageTransform(256),
+        batch_size=16,
+        shard_size=16,
+        metadata={"pretrained_vae": str(root / "vae")},
+        show_progress=False,
+    )
     return {"images": str(images), "cache": str(root / "cache")}
 
 
 def trainer_args(name: str, data: dict, out: Path, device: str, batch: int, workers: int) -> list[str]:
-    common = ["--output_dir", str(out), "--train_batch_size", str(batch), "--max_train_steps", "1000",
-              "--checkpointing_steps", "1000", "--validation_steps", "1000", "--report_to", "none",
-              "--dataloader_num_workers", str(workers)]  # fmt: skip
+    common = [
+        "--output_dir",
+        str(out),
+        "--train_batch_size",
+        str(batch),
+        "--max_train_steps",
+        "1000",
+        "--checkpointing_steps",
+        "1000",
+        "--validation_steps",
+        "1000",
+        "--report_to",
+        "none",
+        "--dataloader_num_workers",
+        str(workers),
+    ]
     if device == "cuda":
         common += ["--mixed_precision", "bf16", "--allow_tf32"]
     images = ["--train_data_dir", data["images"], "--no_streaming", "--resolution", "256"]
     if name == "vae-f8d4-256px":
-        return [*common, *images, "--vae_config", "f8d4", "--recipe", "sd-vae", "--perceptual_loss", "none",
-                "--latent_stats_samples", "1", "--num_validation_images", "1"]  # fmt: skip
+        return [
+            *common,
+            *images,
+            "--vae_config",
+            "f8d4",
+            "--recipe",
+            "sd-vae",
+            "--perceptual_loss",
+            "none",
+            "--latent_stats_samples",
+            "1",
+            "--num_validation_images",
+            "1",
+        ]
     if name.startswith("dit-"):
         preset = "tiny" if "tiny" in name else "B/2" if "-b2-" in name else "XL/2"
         return [*common, "--latent_dataset", data["cache"], "--dit_config", preset, "--num_validation_images", "1"]
@@ -158,13 +197,23 @@ def run_config(name: str, data: dict, out: Path, device: str, steps: int, worker
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "config": name, "device": device, "batch_size": batch, "unit": unit, "steps_timed": len(intervals),
-        "step_seconds": step, "step_seconds_all": intervals, "data_wait_seconds": waits, "warmup_steps": warmup,
-        "examples_per_second": batch / step, "peak_memory_mb": peak_mb, "peak_memory_kind":
-        "cuda max_memory_allocated" if device == "cuda" else "peak RSS", "workers": workers,
-        "stream_examples_per_second": stream_rate, "headroom": stream_rate / (batch / step),
+        "config": name,
+        "device": device,
+        "batch_size": batch,
+        "unit": unit,
+        "steps_timed": len(intervals),
+        "step_seconds": step,
+        "step_seconds_all": intervals,
+        "data_wait_seconds": waits,
+        "warmup_steps": warmup,
+        "examples_per_second": batch / step,
+        "peak_memory_mb": peak_mb,
+        "peak_memory_kind": "cuda max_memory_allocated" if device == "cuda" else "peak RSS",
+        "workers": workers,
+        "stream_examples_per_second": stream_rate,
+        "headroom": stream_rate / (batch / step),
         "wall_seconds": time.perf_counter() - start,
-    }  # fmt: skip
+    }
 
 
 def _child(argv: list[str]) -> None:
@@ -187,8 +236,17 @@ def measure(quick: bool = False, device: str = "cpu", only=None, workers: int | 
         data = prepare_data(root, quick)
         for name in names:
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-            command = [sys.executable, __file__, "--_child", name, json.dumps(data), str(root / name.replace("/", "")),
-                       device, str(steps), str(workers)]  # fmt: skip
+            command = [
+                sys.executable,
+                __file__,
+                "--_child",
+                name,
+                json.dumps(data),
+                str(root / name.replace("/", "")),
+                device,
+                str(steps),
+                str(workers),
+            ]
             result = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
             lines = result.stdout.strip().splitlines()
             if result.returncode != 0 or not lines:
@@ -214,14 +272,38 @@ def rows_from(results: dict) -> list[dict]:
             rows.append(_row(f"{name} FAILED", r["error"], None, "", None, ""))
             continue
         label = f"{name} ({r['device']}, batch {r['batch_size']}, {r['workers']} workers)"
-        rows.append(_row(label, "step time (median)", 1000 * r["step_seconds"], "ms", None,
-                         f"{r['steps_timed']} steps after {WARMUP_STEPS[r['device']]} warm-up"))  # fmt: skip
+        rows.append(
+            _row(
+                label,
+                "step time (median)",
+                1000 * r["step_seconds"],
+                "ms",
+                None,
+                f"{r['steps_timed']} steps after {WARMUP_STEPS[r['device']]} warm-up",
+            )
+        )
         rows.append(_row(label, f"{r['unit']}/s", r["examples_per_second"], f"{r['unit']}/s", None, ""))
         rows.append(_row(label, r["peak_memory_kind"], r["peak_memory_mb"], "MB", None, ""))
-        rows.append(_row(label, "data-stream headroom (stream / training)", r["stream_examples_per_second"],
-                         f"{r['unit']}/s", r["headroom"], ">= 1 (the GPU never waits)"))  # fmt: skip
-    rows.append(_row("machine load during the run", f"{results['load_before']} -> {results['load_after']}", None, "",
-                     None, "noisy above ~1 on 2 cores"))  # fmt: skip
+        rows.append(
+            _row(
+                label,
+                "data-stream headroom (stream / training)",
+                r["stream_examples_per_second"],
+                f"{r['unit']}/s",
+                r["headroom"],
+                ">= 1 (the GPU never waits)",
+            )
+        )
+    rows.append(
+        _row(
+            "machine load during the run",
+            f"{results['load_before']} -> {results['load_after']}",
+            None,
+            "",
+            None,
+            "noisy above ~1 on 2 cores",
+        )
+    )
     return rows
 
 

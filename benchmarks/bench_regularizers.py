@@ -17,8 +17,8 @@ import time
 import torch
 from diffusers import DiTTransformer2DModel
 
+from diffusers_spectrum.diffusion.objectives import DiffusionObjective
 from diffusers_spectrum.losses import fourier_loss, wavelet_loss
-from diffusers_spectrum.training.objectives import DiffusionObjective
 
 
 # DiT sizes (Peebles & Xie 2023, Table 1): hidden size = heads x 64.

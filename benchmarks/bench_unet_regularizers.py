@@ -16,15 +16,12 @@ import time
 
 import torch
 
+from diffusers_spectrum.diffusion.edm import edm_snr, x0_from_edm
+from diffusers_spectrum.diffusion.loss import diffusion_loss_terms
+from diffusers_spectrum.diffusion.objectives import DiffusionObjective, regularizer_weights
 from diffusers_spectrum.losses.spectral_regularizers import spectral_regularizer_terms
-from diffusers_spectrum.models.unet_presets import build_unet
-from diffusers_spectrum.training.edm import edm_snr
-from diffusers_spectrum.training.objectives import DiffusionObjective, regularizer_weights
-from diffusers_spectrum.training.unconditional import (
-    ddpm_loss_terms,
-    ddpm_noise_scheduler,
-    edm_loss_terms,
-)
+from diffusers_spectrum.models.presets import build_unet
+from diffusers_spectrum.training.unconditional import ddpm_noise_scheduler
 
 
 REGULARIZERS = {"fourier": ({}, None), "wavelet": (None, {"levels": 3}), "fourier+wavelet": ({}, {"levels": 3})}
@@ -47,15 +44,14 @@ def best_time(fn, repeats: int, device: torch.device) -> float:
 
 def step_time(unet, formulation: str, x0: torch.Tensor, repeats: int) -> float:
     """Best time of one training step without regularisers (forward, loss, backward)."""
-    objective = DiffusionObjective("epsilon", ddpm_noise_scheduler()) if formulation == "ddpm" else None
+    objective = DiffusionObjective("edm")
+    if formulation == "ddpm":
+        objective = DiffusionObjective("epsilon", ddpm_noise_scheduler())
     generator = torch.Generator(device=x0.device).manual_seed(0)
 
     def step():
         unet.zero_grad(set_to_none=True)
-        if objective is not None:
-            terms = ddpm_loss_terms(unet, objective, x0, generator)
-        else:
-            terms = edm_loss_terms(unet, x0, generator)
+        terms, _ = diffusion_loss_terms(unet, objective, x0, generator)
         terms["diffusion"].backward()
 
     return best_time(step, repeats, x0.device)
@@ -75,8 +71,6 @@ def regularizer_time(formulation: str, x0: torch.Tensor, which: str, repeats: in
         def x0_hat_and_weights():
             return objective.predict_x0(output, x_t, timesteps), objective.regularizer_weights(timesteps)
     else:
-        from diffusers_spectrum.training.objectives import x0_from_edm
-
         sigma = torch.rand(batch, generator=generator, device=device) + 0.1
 
         def x0_hat_and_weights():
@@ -101,15 +95,17 @@ def overhead_rows(preset: str, resolution: int, batch: int, repeats: int, device
         t_step = step_time(unet, formulation, x0, repeats)
         for which in REGULARIZERS:
             t_added = regularizer_time(formulation, x0, which, repeats)
-            rows.append({
-                "benchmark": f"{which} fwd+bwd / UNet {preset} {formulation} step, "
-                f"{batch}x3x{resolution}x{resolution}, {device.type}",
-                "metric": "overhead",
-                "value": t_added * 1e3,
-                "unit": "ms",
-                "ratio": t_added / t_step,
-                "target": f"<= 0.02 (step: {t_step * 1e3:.0f} ms)",
-            })  # fmt: skip
+            rows.append(
+                {
+                    "benchmark": f"{which} fwd+bwd / UNet {preset} {formulation} step, "
+                    f"{batch}x3x{resolution}x{resolution}, {device.type}",
+                    "metric": "overhead",
+                    "value": t_added * 1e3,
+                    "unit": "ms",
+                    "ratio": t_added / t_step,
+                    "target": f"<= 0.02 (step: {t_step * 1e3:.0f} ms)",
+                }
+            )
     return rows
 
 

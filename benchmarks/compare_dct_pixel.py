@@ -79,26 +79,36 @@ METRIC_LABELS = {
 # Arms: the train-dit flags that differ. Every arm shares the budget's model, optimiser, schedule and seeds.
 ARMS = {
     "pixel": dict(resolution=32, space="pixel", patch_size=4),
-    "dctdiff": dict(resolution=32, space="dct", patch_size=1, dct_block_size=2, dct_num_dropped=0, entropy=True,
-                    snr_scale=4.0),
-    "dct": dict(resolution=32, space="dct", patch_size=1, dct_block_size=2, dct_num_dropped=0, entropy=False,
-                snr_scale=1.0),
-    "dctdiff-no-snr": dict(resolution=32, space="dct", patch_size=1, dct_block_size=2, dct_num_dropped=0,
-                           entropy=True, snr_scale=1.0),
-    "dctdiff-no-entropy": dict(resolution=32, space="dct", patch_size=1, dct_block_size=2, dct_num_dropped=0,
-                               entropy=False, snr_scale=4.0),
-    "dctdiff-drop1": dict(resolution=32, space="dct", patch_size=1, dct_block_size=2, dct_num_dropped=1,
-                          entropy=True, snr_scale=4.0),
+    "dctdiff": dict(
+        resolution=32, space="dct", patch_size=1, dct_block_size=2, dct_num_dropped=0, entropy=True, snr_scale=4.0
+    ),
+    "dct": dict(
+        resolution=32, space="dct", patch_size=1, dct_block_size=2, dct_num_dropped=0, entropy=False, snr_scale=1.0
+    ),
+    "dctdiff-no-snr": dict(
+        resolution=32, space="dct", patch_size=1, dct_block_size=2, dct_num_dropped=0, entropy=True, snr_scale=1.0
+    ),
+    "dctdiff-no-entropy": dict(
+        resolution=32, space="dct", patch_size=1, dct_block_size=2, dct_num_dropped=0, entropy=False, snr_scale=4.0
+    ),
+    "dctdiff-drop1": dict(
+        resolution=32, space="dct", patch_size=1, dct_block_size=2, dct_num_dropped=1, entropy=True, snr_scale=4.0
+    ),
     "pixel-64": dict(resolution=64, space="pixel", patch_size=8),
-    "dctdiff-64": dict(resolution=64, space="dct", patch_size=1, dct_block_size=4, dct_num_dropped=8, entropy=True,
-                       snr_scale=4.0),
-}  # fmt: skip
+    "dctdiff-64": dict(
+        resolution=64, space="dct", patch_size=1, dct_block_size=4, dct_num_dropped=8, entropy=True, snr_scale=4.0
+    ),
+}
 # Each arm's comparison: (arm, baseline). DCT against pixels (the paper's claims), each DCTdiff setting against
 # DCTdiff with it (the ablation), and the 64 px pair.
 COMPARISONS = (
-    ("dctdiff", "pixel"), ("dct", "pixel"), ("dctdiff-no-snr", "dctdiff"), ("dctdiff-no-entropy", "dctdiff"),
-    ("dctdiff-drop1", "dctdiff"), ("dctdiff-64", "pixel-64"),
-)  # fmt: skip
+    ("dctdiff", "pixel"),
+    ("dct", "pixel"),
+    ("dctdiff-no-snr", "dctdiff"),
+    ("dctdiff-no-entropy", "dctdiff"),
+    ("dctdiff-drop1", "dctdiff"),
+    ("dctdiff-64", "pixel-64"),
+)
 
 # The budgets. Full, sized from unit costs measured here (1 torch thread, CPU seconds, on a loaded machine): a training
 # step of the mini DiT at batch 32 costs about 0.11 s in either space (start-up included), drawing 512 samples with
@@ -108,18 +118,40 @@ COMPARISONS = (
 # lr 5e-4 with 100 warm-up steps: checked stable on both spaces for 1400 steps (samples with colour and layout).
 BUDGETS = {
     "full": dict(
-        arms=list(ARMS), seeds=[0, 1, 2], dit_config="mini", train_batch_size=32, learning_rate=5e-4,
-        lr_scheduler="constant_with_warmup", lr_warmup_steps=100, checkpoints=[250, 500, 1000, 2000],
-        crops_per_photo=16, num_samples=512, num_samples_64=56, sampling_steps=50, ancestral_extra=True,
-        feature_net_steps=400, blur_splits=8,
+        arms=list(ARMS),
+        seeds=[0, 1, 2],
+        dit_config="mini",
+        train_batch_size=32,
+        learning_rate=5e-4,
+        lr_scheduler="constant_with_warmup",
+        lr_warmup_steps=100,
+        checkpoints=[250, 500, 1000, 2000],
+        crops_per_photo=16,
+        num_samples=512,
+        num_samples_64=56,
+        sampling_steps=50,
+        ancestral_extra=True,
+        feature_net_steps=400,
+        blur_splits=8,
     ),
     "quick": dict(
-        arms=["pixel", "dctdiff", "pixel-64", "dctdiff-64"], seeds=[0, 1], dit_config="tiny", train_batch_size=8,
-        learning_rate=1e-3, lr_scheduler="constant_with_warmup", lr_warmup_steps=1, checkpoints=[2, 4],
-        crops_per_photo=1, num_samples=24, num_samples_64=24, sampling_steps=3, ancestral_extra=True,
-        feature_net_steps=5, blur_splits=1,
+        arms=["pixel", "dctdiff", "pixel-64", "dctdiff-64"],
+        seeds=[0, 1],
+        dit_config="tiny",
+        train_batch_size=8,
+        learning_rate=1e-3,
+        lr_scheduler="constant_with_warmup",
+        lr_warmup_steps=1,
+        checkpoints=[2, 4],
+        crops_per_photo=1,
+        num_samples=24,
+        num_samples_64=24,
+        sampling_steps=3,
+        ancestral_extra=True,
+        feature_net_steps=5,
+        blur_splits=1,
     ),
-}  # fmt: skip
+}
 
 
 def log(message: str) -> None:
@@ -152,13 +184,21 @@ def study_data(budget: dict) -> dict:
     floor_pool = train32 if len(train32) >= count else natural_crops(train, 32, math.ceil(count / len(train)), 3)
     count64 = min(budget["num_samples_64"], 2 * len(heldout))
     return {
-        32: {"train": train32, "reference": natural_crops(heldout, 32, per_photo=per_photo, seed=2)[:count],
-             "floor": floor_pool[:count], "blur": natural_crops(heldout, 32, per_photo=3, seed=4)},
+        32: {
+            "train": train32,
+            "reference": natural_crops(heldout, 32, per_photo=per_photo, seed=2)[:count],
+            "floor": floor_pool[:count],
+            "blur": natural_crops(heldout, 32, per_photo=3, seed=4),
+        },
         # 64 px: the photos themselves; the reference is the held-out photos and their mirror images, the floor as
         # many training photos; the blur check needs 64 images, so it uses all 112 photos (no model is involved)
-        64: {"train": train, "reference": torch.cat([heldout, heldout.flip(-1)])[:count64], "floor": train[:count64],
-             "blur": torch.cat([train, heldout])},
-    }  # fmt: skip
+        64: {
+            "train": train,
+            "reference": torch.cat([heldout, heldout.flip(-1)])[:count64],
+            "floor": train[:count64],
+            "blur": torch.cat([train, heldout]),
+        },
+    }
 
 
 def write_images(images: torch.Tensor, folder: Path) -> None:
@@ -183,18 +223,57 @@ def train_argv(arm: str, seed: int, steps: int, budget: dict, data_dir: Path, ou
     """The `train-dit` command line of one stage of one run (the same flags every stage; only the steps grow)."""
     spec = ARMS[arm]
     argv = [
-        "--train_data_dir", str(data_dir), "--no_streaming", "--unconditional", "--random_flip",
-        "--resolution", str(spec["resolution"]), "--space", spec["space"], "--patch_size", str(spec["patch_size"]),
-        "--dit_config", budget["dit_config"], "--objective", "epsilon", "--label_dropout", "0",
-        "--train_batch_size", str(budget["train_batch_size"]), "--max_train_steps", str(steps),
-        "--learning_rate", str(budget["learning_rate"]), "--lr_scheduler", budget["lr_scheduler"],
-        "--lr_warmup_steps", str(budget["lr_warmup_steps"]), "--checkpointing_steps", str(budget["checkpoints"][0]),
-        "--checkpoints_total_limit", "1", "--validation_steps", str(10**9), "--report_to", "none",
-        "--seed", str(seed), "--output_dir", str(out), "--resume_from_checkpoint", "latest",
-    ]  # fmt: skip
+        "--train_data_dir",
+        str(data_dir),
+        "--no_streaming",
+        "--unconditional",
+        "--random_flip",
+        "--resolution",
+        str(spec["resolution"]),
+        "--space",
+        spec["space"],
+        "--patch_size",
+        str(spec["patch_size"]),
+        "--dit_config",
+        budget["dit_config"],
+        "--objective",
+        "epsilon",
+        "--label_dropout",
+        "0",
+        "--train_batch_size",
+        str(budget["train_batch_size"]),
+        "--max_train_steps",
+        str(steps),
+        "--learning_rate",
+        str(budget["learning_rate"]),
+        "--lr_scheduler",
+        budget["lr_scheduler"],
+        "--lr_warmup_steps",
+        str(budget["lr_warmup_steps"]),
+        "--checkpointing_steps",
+        str(budget["checkpoints"][0]),
+        "--checkpoints_total_limit",
+        "1",
+        "--validation_steps",
+        str(10**9),
+        "--report_to",
+        "none",
+        "--seed",
+        str(seed),
+        "--output_dir",
+        str(out),
+        "--resume_from_checkpoint",
+        "latest",
+    ]
     if spec["space"] == "dct":
-        argv += ["--dct_block_size", str(spec["dct_block_size"]), "--dct_num_dropped", str(spec["dct_num_dropped"]),
-                 "--snr_scale", str(spec["snr_scale"])]  # fmt: skip
+        argv += [
+            "--dct_block_size",
+            str(spec["dct_block_size"]),
+            "--dct_num_dropped",
+            str(spec["dct_num_dropped"]),
+            "--snr_scale",
+            str(spec["snr_scale"]),
+        ]
         argv += ["--dct_entropy_weights"] if spec["entropy"] else []
     return argv
 
@@ -211,8 +290,16 @@ def draw_samples(pipeline_dir: Path, count: int, steps: int, sampler: str) -> to
     pipe = load_pipeline(pipeline_dir, device="cpu", kind="image")
     if sampler == "ancestral":
         pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    batches = pipeline_samples(pipe, count, batch_size=64, class_labels=[0], num_inference_steps=steps,
-                               guidance_scale=1.0, seed=10_000, progress=False)  # fmt: skip
+    batches = pipeline_samples(
+        pipe,
+        count,
+        batch_size=64,
+        class_labels=[0],
+        num_inference_steps=steps,
+        guidance_scale=1.0,
+        seed=10_000,
+        progress=False,
+    )
     return torch.cat(list(batches)).clamp(-1, 1)
 
 
@@ -227,16 +314,24 @@ def stage_record(arm, seed, steps, budget, data_dir, run_dir, suites, data, work
     train_seconds = time.perf_counter() - start
     trained = json.loads((run_dir / "metrics.json").read_text())
     count = budget["num_samples"] if resolution == 32 else len(data[resolution]["reference"])
-    record = {"step": steps, "train_seconds": round(train_seconds, 2), "resumed_from_checkpoint": resumed,
-              "final_diffusion_loss": trained.get("diffusion"), "samplers": {}}  # fmt: skip
+    record = {
+        "step": steps,
+        "train_seconds": round(train_seconds, 2),
+        "resumed_from_checkpoint": resumed,
+        "final_diffusion_loss": trained.get("diffusion"),
+        "samplers": {},
+    }
     for sampler in ("exported", "ancestral") if final and budget["ancestral_extra"] else ("exported",):
         start = time.perf_counter()
         samples = draw_samples(pipeline_dir, count, budget["sampling_steps"], sampler)
         sample_seconds = time.perf_counter() - start
         start = time.perf_counter()
         metrics = suites[resolution].measure(samples, data[resolution]["reference"])
-        record["samplers"][sampler] = {**metrics, "sample_seconds": round(sample_seconds, 2),
-                                       "measure_seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+        record["samplers"][sampler] = {
+            **metrics,
+            "sample_seconds": round(sample_seconds, 2),
+            "measure_seconds": round(time.perf_counter() - start, 2),
+        }
         if final and seed == budget["seeds"][0]:
             grid = work_dir / "grids" / f"{arm}_{sampler}.pt"
             grid.parent.mkdir(parents=True, exist_ok=True)
@@ -259,8 +354,8 @@ def prepare(work_dir: Path, budget: dict) -> tuple[dict, dict, dict]:
     under the lock; the others load it). Returns `(data, suites, prepared)`."""
     from diffusers_spectrum.evaluation.feature_net import feature_net_for, random_feature_net
     from diffusers_spectrum.evaluation.study_metrics import GenerationMetricSuite
-    from diffusers_spectrum.pipelines.dct_transform import DCTTransform
-    from diffusers_spectrum.training.utils import write_json
+    from diffusers_spectrum.models.dct_transform import DCTTransform
+    from diffusers_spectrum.utils.records import write_json
 
     data = study_data(budget)
     with file_lock(work_dir / ".prepare.lock"):
@@ -305,11 +400,16 @@ def prepare(work_dir: Path, budget: dict) -> tuple[dict, dict, dict]:
                     "noise": suite.measure(noise, reference),
                     "ceiling": ceilings,
                     "blur_check": suite.blur_check(data[resolution]["blur"], num_splits=budget["blur_splits"]),
-                    "num_reference": len(reference), "num_train_images": len(data[resolution]["train"]),
-                }  # fmt: skip
+                    "num_reference": len(reference),
+                    "num_train_images": len(data[resolution]["train"]),
+                }
             feature_info = json.loads((net_dir / "feature_net.json").read_text())
-            stored = {"budget": budget, "anchors": anchors, "feature_net": feature_info,
-                      "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+            stored = {
+                "budget": budget,
+                "anchors": anchors,
+                "feature_net": feature_info,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
             write_json(marker, stored, sort_keys=False)
             log(f"prepared data, feature nets and anchors in {stored['seconds']} s")
     return data, suites, stored
@@ -338,7 +438,7 @@ def unit_path(work_dir: Path, key: str) -> Path:
 
 def run_unit(arm, seed, budget, work_dir, data, suites, json_path, skeleton) -> dict:
     """Every stage of one run, each stored at once (unit file and JSON); stages already stored are skipped."""
-    from diffusers_spectrum.training.utils import write_json
+    from diffusers_spectrum.utils.records import write_json
 
     key = unit_key(arm, seed)
     path = unit_path(work_dir, key)
@@ -354,21 +454,28 @@ def run_unit(arm, seed, budget, work_dir, data, suites, json_path, skeleton) -> 
         stage = stage_record(arm, seed, steps, budget, data_dir, run_dir, suites, data, work_dir, final)
         unit["stages"].append(stage)
         unit["stages"].sort(key=lambda s: s["step"])
-        unit["seconds"] = round(sum(s["train_seconds"] + sum(v["sample_seconds"] + v["measure_seconds"]
-                                    for v in s["samplers"].values()) for s in unit["stages"]), 1)  # fmt: skip
+        unit["seconds"] = round(
+            sum(
+                s["train_seconds"] + sum(v["sample_seconds"] + v["measure_seconds"] for v in s["samplers"].values())
+                for s in unit["stages"]
+            ),
+            1,
+        )
         unit["complete"] = [s["step"] for s in unit["stages"]] == list(budget["checkpoints"])
         write_json(path, unit, sort_keys=False)
         merge_unit(json_path, work_dir, key, unit, skeleton)
         exported = stage["samplers"]["exported"]
-        log(f"{key} step {steps}: spectrum distance {exported['spectrum_distance']:.3f}, colour-aware SWD "
-            f"{exported['swd_pooled_x1e3']:.1f}, train {stage['train_seconds']:.0f} s")  # fmt: skip
+        log(
+            f"{key} step {steps}: spectrum distance {exported['spectrum_distance']:.3f}, colour-aware SWD "
+            f"{exported['swd_pooled_x1e3']:.1f}, train {stage['train_seconds']:.0f} s"
+        )
     return unit
 
 
 def merge_unit(json_path: Path, work_dir: Path, key: str, unit: dict, skeleton: dict) -> dict:
     """Put one run into the JSON under the work folder's lock (several shards write it): read, set this run's
     entry, write atomically. A JSON of another budget is replaced by the skeleton."""
-    from diffusers_spectrum.training.utils import write_json
+    from diffusers_spectrum.utils.records import write_json
 
     with file_lock(work_dir / ".json.lock"):
         result = load_result(json_path, skeleton["budget"]) or json.loads(json.dumps(skeleton))
@@ -469,9 +576,14 @@ def holm_family(rows: list[dict]) -> list[dict]:
         corrected = t_interval(row["differences"], 1 - level)
         separated = bool(adjusted[index] <= ALPHA)
         better = (row["mean"] < 0) == row["lower_is_better"]
-        row.update(p_holm=float(adjusted[index]), holm_confidence=1 - level, holm_lo=corrected["lo"],
-                   holm_hi=corrected["hi"], separated=separated,
-                   outcome=("better" if better else "worse") if separated else "not separated")  # fmt: skip
+        row.update(
+            p_holm=float(adjusted[index]),
+            holm_confidence=1 - level,
+            holm_lo=corrected["lo"],
+            holm_hi=corrected["hi"],
+            separated=separated,
+            outcome=("better" if better else "worse") if separated else "not separated",
+        )
     return rows
 
 
@@ -499,8 +611,12 @@ def summarize(result: dict) -> dict:
         last = result["budget"]["checkpoints"][-1]
         per_step = [sum(s["train_seconds"] for s in u["stages"]) / last for u in units]
         losses = [u["stages"][-1]["final_diffusion_loss"] for u in units]
-        summary[arm] = {"num_seeds": len(units), "checkpoints": checkpoints,
-                        "seconds_per_step": mean_sd(per_step), "final_diffusion_loss": mean_sd(losses)}  # fmt: skip
+        summary[arm] = {
+            "num_seeds": len(units),
+            "checkpoints": checkpoints,
+            "seconds_per_step": mean_sd(per_step),
+            "final_diffusion_loss": mean_sd(losses),
+        }
     return summary
 
 
@@ -518,11 +634,19 @@ def analyse(result: dict) -> dict:
             resolution = str(ARMS[arm]["resolution"])
             noise = result["anchors"][resolution]["noise"]
             final = summary[arm]["checkpoints"][-1]["exported"]
-            gate[arm] = {m: {"baseline": final[m]["mean"], "noise": noise[m], "passes": final[m]["mean"] < noise[m]}
-                         for m in relied[resolution]}  # fmt: skip
+            gate[arm] = {
+                m: {"baseline": final[m]["mean"], "noise": noise[m], "passes": final[m]["mean"] < noise[m]}
+                for m in relied[resolution]
+            }
     timing = {}
-    seconds = {arm: {u["seed"]: sum(s["train_seconds"] for s in u["stages"]) for u in complete_runs(result).values()
-                     if u["arm"] == arm} for arm in summary}  # fmt: skip
+    seconds = {
+        arm: {
+            u["seed"]: sum(s["train_seconds"] for s in u["stages"])
+            for u in complete_runs(result).values()
+            if u["arm"] == arm
+        }
+        for arm in summary
+    }
     for arm, baseline in COMPARISONS:
         if arm in seconds and baseline in seconds:
             shared = sorted(set(seconds[arm]) & set(seconds[baseline]))
@@ -540,9 +664,12 @@ def analyse(result: dict) -> dict:
         seeds = sorted(set.intersection(*(set(finals[a]) for a in ("pixel", "dctdiff", "pixel-64", "dctdiff-64"))))
         gap32 = [(finals["dctdiff"][s] - finals["pixel"][s]) / abs(finals["pixel"][s]) for s in seeds]
         gap64 = [(finals["dctdiff-64"][s] - finals["pixel-64"][s]) / abs(finals["pixel-64"][s]) for s in seeds]
-        scaling[metric] = {"seeds": seeds, "relative_gap_32": gap32, "relative_gap_64": gap64,
-                           "difference": t_interval([b - a for a, b in zip(gap32, gap64)]) if len(seeds) > 1
-                           else None}  # fmt: skip
+        scaling[metric] = {
+            "seeds": seeds,
+            "relative_gap_32": gap32,
+            "relative_gap_64": gap64,
+            "difference": t_interval([b - a for a, b in zip(gap32, gap64)]) if len(seeds) > 1 else None,
+        }
     ancestral = []
     if result["budget"].get("ancestral_extra"):
         values = {}
@@ -553,13 +680,20 @@ def analyse(result: dict) -> dict:
         if pairs:
             ancestral = compare_arms(values, dict(pairs), {m: True for m in measured}, correction="none")
     return {
-        "relied_metrics": relied, "measured_metrics": measured, "gate": gate,
-        "quality": family(result, "final", True), "efficiency": family(result, "auc", True),
-        "quality_descriptive": family(result, "final", False), "efficiency_descriptive": family(result, "auc", False),
-        "ancestral": ancestral, "seconds_ratio": timing, "scaling": scaling,
-        "missing_runs": [unit_key(a, s) for a, s in all_units(result["budget"]) if unit_key(a, s) not in
-                         complete_runs(result)],
-    }  # fmt: skip
+        "relied_metrics": relied,
+        "measured_metrics": measured,
+        "gate": gate,
+        "quality": family(result, "final", True),
+        "efficiency": family(result, "auc", True),
+        "quality_descriptive": family(result, "final", False),
+        "efficiency_descriptive": family(result, "auc", False),
+        "ancestral": ancestral,
+        "seconds_ratio": timing,
+        "scaling": scaling,
+        "missing_runs": [
+            unit_key(a, s) for a, s in all_units(result["budget"]) if unit_key(a, s) not in complete_runs(result)
+        ],
+    }
 
 
 def relied_metrics_at(result: dict, resolution: int) -> list[str]:
@@ -576,8 +710,12 @@ def arm_label(arm: str) -> str:
     spec = ARMS[arm]
     if spec["space"] == "pixel":
         return f"{arm} ({spec['resolution']} px, patch {spec['patch_size']})"
-    parts = [f"block {spec['dct_block_size']}", f"c {spec['snr_scale']:g}",
-             "entropy" if spec["entropy"] else "plain MSE", f"m {spec['dct_num_dropped']}"]  # fmt: skip
+    parts = [
+        f"block {spec['dct_block_size']}",
+        f"c {spec['snr_scale']:g}",
+        "entropy" if spec["entropy"] else "plain MSE",
+        f"m {spec['dct_num_dropped']}",
+    ]
     return f"{arm} ({spec['resolution']} px, " + ", ".join(parts) + ")"
 
 
@@ -636,15 +774,17 @@ def write_samples(result: dict, work_dir: Path, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffusers_spectrum.training.utils import image_grid
+    from diffusers_spectrum.utils.images import image_grid
 
     arms = [a for a in result["budget"]["arms"] if (work_dir / "grids" / f"{a}_exported.pt").is_file()]
     if not arms:
         return False
-    samplers = [s for s in ("exported", "ancestral") if all((work_dir / "grids" / f"{a}_{s}.pt").is_file()
-                                                           for a in arms)]  # fmt: skip
-    figure, axes = plt.subplots(len(samplers), len(arms), figsize=(2.6 * len(arms), 2.9 * len(samplers)),
-                                squeeze=False)  # fmt: skip
+    samplers = [
+        s for s in ("exported", "ancestral") if all((work_dir / "grids" / f"{a}_{s}.pt").is_file() for a in arms)
+    ]
+    figure, axes = plt.subplots(
+        len(samplers), len(arms), figsize=(2.6 * len(arms), 2.9 * len(samplers)), squeeze=False
+    )
     for row, sampler in enumerate(samplers):
         for col, arm in enumerate(arms):
             grid = torch.load(work_dir / "grids" / f"{arm}_{sampler}.pt", weights_only=True)
@@ -665,6 +805,8 @@ def write_paired(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from diffusers_spectrum.evaluation.plotting import paired_differences
+
     rows = result["analysis"]["quality"]
     metrics = [m for m in METRIC_LABELS if any(r["metric"] == m for r in rows)]
     if not metrics:
@@ -672,16 +814,10 @@ def write_paired(result: dict, path: Path) -> None:
     figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         mine = [r for r in rows if r["metric"] == metric]
-        for index, row in enumerate(mine):
-            ax.plot([index] * len(row["differences"]), row["differences"], "o", color="0.4", ms=4)
-            if row["outcome"] != "one run":
-                ax.errorbar(index + 0.15, row["mean"], yerr=[[row["mean"] - row["lo"]], [row["hi"] - row["mean"]]],
-                            fmt="s", color="C0", capsize=3)  # fmt: skip
-                ax.errorbar(index + 0.3, row["mean"], fmt="none", color="C3", capsize=3,
-                            yerr=[[row["mean"] - row["holm_lo"]], [row["holm_hi"] - row["mean"]]])  # fmt: skip
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(range(len(mine)), [f"{r['arm']} - {r['baseline']}" for r in mine], rotation=35, fontsize=7,
-                      ha="right")  # fmt: skip
+        paired_differences(ax, mine, marker_size=4)
+        ax.set_xticks(
+            range(len(mine)), [f"{r['arm']} - {r['baseline']}" for r in mine], rotation=35, fontsize=7, ha="right"
+        )
         ax.set_title(f"{METRIC_LABELS[metric]}, final checkpoint", fontsize=9)
     axes[0][0].set_ylabel("per seed (dots); mean, 95% t (blue), Holm (red)")
     figure.tight_layout()
@@ -698,10 +834,13 @@ def _claim_lines(rows: list[dict], what: str, note: str | None = None) -> list[s
     marks rows outside the Holm families (uncorrected), None rows of a family."""
     lines = []
     for row in rows:
-        status = f"**{row['outcome']}**" + (f" (paired, Holm family of {row['family_size']})" if note is None else
-                                              f" uncorrected ({note})")  # fmt: skip
-        lines.append(f"- {what}, {row['arm']} vs {row['baseline']}, {METRIC_LABELS[row['metric']]}: "
-                     f"{row['arm_mean']:.4g} vs {row['baseline_mean']:.4g}, {status}.")  # fmt: skip
+        status = f"**{row['outcome']}**" + (
+            f" (paired, Holm family of {row['family_size']})" if note is None else f" uncorrected ({note})"
+        )
+        lines.append(
+            f"- {what}, {row['arm']} vs {row['baseline']}, {METRIC_LABELS[row['metric']]}: "
+            f"{row['arm_mean']:.4g} vs {row['baseline_mean']:.4g}, {status}."
+        )
     return lines
 
 
@@ -712,20 +851,30 @@ def page_text(result: dict, suffix: str) -> str:
     budget, summary, analysis, anchors = result["budget"], result["summary"], result["analysis"], result["anchors"]
     measured = analysis["measured_metrics"]
     first = budget["checkpoints"][-1]
-    arms_table = ["| arm | space | tokens x values per token | DCTdiff settings | seconds / step | final diffusion "
-                  "loss (own space) | seeds |", "|---|---|---|---|---:|---:|---:|"]  # fmt: skip
+    arms_table = [
+        "| arm | space | tokens x values per token | DCTdiff settings | seconds / step | final diffusion "
+        "loss (own space) | seeds |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
     for arm in budget["arms"]:
         spec, (n_tokens, width) = ARMS[arm], tokens(arm)
-        settings = "-" if spec["space"] == "pixel" else (
-            f"block {spec['dct_block_size']}, {spec['dct_block_size'] ** 2 - spec['dct_num_dropped']} of "
-            f"{spec['dct_block_size'] ** 2} coefficients kept, SNR scale c = {spec['snr_scale']:g}, "
-            f"{'entropy-weighted loss' if spec['entropy'] else 'plain MSE'}")  # fmt: skip
+        settings = (
+            "-"
+            if spec["space"] == "pixel"
+            else (
+                f"block {spec['dct_block_size']}, {spec['dct_block_size'] ** 2 - spec['dct_num_dropped']} of "
+                f"{spec['dct_block_size'] ** 2} coefficients kept, SNR scale c = {spec['snr_scale']:g}, "
+                f"{'entropy-weighted loss' if spec['entropy'] else 'plain MSE'}"
+            )
+        )
         stats = summary.get(arm)
         timing = f"{_cell(stats['seconds_per_step'])}" if stats else "not run"
         loss = f"{_cell(stats['final_diffusion_loss'])}" if stats else ""
         seeds = stats["num_seeds"] if stats else 0
-        arms_table.append(f"| {arm} | {spec['space']}, {spec['resolution']} px, patch {spec['patch_size']} | "
-                          f"{n_tokens} x {width} | {settings} | {timing} | {loss} | {seeds} |")  # fmt: skip
+        arms_table.append(
+            f"| {arm} | {spec['space']}, {spec['resolution']} px, patch {spec['patch_size']} | "
+            f"{n_tokens} x {width} | {settings} | {timing} | {loss} | {seeds} |"
+        )
 
     def results_table(resolution: int, sampler: str) -> list[str]:
         relied = analysis["relied_metrics"][str(resolution)]
@@ -737,28 +886,39 @@ def page_text(result: dict, suffix: str) -> str:
             final = stats["checkpoints"][-1][sampler]
             lines.append(f"| {arm} | " + " | ".join(_cell(final[m]) for m in measured) + " |")
         anchor = anchors[str(resolution)]
-        lines.append("| data floor (training images vs reference, same count) | "
-                     + " | ".join(f"{anchor['floor'][m]:.4g}" for m in measured) + " |")  # fmt: skip
+        lines.append(
+            "| data floor (training images vs reference, same count) | "
+            + " | ".join(f"{anchor['floor'][m]:.4g}" for m in measured)
+            + " |"
+        )
         for name, values in anchor["ceiling"].items():
-            lines.append(f"| reconstruction ceiling, DCT {name} ({', '.join(values['arms'])}): decode(encode("
-                         "reference)) | " + " | ".join(f"{values[m]:.4g}" for m in measured) + " |")  # fmt: skip
-        lines.append("| uniform noise in [-1, 1] | " + " | ".join(f"{anchor['noise'][m]:.4g}" for m in measured)
-                     + " |")  # fmt: skip
+            lines.append(
+                f"| reconstruction ceiling, DCT {name} ({', '.join(values['arms'])}): decode(encode("
+                "reference)) | " + " | ".join(f"{values[m]:.4g}" for m in measured) + " |"
+            )
+        lines.append(
+            "| uniform noise in [-1, 1] | " + " | ".join(f"{anchor['noise'][m]:.4g}" for m in measured) + " |"
+        )
         return lines
 
     def curve_table(resolution: int) -> list[str]:
         relied = [m for m in analysis["relied_metrics"][str(resolution)] if m in measured]
         lines = []
         for metric in relied:
-            lines += [f"**{METRIC_LABELS[metric]}** ({resolution} px; mean +- SD over seeds; cumulative training "
-                      "seconds in brackets):", "",
-                      "| arm | " + " | ".join(f"step {s}" for s in budget["checkpoints"]) + " |",
-                      "|---|" + "---:|" * len(budget["checkpoints"])]  # fmt: skip
+            lines += [
+                f"**{METRIC_LABELS[metric]}** ({resolution} px; mean +- SD over seeds; cumulative training "
+                "seconds in brackets):",
+                "",
+                "| arm | " + " | ".join(f"step {s}" for s in budget["checkpoints"]) + " |",
+                "|---|" + "---:|" * len(budget["checkpoints"]),
+            ]
             for arm, stats in summary.items():
                 if ARMS[arm]["resolution"] != resolution:
                     continue
-                cells = [f"{_cell(p['exported'][metric])} [{p['train_seconds']['mean']:.0f} s]"
-                         for p in stats["checkpoints"]]  # fmt: skip
+                cells = [
+                    f"{_cell(p['exported'][metric])} [{p['train_seconds']['mean']:.0f} s]"
+                    for p in stats["checkpoints"]
+                ]
                 lines.append(f"| {arm} | " + " | ".join(cells) + " |")
             lines.append("")
         return lines
@@ -767,24 +927,31 @@ def page_text(result: dict, suffix: str) -> str:
     for arm, checks in analysis["gate"].items():
         failed = [m for m, c in checks.items() if not c["passes"]]
         text = "passes" if not failed else "FAILS on " + ", ".join(METRIC_LABELS[m] for m in failed)
-        details = "; ".join(f"{METRIC_LABELS[m]} {c['baseline']:.4g} vs noise {c['noise']:.4g}"
-                            for m, c in checks.items())  # fmt: skip
+        details = "; ".join(
+            f"{METRIC_LABELS[m]} {c['baseline']:.4g} vs noise {c['noise']:.4g}" for m, c in checks.items()
+        )
         gate_lines.append(f"- {arm}: {text} ({details}).")
     timing_lines = []
     for name, stat in analysis["seconds_ratio"].items():
         arm, baseline = name.split("/")
         interval = f" [95% t {stat['lo']:.3f}, {stat['hi']:.3f}]" if "lo" in stat else ""
-        timing_lines.append(f"- {arm} / {baseline}: {stat['mean']:.3f}{interval} (per seed "
-                            + " / ".join(f"{r:.3f}" for r in stat["ratios"]) + ")")  # fmt: skip
+        timing_lines.append(
+            f"- {arm} / {baseline}: {stat['mean']:.3f}{interval} (per seed "
+            + " / ".join(f"{r:.3f}" for r in stat["ratios"])
+            + ")"
+        )
     scaling_lines = []
     for metric, row in analysis["scaling"].items():
         diff = row["difference"]
         interval = f", difference {diff['mean']:+.3f} [95% t {diff['lo']:+.3f}, {diff['hi']:+.3f}]" if diff else ""
         scaling_lines.append(
             f"- {METRIC_LABELS[metric]}: (dctdiff - pixel) / pixel per seed at 32 px "
-            + " / ".join(f"{g:+.3f}" for g in row["relative_gap_32"]) + ", at 64 px "
-            + " / ".join(f"{g:+.3f}" for g in row["relative_gap_64"]) + interval + " (descriptive)."
-        )  # fmt: skip
+            + " / ".join(f"{g:+.3f}" for g in row["relative_gap_32"])
+            + ", at 64 px "
+            + " / ".join(f"{g:+.3f}" for g in row["relative_gap_64"])
+            + interval
+            + " (descriptive)."
+        )
 
     def table(rows, corrected=True):
         return "\n".join(comparison_table(rows, labels=METRIC_LABELS, corrected=corrected)) if rows else "none."
@@ -797,21 +964,27 @@ def page_text(result: dict, suffix: str) -> str:
             "on every relied-on metric, so differences at that resolution say little about the claims."
         )
     efficiency = "Efficiency (mean over checkpoints)"
-    claims += (_claim_lines(analysis["quality"], "Quality (final)")
-               + _claim_lines(analysis["efficiency"], efficiency)
-               + _claim_lines(analysis["quality_descriptive"], "Quality (final)", "metric not relied on")
-               + _claim_lines(analysis["efficiency_descriptive"], efficiency, "metric not relied on")
-               + _claim_lines(analysis["ancestral"], "Quality (final, ancestral)", "extra sampler"))  # fmt: skip
+    claims += (
+        _claim_lines(analysis["quality"], "Quality (final)")
+        + _claim_lines(analysis["efficiency"], efficiency)
+        + _claim_lines(analysis["quality_descriptive"], "Quality (final)", "metric not relied on")
+        + _claim_lines(analysis["efficiency_descriptive"], efficiency, "metric not relied on")
+        + _claim_lines(analysis["ancestral"], "Quality (final, ancestral)", "extra sampler")
+    )
     missing = ""
     if analysis["missing_runs"]:
-        missing = ("\n**Incomplete run**: these runs are missing from the JSON, so their arms have fewer seeds (or "
-                   "none): " + ", ".join(analysis["missing_runs"]) + ".\n")  # fmt: skip
+        missing = (
+            "\n**Incomplete run**: these runs are missing from the JSON, so their arms have fewer seeds (or "
+            "none): " + ", ".join(analysis["missing_runs"]) + ".\n"
+        )
     reanalysis = result.get("reanalysis")
     reanalysed = ""
     if reanalysis:
-        reanalysed = (f"\nRe-analysed without new training (`{reanalysis['command']}`, commit "
-                      f"{reanalysis['commit']}): the summary, statistics, curves and claims are recomputed from the "
-                      "stored runs.\n")  # fmt: skip
+        reanalysed = (
+            f"\nRe-analysed without new training (`{reanalysis['command']}`, commit "
+            f"{reanalysis['commit']}): the summary, statistics, curves and claims are recomputed from the "
+            "stored runs.\n"
+        )
     machine = result["machine"]
     run_minutes = sum(v or 0 for v in result["unit_seconds"].values()) / 60
     samples64 = anchors["64"]["num_reference"]
@@ -819,8 +992,10 @@ def page_text(result: dict, suffix: str) -> str:
     relied64 = ", ".join(METRIC_LABELS[m] for m in analysis["relied_metrics"]["64"]) or "none"
     quick_note = ""
     if suffix:
-        quick_note = ("\n**Smoke run (`--quick`)**: a few steps of a tiny model; the numbers test the plumbing only "
-                      "and say nothing about the claims.\n")  # fmt: skip
+        quick_note = (
+            "\n**Smoke run (`--quick`)**: a few steps of a tiny model; the numbers test the plumbing only "
+            "and say nothing about the claims.\n"
+        )
     return f"""# DCTdiff against pixel diffusion: the same DiT in DCT space and in pixel space (a CPU miniature)
 
 Generated by `{result["command"]}` (`benchmarks/compare_dct_pixel.py`); every number below is read from
@@ -988,11 +1163,17 @@ def machine() -> dict:
     import diffusers_spectrum
 
     return {
-        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "diffusers": diffusers.__version__, "diffusers_spectrum": diffusers_spectrum.__version__},
-    }  # fmt: skip
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "diffusers_spectrum": diffusers_spectrum.__version__,
+        },
+    }
 
 
 def _git_commit() -> str:
@@ -1017,15 +1198,17 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 def finish(json_path: Path, work_dir: Path, output_dir: Path, suffix: str, budget: dict) -> dict | None:
     """Under the JSON lock: when every run is complete, the summary, analysis, figures and page; else None."""
-    from diffusers_spectrum.training.utils import write_json
+    from diffusers_spectrum.utils.records import write_json
 
     with file_lock(work_dir / ".json.lock"):
         result = load_result(json_path, budget)
         done = complete_runs(result) if result is not None else {}
         pending = [unit_key(a, s) for a, s in all_units(budget) if unit_key(a, s) not in done]
         if result is None or pending:
-            log(f"{len(pending)} run(s) still to do ({', '.join(pending[:4])}{' ...' if len(pending) > 4 else ''}): "
-                "the page is written when the last shard finishes (or run --reanalyse on the JSON).")  # fmt: skip
+            log(
+                f"{len(pending)} run(s) still to do ({', '.join(pending[:4])}{' ...' if len(pending) > 4 else ''}): "
+                "the page is written when the last shard finishes (or run --reanalyse on the JSON)."
+            )
             return None
         result["summary"] = summarize(result)
         result["analysis"] = analyse(result)
@@ -1036,7 +1219,7 @@ def finish(json_path: Path, work_dir: Path, output_dir: Path, suffix: str, budge
 
 
 def run_study(quick: bool, output_dir: Path, work_dir: Path, shard: tuple[int, int]) -> dict | None:
-    from diffusers_spectrum.run_folders import claim_output_dir
+    from diffusers_spectrum.utils.run_folders import claim_output_dir
 
     mode = "quick" if quick else "full"
     budget = json.loads(json.dumps(BUDGETS[mode]))
@@ -1047,17 +1230,31 @@ def run_study(quick: bool, output_dir: Path, work_dir: Path, shard: tuple[int, i
     data, suites, prepared = prepare(work_dir, budget)
     command = "python benchmarks/compare_dct_pixel.py" + (" --quick" if quick else "")
     skeleton = {
-        "format": FORMAT, "command": command, "mode": mode, "budget": budget, "seeds": budget["seeds"],
-        "arms": {arm: ARMS[arm] for arm in budget["arms"]}, "comparisons": [list(c) for c in COMPARISONS],
-        "train_argv_example": train_argv("dctdiff" if "dctdiff" in budget["arms"] else budget["arms"][0],
-                                         budget["seeds"][0], budget["checkpoints"][-1], budget,
-                                         Path("<train folder>"), Path("<run folder>")),
-        "anchors": prepared["anchors"], "feature_net": prepared["feature_net"],
-        "prepared_seconds": prepared["seconds"], "machine": machine(), "commit": _git_commit(), "runs": {},
+        "format": FORMAT,
+        "command": command,
+        "mode": mode,
+        "budget": budget,
+        "seeds": budget["seeds"],
+        "arms": {arm: ARMS[arm] for arm in budget["arms"]},
+        "comparisons": [list(c) for c in COMPARISONS],
+        "train_argv_example": train_argv(
+            "dctdiff" if "dctdiff" in budget["arms"] else budget["arms"][0],
+            budget["seeds"][0],
+            budget["checkpoints"][-1],
+            budget,
+            Path("<train folder>"),
+            Path("<run folder>"),
+        ),
+        "anchors": prepared["anchors"],
+        "feature_net": prepared["feature_net"],
+        "prepared_seconds": prepared["seconds"],
+        "machine": machine(),
+        "commit": _git_commit(),
+        "runs": {},
         "unit_seconds": {},
-    }  # fmt: skip
+    }
     with file_lock(work_dir / ".json.lock"):
-        from diffusers_spectrum.training.utils import write_json
+        from diffusers_spectrum.utils.records import write_json
 
         result = load_result(json_path, budget)
         if result is None:
@@ -1070,7 +1267,7 @@ def run_study(quick: bool, output_dir: Path, work_dir: Path, shard: tuple[int, i
 def reanalyse(json_path: Path, output_dir: Path, work_dir: Path | None) -> dict:
     """Summary, analysis, figures and page of a stored JSON, without training (sample grids only if `work_dir`
     still holds them; the stored figure stays otherwise)."""
-    from diffusers_spectrum.training.utils import write_json
+    from diffusers_spectrum.utils.records import write_json
 
     result = json.loads(Path(json_path).read_text())
     result["summary"] = summarize(result)
@@ -1111,7 +1308,7 @@ def main(argv=None) -> dict | None:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process (1 per core).")
     parser.add_argument("--reanalyse", type=Path, default=None, help="A stored JSON: analysis and page, no training.")
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     shard = parse_shard(args.shard)
     work_dir = args.work_dir or default_work_dir(args.quick)
     output_dir = args.output_dir or (work_dir / "output" if args.quick else ROOT / "docs")

@@ -33,17 +33,28 @@ def describe_device(device: str) -> dict:
     if device == "cuda":
         properties = torch.cuda.get_device_properties(0)
         info.update(
-            gpu=torch.cuda.get_device_name(0), gpu_count=torch.cuda.device_count(),
+            gpu=torch.cuda.get_device_name(0),
+            gpu_count=torch.cuda.device_count(),
             gpu_memory_gb=round(properties.total_memory / 2**30, 1),
-            capability=list(torch.cuda.get_device_capability(0)), bf16_supported=torch.cuda.is_bf16_supported(),
-        )  # fmt: skip
+            capability=list(torch.cuda.get_device_capability(0)),
+            bf16_supported=torch.cuda.is_bf16_supported(),
+        )
     return info
 
 
 def versions() -> dict:
     found = {"python": platform.python_version()}
-    for package in ("torch", "diffusers", "transformers", "accelerate", "datasets", "torchdata", "PIL", "numpy",
-                    "diffusers_spectrum"):  # fmt: skip
+    for package in (
+        "torch",
+        "diffusers",
+        "transformers",
+        "accelerate",
+        "datasets",
+        "torchdata",
+        "PIL",
+        "numpy",
+        "diffusers_spectrum",
+    ):
         try:
             found[package] = importlib.import_module(package).__version__
         except (ImportError, AttributeError):

@@ -192,8 +192,11 @@ class Units:
                 return stored
             wall, cpu = time.time(), time.process_time()
             log(f"{name}: running")
-            result = {"result": fn(), "seconds": round(time.time() - wall, 1),
-                      "cpu_seconds": round(time.process_time() - cpu, 1)}  # fmt: skip
+            result = {
+                "result": fn(),
+                "seconds": round(time.time() - wall, 1),
+                "cpu_seconds": round(time.process_time() - cpu, 1),
+            }
             tmp = self.path(name).with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(json.dumps(result, indent=1, default=float))
             os.replace(tmp, self.path(name))
@@ -299,8 +302,11 @@ def build_data(folder: Path, s: dict) -> dict:
         (folder / split).mkdir(parents=True, exist_ok=True)
     for source_index, name in enumerate(sources.SOURCES):
         image = sources.load_source(name)  # (H, W, 3) uint8
-        corners = [(top, left) for top in range(0, image.shape[0] - tile + 1, tile)
-                   for left in range(0, image.shape[1] - tile + 1, tile)]  # fmt: skip
+        corners = [
+            (top, left)
+            for top in range(0, image.shape[0] - tile + 1, tile)
+            for left in range(0, image.shape[1] - tile + 1, tile)
+        ]
         for (top, left), split in zip(corners, tile_splits(len(corners), seed=source_index)):
             tiles[split] += 1
             patch = image[top : top + tile, left : left + tile]
@@ -348,9 +354,14 @@ def build_standin_encoder(folder: Path) -> str:
         return str(folder)
     patch, channels = 4, 3
     config = transformers.Dinov2Config(
-        hidden_size=patch * patch * channels, num_hidden_layers=1, num_attention_heads=1, intermediate_size=48,
-        image_size=32, patch_size=patch, layerscale_value=0.0,
-    )  # fmt: skip
+        hidden_size=patch * patch * channels,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=48,
+        image_size=32,
+        patch_size=patch,
+        layerscale_value=0.0,
+    )
     model = transformers.Dinov2Model(config)
     n = np.arange(patch)
     basis = np.sqrt(2.0 / patch) * np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * patch))  # (u, x)
@@ -422,15 +433,54 @@ def train_autoencoder(flags: list[str], out: Path, data: Path, s: dict, seed: in
 
     steps = s["vae_steps"]
     argv = [
-        *flags, "--perceptual_loss", "fourier", "--perceptual_weight", str(s["texture_weight"]), "--disc_weight", "0",
-        "--vae_config", s["vae_config"], "--resolution", str(s["resolution"]), "--train_data_dir", str(data),
-        "--output_dir", str(out), "--train_batch_size", str(s["batch"]), "--max_train_steps", str(steps),
-        "--learning_rate", str(s["lr"]), "--lr_warmup_steps", str(s["warmup"]), "--lr_scheduler",
-        "constant_with_warmup", "--adam_beta1", "0.9", "--adam_beta2", "0.999", "--adam_weight_decay", "0.005",
-        "--checkpointing_steps", str(max(steps // 2, 1)), "--checkpoints_total_limit", "1", "--validation_steps",
-        str(10**9), "--num_validation_images", "2", "--latent_stats_samples", str(s["latent_stats_samples"]),
-        "--report_to", "none", "--seed", str(seed), "--resume_from_checkpoint", "latest",
-    ]  # fmt: skip
+        *flags,
+        "--perceptual_loss",
+        "fourier",
+        "--perceptual_weight",
+        str(s["texture_weight"]),
+        "--disc_weight",
+        "0",
+        "--vae_config",
+        s["vae_config"],
+        "--resolution",
+        str(s["resolution"]),
+        "--train_data_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--train_batch_size",
+        str(s["batch"]),
+        "--max_train_steps",
+        str(steps),
+        "--learning_rate",
+        str(s["lr"]),
+        "--lr_warmup_steps",
+        str(s["warmup"]),
+        "--lr_scheduler",
+        "constant_with_warmup",
+        "--adam_beta1",
+        "0.9",
+        "--adam_beta2",
+        "0.999",
+        "--adam_weight_decay",
+        "0.005",
+        "--checkpointing_steps",
+        str(max(steps // 2, 1)),
+        "--checkpoints_total_limit",
+        "1",
+        "--validation_steps",
+        str(10**9),
+        "--num_validation_images",
+        "2",
+        "--latent_stats_samples",
+        str(s["latent_stats_samples"]),
+        "--report_to",
+        "none",
+        "--seed",
+        str(seed),
+        "--resume_from_checkpoint",
+        "latest",
+    ]
     vae.train_vae(vae.parse_args(argv))
     return str(out)
 
@@ -460,8 +510,18 @@ def posterior_statistics(vae_dir: str, images: torch.Tensor, batch_size: int = 1
     }
 
 
-ANALYSIS_KEYS = ("latent_slope", "target_slope", "image_slope", "spectral_kl_delta1", "mean_spectrum_kl_delta1",
-                 "verdicts", "spectra", "dsm_lowpass_psnr", "dsm_lowpass_drop_db", "num_samples")  # fmt: skip
+ANALYSIS_KEYS = (
+    "latent_slope",
+    "target_slope",
+    "image_slope",
+    "spectral_kl_delta1",
+    "mean_spectrum_kl_delta1",
+    "verdicts",
+    "spectra",
+    "dsm_lowpass_psnr",
+    "dsm_lowpass_drop_db",
+    "num_samples",
+)
 
 
 def analyze_autoencoder(vae_dir: str, folder: Path, images: torch.Tensor, s: dict, lowpass: bool = True) -> dict:
@@ -473,9 +533,15 @@ def analyze_autoencoder(vae_dir: str, folder: Path, images: torch.Tensor, s: dic
     result = {}
     for latents in ("sample", "mean") if lowpass else ("sample",):
         report = analyze_vae(
-            vae_dir, str(folder), num_samples=count, resolution=s["resolution"], batch_size=64,
-            dsm_levels=DSM_LEVELS if latents == "mean" else (), latents=latents, progress=False,
-        )  # fmt: skip
+            vae_dir,
+            str(folder),
+            num_samples=count,
+            resolution=s["resolution"],
+            batch_size=64,
+            dsm_levels=DSM_LEVELS if latents == "mean" else (),
+            latents=latents,
+            progress=False,
+        )
         result[latents] = {k: report[k] for k in ANALYSIS_KEYS if k in report}
     result.update(posterior_statistics(vae_dir, images[:count]))
     return result
@@ -487,8 +553,10 @@ def reconstructions(vae_dir: str, images: torch.Tensor, batch_size: int = 128) -
     from diffusers_spectrum import load_autoencoder
 
     model = load_autoencoder(vae_dir, torch_dtype=torch.float32).eval()
-    parts = [model.decode(model.encode(images[i : i + batch_size]).latent_dist.mean).sample.clamp(-1, 1)
-             for i in range(0, len(images), batch_size)]  # fmt: skip
+    parts = [
+        model.decode(model.encode(images[i : i + batch_size]).latent_dist.mean).sample.clamp(-1, 1)
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(parts)
 
 
@@ -521,9 +589,22 @@ def cache_latents_for(vae_dir: str, data: Path, out: Path, s: dict) -> str:
     from diffusers_spectrum.training import cache
 
     argv = [
-        "--pretrained_vae", vae_dir, "--train_data_dir", str(data), "--resolution", str(s["resolution"]),
-        "--output_dir", str(out), "--batch_size", "64", "--seed", "0", "--device", "cpu", "--unconditional",
-    ]  # fmt: skip
+        "--pretrained_vae",
+        vae_dir,
+        "--train_data_dir",
+        str(data),
+        "--resolution",
+        str(s["resolution"]),
+        "--output_dir",
+        str(out),
+        "--batch_size",
+        "64",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--unconditional",
+    ]
     cache.cache_latents(cache.parse_args(argv))
     return str(out)
 
@@ -534,13 +615,43 @@ def train_diffusion(cache_dir: str, out: Path, seed: int, s: dict) -> dict:
 
     steps = s["dit_steps"]
     argv = [
-        "--latent_dataset", cache_dir, "--output_dir", str(out), "--dit_config", s["dit_config"], "--patch_size",
-        str(s["dit_patch"]), "--unconditional", "--max_train_steps", str(steps), "--train_batch_size",
-        str(s["dit_batch"]), "--learning_rate", str(s["dit_lr"]), "--lr_warmup_steps", str(s["dit_warmup"]),
-        "--use_ema", "--ema_decay", str(s["dit_ema"]), "--checkpointing_steps", str(max(steps // 2, 1)),
-        "--checkpoints_total_limit", "1", "--resume_from_checkpoint", "latest", "--validation_steps", str(10**9),
-        "--seed", str(seed), "--report_to", "tensorboard", "--label_dropout", "0", "--repa_targets", "none",
-    ]  # fmt: skip
+        "--latent_dataset",
+        cache_dir,
+        "--output_dir",
+        str(out),
+        "--dit_config",
+        s["dit_config"],
+        "--patch_size",
+        str(s["dit_patch"]),
+        "--unconditional",
+        "--max_train_steps",
+        str(steps),
+        "--train_batch_size",
+        str(s["dit_batch"]),
+        "--learning_rate",
+        str(s["dit_lr"]),
+        "--lr_warmup_steps",
+        str(s["dit_warmup"]),
+        "--use_ema",
+        "--ema_decay",
+        str(s["dit_ema"]),
+        "--checkpointing_steps",
+        str(max(steps // 2, 1)),
+        "--checkpoints_total_limit",
+        "1",
+        "--resume_from_checkpoint",
+        "latest",
+        "--validation_steps",
+        str(10**9),
+        "--seed",
+        str(seed),
+        "--report_to",
+        "tensorboard",
+        "--label_dropout",
+        "0",
+        "--repa_targets",
+        "none",
+    ]
     dit.train_dit(dit.parse_args(argv))
     return {"pipeline": str(out / "pipeline"), "loss_curve": loss_curve(out / "logs")}
 
@@ -601,8 +712,9 @@ def draw_samples(pipeline_dir: str, count: int, s: dict) -> torch.Tensor:
 
     pipe = load_pipeline(pipeline_dir, device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    batches = pipeline_samples(pipe, count, batch_size=64, num_inference_steps=s["sample_steps"], seed=10_000,
-                               progress=False)  # fmt: skip
+    batches = pipeline_samples(
+        pipe, count, batch_size=64, num_inference_steps=s["sample_steps"], seed=10_000, progress=False
+    )
     return torch.cat(list(batches)).clamp(-1, 1)
 
 
@@ -616,7 +728,7 @@ def save_images(images: torch.Tensor, path: Path) -> None:
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     from PIL import Image
 
-    from diffusers_spectrum.training.utils import image_grid
+    from diffusers_spectrum.utils.images import image_grid
 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image_grid(images, nrow=nrow)).save(path)
@@ -674,8 +786,9 @@ class Study:
             from diffusers_spectrum.evaluation.feature_net import random_feature_net
 
             train = self.images("train")
-            net = feature_net_for(self.work / "feature_net", train, steps=self.s["feature_net_steps"],
-                                  crop_size=self.s["resolution"])  # fmt: skip
+            net = feature_net_for(
+                self.work / "feature_net", train, steps=self.s["feature_net_steps"], crop_size=self.s["resolution"]
+            )
             return GenerationMetricSuite(net, random_feature_net(train), seed=0)
 
         return self._get("suite", make)
@@ -711,8 +824,9 @@ class Study:
     def vae_unit(self, key: str, seed: int) -> dict:
         """Train one autoencoder, analyse it on the test crops and (seed 0) on the validation crops."""
         encoder = self.encoder if key == "va-vae" else None
-        folder = train_autoencoder(vae_flags(key, encoder), self.work / "vae" / f"{key}-seed{seed}",
-                                   self.data_dir / "train", self.s, seed)  # fmt: skip
+        folder = train_autoencoder(
+            vae_flags(key, encoder), self.work / "vae" / f"{key}-seed{seed}", self.data_dir / "train", self.s, seed
+        )
         result = {"key": key, "seed": seed, "folder": folder}
         if not key.startswith("sd-vae-kl"):  # the KL sweep is judged on validation only
             result["test"] = analyze_autoencoder(folder, self.data_dir / "test", self.images("test"), self.s)
@@ -732,8 +846,11 @@ class Study:
 
     def cache_unit(self, key: str, seed: int) -> dict:
         folder = self.units.get(f"vae/{key}/seed{seed}")["result"]["folder"]
-        return {"cache": cache_latents_for(folder, self.data_dir / "train", self.work / "cache" / f"{key}-seed{seed}",
-                                           self.s)}  # fmt: skip
+        return {
+            "cache": cache_latents_for(
+                folder, self.data_dir / "train", self.work / "cache" / f"{key}-seed{seed}", self.s
+            )
+        }
 
     def dit_unit(self, arm: str, key: str, seed: int) -> dict:
         ae_seed = self.ae_seed(seed)
@@ -747,9 +864,16 @@ class Study:
         curve = trained.pop("loss_curve")
         trained["final_dit_loss"] = final_loss({"loss_curve": curve})
         trained["loss_curve"] = curve[:: max(1, len(curve) // 200)]  # every k-th logged step: the figure's curve
-        return {"arm": arm, "seed": seed, "ae_seed": ae_seed, "vae_key": key, **trained,
-                **self.suite.measure(samples, self.reference), "heldout_fm_loss": heldout["mean"],
-                "heldout_fm_loss_per_t": heldout["per_t"]}  # fmt: skip
+        return {
+            "arm": arm,
+            "seed": seed,
+            "ae_seed": ae_seed,
+            "vae_key": key,
+            **trained,
+            **self.suite.measure(samples, self.reference),
+            "heldout_fm_loss": heldout["mean"],
+            "heldout_fm_loss_per_t": heldout["per_t"],
+        }
 
     # -- the plan ---------------------------------------------------------------------------------------------
     def plan(self) -> tuple[list[Task], bool]:
@@ -775,8 +899,13 @@ class Study:
             for key in arm_keys.values():
                 vae = f"vae/{key}/seed{seed}"
                 tasks.append(Task(f"cache/{key}/seed{seed}", (vae,), lambda k=key, sd=seed: self.cache_unit(k, sd)))
-                tasks.append(Task(f"ceiling/{key}/seed{seed}", (vae, "feature_net"),
-                                  lambda k=key, sd=seed: self.ceiling_unit(k, sd)))  # fmt: skip
+                tasks.append(
+                    Task(
+                        f"ceiling/{key}/seed{seed}",
+                        (vae, "feature_net"),
+                        lambda k=key, sd=seed: self.ceiling_unit(k, sd),
+                    )
+                )
         if choice is not None:
             for seed in s["dit_seeds"]:
                 for arm, key in arm_keys.items():
@@ -832,7 +961,7 @@ def assemble(args, s: dict, mode: str, study: Study, seconds: float) -> dict:
             "autoencoder": list(s["ae_seeds"]),
             "dit": list(s["dit_seeds"]),
             "dit_to_autoencoder": {str(d): study.ae_seed(d) for d in s["dit_seeds"]},
-        },  # fmt: skip
+        },
         "sampler": exported_scheduler(first["pipeline"]),
         "data": {**unit("data"), "reference": f"{len(study.reference)} test crops"},
         "encoder": args.encoder or "stand-in: DINOv2 architecture, fixed 4x4 DCT patch embedding",
@@ -864,7 +993,7 @@ def assemble(args, s: dict, mode: str, study: Study, seconds: float) -> dict:
         "autoencoders": autoencoders,
         "ceilings": {
             key: {str(seed): unit(f"ceiling/{key}/seed{seed}") for seed in s["ae_seeds"]} for key in arm_keys.values()
-        },  # fmt: skip
+        },
         "diffusion": {arm: [unit(f"dit/{arm}/seed{seed}") for seed in s["dit_seeds"]] for arm in arms},
         "blur_check": metric_setup["blur_check"],
         "floor": metric_setup["floor"],
@@ -884,9 +1013,15 @@ def unit_costs(stored: dict[str, dict]) -> dict:
         if kind == "vae" and "sd-vae-kl" in name:
             kind = "vae (KL sweep: validation analysis only)"
         kinds.setdefault(kind, []).append((u["seconds"], u.get("cpu_seconds") or float("nan")))
-    return {k: {"n": len(v), "mean_seconds": float(np.mean([a for a, _ in v])),
-                "mean_cpu_seconds": float(np.mean([b for _, b in v])),
-                "total_seconds": float(np.sum([a for a, _ in v]))} for k, v in kinds.items()}  # fmt: skip
+    return {
+        k: {
+            "n": len(v),
+            "mean_seconds": float(np.mean([a for a, _ in v])),
+            "mean_cpu_seconds": float(np.mean([b for _, b in v])),
+            "total_seconds": float(np.sum([a for a, _ in v])),
+        }
+        for k, v in kinds.items()
+    }
 
 
 def kl_convention(s: dict) -> dict:
@@ -956,24 +1091,36 @@ AE_LABELS = {
     "latent_slope": "latent slope (samples, DC kept)",
 }
 LABELS = {**GENERATION_LABELS, **DIFFUSION_LABELS, **AE_LABELS}
-SHORT_LABELS = {"w1": "w1 to target", "psnr": "PSNR", "dsm_drop_10": "DSM drop k=10", "spectrum_distance":
-                "spectrum dist.", "swd_pooled_x1e3": "colour SWD", "swd_x1e3": "SWD", "kid_trained": "KID",
-                "fd_trained": "FD", "kid_random": "KID (random)", "fd_random": "FD (random)",
-                "heldout_fm_loss": "held-out FM loss", "final_dit_loss": "final DiT loss"}  # fmt: skip
+SHORT_LABELS = {
+    "w1": "w1 to target",
+    "psnr": "PSNR",
+    "dsm_drop_10": "DSM drop k=10",
+    "spectrum_distance": "spectrum dist.",
+    "swd_pooled_x1e3": "colour SWD",
+    "swd_x1e3": "SWD",
+    "kid_trained": "KID",
+    "fd_trained": "FD",
+    "kid_random": "KID (random)",
+    "fd_random": "FD (random)",
+    "heldout_fm_loss": "held-out FM loss",
+    "final_dit_loss": "final DiT loss",
+}
 # The autoencoder family (Holm): the spectral distance the verdict reads, the reconstruction, the DSM drop at the
 # middle level. The rest is reported beside, uncorrected. ``True``: lower is better.
 AE_TESTED = {"w1": True, "psnr": False, "dsm_drop_10": False}
-AE_DESCRIPTIVE = {"mean_curve_kl": True, "w1_dc_free": True, "ssim": False, "dsm_drop_8": False,
-                  "dsm_drop_12": False}  # fmt: skip
+AE_DESCRIPTIVE = {"mean_curve_kl": True, "w1_dc_free": True, "ssim": False, "dsm_drop_8": False, "dsm_drop_12": False}
 SIGNED = {"centroid_gap", "centroid_gap_dc_free", "posterior_std_ratio", "latent_slope"}  # no better / worse
 # The paper's direction for each comparison against SD-VAE (None: no claim), and its reference values (the
 # authors' figure data; `evaluation.diagnostics.REFERENCE_SPECTRA`).
-PAPER_AE = {"w1": {a: "better" for a in ARMS if a != BASELINE},
-            "dsm_drop_10": {"dsm": "better", "esm+dsm": "better"}}  # fmt: skip
-PAPER_VERDICTS = {"sd-vae": "over-noisy", "esm": "matched", "esm-w1": "matched", "dsm": "matched",
-                  "esm+dsm": "matched"}  # fmt: skip
-PAPER_KL_ARMS = {"sd-vae": "sd_vae", "eq-vae": "scale_equivariant", "esm": "esm_autoencoder",
-                 "dsm": "dsm_autoencoder"}  # fmt: skip
+PAPER_AE = {"w1": {a: "better" for a in ARMS if a != BASELINE}, "dsm_drop_10": {"dsm": "better", "esm+dsm": "better"}}
+PAPER_VERDICTS = {
+    "sd-vae": "over-noisy",
+    "esm": "matched",
+    "esm-w1": "matched",
+    "dsm": "matched",
+    "esm+dsm": "matched",
+}
+PAPER_KL_ARMS = {"sd-vae": "sd_vae", "eq-vae": "scale_equivariant", "esm": "esm_autoencoder", "dsm": "dsm_autoencoder"}
 EXTRA_COMPARISONS = (("esm+dsm", "eq-vae"), ("esm+dsm", "va-vae"))  # the paper: outperforms prior approaches
 
 
@@ -1023,8 +1170,9 @@ def diffusion_values(results: dict, by_autoencoder: bool = False) -> dict:
             row = {m: run[m] for m in (*GENERATION_LABELS, "heldout_fm_loss") if m in run}
             row["final_dit_loss"] = final_loss(run)
             for metric, value in row.items():
-                values.setdefault(metric, {}).setdefault(run["ae_seed"] if by_autoencoder else run["seed"],
-                                                         []).append(float(value))  # fmt: skip
+                values.setdefault(metric, {}).setdefault(run["ae_seed"] if by_autoencoder else run["seed"], []).append(
+                    float(value)
+                )
         out[arm] = {m: {k: float(np.mean(v)) for k, v in per.items()} for m, per in values.items()}
     return out
 
@@ -1043,8 +1191,12 @@ def arm_verdict(units: list[dict], view: str, latents: str = "sample") -> dict:
     )
 
     reports = [u["test"][latents]["verdicts"][view] for u in units]
-    report = {"n": len(reports), "per_seed": [r["verdict"] for r in reports], "tolerance": VERDICT_TOLERANCE,
-              "confidence": VERDICT_CONFIDENCE}  # fmt: skip
+    report = {
+        "n": len(reports),
+        "per_seed": [r["verdict"] for r in reports],
+        "tolerance": VERDICT_TOLERANCE,
+        "confidence": VERDICT_CONFIDENCE,
+    }
     intervals = {}
     for key in VERDICT_STATISTICS:
         values = [r[key]["estimate"] for r in reports]
@@ -1053,11 +1205,18 @@ def arm_verdict(units: list[dict], view: str, latents: str = "sample") -> dict:
             intervals[key] = (interval["lo"], interval["hi"])
         else:
             intervals[key] = (reports[0][key]["lo"], reports[0][key]["hi"])
-        report[key] = {"estimate": float(np.mean(values)), "lo": intervals[key][0], "hi": intervals[key][1],
-                       "per_seed": values}  # fmt: skip
+        report[key] = {
+            "estimate": float(np.mean(values)),
+            "lo": intervals[key][0],
+            "hi": intervals[key][1],
+            "per_seed": values,
+        }
     report["verdict"] = decide_verdict(intervals, VERDICT_TOLERANCE)
-    report["interval_method"] = (f"Student's t over {len(reports)} autoencoder seeds" if len(reports) > 1 else
-                                 reports[0].get("interval_method", ""))  # fmt: skip
+    report["interval_method"] = (
+        f"Student's t over {len(reports)} autoencoder seeds"
+        if len(reports) > 1
+        else reports[0].get("interval_method", "")
+    )
     for key in ("mean_spectrum_kl_delta1", "latent_slope", "target_slope"):
         report[key] = float(np.mean([r[key] for r in reports]))
     report["latent_curve"] = np.mean([r["latent_curve"] for r in reports], axis=0).tolist()
@@ -1160,10 +1319,17 @@ def analyse(results: dict) -> dict:
 def _validation_row(unit: dict) -> dict:
     view = unit["sample"]["verdicts"]["authors"]
     free = unit["sample"]["verdicts"]["dc_free"]
-    return {"psnr": unit["psnr"], "posterior_std_ratio": unit["posterior_std_ratio"], "verdict": view["verdict"],
-            "centroid_gap": view["centroid_gap"], "w1": view["w1"], "mean_curve_kl": view["mean_spectrum_kl_delta1"],
-            "latent_slope": view["latent_slope"], "verdict_dc_free": free["verdict"],
-            "centroid_gap_dc_free": free["centroid_gap"]}  # fmt: skip
+    return {
+        "psnr": unit["psnr"],
+        "posterior_std_ratio": unit["posterior_std_ratio"],
+        "verdict": view["verdict"],
+        "centroid_gap": view["centroid_gap"],
+        "w1": view["w1"],
+        "mean_curve_kl": view["mean_spectrum_kl_delta1"],
+        "latent_slope": view["latent_slope"],
+        "verdict_dc_free": free["verdict"],
+        "centroid_gap_dc_free": free["centroid_gap"],
+    }
 
 
 def _agreement(outcome: str, expected: str | None) -> str:
@@ -1186,17 +1352,31 @@ def claims(results: dict, a: dict) -> list[dict]:
         for view, label in (("authors", "DC kept"), ("dc_free", "DC free")):
             v = a["verdicts"][arm][view]
             expected = PAPER_VERDICTS.get(arm) if view == "authors" else None
-            out.append({"group": "spectrum", "arm": arm, "baseline": None, "metric": f"verdict ({label})",
-                        "value": v["verdict"], "reference": None, "outcome": v["verdict"], "paper": expected,
-                        "agreement": _agreement(v["verdict"], expected) if v["verdict"] != "undetermined" or
-                        expected is None else "not decided",
-                        "basis": f"centroid gap {_interval(v['centroid_gap'])}, w1 {_interval(v['w1'])} "
-                        f"({v['interval_method']}); "
-                        f"per seed: {', '.join(v['per_seed'])}"})  # fmt: skip
+            out.append(
+                {
+                    "group": "spectrum",
+                    "arm": arm,
+                    "baseline": None,
+                    "metric": f"verdict ({label})",
+                    "value": v["verdict"],
+                    "reference": None,
+                    "outcome": v["verdict"],
+                    "paper": expected,
+                    "agreement": _agreement(v["verdict"], expected)
+                    if v["verdict"] != "undetermined" or expected is None
+                    else "not decided",
+                    "basis": f"centroid gap {_interval(v['centroid_gap'])}, w1 {_interval(v['w1'])} "
+                    f"({v['interval_method']}); "
+                    f"per seed: {', '.join(v['per_seed'])}",
+                }
+            )
     for row in a["autoencoder_family"]:
         expected = PAPER_AE.get(row["metric"], {}).get(row["arm"])
-        out.append(_row_claim("autoencoder", row, expected, f"paired over autoencoder seeds, Holm family of "
-                                                            f"{row['family_size']}"))  # fmt: skip
+        out.append(
+            _row_claim(
+                "autoencoder", row, expected, f"paired over autoencoder seeds, Holm family of {row['family_size']}"
+            )
+        )
     for row in a["autoencoder_descriptive"]:
         out.append(_row_claim("autoencoder (reported)", row, None, "paired over autoencoder seeds, uncorrected"))
     for arm, key in PAPER_KL_ARMS.items():
@@ -1204,29 +1384,59 @@ def claims(results: dict, a: dict) -> list[dict]:
             from diffusers_spectrum.evaluation.diagnostics import REFERENCE_SPECTRA
 
             ours = a["autoencoder_summary"][arm]["mean_curve_kl"]["mean"]
-            out.append({"group": "paper values", "arm": arm, "baseline": None, "metric": "mean-curve KL",
-                        "value": ours, "reference": REFERENCE_SPECTRA[key]["spectral_kl_delta1"], "outcome":
-                        f"{ours / REFERENCE_SPECTRA[key]['spectral_kl_delta1']:.2g}x the paper's", "paper": None,
-                        "agreement": "reported", "basis": "mean over autoencoder seeds; the paper's figure data "
-                        "(CelebA 256, f8)"})  # fmt: skip
+            out.append(
+                {
+                    "group": "paper values",
+                    "arm": arm,
+                    "baseline": None,
+                    "metric": "mean-curve KL",
+                    "value": ours,
+                    "reference": REFERENCE_SPECTRA[key]["spectral_kl_delta1"],
+                    "outcome": f"{ours / REFERENCE_SPECTRA[key]['spectral_kl_delta1']:.2g}x the paper's",
+                    "paper": None,
+                    "agreement": "reported",
+                    "basis": "mean over autoencoder seeds; the paper's figure data (CelebA 256, f8)",
+                }
+            )
     for row in a["family"]:
         expected = "better"
         basis = f"paired over DiT seeds, Holm family of {row['family_size']}"
-        check = next((r for r in a["by_autoencoder_seed"] if (r["arm"], r["baseline"], r["metric"]) ==
-                      (row["arm"], row["baseline"], row["metric"])), None)  # fmt: skip
+        check = next(
+            (
+                r
+                for r in a["by_autoencoder_seed"]
+                if (r["arm"], r["baseline"], r["metric"]) == (row["arm"], row["baseline"], row["metric"])
+            ),
+            None,
+        )
         if check is not None:
             basis += f"; by autoencoder seed: {check['outcome']} (Holm p {check['p_holm']:.2g})"
         out.append(_row_claim("diffusion", row, expected, basis))
     for row in a["descriptive"]:
-        out.append(_row_claim("diffusion (not relied on)", row, None, "paired over DiT seeds, uncorrected; the "
-                                                                      "metric fails the blur check"))  # fmt: skip
+        out.append(
+            _row_claim(
+                "diffusion (not relied on)",
+                row,
+                None,
+                "paired over DiT seeds, uncorrected; the metric fails the blur check",
+            )
+        )
     return out
 
 
 def _row_claim(group: str, row: dict, expected: str | None, basis: str) -> dict:
-    return {"group": group, "arm": row["arm"], "baseline": row["baseline"], "metric": row["metric"],
-            "value": row["arm_mean"], "reference": row["baseline_mean"], "outcome": row["outcome"],
-            "paper": expected, "agreement": _agreement(row["outcome"], expected), "basis": basis}  # fmt: skip
+    return {
+        "group": group,
+        "arm": row["arm"],
+        "baseline": row["baseline"],
+        "metric": row["metric"],
+        "value": row["arm_mean"],
+        "reference": row["baseline_mean"],
+        "outcome": row["outcome"],
+        "paper": expected,
+        "agreement": _agreement(row["outcome"], expected),
+        "basis": basis,
+    }
 
 
 def _interval(stat: dict, digits: int = 3) -> str:
@@ -1295,7 +1505,7 @@ def page_text(results: dict, figures: list[str]) -> str:
         + "; ".join(
             f"{k} {v['mean_seconds']:.0f} / {v['mean_cpu_seconds']:.0f} s x {v['n']}" for k, v in sorted(costs.items())
         )
-        + ".",  # fmt: skip
+        + ".",
         f"- Data: {data['train']} training, {data['validation']} validation and {data['test']} test "
         f"{data['resolution']} px crops of the photographs {', '.join(data['sources'])} ({data['split']}; "
         f"tiles: {data['tiles']['train']} / {data['tiles']['validation']} / {data['tiles']['test']}).",
@@ -1417,7 +1627,7 @@ def page_text(results: dict, figures: list[str]) -> str:
             for k, v in REFERENCE_SPECTRA.items()
             if "spectral_kl_delta1" in v
         )
-        + ".",  # fmt: skip
+        + ".",
         "",
         "| arm | DC kept: verdict, centroid gap | per seed | DC free: verdict, centroid gap | per seed | posterior "
         "means, DC kept | w1 (DC kept) | mean-curve KL | latent slope | PSNR | SSIM | posterior std ratio |",
@@ -1653,8 +1863,13 @@ def write_figures(results: dict, output_dir: Path, work_dir: Path, suffix: str) 
         for arm in arms:
             v = a["verdicts"][arm][view]
             ax.plot(bins, v["latent_curve"], label=f"{arm}: {v['verdict']}")
-        ax.set(xscale="log", yscale="log", xlabel="radial band k + 1", ylabel="normalised log power",
-               title=f"latent spectra (posterior samples, {title}; mean over seeds)")  # fmt: skip
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="radial band k + 1",
+            ylabel="normalised log power",
+            title=f"latent spectra (posterior samples, {title}; mean over seeds)",
+        )
         ax.legend(fontsize=7)
     x = np.arange(len(arms))
     for offset, view in ((-0.15, "authors"), (0.15, "dc_free")):
@@ -1668,14 +1883,18 @@ def write_figures(results: dict, output_dir: Path, work_dir: Path, suffix: str) 
     axes[2].axhspan(-tolerance, tolerance, color="0.9", label="tolerance")
     axes[2].axhline(0, color="k", lw=0.8)
     axes[2].set_xticks(x, arms, rotation=30, fontsize=8)
-    axes[2].set(ylabel="centroid gap, latents - target (ln frequency)",
-                title="where the power lies (> 0: high-frequency heavy; dots: seeds)")  # fmt: skip
+    axes[2].set(
+        ylabel="centroid gap, latents - target (ln frequency)",
+        title="where the power lies (> 0: high-frequency heavy; dots: seeds)",
+    )
     axes[2].legend(fontsize=7)
     save(fig, f"reproduction_spectra{suffix}.png")
 
     # 2. Samples (first DiT seed) and reconstructions (autoencoder seed 0), when the run's grids are at hand
-    grids = [(arm, work_dir / "grids" / f"{arm}.png", work_dir / "grids" /
-              f"recon-{results['arm_vae_keys'][arm]}.png") for arm in arms]  # fmt: skip
+    grids = [
+        (arm, work_dir / "grids" / f"{arm}.png", work_dir / "grids" / f"recon-{results['arm_vae_keys'][arm]}.png")
+        for arm in arms
+    ]
     grids = [g for g in grids if g[1].is_file() and g[2].is_file()]
     if grids:
         fig, axes = plt.subplots(len(grids), 2, figsize=(12, 1.15 * len(grids)), squeeze=False)
@@ -1703,8 +1922,9 @@ def write_figures(results: dict, output_dir: Path, work_dir: Path, suffix: str) 
             axes[0].fill_between(steps, smooth.mean(0) - spread, smooth.mean(0) + spread, alpha=0.15)
         times = [float(t) for t in results["diffusion"][arm][0]["heldout_fm_loss_per_t"]]
         per_t = np.array([[r["heldout_fm_loss_per_t"][f"{t:g}"] for t in times] for r in results["diffusion"][arm]])
-        axes[1].errorbar(times, per_t.mean(0), yerr=per_t.std(0, ddof=1) if len(per_t) > 1 else None, fmt="o-",
-                         capsize=2, label=arm)  # fmt: skip
+        axes[1].errorbar(
+            times, per_t.mean(0), yerr=per_t.std(0, ddof=1) if len(per_t) > 1 else None, fmt="o-", capsize=2, label=arm
+        )
     axes[0].set(xlabel="DiT step", ylabel="loss (smoothed; mean +- SD over seeds)", title="DiT training loss")
     axes[1].set(xlabel="t", ylabel="held-out flow-matching loss", title="held-out loss at fixed t (common noise)")
     sweep = sorted(a["kl_sweep"].items(), key=lambda kv: float(kv[0]))
@@ -1745,9 +1965,11 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--no_page", action="store_true", help="Write the JSON only (no figures, no page).")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process (1: see below).")
     parser.add_argument(
-        "--reanalyse", type=str, default=None,
+        "--reanalyse",
+        type=str,
+        default=None,
         help="A stored reproduction JSON: recompute its analysis, figures and page without training anything.",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     default_work = Path.home() / ".cache" / "diffusers-spectrum" / "reproduction-64"

@@ -38,7 +38,7 @@ def json_lock(path: Path):
 def merge(path: Path, read: Callable[[Path], dict], update: Callable[[dict], None]) -> dict:
     """Under the lock: ``result = read(path)`` (the stored JSON when it belongs to this study and budget, else a
     fresh one), ``update(result)``, write it back atomically; returns the merged result."""
-    from diffusers_spectrum.training.utils import write_json
+    from diffusers_spectrum.utils.records import write_json
 
     with json_lock(path):
         result = read(Path(path))
@@ -149,8 +149,9 @@ def study_cost(units, processes) -> dict:
 
 def wrap_bullet(text: str, width: int = 119) -> str:
     """A Markdown bullet (``"- ..."``) wrapped to the README's width, continuation lines indented by two spaces."""
-    return textwrap.fill(" ".join(text.split()), width=width, subsequent_indent="  ", break_long_words=False,
-                         break_on_hyphens=False)  # fmt: skip
+    return textwrap.fill(
+        " ".join(text.split()), width=width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+    )
 
 
 _THREAD_LIMITS = []  # keeps threadpoolctl's limiter alive for the process

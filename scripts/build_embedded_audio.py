@@ -27,7 +27,8 @@ from pathlib import Path
 
 import soundfile
 
-from diffusers_spectrum.training.audio_data import convert_channels, decode_audio, embedded_audio_dir, resample_audio
+from diffusers_spectrum.data.audio import convert_channels, decode_audio, resample_audio
+from diffusers_spectrum.data.sources import embedded_audio_dir
 
 
 SAMPLE_RATE = 16000
@@ -147,12 +148,20 @@ def build(output_dir: Path) -> list[dict]:
         source = THEME_DIR / f"{stem}.oga"
         target = output_dir / f"theme_{stem.replace('-', '_')}.flac"
         duration = _convert(source, target)
-        records.append({
-            "file_name": target.name, "kind": "desktop sound",
-            "source_package": f"sound-theme-freedesktop {theme_version}", "original_file": str(source),
-            "original_sha256": _sha256(source), "copyright": holder,
-            "license": license_name, "license_url": license_url, "processing": PROCESSING, "duration_s": duration,
-        })  # fmt: skip
+        records.append(
+            {
+                "file_name": target.name,
+                "kind": "desktop sound",
+                "source_package": f"sound-theme-freedesktop {theme_version}",
+                "original_file": str(source),
+                "original_sha256": _sha256(source),
+                "copyright": holder,
+                "license": license_name,
+                "license_url": license_url,
+                "processing": PROCESSING,
+                "duration_s": duration,
+            }
+        )
     # 2. Synthesised speech (CMU Flite, public-domain text)
     with tempfile.TemporaryDirectory() as scratch:
         for voice in FLITE_VOICES:
@@ -161,15 +170,20 @@ def build(output_dir: Path) -> list[dict]:
                 subprocess.run(["flite", "-voice", voice, "-t", sentence, "-o", str(raw)], check=True)
                 target = output_dir / f"speech_{voice}_{index}.flac"
                 duration = _convert(raw, target)
-                records.append({
-                    "file_name": target.name, "kind": "synthesised speech", "source_package": f"flite {flite_version}",
-                    "original_file": f"flite -voice {voice} -t {sentence!r}",
-                    "text_source": "Lewis Carroll, Alice's Adventures in Wonderland (1865), ch. I; public domain",
-                    "copyright": "Carnegie Mellon University (Flite engine and voices)",
-                    "license": FLITE_LICENSE[0], "license_url": FLITE_LICENSE[1],
-                    "processing": "synthesised by Flite at 16000 Hz (kal16/slt/rms/awb), then " + PROCESSING,
-                    "duration_s": duration,
-                })  # fmt: skip
+                records.append(
+                    {
+                        "file_name": target.name,
+                        "kind": "synthesised speech",
+                        "source_package": f"flite {flite_version}",
+                        "original_file": f"flite -voice {voice} -t {sentence!r}",
+                        "text_source": "Lewis Carroll, Alice's Adventures in Wonderland (1865), ch. I; public domain",
+                        "copyright": "Carnegie Mellon University (Flite engine and voices)",
+                        "license": FLITE_LICENSE[0],
+                        "license_url": FLITE_LICENSE[1],
+                        "processing": "synthesised by Flite at 16000 Hz (kal16/slt/rms/awb), then " + PROCESSING,
+                        "duration_s": duration,
+                    }
+                )
     with open(output_dir / "metadata.jsonl", "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")

@@ -32,10 +32,9 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     docs = REPO / "docs"
-    from diffusers_spectrum.demo import start_demo_folder
-    from diffusers_spectrum.run_folders import record_run_files
+    from diffusers_spectrum.utils.run_folders import record_run_files, restart_run_folder
 
-    out, before = start_demo_folder(args.output_dir, "readme-figures")
+    out, before = restart_run_folder(args.output_dir, "readme-figures")
 
     import torch
 
@@ -61,20 +60,61 @@ def main(argv=None) -> int:
     settings = DEMO_SETTINGS["full"]
     torch.manual_seed(0)
     SpectrumAutoencoderKL(**DEMO_VAE).save_pretrained(out / "plain_init")
-    vae_loop.train_vae(vae_loop.parse_args([
-        "--pretrained_vae", str(out / "plain_init"), "--output_dir", str(out / "plain_vae"),
-        "--resolution", str(settings["resolution"]), "--center_crop", "--random_flip", "--train_batch_size", "8",
-        "--max_train_steps", str(settings["vae_steps"]), "--learning_rate", "1e-3", "--esm_weight", "0",
-        "--dsm_levels", "0", "--perceptual_weight", "0", "--disc_weight", "0",
-        "--checkpointing_steps", str(settings["vae_steps"]), "--validation_steps", str(settings["vae_steps"]),
-        "--latent_stats_samples", "112", "--report_to", "none", "--seed", "0",
-    ]))  # fmt: skip
+    vae_loop.train_vae(
+        vae_loop.parse_args(
+            [
+                "--pretrained_vae",
+                str(out / "plain_init"),
+                "--output_dir",
+                str(out / "plain_vae"),
+                "--resolution",
+                str(settings["resolution"]),
+                "--center_crop",
+                "--random_flip",
+                "--train_batch_size",
+                "8",
+                "--max_train_steps",
+                str(settings["vae_steps"]),
+                "--learning_rate",
+                "1e-3",
+                "--esm_weight",
+                "0",
+                "--dsm_levels",
+                "0",
+                "--perceptual_weight",
+                "0",
+                "--disc_weight",
+                "0",
+                "--checkpointing_steps",
+                str(settings["vae_steps"]),
+                "--validation_steps",
+                str(settings["vae_steps"]),
+                "--latent_stats_samples",
+                "112",
+                "--report_to",
+                "none",
+                "--seed",
+                "0",
+            ]
+        )
+    )
     print(f"(the demo VAE used ESM weight {DEMO_ESM_WEIGHT} and DSM levels 0,8,10,12)")
     compare = out / "compare"
-    code = cli.main([
-        "analyze", "--compare", str(demo / "vae"), str(out / "plain_vae"), "--num_samples", "112",
-        "--resolution", str(settings["resolution"]), "--output_dir", str(compare), "--no_progress",
-    ])  # fmt: skip
+    code = cli.main(
+        [
+            "analyze",
+            "--compare",
+            str(demo / "vae"),
+            str(out / "plain_vae"),
+            "--num_samples",
+            "112",
+            "--resolution",
+            str(settings["resolution"]),
+            "--output_dir",
+            str(compare),
+            "--no_progress",
+        ]
+    )
     if code:
         return code
     for name in ("compare_spectra.png", "spectra.png", "compare.png"):

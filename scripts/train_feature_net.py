@@ -35,9 +35,12 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dir", default="feature-net", help="Where the nets and blur_check.json go.")
     parser.add_argument("--crop_sizes", type=int, nargs="+", default=[32, 64], help="Crop sizes in px.")
     parser.add_argument(
-        "--set_sizes", type=int, nargs="+", default=[32, 64, 128, 256, 512],
+        "--set_sizes",
+        type=int,
+        nargs="+",
+        default=[32, 64, 128, 256, 512],
         help="Images per set of the learned-feature metrics' check (capped by the photos).",
-    )  # fmt: skip
+    )
     parser.add_argument("--num_splits", type=int, default=8, help="Random splits per check.")
     parser.add_argument("--steps", type=int, default=None, help="Training steps (default: FEATURE_NET_SETTINGS).")
     parser.add_argument("--threads", type=int, default=2, help="torch threads.")
@@ -70,21 +73,29 @@ def main(argv=None) -> int:
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_before
         record = json.loads((out / f"feature_net_{size}px" / "feature_net.json").read_text())
         load_after = os.getloadavg()[0]
-        print(f"feature net: {wall:.0f} s wall, {cpu:.0f} s CPU in this process (training {record['train_seconds']} "
-              f"s; 0 when loaded), load average {load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} cores; "
-              f"loss {record['losses_first_last'][0]:.4f} -> {record['losses_first_last'][1]:.4f}; readout "
-              f"components keep {record['readout_explained_variance']:.1%} of its variance")  # fmt: skip
+        print(
+            f"feature net: {wall:.0f} s wall, {cpu:.0f} s CPU in this process (training {record['train_seconds']} "
+            f"s; 0 when loaded), load average {load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} cores; "
+            f"loss {record['losses_first_last'][0]:.4f} -> {record['losses_first_last'][1]:.4f}; readout "
+            f"components keep {record['readout_explained_variance']:.1%} of its variance"
+        )
         suite = GenerationMetricSuite(net, random_feature_net(train, crop_size=size))
-        entry = {"feature_net": record, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
-                 "load_average_before_after": [load_before, load_after]}  # fmt: skip
+        entry = {
+            "feature_net": record,
+            "wall_seconds": round(wall, 1),
+            "cpu_seconds": round(cpu, 1),
+            "load_average_before_after": [load_before, load_after],
+        }
 
         crops = natural_crops(photos, size=size, seed=1)  # one crop per photo: disjoint photos
         check = suite.blur_check(crops, num_splits=args.num_splits)
         entry["issue_check_32"] = check
         print(f"blur check, 32 images per set, one crop per photo, {args.num_splits} splits:")
         for name, row in check.items():
-            print(f"  {name:<18} |unblurred| {row['unblurred_abs']:.4g} blurred {row['blurred']:.4g} "
-                  f"ratio {row['ratio']:.2f} {'passes' if row['passes'] else 'FAILS'}")  # fmt: skip
+            print(
+                f"  {name:<18} |unblurred| {row['unblurred_abs']:.4g} blurred {row['blurred']:.4g} "
+                f"ratio {row['ratio']:.2f} {'passes' if row['passes'] else 'FAILS'}"
+            )
         print(f"  relied upon at 32 images per set: {', '.join(relied_metrics(check)) or 'none'}")
 
         per_photo = 1 if size >= min(photos.shape[-2:]) else 16
@@ -101,8 +112,9 @@ def main(argv=None) -> int:
                 print(f"  {split:<15} n={n:<4} {cells}", flush=True)
 
             print(f"learned-feature metrics by images per set ({per_photo} crops per photo), split {split}:")
-            by_count = blur_check_by_count(suite, crops, counts, groups=groups, num_splits=args.num_splits,
-                                           metrics=learned, progress=show)  # fmt: skip
+            by_count = blur_check_by_count(
+                suite, crops, counts, groups=groups, num_splits=args.num_splits, metrics=learned, progress=show
+            )
             passing = passing_count(by_count)
             print(f"  passes from n = {passing}")
             entry["by_count"][split] = {"checks": {str(n): c for n, c in by_count.items()}, "passes_from": passing}

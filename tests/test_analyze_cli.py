@@ -12,6 +12,7 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from diffusers_spectrum import cli
+from diffusers_spectrum.data.images import image_batches_from
 from diffusers_spectrum.evaluation.analyze import analyze_vae, compare_vaes
 from diffusers_spectrum.evaluation.diagnostics import (
     VERDICT_TOLERANCE,
@@ -23,7 +24,6 @@ from diffusers_spectrum.evaluation.encoder_analysis import analyze_encoder
 from diffusers_spectrum.evaluation.plotting import figure_to_array, plot_image_latent_spectra
 from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.spectral import spectral_kl
-from diffusers_spectrum.training.data import image_batches_from
 
 
 TINY_VAE = dict(

@@ -38,8 +38,21 @@ def test_folder_vs_reference_report_and_plot(tmp_path):
     louder = _folder(tmp_path / "louder", 2.0)
     (louder / "broken.wav").write_bytes(b"not audio")
     out = tmp_path / "report"
-    assert audio_analysis.main(["--audio_dir", str(louder), "--reference_dir", str(real), "--output_dir", str(out),
-                                "--sample_size", "8000"]) == 0  # fmt: skip
+    assert (
+        audio_analysis.main(
+            [
+                "--audio_dir",
+                str(louder),
+                "--reference_dir",
+                str(real),
+                "--output_dir",
+                str(out),
+                "--sample_size",
+                "8000",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "audio_report.json").read_text())
     assert (out / "audio_spectra.png").stat().st_size > 0
     # A gain g on the same clips is exactly |20 log10 g| dB (log-spectral distance on power).
@@ -73,13 +86,39 @@ def test_clear_errors(tmp_path):
 def test_pipeline_source(tmp_path):
     from diffusers_spectrum.training import audio
 
-    pipeline_dir = audio.train_audio(audio.parse_args([
-        "--unet_config", "tiny", "--sample_size", "512", "--max_train_steps", "1", "--train_batch_size", "2",
-        "--report_to", "none", "--output_dir", str(tmp_path / "run"),
-    ]))  # fmt: skip
+    pipeline_dir = audio.train_audio(
+        audio.parse_args(
+            [
+                "--unet_config",
+                "tiny",
+                "--sample_size",
+                "512",
+                "--max_train_steps",
+                "1",
+                "--train_batch_size",
+                "2",
+                "--report_to",
+                "none",
+                "--output_dir",
+                str(tmp_path / "run"),
+            ]
+        )
+    )
     out = tmp_path / "report"
-    audio_analysis.main(["--pipeline", str(pipeline_dir), "--num_samples", "3", "--num_inference_steps", "2",
-                         "--num_bands", "8", "--output_dir", str(out)])  # fmt: skip
+    audio_analysis.main(
+        [
+            "--pipeline",
+            str(pipeline_dir),
+            "--num_samples",
+            "3",
+            "--num_inference_steps",
+            "2",
+            "--num_bands",
+            "8",
+            "--output_dir",
+            str(out),
+        ]
+    )
     report = json.loads((out / "audio_report.json").read_text())
     assert report["sample_size"] == 512 and report["sets"]["analysed"]["num_clips"] == 3
     assert "log_spectral_distance_db" not in report
@@ -120,8 +159,12 @@ def test_ablation_quick_shards_json_and_figure(tmp_path):
     for anchor in ("floor", "noise"):
         assert set(saved[anchor]) == {"log_spectral_distance_db", "level_invariant_lsd_db", "level_offset_db"}
     assert saved["noise"]["level_invariant_lsd_db"] > saved["floor"]["level_invariant_lsd_db"]
-    assert saved["heldout_files"] == ["speech_kal16_1.flac", "speech_slt_1.flac", "theme_camera_shutter.flac",
-                                      "theme_dialog_information.flac"]  # fmt: skip
+    assert saved["heldout_files"] == [
+        "speech_kal16_1.flac",
+        "speech_slt_1.flac",
+        "theme_camera_shutter.flac",
+        "theme_dialog_information.flac",
+    ]
     family = saved["analysis"]["family"]
     assert len(family) == 3 * 2 and all(r["outcome"] != "one run" for r in family)  # two seeds: intervals
     assert len(saved["analysis"]["peaks"]) == 4 * len(ablate.peak_bands(saved))

@@ -10,18 +10,16 @@ import soundfile
 import torch
 
 from diffusers_spectrum.data import ResumableStream, make_dataloader
-from diffusers_spectrum.training.audio_data import (
+from diffusers_spectrum.data.audio import (
     AudioReader,
     AudioSkipCounter,
     AudioTransform,
     convert_channels,
     decode_audio,
-    embedded_audio_dir,
-    list_audio_files,
-    load_audio_dataset,
     resample_audio,
     source_sample_rates,
 )
+from diffusers_spectrum.data.sources import embedded_audio_dir, list_audio_files, load_audio_dataset
 
 
 RATE = 16000
@@ -132,9 +130,12 @@ def test_a_folder_with_bad_files_streams_the_good_ones_and_counts_the_rest(tmp_p
     assert len(dataset) == 9  # every audio file but the FIFO
     counter = AudioSkipCounter()
     stream = ResumableStream(
-        dataset, AudioReader(AudioTransform(RATE, 1024, channels=2)), shuffle=False, infinite=False,
+        dataset,
+        AudioReader(AudioTransform(RATE, 1024, channels=2)),
+        shuffle=False,
+        infinite=False,
         skip_counter=counter,
-    )  # fmt: skip
+    )
     clips = list(stream)
     # kept: good mono, good stereo 44.1 kHz, odd rate (resampled), too short (padded); skipped: surround (6 -> 2
     # channels), header-only, NaN, corrupt, empty
@@ -147,8 +148,10 @@ def test_a_folder_with_bad_files_streams_the_good_ones_and_counts_the_rest(tmp_p
     # with two workers: the same clips, counted over the workers
     loader = make_dataloader(
         ResumableStream(dataset, AudioReader(AudioTransform(RATE, 1024, channels=2)), shuffle=False, infinite=False),
-        1, num_workers=2, drop_last=False,
-    )  # fmt: skip
+        1,
+        num_workers=2,
+        drop_last=False,
+    )
     assert len(list(loader)) == 4 and loader.counts() == {**counts, "skipped": 5, "padded": 1}
 
 

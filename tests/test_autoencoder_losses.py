@@ -151,8 +151,14 @@ def test_fourier_amplitude_loss_matches_numpy_and_is_blind_to_phase_but_not_to_b
     expected = np.abs(amplitude(reconstruction) - amplitude(target)).reshape(3, -1).mean(1)
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-10)
     linear = FourierAmplitudeLoss(log_amplitude=False)(reconstruction, target)
-    expected = np.abs(np.abs(np.fft.rfft2(reconstruction.numpy(), norm="ortho")) -
-                      np.abs(np.fft.rfft2(target.numpy(), norm="ortho"))).reshape(3, -1).mean(1)  # fmt: skip
+    expected = (
+        np.abs(
+            np.abs(np.fft.rfft2(reconstruction.numpy(), norm="ortho"))
+            - np.abs(np.fft.rfft2(target.numpy(), norm="ortho"))
+        )
+        .reshape(3, -1)
+        .mean(1)
+    )
     np.testing.assert_allclose(linear.numpy(), expected, rtol=1e-10)
 
     # a circular shift moves every detail and keeps every band's energy: no cost, while pixel L1 is large
@@ -167,38 +173,70 @@ def test_fourier_amplitude_loss_matches_numpy_and_is_blind_to_phase_but_not_to_b
 
 
 def test_fourier_texture_term_is_a_perceptual_option_of_the_vae_trainer_and_trains_the_autoencoder():
-    from diffusers_spectrum.losses import FourierAmplitudeLoss
-    from diffusers_spectrum.training import vae as script
+    import dataclasses
 
-    args = script.parse_args(["--recipe", "sd-vae", "--perceptual_loss", "fourier", "--vae_config", "tiny",
-                              "--resolution", "32", "--disc_weight", "0"])  # fmt: skip
+    from diffusers_spectrum.losses import FourierAmplitudeLoss
+    from diffusers_spectrum.losses.autoencoder_objective import autoencoder_loss, perceptual_fits
+    from diffusers_spectrum.training import vae as script
+    from diffusers_spectrum.training import vae_setup as setup
+
+    args = script.parse_args(
+        [
+            "--recipe",
+            "sd-vae",
+            "--perceptual_loss",
+            "fourier",
+            "--vae_config",
+            "tiny",
+            "--resolution",
+            "32",
+            "--disc_weight",
+            "0",
+        ]
+    )
     assert args.perceptual_weight == 0.5  # the recipe's LPIPS weight applies to the stand-in
-    perceptual = script.build_perceptual(args)
+    perceptual = setup.build_perceptual(args)
     assert isinstance(perceptual, FourierAmplitudeLoss)
     torch.manual_seed(0)
-    model = script.build_vae(args)
-    out = script.VAETrainingModule(model)(torch.rand(2, 3, 32, 32) * 2 - 1, generator=torch.Generator().manual_seed(0))
-    args.reconstruction_weight, args.kl_weight = 0.0, 0.0
-    loss, terms = script.autoencoder_loss(out, args, perceptual)
+    model = setup.build_model(args)
+    out = setup.VAETrainingModule(model)(torch.rand(2, 3, 32, 32) * 2 - 1, generator=torch.Generator().manual_seed(0))
+    weights = dataclasses.replace(setup.loss_weights(args), reconstruction_weight=0.0, kl_weight=0.0)
+    loss, terms = autoencoder_loss(out, weights, perceptual)
     assert set(terms) >= {"perceptual"} and torch.isclose(loss, 0.5 * terms["perceptual"])
     loss.backward()
     assert model.decoder.conv_out.weight.grad.abs().sum() > 0 and model.encoder.conv_in.weight.grad.abs().sum() > 0
     # EQ-VAE's downscaled reconstructions (8 px at 32 px and scale 0.25) stay scored: no minimum size
-    assert script.perceptual_fits({"reconstruction": torch.zeros(1, 3, 8, 8)}, args)
+    assert perceptual_fits({"reconstruction": torch.zeros(1, 3, 8, 8)}, args.perceptual_loss)
 
 
 def test_kl_and_reconstruction_are_reduced_as_the_authors_reduce_them():
     """The authors' stage1_vae_trainer.py (forever208/SpectrumMatching, branch SDVAE_and_ESM): F.l1_loss over the
     whole batch, plus kl_weight x the batch mean of -0.5 sum_{c,h,w}(1 + logvar - mean^2 - exp(logvar))."""
+    from diffusers_spectrum.losses.autoencoder_objective import autoencoder_loss
     from diffusers_spectrum.training import vae as script
+    from diffusers_spectrum.training import vae_setup as setup
 
-    args = script.parse_args(["--recipe", "sd-vae", "--perceptual_loss", "none", "--vae_config", "tiny",
-                              "--resolution", "32", "--disc_weight", "0", "--kl_weight", "0.25"])  # fmt: skip
+    args = script.parse_args(
+        [
+            "--recipe",
+            "sd-vae",
+            "--perceptual_loss",
+            "none",
+            "--vae_config",
+            "tiny",
+            "--resolution",
+            "32",
+            "--disc_weight",
+            "0",
+            "--kl_weight",
+            "0.25",
+        ]
+    )
     torch.manual_seed(0)
-    model = script.build_vae(args)
+    model = setup.build_model(args)
     images = torch.rand(3, 3, 32, 32) * 2 - 1
-    out = script.VAETrainingModule(model)(images, generator=torch.Generator().manual_seed(0))
-    loss, terms = script.autoencoder_loss(out, args)
+    out = setup.VAETrainingModule(model)(images, generator=torch.Generator().manual_seed(0))
+    loss, terms = autoencoder_loss(out, setup.loss_weights(args))
     posterior = out["posterior"] if "posterior" in out else model.encode(images).latent_dist
     mean, logvar = posterior.mean, posterior.logvar
     authors_kl = (-0.5 * torch.sum(1 + logvar - mean**2 - logvar.exp(), dim=[1, 2, 3])).mean()

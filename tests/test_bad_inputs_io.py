@@ -20,22 +20,18 @@ import torch
 from PIL import Image
 
 from diffusers_spectrum.cli import main as cli_main
+from diffusers_spectrum.data.images import ImageTransform, data_image_size, image_batches, image_batches_from
+from diffusers_spectrum.data.latents import load_latent_dataset, read_cache_info
+from diffusers_spectrum.data.sources import load_image_dataset
+from diffusers_spectrum.data.stream import SkipCounter
 from diffusers_spectrum.evaluation import evaluate
 from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.models.checks import check_resolution
+from diffusers_spectrum.models.presets import build_transformer
 from diffusers_spectrum.pipelines import sampling
 from diffusers_spectrum.pipelines.export import export_pipeline
 from diffusers_spectrum.training import cache
-from diffusers_spectrum.training.data import (
-    ImageTransform,
-    SkipCounter,
-    data_image_size,
-    image_batches,
-    image_batches_from,
-    load_image_dataset,
-)
-from diffusers_spectrum.training.dit import build_transformer
-from diffusers_spectrum.training.latent_cache import load_latent_dataset, read_cache_info, write_latent_cache
+from diffusers_spectrum.training.latent_cache import write_latent_cache
 
 
 TIMEOUT_S = 60.0
@@ -87,10 +83,14 @@ def image_folder(folder: Path, count: int = 3, side: int = 16) -> Path:
 def tiny_vae(blocks: int = 2, sample_size: int = 16) -> SpectrumAutoencoderKL:
     torch.manual_seed(0)
     return SpectrumAutoencoderKL(
-        block_out_channels=(8,) * blocks, down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks, norm_num_groups=4, latent_channels=4,
-        sample_size=sample_size, dsm_levels=(0,),
-    ).eval()  # fmt: skip
+        block_out_channels=(8,) * blocks,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=sample_size,
+        dsm_levels=(0,),
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +102,23 @@ def assets(tmp_path_factory):
     transformer = build_transformer("tiny", in_channels=4, sample_size=8, dit_init=False)
     from diffusers_spectrum.pipelines.schedulers import flow_matching_scheduler
 
-    export_pipeline(root / "pipeline", vae=tiny_vae(), transformer=transformer, scheduler=flow_matching_scheduler(),
-                    id2label={0: "cat", 1: "dog", 2: "tree"})  # fmt: skip
+    export_pipeline(
+        root / "pipeline",
+        vae=tiny_vae(),
+        transformer=transformer,
+        scheduler=flow_matching_scheduler(),
+        id2label={0: "cat", 1: "dog", 2: "tree"},
+    )
     images = image_folder(root / "images", count=4)
-    write_latent_cache(root / "cache", load_image_dataset(train_data_dir=images), tiny_vae(), ImageTransform(16),
-                       batch_size=2, shard_size=2, show_progress=False)  # fmt: skip
+    write_latent_cache(
+        root / "cache",
+        load_image_dataset(train_data_dir=images),
+        tiny_vae(),
+        ImageTransform(16),
+        batch_size=2,
+        shard_size=2,
+        show_progress=False,
+    )
     return root
 
 
@@ -288,8 +300,18 @@ def test_folder_without_cache_info_is_not_a_cache(tmp_path):
 
 
 def test_cache_latents_resolution_not_multiple_of_f8_is_the_one_check_message(assets, tmp_path):
-    args = cache.parse_args(["--pretrained_vae", str(assets / "vae8"), "--train_data_dir", str(assets / "images"),
-                             "--resolution", "30", "--output_dir", str(tmp_path / "c")])  # fmt: skip
+    args = cache.parse_args(
+        [
+            "--pretrained_vae",
+            str(assets / "vae8"),
+            "--train_data_dir",
+            str(assets / "images"),
+            "--resolution",
+            "30",
+            "--output_dir",
+            str(tmp_path / "c"),
+        ]
+    )
     with pytest.raises(ValueError) as caught:
         within(TIMEOUT_S, cache.cache_latents, args)
     with pytest.raises(ValueError) as expected:
@@ -303,8 +325,15 @@ def test_cache_resume_with_broken_manifest_names_the_file(assets, tmp_path):
     folder = copy_of(assets, "cache", tmp_path)
     rewrite_info(folder, lambda info: info["settings"].pop("mode"))
     with pytest.raises(ValueError, match="cache_info.json: 'settings' has no 'mode' entry"):
-        within(TIMEOUT_S, write_latent_cache, folder, load_image_dataset(train_data_dir=assets / "images"),
-               tiny_vae(), ImageTransform(16), show_progress=False)  # fmt: skip
+        within(
+            TIMEOUT_S,
+            write_latent_cache,
+            folder,
+            load_image_dataset(train_data_dir=assets / "images"),
+            tiny_vae(),
+            ImageTransform(16),
+            show_progress=False,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -362,23 +391,42 @@ def test_weights_the_config_does_not_use_are_refused(assets, tmp_path):
 
 
 def test_sample_refuses_an_untrained_class_id(assets, tmp_path):
-    args = sampling.parse_args(["--pretrained_model_name_or_path", str(assets / "pipeline"), "--class_labels", "12",
-                                "--output_dir", str(tmp_path / "s")])  # fmt: skip
+    args = sampling.parse_args(
+        [
+            "--pretrained_model_name_or_path",
+            str(assets / "pipeline"),
+            "--class_labels",
+            "12",
+            "--output_dir",
+            str(tmp_path / "s"),
+        ]
+    )
     with pytest.raises(ValueError, match=r"\[12\] are not classes this pipeline was trained on; valid ids: 0..2"):
         within(TIMEOUT_S, sampling.sample, args)
     assert not (tmp_path / "s").exists()
 
 
 def test_evaluate_pipeline_refuses_an_unknown_class_name(assets, tmp_path):
-    args = evaluate.parse_pipeline_args(["--pipeline", str(assets / "pipeline"), "--class_labels", "dog,zebra",
-                                         "--output_dir", str(tmp_path)])  # fmt: skip
+    args = evaluate.parse_pipeline_args(
+        ["--pipeline", str(assets / "pipeline"), "--class_labels", "dog,zebra", "--output_dir", str(tmp_path)]
+    )
     with pytest.raises(ValueError, match="unknown class label 'zebra'.*cat, dog, tree"):
         within(TIMEOUT_S, evaluate.evaluate_pipeline, args)
 
 
 def test_evaluate_vae_resolution_not_multiple_of_f8_is_the_one_check_message(assets, tmp_path):
-    args = evaluate.parse_vae_args(["--vae", str(assets / "vae8"), "--train_data_dir", str(assets / "images"),
-                                    "--resolution", "30", "--output_dir", str(tmp_path)])  # fmt: skip
+    args = evaluate.parse_vae_args(
+        [
+            "--vae",
+            str(assets / "vae8"),
+            "--train_data_dir",
+            str(assets / "images"),
+            "--resolution",
+            "30",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     with pytest.raises(ValueError, match="--resolution 30 is not divisible by the VAE's downsampling factor 8"):
         within(TIMEOUT_S, evaluate.evaluate_vae, args)
     assert not (tmp_path / "eval_vae.json").exists()
@@ -426,14 +474,14 @@ def test_cli_bad_flags_exit_with_a_message_naming_the_flag(argv, message, capsys
 
 
 def test_unreachable_hub_dataset_fails_at_once_naming_the_flag(monkeypatch):
-    from diffusers_spectrum.models import checks
-    from diffusers_spectrum.training.data import load_image_dataset
+    from diffusers_spectrum.data.sources import load_image_dataset
+    from diffusers_spectrum.utils import hub
 
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as on a user's machine without the offline switch
-    monkeypatch.setattr(checks, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     start = time.time()
     with pytest.raises(ValueError, match="--dataset_name 'someone/photos': the Hub cannot be reached"):
         load_image_dataset(dataset_name="someone/photos")
@@ -441,9 +489,10 @@ def test_unreachable_hub_dataset_fails_at_once_naming_the_flag(monkeypatch):
 
 
 def test_unreachable_hub_vae_is_read_from_the_cache_only(monkeypatch, tmp_path):
-    from diffusers_spectrum.models import checks, load_autoencoder
+    from diffusers_spectrum.models import load_autoencoder
+    from diffusers_spectrum.utils import hub
 
-    monkeypatch.setattr(checks, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     start = time.time()
     with pytest.raises(OSError, match="not in the local cache: pass a local folder"):

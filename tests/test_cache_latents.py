@@ -11,15 +11,12 @@ import torch
 from PIL import Image
 
 from diffusers_spectrum.data import ResumableStream, make_dataloader
+from diffusers_spectrum.data.images import ImageTransform, decode_image
+from diffusers_spectrum.data.latents import latent_batch, load_latent_dataset, read_cache_info
+from diffusers_spectrum.data.sources import embedded_dataset_dir, load_image_dataset
 from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.training import latent_cache
-from diffusers_spectrum.training.data import ImageTransform, decode_image, embedded_dataset_dir, load_image_dataset
-from diffusers_spectrum.training.latent_cache import (
-    latent_batch,
-    load_latent_dataset,
-    read_cache_info,
-    write_latent_cache,
-)
+from diffusers_spectrum.training.latent_cache import write_latent_cache
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -29,8 +26,11 @@ def load_example(name: str):
     """The library loop module behind `examples/<name>.py` (the script only parses flags and calls it)."""
     import importlib
 
-    return importlib.import_module({"cache_latents": "diffusers_spectrum.training.cache",
-                                    "train_dit_repa": "diffusers_spectrum.training.dit"}[name])  # fmt: skip
+    return importlib.import_module(
+        {"cache_latents": "diffusers_spectrum.training.cache", "train_dit_repa": "diffusers_spectrum.training.dit"}[
+            name
+        ]
+    )
 
 
 def tiny_vae() -> SpectrumAutoencoderKL:
@@ -159,8 +159,9 @@ def test_interrupted_cache_resumes_without_duplicates_or_gaps(tmp_path, image_fo
 def test_cache_with_two_workers_resumes_without_duplicates_or_gaps(tmp_path, image_folder, monkeypatch):
     dataset = load_image_dataset(train_data_dir=image_folder, label_column="label", streaming=False)
     vae, transform = tiny_vae(), ImageTransform(32)
-    kwargs = dict(label_column="label", batch_size=3, shard_size=4, mode="sample", seed=3, show_progress=False,
-                  num_workers=2)  # fmt: skip
+    kwargs = dict(
+        label_column="label", batch_size=3, shard_size=4, mode="sample", seed=3, show_progress=False, num_workers=2
+    )
     reference = write_latent_cache(tmp_path / "full", dataset, vae, transform, **kwargs)
     real_write, calls = latent_cache._write_shard, []
 
@@ -285,10 +286,20 @@ def test_readme_command_on_data_with_a_label_column_writes_a_conditional_cache(t
     tiny_vae().save_pretrained(tmp_path / "vae")
     script = load_example("cache_latents")
     with caplog.at_level(logging.INFO):
-        info = script.cache_latents(script.parse_args([
-            "--pretrained_vae", str(tmp_path / "vae"), "--train_data_dir", str(tmp_path / "data"),
-            "--resolution", "32", "--output_dir", str(tmp_path / "cache"),
-        ]))  # fmt: skip
+        info = script.cache_latents(
+            script.parse_args(
+                [
+                    "--pretrained_vae",
+                    str(tmp_path / "vae"),
+                    "--train_data_dir",
+                    str(tmp_path / "data"),
+                    "--resolution",
+                    "32",
+                    "--output_dir",
+                    str(tmp_path / "cache"),
+                ]
+            )
+        )
     assert info["settings"]["label_column"] == "label" and info["settings"]["id2label"] == {
         "0": "a",
         "1": "b",
@@ -302,8 +313,20 @@ def test_corrupt_shard_is_named_and_rerunning_the_command_repairs_it(tmp_path, i
     vae = tiny_vae()
     vae.save_pretrained(tmp_path / "vae")
     script = load_example("cache_latents")
-    argv = ["--pretrained_vae", str(tmp_path / "vae"), "--train_data_dir", str(image_folder), "--resolution", "32",
-            "--output_dir", str(tmp_path / "cache"), "--shard_size", "5", "--label_column", "label"]  # fmt: skip
+    argv = [
+        "--pretrained_vae",
+        str(tmp_path / "vae"),
+        "--train_data_dir",
+        str(image_folder),
+        "--resolution",
+        "32",
+        "--output_dir",
+        str(tmp_path / "cache"),
+        "--shard_size",
+        "5",
+        "--label_column",
+        "label",
+    ]
     script.cache_latents(script.parse_args(argv))
     before = rows_of(tmp_path / "cache")
     shard = tmp_path / "cache" / "data" / "train-00001.parquet"

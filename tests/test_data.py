@@ -14,16 +14,9 @@ import torch
 from PIL import Image, ImageOps
 
 from diffusers_spectrum.data import ResumableStream, make_dataloader
-from diffusers_spectrum.training.data import (
-    ImageReader,
-    ImageTransform,
-    SkipCounter,
-    embedded_class_names,
-    embedded_dataset_dir,
-    image_batches,
-    load_image_dataset,
-    to_rgb,
-)
+from diffusers_spectrum.data.images import ImageReader, ImageTransform, image_batches, to_rgb
+from diffusers_spectrum.data.sources import embedded_class_names, embedded_dataset_dir, load_image_dataset
+from diffusers_spectrum.data.stream import SkipCounter
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,15 +246,24 @@ def test_dataloader_resumes_exactly_across_epochs(tmp_path, streaming, workers):
 
 def test_processes_and_workers_get_disjoint_shares_that_cover_the_dataset(tmp_path):
     folder = _write_folder(tmp_path / "imgs", count=8)
-    everything = torch.cat([b["pixel_values"] for b in image_batches(load_image_dataset(train_data_dir=folder), 8,
-                                                                     ImageTransform(8))])  # fmt: skip
+    everything = torch.cat(
+        [b["pixel_values"] for b in image_batches(load_image_dataset(train_data_dir=folder), 8, ImageTransform(8))]
+    )
     keys = lambda x: sorted(tuple(v.flatten()[:16].tolist()) for v in x)  # noqa: E731
     for streaming, workers in ((True, 0), (False, 2)):
         dataset = load_image_dataset(train_data_dir=folder, streaming=streaming)
         seen = []
         for rank in range(2):
-            loader = image_loader(dataset, 1, ImageTransform(8), num_workers=workers, num_processes=2,
-                                  process_index=rank, shuffle=False, infinite=False)  # fmt: skip
+            loader = image_loader(
+                dataset,
+                1,
+                ImageTransform(8),
+                num_workers=workers,
+                num_processes=2,
+                process_index=rank,
+                shuffle=False,
+                infinite=False,
+            )
             seen.append(torch.cat([b["pixel_values"] for b in loader]))
         assert len(seen[0]) == len(seen[1]) == 4
         assert not set(keys(seen[0])) & set(keys(seen[1]))
@@ -299,8 +301,10 @@ def _full_decode(path, resolution: int, resample) -> torch.Tensor:
     return torch.from_numpy(array / 127.5 - 1).permute(2, 0, 1)
 
 
-@pytest.mark.parametrize(("name", "size", "resolution"), [("astronaut", (512, 512), 128), ("chelsea", (640, 426), 128),
-                                                          ("coffee", (1024, 768), 256)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "size", "resolution"),
+    [("astronaut", (512, 512), 128), ("chelsea", (640, 426), 128), ("coffee", (1024, 768), 256)],
+)
 def test_reduced_size_jpeg_decode_matches_full_decode_up_to_the_resize_filter(tmp_path, name, size, resolution):
     path = _jpeg_photo(tmp_path, name, size)
     transform = ImageTransform(resolution)
@@ -339,7 +343,7 @@ def test_small_pngs_and_rotated_jpegs_are_decoded_at_full_size(tmp_path):
 
 
 def test_data_image_size_is_the_first_readable_images_shorter_side_and_batches_count_upsampling(tmp_path):
-    from diffusers_spectrum.training.data import data_image_size, image_batches_from
+    from diffusers_spectrum.data.images import data_image_size, image_batches_from
 
     folder = tmp_path / "imgs"
     folder.mkdir()

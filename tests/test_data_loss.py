@@ -14,10 +14,14 @@ import pytest
 import torch
 
 from diffusers_spectrum import cli
+from diffusers_spectrum.data.images import ImageTransform
+from diffusers_spectrum.data.sources import load_image_dataset
 from diffusers_spectrum.models import SpectrumAutoencoderKL
+from diffusers_spectrum.models.presets import build_transformer
 from diffusers_spectrum.pipelines.export import export_pipeline
 from diffusers_spectrum.pipelines.schedulers import flow_matching_scheduler
-from diffusers_spectrum.run_folders import (
+from diffusers_spectrum.training.latent_cache import write_latent_cache
+from diffusers_spectrum.utils.run_folders import (
     RUN_MARKER,
     OutputFolderError,
     check_output_file,
@@ -26,9 +30,6 @@ from diffusers_spectrum.run_folders import (
     record_run_files,
     remove_recorded_files,
 )
-from diffusers_spectrum.training.data import ImageTransform, load_image_dataset
-from diffusers_spectrum.training.dit import build_transformer
-from diffusers_spectrum.training.latent_cache import write_latent_cache
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,10 +39,14 @@ USER_TEXT = "my notes: do not lose\n"
 def tiny_vae() -> SpectrumAutoencoderKL:
     torch.manual_seed(0)
     return SpectrumAutoencoderKL(
-        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4, sample_size=16,
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=16,
         dsm_levels=(0,),
-    ).eval()  # fmt: skip
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +54,14 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("data_loss")
     tiny_vae().save_pretrained(root / "vae")
     transformer = build_transformer("tiny", in_channels=4, sample_size=8, dit_init=False)
-    export_pipeline(root / "pipeline", vae=tiny_vae(), transformer=transformer, scheduler=flow_matching_scheduler(),
-                    id2label={0: "cat", 1: "dog"})  # fmt: skip
-    from diffusers_spectrum.training.audio_data import embedded_audio_dir
+    export_pipeline(
+        root / "pipeline",
+        vae=tiny_vae(),
+        transformer=transformer,
+        scheduler=flow_matching_scheduler(),
+        id2label={0: "cat", 1: "dog"},
+    )
+    from diffusers_spectrum.data.sources import embedded_audio_dir
 
     return {"root": root, "vae": root / "vae", "pipeline": root / "pipeline", "audio": embedded_audio_dir()}
 
@@ -147,16 +157,33 @@ def command_cases(assets, out):
         "cache-latents": ["cache-latents", "--pretrained_vae", vae, "--resolution", "16", "--output_dir", out],
         "train-dit": ["train-dit", "--latent_dataset", vae, "--dit_config", "tiny", "--output_dir", out],
         "sample": ["sample", "--pretrained_model_name_or_path", pipe, "--output_dir", out],
-        "train-unconditional": ["train-unconditional", "--unet_config", "tiny", "--resolution", "16",
-                                "--output_dir", out],
+        "train-unconditional": [
+            "train-unconditional",
+            "--unet_config",
+            "tiny",
+            "--resolution",
+            "16",
+            "--output_dir",
+            out,
+        ],
         "train-audio": ["train-audio", "--unet_config", "tiny", "--output_dir", out],
         "analyze": ["analyze", "--vae", vae, "--output_dir", out],
         "analyze-audio": ["analyze-audio", "--audio_dir", audio, "--output_dir", out],
-    }  # fmt: skip
+    }
 
 
-COMMANDS = ["demo", "demo-audio", "train-vae", "cache-latents", "train-dit", "sample", "train-unconditional",
-            "train-audio", "analyze", "analyze-audio"]  # fmt: skip
+COMMANDS = [
+    "demo",
+    "demo-audio",
+    "train-vae",
+    "cache-latents",
+    "train-dit",
+    "sample",
+    "train-unconditional",
+    "train-audio",
+    "analyze",
+    "analyze-audio",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -219,8 +246,9 @@ def test_cache_resume_keeps_files_it_did_not_write_in_data(tmp_path, caplog):
         Image.new("RGB", (16, 16), (40 * i, 10, 200)).save(images / f"{i}.png")
     dataset = load_image_dataset(train_data_dir=images)
     cache = tmp_path / "cache"
-    info = write_latent_cache(cache, dataset, tiny_vae(), ImageTransform(16), batch_size=2, shard_size=2,
-                              max_samples=4, show_progress=False)  # fmt: skip
+    info = write_latent_cache(
+        cache, dataset, tiny_vae(), ImageTransform(16), batch_size=2, shard_size=2, max_samples=4, show_progress=False
+    )
     assert len(info["shards"]) == 2
     manifest = json.loads((cache / "cache_info.json").read_text())
     (cache / "cache_info.json").write_text(json.dumps({**manifest, "complete": False}))  # as if it was interrupted
@@ -229,8 +257,16 @@ def test_cache_resume_keeps_files_it_did_not_write_in_data(tmp_path, caplog):
     (data / "other.parquet").write_bytes(b"PAR1 not ours PAR1")
     (data / "train-00007.parquet.tmp").write_bytes(b"half-written")  # an interrupted write of ours
     with caplog.at_level(logging.WARNING):
-        info = write_latent_cache(cache, dataset, tiny_vae(), ImageTransform(16), batch_size=2, shard_size=2,
-                                  max_samples=6, show_progress=False)  # fmt: skip
+        info = write_latent_cache(
+            cache,
+            dataset,
+            tiny_vae(),
+            ImageTransform(16),
+            batch_size=2,
+            shard_size=2,
+            max_samples=6,
+            show_progress=False,
+        )
     assert info["num_examples"] == 6 and len(info["shards"]) == 3
     assert (data / "notes.txt").read_text() == USER_TEXT and (data / "other.parquet").is_file()
     assert not (data / "train-00007.parquet.tmp").exists()
@@ -239,8 +275,15 @@ def test_cache_resume_keeps_files_it_did_not_write_in_data(tmp_path, caplog):
 
 def test_sample_twice_into_its_folder_keeps_a_users_file(assets, tmp_path):
     out = tmp_path / "samples"
-    argv = ["sample", "--pretrained_model_name_or_path", str(assets["pipeline"]), "--num_inference_steps", "2",
-            "--output_dir", str(out)]  # fmt: skip
+    argv = [
+        "sample",
+        "--pretrained_model_name_or_path",
+        str(assets["pipeline"]),
+        "--num_inference_steps",
+        "2",
+        "--output_dir",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     (out / "notes.txt").write_text(USER_TEXT)
     assert cli.main(argv) == 0
@@ -252,9 +295,28 @@ def test_trainer_resume_keeps_a_users_file_in_its_output_folder(tmp_path):
     from diffusers_spectrum.training import unconditional
 
     out = tmp_path / "ddpm"
-    argv = ["--unet_config", "tiny", "--resolution", "16", "--max_train_steps", "2", "--checkpointing_steps", "1",
-            "--validation_steps", "100", "--train_batch_size", "2", "--report_to", "none", "--ddpm_num_steps", "10",
-            "--ddpm_num_inference_steps", "2", "--output_dir", str(out)]  # fmt: skip
+    argv = [
+        "--unet_config",
+        "tiny",
+        "--resolution",
+        "16",
+        "--max_train_steps",
+        "2",
+        "--checkpointing_steps",
+        "1",
+        "--validation_steps",
+        "100",
+        "--train_batch_size",
+        "2",
+        "--report_to",
+        "none",
+        "--ddpm_num_steps",
+        "10",
+        "--ddpm_num_inference_steps",
+        "2",
+        "--output_dir",
+        str(out),
+    ]
     unconditional.train_unconditional(unconditional.parse_args(argv))
     (out / "notes.txt").write_text(USER_TEXT)
     (out / "checkpoint-1" / "notes.txt").write_text(USER_TEXT)

@@ -61,14 +61,16 @@ def ids(batches):
 
 @pytest.mark.parametrize("streaming", [True, False])
 @pytest.mark.parametrize(("processes", "workers"), [(1, 0), (1, 2), (2, 2), (1, 3), (1, 4)])
-def test_every_example_is_read_once_per_epoch_across_processes_and_workers(parquet_files, streaming, processes,
-                                                                           workers):  # fmt: skip
+def test_every_example_is_read_once_per_epoch_across_processes_and_workers(
+    parquet_files, streaming, processes, workers
+):
     dataset = open_rows(parquet_files, streaming)
     good = sorted(i for i in range(N) if i % 7 != 3)
     seen = {0: [], 1: []}
     for rank in range(processes):
-        stream = ResumableStream(dataset, Tagged(), seed=3, shuffle_buffer_size=5, num_processes=processes,
-                                 process_index=rank)  # fmt: skip
+        stream = ResumableStream(
+            dataset, Tagged(), seed=3, shuffle_buffer_size=5, num_processes=processes, process_index=rank
+        )
         # enough batches for every stream to finish two epochs (streams run through epochs independently)
         batches = take(make_dataloader(stream, 2, num_workers=workers), 2 * N // processes)
         for batch in batches:

@@ -1,13 +1,13 @@
 """DCTTransform follows the DCTdiff authors' conventions: eta and entropy weights against numpy computations written
-from the definitions (SPEC.md, "DCT-space diffusion"), and the inverse's bilinear chroma upsampling and clamps on
-constructed coefficients."""
+from the definitions (Ning et al. 2024; docs/PROVENANCE.md#dct_transform), and the inverse's bilinear chroma
+upsampling and clamps on constructed coefficients."""
 
 import numpy as np
 import pytest
 import torch
 
 from diffusers_spectrum import DCTTransform
-from diffusers_spectrum.training.dct_statistics import HISTOGRAM_BINS, estimate_dct_statistics
+from diffusers_spectrum.models.dct_statistics import HISTOGRAM_BINS, estimate_dct_statistics
 
 
 B = 2  # block size

@@ -26,17 +26,78 @@ from diffusers_spectrum import (
     snr_scaled_scheduler,
     wavelet_loss,
 )
-from diffusers_spectrum.pipelines.dct_transform import zigzag_order
-from diffusers_spectrum.training.dct_statistics import estimate_dct_statistics
-from diffusers_spectrum.training.objectives import DiffusionObjective, snr_from_flow_time
+from diffusers_spectrum.diffusion.objectives import DiffusionObjective, snr_from_flow_time
+from diffusers_spectrum.models.dct_statistics import estimate_dct_statistics
+from diffusers_spectrum.models.dct_transform import zigzag_order
 
 
 # The JPEG standard's zigzag scan of an 8 x 8 block (ITU-T T.81, Figure A.6), as row * 8 + col.
 JPEG_ZIGZAG_8X8 = [
-    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14, 21,
-    28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61,
-    54, 47, 55, 62, 63,
-]  # fmt: skip
+    0,
+    1,
+    8,
+    16,
+    9,
+    2,
+    3,
+    10,
+    17,
+    24,
+    32,
+    25,
+    18,
+    11,
+    4,
+    5,
+    12,
+    19,
+    26,
+    33,
+    40,
+    48,
+    41,
+    34,
+    27,
+    20,
+    13,
+    6,
+    7,
+    14,
+    21,
+    28,
+    35,
+    42,
+    49,
+    56,
+    57,
+    50,
+    43,
+    36,
+    29,
+    22,
+    15,
+    23,
+    30,
+    37,
+    44,
+    51,
+    58,
+    59,
+    52,
+    45,
+    38,
+    31,
+    39,
+    46,
+    53,
+    60,
+    61,
+    54,
+    47,
+    55,
+    62,
+    63,
+]
 
 
 def _random_uint8_images(batch=2, size=16, seed=0):
@@ -239,9 +300,15 @@ def test_tiny_dct_space_dit_trains_and_its_pipeline_samples_images(kind, natural
     scheduler = snr_scaled_scheduler(base, 2.0)
     objective = DiffusionObjective(kind, scheduler)
     transformer = DiTTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=transform.latent_channels, num_layers=2,
-        sample_size=4, patch_size=1, num_embeds_ada_norm=1000, out_channels=transform.latent_channels,
-    )  # fmt: skip
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=transform.latent_channels,
+        num_layers=2,
+        sample_size=4,
+        patch_size=1,
+        num_embeds_ada_norm=1000,
+        out_channels=transform.latent_channels,
+    )
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=2e-3)
     latents = transform.encode(images).latent_dist.sample() * transform.config.scaling_factor  # (4, 24, 4, 4)
 
@@ -275,7 +342,8 @@ def test_tiny_dct_space_dit_trains_and_its_pipeline_samples_images(kind, natural
     torch.testing.assert_close(pipeline.scheduler.alphas_cumprod, scheduler.alphas_cumprod)
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
-    samples = pipeline(class_labels=[0, 1], guidance_scale=1.5, num_inference_steps=4, generator=generator,
-                       output_type="np").images  # fmt: skip
+    samples = pipeline(
+        class_labels=[0, 1], guidance_scale=1.5, num_inference_steps=4, generator=generator, output_type="np"
+    ).images
     assert samples.shape == (2, 16, 16, 3) and np.isfinite(samples).all()
     assert samples.min() >= 0 and samples.max() <= 1 and samples.std() > 0

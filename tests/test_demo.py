@@ -70,10 +70,25 @@ def test_a_non_editable_install_runs_the_demo_from_another_folder(tmp_path):
     python = venv / "bin" / "python"
     build = tmp_path / "build"
     built = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-cache-dir",
-         "--no-index", "--target", str(build), str(REPO)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(shadow)},
-    )  # fmt: skip
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-cache-dir",
+            "--no-index",
+            "--target",
+            str(build),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(shadow)},
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -83,8 +98,9 @@ def test_a_non_editable_install_runs_the_demo_from_another_folder(tmp_path):
         f"assert diffusers_spectrum.__file__.startswith({str(build)!r}), diffusers_spectrum.__file__; "
         "sys.exit(c.main(['demo', '--output_dir', 'out', '--quick']))"
     )
-    result = subprocess.run([str(python), "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
-                            timeout=900)  # fmt: skip
+    result = subprocess.run(
+        [str(python), "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (elsewhere / "out" / "dit" / "pipeline" / "model_index.json").is_file()
     assert (build / "diffusers_spectrum" / "assets" / "photos" / "metadata.jsonl").is_file()

@@ -12,9 +12,8 @@ from diffusers import (
     UNet2DModel,
 )
 
-from diffusers_spectrum.models.unet_presets import build_unet, check_edm_unet
-from diffusers_spectrum.pipelines.edm_pipeline import EDMPipeline, edm_scheduler
-from diffusers_spectrum.training.edm import (
+from diffusers_spectrum.diffusion.edm import (
+    check_edm_unet,
     edm_denoise,
     edm_denoising_loss,
     edm_loss_weight,
@@ -23,7 +22,9 @@ from diffusers_spectrum.training.edm import (
     edm_sample_sigmas,
     edm_snr,
 )
-from diffusers_spectrum.training.objectives import regularizer_weights, snr_from_alphas_cumprod
+from diffusers_spectrum.diffusion.objectives import regularizer_weights, snr_from_alphas_cumprod
+from diffusers_spectrum.models.presets import build_unet
+from diffusers_spectrum.pipelines.edm_pipeline import EDMPipeline, edm_scheduler
 
 
 SIGMAS = torch.tensor([0.002, 0.05, 0.5, 1.0, 3.0, 80.0])

@@ -46,7 +46,8 @@ def _authors_bands(x: np.ndarray, n_bins: int, floor: float, remove_dc: bool) ->
 def reference_esm(
     images, latents, delta, n_bins=16, blur=None, eps=1e-8, loss_type="kl", remove_dc=True, floor=None, spectra=False
 ):
-    """SPEC.md's ESM (the authors' ``latent_spectral_reg_dct``) per sample in float64; ``floor=None`` uses ``eps``."""
+    """ESM as the authors' ``latent_spectral_reg_dct`` (``utils_DCT.py``) per sample in float64; ``floor=None``
+    uses ``eps``."""
     x = images.detach().double().numpy()
     z = latents.detach().double().numpy()
     h, w = z.shape[-2:]

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
+from diffusers_spectrum.data.images import image_batches_from
 from diffusers_spectrum.evaluation import evaluate, generation_metrics
 from diffusers_spectrum.evaluation.metrics import frechet_distance
 from diffusers_spectrum.models import SpectrumAutoencoderKL
+from diffusers_spectrum.models.presets import build_transformer
 from diffusers_spectrum.pipelines.export import export_pipeline
 from diffusers_spectrum.pipelines.sampling import load_pipeline, pipeline_samples
-from diffusers_spectrum.training.data import image_batches_from
-from diffusers_spectrum.training.dit import build_transformer
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,10 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_vae(blocks: int = 2) -> SpectrumAutoencoderKL:
     torch.manual_seed(0)
     return SpectrumAutoencoderKL(
-        block_out_channels=(8,) * blocks, down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks, norm_num_groups=4, latent_channels=4, sample_size=16,
+        block_out_channels=(8,) * blocks,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=16,
         dsm_levels=(0,),
-    ).eval()  # fmt: skip
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +49,13 @@ def assets(tmp_path_factory):
     from diffusers_spectrum.pipelines.schedulers import flow_matching_scheduler
 
     transformer = build_transformer("tiny", in_channels=4, sample_size=8, dit_init=False)
-    export_pipeline(root / "pipeline", vae=tiny_vae(), transformer=transformer, scheduler=flow_matching_scheduler(),
-                    id2label={0: "cat", 1: "dog", 2: "tree"})  # fmt: skip
+    export_pipeline(
+        root / "pipeline",
+        vae=tiny_vae(),
+        transformer=transformer,
+        scheduler=flow_matching_scheduler(),
+        id2label={0: "cat", 1: "dog", 2: "tree"},
+    )
     images = root / "images"
     images.mkdir()
     photo = skdata.astronaut()
@@ -66,9 +75,21 @@ def psnr_reference(vae, images: np.ndarray) -> float:
 
 
 def test_evaluate_vae_defaults_to_the_data_size_and_an_output_file_in_output_dir(assets, tmp_path):
-    args = evaluate.parse_vae_args(["--vae", str(assets / "vae2"), "--train_data_dir", str(assets / "images"),
-                                    "--num_samples", "4", "--batch_size", "3", "--output_dir", str(tmp_path),
-                                    "--no_progress"])  # fmt: skip
+    args = evaluate.parse_vae_args(
+        [
+            "--vae",
+            str(assets / "vae2"),
+            "--train_data_dir",
+            str(assets / "images"),
+            "--num_samples",
+            "4",
+            "--batch_size",
+            "3",
+            "--output_dir",
+            str(tmp_path),
+            "--no_progress",
+        ]
+    )
     result = evaluate.evaluate_vae(args)
     written = json.loads((tmp_path / "eval_vae.json").read_text())
     assert written["levels"] == result["levels"] and written["resolution"] == result["resolution"] == 20
@@ -80,8 +101,15 @@ def test_evaluate_vae_defaults_to_the_data_size_and_an_output_file_in_output_dir
 
 
 def test_evaluate_vae_rounds_the_data_size_down_for_the_vae_and_warns_when_upsampling(assets, tmp_path, caplog):
-    common = ["--vae", str(assets / "vae8"), "--train_data_dir", str(assets / "images"), "--num_samples", "2",
-              "--no_progress"]  # fmt: skip
+    common = [
+        "--vae",
+        str(assets / "vae8"),
+        "--train_data_dir",
+        str(assets / "images"),
+        "--num_samples",
+        "2",
+        "--no_progress",
+    ]
     result = evaluate.evaluate_vae(evaluate.parse_vae_args([*common, "--output_file", str(tmp_path / "a.json")]))
     assert result["resolution"] == 16  # 20 px data, factor 8: the largest multiple below, never upsampled
     with caplog.at_level(logging.WARNING, logger="diffusers_spectrum.evaluation.evaluate"):
@@ -101,10 +129,23 @@ def test_evaluate_pipeline_scores_every_trained_class_at_the_conditional_default
         return pipeline_samples(pipe, num_samples, batch_size, labels, steps, guidance, seed, **kwargs)
 
     monkeypatch.setattr(evaluate, "pipeline_samples", spy)
-    args = evaluate.parse_pipeline_args(["--pipeline", str(assets / "pipeline"), "--train_data_dir",
-                                         str(assets / "images"), "--num_samples", "5", "--batch_size", "2",
-                                         "--num_inference_steps", "2", "--output_dir", str(tmp_path),
-                                         "--no_progress"])  # fmt: skip
+    args = evaluate.parse_pipeline_args(
+        [
+            "--pipeline",
+            str(assets / "pipeline"),
+            "--train_data_dir",
+            str(assets / "images"),
+            "--num_samples",
+            "5",
+            "--batch_size",
+            "2",
+            "--num_inference_steps",
+            "2",
+            "--output_dir",
+            str(tmp_path),
+            "--no_progress",
+        ]
+    )
     result = evaluate.evaluate_pipeline(args)
     assert calls == [([0, 1, 2, 0, 1], 1.8)]
     assert result["class_labels"] == [0, 1, 2] and result["class_names"] == ["cat", "dog", "tree"]
@@ -135,11 +176,27 @@ def test_evaluate_pipeline_takes_class_names_a_guidance_flag_and_a_feature_extra
     from diffusers_spectrum.evaluation import metrics
 
     monkeypatch.setattr(metrics, "load_feature_extractor", lambda spec, device: channel_stats)
-    args = evaluate.parse_pipeline_args(["--pipeline", str(assets / "pipeline"), "--train_data_dir",
-                                         str(assets / "images"), "--num_samples", "6", "--class_labels", "tree,dog",
-                                         "--guidance_scale", "1", "--num_inference_steps", "2", "--feature_extractor",
-                                         "stand-in", "--output_file", str(tmp_path / "e.json"),
-                                         "--no_progress"])  # fmt: skip
+    args = evaluate.parse_pipeline_args(
+        [
+            "--pipeline",
+            str(assets / "pipeline"),
+            "--train_data_dir",
+            str(assets / "images"),
+            "--num_samples",
+            "6",
+            "--class_labels",
+            "tree,dog",
+            "--guidance_scale",
+            "1",
+            "--num_inference_steps",
+            "2",
+            "--feature_extractor",
+            "stand-in",
+            "--output_file",
+            str(tmp_path / "e.json"),
+            "--no_progress",
+        ]
+    )
     result = evaluate.evaluate_pipeline(args)
     assert result["class_labels"] == [1, 2] and result["guidance_scale"] == 1.0
     pipe = load_pipeline(assets / "pipeline")
@@ -158,9 +215,22 @@ def test_example_scripts_are_thin_and_exit_with_a_message(assets, tmp_path):
         text = (ROOT / "examples" / script).read_text()
         assert "from diffusers_spectrum.evaluation.evaluate import" in text and len(text.splitlines()) < 30
     run = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "evaluate_vae.py"), "--vae", str(assets / "vae8"), "--train_data_dir",
-         str(assets / "images"), "--resolution", "30", "--num_samples", "2"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "examples" / "evaluate_vae.py"),
+            "--vae",
+            str(assets / "vae8"),
+            "--train_data_dir",
+            str(assets / "images"),
+            "--resolution",
+            "30",
+            "--num_samples",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert run.returncode == 1 and "evaluate_vae.py: error: --resolution 30 is not divisible" in run.stderr
     assert "Traceback" not in run.stderr

@@ -229,8 +229,11 @@ def test_kid_matches_its_closed_form_on_gaussians():
     a_mean, b_mean = np.array([0.3, 0.0, -0.2, 0.1]), np.array([0.0, 0.4, 0.1, 0.0])
     root_a, root_b = rng.normal(0, 0.5, (dim, dim)), rng.normal(0, 0.5, (dim, dim))
     a_cov, b_cov = root_a @ root_a.T + 0.5 * np.eye(dim), root_b @ root_b.T + 0.2 * np.eye(dim)
-    expected = (np_poly_kernel_mean(a_mean, a_cov, a_mean, a_cov, dim) + np_poly_kernel_mean(b_mean, b_cov, b_mean,
-                b_cov, dim) - 2 * np_poly_kernel_mean(a_mean, a_cov, b_mean, b_cov, dim))  # fmt: skip
+    expected = (
+        np_poly_kernel_mean(a_mean, a_cov, a_mean, a_cov, dim)
+        + np_poly_kernel_mean(b_mean, b_cov, b_mean, b_cov, dim)
+        - 2 * np_poly_kernel_mean(a_mean, a_cov, b_mean, b_cov, dim)
+    )
     estimates = [
         kid(rng.multivariate_normal(a_mean, a_cov, 400), rng.multivariate_normal(b_mean, b_cov, 400))
         for _ in range(40)
@@ -239,8 +242,9 @@ def test_kid_matches_its_closed_form_on_gaussians():
     assert abs(np.mean(estimates) - expected) < 4 * standard_error
     assert expected > 10 * standard_error  # the test can tell the two distributions apart
     # unbiased: one distribution gives 0 on average (also at a small sample size, where it can be negative)
-    same = [kid(rng.multivariate_normal(a_mean, a_cov, 16), rng.multivariate_normal(a_mean, a_cov, 16))
-            for _ in range(400)]  # fmt: skip
+    same = [
+        kid(rng.multivariate_normal(a_mean, a_cov, 16), rng.multivariate_normal(a_mean, a_cov, 16)) for _ in range(400)
+    ]
     assert abs(np.mean(same)) < 4 * np.std(same, ddof=1) / np.sqrt(len(same)) and min(same) < 0
     subsets = kid(rng.normal(size=(200, 3)), rng.normal(size=(150, 3)) + 1.0, num_subsets=10, subset_size=50)
     assert subsets > 0
@@ -416,6 +420,13 @@ def test_feature_net_trains_caches_and_standardises(tmp_path, embedded_crops):
     assert (tmp_path / "busy" / "keep.txt").is_file()
     suite = GenerationMetricSuite(net, random_feature_net(photos))
     values = suite.measure(embedded_crops[:32], embedded_crops[32:64])
-    assert set(values) == {"spectrum_distance", "swd_x1e3", "swd_pooled_x1e3", "kid_trained", "fd_trained",
-                           "kid_random", "fd_random"}  # fmt: skip
+    assert set(values) == {
+        "spectrum_distance",
+        "swd_x1e3",
+        "swd_pooled_x1e3",
+        "kid_trained",
+        "fd_trained",
+        "kid_random",
+        "fd_random",
+    }
     assert all(np.isfinite(v) for v in values.values())

@@ -2,7 +2,6 @@
 inductor's CPU path, and a clear message where the backend cannot compile) and fused AdamW on CUDA; every trainer
 parses them and they reach the backend flags, the model and the optimizer."""
 
-import argparse
 import json
 import types
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from diffusers_spectrum.training import audio, dit, loop, unconditional, vae
+from diffusers_spectrum.training.args import Optimization, Outputs
 
 
 PARSERS = {
@@ -41,19 +41,17 @@ def restore_tf32():
 def test_allow_tf32_sets_the_cuda_matmul_and_cudnn_flags(tmp_path, restore_tf32):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     args = vae.parse_args(["--output_dir", str(tmp_path), "--report_to", "none"])
-    loop.make_accelerator(args, "train-vae")
+    loop.make_accelerator("train-vae", Outputs.of(args), Optimization.of(args), vars(args))
     assert not torch.backends.cuda.matmul.allow_tf32  # off unless asked
     args = vae.parse_args(["--output_dir", str(tmp_path), "--report_to", "none", "--allow_tf32"])
-    loop.make_accelerator(args, "train-vae")
+    loop.make_accelerator("train-vae", Outputs.of(args), Optimization.of(args), vars(args))
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     assert json.loads((tmp_path / "training_args.json").read_text())["allow_tf32"] is True
 
 
 def _adam_args(**overrides):
-    values = dict(learning_rate=1e-2, scale_lr=False, train_batch_size=1, gradient_accumulation_steps=1,
-                  adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=0.01, adam_epsilon=1e-8,
-                  lr_scheduler="constant", lr_warmup_steps=0, max_train_steps=10)  # fmt: skip
-    return argparse.Namespace(**{**values, **overrides})
+    values = dict(learning_rate=1e-2, train_batch_size=1, adam_weight_decay=0.01, max_train_steps=10)
+    return Optimization(**{**values, **overrides})
 
 
 def test_adamw_is_fused_on_cuda_only_and_the_fused_step_matches():
@@ -131,10 +129,30 @@ def test_use_torch_compile_reaches_the_trainers_model(tmp_path, monkeypatch):
     compiled = []
     monkeypatch.setattr(loop, "compile_model", lambda model, enabled: compiled.append((type(model), enabled)) or model)
     monkeypatch.setattr(loop, "check_compile", lambda device: compiled.append(("checked", device)))
-    args = dit.parse_args(["--dit_config", "tiny", "--resolution", "32", "--train_batch_size", "2",
-                           "--max_train_steps", "1", "--checkpointing_steps", "1", "--validation_steps", "100",
-                           "--report_to", "none", "--output_dir", str(tmp_path / "out"), "--space", "dct",
-                           "--use_torch_compile", "--allow_tf32"])  # fmt: skip
+    args = dit.parse_args(
+        [
+            "--dit_config",
+            "tiny",
+            "--resolution",
+            "32",
+            "--train_batch_size",
+            "2",
+            "--max_train_steps",
+            "1",
+            "--checkpointing_steps",
+            "1",
+            "--validation_steps",
+            "100",
+            "--report_to",
+            "none",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--space",
+            "dct",
+            "--use_torch_compile",
+            "--allow_tf32",
+        ]
+    )
     dit.train_dit(args)
     assert ("checked", torch.device("cpu")) in compiled
     assert any(enabled and kind.__name__.endswith("DiTTransformer2DModel") for kind, enabled in compiled[1:])

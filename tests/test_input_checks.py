@@ -15,16 +15,13 @@ import torch
 from PIL import Image
 
 from diffusers_spectrum import cli
+from diffusers_spectrum.data.audio import AudioTransform, decode_audio, read_clip
+from diffusers_spectrum.data.images import ImageTransform
+from diffusers_spectrum.data.latents import load_latent_dataset
+from diffusers_spectrum.data.sources import load_image_dataset
 from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.training import audio, dit, unconditional
-from diffusers_spectrum.training.audio_data import AudioTransform, decode_audio, read_clip
-from diffusers_spectrum.training.data import ImageTransform, load_image_dataset
-from diffusers_spectrum.training.latent_cache import (
-    latent_statistics,
-    load_latent_dataset,
-    warn_if_badly_scaled,
-    write_latent_cache,
-)
+from diffusers_spectrum.training.latent_cache import latent_statistics, warn_if_badly_scaled, write_latent_cache
 
 
 def run(argv, capsys) -> tuple[int, str]:
@@ -38,10 +35,15 @@ def run(argv, capsys) -> tuple[int, str]:
 def tiny_vae(scaling_factor: float = 1.0) -> SpectrumAutoencoderKL:
     torch.manual_seed(0)
     return SpectrumAutoencoderKL(
-        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4, sample_size=16,
-        dsm_levels=(0,), scaling_factor=scaling_factor,
-    ).eval()  # fmt: skip
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=16,
+        dsm_levels=(0,),
+        scaling_factor=scaling_factor,
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +72,17 @@ def scaled_cache(images, tmp_path_factory):
     vae = tiny_vae()
     vae.register_to_config(scaling_factor=1.0 / raw_latent_std(vae, images))
     vae.save_pretrained(root / "vae")
-    write_latent_cache(root / "cache", load_image_dataset(train_data_dir=images), vae, ImageTransform(16),
-                       mode="mean", batch_size=4, shard_size=4, show_progress=False,
-                       metadata={"pretrained_vae": str(root / "vae")})  # fmt: skip
+    write_latent_cache(
+        root / "cache",
+        load_image_dataset(train_data_dir=images),
+        vae,
+        ImageTransform(16),
+        mode="mean",
+        batch_size=4,
+        shard_size=4,
+        show_progress=False,
+        metadata={"pretrained_vae": str(root / "vae")},
+    )
     return root
 
 
@@ -83,8 +93,20 @@ def test_a_cache_scale_10x_off_its_vae_is_refused_naming_the_key_and_the_fix(sca
     info = json.loads((cache / "cache_info.json").read_text())
     info["settings"]["scaling_factor"] *= 10
     (cache / "cache_info.json").write_text(json.dumps(info))
-    args = dit.parse_args(["--latent_dataset", str(cache), "--dit_config", "tiny", "--max_train_steps", "1",
-                           "--report_to", "none", "--output_dir", str(tmp_path / "dit")])  # fmt: skip
+    args = dit.parse_args(
+        [
+            "--latent_dataset",
+            str(cache),
+            "--dit_config",
+            "tiny",
+            "--max_train_steps",
+            "1",
+            "--report_to",
+            "none",
+            "--output_dir",
+            str(tmp_path / "dit"),
+        ]
+    )
     with pytest.raises(ValueError) as caught:
         dit.train_dit(args)
     message = str(caught.value)
@@ -112,8 +134,17 @@ def test_latent_statistics_of_a_well_scaled_cache_are_near_one_and_a_10x_scale_w
 def test_a_cache_is_not_reused_after_its_vae_was_retrained_in_place(images, tmp_path, capsys):
     vae_dir = tmp_path / "vae"
     tiny_vae().save_pretrained(vae_dir)
-    argv = ["cache-latents", "--pretrained_vae", str(vae_dir), "--train_data_dir", str(images), "--resolution", "16",
-            "--output_dir", str(tmp_path / "cache")]  # fmt: skip
+    argv = [
+        "cache-latents",
+        "--pretrained_vae",
+        str(vae_dir),
+        "--train_data_dir",
+        str(images),
+        "--resolution",
+        "16",
+        "--output_dir",
+        str(tmp_path / "cache"),
+    ]
     assert run(argv, capsys)[0] == 0
     assert run(argv, capsys)[0] == 0  # the same VAE: the complete cache is reused
     vae = tiny_vae()
@@ -126,13 +157,39 @@ def test_a_cache_is_not_reused_after_its_vae_was_retrained_in_place(images, tmp_
 
 @pytest.mark.slow
 def test_resuming_an_edm_run_as_ddpm_is_refused_naming_the_flag(tmp_path):
-    common = ["--unet_config", "tiny", "--resolution", "16", "--train_batch_size", "2", "--checkpointing_steps", "1",
-              "--validation_steps", "100", "--report_to", "none", "--output_dir", str(tmp_path / "run")]  # fmt: skip
-    unconditional.train_unconditional(unconditional.parse_args([*common, "--formulation", "edm",
-                                                                 "--max_train_steps", "1"]))  # fmt: skip
+    common = [
+        "--unet_config",
+        "tiny",
+        "--resolution",
+        "16",
+        "--train_batch_size",
+        "2",
+        "--checkpointing_steps",
+        "1",
+        "--validation_steps",
+        "100",
+        "--report_to",
+        "none",
+        "--output_dir",
+        str(tmp_path / "run"),
+    ]
+    unconditional.train_unconditional(
+        unconditional.parse_args([*common, "--formulation", "edm", "--max_train_steps", "1"])
+    )
     before = (tmp_path / "run" / "model_index.json").read_text()
-    resumed = unconditional.parse_args([*common, "--formulation", "ddpm", "--max_train_steps", "2",
-                                        "--fourier_weight", "0.1", "--resume_from_checkpoint", "latest"])  # fmt: skip
+    resumed = unconditional.parse_args(
+        [
+            *common,
+            "--formulation",
+            "ddpm",
+            "--max_train_steps",
+            "2",
+            "--fourier_weight",
+            "0.1",
+            "--resume_from_checkpoint",
+            "latest",
+        ]
+    )
     with pytest.raises(ValueError) as caught:
         unconditional.train_unconditional(resumed)
     message = str(caught.value)
@@ -175,8 +232,22 @@ def test_audio_resampling_is_counted_per_rate_and_upsampling_warned(tmp_path, ca
     for i in range(2):
         sine_file(folder / f"high_{i}.wav", 192000)
     with caplog.at_level(logging.WARNING):
-        code, err = run(["analyze-audio", "--audio_dir", str(folder), "--sample_rate", "16000", "--sample_size",
-                         "4000", "--num_bands", "8", "--output_dir", str(tmp_path / "report")], capsys)  # fmt: skip
+        code, err = run(
+            [
+                "analyze-audio",
+                "--audio_dir",
+                str(folder),
+                "--sample_rate",
+                "16000",
+                "--sample_size",
+                "4000",
+                "--num_bands",
+                "8",
+                "--output_dir",
+                str(tmp_path / "report"),
+            ],
+            capsys,
+        )
     assert code == 0, err
     report = json.loads((tmp_path / "report" / "audio_report.json").read_text())
     assert report["source_sample_rates"] == {f"folder:{folder}": {"8000": 3, "192000": 2}}
@@ -193,8 +264,18 @@ def test_an_all_silent_folder_is_one_line_naming_it(tmp_path, capsys):
     folder.mkdir()
     for i in range(2):
         sine_file(folder / f"{i}.wav", 16000, amplitude=0.0)
-    code, err = run(["analyze-audio", "--audio_dir", str(folder), "--sample_size", "4000", "--output_dir",
-                     str(tmp_path / "report")], capsys)  # fmt: skip
+    code, err = run(
+        [
+            "analyze-audio",
+            "--audio_dir",
+            str(folder),
+            "--sample_size",
+            "4000",
+            "--output_dir",
+            str(tmp_path / "report"),
+        ],
+        capsys,
+    )
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and f"folder {folder}: all 2 clips are silent" in lines[0], err
 
@@ -224,20 +305,44 @@ def two_caches(images, tmp_path_factory):
     for channels in (4, 8):
         torch.manual_seed(0)
         vae = SpectrumAutoencoderKL(
-            block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=channels,
-            sample_size=16, dsm_levels=(0,),
-        ).eval()  # fmt: skip
+            block_out_channels=(8, 8),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            norm_num_groups=4,
+            latent_channels=channels,
+            sample_size=16,
+            dsm_levels=(0,),
+        ).eval()
         vae.save_pretrained(root / f"vae{channels}")
-        write_latent_cache(root / f"cache{channels}", load_image_dataset(train_data_dir=images), vae,
-                           ImageTransform(16), batch_size=4, shard_size=4, show_progress=False,
-                           metadata={"pretrained_vae": str(root / f"vae{channels}")})  # fmt: skip
+        write_latent_cache(
+            root / f"cache{channels}",
+            load_image_dataset(train_data_dir=images),
+            vae,
+            ImageTransform(16),
+            batch_size=4,
+            shard_size=4,
+            show_progress=False,
+            metadata={"pretrained_vae": str(root / f"vae{channels}")},
+        )
     return root
 
 
 def train_dit_cli(cache, out) -> list[str]:
-    argv = ["train-dit", "--latent_dataset", str(cache), "--dit_config", "tiny", "--patch_size", "2",
-            "--train_batch_size", "2", "--max_train_steps", "1", "--report_to", "none"]  # fmt: skip
+    argv = [
+        "train-dit",
+        "--latent_dataset",
+        str(cache),
+        "--dit_config",
+        "tiny",
+        "--patch_size",
+        "2",
+        "--train_batch_size",
+        "2",
+        "--max_train_steps",
+        "1",
+        "--report_to",
+        "none",
+    ]
     return [*argv, "--output_dir", str(out)]
 
 
@@ -275,8 +380,12 @@ HEAVY = ("diffusers", "transformers", "datasets", "accelerate", "scipy", "matplo
 
 
 def modules_after(code: str) -> set[str]:
-    result = subprocess.run([sys.executable, "-c", code + "; import sys; print(' '.join(sys.modules))"],
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code + "; import sys; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return set(result.stdout.split())
 
 

@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from diffusers import AutoencoderKL, DiffusionPipeline
 
 from diffusers_spectrum.training import cache, dit
+from diffusers_spectrum.training.dit_data import DiTData
 
 
 FAMILIES = {
@@ -30,9 +31,13 @@ def _family_vae(folder, **family) -> AutoencoderKL:
     """A narrowed stock AutoencoderKL with the family's latent keys (f2: two blocks of 8 channels)."""
     torch.manual_seed(0)
     vae = AutoencoderKL(
-        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, sample_size=16, **family,
-    )  # fmt: skip
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        sample_size=16,
+        **family,
+    )
     vae.save_pretrained(folder)
     return vae.eval()
 
@@ -45,27 +50,58 @@ def test_cache_dit_inputs_and_export_keep_the_family_latent_convention(name, tmp
     scale, shift = family["scaling_factor"], family["shift_factor"]
 
     # 1. The cache records the convention (raw latents, unscaled)
-    cache.cache_latents(cache.parse_args([
-        "--pretrained_vae", str(tmp_path / "vae"), "--output_dir", str(tmp_path / "cache"), "--resolution", "16",
-        "--max_samples", "8", "--latent_mode", "mean", "--latent_dtype", "float32", "--unconditional",
-    ]))  # fmt: skip
+    cache.cache_latents(
+        cache.parse_args(
+            [
+                "--pretrained_vae",
+                str(tmp_path / "vae"),
+                "--output_dir",
+                str(tmp_path / "cache"),
+                "--resolution",
+                "16",
+                "--max_samples",
+                "8",
+                "--latent_mode",
+                "mean",
+                "--latent_dtype",
+                "float32",
+                "--unconditional",
+            ]
+        )
+    )
     settings = json.loads((tmp_path / "cache" / "cache_info.json").read_text())["settings"]
     assert settings["scaling_factor"] == pytest.approx(scale) and settings["shift_factor"] == shift
     assert settings["latent_convention"] == ("scale" if shift is None else "shift_scale")
 
     # 2. The DiT trains on the family's standardised latents: (z - shift) * scale
     common = [
-        "--latent_dataset", str(tmp_path / "cache"), "--dit_config", "tiny", "--train_batch_size", "4",
-        "--report_to", "none", "--repa_targets", "none", "--num_validation_images", "1",
-        "--validation_inference_steps", "2", "--max_train_steps", "1", "--checkpointing_steps", "1",
-        "--validation_steps", "100", "--unconditional",
-    ]  # fmt: skip
+        "--latent_dataset",
+        str(tmp_path / "cache"),
+        "--dit_config",
+        "tiny",
+        "--train_batch_size",
+        "4",
+        "--report_to",
+        "none",
+        "--repa_targets",
+        "none",
+        "--num_validation_images",
+        "1",
+        "--validation_inference_steps",
+        "2",
+        "--max_train_steps",
+        "1",
+        "--checkpointing_steps",
+        "1",
+        "--validation_steps",
+        "100",
+        "--unconditional",
+    ]
     args = dit.parse_args(["--output_dir", str(tmp_path / "dit"), *common])
     accelerator = Accelerator(cpu=True)
-    source = dit.DataSource(args, accelerator)
-    source.num_classes = 1000
-    batch = next(iter(source.dataloader(accelerator, 0)))
-    inputs = source.prepare(batch, torch.Generator().manual_seed(0), (4, 4), need_targets=False)
+    source = DiTData(args, accelerator.device)
+    batch = next(iter(source.dataloader(accelerator, None)))
+    inputs = source.prepare(batch, torch.Generator().manual_seed(0), (4, 4))
     raw = batch["latents"]  # (B, C, 8, 8) posterior means
     expected = raw * scale if shift is None else (raw - shift) * scale
     torch.testing.assert_close(inputs["x0"], expected.float(), atol=1e-6, rtol=1e-6)

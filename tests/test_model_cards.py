@@ -28,7 +28,7 @@ def test_vae_card_has_metadata_numbers_and_loads(tmp_path):
             "dsm_levels": (0, 8),
             "max_train_steps": 7,
             "output_dir": Path("/tmp/x"),
-        },  # fmt: skip
+        },
         metrics={"spectral_kl_delta1": 0.0123, "psnr": 27.5},
         base_model="stabilityai/sd-vae-ft-mse",
         datasets="user/photos",
@@ -82,8 +82,15 @@ def test_markdown_table_escapes_and_formats():
 
 
 def test_push_dry_run_lists_the_publishable_files_only(tmp_path):
-    for relative in ("README.md", "config.json", "stock/config.json", "checkpoint-5/model.safetensors",
-                     "logs/run/events.out", ".checkpoint-6.tmp/x", "stock/.hidden"):  # fmt: skip
+    for relative in (
+        "README.md",
+        "config.json",
+        "stock/config.json",
+        "checkpoint-5/model.safetensors",
+        "logs/run/events.out",
+        ".checkpoint-6.tmp/x",
+        "stock/.hidden",
+    ):
         path = tmp_path / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
@@ -97,7 +104,7 @@ def test_push_dry_run_lists_the_publishable_files_only(tmp_path):
 
 @pytest.mark.parametrize("kind", ["vae", "pipeline", "dataset"])
 def test_cards_drop_the_hub_token_even_from_raw_vars(kind):
-    """Every card filters its flag table with `training.utils.public_args`: `training_args=vars(args)` with a token
+    """Every card filters its flag table with `utils.records.public_args`: `training_args=vars(args)` with a token
     (the old cache-latents leak) publishes every other flag and never the token."""
     flags = {"hub_token": "hf_FAKE_SECRET_123", "learning_rate": 0.5, "hub_model_id": "user/x"}
     make = {"vae": vae_model_card, "pipeline": pipeline_model_card, "dataset": dataset_card}[kind]

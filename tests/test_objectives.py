@@ -6,14 +6,13 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
-from diffusers_spectrum.training.objectives import (
+from diffusers_spectrum.diffusion.edm import edm_preconditioning, x0_from_edm
+from diffusers_spectrum.diffusion.objectives import (
     DiffusionObjective,
-    edm_preconditioning,
     flow_shift_of,
     regularizer_weights,
     scale_alphas_cumprod,
     snr_from_flow_time,
-    x0_from_edm,
     x0_from_epsilon,
     x0_from_flow,
     x0_from_v,

@@ -16,9 +16,28 @@ from diffusers_spectrum.training.dit import parse_args, train_dit
 
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--dit_config", "tiny", "--train_batch_size", "4", "--report_to", "none", "--resolution", "32",
-        "--validation_inference_steps", "2", "--num_validation_images", "2", "--max_train_steps", "2",
-        "--checkpointing_steps", "2", "--validation_steps", "2", "--objective", "epsilon"]  # fmt: skip
+TINY = [
+    "--dit_config",
+    "tiny",
+    "--train_batch_size",
+    "4",
+    "--report_to",
+    "none",
+    "--resolution",
+    "32",
+    "--validation_inference_steps",
+    "2",
+    "--num_validation_images",
+    "2",
+    "--max_train_steps",
+    "2",
+    "--checkpointing_steps",
+    "2",
+    "--validation_steps",
+    "2",
+    "--objective",
+    "epsilon",
+]
 
 
 def test_pixel_transform_is_the_identity_with_a_clamp_and_round_trips_through_save(tmp_path):
@@ -37,8 +56,12 @@ def test_pixel_transform_is_the_identity_with_a_clamp_and_round_trips_through_sa
     transform.save_pretrained(tmp_path)
     loaded = PixelTransform.from_pretrained(tmp_path)
     keys = ("in_channels", "scaling_factor", "shift_factor", "latent_channels")
-    assert {k: loaded.config[k] for k in keys} == {"in_channels": 3, "scaling_factor": 1.0, "shift_factor": None,
-                                                   "latent_channels": 3}  # fmt: skip
+    assert {k: loaded.config[k] for k in keys} == {
+        "in_channels": 3,
+        "scaling_factor": 1.0,
+        "shift_factor": None,
+        "latent_channels": 3,
+    }
     assert torch.equal(loaded.pixel_range, torch.tensor([-1.0, 1.0]))
     with pytest.raises(ValueError, match="scaling_factor` must be 1.0"):
         PixelTransform(scaling_factor=0.5)
@@ -84,8 +107,9 @@ print(json.dumps(type(pipe.vae).__name__))
 
 def _run(code: str, *args) -> object:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env,
-                            timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -94,8 +118,9 @@ def _run(code: str, *args) -> object:
 def test_pixel_and_dct_space_dits_train_and_their_pipelines_load_in_a_fresh_process(tmp_path):
     pixel = parse_args(["--space", "pixel", "--patch_size", "4", "--output_dir", str(tmp_path / "pixel"), *TINY])
     pixel_dir = train_dit(pixel)
-    dct = parse_args(["--space", "dct", "--dct_block_size", "2", "--patch_size", "1", "--output_dir",
-                      str(tmp_path / "dct"), *TINY])  # fmt: skip
+    dct = parse_args(
+        ["--space", "dct", "--dct_block_size", "2", "--patch_size", "1", "--output_dir", str(tmp_path / "dct"), *TINY]
+    )
     dct_dir = train_dit(dct)
 
     # the same backbone at the same token count: 8 x 8 tokens of 4 x 4 pixels each (48 RGB values / 24 coefficients)

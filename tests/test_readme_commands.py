@@ -165,9 +165,18 @@ def test_the_extraction_handles_continuations_placeholders_and_chains():
     )
     assert commands(text) == [
         ["diffusers-spectrum", "demo", "--output_dir", PLACEHOLDER_DIR],
-        ["accelerate", "launch", "--num_processes", "2", "examples/train_spectrum_vae.py", "--hub_model_id",
-         "dummy/vae", "--output_dir", "dummy"],
-    ]  # fmt: skip
+        [
+            "accelerate",
+            "launch",
+            "--num_processes",
+            "2",
+            "examples/train_spectrum_vae.py",
+            "--hub_model_id",
+            "dummy/vae",
+            "--output_dir",
+            "dummy",
+        ],
+    ]
     parse, argv = parse_function(["diffusers-spectrum", "analyze", "--vae", "x", "--output_dir", "y", "--bogus"])
     with pytest.raises(SystemExit):
         parse(argv)  # an unknown flag is caught: the check can fail

@@ -114,17 +114,39 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
 
     # shape of the JSON (the one on disk is the returned one)
     on_disk = json.loads((out / "reproduction_quick.json").read_text())
-    for key in ("command", "seeds", "versions", "settings", "arms", "scan", "kl_sweep", "kl_convention",
-                "texture_term", "autoencoders", "ceilings", "diffusion", "blur_check", "floor", "feature_net",
-                "unit_seconds", "unit_cpu_seconds", "unit_costs", "analysis"):  # fmt: skip
+    for key in (
+        "command",
+        "seeds",
+        "versions",
+        "settings",
+        "arms",
+        "scan",
+        "kl_sweep",
+        "kl_convention",
+        "texture_term",
+        "autoencoders",
+        "ceilings",
+        "diffusion",
+        "blur_check",
+        "floor",
+        "feature_net",
+        "unit_seconds",
+        "unit_cpu_seconds",
+        "unit_costs",
+        "analysis",
+    ):
         assert key in on_disk, key
     assert on_disk["mode"] == "quick" and on_disk["format"] == study.FORMAT
     data, seeds = on_disk["data"], on_disk["seeds"]
     assert data["test"] == data["validation"] == 65 and data["train"] == 345  # 5 crops per tile, 13 / 13 / 69 tiles
-    splits = {s: {p.name.split("_s")[0] for p in (work / "data" / s).glob("*.png")} for s in ("train", "validation",
-                                                                                           "test")}  # fmt: skip
-    assert not (splits["train"] & splits["test"] or splits["train"] & splits["validation"] or
-                splits["validation"] & splits["test"])  # no source tile in two splits  # fmt: skip
+    splits = {
+        s: {p.name.split("_s")[0] for p in (work / "data" / s).glob("*.png")} for s in ("train", "validation", "test")
+    }
+    assert not (
+        splits["train"] & splits["test"]
+        or splits["train"] & splits["validation"]
+        or splits["validation"] & splits["test"]
+    )  # no source tile in two splits
     assert seeds == {"autoencoder": [0, 1], "dit": [0, 1], "dit_to_autoencoder": {"0": 0, "1": 1}}
     scan = on_disk["scan"]
     assert scan["measured_on"] == "validation" and scan["chosen_esm_weight"] in [0.1, 1.0]
@@ -150,13 +172,19 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
         runs = on_disk["diffusion"][arm]
         assert [r["seed"] for r in runs] == [0, 1] and [r["ae_seed"] for r in runs] == [0, 1]
         for run in runs:
-            assert run["loss_curve"] and run["heldout_fm_loss"] > 0 and set(run["heldout_fm_loss_per_t"]) == {
-                "0.3", "0.7"}  # fmt: skip
+            assert (
+                run["loss_curve"]
+                and run["heldout_fm_loss"] > 0
+                and set(run["heldout_fm_loss_per_t"]) == {"0.3", "0.7"}
+            )
             assert {"spectrum_distance", "swd_x1e3", "swd_pooled_x1e3", "kid_trained", "fd_random"} <= set(run)
     assert "spectrum_distance" in analysis["relied_metrics"]
     tested = {r["metric"] for r in analysis["family"]}
-    assert tested == {*[m for m in analysis["measured_metrics"] if m in analysis["relied_metrics"]],
-                      "heldout_fm_loss", "final_dit_loss"}  # fmt: skip
+    assert tested == {
+        *[m for m in analysis["measured_metrics"] if m in analysis["relied_metrics"]],
+        "heldout_fm_loss",
+        "final_dit_loss",
+    }
     assert {(r["arm"], r["baseline"]) for r in analysis["family"]} >= {("esm+dsm", "eq-vae"), ("esm+dsm", "va-vae")}
     assert all(r["n"] == 2 for r in analysis["family"] + analysis["autoencoder_family"])
     assert {r["metric"] for r in analysis["autoencoder_family"]} == {"w1", "psnr", "dsm_drop_10"}

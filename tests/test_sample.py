@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from diffusers_spectrum.models import SpectrumAutoencoderKL
+from diffusers_spectrum.models.presets import build_transformer
 from diffusers_spectrum.pipelines.export import export_pipeline
 from diffusers_spectrum.pipelines.schedulers import default_scheduler, flow_matching_scheduler
-from diffusers_spectrum.training.dit import build_transformer
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -29,10 +29,14 @@ def load_example(name: str):
 def tiny_pipeline(folder: Path, scheduler) -> Path:
     torch.manual_seed(0)
     vae = SpectrumAutoencoderKL(
-        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4, sample_size=16,
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=16,
         dsm_levels=(0,),
-    )  # fmt: skip
+    )
     transformer = build_transformer("tiny", in_channels=4, sample_size=8, dit_init=False)
     id2label = {0: "cat", 1: "dog", 2: "tree"}
     return export_pipeline(folder, vae=vae, transformer=transformer, scheduler=scheduler, id2label=id2label)
@@ -49,13 +53,27 @@ def run(script, *argv) -> Path:
 
 def test_sample_writes_one_png_per_image_a_grid_and_a_record_by_class_name(flow_pipeline, tmp_path):
     script = load_example("sample")
-    out = run(script, "--pretrained_model_name_or_path", str(flow_pipeline), "--class_labels", "dog,tree",
-              "--num_images", "3", "--num_inference_steps", "2", "--output_dir", str(tmp_path / "a"),
-              "--seed", "5")  # fmt: skip
+    out = run(
+        script,
+        "--pretrained_model_name_or_path",
+        str(flow_pipeline),
+        "--class_labels",
+        "dog,tree",
+        "--num_images",
+        "3",
+        "--num_inference_steps",
+        "2",
+        "--output_dir",
+        str(tmp_path / "a"),
+        "--seed",
+        "5",
+    )
     record = json.loads((out / "samples.json").read_text())
     assert [(r["class_id"], r["class_name"], r["seed"]) for r in record["images"]] == [
-        (1, "dog", 5), (2, "tree", 6), (1, "dog", 7)
-    ]  # fmt: skip
+        (1, "dog", 5),
+        (2, "tree", 6),
+        (1, "dog", 7),
+    ]
     assert record["scheduler"] == "DPMSolverMultistepScheduler" and record["guidance_scale"] == 1.8
     first = np.asarray(Image.open(out / record["images"][0]["file"]))
     assert first.shape == (16, 16, 3)
@@ -66,8 +84,14 @@ def test_sample_writes_one_png_per_image_a_grid_and_a_record_by_class_name(flow_
 
 def test_sample_images_do_not_depend_on_batch_size(flow_pipeline, tmp_path):
     script = load_example("sample")
-    common = ["--pretrained_model_name_or_path", str(flow_pipeline), "--class_labels", "0,1,2",
-              "--num_inference_steps", "2"]  # fmt: skip
+    common = [
+        "--pretrained_model_name_or_path",
+        str(flow_pipeline),
+        "--class_labels",
+        "0,1,2",
+        "--num_inference_steps",
+        "2",
+    ]
     one = run(script, *common, "--batch_size", "1", "--output_dir", str(tmp_path / "one"))
     three = run(script, *common, "--batch_size", "3", "--output_dir", str(tmp_path / "three"))
     for name in sorted(p.name for p in one.glob("0*.png")):
@@ -80,16 +104,42 @@ def test_sample_images_do_not_depend_on_batch_size(flow_pipeline, tmp_path):
 def test_sample_scheduler_choice_keeps_training_schedule_and_refuses_mismatch(flow_pipeline, tmp_path):
     script = load_example("sample")
     with pytest.raises(ValueError, match="cannot sample this flow-matching pipeline"):
-        run(script, "--pretrained_model_name_or_path", str(flow_pipeline), "--scheduler", "ddim",
-            "--output_dir", str(tmp_path / "x"))  # fmt: skip
+        run(
+            script,
+            "--pretrained_model_name_or_path",
+            str(flow_pipeline),
+            "--scheduler",
+            "ddim",
+            "--output_dir",
+            str(tmp_path / "x"),
+        )
     with pytest.raises(ValueError, match="unknown class label 'zebra'"):
-        run(script, "--pretrained_model_name_or_path", str(flow_pipeline), "--class_labels", "zebra",
-            "--output_dir", str(tmp_path / "x"))  # fmt: skip
+        run(
+            script,
+            "--pretrained_model_name_or_path",
+            str(flow_pipeline),
+            "--class_labels",
+            "zebra",
+            "--output_dir",
+            str(tmp_path / "x"),
+        )
 
     # an epsilon pipeline sampled with DDIM instead of its default, unconditionally (label 0, no CFG)
     eps = tiny_pipeline(tmp_path / "eps", default_scheduler("epsilon", solver="dpmsolver++"))
-    out = run(script, "--pretrained_model_name_or_path", str(eps), "--scheduler", "ddim", "--unconditional",
-              "--num_images", "2", "--num_inference_steps", "2", "--output_dir", str(tmp_path / "u"))  # fmt: skip
+    out = run(
+        script,
+        "--pretrained_model_name_or_path",
+        str(eps),
+        "--scheduler",
+        "ddim",
+        "--unconditional",
+        "--num_images",
+        "2",
+        "--num_inference_steps",
+        "2",
+        "--output_dir",
+        str(tmp_path / "u"),
+    )
     record = json.loads((out / "samples.json").read_text())
     assert record["scheduler"] == "DDIMScheduler" and record["guidance_scale"] == 1.0
     assert [r["class_id"] for r in record["images"]] == [0, 0]

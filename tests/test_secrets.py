@@ -23,10 +23,14 @@ PUSH = ["--push_to_hub", "--hub_dry_run", "--hub_token", TOKEN, "--hub_model_id"
 def tiny_vae() -> SpectrumAutoencoderKL:
     torch.manual_seed(0)
     return SpectrumAutoencoderKL(
-        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4, sample_size=32,
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=32,
         dsm_levels=(0,),
-    ).eval()  # fmt: skip
+    ).eval()
 
 
 def files_holding_token(folder: Path) -> list[str]:
@@ -47,13 +51,18 @@ def assert_clean(folder: Path, caplog, capsys) -> None:
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("secret_assets")
     tiny_vae().save_pretrained(root / "vae")
+    from diffusers_spectrum.models.presets import build_transformer
     from diffusers_spectrum.pipelines.export import export_pipeline
     from diffusers_spectrum.pipelines.schedulers import flow_matching_scheduler
-    from diffusers_spectrum.training.dit import build_transformer
 
     transformer = build_transformer("tiny", in_channels=4, sample_size=8, dit_init=False)
-    export_pipeline(root / "pipeline", vae=tiny_vae(), transformer=transformer, scheduler=flow_matching_scheduler(),
-                    id2label={0: "cat", 1: "dog"})  # fmt: skip
+    export_pipeline(
+        root / "pipeline",
+        vae=tiny_vae(),
+        transformer=transformer,
+        scheduler=flow_matching_scheduler(),
+        id2label={0: "cat", 1: "dog"},
+    )
     return root
 
 
@@ -80,7 +89,7 @@ def cache_run(assets, tmp_path_factory):
             ]
         )
     )
-    return out  # fmt: skip
+    return out
 
 
 def run_command(name: str, argv: list[str]):
@@ -111,7 +120,7 @@ def _log_everything(caplog):
 
 
 def test_public_args_is_the_one_filter():
-    from diffusers_spectrum.training.utils import public_args
+    from diffusers_spectrum.utils.records import public_args
 
     assert public_args({"hub_token": TOKEN, "seed": 0}) == {"seed": 0}
 
@@ -124,29 +133,93 @@ def test_cache_latents_writes_no_token(cache_run, caplog, capsys):
 
 @pytest.mark.slow
 def test_train_vae_writes_no_token_with_tensorboard(tmp_path, caplog, capsys):
-    run_command("train-vae", ["--output_dir", str(tmp_path / "vae"), "--vae_config", "tiny", "--resolution", "32",
-                              "--train_batch_size", "2", "--max_train_steps", "1", "--checkpointing_steps", "1",
-                              "--validation_steps", "1", "--latent_stats_samples", "4", "--perceptual_loss", "none",
-                              "--report_to", "tensorboard", *PUSH])  # fmt: skip
+    run_command(
+        "train-vae",
+        [
+            "--output_dir",
+            str(tmp_path / "vae"),
+            "--vae_config",
+            "tiny",
+            "--resolution",
+            "32",
+            "--train_batch_size",
+            "2",
+            "--max_train_steps",
+            "1",
+            "--checkpointing_steps",
+            "1",
+            "--validation_steps",
+            "1",
+            "--latent_stats_samples",
+            "4",
+            "--perceptual_loss",
+            "none",
+            "--report_to",
+            "tensorboard",
+            *PUSH,
+        ],
+    )
     assert (tmp_path / "vae" / "README.md").is_file() and (tmp_path / "vae" / "hub_upload.json").is_file()
     assert_clean(tmp_path, caplog, capsys)
 
 
 @pytest.mark.slow
 def test_train_dit_writes_no_token(cache_run, tmp_path, caplog, capsys):
-    run_command("train-dit", ["--latent_dataset", str(cache_run), "--output_dir", str(tmp_path / "dit"),
-                              "--dit_config", "tiny", "--train_batch_size", "2", "--max_train_steps", "1",
-                              "--checkpointing_steps", "1", "--validation_steps", "1", "--num_validation_images", "2",
-                              "--validation_inference_steps", "2", "--report_to", "tensorboard", *PUSH])  # fmt: skip
+    run_command(
+        "train-dit",
+        [
+            "--latent_dataset",
+            str(cache_run),
+            "--output_dir",
+            str(tmp_path / "dit"),
+            "--dit_config",
+            "tiny",
+            "--train_batch_size",
+            "2",
+            "--max_train_steps",
+            "1",
+            "--checkpointing_steps",
+            "1",
+            "--validation_steps",
+            "1",
+            "--num_validation_images",
+            "2",
+            "--validation_inference_steps",
+            "2",
+            "--report_to",
+            "tensorboard",
+            *PUSH,
+        ],
+    )
     assert (tmp_path / "dit" / "hub_upload.json").is_file()
     assert_clean(tmp_path, caplog, capsys)
 
 
 @pytest.mark.slow
 def test_train_unconditional_writes_no_token(tmp_path, caplog, capsys):
-    argv = ["--output_dir", str(tmp_path / "u"), "--unet_config", "tiny", "--resolution", "16", "--train_batch_size",
-            "2", "--max_train_steps", "1", "--checkpointing_steps", "1", "--validation_steps", "1",
-            "--eval_batch_size", "1", "--ddpm_num_inference_steps", "2", "--report_to", "none", *PUSH]  # fmt: skip
+    argv = [
+        "--output_dir",
+        str(tmp_path / "u"),
+        "--unet_config",
+        "tiny",
+        "--resolution",
+        "16",
+        "--train_batch_size",
+        "2",
+        "--max_train_steps",
+        "1",
+        "--checkpointing_steps",
+        "1",
+        "--validation_steps",
+        "1",
+        "--eval_batch_size",
+        "1",
+        "--ddpm_num_inference_steps",
+        "2",
+        "--report_to",
+        "none",
+        *PUSH,
+    ]
     run_command("train-unconditional", argv)
     assert_clean(tmp_path, caplog, capsys)
 
@@ -154,10 +227,32 @@ def test_train_unconditional_writes_no_token(tmp_path, caplog, capsys):
 @pytest.mark.slow
 def test_train_audio_writes_no_token(tmp_path, caplog, capsys):
     data = write_wavs(tmp_path / "wavs")
-    run_command("train-audio", ["--train_data_dir", str(data), "--output_dir", str(tmp_path / "a"), "--unet_config",
-                                "tiny", "--train_batch_size", "2", "--max_train_steps", "1", "--checkpointing_steps",
-                                "1", "--validation_steps", "1", "--num_validation_samples", "1",
-                                "--validation_inference_steps", "2", "--report_to", "none", *PUSH])  # fmt: skip
+    run_command(
+        "train-audio",
+        [
+            "--train_data_dir",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "a"),
+            "--unet_config",
+            "tiny",
+            "--train_batch_size",
+            "2",
+            "--max_train_steps",
+            "1",
+            "--checkpointing_steps",
+            "1",
+            "--validation_steps",
+            "1",
+            "--num_validation_samples",
+            "1",
+            "--validation_inference_steps",
+            "2",
+            "--report_to",
+            "none",
+            *PUSH,
+        ],
+    )
     assert_clean(tmp_path, caplog, capsys)
 
 
@@ -165,11 +260,36 @@ def test_train_audio_writes_no_token(tmp_path, caplog, capsys):
 def test_sample_and_evaluate_commands_write_no_token(assets, tmp_path, caplog, capsys):
     """These have no token flag (they never upload); their outputs are searched all the same."""
     pipeline = str(assets / "pipeline")
-    run_command("sample", ["--pretrained_model_name_or_path", pipeline, "--num_images", "2", "--num_inference_steps",
-                           "1", "--output_dir", str(tmp_path / "samples")])  # fmt: skip
-    run_command("evaluate-vae", ["--vae", str(assets / "vae"), "--num_samples", "2", "--output_dir",
-                                 str(tmp_path / "ev"), "--no_progress"])  # fmt: skip
-    run_command("evaluate-pipeline", ["--pipeline", pipeline, "--num_samples", "2", "--num_inference_steps", "1",
-                                      "--output_dir", str(tmp_path / "ep"), "--no_progress"])  # fmt: skip
+    run_command(
+        "sample",
+        [
+            "--pretrained_model_name_or_path",
+            pipeline,
+            "--num_images",
+            "2",
+            "--num_inference_steps",
+            "1",
+            "--output_dir",
+            str(tmp_path / "samples"),
+        ],
+    )
+    run_command(
+        "evaluate-vae",
+        ["--vae", str(assets / "vae"), "--num_samples", "2", "--output_dir", str(tmp_path / "ev"), "--no_progress"],
+    )
+    run_command(
+        "evaluate-pipeline",
+        [
+            "--pipeline",
+            pipeline,
+            "--num_samples",
+            "2",
+            "--num_inference_steps",
+            "1",
+            "--output_dir",
+            str(tmp_path / "ep"),
+            "--no_progress",
+        ],
+    )
     assert {p.name for p in tmp_path.rglob("*.json")} >= {"samples.json", "eval_vae.json", "eval_pipeline.json"}
     assert_clean(tmp_path, caplog, capsys)

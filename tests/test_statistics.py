@@ -79,14 +79,22 @@ def test_compare_arms_pairs_by_seed_and_corrects_across_arms_and_metrics():
     results = {
         "base": {"swd": dict(seed_effect), "loss": {0: 0.69, 1: 0.68, 2: 0.70}},
         # better in every seed by ~15 over a seed effect of +-20: unpaired spreads overlap, the pairing separates
-        "good": {"swd": {s: v - 15 + d for (s, v), d in zip(seed_effect.items(), (0.1, -0.2, 0.1))},
-                 "loss": {0: 0.62, 1: 0.64, 2: 0.60}},
-        "same": {"swd": {s: v + d for (s, v), d in zip(seed_effect.items(), (3.0, -4.0, 1.0))},
-                 "loss": {0: 0.70, 1: 0.67, 2: 0.69}},
-    }  # fmt: skip
+        "good": {
+            "swd": {s: v - 15 + d for (s, v), d in zip(seed_effect.items(), (0.1, -0.2, 0.1))},
+            "loss": {0: 0.62, 1: 0.64, 2: 0.60},
+        },
+        "same": {
+            "swd": {s: v + d for (s, v), d in zip(seed_effect.items(), (3.0, -4.0, 1.0))},
+            "loss": {0: 0.70, 1: 0.67, 2: 0.69},
+        },
+    }
     rows = compare_arms(results, "base", {"swd": True, "loss": True})
-    assert [(r["arm"], r["metric"]) for r in rows] == [("good", "swd"), ("good", "loss"), ("same", "swd"),
-                                                       ("same", "loss")]  # fmt: skip
+    assert [(r["arm"], r["metric"]) for r in rows] == [
+        ("good", "swd"),
+        ("good", "loss"),
+        ("same", "swd"),
+        ("same", "loss"),
+    ]
     by = {(r["arm"], r["metric"]): r for r in rows}
     assert by[("good", "swd")]["differences"] == pytest.approx([-14.9, -15.2, -14.9])
     assert by[("good", "swd")]["separated"] and by[("good", "swd")]["outcome"] == "better"
@@ -100,8 +108,10 @@ def test_compare_arms_pairs_by_seed_and_corrects_across_arms_and_metrics():
     assert (first["holm_lo"], first["holm_hi"]) == pytest.approx((corrected["lo"], corrected["hi"]))
     assert "per seed" in comparison_phrase(by[("good", "swd")])
     # a worse arm is named worse; a metric with one run per arm has no interval and stays out of the family
-    results["bad"] = {"swd": {s: v + 30 + d for (s, v), d in zip(seed_effect.items(), (0.5, -0.5, 0.2))},
-                      "loss": {0: 0.69}}  # fmt: skip
+    results["bad"] = {
+        "swd": {s: v + 30 + d for (s, v), d in zip(seed_effect.items(), (0.5, -0.5, 0.2))},
+        "loss": {0: 0.69},
+    }
     rows = compare_arms(results, "base", {"swd": True, "loss": True}, arms=["bad"])
     assert rows[0]["outcome"] == "worse" and rows[1]["outcome"] == "one run" and rows[0]["family_size"] == 1
     with pytest.raises(ValueError, match="share none"):
@@ -109,6 +119,35 @@ def test_compare_arms_pairs_by_seed_and_corrects_across_arms_and_metrics():
     # one family over arms with their own baselines (e.g. two formulations)
     two = {"a/none": results["base"], "a/x": results["good"], "b/none": results["base"], "b/x": results["same"]}
     rows = compare_arms(two, {"a/x": "a/none", "b/x": "b/none"}, {"swd": True})
-    assert [(r["arm"], r["baseline"], r["outcome"]) for r in rows] == [("a/x", "a/none", "better"),
-                                                                      ("b/x", "b/none", "not separated")]  # fmt: skip
+    assert [(r["arm"], r["baseline"], r["outcome"]) for r in rows] == [
+        ("a/x", "a/none", "better"),
+        ("b/x", "b/none", "not separated"),
+    ]
     assert all(r["family_size"] == 2 for r in rows)
+
+
+def test_paired_differences_draws_the_seeds_and_both_intervals():
+    from matplotlib.figure import Figure
+
+    from diffusers_spectrum.evaluation.plotting import paired_differences
+
+    rows = [
+        {
+            "differences": [1.0, 2.0, 3.0],
+            "outcome": "x",
+            "mean": 2.0,
+            "lo": 0.5,
+            "hi": 3.5,
+            "holm_lo": 0.0,
+            "holm_hi": 4.0,
+        },
+        {"differences": [5.0], "outcome": "one run", "mean": 5.0},
+    ]
+    ax = Figure().add_subplot()
+    paired_differences(ax, rows)
+    assert len(ax.containers) == 2  # one run draws no interval
+    t_bar, holm_bar = (container.lines[2][0].get_segments()[0] for container in ax.containers)
+    np.testing.assert_allclose(t_bar, [[0.15, 0.5], [0.15, 3.5]])
+    np.testing.assert_allclose(holm_bar, [[0.3, 0.0], [0.3, 4.0]])
+    seeds = [line.get_ydata().tolist() for line in ax.lines if line.get_marker() == "o"]
+    assert seeds == [[1.0, 2.0, 3.0], [5.0]]

@@ -121,7 +121,7 @@ def _synthetic_result(ablation, model_value: dict, seeds=(0, 1, 2, 3, 4)) -> dic
                 "swd_pooled_x1e3": 800 + rng.standard_normal(),
             }
             for s in seeds
-        }  # fmt: skip
+        }
         for n in (budget["num_samples"], budget["extra_num_samples"])
     }
     check = {m: {"passes": True, "ratio": 5.0} for m in ("spectrum_distance", "swd_pooled_x1e3")}
@@ -131,9 +131,14 @@ def _synthetic_result(ablation, model_value: dict, seeds=(0, 1, 2, 3, 4)) -> dic
         samplers = (*ablation.SAMPLERS[formulation], *(("ancestral_extra_n",) if formulation == "ddpm" else ()))
         rows = {s: {"num_samples": 1, "spectrum_distance": value, "swd_pooled_x1e3": 200 * value} for s in samplers}
         units[ablation.run_key(formulation, regularizer, seed)] = {
-            "formulation": formulation, "regularizer": regularizer, "seed": seed, "samplers": rows,
-            "final_diffusion_loss": 0.1, "train_seconds": 1.0, "unit_seconds": 2.0,
-        }  # fmt: skip
+            "formulation": formulation,
+            "regularizer": regularizer,
+            "seed": seed,
+            "samplers": rows,
+            "final_diffusion_loss": 0.1,
+            "train_seconds": 1.0,
+            "unit_seconds": 2.0,
+        }
     return {"budget": budget, "setup": {"noise": noise, "blur_check": check, "floor": {}}, "units": units}
 
 
@@ -186,11 +191,16 @@ def test_audio_analysis_names_a_learned_peak():
         for name in audio.REGULARIZERS:
             contrast = [9.0, 11.0, 10.5, 9.5, 10.0][seed] if name == "stft" else [-1.0, 0.8, -0.3, 0.4, 0.1][seed]
             units[f"{name}-{seed}"] = {
-                "regularizer": name, "seed": seed, "log_spectral_distance_db": 10 + rng.standard_normal(),
-                "level_invariant_lsd_db": 8 + rng.standard_normal(), "level_offset_db": rng.standard_normal(),
-                "final_diffusion_loss": 0.1, "seconds_per_step": 0.1, peak: contrast,
+                "regularizer": name,
+                "seed": seed,
+                "log_spectral_distance_db": 10 + rng.standard_normal(),
+                "level_invariant_lsd_db": 8 + rng.standard_normal(),
+                "level_offset_db": rng.standard_normal(),
+                "final_diffusion_loss": 0.1,
+                "seconds_per_step": 0.1,
+                peak: contrast,
                 "unit_seconds": 1.0,
-            }  # fmt: skip
+            }
     report = {"units": units, "heldout_peaks": [5]}
     analysis = audio.analyse(report)
     learned = {r["arm"]: r["learned"] for r in analysis["peaks"]}

@@ -13,10 +13,12 @@ import torch
 from diffusers import DiffusionPipeline, IPNDMScheduler
 from safetensors.torch import load_file
 
+from diffusers_spectrum.data.sources import embedded_audio_dir
+from diffusers_spectrum.diffusion import v_diffusion
 from diffusers_spectrum.losses.spectral_regularizers import spectral_regularizer_terms
 from diffusers_spectrum.losses.stft import fit_stft_resolutions
 from diffusers_spectrum.training import audio
-from diffusers_spectrum.training.audio_data import embedded_audio_dir
+from diffusers_spectrum.training.args import spectral_regularizers
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +41,7 @@ def test_ipndm_times_are_the_cosine_angle():
     t = scheduler.timesteps.double()
     np.testing.assert_allclose(scheduler.alphas[:-1].double(), torch.cos(math.pi * t / 2), atol=1e-6)
     np.testing.assert_allclose(scheduler.betas[:-1].double(), torch.sin(math.pi * t / 2), atol=1e-6)
-    alpha, sigma = audio.v_diffusion_alphas_sigmas(t)
+    alpha, sigma = v_diffusion.v_diffusion_alphas_sigmas(t)
     np.testing.assert_allclose(alpha, np.cos(np.pi * t.numpy() / 2), atol=1e-12)
     np.testing.assert_allclose(sigma, np.sin(np.pi * t.numpy() / 2), atol=1e-12)
 
@@ -56,8 +58,8 @@ def test_ipndm_step_with_the_true_velocity_is_exact(index):
     scheduler.set_begin_index(index)
     t, t_next = scheduler.timesteps[index], scheduler.timesteps[index + 1]
     times = torch.full((2,), float(t), dtype=torch.float64)
-    x_t = audio.v_diffusion_inputs(x0, noise, times)
-    previous = scheduler.step(audio.v_diffusion_target(x0, noise, times), t, x_t).prev_sample
+    x_t = v_diffusion.v_diffusion_inputs(x0, noise, times)
+    previous = scheduler.step(v_diffusion.v_diffusion_target(x0, noise, times), t, x_t).prev_sample
     a, s = math.cos(math.pi * float(t_next) / 2), math.sin(math.pi * float(t_next) / 2)
     # the scheduler's tables are float32: relative error ~1e-7 on values of order 3
     np.testing.assert_allclose(previous.numpy(), (a * x0 + s * noise).numpy(), atol=1e-5)
@@ -68,12 +70,12 @@ def test_v_objective_closed_forms():
     x0, noise = torch.randn(2, 2, 2, 32, generator=generator, dtype=torch.float64).unbind(0)
     t = torch.tensor([0.1, 0.8], dtype=torch.float64)
     a, s = np.cos(np.pi * t.numpy() / 2)[:, None, None], np.sin(np.pi * t.numpy() / 2)[:, None, None]
-    x_t = audio.v_diffusion_inputs(x0, noise, t)
-    v = audio.v_diffusion_target(x0, noise, t)
+    x_t = v_diffusion.v_diffusion_inputs(x0, noise, t)
+    v = v_diffusion.v_diffusion_target(x0, noise, t)
     np.testing.assert_allclose(x_t, a * x0.numpy() + s * noise.numpy(), atol=1e-12)
     np.testing.assert_allclose(v, a * noise.numpy() - s * x0.numpy(), atol=1e-12)
-    np.testing.assert_allclose(audio.x0_from_v_diffusion(v, x_t, t), x0, atol=1e-12)
-    np.testing.assert_allclose(audio.v_diffusion_snr(t), (a / s).ravel() ** 2, rtol=1e-12)
+    np.testing.assert_allclose(v_diffusion.x0_from_v_diffusion(v, x_t, t), x0, atol=1e-12)
+    np.testing.assert_allclose(v_diffusion.v_diffusion_snr(t), (a / s).ravel() ** 2, rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -94,8 +96,18 @@ def test_stft_resolutions_are_fitted_to_the_clip():
     args = audio.parse_args(["--unet_config", "tiny", "--sample_size", "512"])
     assert args.stft_fft_sizes == [256, 512, 128]
     with pytest.raises(ValueError, match="--stft_fft_sizes"):
-        audio.parse_args(["--sample_size", "512", "--stft_fft_sizes", "2048", "--stft_hop_lengths", "10",
-                          "--stft_win_lengths", "100"])  # fmt: skip
+        audio.parse_args(
+            [
+                "--sample_size",
+                "512",
+                "--stft_fft_sizes",
+                "2048",
+                "--stft_hop_lengths",
+                "10",
+                "--stft_win_lengths",
+                "100",
+            ]
+        )
     with pytest.raises(ValueError, match="all three"):
         audio.parse_args(["--stft_fft_sizes", "256"])
 
@@ -122,21 +134,26 @@ def test_each_regularizer_lowers_the_loss_on_a_fixed_batch(regularizer):
     torch.manual_seed(0)
     x0 = _fixed_batch()
     model = audio.build_audio_unet("tiny", 1024, 16000, 1)
-    weight = {"none": [], "fourier": ["--fourier_weight", "0.5"], "wavelet": ["--wavelet_weight", "0.5"],
-              "stft": ["--stft_weight", "0.05"]}[regularizer]  # the STFT loss is ~100x larger at initialisation
+    weight = {
+        "none": [],
+        "fourier": ["--fourier_weight", "0.5"],
+        "wavelet": ["--wavelet_weight", "0.5"],
+        "stft": ["--stft_weight", "0.05"],
+    }[regularizer]  # the STFT loss is ~100x larger at initialisation
     args = audio.parse_args(["--unet_config", "tiny", "--sample_size", "1024", *weight])
-    fourier, wavelet, stft = audio.regularizer_options(args)
+    regularizers = spectral_regularizers(args)
+    fourier, wavelet, stft = regularizers.fourier, regularizers.wavelet, regularizers.stft
     weights = {"fourier": args.fourier_weight, "wavelet": args.wavelet_weight, "stft": args.stft_weight}
     generator = torch.Generator().manual_seed(0)
     t = torch.rand(x0.shape[0], generator=generator) * 0.5  # informative noise levels
     noise = torch.randn(x0.shape, generator=generator)
-    x_t = audio.v_diffusion_inputs(x0, noise, t)
+    x_t = v_diffusion.v_diffusion_inputs(x0, noise, t)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def total_loss():
         prediction = model(x_t, t).sample
-        loss = (prediction - audio.v_diffusion_target(x0, noise, t)).square().mean()
-        x0_hat = audio.x0_from_v_diffusion(prediction, x_t, t)
+        loss = (prediction - v_diffusion.v_diffusion_target(x0, noise, t)).square().mean()
+        x0_hat = v_diffusion.x0_from_v_diffusion(prediction, x_t, t)
         terms = spectral_regularizer_terms(x0_hat, x0, torch.ones(x0.shape[0]), fourier, wavelet, stft)
         assert set(terms) == ({regularizer} - {"none"})
         return loss + sum(weights[k] * v for k, v in terms.items())
@@ -156,20 +173,52 @@ def test_each_regularizer_lowers_the_loss_on_a_fixed_batch(regularizer):
 
 
 def _train_args(output_dir, *extra):
-    return audio.parse_args([
-        "--unet_config", "tiny", "--sample_size", "512", "--train_batch_size", "2", "--max_train_steps", "4",
-        "--checkpointing_steps", "2", "--validation_steps", "4", "--num_validation_samples", "2",
-        "--validation_inference_steps", "3", "--report_to", "none", "--output_dir", str(output_dir), *extra,
-    ])  # fmt: skip
+    return audio.parse_args(
+        [
+            "--unet_config",
+            "tiny",
+            "--sample_size",
+            "512",
+            "--train_batch_size",
+            "2",
+            "--max_train_steps",
+            "4",
+            "--checkpointing_steps",
+            "2",
+            "--validation_steps",
+            "4",
+            "--num_validation_samples",
+            "2",
+            "--validation_inference_steps",
+            "3",
+            "--report_to",
+            "none",
+            "--output_dir",
+            str(output_dir),
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.slow
 def test_export_loads_with_plain_diffusers_and_generates(tmp_path):
     out = tmp_path / "run"
-    pipeline_dir = audio.train_audio(_train_args(
-        out, "--stft_weight", "0.1", "--fourier_weight", "0.1", "--wavelet_weight", "0.1", "--use_ema",
-        "--push_to_hub", "--hub_dry_run", "--report_to", "tensorboard",
-    ))  # fmt: skip
+    pipeline_dir = audio.train_audio(
+        _train_args(
+            out,
+            "--stft_weight",
+            "0.1",
+            "--fourier_weight",
+            "0.1",
+            "--wavelet_weight",
+            "0.1",
+            "--use_ema",
+            "--push_to_hub",
+            "--hub_dry_run",
+            "--report_to",
+            "tensorboard",
+        )
+    )
     pipe = DiffusionPipeline.from_pretrained(pipeline_dir)
     assert type(pipe).__name__ == "DanceDiffusionPipeline"
     assert type(pipe.scheduler).__name__ == "IPNDMScheduler"
@@ -191,8 +240,9 @@ def test_export_loads_with_plain_diffusers_and_generates(tmp_path):
 def test_kill_and_resume_gives_identical_weights(tmp_path):
     full = audio.train_audio(_train_args(tmp_path / "full", "--stft_weight", "0.1", "--use_ema"))
     _ = audio.train_audio(_train_args(tmp_path / "cut", "--stft_weight", "0.1", "--use_ema", "--max_train_steps", "2"))
-    resumed = audio.train_audio(_train_args(tmp_path / "cut", "--stft_weight", "0.1", "--use_ema",
-                                            "--resume_from_checkpoint", "latest"))  # fmt: skip
+    resumed = audio.train_audio(
+        _train_args(tmp_path / "cut", "--stft_weight", "0.1", "--use_ema", "--resume_from_checkpoint", "latest")
+    )
     a = load_file(Path(full) / "unet" / "diffusion_pytorch_model.safetensors")
     b = load_file(Path(resumed) / "unet" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
@@ -215,8 +265,19 @@ def test_bad_files_are_skipped_or_padded_and_counted(tmp_path):
     out = tmp_path / "run"
     # Stereo: mono files are duplicated, the 3-channel file has no stereo downmix and is skipped like the corrupt
     # and empty ones; 4 batches of 3 read the folder (8 files, 5 usable) more than once.
-    pipeline_dir = audio.train_audio(_train_args(out, "--train_data_dir", str(folder), "--channels", "2",
-                                                 "--max_train_steps", "4", "--train_batch_size", "3"))  # fmt: skip
+    pipeline_dir = audio.train_audio(
+        _train_args(
+            out,
+            "--train_data_dir",
+            str(folder),
+            "--channels",
+            "2",
+            "--max_train_steps",
+            "4",
+            "--train_batch_size",
+            "3",
+        )
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped_clips"] >= 3, metrics["skipped_reasons"]  # at least one pass over the folder
     for name in ("corrupt.wav", "empty.wav", "three_channels.wav"):

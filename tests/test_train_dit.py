@@ -12,13 +12,11 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import Dinov2Config, Dinov2Model
 
+from diffusers_spectrum.losses.repa import repa_term
 from diffusers_spectrum.losses.spectral_regularizers import spectral_regularizer_terms
 from diffusers_spectrum.models import SpectrumAutoencoderKL
-from diffusers_spectrum.training.dit import (
-    build_transformer,
-    repa_term,
-    standardize_latents,
-)
+from diffusers_spectrum.models.presets import build_transformer
+from diffusers_spectrum.training.dit_data import standardize_latents
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -28,8 +26,11 @@ def load_example(name: str):
     """The library loop module behind `examples/<name>.py` (the script only parses flags and calls it)."""
     import importlib
 
-    return importlib.import_module({"cache_latents": "diffusers_spectrum.training.cache",
-                                    "train_dit_repa": "diffusers_spectrum.training.dit"}[name])  # fmt: skip
+    return importlib.import_module(
+        {"cache_latents": "diffusers_spectrum.training.cache", "train_dit_repa": "diffusers_spectrum.training.dit"}[
+            name
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,24 +40,57 @@ def assets(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("dit_assets")
     torch.manual_seed(0)
     vae = SpectrumAutoencoderKL(
-        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4, sample_size=32,
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=32,
         dsm_levels=(0,),
-    )  # fmt: skip
+    )
     vae.save_pretrained(root / "vae")
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                          patch_size=4, image_size=32)  # fmt: skip
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, patch_size=4, image_size=32
+    )
     Dinov2Model(config).save_pretrained(root / "dino")
     cache = load_example("cache_latents")
-    cache.cache_latents(cache.parse_args([
-        "--pretrained_vae", str(root / "vae"), "--output_dir", str(root / "cache"), "--resolution", "32",
-        "--max_samples", "24", "--repa_encoder", str(root / "dino"), "--repa_grid_size", "8", "--shard_size", "10",
-    ]))  # fmt: skip
+    cache.cache_latents(
+        cache.parse_args(
+            [
+                "--pretrained_vae",
+                str(root / "vae"),
+                "--output_dir",
+                str(root / "cache"),
+                "--resolution",
+                "32",
+                "--max_samples",
+                "24",
+                "--repa_encoder",
+                str(root / "dino"),
+                "--repa_grid_size",
+                "8",
+                "--shard_size",
+                "10",
+            ]
+        )
+    )
     return {"root": root, "vae": root / "vae", "dino": root / "dino", "cache": root / "cache"}
 
 
-TINY = ["--dit_config", "tiny", "--repa_projector_dim", "32", "--train_batch_size", "4", "--report_to", "none",
-        "--validation_inference_steps", "2", "--num_validation_images", "2"]  # fmt: skip
+TINY = [
+    "--dit_config",
+    "tiny",
+    "--repa_projector_dim",
+    "32",
+    "--train_batch_size",
+    "4",
+    "--report_to",
+    "none",
+    "--validation_inference_steps",
+    "2",
+    "--num_validation_images",
+    "2",
+]
 
 
 def weights(folder: Path) -> dict:
@@ -67,26 +101,51 @@ def weights(folder: Path) -> dict:
 def test_train_dit_on_cached_latents_exports_pipeline_that_plain_diffusers_loads_and_samples(assets, tmp_path):
     script = load_example("train_dit_repa")
     out = tmp_path / "dit"
-    args = script.parse_args([
-        "--latent_dataset", str(assets["cache"]), "--output_dir", str(out), "--max_train_steps", "3",
-        "--checkpointing_steps", "3", "--validation_steps", "3", "--repa_target_filter", "dog", "--use_ema",
-        "--fourier_weight", "0.1", "--wavelet_weight", "0.1", "--wavelet_levels", "2", "--push_to_hub",
-        "--hub_dry_run", "--hub_model_id", "user/tiny-dit", *TINY,
-    ])  # fmt: skip
+    args = script.parse_args(
+        [
+            "--latent_dataset",
+            str(assets["cache"]),
+            "--output_dir",
+            str(out),
+            "--max_train_steps",
+            "3",
+            "--checkpointing_steps",
+            "3",
+            "--validation_steps",
+            "3",
+            "--repa_target_filter",
+            "dog",
+            "--use_ema",
+            "--fourier_weight",
+            "0.1",
+            "--wavelet_weight",
+            "0.1",
+            "--wavelet_levels",
+            "2",
+            "--push_to_hub",
+            "--hub_dry_run",
+            "--hub_model_id",
+            "user/tiny-dit",
+            *TINY,
+        ]
+    )
     pipeline_dir = script.train_dit(args)
 
     # every term is logged separately; REPA used the cached targets
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"diffusion", "repa", "repa_cosine", "fourier", "wavelet", "loss"} <= set(metrics)
-    assert metrics["global_step"] == 3 and args.repa_targets_resolved == "cached"
+    info = json.loads((pipeline_dir / "spectrum_info.json").read_text())
+    assert metrics["global_step"] == 3 and info["training"]["repa"] == "cached"
+    assert not hasattr(args, "repa_targets_resolved")  # resolved on the data, recorded; the flags stay as parsed
     assert (out / "validation" / "step-0000003.png").is_file() and (out / "checkpoint-3").is_dir()
 
     # the pipeline folder loads with plain diffusers as a stock DiTPipeline and samples with CFG
     pipe = DiffusionPipeline.from_pretrained(pipeline_dir)
     assert type(pipe) is DiTPipeline and type(pipe.transformer).__name__ == "DiTTransformer2DModel"
     assert pipe.labels["chelsea"] == 2 and type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
-    image = pipe(class_labels=[2], guidance_scale=1.8, num_inference_steps=2, generator=torch.manual_seed(0),
-                 output_type="np").images  # fmt: skip
+    image = pipe(
+        class_labels=[2], guidance_scale=1.8, num_inference_steps=2, generator=torch.manual_seed(0), output_type="np"
+    ).images
     assert image.shape == (1, 32, 32, 3) and bool((image >= 0).all() and (image <= 1).all())
 
     # the training transformer keeps the projector; the card has the metadata; the push lists the files
@@ -102,9 +161,26 @@ def test_train_dit_on_cached_latents_exports_pipeline_that_plain_diffusers_loads
 @pytest.mark.parametrize("workers", [0, 2])
 def test_train_dit_killed_after_checkpoint_resumes_to_identical_weights(assets, tmp_path, workers):
     script = load_example("train_dit_repa")
-    common = ["--latent_dataset", str(assets["cache"]), "--max_train_steps", "4", "--checkpointing_steps", "2",
-              "--validation_steps", "100", "--objective", "v_prediction", "--use_ema", "--ema_decay", "0.5",
-              "--repa_target_filter", "spatial_norm", "--dataloader_num_workers", str(workers), *TINY]  # fmt: skip
+    common = [
+        "--latent_dataset",
+        str(assets["cache"]),
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--validation_steps",
+        "100",
+        "--objective",
+        "v_prediction",
+        "--use_ema",
+        "--ema_decay",
+        "0.5",
+        "--repa_target_filter",
+        "spatial_norm",
+        "--dataloader_num_workers",
+        str(workers),
+        *TINY,
+    ]
     script.train_dit(script.parse_args(["--output_dir", str(tmp_path / "full"), *common]))
 
     # a run killed during step 3: its folder holds checkpoint-2 (and nothing complete after it)
@@ -135,18 +211,43 @@ def test_two_processes_with_two_workers_each_resume_to_identical_weights(assets,
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                   str(port), str(EXAMPLES / "train_dit_repa.py"), *args]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            str(EXAMPLES / "train_dit_repa.py"),
+            *args,
+        ]
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
 
-    common = ["--latent_dataset", str(assets["cache"]), "--max_train_steps", "4", "--checkpointing_steps", "2",
-              "--validation_steps", "100", "--dataloader_num_workers", "2", *TINY]  # fmt: skip
+    common = [
+        "--latent_dataset",
+        str(assets["cache"]),
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--validation_steps",
+        "100",
+        "--dataloader_num_workers",
+        "2",
+        *TINY,
+    ]
     launch("--output_dir", str(tmp_path / "full"), *common)
     states = json.loads((tmp_path / "full" / "checkpoint-2" / "extra_state.json").read_text())["data_states"]
     assert len(states) == 2 and all(state["num_workers"] == 2 for state in states)
-    launch("--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint",
-           str(tmp_path / "full" / "checkpoint-2"), *common)  # fmt: skip
+    launch(
+        "--output_dir",
+        str(tmp_path / "resumed"),
+        "--resume_from_checkpoint",
+        str(tmp_path / "full" / "checkpoint-2"),
+        *common,
+    )
     full, resumed = weights(tmp_path / "full"), weights(tmp_path / "resumed")
     assert full.keys() == resumed.keys()
     for name in full:
@@ -157,21 +258,56 @@ def test_two_processes_with_two_workers_each_resume_to_identical_weights(assets,
 def test_train_dit_on_images_with_online_repa_targets_and_in_dct_space(assets, tmp_path):
     script = load_example("train_dit_repa")
     # latent space, images encoded on the fly, REPA targets from the encoder online
-    online = script.parse_args([
-        "--pretrained_vae", str(assets["vae"]), "--repa_encoder", str(assets["dino"]), "--resolution", "32",
-        "--output_dir", str(tmp_path / "online"), "--max_train_steps", "2", "--checkpointing_steps", "2",
-        "--validation_steps", "100", "--objective", "epsilon", *TINY,
-    ])  # fmt: skip
-    script.train_dit(online)
-    assert online.repa_targets_resolved == "online"
+    online = script.parse_args(
+        [
+            "--pretrained_vae",
+            str(assets["vae"]),
+            "--repa_encoder",
+            str(assets["dino"]),
+            "--resolution",
+            "32",
+            "--output_dir",
+            str(tmp_path / "online"),
+            "--max_train_steps",
+            "2",
+            "--checkpointing_steps",
+            "2",
+            "--validation_steps",
+            "100",
+            "--objective",
+            "epsilon",
+            *TINY,
+        ]
+    )
+    online_pipeline = script.train_dit(online)
+    assert json.loads((online_pipeline / "spectrum_info.json").read_text())["training"]["repa"] == "online"
     assert json.loads((tmp_path / "online" / "metrics.json").read_text())["repa"] < 0.5
 
     # DCT space (no VAE): the pipeline holds a DCTTransform and samples images
-    dct = script.parse_args([
-        "--space", "dct", "--resolution", "32", "--dct_block_size", "2", "--dct_entropy_weights",
-        "--snr_scale", "2", "--objective", "epsilon", "--output_dir", str(tmp_path / "dct"),
-        "--max_train_steps", "2", "--checkpointing_steps", "2", "--validation_steps", "2", *TINY,
-    ])  # fmt: skip
+    dct = script.parse_args(
+        [
+            "--space",
+            "dct",
+            "--resolution",
+            "32",
+            "--dct_block_size",
+            "2",
+            "--dct_entropy_weights",
+            "--snr_scale",
+            "2",
+            "--objective",
+            "epsilon",
+            "--output_dir",
+            str(tmp_path / "dct"),
+            "--max_train_steps",
+            "2",
+            "--checkpointing_steps",
+            "2",
+            "--validation_steps",
+            "2",
+            *TINY,
+        ]
+    )
     pipeline_dir = script.train_dit(dct)
     pipe = DiffusionPipeline.from_pretrained(pipeline_dir)
     assert type(pipe.vae).__name__ == "DCTTransform" and pipe.transformer.config.in_channels == 24

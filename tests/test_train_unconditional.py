@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusers_spectrum.models.unet_presets import build_unet
+from diffusers_spectrum.diffusion.edm import edm_noisy_inputs, edm_sample_sigmas
+from diffusers_spectrum.diffusion.loss import SpectralRegularizers, diffusion_loss_terms, total_loss
+from diffusers_spectrum.diffusion.objectives import DiffusionObjective
+from diffusers_spectrum.models.presets import build_unet
 from diffusers_spectrum.training import unconditional
-from diffusers_spectrum.training.edm import edm_noisy_inputs
-from diffusers_spectrum.training.objectives import DiffusionObjective
 
 
 KINDS = ("epsilon", "v_prediction", "sample", "edm")
@@ -71,6 +72,11 @@ class _Oracle(torch.nn.Module):
         return out
 
 
+def _terms(model, objective, x0, generator, fourier, wavelet):
+    regularizers = SpectralRegularizers(fourier, wavelet)
+    return diffusion_loss_terms(model, objective, x0, generator, regularizers=regularizers)[0]
+
+
 @pytest.mark.parametrize("kind", ("epsilon", "v_prediction", "sample"))
 def test_ddpm_regularizers_compare_x0_hat_with_x0(kind):
     """The exact target gives zero loss and zero regularisers (x0_hat = x0, up to float32 recovery rounding, which
@@ -88,13 +94,13 @@ def test_ddpm_regularizers_compare_x0_hat_with_x0(kind):
 
     oracle.output = exact
     fourier, wavelet = REGULARIZERS["both"]
-    terms = unconditional.ddpm_loss_terms(oracle, objective, x0, torch.Generator().manual_seed(seed), fourier, wavelet)
+    terms = _terms(oracle, objective, x0, torch.Generator().manual_seed(seed), fourier, wavelet)
     assert float(terms["diffusion"]) == 0.0
     for name in ("fourier", "wavelet"):
         assert float(terms[name]) < 1e-4, (name, float(terms[name]))
     perturbation = 0.3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(9))
     oracle.output = lambda sample, timestep: exact(sample, timestep) + perturbation
-    terms = unconditional.ddpm_loss_terms(oracle, objective, x0, torch.Generator().manual_seed(seed), fourier, wavelet)
+    terms = _terms(oracle, objective, x0, torch.Generator().manual_seed(seed), fourier, wavelet)
     for name in ("fourier", "wavelet"):
         assert float(terms[name]) > 1e-3, (name, float(terms[name]))
 
@@ -104,7 +110,7 @@ def test_edm_regularizers_compare_the_denoiser_output_with_x0():
     x0 = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     seed, sigma_data = 7, 0.5
     g = torch.Generator().manual_seed(seed)
-    sigma = unconditional.edm_sample_sigmas(x0.shape[0], generator=g)
+    sigma = edm_sample_sigmas(x0.shape[0], generator=g)
     x_noisy = edm_noisy_inputs(x0, torch.randn(x0.shape, generator=g), sigma)
     s = sigma.reshape(-1, 1, 1, 1).double()
     c_skip = sigma_data**2 / (s**2 + sigma_data**2)  # Karras et al. 2022, Table 1
@@ -113,20 +119,14 @@ def test_edm_regularizers_compare_the_denoiser_output_with_x0():
     oracle = _Oracle()
     oracle.output = lambda sample, timestep: ideal
     fourier, wavelet = REGULARIZERS["both"]
-    terms = unconditional.edm_loss_terms(oracle, x0, torch.Generator().manual_seed(seed), fourier, wavelet)
+    terms = _terms(oracle, DiffusionObjective("edm"), x0, torch.Generator().manual_seed(seed), fourier, wavelet)
     for name in ("diffusion", "fourier", "wavelet"):
         assert float(terms[name]) < 1e-6, (name, float(terms[name]))
 
 
-def _terms(kind, model, objective, x0, generator, fourier, wavelet):
-    if kind == "edm":
-        return unconditional.edm_loss_terms(model, x0, generator, fourier, wavelet)
-    return unconditional.ddpm_loss_terms(model, objective, x0, generator, fourier, wavelet)
-
-
 def _objective(kind):
     if kind == "edm":
-        return None
+        return DiffusionObjective("edm")
     return DiffusionObjective(kind, unconditional.ddpm_noise_scheduler(1000, "linear", kind))
 
 
@@ -141,9 +141,9 @@ def test_every_formulation_trains_with_every_regularizer(kind, regularizer):
     fourier, wavelet = REGULARIZERS[regularizer]
     before = [p.detach().clone() for p in unet.parameters()]
     for step in range(2):
-        terms = _terms(kind, unet, _objective(kind), x0, torch.Generator().manual_seed(step), fourier, wavelet)
+        terms = _terms(unet, _objective(kind), x0, torch.Generator().manual_seed(step), fourier, wavelet)
         assert ("fourier" in terms) == (fourier is not None) and ("wavelet" in terms) == (wavelet is not None)
-        loss = unconditional.total_loss(terms, 0.1, 0.1)
+        loss = total_loss(terms, {"fourier": 0.1, "wavelet": 0.1})
         assert torch.isfinite(loss)
         optimizer.zero_grad()
         loss.backward()
@@ -161,8 +161,8 @@ def test_loss_goes_down_on_a_fixed_batch(kind):
     fourier, wavelet = REGULARIZERS["both"]
     losses = []
     for _ in range(12):
-        terms = _terms(kind, unet, objective, x0, torch.Generator().manual_seed(0), fourier, wavelet)  # same draws
-        loss = unconditional.total_loss(terms, 0.1, 0.1)
+        terms = _terms(unet, objective, x0, torch.Generator().manual_seed(0), fourier, wavelet)  # same draws
+        loss = total_loss(terms, {"fourier": 0.1, "wavelet": 0.1})
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -176,16 +176,45 @@ def test_loss_goes_down_on_a_fixed_batch(kind):
 
 def test_flags_are_diffusers_names_and_defaults_resolve():
     args = unconditional.parse_args([])
-    assert (args.resolution, args.unet_config, args.formulation, args.prediction_type) == (64, "ddpm-64", "ddpm",
-                                                                                         "epsilon")  # fmt: skip
+    assert (args.resolution, args.unet_config, args.formulation, args.prediction_type) == (
+        64,
+        "ddpm-64",
+        "ddpm",
+        "epsilon",
+    )
     help_text = unconditional.build_parser().format_help()
-    for flag in ("--dataset_name", "--train_data_dir", "--resolution", "--center_crop", "--random_flip",
-                 "--train_batch_size", "--max_train_steps", "--gradient_accumulation_steps", "--learning_rate",
-                 "--lr_scheduler", "--lr_warmup_steps", "--use_ema", "--prediction_type", "--ddpm_num_steps",
-                 "--ddpm_beta_schedule", "--ddpm_num_inference_steps", "--mixed_precision", "--checkpointing_steps",
-                 "--checkpoints_total_limit", "--resume_from_checkpoint", "--output_dir", "--push_to_hub",
-                 "--hub_model_id", "--seed", "--formulation", "--unet_config", "--fourier_weight", "--wavelet_weight",
-                 "--spectral_timestep_weighting", "--validation_steps"):  # fmt: skip
+    for flag in (
+        "--dataset_name",
+        "--train_data_dir",
+        "--resolution",
+        "--center_crop",
+        "--random_flip",
+        "--train_batch_size",
+        "--max_train_steps",
+        "--gradient_accumulation_steps",
+        "--learning_rate",
+        "--lr_scheduler",
+        "--lr_warmup_steps",
+        "--use_ema",
+        "--prediction_type",
+        "--ddpm_num_steps",
+        "--ddpm_beta_schedule",
+        "--ddpm_num_inference_steps",
+        "--mixed_precision",
+        "--checkpointing_steps",
+        "--checkpoints_total_limit",
+        "--resume_from_checkpoint",
+        "--output_dir",
+        "--push_to_hub",
+        "--hub_model_id",
+        "--seed",
+        "--formulation",
+        "--unet_config",
+        "--fourier_weight",
+        "--wavelet_weight",
+        "--spectral_timestep_weighting",
+        "--validation_steps",
+    ):
         assert flag in help_text, flag
 
 
@@ -215,8 +244,18 @@ def test_unknown_choices_are_refused_by_argparse(capsys):
 
 
 def test_missing_data_folder_is_a_file_not_found_error(tmp_path):
-    args = unconditional.parse_args(["--train_data_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o"),
-                                     "--unet_config", "tiny", "--report_to", "none"])  # fmt: skip
+    args = unconditional.parse_args(
+        [
+            "--train_data_dir",
+            str(tmp_path / "nope"),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--unet_config",
+            "tiny",
+            "--report_to",
+            "none",
+        ]
+    )
     with pytest.raises(FileNotFoundError, match="nope"):
         unconditional.train_unconditional(args)
 
@@ -227,21 +266,51 @@ def test_missing_data_folder_is_a_file_not_found_error(tmp_path):
 
 def _argv(out: Path, *extra) -> list[str]:
     return [
-        "--output_dir", str(out), "--unet_config", "tiny", "--resolution", "16", "--train_batch_size", "2",
-        "--max_train_steps", "2", "--checkpointing_steps", "1", "--validation_steps", "2", "--eval_batch_size", "2",
-        "--ddpm_num_inference_steps", "3", "--edm_num_inference_steps", "3", "--report_to", "none",
-        "--lr_warmup_steps", "0", "--fourier_weight", "0.1", "--wavelet_weight", "0.1", "--wavelet_levels", "2",
+        "--output_dir",
+        str(out),
+        "--unet_config",
+        "tiny",
+        "--resolution",
+        "16",
+        "--train_batch_size",
+        "2",
+        "--max_train_steps",
+        "2",
+        "--checkpointing_steps",
+        "1",
+        "--validation_steps",
+        "2",
+        "--eval_batch_size",
+        "2",
+        "--ddpm_num_inference_steps",
+        "3",
+        "--edm_num_inference_steps",
+        "3",
+        "--report_to",
+        "none",
+        "--lr_warmup_steps",
+        "0",
+        "--fourier_weight",
+        "0.1",
+        "--wavelet_weight",
+        "0.1",
+        "--wavelet_levels",
+        "2",
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.slow
 def test_ddpm_folder_loads_with_plain_diffusers_and_samples_with_ddpm_and_ddim(tmp_path):
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DiffusionPipeline
 
-    out = unconditional.train_unconditional(unconditional.parse_args(_argv(
-        tmp_path / "ddpm", "--prediction_type", "v_prediction", "--use_ema", "--push_to_hub", "--hub_dry_run"
-    )))  # fmt: skip
+    out = unconditional.train_unconditional(
+        unconditional.parse_args(
+            _argv(
+                tmp_path / "ddpm", "--prediction_type", "v_prediction", "--use_ema", "--push_to_hub", "--hub_dry_run"
+            )
+        )
+    )
     pipe = DiffusionPipeline.from_pretrained(out)
     assert type(pipe) is DDPMPipeline and pipe.scheduler.config.prediction_type == "v_prediction"
     images = pipe(batch_size=2, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
@@ -251,6 +320,7 @@ def test_ddpm_folder_loads_with_plain_diffusers_and_samples_with_ddpm_and_ddim(t
     assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
     card = (out / "README.md").read_text()
     assert "DDIMScheduler.from_config(pipe.scheduler.config)" in card and "DiffusionPipeline.from_pretrained" in card
+    assert "eta=1.0" in card and "eta=0.0, generator" not in card  # eta 0 turns early models into grey noise
     assert (out / "validation" / "step-0000002.png").is_file()
     uploaded = json.loads((out / "hub_upload.json").read_text())["files"]
     assert "unet/diffusion_pytorch_model.safetensors" in uploaded and not any("checkpoint" in f for f in uploaded)
@@ -284,10 +354,26 @@ def test_edm_folder_samples_with_the_edm_scheduler_and_stock_consistency_pipelin
 @pytest.mark.slow
 def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, monkeypatch):
     def args_for(out, *extra):
-        return unconditional.parse_args(_argv(
-            out, "--max_train_steps", "4", "--checkpointing_steps", "2", "--validation_steps", "100", "--use_ema",
-            "--ema_decay", "0.9", "--lr_scheduler", "linear", "--lr_warmup_steps", "1", "--random_flip", *extra,
-        ))  # fmt: skip
+        return unconditional.parse_args(
+            _argv(
+                out,
+                "--max_train_steps",
+                "4",
+                "--checkpointing_steps",
+                "2",
+                "--validation_steps",
+                "100",
+                "--use_ema",
+                "--ema_decay",
+                "0.9",
+                "--lr_scheduler",
+                "linear",
+                "--lr_warmup_steps",
+                "1",
+                "--random_flip",
+                *extra,
+            )
+        )
 
     unconditional.train_unconditional(args_for(tmp_path / "full"))
     real_save = unconditional.Checkpointer.save
@@ -304,8 +390,11 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, mon
     monkeypatch.undo()
     assert not (tmp_path / "resumed" / "unet").exists()
     unconditional.train_unconditional(args_for(tmp_path / "resumed", "--resume_from_checkpoint", "latest"))
-    for name in ("unet/diffusion_pytorch_model.safetensors", "checkpoint-4/ema_unet/ema.safetensors",
-                 "checkpoint-4/unet/diffusion_pytorch_model.safetensors"):  # fmt: skip
+    for name in (
+        "unet/diffusion_pytorch_model.safetensors",
+        "checkpoint-4/ema_unet/ema.safetensors",
+        "checkpoint-4/unet/diffusion_pytorch_model.safetensors",
+    ):
         full, resumed = load_file(tmp_path / "full" / name), load_file(tmp_path / "resumed" / name)
         assert full.keys() == resumed.keys()
         for key in full:
@@ -344,8 +433,9 @@ def test_ablation_quick_mode_gate_shards_and_page(tmp_path, monkeypatch):
     assert {u["shard"] for k, u in saved["units"].items() if k in baselines} == {"0/1"}  # resumed, not retrained
     for unit in saved["units"].values():
         assert unit["train_seconds"] > 0 and unit["unit_cpu_seconds"] > 0
-        samplers = set(ablation.SAMPLERS[unit["formulation"]]) | ({"ancestral_extra_n"} if unit["formulation"] ==
-                                                                   "ddpm" else set())  # fmt: skip
+        samplers = set(ablation.SAMPLERS[unit["formulation"]]) | (
+            {"ancestral_extra_n"} if unit["formulation"] == "ddpm" else set()
+        )
         assert set(unit["samplers"]) == samplers
         for name, row in unit["samplers"].items():
             assert np.isfinite(row["spectrum_distance"]) and np.isfinite(row["kid_trained"])
@@ -366,8 +456,14 @@ def test_ablation_quick_mode_gate_shards_and_page(tmp_path, monkeypatch):
         assert (tmp_path / name).stat().st_size > 0
     assert len(list((tmp_path / ablation.SAMPLES_DIR).glob("*.png"))) == 4 * 3 + 4  # the first seed's grids
     page = (tmp_path / ablation.PAGE_NAME).read_text()
-    for text in ("## The gate", "| DDPM | none | DDPM ancestral |", "| EDM | both | EDM Euler |", "**pure noise**",
-                 "## Every claim, for and against", "Incomplete"):  # fmt: skip
+    for text in (
+        "## The gate",
+        "| DDPM | none | DDPM ancestral |",
+        "| EDM | both | EDM Euler |",
+        "**pure noise**",
+        "## Every claim, for and against",
+        "Incomplete",
+    ):
         assert (text in page) == (text != "Incomplete"), text
     # the page regenerates from the JSON alone
     (tmp_path / ablation.PAGE_NAME).unlink()

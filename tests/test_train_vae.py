@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from diffusers_spectrum import SpectrumAutoencoderKL
 from diffusers_spectrum.losses import FeaturePerceptualLoss, NLayerDiscriminator
+from diffusers_spectrum.losses.autoencoder_objective import autoencoder_loss, discriminator_loss
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def tiny_dinov2(tmp_path_factory):
 
 def _image_folder(folder: Path, count: int = 10, corrupt: int = 1) -> Path:
     """Photo crops (the embedded dataset's first images, some as grayscale / RGBA) plus unreadable files."""
-    from diffusers_spectrum.training.data import embedded_dataset_dir
+    from diffusers_spectrum.data.sources import embedded_dataset_dir
 
     folder.mkdir(parents=True)
     sources = sorted(embedded_dataset_dir().glob("*.png"))[::7][:count]
@@ -70,7 +71,7 @@ def test_every_enabled_loss_moves_the_weights_it_should(script, tiny_dinov2):
         ["--vae_config", "tiny", "--resolution", "32", "--dsm_levels", "0,8", "--esm_weight", "0"]
     )
     torch.manual_seed(0)
-    vae = script.build_vae(args)
+    vae = script.build_model(args)
     module = script.VAETrainingModule(vae)
     discriminator = NLayerDiscriminator(base_channels=8, num_layers=2)
     perceptual = FeaturePerceptualLoss(tiny_dinov2)
@@ -84,7 +85,8 @@ def test_every_enabled_loss_moves_the_weights_it_should(script, tiny_dinov2):
         for p in [*vae.parameters(), *discriminator.parameters()]:
             p.grad = None
         out = module(images, generator=torch.Generator().manual_seed(0))
-        loss, terms = script.autoencoder_loss(out, args, perceptual if use_perceptual else None, disc, last_layer)
+        weights = script.loss_weights(args)
+        loss, terms = autoencoder_loss(out, weights, perceptual if use_perceptual else None, disc, last_layer)
         loss.backward()
         return _grad_norm(encoder), _grad_norm(decoder), _grad_norm(discriminator.parameters()), terms
 
@@ -109,7 +111,7 @@ def test_every_enabled_loss_moves_the_weights_it_should(script, tiny_dinov2):
     for p in [*vae.parameters(), *discriminator.parameters()]:
         p.grad = None
     out = module(images, generator=torch.Generator().manual_seed(0))
-    script.discriminator_loss(discriminator, out).backward()
+    discriminator_loss(discriminator, out).backward()
     assert _grad_norm(discriminator.parameters()) > 0 and _grad_norm(vae.parameters()) == 0
 
 
@@ -138,15 +140,55 @@ def test_recipes_fill_unset_flags_and_explicit_flags_win(script):
 def test_training_run_writes_model_stock_export_card_and_counts_corrupt_images(script, tiny_dinov2, tmp_path):
     data = _image_folder(tmp_path / "data")
     out = tmp_path / "out"
-    args = script.parse_args([
-        "--train_data_dir", str(data), "--output_dir", str(out), "--vae_config", "tiny", "--resolution", "32",
-        "--train_batch_size", "2", "--gradient_accumulation_steps", "2", "--max_train_steps", "3",
-        "--checkpointing_steps", "1", "--validation_steps", "2", "--latent_stats_samples", "6",
-        "--perceptual_loss", "features", "--perceptual_backbone", tiny_dinov2, "--perceptual_weight", "0.5",
-        "--disc_weight", "0.5", "--disc_start", "0", "--disc_channels", "8", "--kl_weight", "1e-6",
-        "--use_ema", "--ema_decay", "0.5", "--use_shift", "--random_flip",
-        "--push_to_hub", "--hub_model_id", "user/tiny-spectrum-vae", "--hub_dry_run", "--hub_token", "secret",
-    ])  # fmt: skip
+    args = script.parse_args(
+        [
+            "--train_data_dir",
+            str(data),
+            "--output_dir",
+            str(out),
+            "--vae_config",
+            "tiny",
+            "--resolution",
+            "32",
+            "--train_batch_size",
+            "2",
+            "--gradient_accumulation_steps",
+            "2",
+            "--max_train_steps",
+            "3",
+            "--checkpointing_steps",
+            "1",
+            "--validation_steps",
+            "2",
+            "--latent_stats_samples",
+            "6",
+            "--perceptual_loss",
+            "features",
+            "--perceptual_backbone",
+            tiny_dinov2,
+            "--perceptual_weight",
+            "0.5",
+            "--disc_weight",
+            "0.5",
+            "--disc_start",
+            "0",
+            "--disc_channels",
+            "8",
+            "--kl_weight",
+            "1e-6",
+            "--use_ema",
+            "--ema_decay",
+            "0.5",
+            "--use_shift",
+            "--random_flip",
+            "--push_to_hub",
+            "--hub_model_id",
+            "user/tiny-spectrum-vae",
+            "--hub_dry_run",
+            "--hub_token",
+            "secret",
+        ]
+    )
     script.train_vae(args)
 
     # the model, its stock export (the latent convention kept, shift included: export_vae; the DiT export is the one
@@ -203,14 +245,48 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(script, tmp_p
     parallel = ["--dataloader_num_workers", str(workers), "--no_streaming"] if workers else []
 
     def args_for(out, *extra):
-        return script.parse_args([
-            "--train_data_dir", str(data), "--output_dir", str(out), "--vae_config", "tiny", "--resolution", "32",
-            "--train_batch_size", "2", "--max_train_steps", "4", "--checkpointing_steps", "2",
-            "--validation_steps", "100", "--latent_stats_samples", "4", "--report_to", "none", "--random_flip",
-            "--disc_weight", "0.5", "--disc_start", "1", "--disc_channels", "8", "--kl_weight", "1e-6",
-            "--use_ema", "--ema_decay", "0.9", "--lr_warmup_steps", "2", "--lr_scheduler", "linear", *parallel,
-            *extra,
-        ])  # fmt: skip
+        return script.parse_args(
+            [
+                "--train_data_dir",
+                str(data),
+                "--output_dir",
+                str(out),
+                "--vae_config",
+                "tiny",
+                "--resolution",
+                "32",
+                "--train_batch_size",
+                "2",
+                "--max_train_steps",
+                "4",
+                "--checkpointing_steps",
+                "2",
+                "--validation_steps",
+                "100",
+                "--latent_stats_samples",
+                "4",
+                "--report_to",
+                "none",
+                "--random_flip",
+                "--disc_weight",
+                "0.5",
+                "--disc_start",
+                "1",
+                "--disc_channels",
+                "8",
+                "--kl_weight",
+                "1e-6",
+                "--use_ema",
+                "--ema_decay",
+                "0.9",
+                "--lr_warmup_steps",
+                "2",
+                "--lr_scheduler",
+                "linear",
+                *parallel,
+                *extra,
+            ]
+        )
 
     script.train_vae(args_for(tmp_path / "full"))
 
@@ -234,9 +310,11 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_weights(script, tmp_p
     # models and EMA as safetensors; accelerate's optimizer / RNG files are read back with weights_only=True
     assert not list(checkpoint.rglob("custom_checkpoint*")) and not list(checkpoint.rglob("*model*.bin"))
     assert (checkpoint / "ema_vae" / "ema.safetensors").is_file()
-    for name in ("diffusion_pytorch_model.safetensors",
-                 "checkpoint-4/discriminator/diffusion_pytorch_model.safetensors",
-                 "checkpoint-4/ema_vae/ema.safetensors"):  # fmt: skip
+    for name in (
+        "diffusion_pytorch_model.safetensors",
+        "checkpoint-4/discriminator/diffusion_pytorch_model.safetensors",
+        "checkpoint-4/ema_vae/ema.safetensors",
+    ):
         full, resumed = load_file(tmp_path / "full" / name), load_file(tmp_path / "resumed" / name)
         assert full.keys() == resumed.keys()
         for key in full:
@@ -260,12 +338,32 @@ def test_nonfinite_losses_are_skipped_reported_and_stop_the_run(script, tmp_path
         return loss * float("nan") if calls["n"] == 2 else loss
 
     def args_for(out, steps):
-        return script.parse_args([
-            "--train_data_dir", str(data), "--output_dir", str(out), "--vae_config", "tiny", "--resolution", "32",
-            "--train_batch_size", "2", "--max_train_steps", str(steps), "--checkpointing_steps", "1",
-            "--validation_steps", "100", "--latent_stats_samples", "2", "--report_to", "none",
-            "--max_nonfinite_steps", "2",
-        ])  # fmt: skip
+        return script.parse_args(
+            [
+                "--train_data_dir",
+                str(data),
+                "--output_dir",
+                str(out),
+                "--vae_config",
+                "tiny",
+                "--resolution",
+                "32",
+                "--train_batch_size",
+                "2",
+                "--max_train_steps",
+                str(steps),
+                "--checkpointing_steps",
+                "1",
+                "--validation_steps",
+                "100",
+                "--latent_stats_samples",
+                "2",
+                "--report_to",
+                "none",
+                "--max_nonfinite_steps",
+                "2",
+            ]
+        )
 
     monkeypatch.setattr(losses, "reconstruction_loss", nan_on_second_call)
     script.train_vae(args_for(tmp_path / "one_nan", 3))
@@ -327,12 +425,37 @@ def _run_ddp(tmp_path, nan_call: int, *extra) -> Path:
     out = tmp_path / "out"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-        str(tmp_path / "probe.py"), str(nan_call), "--output_dir", str(out), "--vae_config", "tiny",
-        "--resolution", "32", "--train_batch_size", "2", "--gradient_accumulation_steps", "2",
-        "--max_train_steps", "2", "--checkpointing_steps", "1", "--validation_steps", "100",
-        "--latent_stats_samples", "2", "--report_to", "none", *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(tmp_path / "probe.py"),
+        str(nan_call),
+        "--output_dir",
+        str(out),
+        "--vae_config",
+        "tiny",
+        "--resolution",
+        "32",
+        "--train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--max_train_steps",
+        "2",
+        "--checkpointing_steps",
+        "1",
+        "--validation_steps",
+        "100",
+        "--latent_stats_samples",
+        "2",
+        "--report_to",
+        "none",
+        *extra,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
@@ -341,8 +464,18 @@ def _run_ddp(tmp_path, nan_call: int, *extra) -> Path:
 @pytest.mark.slow
 def test_two_process_ddp_training_keeps_the_replicas_identical(tmp_path):
     out = _run_ddp(
-        tmp_path, 0, "--disc_weight", "0.5", "--disc_start", "0", "--disc_channels", "8", "--disc_norm", "group",
-        "--kl_weight", "1e-6",
+        tmp_path,
+        0,
+        "--disc_weight",
+        "0.5",
+        "--disc_start",
+        "0",
+        "--disc_channels",
+        "8",
+        "--disc_norm",
+        "group",
+        "--kl_weight",
+        "1e-6",
     )
     for step in (1, 2):
         probe = json.loads((out / f"probe-{step}.json").read_text())
@@ -372,8 +505,17 @@ def _launch(script_path: Path, *args: str) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               str(script_path), *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(script_path),
+        *args,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -381,16 +523,44 @@ def _launch(script_path: Path, *args: str) -> None:
 @pytest.mark.slow
 def test_two_processes_with_two_workers_each_resume_to_the_same_weights(tmp_path):
     data = _image_folder(tmp_path / "data", count=9, corrupt=1)
-    common = ["--train_data_dir", str(data), "--no_streaming", "--dataloader_num_workers", "2", "--vae_config",
-              "tiny", "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "4",
-              "--checkpointing_steps", "2", "--validation_steps", "100", "--latent_stats_samples", "2",
-              "--report_to", "none", "--random_flip", "--kl_weight", "1e-6"]  # fmt: skip
+    common = [
+        "--train_data_dir",
+        str(data),
+        "--no_streaming",
+        "--dataloader_num_workers",
+        "2",
+        "--vae_config",
+        "tiny",
+        "--resolution",
+        "32",
+        "--train_batch_size",
+        "2",
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--validation_steps",
+        "100",
+        "--latent_stats_samples",
+        "2",
+        "--report_to",
+        "none",
+        "--random_flip",
+        "--kl_weight",
+        "1e-6",
+    ]
     _launch(SCRIPT, "--output_dir", str(tmp_path / "full"), *common)
     states = json.loads((tmp_path / "full" / "checkpoint-2" / "extra_state.json").read_text())["data_states"]
     assert len(states) == 2 and all(state["num_workers"] == 2 for state in states)  # 2 processes x 2 workers
     # resume from the uninterrupted run's step-2 checkpoint in a new folder: steps 3-4 again, from the data states
-    _launch(SCRIPT, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint",
-            str(tmp_path / "full" / "checkpoint-2"), *common)  # fmt: skip
+    _launch(
+        SCRIPT,
+        "--output_dir",
+        str(tmp_path / "resumed"),
+        "--resume_from_checkpoint",
+        str(tmp_path / "full" / "checkpoint-2"),
+        *common,
+    )
     name = "diffusion_pytorch_model.safetensors"
     full, resumed = load_file(tmp_path / "full" / name), load_file(tmp_path / "resumed" / name)
     assert full.keys() == resumed.keys()
@@ -403,9 +573,27 @@ def test_script_help_lists_the_diffusers_flags(script, capsys):
         script.parse_args(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    for flag in ("--output_dir", "--train_batch_size", "--max_train_steps", "--checkpointing_steps",
-                 "--checkpoints_total_limit", "--resume_from_checkpoint", "--mixed_precision",
-                 "--gradient_accumulation_steps", "--learning_rate", "--seed", "--resolution", "--report_to",
-                 "--push_to_hub", "--hub_model_id", "--esm_weight", "--dsm_levels", "--recipe", "--allow_tf32",
-                 "--use_torch_compile", "--dataloader_num_workers", "--reduced_jpeg_decode"):  # fmt: skip
+    for flag in (
+        "--output_dir",
+        "--train_batch_size",
+        "--max_train_steps",
+        "--checkpointing_steps",
+        "--checkpoints_total_limit",
+        "--resume_from_checkpoint",
+        "--mixed_precision",
+        "--gradient_accumulation_steps",
+        "--learning_rate",
+        "--seed",
+        "--resolution",
+        "--report_to",
+        "--push_to_hub",
+        "--hub_model_id",
+        "--esm_weight",
+        "--dsm_levels",
+        "--recipe",
+        "--allow_tf32",
+        "--use_torch_compile",
+        "--dataloader_num_workers",
+        "--reduced_jpeg_decode",
+    ):
         assert flag in help_text

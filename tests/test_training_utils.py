@@ -13,15 +13,10 @@ from accelerate import Accelerator
 
 from diffusers_spectrum.training import checkpointing
 from diffusers_spectrum.training.checkpointing import Checkpointer, find_resume_checkpoint, list_checkpoints
-from diffusers_spectrum.training.utils import (
-    NonFiniteGuard,
-    create_ema,
-    ema_weights,
-    image_grid,
-    parse_float_list,
-    parse_int_list,
-    save_args_json,
-)
+from diffusers_spectrum.training.loop import NonFiniteGuard, create_ema, ema_weights
+from diffusers_spectrum.utils.flags import parse_float_list, parse_int_list
+from diffusers_spectrum.utils.images import image_grid
+from diffusers_spectrum.utils.records import save_args_json
 
 
 class TinyModel(torch.nn.Module):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from diffusers_spectrum.models.unet_presets import UNET_PRESETS, build_unet, unet_downsampling_factor
+from diffusers_spectrum.models.presets import UNET_PRESETS, build_unet, unet_downsampling_factor
 
 
 def _num_parameters(model: torch.nn.Module) -> int:

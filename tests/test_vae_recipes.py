@@ -14,6 +14,12 @@ from safetensors.torch import load_file
 
 from diffusers_spectrum.losses import NLayerDiscriminator
 from diffusers_spectrum.losses.alignment import VFAlignmentLoss
+from diffusers_spectrum.losses.autoencoder_objective import (
+    autoencoder_loss,
+    discriminator_min_size,
+    gan_fits,
+    perceptual_fits,
+)
 from diffusers_spectrum.losses.equivariance import EquivarianceTransform
 from diffusers_spectrum.models.encoders import RepresentationEncoder
 from diffusers_spectrum.training import vae as script
@@ -32,7 +38,7 @@ def tiny_dinov2(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory):
-    from diffusers_spectrum.training.data import embedded_dataset_dir
+    from diffusers_spectrum.data.sources import embedded_dataset_dir
 
     folder = tmp_path_factory.mktemp("photos")
     for i, source in enumerate(sorted(embedded_dataset_dir().glob("*.png"))[::9][:6]):
@@ -43,7 +49,7 @@ def photo_folder(tmp_path_factory):
 def _tiny_vae(seed=0):
     torch.manual_seed(seed)
     args = script.parse_args(["--vae_config", "tiny", "--resolution", "32", "--dsm_levels", "0", "--esm_weight", "0"])
-    return script.build_vae(args).eval(), args
+    return script.build_model(args).eval(), args
 
 
 def _avgpool2_rot90(x: torch.Tensor, k: int) -> np.ndarray:
@@ -76,7 +82,7 @@ def test_eq_vae_branch_decodes_the_transformed_latent_against_the_transformed_im
     assert out["reconstruction"].shape == (2, 3, 16, 16) and out["dsm_level"] == 0
     # KL is the untransformed posterior's (the authors'); the L1 loss is the mean |D(tau z) - tau x|
     torch.testing.assert_close(out["kl"], posterior.kl())
-    loss, terms = script.autoencoder_loss(out, args)
+    loss, terms = autoencoder_loss(out, script.loss_weights(args))
     l1 = np.abs(expected.detach().double().numpy() - _avgpool2_rot90(images, 1)).mean()
     assert abs(terms["reconstruction"].item() - l1) < 1e-5 and abs(loss.item() - l1) < 1e-5
 
@@ -85,7 +91,7 @@ def test_eq_vae_low_resolution_prior_encodes_and_decodes_the_downscaled_image():
     vae, _ = _tiny_vae()
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     transform = EquivarianceTransform("low_resolution_prior", 0.5, 0.5, 0)
-    out = script.equivariance_losses(vae, images, transform, torch.Generator().manual_seed(1))
+    out = vae.equivariance_losses(images, transform, torch.Generator().manual_seed(1))
     small = torch.from_numpy(_avgpool2_rot90(images, 0).copy()).float()
     np.testing.assert_allclose(out["target"].numpy(), small.numpy(), atol=1e-6)
     z = vae.encode(small).latent_dist.sample(generator=torch.Generator().manual_seed(1))  # (2, 4, 4, 4)
@@ -98,32 +104,34 @@ def test_eq_vae_low_resolution_prior_encodes_and_decodes_the_downscaled_image():
 
 def test_patchgan_minimum_size_and_the_guard_that_skips_gan_and_lpips_below_it():
     for layers in (1, 2, 3):
-        size = script.discriminator_min_size(layers)
+        size = discriminator_min_size(layers)
         disc = NLayerDiscriminator(3, 8, layers).eval()
         assert disc(torch.zeros(1, 3, size, size)).shape[-1] == 1  # one patch at the minimum
         with pytest.raises(RuntimeError):  # and no output (torch refuses) one pixel below
             disc(torch.zeros(1, 3, size - 1, size - 1))
-    assert script.discriminator_min_size(3) == 24
+    assert discriminator_min_size(3) == 24
     vae, args = _tiny_vae()
     args.disc_weight, args.adaptive_disc_weight, args.disc_layers = 1.0, False, 3
     disc = NLayerDiscriminator(3, 8, 3).eval()
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     for scale, gan_expected in ((0.25, False), (0.5, False), (0.75, True)):
-        out = script.equivariance_losses(vae, images, EquivarianceTransform("equivariance", scale, scale, 2))
-        assert script.gan_fits(out, args) is gan_expected
-        _, terms = script.autoencoder_loss(out, args, discriminator=disc)
+        out = vae.equivariance_losses(images, EquivarianceTransform("equivariance", scale, scale, 2))
+        assert gan_fits(out, args.disc_layers) is gan_expected
+        _, terms = autoencoder_loss(out, script.loss_weights(args), discriminator=disc)
         assert ("generator" in terms) is gan_expected, scale
     args.perceptual_loss = "lpips"
     small = {"reconstruction": torch.zeros(1, 3, 8, 8)}
-    assert not script.perceptual_fits(small, args)
-    assert script.perceptual_fits({"reconstruction": torch.zeros(1, 3, 16, 16)}, args)
+    assert not perceptual_fits(small, args.perceptual_loss)
+    assert perceptual_fits({"reconstruction": torch.zeros(1, 3, 16, 16)}, args.perceptual_loss)
 
 
 def test_eq_vae_transforms_depend_on_the_step_only():
     args = script.parse_args(["--recipe", "eq-vae", "--perceptual_loss", "none", "--resolution", "32"])
     images = torch.zeros(1, 3, 32, 32)
-    draws = [script.draw_transform(args, images, 4, script.transform_generator(0, step, 0)) for step in range(40)]
-    again = [script.draw_transform(args, images, 4, script.transform_generator(0, step, 0)) for step in range(40)]
+    sample = script.equivariance_sampler(args)
+    latent_size = (images.shape[-2] // 4, images.shape[-1] // 4)
+    draws = [sample(script.transform_generator(0, step, 0), latent_size) for step in range(40)]
+    again = [sample(script.transform_generator(0, step, 0), latent_size) for step in range(40)]
     assert draws == again
     branches = {d.branch for d in draws}
     assert branches == {"equivariance", "low_resolution_prior", "identity"}
@@ -184,12 +192,12 @@ def test_va_vae_term_equals_the_closed_form_marginal_losses_and_its_adaptive_wei
     z[:, :4] = out["latents"].detach().double().numpy()
     mcos, mdms = _marginal_losses(z, features.double().numpy(), 0.5, 0.25)
     assert abs(out["vf"].item() - (mcos + mdms)) < 1e-5
-    loss, terms = script.autoencoder_loss(out, args)
+    loss, terms = autoencoder_loss(out, script.loss_weights(args))
     assert abs(loss.item() - (terms["reconstruction"].item() + 0.1 * (mcos + mdms))) < 1e-5
     # adaptive: w = 0.1 ||dL_rec/dW|| / (||dL_vf/dW|| + 1e-4) at the encoder's last conv
     args.adaptive_vf = True
     weight = vae.encoder.conv_out.weight
-    _, terms = script.autoencoder_loss(out, args, encoder_last_layer=weight)
+    _, terms = autoencoder_loss(out, script.loss_weights(args), encoder_last_layer=weight)
     g_rec = torch.autograd.grad(terms["reconstruction"], weight, retain_graph=True)[0].norm()
     g_vf = torch.autograd.grad(out["vf"], weight, retain_graph=True)[0].norm()
     assert abs(terms["vf_weight"].item() - 0.1 * g_rec.item() / (g_vf.item() + 1e-4)) < 1e-6 * max(
@@ -202,12 +210,39 @@ def test_va_vae_term_equals_the_closed_form_marginal_losses_and_its_adaptive_wei
 
 
 def _run_args(recipe, data, out, *extra):
-    return script.parse_args([
-        "--recipe", recipe, "--perceptual_loss", "none", "--train_data_dir", data, "--output_dir", str(out),
-        "--vae_config", "tiny", "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", "4",
-        "--checkpointing_steps", "2", "--validation_steps", "100", "--latent_stats_samples", "4",
-        "--report_to", "none", "--disc_channels", "8", "--disc_start", "1", *extra,
-    ])  # fmt: skip
+    return script.parse_args(
+        [
+            "--recipe",
+            recipe,
+            "--perceptual_loss",
+            "none",
+            "--train_data_dir",
+            data,
+            "--output_dir",
+            str(out),
+            "--vae_config",
+            "tiny",
+            "--resolution",
+            "32",
+            "--train_batch_size",
+            "2",
+            "--max_train_steps",
+            "4",
+            "--checkpointing_steps",
+            "2",
+            "--validation_steps",
+            "100",
+            "--latent_stats_samples",
+            "4",
+            "--report_to",
+            "none",
+            "--disc_channels",
+            "8",
+            "--disc_start",
+            "1",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -241,9 +276,10 @@ def test_va_vae_recipe_trains_saves_its_projector_and_resumes_exactly(
     script.train_vae(
         _run_args("va-vae", photo_folder, tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest")
     )
-    for name in ("diffusion_pytorch_model.safetensors", *(
-        str(p.relative_to(tmp_path / "full")) for p in projector.glob("*.safetensors")
-    )):  # fmt: skip
+    for name in (
+        "diffusion_pytorch_model.safetensors",
+        *(str(p.relative_to(tmp_path / "full")) for p in projector.glob("*.safetensors")),
+    ):
         full, resumed = load_file(tmp_path / "full" / name), load_file(tmp_path / "resumed" / name)
         assert full.keys() == resumed.keys()
         for key in full:

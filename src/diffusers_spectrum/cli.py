@@ -62,13 +62,24 @@ SUBCOMMANDS = {
 
 # Input flags checked before the subcommand's module (torch, diffusers, ...) is imported, so a mistyped local path
 # answers at once: LOCAL_FLAGS name local files or folders only; the others take a local path or a Hub id, and are
-# checked when the value looks like a local path (`models.checks.looks_local`).
+# checked when the value looks like a local path (`utils.hub.looks_local`).
 LOCAL_FLAGS = ("--train_data_dir", "--audio_dir", "--reference_dir", "--model_config_name_or_path")
 PATH_OR_HUB_FLAGS = (
-    "--vae", "--compare", "--data", "--encoder", "--pipeline", "--pretrained_vae", "--latent_dataset",
-    "--pretrained_model_name_or_path", "--pretrained_transformer", "--pretrained_unet", "--repa_encoder",
-    "--vf_encoder", "--dataset_name", "--reference_dataset",
-)  # fmt: skip
+    "--vae",
+    "--compare",
+    "--data",
+    "--encoder",
+    "--pipeline",
+    "--pretrained_vae",
+    "--latent_dataset",
+    "--pretrained_model_name_or_path",
+    "--pretrained_transformer",
+    "--pretrained_unet",
+    "--repa_encoder",
+    "--vf_encoder",
+    "--dataset_name",
+    "--reference_dataset",
+)
 
 
 def _flag_values(argv: list[str], flag: str) -> list[str]:
@@ -89,7 +100,7 @@ def _flag_values(argv: list[str], flag: str) -> list[str]:
 
 def missing_local_path(argv: list[str]) -> str | None:
     """The first input flag of `argv` naming a local path that does not exist, as an error message, or None."""
-    from .models.checks import looks_local  # standard library + huggingface_hub's id check: cheap
+    from .utils.hub import looks_local
 
     for flag in LOCAL_FLAGS + PATH_OR_HUB_FLAGS:
         for value in _flag_values(argv, flag):

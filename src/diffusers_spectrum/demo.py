@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .run_folders import claim_output_dir, list_files, record_run_files, remove_recorded_files
+from .utils.flags import add_flags
+from .utils.run_folders import record_run_files, restart_run_folder
 
 
 __all__ = ["DEMO_SETTINGS", "main", "parse_args", "run_demo"]
@@ -66,21 +67,6 @@ def _stage(number: int, title: str) -> float:
     return time.time()
 
 
-def start_demo_folder(output_dir: str | Path, command: str, signature: str | None = None) -> tuple[Path, set[str]]:
-    """Claim `output_dir` for a demo run (`run_folders.claim_output_dir`: a new or empty folder, or an earlier run of
-    the same demo; anything else, a demo folder from before run records included, is refused) and remove the files
-    the earlier run recorded as its own, so every stage starts fresh while a file the user put there stays (one line
-    says which were kept). Returns the folder and the files present before this run (for
-    `run_folders.record_run_files`)."""
-    folder = claim_output_dir(output_dir, command, signature)
-    removed, kept = remove_recorded_files(folder)
-    if kept:
-        shown = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
-        print(f"{folder}: replaced the previous demo's {len(removed)} files; kept {len(kept)} it did not write "
-              f"({shown})", flush=True)  # fmt: skip
-    return folder, list_files(folder)
-
-
 def run_demo(
     output_dir: str | Path = "spectrum-demo", quick: bool = False, seed: int = 0, num_threads: int | None = 1
 ) -> dict:
@@ -90,7 +76,7 @@ def run_demo(
     `num_threads` sets torch's intra-op threads (None keeps torch's default). The demo's models are tiny, so extra
     threads gain little, while OpenMP threads that wait on a core another process is using slow down by 10-30x.
     """
-    output_dir, before = start_demo_folder(output_dir, "demo")
+    output_dir, before = restart_run_folder(output_dir, "demo")
     import torch
 
     if num_threads is not None:
@@ -106,7 +92,7 @@ def run_demo(
     from .training import cache as cache_loop
     from .training import dit as dit_loop
     from .training import vae as vae_loop
-    from .training.utils import write_json
+    from .utils.records import write_json
 
     settings = DEMO_SETTINGS["quick" if quick else "full"]
     start, timings = time.time(), {}
@@ -119,14 +105,44 @@ def run_demo(
     init_dir = Path(scratch.name) / "vae_init"
     SpectrumAutoencoderKL(**DEMO_VAE).save_pretrained(init_dir)
     vae_dir = output_dir / "vae"
-    vae_loop.train_vae(vae_loop.parse_args([
-        "--pretrained_vae", str(init_dir), "--output_dir", str(vae_dir), "--resolution", res, "--center_crop",
-        "--random_flip", "--train_batch_size", "8", "--max_train_steps", str(settings["vae_steps"]),
-        "--learning_rate", "1e-3", "--esm_weight", str(DEMO_ESM_WEIGHT), "--esm_delta", "1.0",
-        "--dsm_levels", "0,8,10,12",
-        "--perceptual_weight", "0", "--disc_weight", "0", "--checkpointing_steps", str(settings["vae_steps"]),
-        "--validation_steps", str(settings["vae_steps"]), "--latent_stats_samples", "112", "--seed", str(seed),
-    ]))  # fmt: skip
+    vae_loop.train_vae(
+        vae_loop.parse_args(
+            [
+                "--pretrained_vae",
+                str(init_dir),
+                "--output_dir",
+                str(vae_dir),
+                "--resolution",
+                res,
+                "--center_crop",
+                "--random_flip",
+                "--train_batch_size",
+                "8",
+                "--max_train_steps",
+                str(settings["vae_steps"]),
+                "--learning_rate",
+                "1e-3",
+                "--esm_weight",
+                str(DEMO_ESM_WEIGHT),
+                "--esm_delta",
+                "1.0",
+                "--dsm_levels",
+                "0,8,10,12",
+                "--perceptual_weight",
+                "0",
+                "--disc_weight",
+                "0",
+                "--checkpointing_steps",
+                str(settings["vae_steps"]),
+                "--validation_steps",
+                str(settings["vae_steps"]),
+                "--latent_stats_samples",
+                "112",
+                "--seed",
+                str(seed),
+            ]
+        )
+    )
     scratch.cleanup()
     record_run_files(output_dir, before)
     timings["vae"] = time.time() - t0
@@ -142,10 +158,26 @@ def run_demo(
         from transformers import BitImageProcessor as ImageProcessor
     ImageProcessor(image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD).save_pretrained(encoder_dir)
     cache_dir = output_dir / "latents"
-    cache_loop.cache_latents(cache_loop.parse_args([
-        "--pretrained_vae", str(vae_dir), "--output_dir", str(cache_dir), "--resolution", res,
-        "--repa_encoder", str(encoder_dir), "--repa_grid_size", "8", "--batch_size", "16", "--seed", str(seed),
-    ]))  # fmt: skip
+    cache_loop.cache_latents(
+        cache_loop.parse_args(
+            [
+                "--pretrained_vae",
+                str(vae_dir),
+                "--output_dir",
+                str(cache_dir),
+                "--resolution",
+                res,
+                "--repa_encoder",
+                str(encoder_dir),
+                "--repa_grid_size",
+                "8",
+                "--batch_size",
+                "16",
+                "--seed",
+                str(seed),
+            ]
+        )
+    )
     record_run_files(output_dir, before)
     timings["cache"] = time.time() - t0
 
@@ -153,14 +185,49 @@ def run_demo(
     t0 = _stage(3, "DiT (flow matching + DoG-REPA) on the cached latents")
     dit_dir = output_dir / "dit"
     steps = settings["dit_steps"]
-    pipeline_dir = dit_loop.train_dit(dit_loop.parse_args([
-        "--latent_dataset", str(cache_dir), "--output_dir", str(dit_dir), "--dit_config", "mini", "--patch_size", "1",
-        "--objective", "flow", "--repa_target_filter", "dog", "--repa_coeff", "0.5", "--repa_depth", "2",
-        "--repa_projector_dim", "256", "--train_batch_size", "16", "--max_train_steps", str(steps),
-        "--learning_rate", "5e-4", "--use_ema", "--ema_decay", "0.995", "--checkpointing_steps", str(steps),
-        "--validation_steps", str(steps), "--num_validation_images", "7", "--validation_inference_steps",
-        str(settings["sample_steps"]), "--seed", str(seed),
-    ]))  # fmt: skip
+    pipeline_dir = dit_loop.train_dit(
+        dit_loop.parse_args(
+            [
+                "--latent_dataset",
+                str(cache_dir),
+                "--output_dir",
+                str(dit_dir),
+                "--dit_config",
+                "mini",
+                "--patch_size",
+                "1",
+                "--objective",
+                "flow",
+                "--repa_target_filter",
+                "dog",
+                "--repa_coeff",
+                "0.5",
+                "--repa_depth",
+                "2",
+                "--repa_projector_dim",
+                "256",
+                "--train_batch_size",
+                "16",
+                "--max_train_steps",
+                str(steps),
+                "--learning_rate",
+                "5e-4",
+                "--use_ema",
+                "--ema_decay",
+                "0.995",
+                "--checkpointing_steps",
+                str(steps),
+                "--validation_steps",
+                str(steps),
+                "--num_validation_images",
+                "7",
+                "--validation_inference_steps",
+                str(settings["sample_steps"]),
+                "--seed",
+                str(seed),
+            ]
+        )
+    )
     record_run_files(output_dir, before)
     timings["dit"] = time.time() - t0
 
@@ -168,12 +235,26 @@ def run_demo(
     t0 = _stage(4, "sample from the pipeline folder with DiffusionPipeline.from_pretrained")
     pipe = load_pipeline(pipeline_dir)  # DiffusionPipeline.from_pretrained, strictly
     print(f"loaded {type(pipe).__name__}: {', '.join(f'{k}={type(v).__name__}' for k, v in pipe.components.items())}")
-    samples_dir = sampling.sample(sampling.parse_args([
-        "--pretrained_model_name_or_path", str(pipeline_dir), "--num_images", str(settings["num_images"]),
-        "--num_inference_steps", str(settings["sample_steps"]), "--guidance_scale", "1.8",
-        "--grid_columns", str(min(7, settings["num_images"])),
-        "--output_dir", str(output_dir / "samples"), "--seed", str(seed),
-    ]))  # fmt: skip
+    samples_dir = sampling.sample(
+        sampling.parse_args(
+            [
+                "--pretrained_model_name_or_path",
+                str(pipeline_dir),
+                "--num_images",
+                str(settings["num_images"]),
+                "--num_inference_steps",
+                str(settings["sample_steps"]),
+                "--guidance_scale",
+                "1.8",
+                "--grid_columns",
+                str(min(7, settings["num_images"])),
+                "--output_dir",
+                str(output_dir / "samples"),
+                "--seed",
+                str(seed),
+            ]
+        )
+    )
     grid = Image.open(samples_dir / "grid.png")  # 32 px images: shown 4x larger (nearest) for viewing
     grid.resize((grid.width * 4, grid.height * 4), Image.Resampling.NEAREST).save(output_dir / "sample_grid.png")
     timings["sample"] = time.time() - t0
@@ -181,10 +262,14 @@ def run_demo(
     # 5. Spectrum report of the VAE: image vs latent spectra, slopes, spectral KL, verdict
     t0 = _stage(5, "spectrum report (diffusers-spectrum analyze)")
     report = analyze_vae(
-        SpectrumAutoencoderKL.from_pretrained(vae_dir).eval(), num_samples=112, resolution=settings["resolution"],
+        SpectrumAutoencoderKL.from_pretrained(vae_dir).eval(),
+        num_samples=112,
+        resolution=settings["resolution"],
         batch_size=16,
-        output_dir=output_dir / "spectrum", progress=True, name="demo Spectrum VAE",
-    )  # fmt: skip
+        output_dir=output_dir / "spectrum",
+        progress=True,
+        name="demo Spectrum VAE",
+    )
     shutil.copyfile(output_dir / "spectrum" / "spectra.png", output_dir / "spectrum.png")
     timings["analyze"] = time.time() - t0
 
@@ -212,7 +297,7 @@ def run_demo(
                 "posterior_std",
                 "convention",
                 "verdicts",
-            )  # fmt: skip
+            )
         },
         "outputs": {
             "pipeline": str(pipeline_dir),
@@ -238,8 +323,10 @@ def _print_summary(summary: dict) -> None:
 
     spectrum, vae, dit = summary["spectrum"], summary["vae"], summary["dit"]
     print("\n" + "=" * 78)
-    print(f"diffusers-spectrum demo finished in {summary['wall_seconds']:.0f} s "
-          f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['stage_seconds'].items())})")  # fmt: skip
+    print(
+        f"diffusers-spectrum demo finished in {summary['wall_seconds']:.0f} s "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in summary['stage_seconds'].items())})"
+    )
     # Each number is printed once, from one source: PSNR (decoded from the posterior mean) from the trainer's final
     # evaluation, every spectral number from the analyze report.
     print(f"VAE (trainer's evaluation):  PSNR {vae['psnr']:.2f} dB (posterior mean decoded)")
@@ -261,14 +348,10 @@ def _print_summary(summary: dict) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="diffusers-spectrum demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument(
-        "--output_dir",
-        default="spectrum-demo",
-        help="Where everything is written: a new or empty folder, or an earlier demo run (its own files are "
-        "replaced, nothing else).",
+    parser = argparse.ArgumentParser(
+        prog="diffusers-spectrum demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    add_flags(parser, "--output_dir", output_dir="spectrum-demo")
     parser.add_argument("--quick", action="store_true", help="A few steps of every stage (for tests).")
     parser.add_argument(
         "--modality",
@@ -277,7 +360,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="image: Spectrum VAE + DiT on the embedded photos; audio: a waveform UNet1DModel (Dance Diffusion) with "
         "the spectral regularisers on the embedded sounds.",
     )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of every stage.")
+    add_flags(parser, "--seed")
     parser.add_argument(
         "--num_threads",
         type=int,

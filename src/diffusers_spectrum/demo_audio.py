@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from .training.utils import write_json
+from .utils.records import write_json
 
 
 __all__ = ["print_summary", "run_audio_demo"]
@@ -31,25 +31,45 @@ def run_audio_demo(output_dir, quick: bool = False, seed: int = 0, num_threads: 
         seed: training and sampling seed.
         num_threads: torch CPU threads.
     """
-    from .demo import start_demo_folder
+    from .data.audio import AudioTransform, audio_batches
+    from .data.sources import embedded_audio_dir, load_audio_dataset
     from .evaluation.audio_analysis import analyze_waveforms, plot_band_spectra
+    from .pipelines.audio import generate_audio, write_wavs
     from .pipelines.sampling import load_pipeline
-    from .run_folders import record_run_files
     from .spectral.audio import band_center_frequencies, frequency_band_edges, log_spectral_distance
-    from .training.audio import generate_audio, parse_args, train_audio, write_wavs
-    from .training.audio_data import AudioTransform, audio_batches, embedded_audio_dir, load_audio_dataset
+    from .training.audio import parse_args, train_audio
+    from .utils.run_folders import record_run_files, restart_run_folder
 
-    output_dir, before = start_demo_folder(output_dir, "demo-audio")
+    output_dir, before = restart_run_folder(output_dir, "demo-audio")
     torch.set_num_threads(num_threads)
     settings = QUICK if quick else FULL
     started = time.time()
     argv = [
-        "--unet_config", settings["unet_config"], "--sample_size", str(settings["sample_size"]),
-        "--sample_rate", str(SAMPLE_RATE), "--max_train_steps", str(settings["steps"]),
-        "--train_batch_size", str(settings["batch"]), "--learning_rate", "1e-3", "--seed", str(seed),
-        "--stft_weight", "0.05", "--checkpointing_steps", str(10**6), "--validation_steps", str(10**6),
-        "--report_to", "none", "--output_dir", str(output_dir / "train"),
-    ]  # fmt: skip
+        "--unet_config",
+        settings["unet_config"],
+        "--sample_size",
+        str(settings["sample_size"]),
+        "--sample_rate",
+        str(SAMPLE_RATE),
+        "--max_train_steps",
+        str(settings["steps"]),
+        "--train_batch_size",
+        str(settings["batch"]),
+        "--learning_rate",
+        "1e-3",
+        "--seed",
+        str(seed),
+        "--stft_weight",
+        "0.05",
+        "--checkpointing_steps",
+        str(10**6),
+        "--validation_steps",
+        str(10**6),
+        "--report_to",
+        "none",
+        "--output_dir",
+        str(output_dir / "train"),
+    ]
     pipeline_dir = train_audio(parse_args(argv))
     record_run_files(output_dir, before)
     train_seconds = time.time() - started
@@ -70,8 +90,12 @@ def run_audio_demo(output_dir, quick: bool = False, seed: int = 0, num_threads: 
     distance = float(log_spectral_distance(generated["power"], reference["power"]))
     centres = band_center_frequencies(frequency_band_edges(SAMPLE_RATE, **bands)).numpy()
     plot_path = output_dir / "audio_spectra.png"
-    plot_band_spectra({"generated": generated["mean_band_power"], "embedded sounds": reference["mean_band_power"]},
-                      centres, plot_path, f"log-spectral distance {distance:.2f} dB")  # fmt: skip
+    plot_band_spectra(
+        {"generated": generated["mean_band_power"], "embedded sounds": reference["mean_band_power"]},
+        centres,
+        plot_path,
+        f"log-spectral distance {distance:.2f} dB",
+    )
 
     summary = {
         "pipeline": {"value": str(pipeline_dir), "source": "train_audio export (stock DanceDiffusionPipeline)"},
@@ -86,14 +110,16 @@ def run_audio_demo(output_dir, quick: bool = False, seed: int = 0, num_threads: 
         "all_finite": {"value": bool(torch.isfinite(torch.from_numpy(clips)).all()), "source": "generated clips"},
         "generated_slope": {"value": round(generated["slope"], 3), "source": "spectral_slope of generated mean"},
         "embedded_slope": {"value": round(reference["slope"], 3), "source": "spectral_slope of embedded sounds"},
-        "log_spectral_distance_db": {"value": round(distance, 2),
-                                     "source": "log_spectral_distance(generated, embedded), 16 log bands"},
+        "log_spectral_distance_db": {
+            "value": round(distance, 2),
+            "source": "log_spectral_distance(generated, embedded), 16 log bands",
+        },
         "embedded_clips_analysed": {"value": reference["num_clips"], "source": "embedded sounds >= clip length"},
         "spectrum_plot": {"value": str(plot_path), "source": "plot_band_spectra"},
         "total_seconds": {"value": round(time.time() - started, 1), "source": "wall clock of run_audio_demo"},
         "quick": {"value": quick, "source": "argument"},
         "data": {"value": str(embedded_audio_dir()), "source": "embedded sounds (licences in metadata.jsonl)"},
-    }  # fmt: skip
+    }
     write_json(output_dir / "demo_audio_summary.json", summary)
     record_run_files(output_dir, before)
     return summary

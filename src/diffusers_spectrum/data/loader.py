@@ -75,16 +75,21 @@ class ResumableLoader(StatefulDataLoader):
                 "the data state was written with %s dataloader worker(s), this run has %d: positions cannot be "
                 "carried over, so every stream restarts at the beginning of epoch %d (examples of that epoch may be "
                 "seen twice). Resume with --dataloader_num_workers %s for an exact resume.",
-                state.get("num_workers"), self.num_workers, restart["epoch"], state.get("num_workers"),
-            )  # fmt: skip
+                state.get("num_workers"),
+                self.num_workers,
+                restart["epoch"],
+                state.get("num_workers"),
+            )
             self.dataset.load_state_dict(restart)
             return
         if self.num_workers > 1 and int(state["position"]) > 0:
             restart = _restart_state(state)
             logger.warning(
                 "a single data position cannot be split over %d dataloader workers: every stream restarts at the "
-                "beginning of epoch %d.", self.num_workers, restart["epoch"],
-            )  # fmt: skip
+                "beginning of epoch %d.",
+                self.num_workers,
+                restart["epoch"],
+            )
             self.dataset.load_state_dict(restart)
             return
         self.dataset.load_state_dict(state)  # the workers get copies of the stream with this start

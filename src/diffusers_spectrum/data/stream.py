@@ -34,7 +34,7 @@ import torch
 from datasets.distributed import split_dataset_by_node
 
 
-__all__ = ["Position", "ResumableStream", "SkipExample", "num_shards"]
+__all__ = ["Position", "ResumableStream", "SkipCounter", "SkipExample", "num_shards"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,26 @@ KEPT_REASONS = 10  # skip reasons kept in the state (the rest are only logged)
 class SkipExample(Exception):
     """Raised by a stream's `read` for an example that cannot be used: the stream skips it, counts it and logs
     `detail` with the cause (`raise SkipExample(path) from error`)."""
+
+
+class SkipCounter:
+    """Counts examples skipped because they could not be used (`what`: "unreadable image", "unusable audio"), and
+    logs one line per skip."""
+
+    def __init__(self, what: str = "unreadable image"):
+        self.what = what
+        self.count = 0
+        self.reasons: list[str] = []
+
+    def record(self, where: str, error: BaseException) -> None:
+        self.count += 1
+        reason = f"{where}: {type(error).__name__}: {error}"
+        if len(self.reasons) < 100:
+            self.reasons.append(reason)
+        logger.warning("skipped %s #%d (%s)", self.what, self.count, reason)
+
+    def __repr__(self) -> str:
+        return f"SkipCounter({self.what!r}, count={self.count})"
 
 
 @dataclasses.dataclass(frozen=True)

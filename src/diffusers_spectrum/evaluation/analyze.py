@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..run_folders import claim_output_dir
-from ..training.utils import write_json
+from ..utils.flags import add_flags
+from ..utils.records import write_json
+from ..utils.run_folders import claim_output_dir
 from . import diagnostics
 
 
@@ -45,7 +46,7 @@ def analysis_resolution(vae, data, resolution: int | None, dsm_levels, image_col
     to what the VAE and DSM blocks accept) unless ``resolution`` is given; an explicit ``resolution`` above the data's
     size is allowed with a loud warning (upsampling steepens the image spectrum and changes the verdict).
     The same rule and messages as `evaluation.evaluate` (`vae_resolution`)."""
-    from ..training.data import data_image_size
+    from ..data.images import data_image_size
     from .evaluate import vae_resolution
 
     data_side = data_image_size(data, image_column, split)
@@ -96,8 +97,8 @@ def analyze_vae(
         The report dict; ``report["convention"]`` states the latents and spectrum convention (verdict rule:
         `diffusers_spectrum.evaluation.diagnostics`).
     """
+    from ..data.images import image_batches_from
     from ..models.loading import load_autoencoder
-    from ..training.data import image_batches_from
 
     start = time.perf_counter()
     if sample_posterior is not None:
@@ -107,7 +108,7 @@ def analyze_vae(
     vae = load_autoencoder(vae, device=device, torch_dtype=torch.float32)
     dsm_levels = tuple(int(k) for k in dsm_levels)
     resolution, data_side = analysis_resolution(vae, data, resolution, dsm_levels, image_column, split)
-    from ..training.data import SkipCounter
+    from ..data.stream import SkipCounter
 
     skips = SkipCounter()
     batches = image_batches_from(data, num_samples, resolution, batch_size, image_column, split, skip_counter=skips)
@@ -277,12 +278,27 @@ def _gap(gap: dict) -> str:
 
 def compare_markdown(table: list[dict], convention: dict, rule: dict) -> str:
     """The comparison table as Markdown, with the conventions and the verdict rule under it."""
-    head = ("name", "verdict, DC kept", "centroid gap, DC kept", "verdict, DC free", "centroid gap, DC free",
-            "latent slope", "target slope", "mean-curve KL d1", "per-sample KL d1", "RMSC")  # fmt: skip
+    head = (
+        "name",
+        "verdict, DC kept",
+        "centroid gap, DC kept",
+        "verdict, DC free",
+        "centroid gap, DC free",
+        "latent slope",
+        "target slope",
+        "mean-curve KL d1",
+        "per-sample KL d1",
+        "RMSC",
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table:
-        cells = [row["name"], row["verdict_dc_kept"], _gap(row["centroid_gap_dc_kept"]), row["verdict_dc_free"],
-                 _gap(row["centroid_gap_dc_free"])]  # fmt: skip
+        cells = [
+            row["name"],
+            row["verdict_dc_kept"],
+            _gap(row["centroid_gap_dc_kept"]),
+            row["verdict_dc_free"],
+            _gap(row["centroid_gap_dc_free"]),
+        ]
         cells += [f"{row[k]:.4g}" for k in ("latent_slope", "target_slope", "mean_spectrum_kl_delta1")]
         cells += [f"{row[k]:.4g}" for k in ("spectral_kl_delta1", "rmsc")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -309,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="diffusers-spectrum analyze", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--vae", help="VAE folder or Hub id (any AutoencoderKL; a pipeline folder uses its vae/).")
+    add_flags(source, "--vae")
     source.add_argument("--compare", nargs="+", metavar="VAE", help="several VAEs: one plot and one table.")
     source.add_argument("--encoder", help="transformers vision backbone (REPA target), e.g. facebook/dinov2-base.")
     parser.add_argument(
@@ -317,16 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="image folder / parquet files or Hub dataset id (streamed). Default: the embedded photos.",
     )
-    parser.add_argument("--num_samples", type=int, default=64, help="images to analyse.")
-    parser.add_argument("--output_dir", required=True, help="where report.json and the PNG plots are written.")
-    parser.add_argument(
-        "--resolution",
-        type=int,
-        default=None,
-        help="image side after resize + centre crop (VAE input). Default: the data's own image size (rounded down "
-        "to what the VAE accepts); a larger value upsamples, with a warning.",
-    )
-    parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass.")
+    add_flags(parser, "--num_samples", "--output_dir", "--batch_size", batch_size=8, required=("--output_dir",))
+    add_flags(parser, "--resolution", resolution=None)
     parser.add_argument(
         "--dsm_levels", default="0,8,10,12", help="DSM low-pass levels, comma-separated ('' to skip decoding)."
     )
@@ -349,20 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--spectrum_convention",
         choices=sorted(diagnostics.SPECTRUM_CONVENTIONS),
         default="authors",
-        help="'authors' (default): DC kept, no mean removal, as the authors' analysis and SPEC.md's reference "
-        "numbers; 'dc_free': DC power set to 0 (the ESM loss's convention).",
+        help="'authors' (default): DC kept, no mean removal, as the authors' analysis and their published "
+        "reference curves; 'dc_free': DC power set to 0 (the ESM loss's convention).",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the posterior samples (--latents sample).")
-    parser.add_argument(
-        "--sample_posterior",
-        action="store_true",
-        help="alias of --latents sample (the default); kept for older commands.",
-    )
+    add_flags(parser, "--seed", "--sample_posterior")
     parser.add_argument("--grid_size", type=int, default=16, help="encoder token grid side (--encoder).")
-    parser.add_argument("--image_column", default="image", help="dataset column holding the images.")
-    parser.add_argument("--split", default="train", help="dataset split.")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device.")
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar.")
+    add_flags(parser, "--image_column", "--dataset_split", "--device", "--no_progress")
     return parser
 
 
@@ -375,6 +375,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--resolution must be positive, got {args.resolution}.")
     if args.sample_posterior and args.latents != "sample":
         parser.error("--sample_posterior contradicts --latents mean; pass one of them.")
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         args.dsm_levels = tuple(int(v) for v in args.dsm_levels.split(",") if v.strip())
     except ValueError:
@@ -390,7 +392,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size,
         device=args.device,
         image_column=args.image_column,
-        split=args.split,
+        split=args.dataset_split,
         progress=not args.no_progress,
         n_bins=args.n_bins,
     )
@@ -420,8 +422,10 @@ def main(argv=None) -> int:
             result = compare_vaes(args.compare, output_dir=args.output_dir, **common, **vae_options)
             for name, report in result["reports"].items():
                 slope, kl = report["latent_slope"], report["mean_spectrum_kl_delta1"]
-                print(f"{name}: {diagnostics.verdicts_phrase(report['verdicts'])} | latent slope {slope:.3f}, "
-                      f"mean-curve KL d1 {kl:.4f}")  # fmt: skip
+                print(
+                    f"{name}: {diagnostics.verdicts_phrase(report['verdicts'])} | latent slope {slope:.3f}, "
+                    f"mean-curve KL d1 {kl:.4f}"
+                )
             convention = next(iter(result["reports"].values()))["convention"]
             print(f"latents: {convention['latents_description']}; spectra: {convention['spectrum_description']}")
         else:

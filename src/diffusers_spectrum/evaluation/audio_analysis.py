@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..run_folders import claim_output_dir
 from ..spectral.audio import (
     band_center_frequencies,
     band_power_spectrum,
@@ -33,6 +32,8 @@ from ..spectral.audio import (
     mean_level_offset_db,
     spectral_slope,
 )
+from ..utils.flags import add_flags
+from ..utils.run_folders import claim_output_dir
 
 
 if TYPE_CHECKING:
@@ -50,70 +51,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--audio_dir", help="folder of audio files (wav/flac/ogg/...) to analyse.")
-    source.add_argument("--dataset_name", help="Hub or local dataset with an Audio column (streamed).")
-    source.add_argument("--pipeline", help="diffusers audio pipeline folder: --num_samples clips are generated.")
+    add_flags(source, "--dataset_name", "--pipeline")
     reference = parser.add_mutually_exclusive_group()
     reference.add_argument("--reference_dir", help="folder of real audio to compare with (log-spectral distance).")
     reference.add_argument("--reference_dataset", help="Hub or local dataset of real audio to compare with.")
-    parser.add_argument("--output_dir", required=True, help="where audio_report.json and audio_spectra.png go.")
-    parser.add_argument("--num_samples", type=int, default=32, help="clips per set (generated or read). (%(default)s)")
-    parser.add_argument(
-        "--sample_rate", type=int, default=None, help="analysis rate (default: the pipeline's or 16000)."
-    )
-    parser.add_argument("--sample_size", type=int, default=None, help="crop length (default: pipeline's or 1 s).")
+    add_flags(parser, "--output_dir", "--num_samples", required=("--output_dir",), num_samples=32)
+    add_flags(parser, "--sample_rate", "--sample_size", sample_rate=None)  # default: the pipeline's, or 16 kHz, 1 s
     parser.add_argument("--num_bands", type=int, default=24, help="frequency bands. (%(default)s)")
     parser.add_argument("--min_frequency_hz", type=float, default=50.0, help="lowest band edge. (%(default)s)")
     parser.add_argument("--scale", choices=("log", "mel"), default="log", help="band spacing. (%(default)s)")
-    parser.add_argument("--audio_column", default="audio", help="dataset column holding the audio.")
-    parser.add_argument("--split", default="train", help="dataset split.")
-    parser.add_argument("--num_inference_steps", type=int, default=100, help="pipeline sampling steps.")
-    parser.add_argument("--seed", type=int, default=0, help="pipeline seed (clip i uses seed + i).")
+    add_flags(parser, "--audio_column", "--dataset_split", "--num_inference_steps", "--seed", num_inference_steps=100)
     return parser
 
 
-def load_source(kind: str, value: str, args, sample_rate: int, sample_size: int) -> tuple[torch.Tensor, int]:
-    """`(N, 1, sample_size)` float64 mono clips of a folder / dataset / pipeline, and the number skipped."""
-    from ..training.audio_data import AudioSkipCounter, AudioTransform, audio_batches, load_audio_dataset
+def load_source(
+    kind: str,
+    value: str,
+    sample_rate: int,
+    sample_size: int,
+    num_samples: int,
+    *,
+    split: str = "train",
+    audio_column: str = "audio",
+    num_inference_steps: int = 100,
+    seed: int = 0,
+) -> tuple[torch.Tensor, int, dict]:
+    """`num_samples` `(N, 1, sample_size)` float64 mono clips of a `"folder"`, `"dataset"` or `"pipeline"` (generated,
+    clip i seeded `seed + i`), the number of files skipped, and the clips per source sample rate."""
+    from ..data.audio import AudioSkipCounter, AudioTransform, audio_batches
+    from ..data.sources import load_audio_dataset
 
     if kind == "pipeline":
-        return _generate(value, args, sample_size), 0
+        return _generate(value, num_samples, num_inference_steps, seed, sample_size), 0, {}
     if kind == "folder" and not Path(value).is_dir():
         raise FileNotFoundError(
             f"--audio_dir / --reference_dir {value!r} is not a folder; pass a folder of audio files."
         )
     dataset = load_audio_dataset(
-        dataset_name=value if kind == "dataset" else None, train_data_dir=value if kind == "folder" else None,
-        split=args.split, audio_column=args.audio_column,
-    )  # fmt: skip
+        dataset_name=value if kind == "dataset" else None,
+        train_data_dir=value if kind == "folder" else None,
+        split=split,
+        audio_column=audio_column,
+    )
     transform = AudioTransform(sample_rate, sample_size, channels=1, random_crop=False, too_short="skip")
     skipped = AudioSkipCounter()
-    batches = list(audio_batches(dataset, 16, transform, args.audio_column, args.num_samples, skipped))
+    batches = list(audio_batches(dataset, 16, transform, audio_column, num_samples, skipped))
     if not batches:
         raise ValueError(
             f"{value!r}: no usable clip of at least {sample_size} samples at {sample_rate} Hz "
             f"({skipped.count} skipped: {skipped.reasons[:3]}); pass a smaller --sample_size."
         )
     print(f"{kind} {value}: {transform.resampling_summary()}")
-    args.source_rates[f"{kind}:{value}"] = {str(rate): n for rate, n in sorted(transform.source_rates.items())}
-    return torch.cat(batches).double(), skipped.count
+    rates = {str(rate): n for rate, n in sorted(transform.source_rates.items())}
+    return torch.cat(batches).double(), skipped.count, rates
 
 
-def _generate(folder: str, args, sample_size: int) -> torch.Tensor:
+def _generate(folder: str, num_samples: int, num_inference_steps: int, seed: int, sample_size: int) -> torch.Tensor:
+    from ..pipelines.audio import generate_audio
     from ..pipelines.sampling import load_pipeline
 
     if not (Path(folder) / "model_index.json").is_file():
         raise FileNotFoundError(f"--pipeline {folder!r} is not a diffusers pipeline folder (no model_index.json).")
     pipe = load_pipeline(folder, kind="audio", command="analyze-audio --pipeline")  # strictly, audio only
     pipe.set_progress_bar_config(disable=True)
-    rate = pipe.unet.config.sample_rate
-    clips = []
-    for start in range(0, args.num_samples, 8):
-        count = min(8, args.num_samples - start)
-        generators = [torch.Generator().manual_seed(args.seed + start + i) for i in range(count)]
-        audio = pipe(batch_size=count, num_inference_steps=args.num_inference_steps, generator=generators,
-                     audio_length_in_s=sample_size / rate).audios  # fmt: skip
-        clips.append(torch.from_numpy(np.asarray(audio)).double().mean(dim=1, keepdim=True))
-    return torch.cat(clips)[..., :sample_size]
+    clips = generate_audio(pipe, num_samples, num_inference_steps, seed, sample_size=sample_size)
+    return torch.from_numpy(clips).double().mean(dim=1, keepdim=True)
 
 
 def analyze_waveforms(waveforms: torch.Tensor, sample_rate: int, source: str = "the clips", **bands) -> dict:
@@ -177,36 +179,53 @@ def main(argv=None) -> int:
     frequency_band_edges(sample_rate, **bands)  # clear error for bands that do not fit the rate
 
     claim_output_dir(args.output_dir, "analyze-audio", "audio_report.json", create=False)  # refused before work
-    kind, value = (("pipeline", args.pipeline) if args.pipeline else ("dataset", args.dataset_name)
-                   if args.dataset_name else ("folder", args.audio_dir))  # fmt: skip
+    kind, value = (
+        ("pipeline", args.pipeline)
+        if args.pipeline
+        else ("dataset", args.dataset_name)
+        if args.dataset_name
+        else ("folder", args.audio_dir)
+    )
     sets = {"analysed": (kind, value)}
     if args.reference_dir or args.reference_dataset:
         sets["reference"] = (
             ("folder", args.reference_dir) if args.reference_dir else ("dataset", args.reference_dataset)
         )
     report = {"sample_rate": sample_rate, "sample_size": sample_size, "bands": bands, "sets": {}}
-    powers = {}
-    args.source_rates = {}
+    powers, source_rates = {}, {}
+    options = dict(
+        split=args.dataset_split,
+        audio_column=args.audio_column,
+        num_inference_steps=args.num_inference_steps,
+        seed=args.seed,
+    )
     for name, (source_kind, source) in sets.items():
-        waveforms, skipped = load_source(source_kind, source, args, sample_rate, sample_size)
+        loaded = load_source(source_kind, source, sample_rate, sample_size, args.num_samples, **options)
+        waveforms, skipped, rates = loaded
+        if rates:
+            source_rates[f"{source_kind}:{source}"] = rates
         result = analyze_waveforms(waveforms, sample_rate, source=f"{source_kind} {source}", **bands)
         powers[name] = result.pop("power")
         report["sets"][name] = {"source": f"{source_kind}:{source}", "skipped": skipped, **result}
-    report["source_sample_rates"] = args.source_rates  # clips per file sample rate (resampled unless = sample_rate)
+    report["source_sample_rates"] = source_rates  # clips per file sample rate (resampled unless = sample_rate)
     if "reference" in powers:
         pair = (powers["analysed"], powers["reference"])
         report["log_spectral_distance_db"] = float(log_spectral_distance(*pair))
         report["level_invariant_log_spectral_distance_db"] = float(level_invariant_log_spectral_distance(*pair))
         report["mean_level_offset_db"] = float(mean_level_offset_db(*pair))
     output_dir = claim_output_dir(args.output_dir, "analyze-audio", "audio_report.json")
-    from ..training.utils import write_json
+    from ..utils.records import write_json
 
     write_json(output_dir / "audio_report.json", report)
     centres = band_center_frequencies(frequency_band_edges(sample_rate, **bands)).numpy()
     curves = {f"{name} ({report['sets'][name]['source']})": v["mean_band_power"] for name, v in report["sets"].items()}
-    title = (f"log-spectral distance {report['log_spectral_distance_db']:.2f} dB (level-invariant "
-             f"{report['level_invariant_log_spectral_distance_db']:.2f} dB, level offset "
-             f"{report['mean_level_offset_db']:+.2f} dB)" if "log_spectral_distance_db" in report else "")  # fmt: skip
+    title = (
+        f"log-spectral distance {report['log_spectral_distance_db']:.2f} dB (level-invariant "
+        f"{report['level_invariant_log_spectral_distance_db']:.2f} dB, level offset "
+        f"{report['mean_level_offset_db']:+.2f} dB)"
+        if "log_spectral_distance_db" in report
+        else ""
+    )
     plot_band_spectra(curves, centres, output_dir / "audio_spectra.png", title)
     print(f"wrote {output_dir / 'audio_report.json'} and {output_dir / 'audio_spectra.png'}")
     return 0

@@ -11,13 +11,14 @@ Conventions (every report states the two it used):
   ``"mean"`` analyses the posterior mean ``mu``. The posterior std (mean over elements of ``sigma``, and per
   channel) is reported beside either.
 - ``spectrum``: ``"authors"`` (default) is their analysis convention, ``center="none", remove_dc=False``: DC kept,
-  no mean removal, the channel-averaged power clamped at 1e-8; SPEC.md's reference numbers use it. ``"dc_free"``
+  no mean removal, the channel-averaged power clamped at 1e-8; the authors' reference curves use it. ``"dc_free"``
   sets the DC power to 0 (the ESM loss's convention). Removing each channel's spatial mean first would change
   nothing more: the orthonormal DCT puts the spatial mean in the DC cell only.
 
-The verdict (SPEC.md, "Why spectra matter") asks where the latents' spectral power lies compared with the delta = 1
-target built from the same images, on the sample-mean normalised log spectra (the "mean curves", each a distribution
-over the radial bands ``k`` summing to 1), in log frequency ``u_k = ln(k + 1)``:
+The verdict (over-noisy or over-smoothed latents, in the sense of Ning et al. 2026, "Spectrum Matching") asks where
+the latents' spectral power lies compared with the delta = 1 target built from the same images, on the sample-mean
+normalised log spectra (the "mean curves", each a distribution over the radial bands ``k`` summing to 1), in log
+frequency ``u_k = ln(k + 1)``:
 
 - ``centroid_gap = sum_k u_k (L_k - T_k)``: the signed centroid gap of the latent curve ``L`` from the target ``T``.
   It equals the signed area between the two cumulative distributions, ``sum_k (F_T(k) - F_L(k)) (u_{k+1} - u_k)``,
@@ -56,7 +57,7 @@ Derivation of ``VERDICT_TOLERANCE`` (independent of any VAE's numbers; tests/tes
 
 Checked afterwards, not fitted (tests): numpy fields flatter than the target are over-noisy, steeper ones
 over-smoothed, equal ones matched, a hump with the target's slope mis-shaped; intervals shrink with the number of
-images; on the authors' reference curves (SPEC.md, "Reference spectra"; their published mean curves taken as exact)
+images; on the authors' reference curves (their figure data, `REFERENCE_SPECTRA`; their mean curves taken as exact)
 SD-VAE is over-noisy (w1 0.20, all of it high-frequency excess) and ESM (0.07) and DSM (0.06) are matched.
 
 DC-free view: with ``spectrum="dc_free"`` the DC cell is removed. On a grid where band 0 holds the DC cell alone (8 x 8
@@ -142,8 +143,9 @@ VERDICT_TOLERANCE = 0.10  # |centroid gap| (ln frequency) of that error on the n
 VERDICT_CONFIDENCE = 0.95  # of the bootstrap intervals the verdict reads
 VERDICT_BOOTSTRAP_REPLICATES = 1000
 VERDICT_STATISTICS = ("centroid_gap", "excess_high", "excess_low", "w1")
-# The authors' reference slopes / KL of the mean curves to the delta = 1 target (SPEC.md, "Reference spectra"):
-# posterior samples, DC kept, no centring. For context in the reports.
+# The authors' reference slopes / KL of the mean curves to the delta = 1 target (Ning et al. 2026, the authors'
+# figure data; 16 radial bins, normalised log power):
+# posterior samples, DC kept, no centring. For context in the reports. docs/PROVENANCE.md#reference-spectra
 REFERENCE_SPECTRA = {
     "convention": "authors' figure data: posterior samples, DC kept, no centring; KL of the mean curves",
     "celeba_rgb": {"slope": -1.89, "spectral_kl_delta1": 0.294},
@@ -277,7 +279,7 @@ def spectrum_slope(spectrum: torch.Tensor, frequencies: str = "index") -> torch.
 def mean_curve_kl(target: torch.Tensor, latent: torch.Tensor, eps: float = ESM_EPS) -> torch.Tensor:
     """``KL(target || latent)`` of two normalised curves ``(..., n_bins)`` with ESM's eps inside the logs ``-> (...)``.
 
-    Applied to the sample-mean curves it gives SPEC.md's reference numbers (the authors' figure data).
+    Applied to the sample-mean curves it gives the authors' reference numbers (their figure data, `REFERENCE_SPECTRA`).
     """
     return (target * (torch.log(target + eps) - torch.log(latent + eps))).sum(-1)
 
@@ -301,7 +303,7 @@ def channel_spectra(
 
 
 def rms_spatial_contrast(features: torch.Tensor) -> torch.Tensor:
-    """RMS spatial contrast (RMSC) of a feature map ``(B, D, h, w) -> (B,)`` (SPEC.md, "REPA and DoG-REPA").
+    """RMS spatial contrast (RMSC) of a feature map ``(B, D, h, w) -> (B,)`` (Ning et al. 2026, DoG-REPA).
 
     Every token (the ``D``-vector at one grid position) is L2-normalised; RMSC is the square root of the mean squared
     distance of the tokens from their grid mean, i.e. the spatial AC energy of the normalised map. 0 for a constant
@@ -501,8 +503,10 @@ def verdict_from_moments(
     intervals = {"centroid_gap": (float(point["centroid_gap"]) - gap_half, float(point["centroid_gap"]) + gap_half)}
     z_simultaneous = float(scipy.stats.norm.ppf(1 - (1 - confidence) / (2 * (n_bins - 1))))
     cumulative = (tm - lm).cumsum(-1)[:-1]
-    half = torch.tensor([z_simultaneous * sd_bound((torch.arange(n_bins) <= k).double()) / root_n
-                         for k in range(n_bins - 1)], dtype=torch.float64)  # fmt: skip
+    half = torch.tensor(
+        [z_simultaneous * sd_bound((torch.arange(n_bins) <= k).double()) / root_n for k in range(n_bins - 1)],
+        dtype=torch.float64,
+    )
     low, high, step = cumulative - half, cumulative + half, u.diff()
     nearest = torch.where(
         low > 0, low, torch.where(high < 0, -high, torch.zeros_like(low))
@@ -710,7 +714,7 @@ class SpectrumStatistics:
         """The summary dict: the verdict of the chosen convention (``verdict``) and both views' reports
         (``verdicts``: ``{"authors": ..., "dc_free": ...}``, `verdict_report`), sample-mean spectra (``spectra``:
         mean and sample std per band), their slopes, the per-sample mean KLs (``spectral_kl_delta0/1``, the
-        authors' printed "Mean KL") and the KLs of the mean curves (``mean_spectrum_kl_delta0/1``, SPEC.md's
+        authors' printed "Mean KL") and the KLs of the mean curves (``mean_spectrum_kl_delta0/1``, the authors'
         reference numbers), RMSC, per-channel spectra, raw power slopes, the posterior std when given, and the rule."""
         if self.count == 0:
             raise ValueError("SpectrumStatistics.result: no batch was added; call update() with images first.")
@@ -788,8 +792,9 @@ def lowpass_reconstruction_errors(
 ) -> dict[int, torch.Tensor]:
     """Per-sample MSE of ``decode(dsm_lowpass(latents, k))`` against ``dsm_lowpass(images, k)`` for each level ``k``.
 
-    The DSM shared low-pass (SPEC.md, "DSM") applied to both sides; a decoder with frequency-to-frequency
-    correspondence keeps the error flat across levels. Level 0 is the plain reconstruction error.
+    The DSM shared low-pass (Decoding Spectrum Matching, Ning et al. 2026) applied to both sides; a decoder with
+    frequency-to-frequency correspondence keeps the error flat across levels. Level 0 is the plain reconstruction
+    error.
 
     Args:
         decode: maps latents ``(B, C, h, w)`` to images ``(B, 3, H, W)`` (e.g. ``lambda z: vae.decode(z).sample``).

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..data.images import data_image_size, image_batches_from
 from ..spectral import power_law_slope, radial_spectrum
-from ..training.data import data_image_size, image_batches_from
-from ..training.utils import write_json
+from ..utils.records import write_json
 from . import diagnostics, plotting
 from .diagnostics import RunningMoments
 

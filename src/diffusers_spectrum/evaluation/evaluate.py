@@ -35,9 +35,10 @@ import torch
 
 from ..models.checks import check_resolution, downsample_factor
 from ..pipelines.sampling import check_local_path, cli_labels, load_pipeline, pipeline_classes, pipeline_samples
-from ..run_folders import OutputFolderError, check_output_file
 from ..spectral import power_law_slope, radial_spectrum
-from ..training.utils import write_json
+from ..utils.flags import add_flags
+from ..utils.records import write_json
+from ..utils.run_folders import OutputFolderError, check_output_file
 from .generation_metrics import SWD_MIN_RESOLUTION, pyramid_swd, spectrum_distance
 
 
@@ -64,24 +65,14 @@ CONDITIONAL_GUIDANCE = 1.8  # the `sample` command's default for class-condition
 # Shared flags
 
 
-def _add_data_args(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--dataset_name", default=None, help=f"{what} Hub dataset id (streamed).")
-    parser.add_argument("--train_data_dir", default=None, help=f"{what} image folder or parquet / arrow files.")
-    parser.add_argument("--image_column", default="image", help="Dataset column holding the images.")
-    parser.add_argument("--split", default="train", help="Dataset split.")
-
-
 def _add_output_args(parser: argparse.ArgumentParser, default_name: str) -> None:
-    parser.add_argument(
-        "--output_dir", default=None, help="Folder of the results file (default: the working directory)."
-    )
+    add_flags(parser, "--output_dir")
     parser.add_argument(
         "--output_file",
         default=None,
-        help=f"JSON file of the results (default: OUTPUT_DIR/{default_name}).",
+        help=f"JSON file of the results (default: OUTPUT_DIR/{default_name}, OUTPUT_DIR the working directory).",
     )
-    parser.add_argument("--device", default=None, help="Torch device (default: cuda if available).")
-    parser.add_argument("--no_progress", action="store_true", help="Hide the progress bars.")
+    add_flags(parser, "--device", "--no_progress")
 
 
 def _finish_common(parser: argparse.ArgumentParser, args: argparse.Namespace, default_name: str) -> None:
@@ -121,26 +112,11 @@ def build_vae_parser() -> argparse.ArgumentParser:
         "FD / rFID, per DSM level (levels > 0: the low-pass rFID). Without --dataset_name / --train_data_dir the "
         "embedded photos are used."
     )
-    parser.add_argument("--vae", required=True, help="VAE folder or Hub id (any AutoencoderKL; pipeline folders too).")
-    _add_data_args(parser, "")
-    parser.add_argument("--num_samples", type=int, default=1000, help="Images to evaluate.")
-    parser.add_argument(
-        "--resolution",
-        type=int,
-        default=None,
-        help="Resize + centre crop side. Default: the data's own image size (shorter side of its first image), "
-        "rounded down to a multiple the VAE accepts; a larger value upsamples (warned).",
-    )
-    parser.add_argument("--batch_size", type=int, default=16, help="Images per forward pass.")
-    parser.add_argument(
-        "--feature_extractor",
-        default="none",
-        help="Transformers backbone id/folder (FD, e.g. facebook/dinov2-base; ':mean' for mean-pooled tokens), "
-        "'inception:PATH' (FID from a local TorchScript file) or 'none'.",
-    )
+    add_flags(parser, "--vae", "--dataset_name", "--train_data_dir", "--image_column", required=("--vae",))
+    add_flags(parser, "--dataset_split", "--num_samples", "--resolution", num_samples=1000, resolution=None)
+    add_flags(parser, "--batch_size", "--feature_extractor", "--sample_posterior")
     parser.add_argument("--dsm_levels", default="0", help="Comma-separated DSM levels; > 0 gives the low-pass rFID.")
     parser.add_argument("--lpips", action="store_true", help="Also compute LPIPS (needs `lpips` and torchvision).")
-    parser.add_argument("--sample_posterior", action="store_true", help="Decode posterior samples, not the mean.")
     _add_output_args(parser, VAE_OUTPUT_NAME)
     return parser
 
@@ -175,8 +151,10 @@ def vae_resolution(vae, requested: int | None, data_side: int, dsm_levels=(0,), 
                 "UPSAMPLING: the data's images are %d px and --resolution is %d px (%.1fx): upsampled images have "
                 "steeper spectra and blurrier details, so the metrics describe the resampling as much as the VAE; "
                 "omit --resolution to evaluate at the data's size.",
-                data_side, requested, requested / data_side,
-            )  # fmt: skip
+                data_side,
+                requested,
+                requested / data_side,
+            )
         return requested
     multiple = downsample_factor(vae) * (block_size if any(int(level) > 0 for level in dsm_levels) else 1)
     resolution = data_side // multiple * multiple
@@ -216,23 +194,23 @@ def _feature_extractor(spec: str, device):
 
 def evaluate_vae(args: argparse.Namespace) -> dict:
     """Evaluate as `args` (from `parse_vae_args`) says; writes and returns the results dict."""
+    from ..data.images import ImageTransform, data_image_size, image_batches_from
+    from ..data.stream import SkipCounter
     from ..models.loading import load_autoencoder
-    from ..training.data import ImageTransform, SkipCounter, data_image_size, image_batches_from
     from .metrics import reconstruction_metrics
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     start = time.perf_counter()
     vae = load_autoencoder(args.vae, device=args.device)
     data = args.dataset_name or args.train_data_dir
-    data_side = data_image_size(data, args.image_column, args.split)
+    data_side = data_image_size(data, args.image_column, args.dataset_split)
     resolution = vae_resolution(vae, args.resolution, data_side, args.dsm_levels)
     extractor = _feature_extractor(args.feature_extractor, args.device)
     skips, transform = SkipCounter(), ImageTransform(resolution, center_crop=True)
 
     def batches():
-        return image_batches_from(
-            data, args.num_samples, resolution, args.batch_size, args.image_column, args.split, skips, transform
-        )
+        count, size, column = args.num_samples, args.batch_size, args.image_column
+        return image_batches_from(data, count, resolution, size, column, args.dataset_split, skips, transform)
 
     result = reconstruction_metrics(
         vae,
@@ -260,15 +238,21 @@ def evaluate_vae(args: argparse.Namespace) -> dict:
     )
     output = _write_result(args.output_file, result)
     level0 = result["levels"].get("0", {})
-    drops = [f"k={k} {v['psnr']:.2f} dB (drop {v['psnr_drop']:+.2f} [{v['psnr_drop_lo']:+.2f}, "
-             f"{v['psnr_drop_hi']:+.2f}])" for k, v in result["levels"].items() if "psnr_drop" in v]  # fmt: skip
+    drops = [
+        f"k={k} {v['psnr']:.2f} dB (drop {v['psnr_drop']:+.2f} [{v['psnr_drop_lo']:+.2f}, {v['psnr_drop_hi']:+.2f}])"
+        for k, v in result["levels"].items()
+        if "psnr_drop" in v
+    ]
     print(
         f"{args.vae}: {result['num_samples']} images at {resolution} px | PSNR {level0.get('psnr', float('nan')):.2f}"
         f" dB | SSIM {level0.get('ssim', float('nan')):.4f} | FD {level0.get('fd', float('nan')):.3f} | spectral "
         f"KL d1 {result['spectral_kl_delta1']:.4f} | {result['verdict']} -> {output}"
-        + (f"\n  DSM low-pass PSNR, drop from level 0 with a 95% t interval over images: {'; '.join(drops)}"
-           if drops else "")
-    )  # fmt: skip
+        + (
+            f"\n  DSM low-pass PSNR, drop from level 0 with a 95% t interval over images: {'; '.join(drops)}"
+            if drops
+            else ""
+        )
+    )
     return result
 
 
@@ -282,38 +266,17 @@ def build_pipeline_parser() -> argparse.ArgumentParser:
         "distance (offline, no network), the spectrum slopes, and FD / FID with --feature_extractor. Every class "
         "the pipeline was trained on is sampled (cycled) at the pipeline's guidance default."
     )
-    parser.add_argument("--pipeline", required=True, help="Pipeline folder or Hub id (DiffusionPipeline).")
-    parser.add_argument("--revision", default=None, help="Hub revision of the pipeline.")
-    _add_data_args(parser, "Reference")
+    add_flags(parser, "--pipeline", "--revision", "--dataset_name", "--train_data_dir", required=("--pipeline",))
+    add_flags(parser, "--image_column", "--dataset_split")
     parser.add_argument(
-        "--floor_data_dir", default=None,
+        "--floor_data_dir",
+        default=None,
         help="Real images the model was trained on (folder / parquet), for the data floor: the same metrics between "
         "them and the references at the same count (what real data scores).",
-    )  # fmt: skip
+    )
     parser.add_argument("--floor_dataset_name", default=None, help="Hub dataset id for the data floor (streamed).")
-    parser.add_argument("--num_samples", type=int, default=1000, help="Samples generated (and reference images).")
-    parser.add_argument("--batch_size", type=int, default=16, help="Samples per pipeline call.")
-    parser.add_argument("--num_inference_steps", type=int, default=50, help="Sampler steps.")
-    parser.add_argument(
-        "--guidance_scale",
-        type=float,
-        default=None,
-        help=f"Classifier-free guidance (1 = none). Default: {CONDITIONAL_GUIDANCE} for a class-conditional "
-        "pipeline (as `sample`), 1 for an unconditional one.",
-    )
-    parser.add_argument(
-        "--class_labels",
-        default=None,
-        help="Comma-separated class ids or names to cycle through. Default: every class the pipeline was trained on.",
-    )
-    parser.add_argument("--unconditional", action="store_true", help="Sample label 0 without guidance.")
-    parser.add_argument(
-        "--feature_extractor",
-        default="none",
-        help="Transformers backbone id/folder for FD (e.g. facebook/dinov2-base), 'inception:PATH' (FID from a local "
-        "TorchScript file) or 'none' (default: only the offline metrics).",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="Sampling seed (image i uses seed + i).")
+    add_flags(parser, "--num_samples", "--batch_size", "--num_inference_steps", "--guidance_scale", num_samples=1000)
+    add_flags(parser, "--class_labels", "--unconditional", "--feature_extractor", "--seed")
     _add_output_args(parser, PIPELINE_OUTPUT_NAME)
     return parser
 
@@ -352,8 +315,13 @@ def _offline_metrics(samples: torch.Tensor, references: torch.Tensor, seed: int)
     result = {"spectrum_distance": float(spectrum_distance(samples, references))}
     for key, normalization in (("swd_x1e3", "per_set"), ("swd_pooled_x1e3", "pooled")):
         if side >= 8:  # a 7 x 7 neighbourhood must fit; below 16 px one level at the full size
-            swd = pyramid_swd(samples[:count], references[:count], min_resolution=min(SWD_MIN_RESOLUTION, side),
-                              seed=seed, normalization=normalization)  # fmt: skip
+            swd = pyramid_swd(
+                samples[:count],
+                references[:count],
+                min_resolution=min(SWD_MIN_RESOLUTION, side),
+                seed=seed,
+                normalization=normalization,
+            )
             result[key] = [float(v) * 1e3 for v in swd]
             result[f"{key}_avg"] = float(swd.mean()) * 1e3
         else:
@@ -383,33 +351,36 @@ def _reconstructions(vae, images: torch.Tensor, batch_size: int) -> torch.Tensor
     return torch.cat(parts)
 
 
-def _anchors(args, pipe, references: torch.Tensor, extractor) -> dict:
-    """The data floor (``--floor_data_dir`` / ``--floor_dataset_name`` images against the references, same count)
-    and, for a latent pipeline, the reconstruction ceiling (its VAE's ``decode(encode(references))`` against them),
-    each with the same metrics as the samples; the blur check of the pixel metrics on the references (>= 64)."""
-    from ..training.data import image_batches_from
+def _anchors(
+    pipe, references: torch.Tensor, extractor, floor_source, batch_size: int, image_column: str, split: str, seed: int
+) -> dict:
+    """The data floor (``floor_source`` images against the references, same count) and, for a latent pipeline, the
+    reconstruction ceiling (its VAE's ``decode(encode(references))`` against them), each with the same metrics as the
+    samples; the blur check of the pixel metrics on the references (>= 64)."""
+    from ..data.images import image_batches_from
 
     anchors = {"floor": None, "ceiling": None, "blur_check": None}
-    floor_source = args.floor_dataset_name or args.floor_data_dir
     if floor_source:
-        floor = torch.cat(list(image_batches_from(floor_source, references.shape[0], references.shape[-1],
-                                                  args.batch_size, args.image_column, args.split)))  # fmt: skip
+        count, side = references.shape[0], references.shape[-1]
+        floor = torch.cat(list(image_batches_from(floor_source, count, side, batch_size, image_column, split)))
         if floor.shape[0] < references.shape[0]:
-            raise ValueError(f"{floor_source!r} gave {floor.shape[0]} images for the data floor; the references are "
-                             f"{references.shape[0]}: pass a larger floor set or fewer --num_samples.")  # fmt: skip
-        anchors["floor"] = _offline_metrics(floor, references, args.seed)
+            raise ValueError(
+                f"{floor_source!r} gave {floor.shape[0]} images for the data floor; the references are "
+                f"{references.shape[0]}: pass a larger floor set or fewer --num_samples."
+            )
+        anchors["floor"] = _offline_metrics(floor, references, seed)
         if extractor is not None:
             anchors["floor"].update(_feature_metrics(floor, references, extractor))
     vae = getattr(pipe, "vae", None)
     if vae is not None and hasattr(vae, "encode"):
-        reconstructed = _reconstructions(vae, references, args.batch_size)
-        anchors["ceiling"] = _offline_metrics(reconstructed, references, args.seed)
+        reconstructed = _reconstructions(vae, references, batch_size)
+        anchors["ceiling"] = _offline_metrics(reconstructed, references, seed)
         if extractor is not None:
             anchors["ceiling"].update(_feature_metrics(reconstructed, references, extractor))
     if references.shape[0] >= 64 and min(references.shape[-2:]) >= 16:
         from .study_metrics import GenerationMetricSuite, relied_metrics
 
-        check = GenerationMetricSuite(seed=args.seed).blur_check(references)
+        check = GenerationMetricSuite(seed=seed).blur_check(references)
         anchors["blur_check"] = check
         anchors["relied_metrics"] = relied_metrics(check)
     return anchors
@@ -417,7 +388,8 @@ def _anchors(args, pipe, references: torch.Tensor, extractor) -> dict:
 
 def evaluate_pipeline(args: argparse.Namespace) -> dict:
     """Evaluate as `args` (from `parse_pipeline_args`) says; writes and returns the results dict."""
-    from ..training.data import SkipCounter, image_batches_from
+    from ..data.images import image_batches_from
+    from ..data.stream import SkipCounter
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     start = time.perf_counter()
@@ -441,14 +413,14 @@ def evaluate_pipeline(args: argparse.Namespace) -> dict:
                 guidance,
                 args.seed,
                 progress=not args.no_progress,
-            )  # fmt: skip
+            )
         )
     )
     resolution = samples.shape[-1]
     data = args.dataset_name or args.train_data_dir
     skips = SkipCounter()
     batches = image_batches_from(
-        data, args.num_samples, resolution, args.batch_size, args.image_column, args.split, skips
+        data, args.num_samples, resolution, args.batch_size, args.image_column, args.dataset_split, skips
     )
     references = torch.cat(list(batches))
     if references.shape[0] < 2:
@@ -463,7 +435,11 @@ def evaluate_pipeline(args: argparse.Namespace) -> dict:
     result["fd"] = result["kid"] = None
     if extractor is not None:
         result.update(_feature_metrics(samples, references, extractor))
-    result.update(_anchors(args, pipe, references, extractor))
+    floor_source = args.floor_dataset_name or args.floor_data_dir
+    split = args.dataset_split
+    result.update(
+        _anchors(pipe, references, extractor, floor_source, args.batch_size, args.image_column, split, args.seed)
+    )
     id2label = pipeline_classes(pipe) or {}
     result.update(
         feature_extractor=getattr(extractor, "name", None),
@@ -490,8 +466,10 @@ def evaluate_pipeline(args: argparse.Namespace) -> dict:
     )
     for name in ("floor", "ceiling"):
         if result[name] is not None:
-            print(f"  {'data floor' if name == 'floor' else 'reconstruction ceiling'}: spectrum distance "
-                  f"{result[name]['spectrum_distance']:.3f}, SWDx1e3 {result[name]['swd_x1e3_avg']}")  # fmt: skip
+            print(
+                f"  {'data floor' if name == 'floor' else 'reconstruction ceiling'}: spectrum distance "
+                f"{result[name]['spectrum_distance']:.3f}, SWDx1e3 {result[name]['swd_x1e3_avg']}"
+            )
     if result["blur_check"] is not None:
         print(f"  metrics that see a 5x5 blur at 32 images per set: {', '.join(result['relied_metrics']) or 'none'}")
     return result

@@ -60,8 +60,16 @@ from ..spectral.dct import dct_2d
 
 __all__ = ["FEATURE_NET_SETTINGS", "SmallFeatureNet", "feature_net_for", "random_feature_net", "train_feature_net"]
 
-FEATURE_NET_SETTINGS = {"steps": 400, "batch_size": None, "learning_rate": 2e-3, "crop_size": 32, "noise_std": 0.0,
-                        "loss": "whitened", "fit_crops_per_image": 8, "seed": 0}  # fmt: skip
+FEATURE_NET_SETTINGS = {
+    "steps": 400,
+    "batch_size": None,
+    "learning_rate": 2e-3,
+    "crop_size": 32,
+    "noise_std": 0.0,
+    "loss": "whitened",
+    "fit_crops_per_image": 8,
+    "seed": 0,
+}
 # batch_size None: 64 crops of 32 px per step, fewer for larger crops (the same pixels per step)
 LOG_STD_FLOOR = 1e-4  # added to the spatial variance before the log: activations are O(1), 1 % is the resolution
 _OBJECTIVES = {
@@ -142,8 +150,9 @@ class SmallFeatureNet(ModelMixin, ConfigMixin):
         if images.shape[0] <= k:
             raise ValueError(f"fit_readout: need more than {k} images to fit {k} components, got {images.shape[0]}.")
         self.eval()
-        readout = torch.cat([self.readout(images[i : i + batch_size].float()).double() for i in
-                             range(0, images.shape[0], batch_size)])  # fmt: skip
+        readout = torch.cat(
+            [self.readout(images[i : i + batch_size].float()).double() for i in range(0, images.shape[0], batch_size)]
+        )
         mean = readout.mean(0)
         eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(readout.T))  # ascending
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
@@ -159,8 +168,10 @@ class SmallFeatureNet(ModelMixin, ConfigMixin):
         require_4d(images, "SmallFeatureNet.features", "images", channels=3)
         self.eval()
         device = next(self.parameters()).device
-        parts = [self(images[i : i + batch_size].to(device).float()).double().cpu() for i in
-                 range(0, images.shape[0], batch_size)]  # fmt: skip
+        parts = [
+            self(images[i : i + batch_size].to(device).float()).double().cpu()
+            for i in range(0, images.shape[0], batch_size)
+        ]
         return torch.cat(parts)
 
 
@@ -305,15 +316,23 @@ def feature_net_for(folder: str | Path, images: torch.Tensor, progress: bool = F
     objective = _OBJECTIVES[settings["loss"]]
     if settings["noise_std"] > 0:
         objective = f"denoising {objective}, noise std {settings['noise_std']}"
-    record = {"fingerprint": key, "settings": settings, "num_images": int(images.shape[0]),
-              "train_seconds": round(time.perf_counter() - start, 1), "train_cpu_seconds": round(cpu_seconds, 1),
-              "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
-              "losses_first_last": net.training_losses,
-              "loss_every_20_steps": [round(float(np.mean(net.loss_curve[i : i + 20])), 4) for i in
-                                      range(0, len(net.loss_curve), 20)],
-              "objective": objective, "readout": "per stage and channel: spatial mean, log spatial std; top "
-              f"{net.config.num_components} whitened principal components",
-              "readout_explained_variance": net.readout_spectrum["explained"]}  # fmt: skip
+    record = {
+        "fingerprint": key,
+        "settings": settings,
+        "num_images": int(images.shape[0]),
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "train_cpu_seconds": round(cpu_seconds, 1),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0],
+        "losses_first_last": net.training_losses,
+        "loss_every_20_steps": [
+            round(float(np.mean(net.loss_curve[i : i + 20])), 4) for i in range(0, len(net.loss_curve), 20)
+        ],
+        "objective": objective,
+        "readout": "per stage and channel: spatial mean, log spatial std; top "
+        f"{net.config.num_components} whitened principal components",
+        "readout_explained_variance": net.readout_spectrum["explained"],
+    }
     (partial / "feature_net.json").write_text(json.dumps(record, indent=1))
     if folder.exists():
         folder.rmdir()  # empty (checked above)

@@ -363,10 +363,12 @@ def kid(
     size = min(subset_size or min(len(a), len(b)), len(a), len(b))
     generator = torch.Generator().manual_seed(seed)
     values = [
-        _mmd2_unbiased(a[torch.randperm(len(a), generator=generator)[:size]],
-                       b[torch.randperm(len(b), generator=generator)[:size]])
+        _mmd2_unbiased(
+            a[torch.randperm(len(a), generator=generator)[:size]],
+            b[torch.randperm(len(b), generator=generator)[:size]],
+        )
         for _ in range(num_subsets)
-    ]  # fmt: skip
+    ]
     return float(np.mean(values))
 
 
@@ -398,8 +400,9 @@ def box_blur(images: torch.Tensor, size: int = BLUR_KERNEL) -> torch.Tensor:
     channels = images.shape[1]
     weight = torch.full((channels, 1, size, size), 1.0 / (size * size), dtype=images.dtype, device=images.device)
     half = size // 2
-    return F.conv2d(F.pad(images, (half, size - 1 - half, half, size - 1 - half), mode="reflect"), weight,
-                    groups=channels)  # fmt: skip
+    return F.conv2d(
+        F.pad(images, (half, size - 1 - half, half, size - 1 - half), mode="reflect"), weight, groups=channels
+    )
 
 
 def blur_separation(
@@ -461,7 +464,15 @@ def blur_separation(
     unblurred, blur = float(np.mean(np.abs(plain))), float(np.mean(blurred))
     ratio = blur / unblurred if unblurred > 0 else float("inf") if blur > 0 else float("nan")
     passes = bool(ratio >= BLUR_SEPARATION_FACTOR)
-    return {"unblurred_abs": unblurred, "blurred": blur, "ratio": ratio, "passes": passes,
-            "unblurred_per_split": plain, "blurred_per_split": blurred, "set_size": set_size,
-            "num_splits": num_splits, "blur": f"{blur_size}x{blur_size} box",
-            "split_by": "crop" if groups is None else "source"}  # fmt: skip
+    return {
+        "unblurred_abs": unblurred,
+        "blurred": blur,
+        "ratio": ratio,
+        "passes": passes,
+        "unblurred_per_split": plain,
+        "blurred_per_split": blurred,
+        "set_size": set_size,
+        "num_splits": num_splits,
+        "blur": f"{blur_size}x{blur_size} box",
+        "split_by": "crop" if groups is None else "source",
+    }

@@ -5,7 +5,7 @@
   features (FID; `InceptionFeatureExtractor` on a local TorchScript file) or a transformers vision backbone
   (`TransformersFeatureExtractor`, e.g. DINOv2 for FD-DINOv2).
 - `reconstruction_metrics` runs a VAE over image batches and returns rFID / FD, PSNR, SSIM, spectral KL and, for DSM
-  levels > 0, the same on low-passed latents against low-passed images (the "low-pass rFID", SPEC.md "DSM").
+  levels > 0, the same on low-passed latents against low-passed images (the "low-pass rFID" of DSM, Ning et al. 2026).
 - `sample_frechet_distance`: FID / FD of a pipeline's samples (`pipelines.sampling.pipeline_samples`) against
   a dataset.
 """

@@ -5,6 +5,7 @@ turns a figure into an ``(H, W, 3)`` uint8 array for ``SummaryWriter.add_image(.
 `plot_image_latent_spectra` is the one-call version for trainers (images and latents in, figure out).
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,14 @@ from ..spectral import esm_spectra
 
 __all__ = [
     "figure_to_array",
+    "paired_differences",
     "plot_channel_spectra",
     "plot_compare",
     "plot_encoder_filters",
     "plot_image_latent_spectra",
     "plot_lowpass_errors",
     "plot_spectra",
+    "spectrogram_figure",
 ]
 
 
@@ -193,8 +196,41 @@ def plot_lowpass_errors(errors_by_name: dict, path: str | Path | None = None, ti
     return fig
 
 
+def paired_differences(ax, rows: list[dict], marker_size: float = 3) -> None:
+    """Draw `evaluation.statistics.compare_arms` rows on ``ax``: each comparison's per-seed differences (grey dots),
+    the 95% t interval of their mean (blue) and its Holm-corrected interval (red), and the zero line."""
+    for index, row in enumerate(rows):
+        ax.plot([index] * len(row["differences"]), row["differences"], "o", color="0.4", ms=marker_size)
+        if row["outcome"] == "one run":
+            continue
+        for offset, lo, hi, style in (
+            (0.15, "lo", "hi", dict(fmt="s", color="C0")),
+            (0.3, "holm_lo", "holm_hi", dict(fmt="none", color="C3")),
+        ):
+            yerr = [[row["mean"] - row[lo]], [row[hi] - row["mean"]]]
+            ax.errorbar(index + offset, row["mean"], yerr=yerr, capsize=3, **style)
+    ax.axhline(0, color="k", lw=0.8)
+
+
 def figure_to_array(fig: Figure) -> np.ndarray:
     """Render a figure to an ``(H, W, 3)`` uint8 RGB array (for tensorboard ``add_image(..., dataformats="HWC")``)."""
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def spectrogram_figure(clips: np.ndarray, sample_rate: int, title: str = "") -> Figure:
+    """Log-magnitude spectrograms (dB) of up to four `(C, T)` clips (first channel), one panel each."""
+    count = min(4, len(clips))
+    fig = Figure(figsize=(3.2 * count, 2.6))
+    FigureCanvasAgg(fig)
+    for i in range(count):
+        ax = fig.add_subplot(1, count, i + 1)
+        signal = clips[i][0]
+        fft_size = min(512, 2 ** int(math.log2(len(signal))) // 2)
+        ax.specgram(signal, NFFT=fft_size, Fs=sample_rate, noverlap=fft_size * 3 // 4, scale="dB", cmap="magma")
+        ax.set_xlabel("s")
+        ax.set_ylabel("Hz" if i == 0 else "")
+        ax.set_title(f"{title} {i}".strip(), fontsize=8)
+    fig.tight_layout()
+    return fig

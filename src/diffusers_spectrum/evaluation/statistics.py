@@ -84,8 +84,14 @@ def t_interval_from_summary(mean: float, sd: float, n: int, confidence: float = 
         return {**result, "sd": 0.0, "se": 0.0, "lo": mean, "hi": mean, "p_value": 0.0 if mean != 0 else 1.0}
     quantile = float(scipy.stats.t.ppf(0.5 + confidence / 2, n - 1))
     p_value = float(2 * scipy.stats.t.sf(abs(mean) / se, n - 1))
-    return {**result, "sd": float(sd), "se": se, "lo": mean - quantile * se, "hi": mean + quantile * se,
-            "p_value": p_value}  # fmt: skip
+    return {
+        **result,
+        "sd": float(sd),
+        "se": se,
+        "lo": mean - quantile * se,
+        "hi": mean + quantile * se,
+        "p_value": p_value,
+    }
 
 
 def bootstrap_interval(
@@ -185,14 +191,21 @@ def compare_arms(
             seeds, differences = paired_differences(results[arm][metric], results[baseline][metric])
             interval = t_interval(differences, 1 - alpha)
             low, high = bootstrap_interval(differences, 1 - alpha, n_resamples, seed)
-            rows.append({
-                "arm": arm, "baseline": baseline, "metric": metric, "lower_is_better": bool(lower_is_better),
-                "seeds": [str(s) for s in seeds], "differences": differences.tolist(),
-                "arm_mean": float(np.mean([float(results[arm][metric][s]) for s in seeds])),
-                "baseline_mean": float(np.mean([float(results[baseline][metric][s]) for s in seeds])),
-                **{k: interval[k] for k in ("mean", "sd", "n", "lo", "hi", "p_value", "confidence")},
-                "bootstrap_lo": low, "bootstrap_hi": high,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "arm": arm,
+                    "baseline": baseline,
+                    "metric": metric,
+                    "lower_is_better": bool(lower_is_better),
+                    "seeds": [str(s) for s in seeds],
+                    "differences": differences.tolist(),
+                    "arm_mean": float(np.mean([float(results[arm][metric][s]) for s in seeds])),
+                    "baseline_mean": float(np.mean([float(results[baseline][metric][s]) for s in seeds])),
+                    **{k: interval[k] for k in ("mean", "sd", "n", "lo", "hi", "p_value", "confidence")},
+                    "bootstrap_lo": low,
+                    "bootstrap_hi": high,
+                }
+            )
     if correction not in ("holm", "none"):
         raise ValueError(f"compare_arms: correction must be 'holm' or 'none', got {correction!r}.")
     adjusted = holm_adjust([r["p_value"] for r in rows]) if correction == "holm" else [r["p_value"] for r in rows]
@@ -201,18 +214,27 @@ def compare_arms(
     for index, row in enumerate(rows):
         row["family_size"] = len(valid) if correction == "holm" else 1
         if index not in ranks:
-            row.update(p_holm=float("nan"), holm_confidence=float("nan"), holm_lo=float("nan"),
-                       holm_hi=float("nan"), separated=False, outcome="one run")  # fmt: skip
+            row.update(
+                p_holm=float("nan"),
+                holm_confidence=float("nan"),
+                holm_lo=float("nan"),
+                holm_hi=float("nan"),
+                separated=False,
+                outcome="one run",
+            )
             continue
         level = alpha / (len(valid) - ranks[index]) if correction == "holm" else alpha
         corrected = t_interval(row["differences"], 1 - level)
         separated = bool(adjusted[index] <= alpha)
         better = (row["mean"] < 0) == row["lower_is_better"]
         row.update(
-            p_holm=float(adjusted[index]), holm_confidence=1 - level, holm_lo=corrected["lo"],
-            holm_hi=corrected["hi"], separated=separated,
+            p_holm=float(adjusted[index]),
+            holm_confidence=1 - level,
+            holm_lo=corrected["lo"],
+            holm_hi=corrected["hi"],
+            separated=separated,
             outcome=("better" if better else "worse") if separated else "not separated",
-        )  # fmt: skip
+        )
     return rows
 
 

@@ -63,8 +63,18 @@ from .generation_metrics import (
 from .metrics import frechet_distance
 
 
-__all__ = ["GENERATION_METRICS", "GenerationMetricSuite", "anchored_table", "blur_check_by_count", "blur_check_table",
-           "embedded_photos", "load_images", "natural_crops", "passing_count", "relied_metrics"]  # fmt: skip
+__all__ = [
+    "GENERATION_METRICS",
+    "GenerationMetricSuite",
+    "anchored_table",
+    "blur_check_by_count",
+    "blur_check_table",
+    "embedded_photos",
+    "load_images",
+    "natural_crops",
+    "passing_count",
+    "relied_metrics",
+]
 
 # name -> (description, lower is better); every metric here is a distance: lower is better
 GENERATION_METRICS = {
@@ -95,7 +105,7 @@ def load_images(paths) -> torch.Tensor:
 
 def embedded_photos() -> torch.Tensor:
     """The 112 embedded 64 px photos, sorted by file name: ``(112, 3, 64, 64)`` in [-1, 1]."""
-    from ..training.data import embedded_dataset_dir
+    from ..data.sources import embedded_dataset_dir
 
     return load_images(sorted(embedded_dataset_dir().glob("*.png")))
 
@@ -241,8 +251,10 @@ def relied_metrics(blur_check: dict[str, dict]) -> list[str]:
 
 def blur_check_table(check: dict[str, dict]) -> list[str]:
     """Markdown lines of a blur check: each metric's unblurred and blurred distance, their ratio, relied on or not."""
-    lines = ["| metric | two unblurred halves (mean abs.) | one half blurred 5x5 | ratio | relied on |",
-             "|---|---:|---:|---:|---|"]  # fmt: skip
+    lines = [
+        "| metric | two unblurred halves (mean abs.) | one half blurred 5x5 | ratio | relied on |",
+        "|---|---:|---:|---:|---|",
+    ]
     for name, row in check.items():
         relied = "yes" if row["passes"] else f"no (< {BLUR_SEPARATION_FACTOR:g}x)"
         lines.append(f"| {name} | {row['unblurred_abs']:.4g} | {row['blurred']:.4g} | {row['ratio']:.2f} | {relied} |")

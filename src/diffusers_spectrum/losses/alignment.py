@@ -1,40 +1,11 @@
 """VA-VAE vision-foundation (VF) alignment loss (Yao et al. 2025, "Reconstruction vs. Generation: Taming
-Optimization Dilemma in Latent Diffusion Models", CVPR 2025, arXiv:2501.01423; the VF loss).
+Optimization Dilemma in Latent Diffusion Models", CVPR 2025, arXiv:2501.01423).
 
-The latent z `(B, C, h, w)` is projected by a learned linear map (a 1x1 convolution, no bias) to the width D of a
-frozen vision encoder's patch features f `(B, D, h, w)`, giving z'. Two margin losses then align them:
+A 1x1 projection (no bias) maps the latents `(B, C, h, w)` to the width D of a frozen encoder's patch features
+`(B, D, h, w)`; the marginal cosine loss per position and the marginal distance-matrix loss over token pairs align
+them, weighted by w_hyper times the VQGAN-style adaptive weight (`adaptive_weight`).
 
-    marginal cosine similarity       L_mcos = mean_ij ReLU(1 - m1 - cos(z'_ij, f_ij))
-    marginal distance-matrix sim.    L_mdms = mean_{i,j tokens} ReLU(|cos(z'_i, z'_j) - cos(f_i, f_j)| - m2)
-
-(the mean over all N^2 ordered token pairs, diagonal included, per image; then over the batch), and
-
-    L_vf = w_hyper * w_adaptive * (L_mcos + L_mdms),   w_adaptive = ||grad_W L_rec|| / (||grad_W L_vf|| + 1e-4),
-
-with W the weight of the encoder's last convolution (before the posterior's quant conv), w_adaptive clamped to
-[0, 1e8] and detached.
-
-Settings, from the authors' code (github.com/hustvl/LightningDiT, `vavae/`):
-- `vavae/configs/f16d32_vfdinov2.yaml`: `vf_weight` (w_hyper) 0.1, `adaptive_vf: true`, `cos_margin` (m1) 0.5,
-  `distmat_margin` (m2) 0.25, `reverse_proj: true` (project the latent up to the DINOv2 width 1024), alongside
-  `kl_weight` 1e-6, `disc_weight` 0.5, `disc_start` 5001, lr 1e-4 (not batch-scaled: `vavae/main.py` sets
-  `learning_rate = base_lr`), Adam betas (0.5, 0.9); distmat and cos weights 1.0 (the loss defaults).
-- `vavae/configs/f16d32_vfdinov2_long.yaml` (the released model): three stages, (w_hyper, m1, m2) =
-  (0.5, 0, 0) for 100 epochs, then (0.1, 0, 0) for 15 and (0.1, 0.5, 0.25) for 15; `disc_start` 5001 -> 1 -> 1.
-- `vavae/ldm/modules/losses/contperceptual.py`: the two terms exactly as above (`F.cosine_similarity` over channels
-  per position; channel-normalised Gram matrices via einsum); `calculate_adaptive_weight_vf` on
-  `encoder.conv_out.weight` with the same 1e-4 and a clamp to [0, 1e8]; L_rec there is the (L1 + LPIPS) NLL.
-- `vavae/ldm/models/autoencoder.py`: `linear_proj = Conv2d(embed_dim, 1024, kernel_size=1, bias=False)` applied to
-  the posterior sample; trained with the autoencoder (same Adam optimiser).
-- `vavae/ldm/models/foundation_models.py`: DINOv2 ViT-L/14 patch tokens (class token dropped) of the image resized
-  bilinearly to 224 px, i.e. a 16 x 16 grid, the same grid as the f16 latent of a 256 px image: the authors need no
-  interpolation. When the grids differ here (a stand-in encoder, other resolutions), the latent is resized
-  bilinearly (align_corners=False) to the feature grid before the projection; the 1x1 projection and bilinear
-  resizing are both linear and per-position, so the order does not matter.
-
-The adaptive weight is the VQGAN one of [`adaptive_discriminator_weight`] (the same ratio, eps and detach) with a
-larger clamp, scaled by w_hyper; it is reused rather than copied.
-"""
+Provenance: docs/PROVENANCE.md#alignment"""
 
 from dataclasses import dataclass
 

@@ -231,9 +231,15 @@ class FourierAmplitudeLoss(torch.nn.Module):
 
         require_4d(reconstruction, "FourierAmplitudeLoss", "reconstruction")
         return fourier_loss(
-            reconstruction, target, amplitude_weight=1.0, phase_weight=0.0, log_amplitude=self.log_amplitude,
-            frequency_power=self.frequency_power, loss_type="l1", reduction="none",
-        )  # fmt: skip
+            reconstruction,
+            target,
+            amplitude_weight=1.0,
+            phase_weight=0.0,
+            log_amplitude=self.log_amplitude,
+            frequency_power=self.frequency_power,
+            loss_type="l1",
+            reduction="none",
+        )
 
 
 def _require_existing_local_path(path, func: str, name: str) -> None:

@@ -1,46 +1,11 @@
 """EQ-VAE equivariance regularisation (Kouzelis et al. 2025, "EQ-VAE: Equivariance Regularized Latent Space for
 Improved Generative Image Modeling", ICML 2025, arXiv:2502.09509).
 
-The paper's objective (checked against the authors' code): decode a spatially transformed latent and match the
-same transform of the image,
+On a random fraction of the steps the autoencoder decodes a spatially transformed latent tau(E(x)) (a downscale and a
+quarter turn) and is trained against tau(x); `sample_equivariance_transform` draws the step's branch and transform
+from a CPU generator, `apply_spatial_transform` and `equivariance_targets` apply it.
 
-    L_EQ(x, tau) = L_rec(tau(x), D(tau(E(x)))) + lambda_gan L_gan(D(tau(E(x)))) + lambda_reg L_reg(E(x)),
-
-i.e. the autoencoder's ordinary loss with the pair (tau(x), D(tau(z))) in place of (x, D(z)). It is applied on a
-random fraction of the steps; the others keep the plain reconstruction ("prior preservation").
-
-Settings, read from the authors' code (github.com/zelaki/eqvae, `ldm/models/autoencoder.py::training_step` and
-`configs/eqvae_config.yaml`, "the ones used in our paper" per `train_eqvae/README.md`):
-
-- Branch choice per step: with probability `p_prior = 0.5` the equivariance branch; otherwise prior preservation,
-  which with probability `p_prior_s = 0.25` reconstructs a downscaled copy of the image (encode and decode at low
-  resolution, no transform of the latent) and else the full-resolution image. Overall: 0.5 equivariance, 0.125
-  low-resolution prior, 0.375 plain. (The README words `p_prior` as the prior-preservation probability while the code
-  takes the equivariance branch when `random() < p_prior`; at 0.5 both readings agree.)
-- tau in the equivariance branch: a downscale AND a rotation, both every time: an isotropic scale s drawn uniformly
-  from {8/32, 9/32, ..., 31/32} (`uniform_sample_scale: True`, i.e. [0.25, 1) on the 32 x 32 latent grid of a 256 px
-  SD-VAE; `anisotropic: False`) and a rotation by k x 90 degrees with k uniform in {1, 2, 3}. The scale is applied
-  first, then the rotation, to both the latent and the image.
-- Interpolation: `F.interpolate(..., mode="bilinear", align_corners=False)` (no antialiasing) on latent and image.
-- Loss on the transformed branch: the same `LPIPSWithDiscriminator` as the plain branch (L1 + LPIPS, KL weight 1e-6
-  on the posterior of the untransformed image, PatchGAN hinge loss with disc_weight 0.5 and the adaptive weight,
-  disc_start 0): all reconstruction terms and the GAN term see (tau(x), D(tau(z))).
-- Fine-tuning of a pretrained SD-VAE for 5 epochs on OpenImages, Adam betas (0.5, 0.9); lr = base 4.5e-6 scaled by
-  LDM's `--scale_lr` (on by default in their `main.py`) by accumulation 2 x GPUs x batch 10, i.e. 7.2e-4 on the
-  8 GPUs of `train_eqvae/README.md`.
-
-Generalisation of the scale grid: the authors' grid {k/32} is exactly "latent side k for k = 8..31" on their 32 x 32
-latent. Here the grid is {k/g : ceil(min_scale g) <= k < g} with g = gcd(h, w) of the latent grid (h for square
-latents), which reproduces the authors' grid at h = w = 32 and keeps s h, s w, s H, s W integers at any size, so
-the downscaled image is exactly `vae_scale_factor` times the downscaled latent. At those integer sizes,
-`F.interpolate(size=(sH, sW))` and the authors' `F.interpolate(scale_factor=s)` are the same operation.
-
-Rotation: `torch.rot90(x, k, dims=(-2, -1))`. The authors rotate with `dims=[-1, -2]` (k -> -k); the set {1, 2, 3}
-is closed under negation mod 4, so the distribution of transforms is the same.
-
-Host syncs: the random choices come from a CPU generator (Python numbers, no device round trip); the tensor functions
-only call `F.interpolate` and `torch.rot90`.
-"""
+Provenance: docs/PROVENANCE.md#equivariance"""
 
 import math
 from dataclasses import dataclass

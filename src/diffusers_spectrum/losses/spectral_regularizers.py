@@ -1,11 +1,11 @@
-"""Frequency-domain regularisers for the diffusion objective (SPEC.md, "Spectral regularisation of the diffusion
-objective"): a Fourier amplitude/phase loss and a multi-level wavelet subband loss between the predicted clean
-sample ``x0_hat`` (see :mod:`diffusers_spectrum.training.objectives`) and the clean sample ``x0``.
+"""Frequency-domain regularisers for the diffusion objective (after "Spectral Regularization for Diffusion Models"):
+a Fourier amplitude/phase loss and a multi-level wavelet subband loss between the predicted clean
+sample ``x0_hat`` (see :mod:`diffusers_spectrum.diffusion.objectives`) and the clean sample ``x0``.
 
 Both work on ``(B, C, H, W)`` tensors (pixels or latents: 2-D FFT / DWT over ``(H, W)``) and on ``(B, C, T)``
 waveforms (1-D rFFT / DWT over time), are differentiable, compute in float32 (float16 and bfloat16 inputs are safe)
 and return the input's dtype. ``reduction="none"`` gives one value per sample so a trainer
-can apply timestep weights (:func:`diffusers_spectrum.training.objectives.regularizer_weights`) before averaging.
+can apply timestep weights (:func:`diffusers_spectrum.diffusion.objectives.regularizer_weights`) before averaging.
 
 Decomposition used by :func:`fourier_loss` with ``loss_type="l2"`` (orthonormal FFT F = F(x0_hat), G = F(x0)):
 
@@ -227,7 +227,7 @@ def spectral_regularizer_terms(
 
     Args:
         x0_hat, x0: `(B, C, H, W)` images / latents or `(B, C, T)` waveforms.
-        weights: `(B,)` per-sample weights (`training.objectives.regularizer_weights`).
+        weights: `(B,)` per-sample weights (`diffusion.objectives.regularizer_weights`).
         fourier, wavelet, stft: keyword arguments of `fourier_loss`, `wavelet_loss`,
             `losses.stft.multi_resolution_stft_loss` (waveforms only); None = term off.
 
@@ -239,9 +239,10 @@ def spectral_regularizer_terms(
     terms = {}
     weights = weights.to(x0.device, torch.float32)
     for name, function, options in (
-        ("fourier", fourier_loss, fourier), ("wavelet", wavelet_loss, wavelet),
+        ("fourier", fourier_loss, fourier),
+        ("wavelet", wavelet_loss, wavelet),
         ("stft", multi_resolution_stft_loss, stft),
-    ):  # fmt: skip
+    ):
         if options is not None:
             terms[name] = (function(x0_hat, x0, reduction="none", **options).float() * weights).mean()
     return terms

@@ -22,6 +22,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
+from ..losses.equivariance import EquivarianceTransform, apply_spatial_transform, equivariance_targets
 from ..spectral import DSM_DEFAULT_LEVELS, check_dsm_level, dsm_lowpass, esm_band_powers, esm_divergence
 from ..spectral._checks import require_4d, require_finite
 from .latent_conventions import (
@@ -244,18 +245,23 @@ class SpectrumAutoencoderKL(AutoencoderKL):
         dsm_level: int | None = None,
         generator: torch.Generator | None = None,
         sample_posterior: bool = True,
+        transform: EquivarianceTransform | None = None,
     ) -> SpectrumAutoencoderKLTrainingOutput:
-        """One ESM + DSM training forward pass.
+        """One ESM + DSM training forward pass (or, with a non-identity EQ-VAE `transform`, `equivariance_losses`).
 
         Args:
             images: `(B, 3, H, W)` in [-1, 1].
             dsm_level: mask level for this step; `None` draws one from `config.dsm_levels` with `generator`.
             generator: drives the level draw and the posterior sample.
             sample_posterior: sample the posterior (the authors' setting) rather than take its mean.
+            transform: EQ-VAE's transform of this step (`losses.sample_equivariance_transform`); None or the identity
+                is the plain step.
 
         Returns:
             [`SpectrumAutoencoderKLTrainingOutput`] with unweighted terms.
         """
+        if transform is not None and not transform.is_identity:
+            return self.equivariance_losses(images, transform, generator)
         # 1. Validate
         self._check_images(images, "training_losses")
         require_finite(images, "training_losses", "images")
@@ -274,18 +280,62 @@ class SpectrumAutoencoderKL(AutoencoderKL):
         target = dsm_lowpass(images, level, block, check_finite=False)  # (B, 3, H, W); no sync per step
         reconstruction = self.decode(dsm_lowpass(latents, level, block)).sample  # (B, 3, H, W)
 
-        # 4. Spectral terms on the unmasked sampled posterior, before any scaling factor (band powers computed once)
-        image_bands, latent_bands = esm_band_powers(
-            images, latents, n_bins=self.config.esm_num_bins, blur=self.config.esm_blur
-        )
-        esm = esm_divergence(image_bands, latent_bands, delta=self.config.esm_delta).mean()
-        kl_delta0 = esm_divergence(image_bands, latent_bands.detach(), delta=0.0).mean().detach()
+        # 4. Spectral terms on the unmasked sampled posterior, before any scaling factor
+        esm, kl_delta0 = self.spectral_terms(images, latents)
         return SpectrumAutoencoderKLTrainingOutput(
             latents=latents,
             reconstruction=reconstruction,
             target=target,
             dsm_level=level,
             kl=posterior.kl(),
+            esm=esm,
+            spectral_kl_delta0=kl_delta0,
+            posterior=posterior,
+        )
+
+    def spectral_terms(self, images: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ESM between `images` and their posterior sample `latents` (exponent `config.esm_delta`, with gradient) and
+        the detached divergence to the unflattened image law (delta 0, for logging), from band powers computed
+        once."""
+        config = self.config
+        image_bands, latent_bands = esm_band_powers(images, latents, n_bins=config.esm_num_bins, blur=config.esm_blur)
+        esm = esm_divergence(image_bands, latent_bands, delta=config.esm_delta).mean()
+        kl_delta0 = esm_divergence(image_bands, latent_bands.detach(), delta=0.0).mean().detach()
+        return esm, kl_delta0
+
+    def equivariance_losses(
+        self, images: torch.Tensor, transform: EquivarianceTransform, generator: torch.Generator | None = None
+    ) -> SpectrumAutoencoderKLTrainingOutput:
+        """One EQ-VAE step (Kouzelis et al. 2025): the terms of `training_losses` with the reconstruction pair
+        replaced.
+
+        - `"equivariance"` branch: encode x, sample z, decode tau(z) and train it against tau(x) (both from
+          `losses.equivariance_targets`: the same bilinear downscale and rotation).
+        - `"low_resolution_prior"` branch: encode and decode tau(x) (a downscale only) and train against tau(x).
+
+        KL and the spectral terms are those of the posterior of the image that was encoded (untransformed x for the
+        equivariance branch, as the authors' KL; tau(x) for the low-resolution prior). DSM is off on these steps
+        (`dsm_level` 0). The image side must be a multiple of the downsample factor at every drawn scale
+        (`sample_equivariance_transform(latent_size=...)` guarantees it); `reconstruction` and `target` are
+        `(B, 3, H', W')`.
+        """
+        if transform.branch == "low_resolution_prior":
+            images = apply_spatial_transform(images, transform)  # (B, 3, s H, s W)
+        posterior = self.encode(images).latent_dist
+        latents = posterior.sample(generator=generator)  # (B, C, h, w)
+        if transform.branch == "equivariance":
+            decoded_latents, target = equivariance_targets(images, latents, transform)  # tau(z), tau(x)
+        else:
+            decoded_latents, target = latents, images
+        reconstruction = self.decode(decoded_latents).sample  # (B, 3, H', W')
+        kl = posterior.kl()
+        esm, kl_delta0 = self.spectral_terms(images, latents)
+        return SpectrumAutoencoderKLTrainingOutput(
+            latents=latents,
+            reconstruction=reconstruction,
+            target=target,
+            dsm_level=0,
+            kl=kl,
             esm=esm,
             spectral_kl_delta0=kl_delta0,
             posterior=posterior,

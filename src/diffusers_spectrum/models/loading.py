@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from ..utils.hub import hub_offline_kwargs, looks_local
 from .autoencoder_kl_spectral import SpectrumAutoencoderKL
-from .checks import hub_offline_kwargs, looks_local
 from .latent_conventions import check_vae_config
 
 

@@ -26,18 +26,17 @@ from diffusers import DiffusionPipeline, EDMDPMSolverMultistepScheduler, EDMEule
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..models.unet_presets import check_edm_unet
+from ..diffusion.edm import EDM_SIGMA_DATA, check_edm_unet
 
 
 EDM_SCHEDULERS = ("euler", "dpmsolver")
 # the stock pipeline whose loop is EDMPipeline's, named in saved folders so diffusers alone loads them
 STOCK_PIPELINE = "ConsistencyModelPipeline"
 OUTPUT_TYPES = ("pil", "np", "pt")
-EDM_SIGMA_DATA = 0.5  # Karras et al. 2022, as in `training.edm` (not imported: pipelines sit below training)
 
 
 def edm_scheduler(kind: str = "euler", sigma_data: float = EDM_SIGMA_DATA, **kwargs):
-    """A diffusers EDM scheduler configured for networks trained with :mod:`diffusers_spectrum.training.edm`.
+    """A diffusers EDM scheduler configured for networks trained with :mod:`diffusers_spectrum.diffusion.edm`.
 
     ``prediction_type="epsilon"`` is EDM's own ``c_out`` in these schedulers (``"v_prediction"`` flips its sign).
     Other keyword arguments (``sigma_min``, ``sigma_max``, ``rho``, ...) go to the scheduler; their defaults are the
@@ -62,7 +61,7 @@ class EDMPipeline(DiffusionPipeline):
     ``c_noise = log(sigma) / 4`` as the timestep and forms ``D = c_skip x + c_out F`` in ``step``.
 
     Args:
-        unet ([`UNet2DModel`]): trained with :func:`diffusers_spectrum.training.edm.edm_denoise`
+        unet ([`UNet2DModel`]): trained with :func:`diffusers_spectrum.diffusion.edm.edm_denoise`
             (``time_embedding_type="positional"``).
         scheduler ([`EDMEulerScheduler`] or [`EDMDPMSolverMultistepScheduler`]): ``prediction_type="epsilon"`` and the
             training ``sigma_data``; see :func:`edm_scheduler`.

@@ -9,6 +9,7 @@ settings and training facts go to `spectrum_info.json` and the model card.
 import inspect
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 
 from .._version import __version__
 from ..models.latent_conventions import fold_latent_shift, latent_convention
-from ..training.utils import write_json
+from ..utils.records import write_json
 from .model_cards import pipeline_model_card, vae_model_card
 
 
@@ -55,8 +56,8 @@ def stock_vae(vae: AutoencoderKL, fold_shift: bool = True) -> AutoencoderKL:
     returned as is: such a pipeline folder names `diffusers_spectrum` for its `vae` and loads where the package is
     installed.
     """
-    from .dct_transform import DCTTransform
-    from .pixel_transform import PixelTransform
+    from ..models.dct_transform import DCTTransform
+    from ..models.pixel_transform import PixelTransform
 
     if isinstance(vae, (DCTTransform, PixelTransform)):
         return vae
@@ -164,13 +165,13 @@ def _name_package_root(index_path: Path) -> None:
     that the calling process has already imported: that path would need an import of a private module first. The
     package root exports the same classes (and the base classes the loader looks up on it), so the folder loads after
     `import diffusers_spectrum`."""
-    import diffusers_spectrum
+    root = sys.modules[__name__.split(".")[0]]  # the package root, loaded before any of its modules
 
     index = json.loads(index_path.read_text(encoding="utf-8"))
     changed = False
     for name, entry in index.items():
         if isinstance(entry, list) and len(entry) == 2 and str(entry[0]).startswith("diffusers_spectrum."):
-            if getattr(diffusers_spectrum, str(entry[1]), None) is not None:
+            if getattr(root, str(entry[1]), None) is not None:
                 index[name] = ["diffusers_spectrum", entry[1]]
                 changed = True
     if changed:

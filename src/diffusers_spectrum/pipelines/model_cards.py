@@ -15,14 +15,16 @@ from huggingface_hub.utils import filter_repo_objects
 
 
 __all__ = [
-    "unconditional_model_card",
     "audio_pipeline_model_card",
     "DEFAULT_IGNORE_PATTERNS",
     "dataset_card",
+    "latent_cache_card",
     "markdown_table",
     "model_card_template_path",
     "pipeline_model_card",
     "push_folder_to_hub",
+    "regularizer_description",
+    "unconditional_model_card",
     "vae_model_card",
 ]
 
@@ -66,9 +68,9 @@ def _json_safe(values: dict | None) -> dict:
 
 
 def _public(training_args) -> dict:
-    """The flags for a card's table, secrets dropped by the package's one filter (`training.utils.public_args`), so a
+    """The flags for a card's table, secrets dropped by the package's one filter (`utils.records.public_args`), so a
     caller passing `vars(args)` cannot publish `--hub_token`."""
-    from ..training.utils import public_args
+    from ..utils.records import public_args
 
     return _json_safe(public_args(training_args or {}))
 
@@ -232,6 +234,35 @@ def pipeline_model_card(
     )
 
 
+def latent_cache_card(
+    repo_id: str, info: dict, *, training_args: dict | None = None, source_datasets=None, vae: str | None = None
+) -> DatasetCard:
+    """Card of a latent cache folder from its `cache_info.json` (`info`): counts, shapes, columns, scaling, REPA
+    targets and the resolved flags."""
+    settings, repa_shape = info["settings"], info["repa_feature_shape"]
+    columns = ["latents"] + (["latents_std"] if settings["mode"] == "mean_std" else [])
+    columns += ["label", "source_index"] + (["repa_features"] if repa_shape else [])
+    contents = {
+        "num_examples": info["num_examples"],
+        "shards": len(info["shards"]),
+        "latents": f"{settings['dtype']} {tuple(info['latent_shape'])} ({settings['mode']})",
+        "columns": ", ".join(columns),
+        "scaling_factor": settings["scaling_factor"],
+        "repa_features": f"{tuple(repa_shape)} from {settings.get('repa_encoder')}" if repa_shape else "none",
+        "resolution": settings["resolution"],
+        "skipped_images": info["skipped_images"],
+    }
+    return dataset_card(
+        repo_id,
+        contents=contents,
+        training_args=training_args,
+        source_datasets=source_datasets,
+        dataset_description=settings["source"],
+        vae=vae,
+        tags=["repa"] if repa_shape else None,
+    )
+
+
 def dataset_card(
     repo_id: str,
     *,
@@ -334,10 +365,12 @@ def audio_pipeline_model_card(
     training_args = json.loads(json.dumps(training_args or {}, default=str))
     metrics = json.loads(json.dumps(metrics or {}, default=str))
     card_data = ModelCardData(
-        library_name="diffusers", license=license, datasets=datasets,
+        library_name="diffusers",
+        license=license,
+        datasets=datasets,
         tags=list(BASE_TAGS) + ["DanceDiffusionPipeline", "audio-generation", "unconditional-audio-generation"],
         diffusers_spectrum={"kind": "audio_pipeline", "metrics": metrics},
-    )  # fmt: skip
+    )
     text = f"""---
 {card_data.to_yaml()}
 ---
@@ -381,13 +414,59 @@ All resolved training flags:
     return ModelCard(text)
 
 
+def regularizer_description(regularizers, what: str = "the predicted clean image") -> str:
+    """One phrase for the spectral regularisers a run trained with (a `diffusion.loss.SpectralRegularizers`)."""
+    weights, parts = regularizers.weights, []
+    if regularizers.fourier is not None:
+        parts.append(f"Fourier amplitude/phase loss (weight {weights['fourier']:g})")
+    if regularizers.wavelet is not None:
+        wavelet = regularizers.wavelet
+        parts.append(f"{wavelet['levels']}-level {wavelet['wavelet']} wavelet loss (weight {weights['wavelet']:g})")
+    if regularizers.stft is not None:
+        parts.append(f"multi-resolution STFT loss (weight {weights['stft']:g})")
+    if not parts:
+        return "no spectral regulariser"
+    return " and ".join(parts) + f" on {what} ({regularizers.weighting} weighting)"
+
+
+DDPM_SAMPLE_CODE = """import torch
+from diffusers import DDIMPipeline, DDIMScheduler, DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("{repo_id}")  # a stock DDPMPipeline
+images = pipe(batch_size=4, num_inference_steps={steps}, generator=torch.manual_seed(0)).images
+
+# DDIM, 50 steps, with the same training schedule. eta=1.0 keeps DDPM's fresh noise per step; the deterministic
+# eta=0.0 suits a well-trained model only (early in training it turns samples into grey noise)
+ddim = DDIMPipeline(unet=pipe.unet, scheduler=DDIMScheduler.from_config(pipe.scheduler.config))
+images = ddim(batch_size=4, num_inference_steps=50, eta=1.0, generator=torch.manual_seed(0)).images"""
+
+EDM_SAMPLE_CODE = """import torch
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("{repo_id}")  # a stock ConsistencyModelPipeline
+images = pipe(batch_size=4, num_inference_steps={steps}, generator=torch.manual_seed(0)).images
+
+# the same images with diffusers-spectrum's EDMPipeline (pip install diffusers-spectrum)
+from diffusers_spectrum.pipelines.edm_pipeline import EDMPipeline
+
+pipe = EDMPipeline.from_pretrained("{repo_id}")"""
+
+EDM_LOADING = (
+    "`unet/` is a stock `UNet2DModel` and `scheduler/` a stock diffusers EDM scheduler; `model_index.json` names the "
+    "stock `ConsistencyModelPipeline`, whose loop feeds the network EDM's scaled inputs (`DDPMPipeline` / "
+    "`DDIMPipeline` do not call `scale_model_input`), so plain diffusers loads and samples it. diffusers-spectrum's "
+    "`EDMPipeline.from_pretrained` loads the same folder and gives the same images."
+)
+
+
 def unconditional_model_card(
     repo_id: str,
     *,
-    pipeline_class: str,
+    unet: str,
     formulation: str,
-    description: str,
-    sample_code: str,
+    formulation_description: str,
+    regularizers,
+    sample_steps: int,
     config: dict | None = None,
     metrics: dict | None = None,
     training_args: dict | None = None,
@@ -395,24 +474,43 @@ def unconditional_model_card(
     dataset_description: str = "a local dataset",
     license: str = "apache-2.0",
 ) -> ModelCard:
-    """Card of an unconditional pixel-space pipeline folder (`DDPMPipeline`, or `EDMPipeline`): YAML metadata
-    (library, tags, metrics under `diffusers_spectrum`), the trainer's description and sampling snippet, the model
-    settings, metrics and all training flags (secrets dropped)."""
+    """Card of an unconditional pixel-space pipeline folder (a stock `DDPMPipeline`, or an EDM folder that
+    `ConsistencyModelPipeline` and `EDMPipeline` load): YAML metadata (library, tags, metrics under
+    `diffusers_spectrum`), what was trained, how to load and sample it, the model settings, metrics and all training
+    flags (secrets dropped).
+
+    Args:
+        unet: the UNet's preset name and resolution, e.g. `"ddpm-32, 32 px"`.
+        formulation: `"ddpm"` or `"edm"`; `formulation_description` says its settings in words.
+        regularizers: the `diffusion.loss.SpectralRegularizers` of the run.
+        sample_steps: the sampler steps of the loading snippet.
+    """
     training_args = _json_safe(_public(training_args))
     metrics = _json_safe(metrics)
+    stock = formulation == "ddpm"
+    pipeline_class = "DDPMPipeline" if stock else "EDMPipeline"
     card_data = ModelCardData(
-        library_name="diffusers", license=license, datasets=datasets, pipeline_tag="unconditional-image-generation",
+        library_name="diffusers",
+        license=license,
+        datasets=datasets,
+        pipeline_tag="unconditional-image-generation",
         tags=list(BASE_TAGS) + [pipeline_class, "unconditional-image-generation", "spectral-regularization"],
         diffusers_spectrum={"kind": "unconditional", "formulation": formulation, "metrics": metrics},
-    )  # fmt: skip
-    text = "\n".join([
-        "---", card_data.to_yaml(), "---", "",
-        f"# Unconditional pixel-space diffusion: {repo_id}", "",
-        description, "",
-        "## How to load and sample", "", "```python", sample_code, "```", "",
-        "## Model", "", markdown_table(config, ("setting", "value")), "",
-        "## Metrics (last training step)", "", markdown_table(metrics, ("metric", "value")), "",
-        "## Training", "", f"- Data: {dataset_description}", f"- Steps: {training_args.get('max_train_steps', '?')}",
-        "", "All resolved training flags:", "", markdown_table(training_args, ("flag", "value")), "",
-    ])  # fmt: skip
-    return ModelCard(text)
+    )
+    loading = "It is a stock `DDPMPipeline` folder: plain diffusers loads it." if stock else EDM_LOADING
+    description = (
+        f"A `UNet2DModel` ({unet}) trained with `diffusers-spectrum` in pixel space: {formulation_description}; "
+        f"{regularizer_description(regularizers)}. {loading}"
+    )
+    sample_code = (DDPM_SAMPLE_CODE if stock else EDM_SAMPLE_CODE).format(repo_id=repo_id, steps=sample_steps)
+    steps = training_args.get("max_train_steps", "?")
+    lines = [
+        *("---", card_data.to_yaml(), "---", ""),
+        *(f"# Unconditional pixel-space diffusion: {repo_id}", "", description, ""),
+        *("## How to load and sample", "", "```python", sample_code, "```", ""),
+        *("## Model", "", markdown_table(config, ("setting", "value")), ""),
+        *("## Metrics (last training step)", "", markdown_table(metrics, ("metric", "value")), ""),
+        *("## Training", "", f"- Data: {dataset_description}", f"- Steps: {steps}", ""),
+        *("All resolved training flags:", "", markdown_table(training_args, ("flag", "value")), ""),
+    ]
+    return ModelCard("\n".join(lines))

@@ -20,9 +20,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..models.checks import hub_offline_kwargs, looks_local
-from ..run_folders import claim_output_dir
-from ..training.utils import image_grid, write_json
+from ..utils.flags import add_flags
+from ..utils.hub import hub_offline_kwargs, looks_local
+from ..utils.images import image_grid
+from ..utils.records import write_json
+from ..utils.run_folders import claim_output_dir
 
 
 logger = logging.getLogger(__name__)
@@ -118,16 +120,14 @@ def _pipeline_class(index: Path, class_name):
     naming the file and the fix. `None` when diffusers resolves the name itself."""
 
     import diffusers
-    from diffusers import DiffusionPipeline
+
+    from .edm_pipeline import EDMPipeline
 
     if isinstance(class_name, str) and hasattr(diffusers, class_name):
         return None
-    if isinstance(class_name, str):
-        import diffusers_spectrum
-
-        ours = getattr(diffusers_spectrum, class_name, None)
-        if isinstance(ours, type) and issubclass(ours, DiffusionPipeline):
-            return ours
+    ours = {"EDMPipeline": EDMPipeline}  # the package's DiffusionPipeline classes
+    if isinstance(class_name, str) and class_name in ours:
+        return ours[class_name]
     raise ValueError(
         f"{index}: _class_name {class_name!r} is neither a diffusers pipeline nor a diffusers-spectrum one; set it "
         "to the class that saved the folder (e.g. DiTPipeline, DDPMPipeline, ConsistencyModelPipeline, "
@@ -390,9 +390,15 @@ def sample_images(
     pipe.set_progress_bar_config(disable=not show_progress)
     labels = [int(label) for label in class_labels]
     batches = pipeline_samples(
-        pipe, len(labels), batch_size or max(len(labels), 1), labels, num_inference_steps, guidance_scale, seed,
+        pipe,
+        len(labels),
+        batch_size or max(len(labels), 1),
+        labels,
+        num_inference_steps,
+        guidance_scale,
+        seed,
         progress=False,
-    )  # fmt: skip
+    )
     return torch.cat(list(batches))
 
 
@@ -419,7 +425,7 @@ def cli_labels(pipe, class_labels: str | None, num_images: int | None, unconditi
 
 def check_local_path(parser: argparse.ArgumentParser, flag: str, value) -> None:
     """`parser.error` (exit 2 with the usage line, no traceback) when `value` looks like a local path (see
-    `models.checks.looks_local`) that does not exist: "no such folder" at once instead of Hub retries."""
+    `utils.hub.looks_local`) that does not exist: "no such folder" at once instead of Hub retries."""
     if value is not None and looks_local(value) and not os.path.exists(os.path.expanduser(str(value))):
         parser.error(f"{flag} {value}: no such folder (a local path that does not exist); check the path.")
 
@@ -436,21 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="Pipeline folder or Hub id (loaded with DiffusionPipeline.from_pretrained).",
     )
-    parser.add_argument("--revision", type=str, default=None, help="Hub revision.")
-    parser.add_argument(
-        "--class_labels",
-        type=str,
-        default=None,
-        help="Comma-separated class ids or names (pipe.labels). Default: every class once.",
-    )
-    parser.add_argument("--unconditional", action="store_true", help="Sample an unconditional model (label 0).")
+    add_flags(parser, "--revision", "--class_labels", "--unconditional")
     parser.add_argument(
         "--num_images",
         type=int,
         default=None,
         help="Number of images; the class list is cycled. Default: one per listed class.",
     )
-    parser.add_argument("--seed", type=int, default=0, help="Image i uses seed + i.")
+    add_flags(parser, "--seed")
     parser.add_argument("--seeds", type=str, default=None, help="Comma-separated seeds, one per image (overrides).")
     parser.add_argument(
         "--scheduler",
@@ -459,17 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["default", *SCHEDULERS],
         help="Sampler; 'default' keeps the pipeline's (required settings of flow models are kept).",
     )
-    parser.add_argument("--num_inference_steps", type=int, default=50, help="Sampler steps.")
-    parser.add_argument(
-        "--guidance_scale",
-        type=float,
-        default=None,
-        help="Classifier-free guidance scale (> 1 enables CFG). Default: 1.8, or 1 if unconditional.",
-    )
-    parser.add_argument("--batch_size", type=int, default=8, help="Images per pipeline call.")
-    parser.add_argument("--output_dir", type=str, default="samples", help="Folder for the PNGs and the grid.")
+    add_flags(parser, "--num_inference_steps", "--guidance_scale", "--batch_size", batch_size=8)
+    add_flags(parser, "--output_dir", output_dir="samples")
     parser.add_argument("--grid_columns", type=int, default=None, help="Grid columns (default: near square).")
-    parser.add_argument("--device", type=str, default=None, help="Device (default: cuda if available).")
+    add_flags(parser, "--device")
     parser.add_argument("--dtype", type=str, default="float32", choices=sorted(DTYPES), help="Weights dtype.")
     return parser
 
@@ -512,8 +504,14 @@ def sample(args: argparse.Namespace) -> Path:
 
     # 3. Sample and write
     batches = pipeline_samples(
-        pipe, len(labels), args.batch_size, labels, args.num_inference_steps, args.guidance_scale, seeds=seeds,
-    )  # fmt: skip
+        pipe,
+        len(labels),
+        args.batch_size,
+        labels,
+        args.num_inference_steps,
+        args.guidance_scale,
+        seeds=seeds,
+    )
     images = torch.cat(list(batches))
     output_dir = claim_output_dir(args.output_dir, "sample", "samples.json")
     names = []

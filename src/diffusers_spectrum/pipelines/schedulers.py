@@ -5,10 +5,16 @@ import math
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
-from ..training.objectives import flow_shift_of, scale_alphas_cumprod
+from ..diffusion.objectives import DiffusionObjective, flow_shift_of, scale_alphas_cumprod
 
 
-__all__ = ["default_scheduler", "flow_matching_scheduler", "snr_scaled_scheduler"]
+__all__ = [
+    "default_scheduler",
+    "flow_matching_scheduler",
+    "matching_objective",
+    "matching_scheduler",
+    "snr_scaled_scheduler",
+]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -65,7 +71,7 @@ def snr_scaled_scheduler(scheduler, snr_scale: float):
     """A copy of ``scheduler`` whose training/sampling schedule has ``SNR'(t) = snr_scale * SNR(t)``.
 
     - DDPM / DDIM / DPM-Solver: ``abar' = c abar / (1 + (c - 1) abar)``
-      (:func:`~diffusers_spectrum.training.objectives.scale_alphas_cumprod`), stored as ``trained_betas`` so the saved
+      (:func:`~diffusers_spectrum.diffusion.objectives.scale_alphas_cumprod`), stored as ``trained_betas`` so the saved
       scheduler config reproduces it.
     - Flow matching (``FlowMatchEulerDiscreteScheduler``'s ``shift`` or ``flow_shift`` with ``use_flow_sigmas``):
       SNR = ((1 - t) / t)^2, and the time shift t' = s t / (1 + (s - 1) t) divides it by s^2, so
@@ -88,3 +94,29 @@ def snr_scaled_scheduler(scheduler, snr_scale: float):
     previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
     betas = 1 - alphas_cumprod / previous
     return type(scheduler).from_config(scheduler.config, trained_betas=betas.tolist())
+
+
+def matching_scheduler(objective: str, snr_scale: float = 1.0):
+    """The sampler of a DiT trained with `objective` (`"epsilon"`, `"v_prediction"` or `"flow"`) on a schedule whose
+    SNR was scaled by `snr_scale` (DCTdiff; flow matching: a time shift of 1 / sqrt(snr_scale))."""
+    if objective == "flow":
+        scheduler = flow_matching_scheduler()
+        if snr_scale == 1.0:
+            return scheduler
+        return type(scheduler).from_config(scheduler.config, flow_shift=1.0 / math.sqrt(snr_scale))
+    scheduler = default_scheduler(objective)
+    return scheduler if snr_scale == 1.0 else snr_scaled_scheduler(scheduler, snr_scale)
+
+
+def matching_objective(objective: str, snr_scale: float = 1.0) -> DiffusionObjective:
+    """The training objective whose samples `matching_scheduler(objective, snr_scale)` draws: DiT's DDPM schedule
+    (or flow matching), its SNR scaled by `snr_scale` (DCTdiff)."""
+    from diffusers import DDPMScheduler
+
+    if objective == "flow":
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0 / math.sqrt(snr_scale))
+        return DiffusionObjective("flow", scheduler if snr_scale != 1.0 else None)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=objective)
+    if snr_scale != 1.0:
+        scheduler = snr_scaled_scheduler(scheduler, snr_scale)
+    return DiffusionObjective(objective, scheduler)

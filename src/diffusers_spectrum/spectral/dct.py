@@ -1,4 +1,4 @@
-"""Orthonormal 2-D DCT as a pair of small matrix products (SPEC.md, "The spectral primitives").
+"""Orthonormal 2-D DCT as a pair of small matrix products (the transform of ESM, DSM and DCTdiff).
 
 The DCT-II matrix ``D`` (n x n) is orthonormal, so ``X = D_H x D_W^T`` and ``x = D_H^T X D_W``. Matrix products are
 fast on any device, exactly invertible and differentiable. Matrices are built once per (size, device, dtype).

@@ -1,4 +1,5 @@
-"""Decoding Spectrum Matching: the shared blockwise-DCT low-pass (SPEC.md, "DSM: Decoding Spectrum Matching")."""
+"""Decoding Spectrum Matching: the shared blockwise-DCT low-pass (Ning et al. 2026, "Spectrum Matching", DSM;
+the authors' code: forever208/SpectrumMatching, branch DSM)."""
 
 import functools
 

@@ -1,13 +1,10 @@
-"""Encoding Spectrum Matching (SPEC.md, "ESM: Encoding Spectrum Matching").
+"""Encoding Spectrum Matching (ESM; Ning et al. 2026, "Spectrum Matching", arXiv:2603.14645).
 
 The image branch (zero-padded 7x7 Gaussian blur, bicubic resize, orthonormal DCT) is linear and separable over the two
 axes, so it collapses into one precomputed ``(h, H)`` matrix per axis: ``DCT(resize(blur(x))) = M_y x M_x^T``. The
 matrices are built by pushing an identity basis through exactly those torch operations, once per size and device.
 
-Conventions checked against the authors' ``latent_spectral_reg_dct`` (forever208/SpectrumMatching, branches
-SDVAE_and_ESM and DSM): the channel-averaged power is clamped at ``eps`` before the DC is zeroed and before binning;
-the L2 variant is ``mse_loss(s_z, s_x)`` (mean over bins and batch). Their analysis (``spectrum_distribution``) uses
-the same spectra with ``remove_dc=False`` and no mean removal: ``esm_band_powers(..., remove_dc=False)``.
+Provenance (the authors' conventions, checked): docs/PROVENANCE.md#esm
 """
 
 import functools

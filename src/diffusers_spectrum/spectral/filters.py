@@ -1,4 +1,4 @@
-"""Filters for REPA target feature maps on the token grid (SPEC.md, "REPA and DoG-REPA").
+"""Filters for REPA target feature maps on the token grid (DoG-REPA: Ning et al. 2026, "Spectrum Matching").
 
 - `dog_filter`: Difference of Gaussians band-pass, G_sigma1 * y - G_sigma2 * y per channel, then divided by the
   per-channel spatial std (DoG-REPA).

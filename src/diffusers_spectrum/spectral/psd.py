@@ -1,4 +1,5 @@
-"""Radial power spectra of images and latents, and power-law fits (SPEC.md, "The spectral primitives")."""
+"""Radial power spectra of images and latents, and power-law fits (the spectra of Ning et al. 2026, "Spectrum
+Matching"; the authors' `utils_DCT.py`, forever208/SpectrumMatching, branch SDVAE_and_ESM)."""
 
 import functools
 
@@ -96,13 +97,13 @@ def radial_spectrum(
     floor: float = POWER_FLOOR,
     check_finite: bool | None = None,
 ) -> torch.Tensor:
-    """Channel-aggregated DCT power averaged within radial bands (SPEC.md, "The spectral primitives").
+    """Channel-aggregated DCT power averaged within radial bands (the authors' `radial_band_energy` in `utils_DCT.py`).
 
     ``P = max(mean_c DCT(x)^2, floor)`` per cell, then the mean of ``P`` over each radial band. The two conventions:
 
     - ESM (the loss): ``remove_dc=True`` (the default here): the DC power counts as 0 in band 0.
     - The authors' analysis (``latent_analysis.py``, ``spectrum_distribution``: ``center="none", remove_dc=False``):
-      ``remove_dc=False, subtract_mean=False``: DC kept, no mean removal. SPEC.md's reference slopes use it.
+      ``remove_dc=False, subtract_mean=False``: DC kept, no mean removal. The authors' reference curves use it.
 
     Args:
         x: ``(B, C, H, W)`` images or latents.

@@ -1,61 +1,121 @@
-"""Argument groups shared by every trainer (diffusers' flag names), so the VAE, DiT, pixel-space and audio trainers
-spell and check the common flags the same way. Each trainer adds its own groups and `parser.set_defaults(...)`."""
+"""The flag groups every trainer shares (diffusers' flag names), the small frozen settings built from them once
+(`Optimization`, `Outputs`, `Loading`: what the loop helpers take), and the checks every trainer runs. Each trainer
+adds its own groups and `parser.set_defaults(...)`; flags that other commands take too are defined once in
+`utils.flags`."""
 
 import argparse
+import dataclasses
+import json
 import math
 from pathlib import Path
 
-from .utils import parse_float_list
+from ..diffusion.loss import SpectralRegularizers
+from ..utils.flags import add_flags, parse_float_list
+from ..utils.records import public_args
 
 
 __all__ = [
+    "Loading",
+    "Optimization",
+    "Outputs",
     "add_data_args",
     "add_optimization_args",
     "add_output_args",
     "add_regularizer_args",
+    "add_unset_flags",
     "check_finite",
     "check_nonnegative",
     "check_positive",
     "check_regularizers",
+    "dry_run",
     "finish_common_args",
-    "regularizer_settings",
+    "spectral_regularizers",
 ]
 
 
+class _FromFlags:
+    """`Settings.of(args)`: the dataclass's fields read from the resolved flags (same names)."""
+
+    @classmethod
+    def of(cls, args: argparse.Namespace):
+        return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimization(_FromFlags):
+    """Batch, steps, AdamW, lr schedule, clipping, precision, GPU switches, seed, EMA and the non-finite guard (the
+    flags of `add_optimization_args`, whose defaults these are)."""
+
+    train_batch_size: int = 8
+    max_train_steps: int = 1000
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    scale_lr: bool = False
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 0.0
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: str | None = None
+    allow_tf32: bool = False
+    use_torch_compile: bool = False
+    seed: int = 0
+    use_ema: bool = False
+    ema_decay: float = 0.9999
+    max_nonfinite_steps: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs(_FromFlags):
+    """Output folder, checkpoints, trackers, validation cadence and the Hub (the flags of `add_output_args`)."""
+
+    output_dir: str = "output"
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None
+    report_to: str = "tensorboard"
+    logging_dir: str = "logs"
+    tracker_project_name: str | None = None
+    validation_steps: int = 500
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_token: str | None = dataclasses.field(default=None, repr=False)
+    hub_private_repo: bool = False
+    hub_dry_run: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Loading(_FromFlags):
+    """How the training loader batches and decodes (`loop.train_dataloader`)."""
+
+    train_batch_size: int = 8
+    seed: int = 0
+    dataloader_num_workers: int = 0
+    shuffle_buffer_size: int = 1000
+
+
+def _default(settings, name: str):
+    return next(field.default for field in dataclasses.fields(settings) if field.name == name)
+
+
 def add_data_args(parser: argparse.ArgumentParser, *, images: bool = True) -> argparse._ArgumentGroup:
-    """`--dataset_name`, `--dataset_split`, `--train_data_dir`, streaming and (for images) resolution / crop / flip."""
+    """Where the data comes from, streaming and decoding workers, and (for images) resolution / crop / flip."""
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset_name", type=str, default=None, help="Hub dataset id (streamed). Default: embedded data.")
-    g.add_argument("--dataset_split", type=str, default="train", help="Split of the dataset to train on.")
-    g.add_argument("--train_data_dir", type=str, default=None, help="Local folder of files, or parquet / arrow files.")
-    g.add_argument("--no_streaming", action="store_true", help="Load the dataset fully instead of streaming it.")
-    g.add_argument("--shuffle_buffer_size", type=int, default=1000, help="Shuffle buffer of streamed datasets.")
+    add_flags(g, "--dataset_name", "--dataset_split", "--train_data_dir", "--no_streaming")
     g.add_argument(
-        "--dataloader_num_workers",
+        "--shuffle_buffer_size",
         type=int,
-        default=0,
-        help="Decoding worker processes per process, each on its own share of the data (0: decode in the training "
-        "process). A streamed dataset needs at least processes x workers shards. Resume with the same value for "
-        "an exact resume.",
+        default=_default(Loading, "shuffle_buffer_size"),
+        help="Shuffle buffer of streamed datasets.",
     )
+    add_flags(g, "--dataloader_num_workers")
     if images:
-        g.add_argument("--image_column", type=str, default="image", help="Column holding the images.")
-        g.add_argument(
-            "--reduced_jpeg_decode",
-            action=argparse.BooleanOptionalAction,
-            default=True,
-            help="Decode JPEGs at least twice --resolution at 1/2, 1/4 or 1/8 scale before the exact resize "
-            "(several times faster; differs from a full decode about as much as bilinear from bicubic resizing).",
-        )
-        g.add_argument(
-            "--resolution", type=int, default=256, help="Image side: shorter-side resize + crop. (%(default)s)"
-        )
+        add_flags(g, "--image_column", "--reduced_jpeg_decode", "--resolution")
         g.add_argument("--center_crop", action="store_true", help="Centre crop instead of a random crop.")
         g.add_argument(
-            "--random_flip",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="Random horizontal flip (p = 0.5).",
+            "--random_flip", action=argparse.BooleanOptionalAction, default=None, help="Random horizontal flip."
         )
     return g
 
@@ -63,23 +123,27 @@ def add_data_args(parser: argparse.ArgumentParser, *, images: bool = True) -> ar
 def add_optimization_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Batch, steps, AdamW, lr schedule, clipping, precision, seed, EMA and the non-finite guard."""
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--train_batch_size", type=int, default=8, help="Batch size per device. (%(default)s)")
-    g.add_argument("--max_train_steps", type=int, default=1000, help="Optimizer steps. (%(default)s)")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
-    g.add_argument("--learning_rate", type=float, default=1e-4, help="Peak learning rate. (%(default)s)")
-    g.add_argument("--scale_lr", action="store_true", help="Multiply the lr by batch x accumulation x processes.")
+    for name, kind, text in (
+        ("train_batch_size", int, "Batch size per device."),
+        ("max_train_steps", int, "Optimizer steps."),
+        ("gradient_accumulation_steps", int, "Micro-batches per optimizer step."),
+        ("learning_rate", float, "Peak learning rate."),
+        ("lr_warmup_steps", int, "Warm-up steps."),
+        ("adam_beta1", float, "AdamW beta1."),
+        ("adam_beta2", float, "AdamW beta2."),
+        ("adam_weight_decay", float, "AdamW weight decay."),
+        ("adam_epsilon", float, "AdamW epsilon."),
+        ("max_grad_norm", float, "Gradient clipping norm, 0 = off."),
+        ("ema_decay", float, "EMA decay."),
+        ("max_nonfinite_steps", int, "Stop after this many non-finite optimizer steps in a row (each is skipped)."),
+    ):
+        g.add_argument(f"--{name}", type=kind, default=_default(Optimization, name), help=text + " (%(default)s)")
     g.add_argument(
         "--lr_scheduler",
         type=str,
-        default="constant",
+        default=_default(Optimization, "lr_scheduler"),
         help='diffusers scheduler: "linear", "cosine", "constant", "constant_with_warmup", ... (%(default)s)',
     )
-    g.add_argument("--lr_warmup_steps", type=int, default=0, help="Warm-up steps. (%(default)s)")
-    g.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
-    g.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
-    g.add_argument("--adam_weight_decay", type=float, default=0.0, help="AdamW weight decay. (%(default)s)")
-    g.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
-    g.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm, 0 = off. (%(default)s)")
     g.add_argument(
         "--mixed_precision",
         type=str,
@@ -87,54 +151,50 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> argparse._Argument
         choices=("no", "fp16", "bf16"),
         help="Mixed precision (default: accelerate's config).",
     )
-    g.add_argument(
-        "--allow_tf32",
-        action="store_true",
-        help="Allow TF32 matmuls and convolutions on Ampere and newer GPUs (faster float32; no effect on CPU).",
-    )
-    g.add_argument(
-        "--use_torch_compile",
-        action="store_true",
-        help="torch.compile the trained network (the first steps compile; checked at start-up).",
-    )
-    g.add_argument("--seed", type=int, default=0, help="Seed of initialisation, data order, noise and sampling.")
-    g.add_argument("--use_ema", action="store_true", help="Keep an EMA of the weights; the EMA weights are exported.")
-    g.add_argument("--ema_decay", type=float, default=0.9999, help="EMA decay. (%(default)s)")
-    g.add_argument(
-        "--max_nonfinite_steps",
-        type=int,
-        default=10,
-        help="Stop after this many non-finite optimizer steps in a row (each is skipped and reported).",
-    )
+    for name, text in (
+        ("scale_lr", "Multiply the lr by batch x accumulation x processes."),
+        ("allow_tf32", "Allow TF32 matmuls and convolutions on Ampere and newer GPUs (faster float32; not on CPU)."),
+        ("use_torch_compile", "torch.compile the trained network (the first steps compile; checked at start-up)."),
+        ("use_ema", "Keep an EMA of the weights; the EMA weights are exported."),
+    ):
+        g.add_argument(f"--{name}", action="store_true", help=text)
+    add_flags(g, "--seed")
     return g
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Output folder, checkpoints / resume, trackers, validation cadence and the Hub."""
+    """Output folder, checkpoints / resume, trackers, validation cadence, the Hub and `--dry_run`."""
     g = parser.add_argument_group("checkpoints, logging, outputs and the Hub")
-    g.add_argument("--output_dir", type=str, default="output", help="Where everything is written. (%(default)s)")
-    g.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
-    g.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints.")
-    g.add_argument(
-        "--resume_from_checkpoint",
-        type=str,
-        default=None,
-        help='"latest" or a checkpoint-<step> folder: continue from its step, data position and RNG.',
-    )
-    g.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
-    g.add_argument("--logging_dir", type=str, default="logs", help="Log folder, relative to --output_dir.")
-    g.add_argument("--tracker_project_name", type=str, default=None, help="Tracker run name (default: the trainer's).")
-    g.add_argument("--validation_steps", type=int, default=500, help="Validate every N steps. (%(default)s)")
-    g.add_argument("--push_to_hub", action="store_true", help="Upload the output to the Hub at the end.")
-    g.add_argument("--hub_model_id", type=str, default=None, help="Hub repo id (default: the output folder name).")
-    g.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the logged-in one; never saved).")
+    add_flags(g, "--output_dir", output_dir=_default(Outputs, "output_dir"))
+    for name, kind, text in (
+        ("checkpointing_steps", int, "Save a resumable checkpoint every N steps."),
+        ("checkpoints_total_limit", int, "Keep at most this many checkpoints."),
+        ("resume_from_checkpoint", str, '"latest" or a checkpoint-<step> folder: continue from its step and data.'),
+        ("report_to", str, '"tensorboard", "wandb", "all" or "none".'),
+        ("logging_dir", str, "Log folder, relative to --output_dir."),
+        ("tracker_project_name", str, "Tracker run name (default: the trainer's)."),
+        ("validation_steps", int, "Validate every N steps."),
+    ):
+        g.add_argument(f"--{name}", type=kind, default=_default(Outputs, name), help=text + " (%(default)s)")
+    add_flags(g, "--push_to_hub", "--hub_model_id", "--hub_token")
     g.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repo as private.")
+    add_flags(g, "--hub_dry_run")
     g.add_argument(
-        "--hub_dry_run",
-        action="store_true",
-        help="With --push_to_hub: only list what would be uploaded (written to hub_upload.json).",
+        "--dry_run", action="store_true", help="Print the resolved configuration (recipe and presets filled) and exit."
     )
     return g
+
+
+def add_unset_flags(group, *flags) -> None:
+    """Flags that default to None, so that a recipe or preset fills the ones not given: `(name, type, help)` each,
+    the type a callable, a tuple of choices, or `bool` for a `--flag / --no-flag` switch."""
+    for name, kind, text in flags:
+        if kind is bool:
+            group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif isinstance(kind, tuple):
+            group.add_argument(f"--{name}", type=str, default=None, choices=kind, help=text)
+        else:
+            group.add_argument(f"--{name}", type=kind, default=None, help=text)
 
 
 def add_regularizer_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -174,19 +234,45 @@ def add_regularizer_args(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     return g
 
 
-def regularizer_settings(args: argparse.Namespace) -> tuple[dict | None, dict | None]:
-    """Keyword arguments of `fourier_loss` and `wavelet_loss` from the flags of `add_regularizer_args` (None for a
-    term whose weight is 0), for `losses.spectral_regularizers.spectral_regularizer_terms`."""
-    fourier = None if args.fourier_weight == 0 else dict(
-        amplitude_weight=args.fourier_amplitude_weight, phase_weight=args.fourier_phase_weight,
-        log_amplitude=args.fourier_log_amplitude, frequency_power=args.fourier_frequency_power,
-        loss_type=args.spectral_loss_type,
-    )  # fmt: skip
-    wavelet = None if args.wavelet_weight == 0 else dict(
-        levels=args.wavelet_levels, level_weights=args.wavelet_level_weights, wavelet=args.wavelet,
-        loss_type=args.spectral_loss_type,
-    )  # fmt: skip
-    return fourier, wavelet
+def spectral_regularizers(args: argparse.Namespace) -> SpectralRegularizers:
+    """The spectral regularisers the flags ask for (`add_regularizer_args`, and the audio trainer's `--stft_*`): the
+    keyword arguments of each enabled loss, the loss weights and the timestep weighting, for
+    `diffusion.loss.diffusion_loss_terms`."""
+    fourier = wavelet = stft = None
+    if args.fourier_weight:
+        fourier = {
+            "amplitude_weight": args.fourier_amplitude_weight,
+            "phase_weight": args.fourier_phase_weight,
+            "log_amplitude": args.fourier_log_amplitude,
+            "frequency_power": args.fourier_frequency_power,
+            "loss_type": args.spectral_loss_type,
+        }
+    if args.wavelet_weight:
+        wavelet = {
+            "levels": args.wavelet_levels,
+            "level_weights": args.wavelet_level_weights,
+            "wavelet": args.wavelet,
+            "loss_type": args.spectral_loss_type,
+        }
+    weights = {"fourier": args.fourier_weight, "wavelet": args.wavelet_weight}
+    if hasattr(args, "stft_weight"):
+        weights["stft"] = args.stft_weight
+        if args.stft_weight:
+            stft = {
+                "fft_sizes": tuple(args.stft_fft_sizes),
+                "hop_lengths": tuple(args.stft_hop_lengths),
+                "win_lengths": tuple(args.stft_win_lengths),
+                "window": args.stft_window,
+            }
+    return SpectralRegularizers(
+        fourier, wavelet, stft, weights, args.spectral_timestep_weighting, args.spectral_snr_gamma
+    )
+
+
+def dry_run(args: argparse.Namespace) -> None:
+    """`--dry_run`: print the resolved configuration (every flag after the recipe and presets are filled, secrets
+    dropped) as JSON; the trainer then returns without writing anything."""
+    print(json.dumps(public_args(args), indent=2, sort_keys=True, default=str))
 
 
 def check_positive(args: argparse.Namespace, names) -> None:
@@ -248,9 +334,17 @@ def finish_common_args(args: argparse.Namespace, tracker_project_name: str) -> a
     check_regularizers(args)
     check_positive(
         args,
-        ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps",
-         "validation_steps", "resolution", "max_nonfinite_steps", "checkpoints_total_limit"),
-    )  # fmt: skip
+        (
+            "train_batch_size",
+            "max_train_steps",
+            "gradient_accumulation_steps",
+            "checkpointing_steps",
+            "validation_steps",
+            "resolution",
+            "max_nonfinite_steps",
+            "checkpoints_total_limit",
+        ),
+    )
     check_nonnegative(
         args, ("fourier_weight", "wavelet_weight", "max_grad_norm", "lr_warmup_steps", "dataloader_num_workers")
     )

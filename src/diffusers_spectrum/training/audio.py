@@ -1,36 +1,17 @@
-"""The waveform diffusion loop: `train_audio(args)` trains diffusers' `UNet1DModel` in the Dance Diffusion
-architecture on fixed-length clips (unconditional), optionally with the spectral regularisers (Fourier, wavelet,
-multi-resolution STFT) on the predicted clean waveform, and exports a stock `DanceDiffusionPipeline` folder that
-`DiffusionPipeline.from_pretrained` loads with diffusers alone. `examples/train_audio_diffusion.py` and
-`diffusers-spectrum train-audio` only parse flags (`parse_args`) and call it.
-
-The objective is the one `DanceDiffusionPipeline` samples with. Its `IPNDMScheduler` (diffusers,
-`schedulers/scheduling_ipndm.py`) builds `sigma_s = sin(pi s / 2)^2`, `alpha_s = sqrt(1 - sigma_s^2)` on a uniform
-grid `s`, feeds the model the *angle* `t = atan2(sigma_s, alpha_s) * 2 / pi` in `[0, 1]` (so `alpha = cos(pi t / 2)`,
-`sigma = sin(pi t / 2)` exactly), and treats the output `m` through `eps_hat = sigma x_t + alpha m` and
-`x0_hat = (x_t - sigma eps_hat) / alpha` (a DDIM step). Both identities hold exactly when `m` is the velocity
-
-    x_t = alpha x0 + sigma eps,    v = alpha eps - sigma x0,    alpha = cos(pi t / 2), sigma = sin(pi t / 2)
-
-(Salimans & Ho 2022, Sec. 4 and App. D, the cosine-angle form that v-diffusion / Dance Diffusion train with),
-because `alpha^2 + sigma^2 = 1`. So the UNet is trained with `t ~ U(0, 1)` (as a float, the Fourier time
-embedding's input) on `||m - v||^2`, and `x0_hat = alpha x_t - sigma m` feeds the regularisers. The pipeline feeds
-`randn` noise of unit variance and clamps the result to [-1, 1]: the data are waveforms in [-1, 1], unscaled.
+"""`train_audio(args)`: diffusers' `UNet1DModel` in the Dance Diffusion layout on fixed-length clips
+(unconditional), on the v-cosine objective that `DanceDiffusionPipeline` samples (`diffusion.v_diffusion`),
+optionally with the spectral regularisers (Fourier, wavelet, multi-resolution STFT) on the predicted clean waveform.
 
 The output folder holds `pipeline/` (the stock `DanceDiffusionPipeline`: `unet/` + `scheduler/` + model card),
-`metrics.json` (losses, skipped / padded clip counts, seconds per step), `training_args.json`, `validation/`
-(WAV files + spectrogram PNGs), checkpoints (`checkpoint-<step>`) and tensorboard logs (one scalar per loss term,
-`add_audio` clips, spectrogram figures).
-
-Importing this module (for its flags: `build_parser`, `parse_args`) loads neither diffusers nor accelerate nor
-datasets; the functions that need them import them.
+`metrics.json` (losses, skipped / padded clip counts, seconds per step), `training_args.json`, `validation/` (WAV
+files + spectrogram PNGs), checkpoints and tensorboard logs. Importing this module (for its flags) loads neither
+diffusers nor accelerate nor datasets.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..losses.spectral_regularizers import spectral_regularizer_terms
+from ..diffusion.loss import diffusion_loss_terms, total_loss
+from ..diffusion.objectives import DiffusionObjective
 from ..losses.stft import (
     DEFAULT_FFT_SIZES,
     DEFAULT_HOP_LENGTHS,
@@ -47,231 +29,45 @@ from ..losses.stft import (
     STFT_WINDOWS,
     fit_stft_resolutions,
 )
+from ..models.presets import AUDIO_UNET_PRESETS, build_audio_unet, check_sample_size
+from ..utils.flags import add_flags, parse_int_list
+from ..utils.records import public_args, write_json
 from .args import (
+    Loading,
+    Optimization,
+    Outputs,
     add_data_args,
     add_optimization_args,
     add_output_args,
     add_regularizer_args,
     check_nonnegative,
     check_positive,
+    dry_run,
     finish_common_args,
+    spectral_regularizers,
 )
 from .checkpointing import Checkpointer
-from .objectives import regularizer_weights
-from .utils import (
-    create_ema,
-    ema_weights,
-    log_figure,
-    parse_int_list,
-    public_args,
-    step_generator,
-    write_json,
-)
 
 
 if TYPE_CHECKING:
-    from diffusers import DanceDiffusionPipeline, UNet1DModel
-    from matplotlib.figure import Figure
+    from diffusers import UNet1DModel
 
 
-__all__ = [
-    "AUDIO_UNET_PRESETS",
-    "build_audio_unet",
-    "build_parser",
-    "check_sample_size",
-    "generate_audio",
-    "parse_args",
-    "train_audio",
-    "v_diffusion_alphas_sigmas",
-    "v_diffusion_inputs",
-    "v_diffusion_target",
-    "write_wavs",
-    "x0_from_v_diffusion",
-]
+__all__ = ["build_parser", "parse_args", "train_audio"]
 
 logger = logging.getLogger(__name__)
 
+EMBEDDED_SOUNDS = "the embedded sounds (diffusers_spectrum/assets/audio)"
+
 # Flags a resume must keep (`loop.learning_settings`): they change what the UNet learns.
-RESUME_SETTINGS = (
-    "sample_rate", "sample_size", "channels", "unet_config", "pretrained_unet", "stft_weight", "stft_fft_sizes",
-    "fourier_weight", "wavelet_weight", "wavelet_levels", "wavelet",
-    "spectral_loss_type", "fourier_log_amplitude",
-)  # fmt: skip
-
-FOURIER_TIME_CHANNELS = 16  # Dance Diffusion's Fourier time features, concatenated to the input (extra_in_channels)
-
-# UNet1DModel sizes. `dance`: the block widths of harmonai's published Dance Diffusion checkpoints
-# (maestro-150k unet/config.json: 128, 128, 256, 256 then 512 x 9, 16 Fourier time channels, 65536 samples),
-# attention in the four deepest blocks (harmonai's DiffusionUncond uses n_attn_layers=4). `small`: the CPU demo and
-# ablation size; `tiny`: tests. Attention needs >= 32 channels (one head per 32).
-AUDIO_UNET_PRESETS = {
-    "tiny": {"block_out_channels": (16, 32, 32), "num_attention_blocks": 1, "sample_size": 1024},
-    "small": {"block_out_channels": (16, 16, 32, 32, 64), "num_attention_blocks": 1, "sample_size": 4096},
-    "dance": {
-        "block_out_channels": (128, 128, 256, 256) + (512,) * 9,
-        "num_attention_blocks": 4,
-        "sample_size": 65536,
-    },
-}
-
-
-def build_audio_unet(preset: str, sample_size: int, sample_rate: int, channels: int) -> UNet1DModel:
-    """A fresh `UNet1DModel` in the Dance Diffusion layout: Fourier time features (16 channels, concatenated to the
-    input), a `DownBlock1DNoSkip` first block, `DownBlock1D` blocks, `AttnDownBlock1D` in the deepest
-    `num_attention_blocks`, the mirrored up path and `UNetMidBlock1D`.
-
-    Args:
-        preset: a key of `AUDIO_UNET_PRESETS`.
-        sample_size: clip length in samples (stored in the config; the pipeline's default length).
-        sample_rate: samples per second (stored in the config; the pipeline's time unit).
-        channels: 1 (mono) or 2 (stereo).
-    """
-    from diffusers import UNet1DModel
-
-    if preset not in AUDIO_UNET_PRESETS:
-        raise ValueError(f"unknown audio UNet preset {preset!r}; choose one of {sorted(AUDIO_UNET_PRESETS)}.")
-    widths = AUDIO_UNET_PRESETS[preset]["block_out_channels"]
-    attention = AUDIO_UNET_PRESETS[preset]["num_attention_blocks"]
-    plain = len(widths) - 1 - attention
-    down = ("DownBlock1DNoSkip",) + ("DownBlock1D",) * plain + ("AttnDownBlock1D",) * attention
-    up = ("AttnUpBlock1D",) * attention + ("UpBlock1D",) * plain + ("UpBlock1DNoSkip",)
-    model = UNet1DModel(
-        sample_size=sample_size, sample_rate=sample_rate, in_channels=channels, out_channels=channels,
-        extra_in_channels=FOURIER_TIME_CHANNELS, time_embedding_type="fourier",
-        time_embedding_dim=FOURIER_TIME_CHANNELS, flip_sin_to_cos=True, use_timestep_embedding=False,
-        block_out_channels=widths, down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock1D",
-    )  # fmt: skip
-    check_sample_size(model, sample_size)
-    return model
-
-
-def check_sample_size(model: UNet1DModel, sample_size: int) -> None:
-    """`sample_size` must be a multiple of the UNet's down-scaling `2 ** (len(up_blocks) + 1)` (the blocks and the
-    mid block each halve the length), so training crops pass through unpadded and `DanceDiffusionPipeline` generates
-    exactly `sample_size` samples."""
-    factor = 2 ** (len(model.up_blocks) + 1)
-    if sample_size % factor or sample_size < 3 * factor:
-        raise ValueError(
-            f"--sample_size {sample_size} does not fit this UNet: it must be a multiple of {factor} "
-            f"(2 ** (blocks + 1)) and at least {3 * factor}; "
-            f"try {max(3 * factor, round(sample_size / factor) * factor)}."
-        )
+RESUME_SETTINGS = tuple(
+    "sample_rate sample_size channels unet_config pretrained_unet stft_weight stft_fft_sizes "
+    "fourier_weight wavelet_weight wavelet_levels wavelet spectral_loss_type fourier_log_amplitude".split()
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The v-diffusion objective of DanceDiffusionPipeline / IPNDMScheduler (module doc). Pure tensor maths.
-
-
-def v_diffusion_alphas_sigmas(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(alpha, sigma) = (cos(pi t / 2), sin(pi t / 2))` for model times `t` in [0, 1], in float32 (float64 kept)."""
-    angle = t.double() * (math.pi / 2) if t.dtype == torch.float64 else t.float() * (math.pi / 2)
-    return angle.cos(), angle.sin()
-
-
-def _per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:
-    return values.reshape(values.shape + (1,) * (ndim - values.ndim))
-
-
-def v_diffusion_inputs(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """`x_t = alpha x0 + sigma eps`: `(B, C, T)` clean clips, `(B, C, T)` unit noise, `(B,)` times -> `(B, C, T)`."""
-    alpha, sigma = (_per_sample(v, x0.ndim) for v in v_diffusion_alphas_sigmas(t))
-    return (alpha * x0.to(alpha.dtype) + sigma * noise.to(alpha.dtype)).to(x0.dtype)
-
-
-def v_diffusion_target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The velocity `v = alpha eps - sigma x0` the UNet regresses, `(B, C, T)`."""
-    alpha, sigma = (_per_sample(v, x0.ndim) for v in v_diffusion_alphas_sigmas(t))
-    return (alpha * noise.to(alpha.dtype) - sigma * x0.to(alpha.dtype)).to(x0.dtype)
-
-
-def x0_from_v_diffusion(model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """`x0_hat = alpha x_t - sigma v_hat` (exact inverse of the two functions above for `v_hat = v`), `(B, C, T)`."""
-    alpha, sigma = (_per_sample(v, x_t.ndim) for v in v_diffusion_alphas_sigmas(t))
-    return (alpha * x_t.to(alpha.dtype) - sigma * model_output.to(alpha.dtype)).to(model_output.dtype)
-
-
-def v_diffusion_snr(t: torch.Tensor) -> torch.Tensor:
-    """SNR = alpha^2 / sigma^2 = cot(pi t / 2)^2, `(B,)` (inf at t = 0)."""
-    alpha, sigma = v_diffusion_alphas_sigmas(t)
-    return alpha.square() / sigma.square()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sampling, WAVs, spectrograms
-
-
-def audio_pipeline(unet: UNet1DModel) -> DanceDiffusionPipeline:
-    """The stock pipeline around `unet` with the scheduler it was trained for (`IPNDMScheduler`), progress bar off."""
-    from diffusers import DanceDiffusionPipeline, IPNDMScheduler
-
-    pipe = DanceDiffusionPipeline(unet=unet, scheduler=IPNDMScheduler())
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@torch.no_grad()
-def generate_audio(
-    pipe: DanceDiffusionPipeline, num_clips: int, num_inference_steps: int, seed: int = 0, batch_size: int = 8
-) -> np.ndarray:
-    """`(num_clips, C, sample_size)` float32 clips in [-1, 1] from a `DanceDiffusionPipeline`, clip `i` drawn with
-    its own generator seeded `seed + i` (so the clips do not depend on `batch_size`)."""
-    sample_size, sample_rate = pipe.unet.config.sample_size, pipe.unet.config.sample_rate
-    clips = []
-    for start in range(0, num_clips, batch_size):
-        count = min(batch_size, num_clips - start)
-        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
-        clips.append(pipe(batch_size=count, num_inference_steps=num_inference_steps, generator=generators,
-                          audio_length_in_s=sample_size / sample_rate).audios)  # fmt: skip
-    audio = np.concatenate(clips)
-    if audio.shape[-1] != sample_size:
-        raise RuntimeError(f"the pipeline returned {audio.shape[-1]} samples instead of {sample_size}.")
-    return audio
-
-
-def write_wavs(clips: np.ndarray, sample_rate: int, folder: str | Path, prefix: str = "sample") -> list[Path]:
-    """`(N, C, T)` clips in [-1, 1] -> `folder/<prefix>_<i>.wav` (16-bit PCM); returns the paths."""
-    import soundfile
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, clip in enumerate(clips):
-        path = folder / f"{prefix}_{i:02d}.wav"
-        soundfile.write(path, np.clip(clip.T, -1, 1), sample_rate, subtype="PCM_16")
-        paths.append(path)
-    return paths
-
-
-def spectrogram_figure(clips: np.ndarray, sample_rate: int, title: str = "") -> Figure:
-    """Log-magnitude spectrograms (dB) of up to four `(C, T)` clips (first channel), one panel each."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    count = min(4, len(clips))
-    fig = Figure(figsize=(3.2 * count, 2.6))
-    FigureCanvasAgg(fig)
-    for i in range(count):
-        ax = fig.add_subplot(1, count, i + 1)
-        signal = clips[i][0]
-        fft_size = min(512, 2 ** int(math.log2(len(signal))) // 2)
-        ax.specgram(signal, NFFT=fft_size, Fs=sample_rate, noverlap=fft_size * 3 // 4, scale="dB", cmap="magma")
-        ax.set_xlabel("s")
-        ax.set_ylabel("Hz" if i == 0 else "")
-        ax.set_title(f"{title} {i}".strip(), fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def log_audio(accelerator, tag: str, clips: np.ndarray, sample_rate: int, step: int) -> None:
-    """Log `(N, C, T)` clips (first channel) to tensorboard with `add_audio`."""
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            for i, clip in enumerate(clips):
-                tracker.writer.add_audio(f"{tag}/{i}", torch.from_numpy(clip[:1]), step, sample_rate=sample_rate)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Arguments
+# Flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,26 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_data_args(parser, images=False)
     g = parser.add_argument_group("audio")
-    g.add_argument("--audio_column", type=str, default="audio", help="Column holding the audio. (%(default)s)")
-    g.add_argument("--sample_rate", type=int, default=16000, help="Resample every clip to this rate. (%(default)s)")
-    g.add_argument(
-        "--sample_size", type=int, default=None, help="Crop length in samples (default: the preset's; multiple of "
-        "2 ** (blocks + 1))."
-    )  # fmt: skip
+    add_flags(g, "--audio_column", "--sample_rate", "--sample_size")
     g.add_argument("--channels", type=int, default=1, choices=(1, 2), help="1 = mono (downmix), 2 = stereo.")
     g.add_argument(
-        "--too_short", type=str, default="pad", choices=("pad", "skip"),
+        "--too_short",
+        type=str,
+        default="pad",
+        choices=("pad", "skip"),
         help="Clips shorter than --sample_size: zero-pad at the end (counted) or skip (counted).",
-    )  # fmt: skip
+    )
     g = parser.add_argument_group("model")
-    g.add_argument("--unet_config", type=str, default="dance", choices=sorted(AUDIO_UNET_PRESETS),
-                   help="UNet1DModel size: dance (Dance Diffusion), small (CPU demo), tiny (tests).")  # fmt: skip
+    g.add_argument(
+        "--unet_config",
+        type=str,
+        default="dance",
+        choices=sorted(AUDIO_UNET_PRESETS),
+        help="UNet1DModel size: dance (Dance Diffusion), small (CPU demo), tiny (tests).",
+    )
     g.add_argument("--pretrained_unet", type=str, default=None, help="A UNet1DModel folder to fine-tune.")
     add_optimization_args(parser)
     add_output_args(parser)
     g = parser.add_argument_group("validation")
     g.add_argument("--num_validation_samples", type=int, default=4, help="Clips generated at each validation.")
-    g.add_argument("--validation_inference_steps", type=int, default=50, help="IPNDM steps for validation clips.")
+    add_flags(g, "--validation_inference_steps")
     add_regularizer_args(parser)
     g = parser.add_argument_group("multi-resolution STFT loss (Parallel WaveGAN) on x0_hat")
     g.add_argument("--stft_weight", type=float, default=0.0, help="Weight of the multi-resolution STFT loss.")
@@ -318,127 +117,121 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    args = finish_common_args(args, "train_audio")
+    return resolve_args(build_parser().parse_args(argv))
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Validate once; fill the clip length from the preset and the STFT resolutions that fit it."""
+    finish_common_args(args, "train_audio")
     check_positive(args, ("sample_rate", "sample_size", "num_validation_samples", "validation_inference_steps"))
     check_nonnegative(args, ("stft_weight",))
     if args.sample_size is None:
         args.sample_size = AUDIO_UNET_PRESETS[args.unet_config]["sample_size"]
     stft = (args.stft_fft_sizes, args.stft_hop_lengths, args.stft_win_lengths)
     if all(v is None for v in stft):
-        fitted = fit_stft_resolutions(args.sample_size, DEFAULT_FFT_SIZES, DEFAULT_HOP_LENGTHS, DEFAULT_WIN_LENGTHS)
-        args.stft_fft_sizes, args.stft_hop_lengths, args.stft_win_lengths = (list(v) for v in fitted)
+        stft = fit_stft_resolutions(args.sample_size, DEFAULT_FFT_SIZES, DEFAULT_HOP_LENGTHS, DEFAULT_WIN_LENGTHS)
     elif any(v is None for v in stft):
         raise ValueError("pass all three of --stft_fft_sizes, --stft_hop_lengths and --stft_win_lengths, or none.")
-    else:
-        args.stft_fft_sizes, args.stft_hop_lengths, args.stft_win_lengths = (list(v) for v in stft)
-        if max(args.stft_fft_sizes) // 2 >= args.sample_size:
-            raise ValueError(
-                f"--stft_fft_sizes {args.stft_fft_sizes}: the largest FFT needs more than "
-                f"{max(args.stft_fft_sizes) // 2} samples but --sample_size is {args.sample_size}; pass smaller "
-                "FFT sizes."
-            )
+    elif max(args.stft_fft_sizes) // 2 >= args.sample_size:
+        raise ValueError(
+            f"--stft_fft_sizes {list(args.stft_fft_sizes)}: the largest FFT needs more than "
+            f"{max(args.stft_fft_sizes) // 2} samples but --sample_size is {args.sample_size}; pass smaller "
+            "FFT sizes."
+        )
+    args.stft_fft_sizes, args.stft_hop_lengths, args.stft_win_lengths = (list(v) for v in stft)
     if args.wavelet_weight > 0 and args.sample_size < 2**args.wavelet_levels:
         raise ValueError(f"--wavelet_levels {args.wavelet_levels} needs --sample_size >= {2**args.wavelet_levels}.")
     return args
 
 
-def regularizer_options(args) -> tuple[dict | None, dict | None, dict | None]:
-    """Keyword arguments of the Fourier, wavelet and STFT losses from the flags (None where the weight is 0)."""
-    fourier = None if args.fourier_weight == 0 else dict(
-        amplitude_weight=args.fourier_amplitude_weight, phase_weight=args.fourier_phase_weight,
-        log_amplitude=args.fourier_log_amplitude, frequency_power=args.fourier_frequency_power,
-        loss_type=args.spectral_loss_type,
-    )  # fmt: skip
-    wavelet = None if args.wavelet_weight == 0 else dict(
-        levels=args.wavelet_levels, level_weights=args.wavelet_level_weights, wavelet=args.wavelet,
-        loss_type=args.spectral_loss_type,
-    )  # fmt: skip
-    stft = None if args.stft_weight == 0 else dict(
-        fft_sizes=tuple(args.stft_fft_sizes), hop_lengths=tuple(args.stft_hop_lengths),
-        win_lengths=tuple(args.stft_win_lengths), window=args.stft_window,
-    )  # fmt: skip
-    return fourier, wavelet, stft
+def build_model(args) -> UNet1DModel:
+    """The preset UNet1DModel, or `--pretrained_unet` checked against the clips and configured for them."""
+    from diffusers import UNet1DModel
+
+    if args.pretrained_unet is None:
+        return build_audio_unet(args.unet_config, args.sample_size, args.sample_rate, args.channels)
+    model = UNet1DModel.from_pretrained(args.pretrained_unet)
+    if model.config.in_channels != args.channels:
+        raise ValueError(
+            f"--pretrained_unet has {model.config.in_channels} channels but --channels is {args.channels}."
+        )
+    check_sample_size(model, args.sample_size)
+    model.register_to_config(sample_size=args.sample_size, sample_rate=args.sample_rate)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 
 
-def _data_source(args) -> str:
-    return args.dataset_name or args.train_data_dir or "the embedded sounds (diffusers_spectrum/assets/audio)"
-
-
-def train_audio(args: argparse.Namespace) -> Path:
+def train_audio(args: argparse.Namespace) -> Path | None:
     """Train as `args` (from `parse_args`) says; returns the exported `DanceDiffusionPipeline` folder."""
-    from diffusers import UNet1DModel
-
-    from .audio_data import AudioReader, AudioTransform, load_audio_dataset, source_sample_rates
+    if args.dry_run:
+        return dry_run(args)
+    from ..data.audio import AudioReader, AudioTransform, source_sample_rates
+    from ..data.sources import load_audio_dataset
     from .loop import (
         AccumulationWindow,
         compile_model,
+        create_ema,
         learning_settings,
         make_accelerator,
         make_optimizer,
         optimizer_step,
         resume_training,
         save_checkpoint_if_due,
+        step_generator,
         train_dataloader,
     )
 
     # 1. Accelerator, logging, seeds
     start_time = time.time()
-    output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args, "train-audio")
+    output_dir, outputs, optimization = Path(args.output_dir), Outputs.of(args), Optimization.of(args)
+    accelerator = make_accelerator("train-audio", outputs, optimization, vars(args))
 
-    # 2. Model, EMA, optimizer
-    if args.pretrained_unet is not None:
-        model = UNet1DModel.from_pretrained(args.pretrained_unet)
-        if model.config.in_channels != args.channels:
-            raise ValueError(
-                f"--pretrained_unet has {model.config.in_channels} channels but --channels is {args.channels}."
-            )
-        check_sample_size(model, args.sample_size)
-        model.register_to_config(sample_size=args.sample_size, sample_rate=args.sample_rate)
-    else:
-        model = build_audio_unet(args.unet_config, args.sample_size, args.sample_rate, args.channels)
+    # 2. Model, EMA, optimizer, objective
+    model = build_model(args)
     model.train()
     compile_model(model, args.use_torch_compile)
     ema = create_ema(model, args.ema_decay) if args.use_ema else None
-    optimizer, lr_scheduler = make_optimizer(model.parameters(), args, accelerator)
+    optimizer, lr_scheduler = make_optimizer(model.parameters(), optimization, accelerator)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
     raw_model = accelerator.unwrap_model(model)
     checkpointer = Checkpointer(
-        accelerator, output_dir, {"unet": model}, {"unet": ema} if ema is not None else None,
-        args.checkpoints_total_limit, settings=learning_settings(args, RESUME_SETTINGS),
-    )  # fmt: skip
-    fourier, wavelet, stft = regularizer_options(args)
-    weights_by_term = {"fourier": args.fourier_weight, "wavelet": args.wavelet_weight, "stft": args.stft_weight}
+        accelerator,
+        output_dir,
+        {"unet": model},
+        {"unet": ema} if ema is not None else None,
+        args.checkpoints_total_limit,
+        settings=learning_settings(vars(args), RESUME_SETTINGS),
+    )
+    objective, regularizers = DiffusionObjective("v_cosine"), spectral_regularizers(args)
     logger.info(
         f"UNet1DModel {args.unet_config}: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M params, clips "
         f"({args.channels}, {args.sample_size}) at {args.sample_rate} Hz, regularisers "
-        f"{ {k: v for k, v in weights_by_term.items() if v} or 'none' }"
+        f"{ {k: v for k, v in regularizers.weights.items() if v} or 'none' }"
     )
 
     # 3. Resume, data
     global_step, data_state, guard = resume_training(
         checkpointer, args.resume_from_checkpoint, args.max_nonfinite_steps
     )
+    streaming = not args.no_streaming
     dataset = load_audio_dataset(
-        args.dataset_name, args.train_data_dir, args.dataset_split, args.audio_column,
-        streaming=not args.no_streaming,
-    )  # fmt: skip
+        args.dataset_name, args.train_data_dir, args.dataset_split, args.audio_column, streaming=streaming
+    )
     transform = AudioTransform(
         args.sample_rate, args.sample_size, args.channels, random_crop=True, too_short=args.too_short, seed=args.seed
     )
-    dataloader = train_dataloader(dataset, AudioReader(transform, args.audio_column), args, accelerator, data_state)
+    reader = AudioReader(transform, args.audio_column)
+    dataloader = train_dataloader(dataset, reader, accelerator, Loading.of(args), data_state)
     data_iterator = iter(dataloader)
 
     # 4. Loop: one optimizer step = `gradient_accumulation_steps` micro-batches
-    progress = tqdm(total=args.max_train_steps, initial=global_step, desc="train audio",
-                    disable=not accelerator.is_main_process)  # fmt: skip
+    main = accelerator.is_main_process
+    progress = tqdm(total=args.max_train_steps, initial=global_step, desc="train audio", disable=not main)
     accumulation = args.gradient_accumulation_steps
     window = AccumulationWindow(accelerator, [model], accumulation)
     logs, step_seconds = {}, []
@@ -448,27 +241,13 @@ def train_audio(args: argparse.Namespace) -> Path:
         for micro_step in range(accumulation):
             batch = next(data_iterator)
             generator = step_generator(args.seed, global_step, micro_step, accelerator.process_index, "cpu")
-            x0 = batch["waveforms"]  # (B, C, T) in [-1, 1]
-            t = torch.rand(x0.shape[0], generator=generator)
-            noise = torch.randn(x0.shape, generator=generator)
-            x0, t, noise = (v.to(accelerator.device) for v in (x0, t, noise))
-            x_t = v_diffusion_inputs(x0, noise, t)
+            x0 = batch["waveforms"].to(accelerator.device)  # (B, C, T) in [-1, 1]
             with window.micro_step(micro_step):
-                with accelerator.autocast():
-                    prediction = model(x_t, t).sample.float()
-                terms = {"diffusion": (prediction - v_diffusion_target(x0, noise, t)).square().mean()}
-                loss = terms["diffusion"]
-                if fourier is not None or wavelet is not None or stft is not None:
-                    x0_hat = x0_from_v_diffusion(prediction, x_t.float(), t)
-                    weights = regularizer_weights(
-                        v_diffusion_snr(t), args.spectral_timestep_weighting, args.spectral_snr_gamma
-                    )
-                    regularizers = spectral_regularizer_terms(x0_hat, x0, weights, fourier, wavelet, stft)
-                    terms.update(regularizers)
-                    for name, value in regularizers.items():
-                        loss = loss + weights_by_term[name] * value
-                terms["loss"] = loss
-                window.backward(loss)
+                terms, _ = diffusion_loss_terms(
+                    model, objective, x0, generator, regularizers=regularizers, autocast=accelerator.autocast
+                )
+                terms["loss"] = total_loss(terms, regularizers.weights)
+                window.backward(terms["loss"])
             for name, value in terms.items():
                 logs[name] = logs.get(name, 0.0) + value.detach() / accumulation
 
@@ -479,37 +258,43 @@ def train_audio(args: argparse.Namespace) -> Path:
         logs = {k: float(v) for k, v in logs.items()}  # one transfer per optimizer step, for the trackers
         step_seconds.append(time.perf_counter() - step_start)
         counts = dataloader.counts()  # over the workers, carried through checkpoints
-        logs.update(lr=lr_scheduler.get_last_lr()[0], nonfinite_steps=guard.total,
-                    skipped_clips=counts.get("skipped", 0), padded_clips=counts.get("padded", 0))  # fmt: skip
+        logs.update(
+            lr=lr_scheduler.get_last_lr()[0],
+            nonfinite_steps=guard.total,
+            skipped_clips=counts.get("skipped", 0),
+            padded_clips=counts.get("padded", 0),
+        )
         progress.set_postfix(loss=f"{logs['loss']:.4f}")
         accelerator.log(logs, step=global_step)
 
         # 4b. Checkpoint and validation clips
-        save_checkpoint_if_due(checkpointer, args, global_step, dataloader, guard)
-        if accelerator.is_main_process and global_step % args.validation_steps == 0:
+        save_checkpoint_if_due(
+            checkpointer, global_step, dataloader, guard, args.checkpointing_steps, args.max_train_steps
+        )
+        if main and global_step % args.validation_steps == 0:
             validate(args, accelerator, raw_model, ema, global_step, output_dir)
     progress.close()
 
     # 5. Final model: EMA weights, stock pipeline export, card, push
     accelerator.wait_for_everyone()
     result = None
-    if accelerator.is_main_process:
+    if main:
         if ema is not None:
             ema.copy_to(raw_model.parameters())
         raw_model.eval()
         metrics = {k: v for k, v in logs.items() if k != "lr"}
         timed = step_seconds[1:] or step_seconds  # the first step includes one-off warm-up
         metrics.update(
-            global_step=global_step, train_seconds=round(time.time() - start_time, 1),
+            global_step=global_step,
+            train_seconds=round(time.time() - start_time, 1),
             seconds_per_step=round(float(np.median(timed)), 4) if timed else None,
-            skipped_clips=logs.get("skipped_clips", 0), padded_clips=logs.get("padded_clips", 0),
+            skipped_clips=logs.get("skipped_clips", 0),
+            padded_clips=logs.get("padded_clips", 0),
             skipped_reasons=dataloader.skip_reasons()[:10],
             source_sample_rates=source_sample_rates(dataloader.counts()),
-        )  # fmt: skip
-        logger.info(
-            "audio read: clips per source sample rate %s (resampled to %d Hz where different)",
-            metrics["source_sample_rates"], args.sample_rate,
-        )  # fmt: skip
+        )
+        rates = metrics["source_sample_rates"]
+        logger.info(f"audio read: clips per source sample rate {rates} (resampled to {args.sample_rate} Hz)")
         result = write_outputs(args, raw_model, metrics, output_dir)
         logger.info(f"final metrics: {metrics}")
     accelerator.wait_for_everyone()
@@ -521,10 +306,14 @@ def train_audio(args: argparse.Namespace) -> Path:
 def validate(args, accelerator, raw_model, ema, step: int, output_dir: Path) -> list[Path]:
     """Generate validation clips with the (EMA) weights: WAVs and a spectrogram PNG in `validation/`, and both in
     tensorboard (`add_audio`, a figure)."""
+    from ..evaluation.plotting import spectrogram_figure
+    from ..pipelines.audio import audio_pipeline, generate_audio, write_wavs
+    from .loop import ema_weights, log_audio, log_figure
+
     raw_model.eval()
     with ema_weights(ema, raw_model):
-        clips = generate_audio(audio_pipeline(raw_model), args.num_validation_samples,
-                               args.validation_inference_steps, seed=0)  # fmt: skip
+        pipe = audio_pipeline(raw_model)
+        clips = generate_audio(pipe, args.num_validation_samples, args.validation_inference_steps, seed=0)
     raw_model.train()
     folder = output_dir / "validation"
     paths = write_wavs(clips, args.sample_rate, folder, prefix=f"step-{step:07d}")
@@ -537,29 +326,29 @@ def validate(args, accelerator, raw_model, ema, step: int, output_dir: Path) -> 
 
 def write_outputs(args, model: UNet1DModel, metrics: dict, output_dir: Path) -> Path:
     """Save the stock `DanceDiffusionPipeline` (UNet + IPNDMScheduler + card), metrics.json, and push."""
-    from diffusers import DanceDiffusionPipeline, IPNDMScheduler
-
-    from ..pipelines.model_cards import audio_pipeline_model_card
+    from ..pipelines.audio import audio_pipeline
+    from ..pipelines.model_cards import audio_pipeline_model_card, regularizer_description
     from .loop import push_output
 
     pipeline_dir = output_dir / "pipeline"
-    pipe = DanceDiffusionPipeline(unet=model.to("cpu"), scheduler=IPNDMScheduler())
-    pipe.save_pretrained(pipeline_dir, safe_serialization=True)
-    repo_id = args.hub_model_id or output_dir.resolve().name
-    fourier, wavelet, stft = regularizer_options(args)
-    regularizers = {"fourier": fourier, "wavelet": wavelet, "stft": stft}
+    audio_pipeline(model.to("cpu")).save_pretrained(pipeline_dir, safe_serialization=True)
+    parameters = sum(p.numel() for p in model.parameters()) / 1e6
     components = {
-        "unet": f"UNet1DModel {args.unet_config} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
-        f"{args.channels} channel(s), {args.sample_size} samples at {args.sample_rate} Hz)",
+        "unet": f"UNet1DModel {args.unet_config} ({parameters:.2f}M params, {args.channels} channel(s), "
+        f"{args.sample_size} samples at {args.sample_rate} Hz)",
         "scheduler": "IPNDMScheduler (v-objective, alpha = cos(pi t / 2), sigma = sin(pi t / 2))",
-        "regularisers": ", ".join(k for k, v in regularizers.items() if v is not None) or "none",
+        "regularisers": regularizer_description(spectral_regularizers(args), "the predicted clean waveform"),
     }
     card = audio_pipeline_model_card(
-        repo_id, training_args=public_args(args), metrics=metrics, components=components,
-        datasets=[args.dataset_name] if args.dataset_name else None, dataset_description=_data_source(args),
+        args.hub_model_id or output_dir.resolve().name,
+        training_args=public_args(args),
+        metrics=metrics,
+        components=components,
+        datasets=[args.dataset_name] if args.dataset_name else None,
+        dataset_description=args.dataset_name or args.train_data_dir or EMBEDDED_SOUNDS,
         sample_rate=args.sample_rate,
-    )  # fmt: skip
+    )
     card.save(pipeline_dir / "README.md")
     write_json(output_dir / "metrics.json", metrics)
-    push_output(args, pipeline_dir)
+    push_output(Outputs.of(args), pipeline_dir)
     return pipeline_dir

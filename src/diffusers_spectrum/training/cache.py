@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 
-from ..models.checks import check_resolution, looks_local
-from ..run_folders import claim_output_dir
-from .utils import public_args, save_args_json
+from ..models.checks import check_resolution
+from ..utils.flags import add_flags
+from ..utils.hub import looks_local
+from ..utils.records import public_args, save_args_json
+from ..utils.run_folders import claim_output_dir
 
 
 __all__ = ["build_parser", "cache_latents", "parse_args"]
@@ -34,53 +36,34 @@ logger = logging.getLogger(__name__)
 # Helpers
 
 
-def id2label_for(args, dataset) -> dict[int, str] | None:
+def id2label_for(label_column: str | None, class_names_file: str | None, dataset, embedded: bool):
     """Class names: `--class_names_file` (JSON list or {index: name}), a `ClassLabel` column's names, the embedded
-    photos' names, or None."""
-    from .data import class_names_of, embedded_class_names
+    photos' names (`embedded`: the data is the embedded photos), or None."""
+    from ..data.sources import class_names_of, embedded_class_names
 
-    if args.label_column is None:
+    if label_column is None:
         return None
-    if args.class_names_file is not None:
-        path = Path(args.class_names_file)
+    if class_names_file is not None:
+        path = Path(class_names_file)
         try:
             names = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"--class_names_file {path}: cannot read a JSON list or object ({error}).") from None
         return {int(k): v for k, v in names.items()} if isinstance(names, dict) else dict(enumerate(names))
-    if args.dataset_name is None and args.train_data_dir is None and args.label_column == "label":
+    if embedded and label_column == "label":
         return dict(enumerate(embedded_class_names()))
-    return class_names_of(dataset, args.label_column)
+    return class_names_of(dataset, label_column)
 
 
-def push_cache_to_hub(args, info: dict) -> list[str]:
-    """Write the dataset card and upload the folder as a dataset repo (or list the files with `--hub_dry_run`)."""
-    from ..pipelines.model_cards import dataset_card, push_folder_to_hub
+def push_cache_to_hub(args, info: dict, resolved: dict | None = None) -> list[str]:
+    """Write the dataset card and upload the folder as a dataset repo (or list the files with `--hub_dry_run`).
+    `resolved`: the flags to record (default: `args`)."""
+    from ..pipelines.model_cards import latent_cache_card, push_folder_to_hub
 
     repo_id = args.hub_model_id or Path(args.output_dir).name
-    columns = ["latents"] + (["latents_std"] if info["settings"]["mode"] == "mean_std" else [])
-    contents = {
-        "num_examples": info["num_examples"],
-        "shards": len(info["shards"]),
-        "latents": f"{info['settings']['dtype']} {tuple(info['latent_shape'])} ({info['settings']['mode']})",
-        "columns": ", ".join(
-            columns + ["label", "source_index"] + (["repa_features"] if info["repa_feature_shape"] else [])
-        ),
-        "scaling_factor": info["settings"]["scaling_factor"],
-        "repa_features": f"{tuple(info['repa_feature_shape'])} from {args.repa_encoder}"
-        if info["repa_feature_shape"]
-        else "none",
-        "resolution": info["settings"]["resolution"],
-        "skipped_images": info["skipped_images"],
-    }
-    card = dataset_card(
-        repo_id,
-        contents=contents,
-        training_args=public_args(args),
-        source_datasets=args.dataset_name,
-        dataset_description=info["settings"]["source"],
-        vae=args.pretrained_vae,
-        tags=["repa"] if info["repa_feature_shape"] else None,
+    flags = public_args(resolved or args)
+    card = latent_cache_card(
+        repo_id, info, training_args=flags, source_datasets=args.dataset_name, vae=args.pretrained_vae
     )
     card.save(str(Path(args.output_dir) / "README.md"))
     return push_folder_to_hub(
@@ -97,77 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encode an image dataset once with a VAE into a sharded parquet dataset of latents (and REPA "
         "target features); re-run the same command to resume after an interruption."
     )
-    # VAE
-    parser.add_argument(
-        "--pretrained_vae",
-        type=str,
-        required=True,
-        help="Folder or Hub id of the VAE (SpectrumAutoencoderKL or any AutoencoderKL).",
-    )
-    parser.add_argument(
-        "--vae_subfolder",
-        type=str,
-        default=None,
-        help="Subfolder of --pretrained_vae holding the VAE (e.g. 'vae' for a pipeline repo).",
-    )
-    parser.add_argument("--revision", type=str, default=None, help="Hub revision of the VAE.")
-    # Data
-    parser.add_argument(
-        "--dataset_name",
-        type=str,
-        default=None,
-        help="Hub dataset id of the images (streamed). Default: --train_data_dir, else the embedded photos.",
-    )
-    parser.add_argument(
-        "--train_data_dir",
-        type=str,
-        default=None,
-        help="Local image folder (with optional metadata.jsonl) or parquet / arrow files.",
-    )
-    parser.add_argument("--split", type=str, default="train", help="Dataset split to encode.")
-    parser.add_argument("--image_column", type=str, default="image", help="Column holding the images.")
-    parser.add_argument(
-        "--label_column",
-        type=str,
-        default=None,
-        help="Column of integer class labels. Default: found automatically ('label', 'labels', 'class' or a "
-        "ClassLabel column), logged.",
-    )
-    parser.add_argument("--unconditional", action="store_true", help="Ignore any label column: every label is 0.")
-    parser.add_argument(
+    g = parser.add_argument_group("VAE")
+    add_flags(g, "--pretrained_vae", "--vae_subfolder", "--revision", required=("--pretrained_vae",))
+    g = parser.add_argument_group("data")
+    add_flags(g, "--dataset_name", "--train_data_dir", "--dataset_split", "--image_column", "--label_column")
+    add_flags(g, "--unconditional", "--resolution", "--dataloader_num_workers", "--no_streaming")
+    add_flags(g, "--reduced_jpeg_decode")
+    g.add_argument(
         "--class_names_file",
         type=str,
         default=None,
         help="JSON list (or {index: name}) of class names, recorded as id2label.",
     )
-    parser.add_argument("--resolution", type=int, default=256, help="Images are resized and centre-cropped to this.")
-    parser.add_argument(
+    g.add_argument(
         "--random_crop",
         action="store_true",
         help="Random instead of centre crop (seeded by --seed; fixed once cached).",
     )
-    parser.add_argument("--max_samples", type=int, default=None, help="Encode at most this many images.")
-    parser.add_argument(
-        "--dataloader_num_workers",
-        type=int,
-        default=0,
-        help="Image-decoding worker processes, each on its own shard(s) of the data (0: decode in this process). "
-        "A streamed dataset needs at least this many shards; resume with the same value.",
-    )
-    parser.add_argument(
-        "--no_streaming",
-        action="store_true",
-        help="Load the dataset fully instead of streaming it (a local image folder is then split across workers by "
-        "example: use it with --dataloader_num_workers > 1).",
-    )
-    parser.add_argument(
-        "--reduced_jpeg_decode",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Decode JPEGs at least twice --resolution at 1/2, 1/4 or 1/8 scale before the exact resize.",
-    )
-    # What to store
-    parser.add_argument(
+    g.add_argument("--max_samples", type=int, default=None, help="Encode at most this many images.")
+    g = parser.add_argument_group("what to store")
+    g.add_argument(
         "--latent_mode",
         type=str,
         default="mean_std",
@@ -175,46 +107,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="Store the posterior mean and std (the trainer samples fresh latents every step), the "
         "mean only, or one posterior sample.",
     )
-    parser.add_argument(
+    g.add_argument(
         "--latent_dtype",
         type=str,
         default="float16",
         choices=["float16", "float32"],
         help="Storage dtype of latents and features.",
     )
-    parser.add_argument(
-        "--repa_encoder",
-        type=str,
-        default=None,
-        help="Folder or Hub id of a transformers vision backbone (e.g. facebook/dinov2-base): also "
-        "store its patch tokens of each image as REPA targets.",
-    )
-    parser.add_argument(
+    add_flags(g, "--repa_encoder")
+    g.add_argument(
         "--repa_grid_size",
         type=int,
         default=None,
         help="Token grid side of the REPA targets: the DiT's latent side / patch size. Default: "
         "latent side // 2 (patch size 2).",
     )
-    # Output
-    parser.add_argument("--output_dir", type=str, required=True, help="Cache folder (re-run to resume).")
-    parser.add_argument("--batch_size", type=int, default=16, help="Images encoded per batch.")
-    parser.add_argument("--shard_size", type=int, default=1000, help="Rows per parquet shard (the resume unit).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the posterior samples / random crops.")
-    parser.add_argument("--device", type=str, default=None, help="Encoding device (default: cuda if available).")
-    parser.add_argument("--push_to_hub", action="store_true", help="Upload the cache as a Hub dataset repo.")
-    parser.add_argument(
-        "--hub_model_id",
-        type=str,
-        default=None,
-        help="Dataset repo id for --push_to_hub (default: the output folder's name).",
-    )
-    parser.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the logged-in one).")
-    parser.add_argument(
-        "--hub_dry_run",
-        action="store_true",
-        help="With --push_to_hub: write the card and list the files, upload nothing.",
-    )
+    g = parser.add_argument_group("output")
+    add_flags(g, "--output_dir", "--batch_size", "--seed", "--device", required=("--output_dir",))
+    g.add_argument("--shard_size", type=int, default=1000, help="Rows per parquet shard (the resume unit).")
+    add_flags(g, "--push_to_hub", "--hub_model_id", "--hub_token", "--hub_dry_run")
     return parser
 
 
@@ -266,10 +177,13 @@ def vae_weights_fingerprint(path: str, subfolder: str | None = None) -> str | No
 
 def cache_latents(args: argparse.Namespace) -> dict:
     """Encode as `args` (from `parse_args`) says; returns the cache info (`cache_info.json`)."""
+    from ..data.images import ImageTransform
+    from ..data.latents import CACHE_INFO_NAME
+    from ..data.sources import detect_label_column, load_image_dataset
+    from ..data.stream import SkipCounter
     from ..models.encoders import RepresentationEncoder
     from ..models.loading import load_autoencoder
-    from .data import ImageTransform, SkipCounter, detect_label_column, load_image_dataset
-    from .latent_cache import CACHE_INFO_NAME, write_latent_cache
+    from .latent_cache import write_latent_cache
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     claim_output_dir(args.output_dir, "cache-latents", CACHE_INFO_NAME)  # new, empty or this cache: else refused
@@ -290,13 +204,15 @@ def cache_latents(args: argparse.Namespace) -> dict:
     dataset = load_image_dataset(
         args.dataset_name,
         args.train_data_dir,
-        split=args.split,
+        split=args.dataset_split,
         image_column=args.image_column,
         label_column=args.label_column,
         skip_counter=scan_skips,
         streaming=not args.no_streaming,
     )
-    args.label_column = detect_label_column(dataset, args.label_column, args.unconditional)
+    label_column = detect_label_column(dataset, args.label_column, args.unconditional)
+    embedded = args.dataset_name is None and args.train_data_dir is None
+    id2label = id2label_for(label_column, args.class_names_file, dataset, embedded)
     transform = ImageTransform(
         args.resolution, center_crop=not args.random_crop, seed=args.seed, reduced_decode=args.reduced_jpeg_decode
     )
@@ -310,16 +226,17 @@ def cache_latents(args: argparse.Namespace) -> dict:
         "vae_subfolder": args.vae_subfolder,
         "source": args.dataset_name or args.train_data_dir or "embedded photos",
         "repa_encoder": args.repa_encoder,
-        "id2label": {str(k): v for k, v in (id2label_for(args, dataset) or {}).items()} or None,
+        "id2label": {str(k): v for k, v in (id2label or {}).items()} or None,
     }
-    save_args_json(args, args.output_dir, "cache_args.json")
+    resolved = {**vars(args), "label_column": label_column}  # the column found in the data
+    save_args_json(resolved, args.output_dir, "cache_args.json")
     info = write_latent_cache(
         args.output_dir,
         dataset,
         vae,
         transform,
         image_column=args.image_column,
-        label_column=args.label_column,
+        label_column=label_column,
         mode=args.latent_mode,
         dtype=args.latent_dtype,
         batch_size=args.batch_size,
@@ -336,7 +253,7 @@ def cache_latents(args: argparse.Namespace) -> dict:
         "cached %d %s latents of shape %s in %d shard(s) at %s (%d unreadable images and %d non-regular files "
         "skipped, %d images upsampled 8x or more)",
         info["num_examples"],
-        f"class-conditional (label column {args.label_column!r})" if args.label_column else "unconditional",
+        f"class-conditional (label column {label_column!r})" if label_column else "unconditional",
         info["latent_shape"],
         len(info["shards"]),
         args.output_dir,
@@ -347,6 +264,6 @@ def cache_latents(args: argparse.Namespace) -> dict:
 
     # 3. Publish
     if args.push_to_hub:
-        uploaded = push_cache_to_hub(args, info)
+        uploaded = push_cache_to_hub(args, info, resolved)
         logger.info("%s %d files", "would upload" if args.hub_dry_run else "uploaded", len(uploaded))
     return info

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .utils import write_json
+from ..utils.records import write_json
 
 
 if TYPE_CHECKING:

@@ -1,31 +1,16 @@
-"""Unconditional pixel-space diffusion: `train_unconditional(args)` trains a stock `UNet2DModel` with the DDPM
-formulation (epsilon, v or sample prediction; Ho et al. 2020) or the EDM formulation (Karras et al. 2022), with the
-spectral regularisers (Fourier and wavelet losses on the predicted clean image) as one-flag additions.
-`examples/train_unconditional.py` and `diffusers-spectrum train-unconditional` only parse flags (`parse_args`) and
-call it. Flag names follow diffusers' `examples/unconditional_image_generation/train_unconditional.py`.
+"""`train_unconditional(args)`: a stock `UNet2DModel` in pixel space with the DDPM formulation (epsilon, v or sample
+prediction; Ho et al. 2020) or EDM's (Karras et al. 2022), and the spectral regularisers on the predicted clean image
+as one-flag additions. Flag names follow diffusers' `examples/unconditional_image_generation/train_unconditional.py`.
 
-- DDPM: `x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps` on a `DDPMScheduler` schedule (`--ddpm_num_steps`,
-  `--ddpm_beta_schedule`), MSE to the `--prediction_type` target (for `sample`, the plain MSE to x0; diffusers'
-  script weights that one by the SNR); the regularisers compare `x0_hat` (`DiffusionObjective.predict_x0`) with x0,
-  per sample weighted by `--spectral_timestep_weighting`. Output: a stock `DDPMPipeline` folder.
-- EDM: `x = x0 + sigma n` with `ln sigma ~ N(P_mean, P_std^2)`, preconditioned denoiser `D(x; sigma)` and loss weight
-  `(sigma^2 + sigma_data^2) / (sigma sigma_data)^2` (`training.edm`); the regularisers compare `D(x; sigma)` with x0,
-  weighted by the same SNR rule with SNR = 1 / sigma^2. Output: a stock folder (`unet/` a `UNet2DModel`,
-  `scheduler/` an `EDMEulerScheduler`, `model_index.json` naming `ConsistencyModelPipeline`, whose loop is
-  `EDMPipeline`'s), so `DiffusionPipeline.from_pretrained` samples it with diffusers alone.
-
-The output folder is the pipeline itself (as in diffusers' script), plus `metrics.json`, `training_args.json`,
-`spectrum_info.json`, a model card (`README.md`), `validation/` sample grids, checkpoints (`checkpoint-<step>`) and
-logs (`logs/`); the Hub upload leaves checkpoints and logs out.
-
-Importing this module (for its flags: `build_parser`, `parse_args`) loads neither diffusers nor accelerate nor
-datasets; the functions that need them import them.
+The output folder is the pipeline itself (a stock `DDPMPipeline`, or an EDM folder that diffusers'
+`ConsistencyModelPipeline` samples), plus `metrics.json`, `training_args.json`, `spectrum_info.json`, a model card,
+`validation/` sample grids, checkpoints and logs. Importing this module (for its flags) loads neither diffusers nor
+accelerate nor datasets.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -36,50 +21,30 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..losses.spectral_regularizers import spectral_regularizer_terms
-from ..models.unet_presets import (
-    UNET_PRESETS,
-    build_unet,
-    check_edm_unet,
-    check_unet_config,
-    read_model_config,
-    unet_downsampling_factor,
-)
+from ..diffusion.edm import EDM_P_MEAN, EDM_P_STD, EDM_SIGMA_DATA, check_edm_unet
+from ..diffusion.loss import diffusion_loss_terms, total_loss
+from ..diffusion.objectives import DiffusionObjective
+from ..models.presets import UNET_PRESETS, build_unet, check_unet_config, read_model_config, unet_downsampling_factor
+from ..utils.images import image_grid
+from ..utils.records import public_args, write_json
 from .args import (
+    Loading,
+    Optimization,
+    Outputs,
     add_data_args,
     add_optimization_args,
     add_output_args,
     add_regularizer_args,
     check_positive,
+    dry_run,
     finish_common_args,
-    regularizer_settings,
+    spectral_regularizers,
 )
 from .checkpointing import Checkpointer
-from .edm import (
-    EDM_P_MEAN,
-    EDM_P_STD,
-    EDM_SIGMA_DATA,
-    edm_denoise,
-    edm_denoising_loss,
-    edm_noisy_inputs,
-    edm_sample_sigmas,
-    edm_snr,
-)
-from .objectives import DiffusionObjective, regularizer_weights
-from .utils import (
-    create_ema,
-    ema_weights,
-    image_grid,
-    log_images,
-    public_args,
-    step_generator,
-    write_json,
-)
 
 
 if TYPE_CHECKING:
     from diffusers import UNet2DModel
-    from huggingface_hub import ModelCard
 
 
 __all__ = [
@@ -88,149 +53,30 @@ __all__ = [
     "PREDICTION_TYPES",
     "build_parser",
     "build_pipeline",
-    "ddpm_loss_terms",
     "ddpm_noise_scheduler",
-    "edm_loss_terms",
     "parse_args",
-    "total_loss",
     "train_unconditional",
 ]
 
 logger = logging.getLogger(__name__)
 
 # Flags a resume must keep (`loop.learning_settings`): they change what the UNet learns.
-RESUME_SETTINGS = (
-    "formulation", "prediction_type", "ddpm_num_steps", "ddpm_beta_schedule", "edm_p_mean", "edm_p_std", "resolution",
-    "unet_config", "model_config_name_or_path", "fourier_weight", "wavelet_weight", "wavelet_levels", "wavelet",
-    "spectral_loss_type", "fourier_log_amplitude",
-)  # fmt: skip
+RESUME_SETTINGS = tuple(
+    "formulation prediction_type ddpm_num_steps ddpm_beta_schedule edm_p_mean edm_p_std resolution "
+    "unet_config model_config_name_or_path fourier_weight wavelet_weight wavelet_levels wavelet "
+    "spectral_loss_type fourier_log_amplitude".split()
+)
 
 FORMULATIONS = ("ddpm", "edm")
 EDM_SCHEDULER_KINDS = ("euler", "dpmsolver")  # `pipelines.edm_pipeline.EDM_SCHEDULERS` (a test keeps them equal)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 DDPM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-# --unet_config default per resolution (the DDPM-paper sizes of models.unet_presets)
+# --unet_config default per resolution (the DDPM-paper sizes of models.presets)
 PRESET_BY_RESOLUTION = {32: "ddpm-32", 64: "ddpm-64", 256: "ddpm-256"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Formulations: noise schedule, loss terms
-
-
-def ddpm_noise_scheduler(num_steps: int = 1000, beta_schedule: str = "linear", prediction_type: str = "epsilon"):
-    """The training (and DDPM sampling) schedule: diffusers' `DDPMScheduler` with DDPM's betas 1e-4 to 0.02."""
-    from diffusers import DDPMScheduler
-
-    if beta_schedule not in DDPM_BETA_SCHEDULES:
-        raise ValueError(f"--ddpm_beta_schedule must be one of {DDPM_BETA_SCHEDULES}, got {beta_schedule!r}.")
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"--prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
-    return DDPMScheduler(num_train_timesteps=num_steps, beta_schedule=beta_schedule, prediction_type=prediction_type)
-
-
-def ddpm_loss_terms(
-    model,
-    objective: DiffusionObjective,
-    x0: torch.Tensor,
-    generator: torch.Generator,
-    fourier: dict | None = None,
-    wavelet: dict | None = None,
-    weighting: str = "signal",
-    snr_gamma: float = 5.0,
-    autocast=contextlib.nullcontext,
-) -> dict[str, torch.Tensor]:
-    """Unweighted loss terms of one DDPM batch.
-
-    Args:
-        model: the (wrapped) `UNet2DModel`, called as `model(x_t, t).sample`.
-        objective: forward process and target (`DiffusionObjective` of kind epsilon / v_prediction / sample).
-        x0: `(B, C, H, W)` clean images in [-1, 1].
-        generator: draws the timesteps and the noise (on its device).
-        fourier, wavelet: `regularizer_settings` (None = term off).
-
-    Returns:
-        `{"diffusion": MSE to the target, "fourier": ..., "wavelet": ...}` scalars (the enabled regularisers are
-        per-sample losses on `x0_hat` times the timestep weights, averaged).
-    """
-    timesteps = objective.sample_timesteps(x0.shape[0], generator=generator, device=x0.device)  # (B,)
-    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
-    x_t, model_timesteps = objective.noisy_inputs(x0, noise, timesteps)
-    with autocast():
-        prediction = model(x_t, model_timesteps).sample.float()  # (B, C, H, W)
-    target = objective.target(x0, noise, timesteps).float()
-    terms = {"diffusion": (prediction - target).square().mean()}
-    if fourier is not None or wavelet is not None:
-        x0_hat = objective.predict_x0(prediction, x_t.float(), timesteps)
-        weights = objective.regularizer_weights(timesteps, weighting, snr_gamma)  # (B,)
-        terms.update(spectral_regularizer_terms(x0_hat, x0.float(), weights, fourier, wavelet))
-    return terms
-
-
-def edm_loss_terms(
-    model,
-    x0: torch.Tensor,
-    generator: torch.Generator,
-    fourier: dict | None = None,
-    wavelet: dict | None = None,
-    weighting: str = "signal",
-    snr_gamma: float = 5.0,
-    p_mean: float = EDM_P_MEAN,
-    p_std: float = EDM_P_STD,
-    sigma_data: float = EDM_SIGMA_DATA,
-    autocast=contextlib.nullcontext,
-) -> dict[str, torch.Tensor]:
-    """Unweighted loss terms of one EDM batch (Karras et al. 2022, Eq. 8 with the Table 1 settings).
-
-    Args:
-        model: the (wrapped) `UNet2DModel` serving as EDM's F (sinusoidal time embedding).
-        x0: `(B, C, H, W)` clean images in [-1, 1].
-        generator: draws the noise levels and the noise.
-
-    Returns:
-        `{"diffusion": mean lambda(sigma) |D - x0|^2, "fourier": ..., "wavelet": ...}`; the regularisers compare
-        `D(x; sigma)` with x0, weighted per sample by `regularizer_weights(1 / sigma^2)`.
-    """
-    sigma = edm_sample_sigmas(x0.shape[0], p_mean, p_std, generator=generator, device=x0.device)  # (B,)
-    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
-    x_noisy = edm_noisy_inputs(x0, noise, sigma)
-    with autocast():
-        denoised = edm_denoise(model, x_noisy, sigma, sigma_data).float()  # D(x; sigma): (B, C, H, W)
-    terms = {"diffusion": edm_denoising_loss(denoised, x0.float(), sigma, sigma_data).mean()}
-    if fourier is not None or wavelet is not None:
-        weights = regularizer_weights(edm_snr(sigma), weighting, snr_gamma)  # (B,)
-        terms.update(spectral_regularizer_terms(denoised, x0.float(), weights, fourier, wavelet))
-    return terms
-
-
-def total_loss(terms: dict[str, torch.Tensor], fourier_weight: float, wavelet_weight: float) -> torch.Tensor:
-    """diffusion + fourier_weight * fourier + wavelet_weight * wavelet (absent terms count 0)."""
-    loss = terms["diffusion"]
-    if "fourier" in terms:
-        loss = loss + fourier_weight * terms["fourier"]
-    if "wavelet" in terms:
-        loss = loss + wavelet_weight * terms["wavelet"]
-    return loss
-
-
-def build_pipeline(args, unet: UNet2DModel):
-    """The pipeline that samples `unet` as trained: `DDPMPipeline` (DDPM schedule) or `EDMPipeline`."""
-    from diffusers import DDPMPipeline
-
-    from ..pipelines.edm_pipeline import EDMPipeline, edm_scheduler
-
-    if args.formulation == "edm":
-        return EDMPipeline(unet=unet, scheduler=edm_scheduler(args.edm_scheduler, sigma_data=EDM_SIGMA_DATA))
-    return DDPMPipeline(
-        unet=unet, scheduler=ddpm_noise_scheduler(args.ddpm_num_steps, args.ddpm_beta_schedule, args.prediction_type)
-    )
-
-
-def sampling_steps(args) -> int:
-    return args.edm_num_inference_steps if args.formulation == "edm" else args.ddpm_num_inference_steps
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Arguments
+# Flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,11 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--edm_p_mean", type=float, default=EDM_P_MEAN, help="EDM: mean of ln(sigma). (%(default)s)")
     g.add_argument("--edm_p_std", type=float, default=EDM_P_STD, help="EDM: std of ln(sigma). (%(default)s)")
     g.add_argument(
-        "--edm_scheduler",
-        type=str,
-        default="euler",
-        choices=EDM_SCHEDULER_KINDS,
-        help="EDM sampler saved in the pipeline.",
+        "--edm_scheduler", type=str, default="euler", choices=EDM_SCHEDULER_KINDS, help="EDM sampler of the pipeline."
     )
     g.add_argument("--edm_num_inference_steps", type=int, default=40, help="EDM sampler steps for validation.")
     add_regularizer_args(parser)
@@ -286,9 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval_batch_size", type=int, default=16, help="Images in the validation grid. (%(default)s)")
     # diffusers' train_unconditional.py defaults
     parser.set_defaults(
-        output_dir="ddpm-model-64", resolution=64, train_batch_size=16, learning_rate=1e-4, lr_scheduler="cosine",
-        lr_warmup_steps=500, adam_weight_decay=1e-6, checkpointing_steps=500, validation_steps=1000,
-    )  # fmt: skip
+        output_dir="ddpm-model-64",
+        resolution=64,
+        train_batch_size=16,
+        learning_rate=1e-4,
+        lr_scheduler="cosine",
+        lr_warmup_steps=500,
+        adam_weight_decay=1e-6,
+        checkpointing_steps=500,
+        validation_steps=1000,
+    )
     return parser
 
 
@@ -316,25 +165,59 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--edm_p_std must be positive, got {args.edm_p_std}.")
     if args.model_config_name_or_path is not None and args.unet_config is not None:
         raise ValueError("Pass either --unet_config or --model_config_name_or_path, not both.")
-    if args.model_config_name_or_path is None:
-        if args.unet_config is None:
-            if args.resolution not in PRESET_BY_RESOLUTION:
-                raise ValueError(
-                    f"no default UNet for --resolution {args.resolution}: pass --unet_config (one of "
-                    f"{sorted(UNET_PRESETS)}) or --model_config_name_or_path."
-                )
-            args.unet_config = PRESET_BY_RESOLUTION[args.resolution]
-        factor = unet_downsampling_factor(args.unet_config)
-        if args.resolution % factor:
-            raise ValueError(
-                f"--resolution {args.resolution} must be a multiple of {factor} for --unet_config {args.unet_config}."
-            )
-    else:
+    if args.model_config_name_or_path is not None:
         config = read_model_config(args.model_config_name_or_path)
-        check_unet_config(
-            config, args.resolution, source=f"--model_config_name_or_path {args.model_config_name_or_path}"
+        source = f"--model_config_name_or_path {args.model_config_name_or_path}"
+        check_unet_config(config, args.resolution, source=source)
+        return args
+    if args.unet_config is None:
+        if args.resolution not in PRESET_BY_RESOLUTION:
+            raise ValueError(
+                f"no default UNet for --resolution {args.resolution}: pass --unet_config (one of "
+                f"{sorted(UNET_PRESETS)}) or --model_config_name_or_path."
+            )
+        args.unet_config = PRESET_BY_RESOLUTION[args.resolution]
+    factor = unet_downsampling_factor(args.unet_config)
+    if args.resolution % factor:
+        raise ValueError(
+            f"--resolution {args.resolution} must be a multiple of {factor} for --unet_config {args.unet_config}."
         )
     return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Formulation and model
+
+
+def ddpm_noise_scheduler(num_steps: int = 1000, beta_schedule: str = "linear", prediction_type: str = "epsilon"):
+    """The training (and DDPM sampling) schedule: diffusers' `DDPMScheduler` with DDPM's betas 1e-4 to 0.02."""
+    from diffusers import DDPMScheduler
+
+    if beta_schedule not in DDPM_BETA_SCHEDULES:
+        raise ValueError(f"--ddpm_beta_schedule must be one of {DDPM_BETA_SCHEDULES}, got {beta_schedule!r}.")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"--prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
+    return DDPMScheduler(num_train_timesteps=num_steps, beta_schedule=beta_schedule, prediction_type=prediction_type)
+
+
+def training_objective(args) -> DiffusionObjective:
+    """DDPM's objective on `ddpm_noise_scheduler`'s schedule, or EDM's with the `--edm_p_*` noise levels."""
+    if args.formulation == "edm":
+        return DiffusionObjective("edm", p_mean=args.edm_p_mean, p_std=args.edm_p_std, sigma_data=EDM_SIGMA_DATA)
+    scheduler = ddpm_noise_scheduler(args.ddpm_num_steps, args.ddpm_beta_schedule, args.prediction_type)
+    return DiffusionObjective(args.prediction_type, scheduler)
+
+
+def build_pipeline(args, unet: UNet2DModel):
+    """The pipeline that samples `unet` as trained: `DDPMPipeline` (DDPM schedule) or `EDMPipeline`."""
+    from diffusers import DDPMPipeline
+
+    from ..pipelines.edm_pipeline import EDMPipeline, edm_scheduler
+
+    if args.formulation == "edm":
+        return EDMPipeline(unet=unet, scheduler=edm_scheduler(args.edm_scheduler, sigma_data=EDM_SIGMA_DATA))
+    scheduler = ddpm_noise_scheduler(args.ddpm_num_steps, args.ddpm_beta_schedule, args.prediction_type)
+    return DDPMPipeline(unet=unet, scheduler=scheduler)
 
 
 def build_model(args) -> UNet2DModel:
@@ -354,25 +237,30 @@ def build_model(args) -> UNet2DModel:
 # Training
 
 
-def train_unconditional(args: argparse.Namespace) -> Path:
+def train_unconditional(args: argparse.Namespace) -> Path | None:
     """Train as `args` (from `parse_args`) says; returns the output (pipeline) folder."""
-    from .data import ImageReader, ImageTransform, load_image_dataset
+    if args.dry_run:
+        return dry_run(args)
+    from ..data.images import ImageReader, ImageTransform
+    from ..data.sources import load_image_dataset
     from .loop import (
         AccumulationWindow,
         compile_model,
+        create_ema,
         learning_settings,
         make_accelerator,
         make_optimizer,
         optimizer_step,
         resume_training,
         save_checkpoint_if_due,
+        step_generator,
         train_dataloader,
     )
 
     # 1. Accelerator, logging, seeds
     start_time = time.time()
-    output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args, "train-unconditional")
+    output_dir, outputs, optimization = Path(args.output_dir), Outputs.of(args), Optimization.of(args)
+    accelerator = make_accelerator("train-unconditional", outputs, optimization, vars(args))
 
     # 2. Data
     dataset = load_image_dataset(
@@ -382,46 +270,43 @@ def train_unconditional(args: argparse.Namespace) -> Path:
         args.resolution, args.center_crop, args.random_flip, seed=args.seed, reduced_decode=args.reduced_jpeg_decode
     )
 
-    # 3. Model, EMA, optimizer, formulation
+    # 3. Model, EMA, optimizer, objective
     unet = build_model(args)
     unet.train()
     compile_model(unet, args.use_torch_compile)
     ema = create_ema(unet, args.ema_decay) if args.use_ema else None
-    objective = None
-    if args.formulation == "ddpm":
-        scheduler = ddpm_noise_scheduler(args.ddpm_num_steps, args.ddpm_beta_schedule, args.prediction_type)
-        objective = DiffusionObjective(args.prediction_type, scheduler)
-    fourier, wavelet = regularizer_settings(args)
-    optimizer, lr_scheduler = make_optimizer(unet.parameters(), args, accelerator)
+    objective, regularizers = training_objective(args), spectral_regularizers(args)
+    optimizer, lr_scheduler = make_optimizer(unet.parameters(), optimization, accelerator)
     model, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
     raw_model = accelerator.unwrap_model(model)
     checkpointer = Checkpointer(
-        accelerator, output_dir, {"unet": model}, {"unet": ema} if ema is not None else None,
-        args.checkpoints_total_limit, settings=learning_settings(args, RESUME_SETTINGS),
-    )  # fmt: skip
-    logger.info(
-        f"UNet {args.unet_config or args.model_config_name_or_path}: "
-        f"{sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M params, {args.resolution} px, "
-        f"{args.formulation}"
-        + (f" ({args.prediction_type})" if objective is not None else "")
-        + f", fourier {args.fourier_weight}, wavelet {args.wavelet_weight}"
+        accelerator,
+        output_dir,
+        {"unet": model},
+        {"unet": ema} if ema is not None else None,
+        args.checkpoints_total_limit,
+        settings=learning_settings(vars(args), RESUME_SETTINGS),
     )
+    parameters = sum(p.numel() for p in raw_model.parameters()) / 1e6
+    logger.info(f"UNet {args.unet_config or args.model_config_name_or_path}: {parameters:.2f}M params, {objective}")
 
     # 4. Resume
     global_step, data_state, guard = resume_training(
         checkpointer, args.resume_from_checkpoint, args.max_nonfinite_steps
     )
-    dataloader = train_dataloader(dataset, ImageReader(transform, args.image_column), args, accelerator, data_state)
+    reader = ImageReader(transform, args.image_column)
+    dataloader = train_dataloader(dataset, reader, accelerator, Loading.of(args), data_state)
     data_iterator = iter(dataloader)
 
     # 5. Loop: one optimizer step = `gradient_accumulation_steps` micro-batches
-    progress = tqdm(total=args.max_train_steps, initial=global_step, desc=f"train {args.formulation}",
-                    disable=not accelerator.is_main_process)  # fmt: skip
+    main = accelerator.is_main_process
+    progress = tqdm(
+        total=args.max_train_steps, initial=global_step, desc=f"train {args.formulation}", disable=not main
+    )
     accumulation = args.gradient_accumulation_steps
     window = AccumulationWindow(accelerator, [model], accumulation)
-    weighting = dict(weighting=args.spectral_timestep_weighting, snr_gamma=args.spectral_snr_gamma)
     logs = {}
     while global_step < args.max_train_steps:
         logs = {}
@@ -431,16 +316,10 @@ def train_unconditional(args: argparse.Namespace) -> Path:
             generator = step_generator(args.seed, global_step, micro_step, accelerator.process_index, x0.device)
             with window.micro_step(micro_step):
                 # 5a. Diffusion loss and the spectral regularisers on the predicted clean image
-                if objective is not None:
-                    terms = ddpm_loss_terms(
-                        model, objective, x0, generator, fourier, wavelet, **weighting, autocast=accelerator.autocast
-                    )
-                else:
-                    terms = edm_loss_terms(
-                        model, x0, generator, fourier, wavelet, **weighting, p_mean=args.edm_p_mean,
-                        p_std=args.edm_p_std, autocast=accelerator.autocast,
-                    )  # fmt: skip
-                terms["loss"] = total_loss(terms, args.fourier_weight, args.wavelet_weight)
+                terms, _ = diffusion_loss_terms(
+                    model, objective, x0, generator, regularizers=regularizers, autocast=accelerator.autocast
+                )
+                terms["loss"] = total_loss(terms, regularizers.weights)
                 window.backward(terms["loss"])
             for name, value in terms.items():
                 logs[name] = logs.get(name, 0.0) + value.detach() / accumulation
@@ -450,20 +329,22 @@ def train_unconditional(args: argparse.Namespace) -> Path:
         global_step += 1
         progress.update(1)
         logs = {k: float(v) for k, v in logs.items()}  # one transfer per optimizer step, for the trackers
-        logs.update(lr=lr_scheduler.get_last_lr()[0], skipped_images=dataloader.counts().get("skipped", 0),
-                    nonfinite_steps=guard.total)  # fmt: skip
+        skipped = dataloader.counts().get("skipped", 0)
+        logs.update(lr=lr_scheduler.get_last_lr()[0], skipped_images=skipped, nonfinite_steps=guard.total)
         progress.set_postfix(loss=f"{logs['loss']:.4f}")
         accelerator.log(logs, step=global_step)
 
         # 5c. Checkpoint and validation samples
-        save_checkpoint_if_due(checkpointer, args, global_step, dataloader, guard)
-        if accelerator.is_main_process and global_step % args.validation_steps == 0:
+        save_checkpoint_if_due(
+            checkpointer, global_step, dataloader, guard, args.checkpointing_steps, args.max_train_steps
+        )
+        if main and global_step % args.validation_steps == 0:
             validate(args, accelerator, raw_model, ema, global_step, output_dir)
     progress.close()
 
     # 6. Final model: EMA weights, pipeline folder, metrics, card, push
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if main:
         if ema is not None:
             ema.copy_to(raw_model.parameters())
         raw_model.eval()
@@ -483,15 +364,17 @@ def validation_samples(args, unet: UNet2DModel, num_images: int, seed: int = 0) 
 
     pipeline = build_pipeline(args, unet)
     pipeline.set_progress_bar_config(disable=True)
+    steps = args.edm_num_inference_steps if args.formulation == "edm" else args.ddpm_num_inference_steps
     batches = pipeline_samples(
-        pipeline, num_images, batch_size=num_images, num_inference_steps=sampling_steps(args), seed=seed,
-        progress=False,
-    )  # fmt: skip
+        pipeline, num_images, batch_size=num_images, num_inference_steps=steps, seed=seed, progress=False
+    )
     return torch.cat(list(batches))
 
 
 def validate(args, accelerator, raw_model, ema, step: int, output_dir: Path) -> Path:
     """Sample a grid with the (EMA) weights; saved as `validation/step-<step>.png` and logged."""
+    from .loop import ema_weights, log_images
+
     raw_model.eval()
     with ema_weights(ema, raw_model):
         images = validation_samples(args, raw_model, args.eval_batch_size)
@@ -503,102 +386,57 @@ def validate(args, accelerator, raw_model, ema, step: int, output_dir: Path) -> 
     return path
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Outputs
-
-
-def _regularizer_description(args) -> str:
-    parts = []
-    if args.fourier_weight > 0:
-        parts.append(f"Fourier amplitude/phase loss (weight {args.fourier_weight:g})")
-    if args.wavelet_weight > 0:
-        parts.append(f"{args.wavelet_levels}-level {args.wavelet} wavelet loss (weight {args.wavelet_weight:g})")
-    if not parts:
-        return "no spectral regulariser"
-    return " and ".join(parts) + f" on the predicted clean image ({args.spectral_timestep_weighting} weighting)"
-
-
-def _sample_code(args, repo_id: str) -> str:
-    if args.formulation == "edm":
-        return (
-            "import torch\n"
-            "from diffusers import DiffusionPipeline\n\n"
-            f'pipe = DiffusionPipeline.from_pretrained("{repo_id}")  # a stock ConsistencyModelPipeline\n'
-            f"images = pipe(batch_size=4, num_inference_steps={args.edm_num_inference_steps}, "
-            "generator=torch.manual_seed(0)).images\n\n"
-            "# the same images with diffusers-spectrum's EDMPipeline (pip install diffusers-spectrum)\n"
-            "from diffusers_spectrum.pipelines.edm_pipeline import EDMPipeline\n\n"
-            f'pipe = EDMPipeline.from_pretrained("{repo_id}")'
-        )
-    return (
-        "import torch\n"
-        "from diffusers import DDIMPipeline, DDIMScheduler, DiffusionPipeline\n\n"
-        f'pipe = DiffusionPipeline.from_pretrained("{repo_id}")  # a stock DDPMPipeline\n'
-        f"images = pipe(batch_size=4, num_inference_steps={args.ddpm_num_steps}, "
-        "generator=torch.manual_seed(0)).images\n\n"
-        "# DDIM, 50 steps, with the same training schedule\n"
-        "ddim = DDIMPipeline(unet=pipe.unet, scheduler=DDIMScheduler.from_config(pipe.scheduler.config))\n"
-        "images = ddim(batch_size=4, num_inference_steps=50, eta=0.0, generator=torch.manual_seed(0)).images"
-    )
-
-
-def unconditional_card(args, repo_id: str, metrics: dict, config: dict) -> ModelCard:
-    """The output folder's model card: the trainer supplies what it knows (formulation, regularisers, how to load,
-    the sampling snippet); `pipelines.model_cards.unconditional_model_card` assembles the card."""
+def write_outputs(args, unet: UNet2DModel, metrics: dict, output_dir: Path) -> Path:
+    """The pipeline folder (stock components), `spectrum_info.json`, `metrics.json`, the card and the push."""
     from ..pipelines.edm_pipeline import edm_scheduler
     from ..pipelines.model_cards import unconditional_model_card
-
-    stock = args.formulation == "ddpm"
-    formulation = (
-        f"DDPM (Ho et al. 2020), {args.prediction_type} prediction, {args.ddpm_num_steps} steps, "
-        f"{args.ddpm_beta_schedule} betas"
-        if stock
-        else f"EDM (Karras et al. 2022): sigma_data {EDM_SIGMA_DATA}, ln sigma ~ N({args.edm_p_mean}, "
-        f"{args.edm_p_std}^2), sampled with {type(edm_scheduler(args.edm_scheduler)).__name__}"
-    )
-    loading = (
-        "It is a stock `DDPMPipeline` folder: plain diffusers loads it."
-        if stock
-        else "`unet/` is a stock `UNet2DModel` and `scheduler/` a stock diffusers EDM scheduler; `model_index.json` "
-        "names the stock `ConsistencyModelPipeline`, whose loop feeds the network EDM's scaled inputs "
-        "(`DDPMPipeline` / `DDIMPipeline` do not call `scale_model_input`), so plain diffusers loads and samples it. "
-        "diffusers-spectrum's `EDMPipeline.from_pretrained` loads the same folder and gives the same images."
-    )
-    description = (
-        f"A `UNet2DModel` ({args.unet_config or 'custom config'}, {args.resolution} px) trained with "
-        f"`diffusers-spectrum` in pixel space: {formulation}; {_regularizer_description(args)}. {loading}"
-    )
-    return unconditional_model_card(
-        repo_id, pipeline_class="DDPMPipeline" if stock else "EDMPipeline", formulation=args.formulation,
-        description=description, sample_code=_sample_code(args, repo_id), config=config, metrics=metrics,
-        training_args=public_args(args), datasets=[args.dataset_name] if args.dataset_name else None,
-        dataset_description=args.dataset_name or args.train_data_dir or "the embedded photos of diffusers-spectrum",
-    )  # fmt: skip
-
-
-def write_outputs(args, unet: UNet2DModel, metrics: dict, output_dir: Path) -> Path:
-    """The pipeline folder (stock components), `spectrum_info.json`, `metrics.json`, the card and the (dry-run)
-    push."""
     from .loop import push_output
 
     pipeline = build_pipeline(args, unet.to("cpu"))
     pipeline.save_pretrained(output_dir, safe_serialization=True)
+    regularizers = spectral_regularizers(args)
     info = {
         "diffusers_spectrum_version": __version__,
         "formulation": args.formulation,
         "prediction_type": args.prediction_type if args.formulation == "ddpm" else "edm",
         "pipeline": type(pipeline).__name__,
         "scheduler": type(pipeline.scheduler).__name__,
-        "regularizers": {"fourier_weight": args.fourier_weight, "wavelet_weight": args.wavelet_weight,
-                         "weighting": args.spectral_timestep_weighting},
+        "regularizers": {
+            "fourier_weight": args.fourier_weight,
+            "wavelet_weight": args.wavelet_weight,
+            "weighting": args.spectral_timestep_weighting,
+        },
         "metrics": metrics,
-    }  # fmt: skip
+    }
     write_json(output_dir / "spectrum_info.json", info)
     write_json(output_dir / "metrics.json", metrics)
-    repo_id = args.hub_model_id or output_dir.resolve().name
-    architecture = {k: unet.config[k] for k in ("sample_size", "block_out_channels", "layers_per_block",
-                                                "down_block_types", "time_embedding_type")}  # fmt: skip
+    keys = ("sample_size", "block_out_channels", "layers_per_block", "down_block_types", "time_embedding_type")
+    architecture = {key: unet.config[key] for key in keys}
     architecture["parameters"] = sum(p.numel() for p in unet.parameters())
-    unconditional_card(args, repo_id, metrics, architecture).save(output_dir / "README.md")
-    push_output(args, output_dir)
+    if args.formulation == "ddpm":
+        formulation = (
+            f"DDPM (Ho et al. 2020), {args.prediction_type} prediction, {args.ddpm_num_steps} steps, "
+            f"{args.ddpm_beta_schedule} betas"
+        )
+    else:
+        sampler = type(edm_scheduler(args.edm_scheduler)).__name__
+        formulation = (
+            f"EDM (Karras et al. 2022): sigma_data {EDM_SIGMA_DATA}, ln sigma ~ N({args.edm_p_mean}, "
+            f"{args.edm_p_std}^2), sampled with {sampler}"
+        )
+    card = unconditional_model_card(
+        args.hub_model_id or output_dir.resolve().name,
+        unet=f"{args.unet_config or 'custom config'}, {args.resolution} px",
+        formulation=args.formulation,
+        formulation_description=formulation,
+        regularizers=regularizers,
+        sample_steps=args.edm_num_inference_steps if args.formulation == "edm" else args.ddpm_num_steps,
+        config=architecture,
+        metrics=metrics,
+        training_args=public_args(args),
+        datasets=[args.dataset_name] if args.dataset_name else None,
+        dataset_description=args.dataset_name or args.train_data_dir or "the embedded photos of diffusers-spectrum",
+    )
+    card.save(output_dir / "README.md")
+    push_output(Outputs.of(args), output_dir)
     return output_dir

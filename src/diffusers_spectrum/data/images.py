@@ -1,19 +1,16 @@
-"""Image data for the trainers: Hub / local / embedded datasets, robust decoding, batching and resumable loaders.
+"""Images: robust decoding, the transform, the stream's reader and plain batches (datasets come from `sources`).
 
-- `load_image_dataset`: a Hub dataset id (streamed), a local image folder or parquet / arrow files, or by default the
-  embedded photo crops (`embedded_dataset_dir`). Image columns are left *undecoded* (bytes + path) so a corrupt file
-  is skipped by the readers below instead of crashing the stream.
 - `ImageTransform`: a dataset cell or PIL image, any mode (grayscale, RGBA, palette, 16-bit, float) -> RGB ->
   resize, crop, flip -> `(3, H, W)` float32 in [-1, 1]; a JPEG at least twice the target size is decoded at 1/2,
   1/4 or 1/8 scale first (libjpeg's DCT scaling). Its randomness is a function of `(seed, epoch, position)`, so a
   resumed run draws the same crops and flips as an uninterrupted one.
 - `ImageReader`: the image decoder of `diffusers_spectrum.data.ResumableStream` (the worker-aware, resumable
   training stream; batches come from `diffusers_spectrum.data.make_dataloader`).
-- `image_batches`: one pass over a dataset as `{"pixel_values", "labels"}` batches (for latent statistics, caching).
+- `image_batches`: one pass over a dataset as `{"pixel_values", "labels"}` batches (for latent statistics, caching);
+  `image_batches_from` the same from a folder, Hub id or the embedded photos, centre-cropped (analysis, evaluation).
 """
 
 import io
-import json
 import logging
 import math
 import os
@@ -21,213 +18,34 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-import datasets
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..data.stream import Position, ResumableStream, SkipExample
-from ..models.checks import check_hub_dataset_reachable, looks_local
+from .sources import open_image_data
+from .stream import Position, ResumableStream, SkipCounter, SkipExample
 
 
 __all__ = [
     "IMAGE_ERRORS",
     "ImageReader",
     "ImageTransform",
-    "SkipCounter",
     "data_image_size",
     "decode_image",
-    "embedded_class_names",
-    "embedded_dataset_dir",
     "image_batches",
-    "load_image_dataset",
+    "image_batches_from",
     "open_image",
-    "open_image_data",
     "to_rgb",
 ]
 
 logger = logging.getLogger(__name__)
 
-_PARQUET_SUFFIXES = (".parquet",)
-_ARROW_SUFFIXES = (".arrow",)
 IMAGE_ERRORS = (OSError, ValueError, TypeError, SyntaxError, Image.DecompressionBombError)  # unreadable: skipped
 _EXIF_ORIENTATION = 0x0112
 
 
-def embedded_dataset_dir() -> Path:
-    """Folder of the embedded photo dataset (112 RGB 64 x 64 crops of scikit-image / scikit-learn photographs).
-
-    A `datasets` imagefolder: PNGs plus `metadata.jsonl` with `label` (index of the source photo) and `source`.
-    Built by `scripts/build_embedded_dataset.py`.
-    """
-    return Path(__file__).resolve().parents[1] / "assets" / "photos"
-
-
-def embedded_class_names() -> list[str]:
-    """Names of the embedded dataset's source photographs, indexed by `label`."""
-    with open(embedded_dataset_dir() / "classes.json", encoding="utf-8") as f:
-        return list(json.load(f))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Loading
-
-
-def scan_folder(path: Path) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Every regular file under `path` (symlinks to regular files included), and the entries that are skipped
-    because they are not: FIFOs, sockets, devices, broken symlinks and symlink loops (`(path, reason)` pairs).
-    Nothing is opened, so a FIFO can never block the loader."""
-    files, skipped = [], []
-    for entry in sorted(path.rglob("*")):
-        try:
-            mode = entry.stat().st_mode  # follows symlinks: ELOOP / ENOENT for loops and dangling links
-        except OSError as error:
-            skipped.append((str(entry), f"{type(error).__name__}: {error.strerror or error}"))
-            continue
-        if stat.S_ISREG(mode):
-            files.append(entry)
-        elif not stat.S_ISDIR(mode):
-            kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device or special file"
-            skipped.append((str(entry), f"not a regular file ({kind})"))
-    return files, skipped
-
-
-def _data_files(path: Path, files: list[Path]) -> tuple[str, list[str]] | None:
-    """`(builder, files)` when `path` is, or directly holds, parquet / arrow files; `None` for an image folder."""
-    files = [path] if path.is_file() else files
-    for builder, suffixes in (("parquet", _PARQUET_SUFFIXES), ("arrow", _ARROW_SUFFIXES)):
-        matches = [str(p) for p in files if p.suffix in suffixes]
-        if matches:
-            return builder, matches
-    if path.is_file():
-        raise ValueError(f"train_data_dir={str(path)!r} is a file but not .parquet or .arrow; pass a folder instead.")
-    return None
-
-
-def load_image_dataset(
-    dataset_name: str | None = None,
-    train_data_dir: str | Path | None = None,
-    split: str = "train",
-    image_column: str = "image",
-    streaming: bool = True,
-    label_column: str | None = None,
-    skip_counter: "SkipCounter | None" = None,
-) -> datasets.IterableDataset | datasets.Dataset:
-    """Open an image dataset, checked to be non-empty and to hold the named columns.
-
-    Args:
-        dataset_name: a Hub dataset id (or anything `datasets.load_dataset` accepts); streamed when `streaming`.
-        train_data_dir: a local image folder (optionally with `metadata.jsonl`), or parquet / arrow file(s).
-        split: the split to read.
-        image_column: the column holding the images.
-        streaming: return a `datasets.IterableDataset` (no full download or conversion) instead of a `Dataset`.
-        label_column: if given, must exist in the dataset.
-        skip_counter: receives the entries of a local folder that are skipped because they are not regular files
-            (FIFOs, sockets, broken symlinks, symlink loops); they are logged either way.
-
-    With both `dataset_name` and `train_data_dir` unset, the embedded photos (`embedded_dataset_dir()`) are used.
-    The image column is cast to `datasets.Image(decode=False)`: readers decode with `decode_image` and skip failures.
-    """
-    if dataset_name is not None and train_data_dir is not None:
-        raise ValueError("Pass either dataset_name or train_data_dir, not both.")
-    # 1. Open
-    if dataset_name is not None:
-        check_hub_dataset_reachable(dataset_name)
-        dataset = datasets.load_dataset(dataset_name, split=split, streaming=streaming)
-        source = f"dataset_name={dataset_name!r}"
-    else:
-        path = Path(train_data_dir) if train_data_dir is not None else embedded_dataset_dir()
-        source = f"train_data_dir={str(path)!r}"
-        if not path.exists():
-            raise FileNotFoundError(f"{source}: no such file or folder; check the path.")
-        regular, skipped = scan_folder(path) if path.is_dir() else ([path], [])
-        for where, reason in skipped:
-            (skip_counter or SkipCounter()).record(where, ValueError(reason))
-        files = _data_files(path, regular)
-        if files is None:
-            if not any(p.name != "metadata.jsonl" for p in regular):
-                raise ValueError(f"{source} is empty: it holds no image files.")
-            data_files = {split: [str(p) for p in regular]}
-            dataset = datasets.load_dataset("imagefolder", data_files=data_files, split=split, streaming=streaming)
-        else:
-            builder, data_files = files
-            dataset = datasets.load_dataset(builder, data_files={split: data_files}, split=split, streaming=streaming)
-
-    # 2. Check the columns and that there is data
-    features = dataset.features
-    if features is not None and image_column not in features:
-        raise ValueError(
-            f"image_column={image_column!r} is not a column of {source}; its columns are {list(features)}. "
-            "Pass --image_column."
-        )
-    if features is not None and label_column is not None and label_column not in features:
-        raise ValueError(
-            f"label_column={label_column!r} is not a column of {source}; its columns are {list(features)}."
-        )
-    if features is not None and isinstance(features[image_column], datasets.Image):
-        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-    empty = len(dataset) == 0 if isinstance(dataset, datasets.Dataset) else next(iter(dataset.take(1)), None) is None
-    if empty:
-        raise ValueError(f"{source} (split {split!r}) is empty: it holds no examples.")
-    return dataset
-
-
-LABEL_COLUMN_CANDIDATES = ("label", "labels", "class", "class_label")
-
-
-def detect_label_column(dataset, label_column: str | None = None, unconditional: bool = False) -> str | None:
-    """The column of integer class labels to use: `label_column` when given (checked by `load_image_dataset`),
-    `None` when `unconditional`, else the first of `label`, `labels`, `class`, `class_label` that the dataset has
-    (a `datasets.ClassLabel` column first). Logs what it found, so an unconditional run is never an accident."""
-    if unconditional:
-        logger.info("labels: none (unconditional)")
-        return None
-    if label_column is not None:
-        logger.info("labels: column %r (as requested)", label_column)
-        return label_column
-    features = dataset.features
-    if features is None:  # a streamed dataset without declared features: look at its first example
-        columns = list(next(iter(dataset.take(1)), {}))
-        class_label_columns = []
-    else:
-        columns = list(features)
-        class_label_columns = [name for name in columns if isinstance(features[name], datasets.ClassLabel)]
-    for name in [*class_label_columns, *[c for c in LABEL_COLUMN_CANDIDATES if c in columns]]:
-        logger.info("labels: found column %r; class-conditional (pass --unconditional to ignore it)", name)
-        return name
-    logger.info("labels: none found (columns %s); every label is 0 (unconditional)", columns)
-    return None
-
-
-def class_names_of(dataset, label_column: str | None) -> dict[int, str] | None:
-    """`{id: name}` from a `datasets.ClassLabel` column, else `None`."""
-    features = getattr(dataset, "features", None)
-    feature = None if features is None or label_column is None else features.get(label_column)
-    if isinstance(feature, datasets.ClassLabel):
-        return dict(enumerate(feature.names))
-    return None
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Decoding and transforms
-
-
-class SkipCounter:
-    """Counts examples skipped because their image could not be read, and logs one line per skip."""
-
-    def __init__(self):
-        self.count = 0
-        self.reasons: list[str] = []
-
-    def record(self, where: str, error: BaseException) -> None:
-        self.count += 1
-        reason = f"{where}: {type(error).__name__}: {error}"
-        if len(self.reasons) < 100:
-            self.reasons.append(reason)
-        logger.warning("skipped unreadable image #%d (%s)", self.count, reason)
-
-    def __repr__(self) -> str:
-        return f"SkipCounter(count={self.count})"
 
 
 def open_image(value) -> Image.Image:
@@ -360,8 +178,13 @@ class ImageTransform:
             if self.num_upsampled in (1, 10, 100) or self.num_upsampled % 1000 == 0:
                 logger.warning(
                     "%d image(s) so far were upsampled %dx or more (this one %dx%d px to %d px): check "
-                    "--resolution against the data", self.num_upsampled, 8, width, height, self.resolution,
-                )  # fmt: skip
+                    "--resolution against the data",
+                    self.num_upsampled,
+                    8,
+                    width,
+                    height,
+                    self.resolution,
+                )
         new_size = (max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale)))
         if box is not None:
             image = image.resize(new_size, Image.Resampling.BICUBIC, box=box, reducing_gap=None)
@@ -447,9 +270,12 @@ def image_batches(
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     skip_counter = SkipCounter() if skip_counter is None else skip_counter
     stream = ResumableStream(
-        dataset, ImageReader(transform, image_column, label_column), shuffle=False, infinite=False,
+        dataset,
+        ImageReader(transform, image_column, label_column),
+        shuffle=False,
+        infinite=False,
         skip_counter=skip_counter,
-    )  # fmt: skip
+    )
     pixels, labels, seen = [], [], 0
     for sample in stream:
         if max_samples is not None and seen >= max_samples:
@@ -468,22 +294,6 @@ def image_batches(
 # Analysis and evaluation batches
 
 
-def open_image_data(data=None, image_column: str = "image", split: str = "train"):
-    """A streamed image dataset from a local folder / files, a Hub id or (``None``) the embedded photos; a path that
-    looks local and does not exist is a `FileNotFoundError` at once, anything else unreadable one `ValueError`
-    naming `data`."""
-    if data is not None and looks_local(data) and not Path(str(data)).exists():
-        raise FileNotFoundError(f"no such folder or file: the dataset path {str(data)!r} does not exist.")
-    if data is None or Path(str(data)).exists():
-        kwargs = {"train_data_dir": data}
-    else:
-        kwargs = {"dataset_name": str(data)}
-    try:
-        return load_image_dataset(**kwargs, split=split, image_column=image_column, streaming=True)
-    except Exception as error:  # datasets raises many kinds (missing repo, offline, bad files); one clear message
-        raise ValueError(f"Could not read the dataset {data!r}: {type(error).__name__}: {error}") from error
-
-
 def data_image_size(data=None, image_column: str = "image", split: str = "train", max_tries: int = 16) -> int:
     """The shorter side in pixels of the first readable image of `data` (as `open_image_data` reads it): the
     resolution at which evaluation neither upsamples nor throws detail away. Raises a `ValueError` naming `data`
@@ -493,7 +303,7 @@ def data_image_size(data=None, image_column: str = "image", split: str = "train"
     for example in dataset.take(max_tries):
         try:
             return min(decode_image(example[image_column]).size)
-        except (OSError, ValueError, TypeError, SyntaxError, Image.DecompressionBombError) as error:
+        except IMAGE_ERRORS as error:
             errors.append(f"{type(error).__name__}: {error}")
     raise ValueError(f"none of the first {max_tries} images of {data!r} could be read ({'; '.join(errors[:3])}).")
 

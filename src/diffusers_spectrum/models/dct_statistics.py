@@ -1,12 +1,13 @@
 """DCTdiff's data statistics of a `DCTTransform`, streamed with flat memory: eta (the global coefficient scale) and
-the per-coefficient entropy weights of the loss, as the authors define them (SPEC.md, "DCT-space diffusion")."""
+the per-coefficient entropy weights of the loss, as the authors define them (Ning et al. 2024,
+"DCTdiff"; their code, forever208/DCTdiff)."""
 
 import math
 from collections.abc import Iterable
 
 import torch
 
-from ..pipelines.dct_transform import PLANES, DCTTransform
+from .dct_transform import PLANES, DCTTransform
 
 
 def _image_batches(images) -> Iterable[torch.Tensor]:

@@ -4,7 +4,7 @@ Models"), for a stock ``diffusers.UNet2DModel``, matched to diffusers' EDM sampl
 - Forward process (variance exploding): ``x = x0 + sigma n``, ``n ~ N(0, I)``.
 - Training noise levels: ``ln sigma ~ N(P_mean, P_std^2)`` with ``P_mean = -1.2``, ``P_std = 1.2`` (Table 1).
 - Preconditioned denoiser (Eq. 7): ``D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x; c_noise(sigma))``
-  with ``sigma_data = 0.5``; the coefficients are :func:`diffusers_spectrum.training.objectives.edm_preconditioning`.
+  with ``sigma_data = 0.5``; the coefficients are :func:`edm_preconditioning`.
 - Loss (Eq. 8): ``lambda(sigma) ||D(x; sigma) - x0||^2`` with ``lambda = (sigma^2 + sigma_data^2) /
   (sigma sigma_data)^2`` (so that ``lambda c_out^2 = 1``: the network's effective target has unit weight).
 
@@ -19,9 +19,8 @@ sampling see the same network inputs.
 
 import torch
 
-from ..models.unet_presets import check_edm_unet
 from ..spectral._checks import compute_dtype, require_4d
-from .objectives import edm_preconditioning, x0_from_edm
+from ._checks import check_pair, checkable, per_sample
 
 
 # Paper defaults (Karras et al. 2022, Table 1, "Ours" column).
@@ -81,13 +80,65 @@ def edm_loss_weight(sigma: torch.Tensor, sigma_data: float = EDM_SIGMA_DATA) -> 
 
 def edm_snr(sigma: torch.Tensor) -> torch.Tensor:
     """SNR = 1 / sigma^2 of ``x0 + sigma n``: the same value as the DDPM SNR ``abar / (1 - abar)`` at
-    ``sigma = sqrt((1 - abar) / abar)``, so :func:`training.objectives.regularizer_weights` applies as is."""
+    ``sigma = sqrt((1 - abar) / abar)``, so :func:`diffusion.objectives.regularizer_weights` applies as is."""
     sigma = torch.as_tensor(sigma)
     return 1.0 / sigma.to(compute_dtype(sigma.dtype)) ** 2
 
 
 # ------------------------------------------------------------------------------------------------
 # The preconditioned denoiser around a stock UNet2DModel.
+
+
+def edm_preconditioning(
+    sigma, sigma_data: float = EDM_SIGMA_DATA
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EDM's (c_skip, c_out, c_in, c_noise) for noise level ``sigma`` (Karras et al. 2022, Table 1).
+
+    c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2), c_in = 1 / sqrt(sigma^2 + sd^2),
+    c_noise = log(sigma) / 4. Shapes follow ``sigma``.
+    """
+    sigma = torch.as_tensor(sigma, dtype=torch.float32)
+    if checkable(sigma) and (sigma <= 0).any():
+        raise ValueError("edm_preconditioning: `sigma` must be positive.")
+    total = sigma**2 + sigma_data**2
+    return sigma_data**2 / total, sigma * sigma_data / total.sqrt(), 1 / total.sqrt(), sigma.log() / 4
+
+
+def x0_from_edm(
+    model_output: torch.Tensor, x_t: torch.Tensor, sigma, sigma_data: float = EDM_SIGMA_DATA
+) -> torch.Tensor:
+    """EDM denoiser D(x; sigma) = c_skip x + c_out F (Karras et al. 2022, Eq. 7); D is the x0 estimate.
+
+    Args:
+        model_output: ``(B, ...)`` raw network output ``F_theta(c_in x, c_noise)``.
+        x_t: ``(B, ...)`` noisy input ``x0 + sigma n`` (unscaled, before ``c_in``).
+        sigma: noise level per sample, ``(B,)`` or a scalar, positive.
+        sigma_data: data standard deviation (0.5 in EDM).
+
+    Returns:
+        ``(B, ...)`` denoised sample in ``model_output``'s dtype.
+    """
+    check_pair(model_output, x_t, "x0_from_edm")
+    sigma = per_sample(sigma, x_t, "x0_from_edm", "sigma")
+    c_skip, c_out, _, _ = edm_preconditioning(sigma.float(), sigma_data)
+    c_skip, c_out = c_skip.to(sigma.dtype), c_out.to(sigma.dtype)
+    x0 = c_skip * x_t.to(sigma.dtype) + c_out * model_output.to(sigma.dtype)
+    return x0.to(model_output.dtype)
+
+
+def check_edm_unet(unet) -> None:
+    """A UNet2DModel can serve as EDM's F only with a sinusoidal ("positional") time embedding.
+
+    ``"fourier"`` takes ``log`` of the timestep (``c_noise`` is negative below sigma = 1) and divides the output by it;
+    ``"learned"`` looks the timestep up as an integer index.
+    """
+    config = getattr(unet, "config", None)
+    embedding = config.get("time_embedding_type", "positional") if config is not None else "positional"
+    if embedding != "positional":
+        raise ValueError(
+            f"EDM needs a UNet2DModel with time_embedding_type='positional' (it receives c_noise = log(sigma) / 4 as "
+            f"its timestep), got {embedding!r}; build it with `build_unet` or set time_embedding_type='positional'."
+        )
 
 
 def _check_sigma_shape(sigma, x: torch.Tensor, func: str) -> None:

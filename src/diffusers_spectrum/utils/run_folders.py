@@ -30,6 +30,7 @@ __all__ = [
     "list_files",
     "record_run_files",
     "remove_recorded_files",
+    "restart_run_folder",
 ]
 
 RUN_MARKER = ".diffusers-spectrum-run.json"
@@ -173,3 +174,22 @@ def remove_recorded_files(folder: str | os.PathLike) -> tuple[list[str], list[st
     marker["files"] = {}
     _write_marker(folder, marker)
     return removed, sorted(list_files(folder))
+
+
+def restart_run_folder(
+    output_dir: str | os.PathLike, command: str, signature: str | None = None
+) -> tuple[Path, set[str]]:
+    """Claim `output_dir` for a run that replaces its earlier output (the demos): `claim_output_dir` (a new or empty
+    folder, or an earlier run of the same command; anything else, a folder from before run records included, is
+    refused), then remove the files the earlier run recorded as its own, so every stage starts fresh while a file the
+    user put there stays (one line says which were kept). Returns the folder and the files present before this run
+    (for `record_run_files`)."""
+    folder = claim_output_dir(output_dir, command, signature)
+    removed, kept = remove_recorded_files(folder)
+    if kept:
+        shown = ", ".join(kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
+        print(
+            f"{folder}: replaced the previous run's {len(removed)} files; kept {len(kept)} it did not write ({shown})",
+            flush=True,
+        )
+    return folder, list_files(folder)

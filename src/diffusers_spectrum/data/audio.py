@@ -1,9 +1,6 @@
-"""Audio data for waveform diffusion: local folders, HF datasets with an `Audio` column, or the embedded sounds;
-robust decoding with `soundfile`, resampling, channel conversion, seeded crops and a resumable loader.
+"""Audio for waveform diffusion: robust decoding with `soundfile`, resampling, channel conversion, seeded crops, the
+stream's reader and plain batches (datasets come from `sources.load_audio_dataset`).
 
-- `load_audio_dataset`: a Hub dataset id (streamed; its audio column cast to `datasets.Audio(decode=False)`, so
-  neither torchcodec nor ffmpeg is needed), a local folder of audio files, or by default the embedded sounds
-  (`embedded_audio_dir`). Non-regular files (FIFOs, sockets, devices) in a folder are left out without being opened.
 - `decode_audio`: a path, raw bytes or an undecoded `{"bytes", "path"}` cell -> `(channels, frames)` float32 and
   the file's sample rate, via libsndfile (WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF, ...).
 - `AudioTransform`: resample to `sample_rate` (polyphase, `scipy.signal.resample_poly`), convert to `channels`
@@ -34,19 +31,15 @@ import os
 import stat
 from pathlib import Path
 
-import datasets
 import numpy as np
 import scipy.signal
 import soundfile
 import torch
 
-from ..data.stream import Position, ResumableStream, SkipExample
-from ..models.checks import check_hub_dataset_reachable
-from .data import SkipCounter
+from .stream import Position, ResumableStream, SkipCounter, SkipExample
 
 
 __all__ = [
-    "AUDIO_EXTENSIONS",
     "AudioReader",
     "AudioSkipCounter",
     "AudioTransform",
@@ -54,96 +47,16 @@ __all__ = [
     "convert_channels",
     "decode_audio",
     "read_clip",
-    "embedded_audio_dir",
-    "list_audio_files",
-    "load_audio_dataset",
     "resample_audio",
     "source_sample_rates",
 ]
 
 logger = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif")
 TOO_SHORT_POLICIES = ("pad", "skip")
 MAX_POLYPHASE_FACTOR = 1000  # larger up/down factors switch to the FFT resampler
 SOURCE_RATE_COUNT = "source_rate_"  # stream count key prefix: clips per source sample rate
 DECODE_ERRORS = (OSError, ValueError, TypeError, RuntimeError)  # soundfile's LibsndfileError is a RuntimeError
-
-
-def embedded_audio_dir() -> Path:
-    """Folder of the embedded sounds: 16 kHz mono FLAC clips (speech synthesised with CMU Flite and desktop sounds
-    of the freedesktop sound theme), with provenance and licence per file in `metadata.jsonl`. Built by
-    `scripts/build_embedded_audio.py`."""
-    return Path(__file__).resolve().parent.parent / "assets" / "audio"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Loading
-
-
-def list_audio_files(folder: str | Path) -> list[Path]:
-    """Sorted regular files under `folder` (recursively) with an audio extension; FIFOs and other non-regular files
-    are left out with a warning (they are never opened, so a FIFO cannot block)."""
-    files, irregular = [], []
-    for path in sorted(Path(folder).rglob("*")):
-        if path.suffix.lower() not in AUDIO_EXTENSIONS:
-            continue
-        (files if path.is_file() else irregular).append(path)  # is_file(): a regular file (after symlinks)
-    for path in irregular:
-        if not path.is_dir():
-            logger.warning("skipped %s: not a regular file", path)
-    return files
-
-
-def load_audio_dataset(
-    dataset_name: str | None = None,
-    train_data_dir: str | Path | None = None,
-    split: str = "train",
-    audio_column: str = "audio",
-    streaming: bool = True,
-) -> datasets.IterableDataset | datasets.Dataset:
-    """Open an audio dataset whose `audio_column` holds undecoded `{"bytes", "path"}` cells, checked to be non-empty.
-
-    Args:
-        dataset_name: a Hub dataset id (or anything `datasets.load_dataset` accepts); streamed when `streaming`.
-        train_data_dir: a local folder of audio files (`AUDIO_EXTENSIONS`, searched recursively).
-        split: the split to read from `dataset_name`.
-        audio_column: the column holding the audio (`--audio_column`); a local folder gets this column name.
-        streaming: for `dataset_name`, return a `datasets.IterableDataset` instead of downloading everything.
-
-    With both unset, the embedded sounds (`embedded_audio_dir()`) are used. A local folder becomes an in-memory
-    `datasets.Dataset` of file paths (cheap; shuffled by permutation).
-    """
-    if dataset_name is not None and train_data_dir is not None:
-        raise ValueError("Pass either dataset_name or train_data_dir, not both.")
-    if dataset_name is None:
-        path = Path(train_data_dir) if train_data_dir is not None else embedded_audio_dir()
-        source = f"train_data_dir={str(path)!r}"
-        if not path.is_dir():
-            raise ValueError(f"{source} is not a folder; pass a folder of {'/'.join(AUDIO_EXTENSIONS)} files.")
-        files = list_audio_files(path)
-        if not files:
-            raise ValueError(f"{source} holds no audio files (looked for {', '.join(AUDIO_EXTENSIONS)}).")
-        cells = [{"bytes": None, "path": str(file)} for file in files]
-        return datasets.Dataset.from_dict({audio_column: cells}).cast_column(
-            audio_column, datasets.Audio(decode=False)
-        )
-
-    check_hub_dataset_reachable(dataset_name)
-    dataset = datasets.load_dataset(dataset_name, split=split, streaming=streaming)
-    source = f"dataset_name={dataset_name!r}"
-    features = dataset.features
-    if features is not None and audio_column not in features:
-        raise ValueError(
-            f"audio_column={audio_column!r} is not a column of {source}; its columns are {list(features)}. "
-            "Pass --audio_column."
-        )
-    if features is not None and isinstance(features[audio_column], datasets.Audio):
-        dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))  # no torchcodec / ffmpeg needed
-    empty = len(dataset) == 0 if isinstance(dataset, datasets.Dataset) else next(iter(dataset.take(1)), None) is None
-    if empty:
-        raise ValueError(f"{source} (split {split!r}) is empty: it holds no examples.")
-    return dataset
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -153,12 +66,8 @@ def load_audio_dataset(
 class AudioSkipCounter(SkipCounter):
     """Counts examples skipped because their audio could not be used, and logs one line per skip."""
 
-    def record(self, where: str, error: BaseException) -> None:
-        self.count += 1
-        reason = f"{where}: {type(error).__name__}: {error}"
-        if len(self.reasons) < 100:
-            self.reasons.append(reason)
-        logger.warning("skipped unusable audio #%d (%s)", self.count, reason)
+    def __init__(self):
+        super().__init__("unusable audio")
 
 
 def _read_path(path: str | Path) -> tuple[np.ndarray, int]:
@@ -347,8 +256,11 @@ class AudioTransform:
                 "upsampling %d Hz audio to %d Hz: its bands above %d Hz are empty (no content, only the resampler's "
                 "roll-off), so spectra and slopes over them describe silence; pass --sample_rate %d or lower to keep "
                 "to the recorded band.",
-                source_rate, self.sample_rate, source_rate // 2, source_rate,
-            )  # fmt: skip
+                source_rate,
+                self.sample_rate,
+                source_rate // 2,
+                source_rate,
+            )
 
     def resampling_summary(self) -> str:
         """One line: clips per source rate, and how many were resampled to `sample_rate`."""

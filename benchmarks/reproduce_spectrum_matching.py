@@ -1039,10 +1039,10 @@ def kl_convention(s: dict) -> dict:
             "kl_weight": "kl_weight: 0.0 in the config, with the comment 'set 0.000001 for SDVAE'",
             "pixelwise_average": "the config's pixelwise_average: True is not read by the trainer",
         },
-        "ours": "training/vae.py autoencoder_loss: reconstruction_loss(...) per sample = mean over channels and "
-        "pixels, "
-        "then .mean() over the batch; the KL is diffusers' DiagonalGaussianDistribution.kl() (0.5 * sum over latent "
-        "elements of mean^2 + var - 1 - logvar, per sample), .mean() over the batch, times --kl_weight: the same "
+        "ours": "losses/autoencoder_objective.py autoencoder_loss: reconstruction_loss(...) per sample = mean over "
+        "channels and pixels, then .mean() over the batch; the KL is diffusers' DiagonalGaussianDistribution.kl() "
+        "(0.5 * sum over latent elements of mean^2 + var - 1 - logvar, per sample), .mean() over the batch, times "
+        "--kl_weight: the same "
         "reduction as the authors'",
         "matches_authors": True,
         "pixels_per_image": pixels,

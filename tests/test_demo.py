@@ -54,10 +54,13 @@ def test_a_non_editable_install_runs_the_demo_from_another_folder(tmp_path):
     """`pip install .` (a built wheel, not editable) into a fresh venv, then the demo from an unrelated folder: the
     package must not need the repository's examples/ or any file outside the wheel.
 
-    The wheel is built offline by the test environment's own pip and setuptools (the venv has no pip of its own, so
-    it uses theirs; `.[test]` pins setuptools >= 70.1, which builds wheels itself, as pyproject.toml declares), with
-    any installed `wheel` package shadowed by setuptools' own vendored copy: what a fresh machine without `wheel`
-    has."""
+    The wheel is built offline by the test environment's own pip and setuptools (the venv has no pip and no packages
+    of its own: the test environment's site-packages come in through PYTHONPATH, where `.pth` files, such as the
+    editable install's, are not read; `.[test]` pins setuptools >= 70.1, which builds wheels itself, as
+    pyproject.toml declares), with any installed `wheel` package shadowed by setuptools' own vendored copy: what a
+    fresh machine without `wheel` has. Nothing comes from the interpreter the test environment was made from."""
+    import sysconfig
+
     import setuptools
 
     vendored = Path(setuptools.__file__).parent / "_vendor" / "wheel"
@@ -66,7 +69,8 @@ def test_a_non_editable_install_runs_the_demo_from_another_folder(tmp_path):
     shadow.mkdir()
     (shadow / "wheel").symlink_to(vendored, target_is_directory=True)
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    test_site = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     python = venv / "bin" / "python"
     build = tmp_path / "build"
     built = subprocess.run(
@@ -87,12 +91,13 @@ def test_a_non_editable_install_runs_the_demo_from_another_folder(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "PYTHONPATH": str(shadow)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow), *test_site])},
     )
     assert built.returncode == 0, built.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(build), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    path = os.pathsep.join([str(build), *test_site])
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     code = (
         "import sys, diffusers_spectrum, diffusers_spectrum.cli as c; "
         f"assert diffusers_spectrum.__file__.startswith({str(build)!r}), diffusers_spectrum.__file__; "

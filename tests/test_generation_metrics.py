@@ -404,7 +404,12 @@ def test_feature_net_trains_caches_and_standardises(tmp_path, embedded_crops):
     from diffusers_spectrum.evaluation.study_metrics import GenerationMetricSuite, embedded_photos
 
     photos = embedded_photos()[:24]
+    (tmp_path / "net.partial").mkdir()  # a user's folder with the name an older version used for its unfinished save
+    (tmp_path / "net.partial" / "mine.txt").write_text("not ours")
     net = feature_net_for(tmp_path / "net", photos, steps=40, batch_size=16)
+    assert (tmp_path / "net.partial" / "mine.txt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net", "net.partial"]  # the save's own folder was renamed
+    assert oct((tmp_path / "net").stat().st_mode & 0o777) == oct(0o755)
     first, last = net.training_losses
     assert last < first  # the autoencoder learns
     again = feature_net_for(tmp_path / "net", photos, steps=40, batch_size=16)  # loaded, not retrained

@@ -43,7 +43,7 @@ The blur check in `evaluation.study_metrics` then says, per sample count, whethe
 import hashlib
 import json
 import os
-import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -310,8 +310,10 @@ def feature_net_for(folder: str | Path, images: torch.Tensor, progress: bool = F
     start, cpu_start = time.perf_counter(), time.process_time()
     net = train_feature_net(images, progress=progress, **settings)
     cpu_seconds = time.process_time() - cpu_start
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # our own leftover from an interrupted save
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh hidden folder beside the target (never one that already exists): renamed into place when complete
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    partial.chmod(0o755)  # mkdtemp makes it private
     net.save_pretrained(partial)
     objective = _OBJECTIVES[settings["loss"]]
     if settings["noise_std"] > 0:

@@ -195,10 +195,10 @@ def test_fourier_texture_term_is_a_perceptual_option_of_the_vae_trainer_and_trai
         ]
     )
     assert args.perceptual_weight == 0.5  # the recipe's LPIPS weight applies to the stand-in
-    perceptual = setup.build_perceptual(args)
+    perceptual = setup.PerceptualLoss.of(args).build()
     assert isinstance(perceptual, FourierAmplitudeLoss)
     torch.manual_seed(0)
-    model = setup.build_model(args)
+    model = setup.AutoencoderModel.of(args).build()
     out = setup.VAETrainingModule(model)(torch.rand(2, 3, 32, 32) * 2 - 1, generator=torch.Generator().manual_seed(0))
     weights = dataclasses.replace(setup.loss_weights(args), reconstruction_weight=0.0, kl_weight=0.0)
     loss, terms = autoencoder_loss(out, weights, perceptual)
@@ -233,7 +233,7 @@ def test_kl_and_reconstruction_are_reduced_as_the_authors_reduce_them():
         ]
     )
     torch.manual_seed(0)
-    model = setup.build_model(args)
+    model = setup.AutoencoderModel.of(args).build()
     images = torch.rand(3, 3, 32, 32) * 2 - 1
     out = setup.VAETrainingModule(model)(images, generator=torch.Generator().manual_seed(0))
     loss, terms = autoencoder_loss(out, setup.loss_weights(args))

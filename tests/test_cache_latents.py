@@ -17,6 +17,7 @@ from diffusers_spectrum.data.sources import embedded_dataset_dir, load_image_dat
 from diffusers_spectrum.models import SpectrumAutoencoderKL
 from diffusers_spectrum.training import latent_cache
 from diffusers_spectrum.training.latent_cache import write_latent_cache
+from diffusers_spectrum.utils.records import public_args
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -256,7 +257,15 @@ def test_cache_push_dry_run_writes_dataset_card_and_lists_files(tmp_path, image_
         ]
     )
     info = script.cache_latents(args)
-    uploaded = script.push_cache_to_hub(args, info)
+    uploaded = script.push_cache_to_hub(
+        args.output_dir,
+        info,
+        public_args(args),
+        repo_id=args.hub_model_id,
+        dataset_name=args.dataset_name,
+        vae=args.pretrained_vae,
+        dry_run=True,
+    )
     assert "cache_info.json" in uploaded and "README.md" in uploaded and "data/train-00000.parquet" in uploaded
     from huggingface_hub import DatasetCard
 

@@ -13,7 +13,8 @@ from accelerate import Accelerator
 from diffusers import AutoencoderKL, DiffusionPipeline
 
 from diffusers_spectrum.training import cache, dit
-from diffusers_spectrum.training.dit_data import DiTData
+from diffusers_spectrum.training.args import Loading
+from diffusers_spectrum.training.dit_data import DiTData, DiTDataSettings
 
 
 FAMILIES = {
@@ -99,7 +100,7 @@ def test_cache_dit_inputs_and_export_keep_the_family_latent_convention(name, tmp
     ]
     args = dit.parse_args(["--output_dir", str(tmp_path / "dit"), *common])
     accelerator = Accelerator(cpu=True)
-    source = DiTData(args, accelerator.device)
+    source = DiTData(DiTDataSettings.of(args), Loading.of(args), accelerator.device)
     batch = next(iter(source.dataloader(accelerator, None)))
     inputs = source.prepare(batch, torch.Generator().manual_seed(0), (4, 4))
     raw = batch["latents"]  # (B, C, 8, 8) posterior means

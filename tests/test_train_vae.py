@@ -71,7 +71,7 @@ def test_every_enabled_loss_moves_the_weights_it_should(script, tiny_dinov2):
         ["--vae_config", "tiny", "--resolution", "32", "--dsm_levels", "0,8", "--esm_weight", "0"]
     )
     torch.manual_seed(0)
-    vae = script.build_model(args)
+    vae = script.AutoencoderModel.of(args).build()
     module = script.VAETrainingModule(vae)
     discriminator = NLayerDiscriminator(base_channels=8, num_layers=2)
     perceptual = FeaturePerceptualLoss(tiny_dinov2)

@@ -49,7 +49,7 @@ def photo_folder(tmp_path_factory):
 def _tiny_vae(seed=0):
     torch.manual_seed(seed)
     args = script.parse_args(["--vae_config", "tiny", "--resolution", "32", "--dsm_levels", "0", "--esm_weight", "0"])
-    return script.build_model(args).eval(), args
+    return script.AutoencoderModel.of(args).build().eval(), args
 
 
 def _avgpool2_rot90(x: torch.Tensor, k: int) -> np.ndarray:
@@ -128,7 +128,7 @@ def test_patchgan_minimum_size_and_the_guard_that_skips_gan_and_lpips_below_it()
 def test_eq_vae_transforms_depend_on_the_step_only():
     args = script.parse_args(["--recipe", "eq-vae", "--perceptual_loss", "none", "--resolution", "32"])
     images = torch.zeros(1, 3, 32, 32)
-    sample = script.equivariance_sampler(args)
+    sample = script.Equivariance.of(args).sampler()
     latent_size = (images.shape[-2] // 4, images.shape[-1] // 4)
     draws = [sample(script.transform_generator(0, step, 0), latent_size) for step in range(40)]
     again = [sample(script.transform_generator(0, step, 0), latent_size) for step in range(40)]

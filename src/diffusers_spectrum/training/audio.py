@@ -52,6 +52,8 @@ from .checkpointing import Checkpointer
 if TYPE_CHECKING:
     from diffusers import UNet1DModel
 
+    from ..diffusion.loss import SpectralRegularizers
+
 
 __all__ = ["build_parser", "parse_args", "train_audio"]
 
@@ -144,19 +146,19 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def build_model(args) -> UNet1DModel:
-    """The preset UNet1DModel, or `--pretrained_unet` checked against the clips and configured for them."""
+def build_model(
+    unet_config: str, pretrained_unet: str | None, sample_size: int, sample_rate: int, channels: int
+) -> UNet1DModel:
+    """The preset UNet1DModel, or `pretrained_unet` checked against the clips and configured for them."""
     from diffusers import UNet1DModel
 
-    if args.pretrained_unet is None:
-        return build_audio_unet(args.unet_config, args.sample_size, args.sample_rate, args.channels)
-    model = UNet1DModel.from_pretrained(args.pretrained_unet)
-    if model.config.in_channels != args.channels:
-        raise ValueError(
-            f"--pretrained_unet has {model.config.in_channels} channels but --channels is {args.channels}."
-        )
-    check_sample_size(model, args.sample_size)
-    model.register_to_config(sample_size=args.sample_size, sample_rate=args.sample_rate)
+    if pretrained_unet is None:
+        return build_audio_unet(unet_config, sample_size, sample_rate, channels)
+    model = UNet1DModel.from_pretrained(pretrained_unet)
+    if model.config.in_channels != channels:
+        raise ValueError(f"--pretrained_unet has {model.config.in_channels} channels but --channels is {channels}.")
+    check_sample_size(model, sample_size)
+    model.register_to_config(sample_size=sample_size, sample_rate=sample_rate)
     return model
 
 
@@ -190,7 +192,7 @@ def train_audio(args: argparse.Namespace) -> Path | None:
     accelerator = make_accelerator("train-audio", outputs, optimization, vars(args))
 
     # 2. Model, EMA, optimizer, objective
-    model = build_model(args)
+    model = build_model(args.unet_config, args.pretrained_unet, args.sample_size, args.sample_rate, args.channels)
     model.train()
     compile_model(model, args.use_torch_compile)
     ema = create_ema(model, args.ema_decay) if args.use_ema else None
@@ -272,7 +274,8 @@ def train_audio(args: argparse.Namespace) -> Path | None:
             checkpointer, global_step, dataloader, guard, args.checkpointing_steps, args.max_train_steps
         )
         if main and global_step % args.validation_steps == 0:
-            validate(args, accelerator, raw_model, ema, global_step, output_dir)
+            clips = (args.num_validation_samples, args.validation_inference_steps, args.sample_rate)
+            validate(accelerator, raw_model, ema, *clips, global_step, output_dir)
     progress.close()
 
     # 5. Final model: EMA weights, stock pipeline export, card, push
@@ -295,7 +298,17 @@ def train_audio(args: argparse.Namespace) -> Path | None:
         )
         rates = metrics["source_sample_rates"]
         logger.info(f"audio read: clips per source sample rate {rates} (resampled to {args.sample_rate} Hz)")
-        result = write_outputs(args, raw_model, metrics, output_dir)
+        result = write_outputs(
+            raw_model,
+            metrics,
+            outputs,
+            public_args(args),
+            regularizers,
+            unet_config=args.unet_config,
+            sample_rate=args.sample_rate,
+            dataset_name=args.dataset_name,
+            dataset_description=args.dataset_name or args.train_data_dir or EMBEDDED_SOUNDS,
+        )
         logger.info(f"final metrics: {metrics}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -303,9 +316,11 @@ def train_audio(args: argparse.Namespace) -> Path | None:
 
 
 @torch.no_grad()
-def validate(args, accelerator, raw_model, ema, step: int, output_dir: Path) -> list[Path]:
-    """Generate validation clips with the (EMA) weights: WAVs and a spectrogram PNG in `validation/`, and both in
-    tensorboard (`add_audio`, a figure)."""
+def validate(
+    accelerator, raw_model, ema, num_clips: int, inference_steps: int, sample_rate: int, step: int, output_dir: Path
+) -> list[Path]:
+    """Generate `num_clips` validation clips with the (EMA) weights: WAVs and a spectrogram PNG in `validation/`, and
+    both in tensorboard (`add_audio`, a figure)."""
     from ..evaluation.plotting import spectrogram_figure
     from ..pipelines.audio import audio_pipeline, generate_audio, write_wavs
     from .loop import ema_weights, log_audio, log_figure
@@ -313,42 +328,55 @@ def validate(args, accelerator, raw_model, ema, step: int, output_dir: Path) -> 
     raw_model.eval()
     with ema_weights(ema, raw_model):
         pipe = audio_pipeline(raw_model)
-        clips = generate_audio(pipe, args.num_validation_samples, args.validation_inference_steps, seed=0)
+        clips = generate_audio(pipe, num_clips, inference_steps, seed=0)
     raw_model.train()
     folder = output_dir / "validation"
-    paths = write_wavs(clips, args.sample_rate, folder, prefix=f"step-{step:07d}")
-    figure = spectrogram_figure(clips, args.sample_rate, title=f"step {step}")
+    paths = write_wavs(clips, sample_rate, folder, prefix=f"step-{step:07d}")
+    figure = spectrogram_figure(clips, sample_rate, title=f"step {step}")
     figure.savefig(folder / f"step-{step:07d}-spectrogram.png", dpi=90)
     log_figure(accelerator, "validation/spectrograms", figure, step)
-    log_audio(accelerator, "validation/audio", clips, args.sample_rate, step)
+    log_audio(accelerator, "validation/audio", clips, sample_rate, step)
     return paths
 
 
-def write_outputs(args, model: UNet1DModel, metrics: dict, output_dir: Path) -> Path:
-    """Save the stock `DanceDiffusionPipeline` (UNet + IPNDMScheduler + card), metrics.json, and push."""
+def write_outputs(
+    model: UNet1DModel,
+    metrics: dict,
+    outputs: Outputs,
+    training_args: dict,
+    regularizers: SpectralRegularizers,
+    *,
+    unet_config: str,
+    sample_rate: int,
+    dataset_name: str | None,
+    dataset_description: str,
+) -> Path:
+    """Save the stock `DanceDiffusionPipeline` (UNet + IPNDMScheduler + card) in `<outputs.output_dir>/pipeline`,
+    metrics.json, and push. `training_args`: the flags as the card shows them (`records.public_args`)."""
     from ..pipelines.audio import audio_pipeline
     from ..pipelines.model_cards import audio_pipeline_model_card, regularizer_description
     from .loop import push_output
 
+    output_dir = Path(outputs.output_dir)
     pipeline_dir = output_dir / "pipeline"
     audio_pipeline(model.to("cpu")).save_pretrained(pipeline_dir, safe_serialization=True)
     parameters = sum(p.numel() for p in model.parameters()) / 1e6
     components = {
-        "unet": f"UNet1DModel {args.unet_config} ({parameters:.2f}M params, {args.channels} channel(s), "
-        f"{args.sample_size} samples at {args.sample_rate} Hz)",
+        "unet": f"UNet1DModel {unet_config} ({parameters:.2f}M params, {model.config.in_channels} channel(s), "
+        f"{model.config.sample_size} samples at {sample_rate} Hz)",
         "scheduler": "IPNDMScheduler (v-objective, alpha = cos(pi t / 2), sigma = sin(pi t / 2))",
-        "regularisers": regularizer_description(spectral_regularizers(args), "the predicted clean waveform"),
+        "regularisers": regularizer_description(regularizers, "the predicted clean waveform"),
     }
     card = audio_pipeline_model_card(
-        args.hub_model_id or output_dir.resolve().name,
-        training_args=public_args(args),
+        outputs.hub_model_id or output_dir.resolve().name,
+        training_args=training_args,
         metrics=metrics,
         components=components,
-        datasets=[args.dataset_name] if args.dataset_name else None,
-        dataset_description=args.dataset_name or args.train_data_dir or EMBEDDED_SOUNDS,
-        sample_rate=args.sample_rate,
+        datasets=[dataset_name] if dataset_name else None,
+        dataset_description=dataset_description,
+        sample_rate=sample_rate,
     )
     card.save(pipeline_dir / "README.md")
     write_json(output_dir / "metrics.json", metrics)
-    push_output(Outputs.of(args), pipeline_dir)
+    push_output(outputs, pipeline_dir)
     return pipeline_dir

@@ -55,20 +55,26 @@ def id2label_for(label_column: str | None, class_names_file: str | None, dataset
     return class_names_of(dataset, label_column)
 
 
-def push_cache_to_hub(args, info: dict, resolved: dict | None = None) -> list[str]:
-    """Write the dataset card and upload the folder as a dataset repo (or list the files with `--hub_dry_run`).
-    `resolved`: the flags to record (default: `args`)."""
+def push_cache_to_hub(
+    output_dir: str | Path,
+    info: dict,
+    training_args: dict,
+    *,
+    repo_id: str | None = None,
+    dataset_name: str | None = None,
+    vae: str | None = None,
+    token: str | None = None,
+    dry_run: bool = False,
+) -> list[str]:
+    """Write the dataset card of the cache in `output_dir` and upload the folder as a dataset repo `repo_id`
+    (default: the folder's name), or list the files with `dry_run`. `training_args`: the flags the card records
+    (`records.public_args`); `dataset_name` / `vae`: the source dataset and the VAE that encoded it."""
     from ..pipelines.model_cards import latent_cache_card, push_folder_to_hub
 
-    repo_id = args.hub_model_id or Path(args.output_dir).name
-    flags = public_args(resolved or args)
-    card = latent_cache_card(
-        repo_id, info, training_args=flags, source_datasets=args.dataset_name, vae=args.pretrained_vae
-    )
-    card.save(str(Path(args.output_dir) / "README.md"))
-    return push_folder_to_hub(
-        args.output_dir, repo_id, repo_type="dataset", token=args.hub_token, dry_run=args.hub_dry_run
-    )
+    repo_id = repo_id or Path(output_dir).name
+    card = latent_cache_card(repo_id, info, training_args=training_args, source_datasets=dataset_name, vae=vae)
+    card.save(str(Path(output_dir) / "README.md"))
+    return push_folder_to_hub(output_dir, repo_id, repo_type="dataset", token=token, dry_run=dry_run)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -264,6 +270,15 @@ def cache_latents(args: argparse.Namespace) -> dict:
 
     # 3. Publish
     if args.push_to_hub:
-        uploaded = push_cache_to_hub(args, info, resolved)
+        uploaded = push_cache_to_hub(
+            args.output_dir,
+            info,
+            public_args(resolved),
+            repo_id=args.hub_model_id,
+            dataset_name=args.dataset_name,
+            vae=args.pretrained_vae,
+            token=args.hub_token,
+            dry_run=args.hub_dry_run,
+        )
         logger.info("%s %d files", "would upload" if args.hub_dry_run else "uploaded", len(uploaded))
     return info

@@ -16,7 +16,6 @@ import logging
 import time
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from ..diffusion.loss import diffusion_loss_terms, total_loss
@@ -25,9 +24,9 @@ from ..losses.dct import dct_weighted_mse
 from ..losses.repa import repa_term
 from ..models.presets import DIT_PRESETS, build_transformer
 from ..utils.flags import add_flags
-from ..utils.images import image_grid
-from ..utils.records import public_args, write_json
+from ..utils.records import public_args
 from .args import (
+    Loading,
     Optimization,
     Outputs,
     add_data_args,
@@ -42,6 +41,7 @@ from .args import (
     spectral_regularizers,
 )
 from .checkpointing import Checkpointer
+from .dit_outputs import validate, write_outputs
 
 
 __all__ = ["REPA_LOSS_WEIGHTS", "REPA_TARGET_FILTERS", "build_parser", "parse_args", "train_dit"]
@@ -235,9 +235,9 @@ def train_dit(args: argparse.Namespace) -> Path | None:
     if args.dry_run:
         return dry_run(args)
     from ..models.dit_repa import REPADiTTransformer2DModel, default_repa_depth, drop_labels
-    from ..pipelines.schedulers import matching_objective
+    from ..pipelines.schedulers import matching_objective, matching_scheduler
     from . import loop
-    from .dit_data import DiTData
+    from .dit_data import DiTData, DiTDataSettings
 
     # 1. Accelerator, logging, seeds
     start_time = time.time()
@@ -245,7 +245,7 @@ def train_dit(args: argparse.Namespace) -> Path | None:
     accelerator = loop.make_accelerator("train-dit", outputs, optimization, vars(args))
 
     # 2. Data: cached latents, a VAE on the fly or DCT space; labels; REPA targets
-    data = DiTData(args, accelerator.device)
+    data = DiTData(DiTDataSettings.of(args), Loading.of(args), accelerator.device)
     channels, side = data.latent_shape[0], data.latent_shape[1]
     use_repa = data.repa != "none"
     resolved = {**vars(args), "repa_targets_resolved": data.repa, "dct_eta": data.dct_eta}
@@ -287,6 +287,7 @@ def train_dit(args: argparse.Namespace) -> Path | None:
     loop.compile_model(model, args.use_torch_compile)
     ema = loop.create_ema(model, args.ema_decay) if args.use_ema else None
     objective, regularizers = matching_objective(args.objective, args.snr_scale), spectral_regularizers(args)
+    scheduler = matching_scheduler(args.objective, args.snr_scale)  # the exported pipeline's sampler
     distance = mean_squared_error  # per sample, as DCTdiff's entropy-weighted MSE in DCT space
     if data.entropy_weights is not None:
         distance = functools.partial(dct_weighted_mse, channel_weights=data.entropy_weights)
@@ -371,7 +372,9 @@ def train_dit(args: argparse.Namespace) -> Path | None:
             checkpointer, global_step, dataloader, guard, args.checkpointing_steps, args.max_train_steps
         )
         if main and global_step % args.validation_steps == 0:
-            validate(args, accelerator, raw_model, ema, data, val_labels, global_step, output_dir)
+            guidance = args.validation_guidance_scale if data.conditional else 1.0
+            sampling = (scheduler, val_labels, args.validation_inference_steps, guidance)
+            validate(accelerator, raw_model, ema, data.decoder(), *sampling, global_step, output_dir)
     progress.close()
 
     # 6. Final model: EMA weights, transformer checkpoint, stock pipeline export, card, push
@@ -384,89 +387,23 @@ def train_dit(args: argparse.Namespace) -> Path | None:
         raw_model.save_pretrained(output_dir / "transformer")
         metrics = {k: v for k, v in logs.items() if k not in ("lr",)}
         metrics.update(global_step=global_step, train_seconds=round(time.time() - start_time, 1))
-        result = write_outputs(args, resolved, raw_model, data, metrics, output_dir)
+        source = args.latent_dataset or args.dataset_name or args.train_data_dir or "the embedded photo crops"
+        result = write_outputs(
+            raw_model,
+            data,
+            scheduler,
+            metrics,
+            outputs,
+            public_args(resolved),
+            objective=args.objective,
+            space=args.space,
+            description=f"DiTTransformer2DModel {args.dit_config}, REPA {data.repa} ({args.repa_target_filter} "
+            "target filter)",
+            repa_target_filter=args.repa_target_filter,
+            dataset_name=args.dataset_name,
+            source=str(source),
+        )
         logger.info(f"final metrics: {metrics}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
-
-
-@torch.no_grad()
-def validate(args, accelerator, raw_model, ema, data, labels, step, output_dir) -> Path:
-    """Sample a validation grid with the (EMA) weights; saved as `validation/step-<step>.png` and logged."""
-    from PIL import Image
-
-    from ..pipelines.sampling import sample_images
-    from ..pipelines.schedulers import matching_scheduler
-    from .loop import ema_weights, log_images
-
-    raw_model.eval()
-    with ema_weights(ema, raw_model):
-        images = sample_images(
-            raw_model,
-            data.decoder(),
-            matching_scheduler(args.objective, args.snr_scale),
-            labels,
-            args.validation_inference_steps,
-            args.validation_guidance_scale if data.conditional else 1.0,
-            seed=0,
-        )
-    raw_model.train()
-    path = output_dir / "validation" / f"step-{step:07d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(images)).save(path)
-    log_images(accelerator, "validation/samples", images, step)
-    return path
-
-
-def write_outputs(args, resolved: dict, model, data, metrics: dict, output_dir: Path) -> Path:
-    """Export the pipeline folder (stock classes; DCT space: the `DCTTransform` in the `vae` slot), metrics.json,
-    card, push. `resolved`: the flags with the values resolved on the data (REPA targets, DCT eta)."""
-    from ..pipelines.export import export_pipeline
-    from ..pipelines.model_cards import pipeline_model_card
-    from ..pipelines.schedulers import matching_scheduler
-    from .loop import push_output
-
-    pipeline_dir = output_dir / "pipeline"
-    scheduler = matching_scheduler(args.objective, args.snr_scale)
-    id2label = data.id2label if data.conditional else None
-    if id2label is None and data.conditional:
-        id2label = {i: f"class_{i}" for i in range(data.num_classes)}
-    source = args.latent_dataset or args.dataset_name or args.train_data_dir or "the embedded photo crops"
-    components = {
-        "vae": f"{type(data.decoder()).__name__} (latents {tuple(data.latent_shape)}, "
-        f"scaling {data.latent_config['scaling_factor']:.4g})",
-        "transformer": f"DiTTransformer2DModel {args.dit_config}, REPA {data.repa} "
-        f"({args.repa_target_filter} target filter)",
-        "scheduler": f"{type(scheduler).__name__} ({args.objective})",
-    }
-    card = pipeline_model_card(
-        args.hub_model_id or output_dir.resolve().name,
-        training_args=public_args(resolved),
-        metrics=metrics,
-        components=components,
-        datasets=[args.dataset_name] if args.dataset_name else None,
-        dataset_description=str(source),
-        id2label=id2label,
-        repa=data.repa != "none",
-    )
-    training_info = {
-        "objective": args.objective,
-        "space": args.space,
-        "repa": data.repa,
-        "repa_target_filter": args.repa_target_filter,
-        "data": str(source),
-        "metrics": metrics,
-    }
-    export_pipeline(
-        pipeline_dir,
-        vae=data.decoder().to("cpu"),
-        transformer=model.to("cpu"),
-        scheduler=scheduler,
-        id2label=id2label,
-        training_info=training_info,
-        model_card=str(card),
-    )
-    write_json(output_dir / "metrics.json", metrics)
-    push_output(Outputs.of(args), pipeline_dir)
-    return pipeline_dir

@@ -1,20 +1,22 @@
 """Where the DiT's diffusion inputs come from, resolved once from its flags: cached latents (`--latent_dataset`),
 images through a VAE, or images in DCT space (DCTdiff); the labels and the REPA targets (cached, computed online by a
-frozen encoder, or none). `DiTData(args, device)` is complete when constructed: the latent convention, shape and
-classes, DCTdiff's eta and entropy weights, the REPA mode and its encoder."""
+frozen encoder, or none). `DiTData(DiTDataSettings.of(args), Loading.of(args), device)` is complete when
+constructed: the latent convention, shape and classes, DCTdiff's eta and entropy weights, the REPA mode and its
+encoder."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from pathlib import Path
 
 import torch
 
-from .args import Loading
+from .args import Loading, _FromFlags
 
 
-__all__ = ["LATENT_CONFIG_KEYS", "DiTData", "standardize_latents"]
+__all__ = ["LATENT_CONFIG_KEYS", "DiTData", "DiTDataSettings", "standardize_latents"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,38 @@ def standardize_latents(
     return latents_from_vae(latents, latent_config)
 
 
+@dataclasses.dataclass(frozen=True)
+class DiTDataSettings(_FromFlags):
+    """Where the DiT's data comes from and how it is read (the trainer's flags of the same names): cached latents or
+    images through a VAE, DCT or pixel space with DCTdiff's settings, labels, crops, and the REPA targets."""
+
+    latent_dataset: str | None
+    pretrained_vae: str | None
+    vae_subfolder: str | None
+    space: str
+    dct_block_size: int
+    dct_num_dropped: int
+    dct_eta: float | None
+    dct_entropy_weights: bool
+    dataset_name: str | None
+    train_data_dir: str | None
+    dataset_split: str
+    image_column: str
+    label_column: str | None
+    unconditional: bool
+    num_classes: int | None
+    streaming: bool
+    no_streaming: bool
+    resolution: int
+    center_crop: bool
+    random_flip: bool
+    reduced_jpeg_decode: bool
+    seed: int
+    repa_targets: str
+    repa_encoder: str | None
+    repa_coeff: float
+
+
 class DiTData:
     """The diffusion inputs `x0` (standardised latents), labels and REPA targets of one DiT run.
 
@@ -59,11 +93,12 @@ class DiTData:
             when `--repa_coeff 0`); `encoder` (online targets) and `repa_target_dim` go with it.
     """
 
-    def __init__(self, args, device):
+    def __init__(self, settings: DiTDataSettings, loading: Loading, device):
         from ..data.latents import read_cache_info
         from ..data.sources import embedded_class_names
 
-        self.args, self.device = args, device
+        args = settings
+        self.settings, self.loading, self.device = settings, loading, device
         self.cache_info, self.vae, self.encoder = None, None, None
         self.id2label = None
         self.dct_eta = self.entropy_weights = None
@@ -104,7 +139,7 @@ class DiTData:
         from ..data.latents import load_latent_dataset
         from .latent_cache import check_cache_against_vae, latent_statistics, warn_if_badly_scaled
 
-        args, settings = self.args, self.cache_info["settings"]
+        args, settings = self.settings, self.cache_info["settings"]
         vae_name = args.pretrained_vae or settings.get("pretrained_vae")
         check_cache_against_vae(settings, self.decoder().config, args.latent_dataset, vae_name)
         sample = load_latent_dataset(args.latent_dataset, streaming=True)
@@ -118,7 +153,7 @@ class DiTData:
         from ..data.sources import load_image_dataset
         from ..models.dct_statistics import estimate_dct_statistics, estimate_entropy_weights
 
-        args, dct = self.args, self.vae
+        args, dct = self.settings, self.vae
         probe = load_image_dataset(args.dataset_name, args.train_data_dir, args.dataset_split, args.image_column)
         batches = list(image_batches(probe, 32, ImageTransform(args.resolution), args.image_column, max_samples=256))
         if args.dct_eta is None:  # the authors' eta and entropy weights
@@ -134,7 +169,7 @@ class DiTData:
     def _resolve_repa(self) -> None:
         from ..models.encoders import RepresentationEncoder
 
-        args = self.args
+        args = self.settings
         cached = self.cache_info is not None and self.cache_info.get("repa_feature_shape") is not None
         mode = args.repa_targets
         if mode == "auto":
@@ -160,7 +195,7 @@ class DiTData:
         from ..models.loading import load_autoencoder
         from ..models.pixel_transform import PixelTransform
 
-        args = self.args
+        args = self.settings
         if args.space == "dct":
             return DCTTransform(block_size=args.dct_block_size, num_dropped=args.dct_num_dropped)
         if args.space == "pixel":
@@ -184,7 +219,7 @@ class DiTData:
         from ..data.sources import load_image_dataset
         from .loop import train_dataloader
 
-        args, loading = self.args, Loading.of(self.args)
+        args, loading = self.settings, self.loading
         if self.cache_info is not None:
             local = Path(args.latent_dataset).exists()
             dataset = load_latent_dataset(args.latent_dataset, streaming=not local or args.streaming)

@@ -14,19 +14,13 @@ import argparse
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from .._version import __version__
-from ..diffusion.edm import EDM_P_MEAN, EDM_P_STD, EDM_SIGMA_DATA, check_edm_unet
+from ..diffusion.edm import EDM_P_MEAN, EDM_P_STD
 from ..diffusion.loss import diffusion_loss_terms, total_loss
-from ..diffusion.objectives import DiffusionObjective
-from ..models.presets import UNET_PRESETS, build_unet, check_unet_config, read_model_config, unet_downsampling_factor
-from ..utils.images import image_grid
-from ..utils.records import public_args, write_json
+from ..models.presets import UNET_PRESETS, check_unet_config, read_model_config, unet_downsampling_factor
+from ..utils.records import public_args
 from .args import (
     Loading,
     Optimization,
@@ -41,18 +35,23 @@ from .args import (
     spectral_regularizers,
 )
 from .checkpointing import Checkpointer
-
-
-if TYPE_CHECKING:
-    from diffusers import UNet2DModel
+from .unconditional_setup import (
+    DDPM_BETA_SCHEDULES,
+    PREDICTION_TYPES,
+    Formulation,
+    build_model,
+    ddpm_noise_scheduler,
+    validate,
+    write_outputs,
+)
 
 
 __all__ = [
     "DDPM_BETA_SCHEDULES",
     "FORMULATIONS",
     "PREDICTION_TYPES",
+    "Formulation",
     "build_parser",
-    "build_pipeline",
     "ddpm_noise_scheduler",
     "parse_args",
     "train_unconditional",
@@ -69,8 +68,6 @@ RESUME_SETTINGS = tuple(
 
 FORMULATIONS = ("ddpm", "edm")
 EDM_SCHEDULER_KINDS = ("euler", "dpmsolver")  # `pipelines.edm_pipeline.EDM_SCHEDULERS` (a test keeps them equal)
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-DDPM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 # --unet_config default per resolution (the DDPM-paper sizes of models.presets)
 PRESET_BY_RESOLUTION = {32: "ddpm-32", 64: "ddpm-64", 256: "ddpm-256"}
 
@@ -186,54 +183,6 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Formulation and model
-
-
-def ddpm_noise_scheduler(num_steps: int = 1000, beta_schedule: str = "linear", prediction_type: str = "epsilon"):
-    """The training (and DDPM sampling) schedule: diffusers' `DDPMScheduler` with DDPM's betas 1e-4 to 0.02."""
-    from diffusers import DDPMScheduler
-
-    if beta_schedule not in DDPM_BETA_SCHEDULES:
-        raise ValueError(f"--ddpm_beta_schedule must be one of {DDPM_BETA_SCHEDULES}, got {beta_schedule!r}.")
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"--prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
-    return DDPMScheduler(num_train_timesteps=num_steps, beta_schedule=beta_schedule, prediction_type=prediction_type)
-
-
-def training_objective(args) -> DiffusionObjective:
-    """DDPM's objective on `ddpm_noise_scheduler`'s schedule, or EDM's with the `--edm_p_*` noise levels."""
-    if args.formulation == "edm":
-        return DiffusionObjective("edm", p_mean=args.edm_p_mean, p_std=args.edm_p_std, sigma_data=EDM_SIGMA_DATA)
-    scheduler = ddpm_noise_scheduler(args.ddpm_num_steps, args.ddpm_beta_schedule, args.prediction_type)
-    return DiffusionObjective(args.prediction_type, scheduler)
-
-
-def build_pipeline(args, unet: UNet2DModel):
-    """The pipeline that samples `unet` as trained: `DDPMPipeline` (DDPM schedule) or `EDMPipeline`."""
-    from diffusers import DDPMPipeline
-
-    from ..pipelines.edm_pipeline import EDMPipeline, edm_scheduler
-
-    if args.formulation == "edm":
-        return EDMPipeline(unet=unet, scheduler=edm_scheduler(args.edm_scheduler, sigma_data=EDM_SIGMA_DATA))
-    scheduler = ddpm_noise_scheduler(args.ddpm_num_steps, args.ddpm_beta_schedule, args.prediction_type)
-    return DDPMPipeline(unet=unet, scheduler=scheduler)
-
-
-def build_model(args) -> UNet2DModel:
-    """A fresh UNet2DModel: the preset, or the config of `--model_config_name_or_path`; checked for the data."""
-    from diffusers import UNet2DModel
-
-    if args.model_config_name_or_path is None:
-        unet = build_unet(args.unet_config, args.resolution)
-    else:  # checked by `resolve_args` (unknown keys, sample size, downsampling)
-        unet = UNet2DModel.from_config(read_model_config(args.model_config_name_or_path))
-    if args.formulation == "edm":
-        check_edm_unet(unet)
-    return unet
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Training
 
 
@@ -271,11 +220,12 @@ def train_unconditional(args: argparse.Namespace) -> Path | None:
     )
 
     # 3. Model, EMA, optimizer, objective
-    unet = build_model(args)
+    formulation = Formulation.of(args)
+    unet = build_model(args.unet_config, args.model_config_name_or_path, args.resolution, formulation.edm)
     unet.train()
     compile_model(unet, args.use_torch_compile)
     ema = create_ema(unet, args.ema_decay) if args.use_ema else None
-    objective, regularizers = training_objective(args), spectral_regularizers(args)
+    objective, regularizers = formulation.objective(), spectral_regularizers(args)
     optimizer, lr_scheduler = make_optimizer(unet.parameters(), optimization, accelerator)
     model, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     if ema is not None:
@@ -339,7 +289,7 @@ def train_unconditional(args: argparse.Namespace) -> Path | None:
             checkpointer, global_step, dataloader, guard, args.checkpointing_steps, args.max_train_steps
         )
         if main and global_step % args.validation_steps == 0:
-            validate(args, accelerator, raw_model, ema, global_step, output_dir)
+            validate(accelerator, formulation, raw_model, ema, args.eval_batch_size, global_step, output_dir)
     progress.close()
 
     # 6. Final model: EMA weights, pipeline folder, metrics, card, push
@@ -350,93 +300,20 @@ def train_unconditional(args: argparse.Namespace) -> Path | None:
         raw_model.eval()
         metrics = {k: v for k, v in logs.items() if k != "lr"}
         metrics.update(global_step=global_step, train_seconds=round(time.time() - start_time, 1))
-        write_outputs(args, raw_model, metrics, output_dir)
+        write_outputs(
+            raw_model,
+            metrics,
+            outputs,
+            public_args(args),
+            formulation,
+            regularizers,
+            unet_description=f"{args.unet_config or 'custom config'}, {args.resolution} px",
+            dataset_name=args.dataset_name,
+            dataset_description=args.dataset_name
+            or args.train_data_dir
+            or "the embedded photos of diffusers-spectrum",
+        )
         logger.info(f"final metrics: {metrics}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return output_dir
-
-
-@torch.no_grad()
-def validation_samples(args, unet: UNet2DModel, num_images: int, seed: int = 0) -> torch.Tensor:
-    """`(num_images, 3, H, W)` samples in [-1, 1] from the pipeline of `unet` (image i seeded `seed + i`)."""
-    from ..pipelines.sampling import pipeline_samples
-
-    pipeline = build_pipeline(args, unet)
-    pipeline.set_progress_bar_config(disable=True)
-    steps = args.edm_num_inference_steps if args.formulation == "edm" else args.ddpm_num_inference_steps
-    batches = pipeline_samples(
-        pipeline, num_images, batch_size=num_images, num_inference_steps=steps, seed=seed, progress=False
-    )
-    return torch.cat(list(batches))
-
-
-def validate(args, accelerator, raw_model, ema, step: int, output_dir: Path) -> Path:
-    """Sample a grid with the (EMA) weights; saved as `validation/step-<step>.png` and logged."""
-    from .loop import ema_weights, log_images
-
-    raw_model.eval()
-    with ema_weights(ema, raw_model):
-        images = validation_samples(args, raw_model, args.eval_batch_size)
-    raw_model.train()
-    path = output_dir / "validation" / f"step-{step:07d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(images)).save(path)
-    log_images(accelerator, "validation/samples", images, step)
-    return path
-
-
-def write_outputs(args, unet: UNet2DModel, metrics: dict, output_dir: Path) -> Path:
-    """The pipeline folder (stock components), `spectrum_info.json`, `metrics.json`, the card and the push."""
-    from ..pipelines.edm_pipeline import edm_scheduler
-    from ..pipelines.model_cards import unconditional_model_card
-    from .loop import push_output
-
-    pipeline = build_pipeline(args, unet.to("cpu"))
-    pipeline.save_pretrained(output_dir, safe_serialization=True)
-    regularizers = spectral_regularizers(args)
-    info = {
-        "diffusers_spectrum_version": __version__,
-        "formulation": args.formulation,
-        "prediction_type": args.prediction_type if args.formulation == "ddpm" else "edm",
-        "pipeline": type(pipeline).__name__,
-        "scheduler": type(pipeline.scheduler).__name__,
-        "regularizers": {
-            "fourier_weight": args.fourier_weight,
-            "wavelet_weight": args.wavelet_weight,
-            "weighting": args.spectral_timestep_weighting,
-        },
-        "metrics": metrics,
-    }
-    write_json(output_dir / "spectrum_info.json", info)
-    write_json(output_dir / "metrics.json", metrics)
-    keys = ("sample_size", "block_out_channels", "layers_per_block", "down_block_types", "time_embedding_type")
-    architecture = {key: unet.config[key] for key in keys}
-    architecture["parameters"] = sum(p.numel() for p in unet.parameters())
-    if args.formulation == "ddpm":
-        formulation = (
-            f"DDPM (Ho et al. 2020), {args.prediction_type} prediction, {args.ddpm_num_steps} steps, "
-            f"{args.ddpm_beta_schedule} betas"
-        )
-    else:
-        sampler = type(edm_scheduler(args.edm_scheduler)).__name__
-        formulation = (
-            f"EDM (Karras et al. 2022): sigma_data {EDM_SIGMA_DATA}, ln sigma ~ N({args.edm_p_mean}, "
-            f"{args.edm_p_std}^2), sampled with {sampler}"
-        )
-    card = unconditional_model_card(
-        args.hub_model_id or output_dir.resolve().name,
-        unet=f"{args.unet_config or 'custom config'}, {args.resolution} px",
-        formulation=args.formulation,
-        formulation_description=formulation,
-        regularizers=regularizers,
-        sample_steps=args.edm_num_inference_steps if args.formulation == "edm" else args.ddpm_num_steps,
-        config=architecture,
-        metrics=metrics,
-        training_args=public_args(args),
-        datasets=[args.dataset_name] if args.dataset_name else None,
-        dataset_description=args.dataset_name or args.train_data_dir or "the embedded photos of diffusers-spectrum",
-    )
-    card.save(output_dir / "README.md")
-    push_output(Outputs.of(args), output_dir)
     return output_dir

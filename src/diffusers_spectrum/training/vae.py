@@ -14,9 +14,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import torch
 from tqdm.auto import tqdm
 
 from ..losses.autoencoder_objective import (
@@ -26,7 +24,7 @@ from ..losses.autoencoder_objective import (
 )
 from ..models.presets import VAE_PRESETS
 from ..utils.flags import add_flags, parse_int_list
-from ..utils.records import public_args, write_json
+from ..utils.records import public_args
 from .args import (
     Loading,
     Optimization,
@@ -44,19 +42,18 @@ from .checkpointing import Checkpointer
 from .vae_setup import (
     DEFAULTS,
     RECIPES,
+    AutoencoderModel,
+    Equivariance,
+    PerceptualLoss,
     VAETrainingModule,
-    build_model,
-    build_perceptual,
-    build_vf_loss,
-    equivariance_sampler,
+    VFAlignment,
+    latent_statistics,
     loss_weights,
     transform_generator,
+    validate,
     vf_features,
+    write_outputs,
 )
-
-
-if TYPE_CHECKING:
-    from ..models.autoencoder_kl_spectral import SpectrumAutoencoderKL
 
 
 __all__ = ["build_parser", "parse_args", "train_vae"]
@@ -253,7 +250,6 @@ def train_vae(args: argparse.Namespace) -> Path | None:
     from ..data.images import ImageReader, ImageTransform, image_batches
     from ..data.sources import load_image_dataset
     from ..data.stream import SkipCounter
-    from ..evaluation.plotting import plot_image_latent_spectra
     from ..evaluation.validation import vae_validation_metrics
     from ..losses.autoencoder import NLayerDiscriminator
     from . import loop
@@ -284,19 +280,19 @@ def train_vae(args: argparse.Namespace) -> Path | None:
     validation_images = validation_batch["pixel_values"].to(accelerator.device)
 
     # 3. Models, losses, optimizers
-    vae = build_model(args)
+    vae = AutoencoderModel.of(args).build()
     if args.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
     vae.train()
     module = loop.compile_model(VAETrainingModule(vae), args.use_torch_compile)
-    perceptual = build_perceptual(args)
+    perceptual = PerceptualLoss.of(args).build()
     if perceptual is not None:
         perceptual.to(accelerator.device)
     use_gan = args.disc_weight > 0
     discriminator = NLayerDiscriminator(3, args.disc_channels, args.disc_layers, args.disc_norm) if use_gan else None
     ema = loop.create_ema(vae, args.ema_decay) if args.use_ema else None
-    vf_encoder, vf_loss = build_vf_loss(args, vae, accelerator.device)
-    weights, sample_transform = loss_weights(args), equivariance_sampler(args)
+    vf_encoder, vf_loss = VFAlignment.of(args).build(vae.config.latent_channels, accelerator.device)
+    weights, sample_transform = loss_weights(args), Equivariance.of(args).sampler()
 
     trained = [*vae.parameters(), *(vf_loss.parameters() if vf_loss is not None else ())]  # VF projector: AE optimiser
     optimizer, lr_scheduler = loop.make_optimizer(trained, optimization, accelerator)
@@ -404,18 +400,7 @@ def train_vae(args: argparse.Namespace) -> Path | None:
             checkpointer, global_step, dataloader, guard, args.checkpointing_steps, args.max_train_steps
         )
         if main and (global_step % args.validation_steps == 0 or global_step == 1):
-            raw_vae.eval()
-            with loop.ema_weights(ema, raw_vae):
-                metrics, reconstructions, latents = vae_validation_metrics(
-                    raw_vae, validation_images, raw_vae.config.esm_delta
-                )
-            raw_vae.train()
-            numbers = {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-            accelerator.log(numbers, step=global_step)
-            pairs = torch.cat([validation_images, reconstructions])  # originals on top, reconstructions below
-            loop.log_images(accelerator, "val/reconstructions", pairs, global_step, nrow=len(validation_images))
-            figure = plot_image_latent_spectra(validation_images, latents, delta=args.esm_delta, convention="authors")
-            loop.log_figure(accelerator, "val/spectrum", figure, global_step)
+            validate(accelerator, raw_vae, ema, validation_images, global_step)
     progress.close()
 
     # 6. Final model: EMA weights, latent statistics, save, stock export, card, push
@@ -424,7 +409,9 @@ def train_vae(args: argparse.Namespace) -> Path | None:
         if ema is not None:
             ema.copy_to(raw_vae.parameters())
         raw_vae.eval()
-        stats = latent_statistics(raw_vae, dataset, eval_transform, args, accelerator.device)
+        count = args.latent_stats_samples
+        batches = image_batches(dataset, args.train_batch_size, eval_transform, args.image_column, max_samples=count)
+        stats = latent_statistics(raw_vae, batches, count, args.use_shift, args.seed, accelerator.device)
         metrics, _, _ = vae_validation_metrics(raw_vae, validation_images, raw_vae.config.esm_delta)
         metrics.update(
             latent_convention=stats["convention"],
@@ -438,48 +425,24 @@ def train_vae(args: argparse.Namespace) -> Path | None:
             nonfinite_steps=guard.total,
             upsampled_images=logs["upsampled_images"],
         )
-        write_outputs(args, raw_vae, metrics, output_dir)
+        pretrained = args.pretrained_vae
+        write_outputs(
+            raw_vae,
+            metrics,
+            outputs,
+            public_args(args),
+            recipe=args.recipe,
+            base_model=pretrained if pretrained and not os.path.isdir(pretrained) else None,
+            dataset_name=args.dataset_name,
+            dataset_description=None if args.dataset_name or args.train_data_dir else "the embedded photo crops",
+            eval_description=(
+                f"the first {args.num_validation_images} images of the training data (centre crops, "
+                f"{args.resolution} px): reconstructions decoded from the posterior mean, spectral numbers on seeded "
+                f"posterior samples with the DC term kept (the authors' analysis convention); latent statistics over "
+                f"{metrics['latent_stats_samples']} images"
+            ),
+        )
         logger.info(f"final metrics: {metrics}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output_dir
-
-
-def latent_statistics(vae, dataset, transform, args, device) -> dict:
-    """`SpectrumAutoencoderKL.estimate_latent_stats` over the first `--latent_stats_samples` images (seeded posterior
-    samples): the scaling and shift factors the exported VAE carries."""
-    from ..data.images import image_batches
-
-    count = args.latent_stats_samples
-    batches = image_batches(dataset, args.train_batch_size, transform, args.image_column, max_samples=count)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    return vae.estimate_latent_stats(batches, count, args.use_shift, sample_posterior=True, generator=generator)
-
-
-def write_outputs(args, vae: SpectrumAutoencoderKL, metrics: dict, output_dir: Path) -> None:
-    """save_pretrained, the stock export, metrics.json, the model card, and the (dry-run) push."""
-    from ..pipelines.export import export_vae
-    from ..pipelines.model_cards import vae_model_card
-    from .loop import push_output
-
-    vae.save_pretrained(output_dir)
-    export_vae(output_dir / "stock", vae, training_info={"metrics": metrics, "recipe": args.recipe})
-    write_json(output_dir / "metrics.json", metrics)
-    card = vae_model_card(
-        args.hub_model_id or output_dir.resolve().name,
-        config=dict(vae.config),
-        training_args=public_args(args),
-        metrics=metrics,
-        base_model=args.pretrained_vae if args.pretrained_vae and not os.path.isdir(args.pretrained_vae) else None,
-        datasets=[args.dataset_name] if args.dataset_name else None,
-        dataset_description=None if args.dataset_name or args.train_data_dir else "the embedded photo crops",
-        recipe=args.recipe,
-        eval_description=(
-            f"the first {args.num_validation_images} images of the training data (centre crops, "
-            f"{args.resolution} px): reconstructions decoded from the posterior mean, spectral numbers on seeded "
-            "posterior samples with the DC term kept (the authors' analysis convention); latent statistics over "
-            f"{metrics['latent_stats_samples']} images"
-        ),
-    )
-    card.save(output_dir / "README.md")
-    push_output(Outputs.of(args), output_dir)

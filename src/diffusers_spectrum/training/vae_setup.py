@@ -1,12 +1,14 @@
 """The VAE trainer's recipes (`--recipe`: every loss weight and rarely touched knob of the authors' settings in one
-place; a flag given explicitly wins, an unset one takes the recipe's value, or `DEFAULTS` without a recipe) and what
-the resolved flags build: the autoencoder, the perceptual network, VA-VAE's encoder and VF loss, EQ-VAE's transform
-draws and the loss weights. docs/PROVENANCE.md lists where each setting was read."""
+place; a flag given explicitly wins, an unset one takes the recipe's value, or `DEFAULTS` without a recipe), the
+frozen settings built once from the resolved flags and what they build (the autoencoder, the perceptual network,
+VA-VAE's encoder and VF loss, EQ-VAE's transform draws, the loss weights), and what a finished run writes.
+docs/PROVENANCE.md lists where each setting was read."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 
 from ..losses.autoencoder_objective import AutoencoderLossWeights
 from ..losses.equivariance import EquivarianceTransform, sample_equivariance_transform
+from .args import Outputs, _FromFlags
 
 
 if TYPE_CHECKING:
@@ -26,13 +29,16 @@ __all__ = [
     "DEFAULTS",
     "RECIPES",
     "VAETrainingModule",
-    "build_model",
-    "build_perceptual",
-    "build_vf_loss",
-    "equivariance_sampler",
+    "AutoencoderModel",
+    "Equivariance",
+    "PerceptualLoss",
+    "VFAlignment",
+    "latent_statistics",
     "loss_weights",
     "transform_generator",
+    "validate",
     "vf_features",
+    "write_outputs",
 ]
 
 
@@ -121,19 +127,32 @@ DEFAULTS = dict(
 # What the resolved flags build
 
 
-def build_model(args) -> SpectrumAutoencoderKL:
-    """`--pretrained_vae` (any family, its latent convention kept) with the ESM / DSM settings, or a fresh preset."""
-    from ..models.autoencoder_kl_spectral import SpectrumAutoencoderKL
-    from ..models.loading import load_autoencoder
-    from ..models.presets import build_vae
+@dataclasses.dataclass(frozen=True)
+class AutoencoderModel(_FromFlags):
+    """The autoencoder: `pretrained_vae` (any family, its latent convention kept) or a fresh `vae_config` preset at
+    `resolution`, with the ESM / DSM settings its `training_losses` use."""
 
-    spectral = dict(esm_delta=args.esm_delta, dsm_levels=tuple(args.dsm_levels), dsm_block_size=args.dsm_block_size)
-    if args.pretrained_vae is None:
-        return build_vae(args.vae_config, args.resolution, **spectral)
-    loaded = load_autoencoder(args.pretrained_vae, subfolder=args.vae_subfolder)
-    vae = SpectrumAutoencoderKL.from_config({**loaded.config, **spectral})
-    vae.load_state_dict(loaded.state_dict(), strict=True)
-    return vae
+    vae_config: str = "f8d4"
+    resolution: int = 256
+    pretrained_vae: str | None = None
+    vae_subfolder: str | None = None
+    esm_delta: float = 1.0
+    dsm_levels: tuple[int, ...] = (0,)
+    dsm_block_size: int = 8
+
+    def build(self) -> SpectrumAutoencoderKL:
+        from ..models.autoencoder_kl_spectral import SpectrumAutoencoderKL
+        from ..models.loading import load_autoencoder
+        from ..models.presets import build_vae
+
+        spectral = dict(esm_delta=self.esm_delta, dsm_levels=tuple(self.dsm_levels))
+        spectral.update(dsm_block_size=self.dsm_block_size)
+        if self.pretrained_vae is None:
+            return build_vae(self.vae_config, self.resolution, **spectral)
+        loaded = load_autoencoder(self.pretrained_vae, subfolder=self.vae_subfolder)
+        vae = SpectrumAutoencoderKL.from_config({**loaded.config, **spectral})
+        vae.load_state_dict(loaded.state_dict(), strict=True)
+        return vae
 
 
 def loss_weights(args) -> AutoencoderLossWeights:
@@ -143,45 +162,74 @@ def loss_weights(args) -> AutoencoderLossWeights:
     )
 
 
-def build_perceptual(args):
-    """The perceptual network (`--perceptual_loss`), or None when off."""
-    from ..losses.autoencoder import FeaturePerceptualLoss, FourierAmplitudeLoss, LPIPSLoss
+@dataclasses.dataclass(frozen=True)
+class PerceptualLoss(_FromFlags):
+    """The perceptual term's network: LPIPS (`lpips_net`), a transformers backbone's features, the offline Fourier
+    amplitude stand-in, or none."""
 
-    if args.perceptual_loss == "none" or args.perceptual_weight == 0:
-        return None
-    if args.perceptual_loss == "lpips":
-        return LPIPSLoss(net=args.lpips_net)
-    if args.perceptual_loss == "fourier":
-        return FourierAmplitudeLoss()
-    return FeaturePerceptualLoss(args.perceptual_backbone, layers=args.perceptual_layers)
+    perceptual_loss: str = "none"
+    perceptual_weight: float = 0.0
+    lpips_net: str = "vgg"
+    perceptual_backbone: str | None = None
+    perceptual_layers: tuple[int, ...] | None = None
 
+    def build(self):
+        """The network, or None when off."""
+        from ..losses.autoencoder import FeaturePerceptualLoss, FourierAmplitudeLoss, LPIPSLoss
 
-def build_vf_loss(args, vae, device) -> tuple[RepresentationEncoder | None, VFAlignmentLoss | None]:
-    """VA-VAE: the frozen vision encoder (`--vf_encoder`, loaded like REPA's targets: `RepresentationEncoder`) and
-    the VF loss with its 1x1 projector (latent channels -> the encoder's feature width); `(None, None)` when off."""
-    from ..losses.alignment import VFAlignmentLoss
-    from ..models.encoders import RepresentationEncoder
-
-    if args.vf_weight == 0:
-        return None, None
-    encoder = RepresentationEncoder.from_pretrained(args.vf_encoder, input_range="[-1,1]", device=device)
-    encoder.requires_grad_(False)
-    margins = dict(margin_cos=args.vf_margin_cos, margin_dist=args.vf_margin_dist)
-    return encoder, VFAlignmentLoss(vae.config.latent_channels, encoder.feature_dim, **margins)
+        if self.perceptual_loss == "none" or self.perceptual_weight == 0:
+            return None
+        if self.perceptual_loss == "lpips":
+            return LPIPSLoss(net=self.lpips_net)
+        if self.perceptual_loss == "fourier":
+            return FourierAmplitudeLoss()
+        return FeaturePerceptualLoss(self.perceptual_backbone, layers=self.perceptual_layers)
 
 
-def equivariance_sampler(args):
-    """EQ-VAE's draw of one step's transform, `(generator, latent_size) -> EquivarianceTransform`, with the recipe's
-    probabilities and scales; None when `--equivariance` is off."""
-    if not args.equivariance:
-        return None
-    return functools.partial(
-        sample_equivariance_transform,
-        equivariance_probability=args.eq_probability,
-        low_resolution_probability=args.eq_low_resolution_probability,
-        min_scale=args.eq_min_scale,
-        quarter_turns=(1, 2, 3) if args.eq_rotations else (0,),
-    )
+@dataclasses.dataclass(frozen=True)
+class VFAlignment(_FromFlags):
+    """VA-VAE: a frozen vision encoder (`vf_encoder`, loaded like REPA's targets) and the VF loss's margins."""
+
+    vf_encoder: str | None = None
+    vf_weight: float = 0.0
+    vf_margin_cos: float = 0.5
+    vf_margin_dist: float = 0.25
+
+    def build(self, latent_channels: int, device) -> tuple[RepresentationEncoder | None, VFAlignmentLoss | None]:
+        """The frozen encoder and the VF loss with its 1x1 projector (latent channels -> the encoder's feature
+        width); `(None, None)` when off."""
+        from ..losses.alignment import VFAlignmentLoss
+        from ..models.encoders import RepresentationEncoder
+
+        if self.vf_weight == 0:
+            return None, None
+        encoder = RepresentationEncoder.from_pretrained(self.vf_encoder, input_range="[-1,1]", device=device)
+        encoder.requires_grad_(False)
+        margins = dict(margin_cos=self.vf_margin_cos, margin_dist=self.vf_margin_dist)
+        return encoder, VFAlignmentLoss(latent_channels, encoder.feature_dim, **margins)
+
+
+@dataclasses.dataclass(frozen=True)
+class Equivariance(_FromFlags):
+    """EQ-VAE's transform draws: branch probabilities, smallest scale, quarter turns."""
+
+    equivariance: bool = False
+    eq_probability: float = 0.5
+    eq_low_resolution_probability: float = 0.25
+    eq_min_scale: float = 0.25
+    eq_rotations: bool = True
+
+    def sampler(self):
+        """One step's draw, `(generator, latent_size) -> EquivarianceTransform`; None when off."""
+        if not self.equivariance:
+            return None
+        return functools.partial(
+            sample_equivariance_transform,
+            equivariance_probability=self.eq_probability,
+            low_resolution_probability=self.eq_low_resolution_probability,
+            min_scale=self.eq_min_scale,
+            quarter_turns=(1, 2, 3) if self.eq_rotations else (0,),
+        )
 
 
 def transform_generator(seed: int, global_step: int, micro_step: int) -> torch.Generator:
@@ -215,3 +263,70 @@ class VAETrainingModule(torch.nn.Module):
         """The unweighted terms of `SpectrumAutoencoderKLTrainingOutput` as a dict, the posterior left out."""
         out = self.vae.training_losses(images, generator=generator, transform=transform)
         return {key: value for key, value in out.items() if key != "posterior"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What a run shows and writes
+
+
+def validate(accelerator, vae: SpectrumAutoencoderKL, ema, images: torch.Tensor, step: int) -> None:
+    """Validation of the (EMA) weights on `images` `(B, 3, H, W)`: the numbers of
+    `evaluation.validation.vae_validation_metrics`, the originals above their reconstructions, and the image and
+    latent spectra (the authors' convention), logged to the trackers."""
+    from ..evaluation.plotting import plot_image_latent_spectra
+    from ..evaluation.validation import vae_validation_metrics
+    from .loop import ema_weights, log_figure, log_images
+
+    vae.eval()
+    with ema_weights(ema, vae):
+        metrics, reconstructions, latents = vae_validation_metrics(vae, images, vae.config.esm_delta)
+    vae.train()
+    accelerator.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+    log_images(accelerator, "val/reconstructions", torch.cat([images, reconstructions]), step, nrow=len(images))
+    figure = plot_image_latent_spectra(images, latents, delta=vae.config.esm_delta, convention="authors")
+    log_figure(accelerator, "val/spectrum", figure, step)
+
+
+def latent_statistics(vae, batches, count: int, use_shift: bool, seed: int, device) -> dict:
+    """`SpectrumAutoencoderKL.estimate_latent_stats` over the first `count` images of `batches` (seeded posterior
+    samples): the scaling and shift factors the exported VAE carries."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return vae.estimate_latent_stats(batches, count, use_shift, sample_posterior=True, generator=generator)
+
+
+def write_outputs(
+    vae: SpectrumAutoencoderKL,
+    metrics: dict,
+    outputs: Outputs,
+    training_args: dict,
+    *,
+    recipe: str | None,
+    base_model: str | None,
+    dataset_name: str | None,
+    dataset_description: str | None,
+    eval_description: str,
+) -> None:
+    """save_pretrained, the stock export, metrics.json, the model card, and the (dry-run) push, in
+    `outputs.output_dir`. `training_args`: the flags as the card shows them (`records.public_args`)."""
+    from ..pipelines.export import export_vae
+    from ..pipelines.model_cards import vae_model_card
+    from ..utils.records import write_json
+    from .loop import push_output
+
+    output_dir = Path(outputs.output_dir)
+    vae.save_pretrained(output_dir)
+    export_vae(output_dir / "stock", vae, training_info={"metrics": metrics, "recipe": recipe})
+    write_json(output_dir / "metrics.json", metrics)
+    card = vae_model_card(
+        outputs.hub_model_id or output_dir.resolve().name,
+        config=dict(vae.config),
+        training_args=training_args,
+        metrics=metrics,
+        base_model=base_model,
+        datasets=[dataset_name] if dataset_name else None,
+        dataset_description=dataset_description,
+        recipe=recipe,
+        eval_description=eval_description,
+    )
+    card.save(output_dir / "README.md")
+    push_output(outputs, output_dir)

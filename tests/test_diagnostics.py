@@ -79,8 +79,8 @@ def np_field(rng, batch: int, channels: int, size: int, alpha: float, band_expon
 
 
 def construction(exponent_errors, seed: int, size: int = 32, count: int = 64, pixel_std: float = 0.5):
-    """The diagnostics docstring's construction: r^-2 images at pixel std 0.5, and for each exponent error e an
-    independent latent field whose expected band power is the delta = 1 target's times (k + 1)^e."""
+    """The construction of docs/METHODS.md#spectral-verdict: r^-2 images at pixel std 0.5, and for each exponent
+    error e an independent latent field whose expected band power is the delta = 1 target's times (k + 1)^e."""
     rng = np.random.default_rng(seed)
     raw = np_field(rng, count, 3, size, 2.0)
     scale = pixel_std / raw.std()

@@ -1,26 +1,12 @@
 """Audio for waveform diffusion: robust decoding with `soundfile`, resampling, channel conversion, seeded crops, the
 stream's reader and plain batches (datasets come from `sources.load_audio_dataset`).
 
-- `decode_audio`: a path, raw bytes or an undecoded `{"bytes", "path"}` cell -> `(channels, frames)` float32 and
-  the file's sample rate, via libsndfile (WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF, ...).
-- `AudioTransform`: resample to `sample_rate` (polyphase, `scipy.signal.resample_poly`), convert to `channels`
-  (mono = mean of all channels, stereo from mono = duplicated), then a crop of `sample_size` samples, random or
-  centred; its randomness is a function of `(seed, epoch, position)`, so a resumed run draws the same crops. It
-  counts clips per source rate (`resampling_summary`) and warns once per rate below `sample_rate` (upsampled audio
-  has empty high bands).
-- `read_clip`: the crop of a file or bytes cell, reading only the frames the crop needs plus the resampler's reach
-  (`soundfile` seek + frames), so a 10-minute file costs what its crop costs; equal to cropping the whole decode.
-- `AudioReader`: the audio decoder of `diffusers_spectrum.data.ResumableStream` (the worker-aware, resumable
-  training stream shared with images and latents); batches of `{"waveforms"}` come from
-  `diffusers_spectrum.data.make_dataloader`. It counts clips per source rate in the stream's counts
-  (`source_rate_<Hz>`), so the totals add up over workers and survive a resume (`source_sample_rates`).
+`decode_audio` (-> `(channels, frames)` float32 and the sample rate), `AudioTransform` (resample, convert channels,
+crop; seeded by `(seed, epoch, position)`), `read_clip` (reads only the frames a crop needs) and `AudioReader` (the
+reader of `diffusers_spectrum.data.ResumableStream`). Unusable files are skipped and counted; short clips are
+zero-padded (`too_short="pad"`, default) or skipped (`"skip"`).
 
-Bad data, decided once here: corrupt, empty (no samples), non-finite and non-regular files, and files with more than
-two channels when stereo is requested (no layout to downmix by), raise in `decode_audio` / `AudioTransform` and are
-skipped and counted by the streams (`AudioSkipCounter`). Clips shorter than `sample_size` after resampling are
-zero-padded at the end by default (`too_short="pad"`, as Dance Diffusion's training crops do; counted as `"padded"`
-in the stream's counts), or skipped and counted with `too_short="skip"`. Any positive integer sample rate is accepted
-and resampled (awkward ratios such as 7999 -> 16000 Hz use an FFT resampler instead of a huge polyphase filter).
+Details and the bad-data rules: docs/METHODS.md#audio-data
 """
 
 import collections

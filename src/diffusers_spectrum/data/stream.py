@@ -1,25 +1,12 @@
 """One worker-aware, resumable stream over a Hugging Face dataset, for every trainer and the latent cache.
 
 `ResumableStream` turns a `datasets.Dataset` or `datasets.IterableDataset` into an endless (or single-pass) torch
-`IterableDataset` of decoded examples:
+`IterableDataset` of decoded examples: one share per DataLoader worker of each process (every example read once per
+epoch), epoch `e` shuffled with `(seed, e)`, and an exact resume from `state_dict()` through
+`diffusers_spectrum.data.make_dataloader`. `read(example, where, counts)` decodes an example and raises
+`SkipExample` for one that cannot be used (the stream skips, counts and logs it).
 
-- **Shares.** The data is split into `num_processes x max(num_workers, 1)` decoding streams, one per DataLoader
-  worker of each (accelerate) process. A streamed dataset is split by its shards (`n_shards`, with
-  `datasets.distributed.split_dataset_by_node`): stream `r` reads only its own shards. A map-style dataset is split
-  into contiguous blocks of its (per-epoch shuffled) order: any number of streams up to its length. Every example is
-  read by exactly one stream per epoch.
-- **Epochs.** Epoch `e` is shuffled with `(seed, e)` (a shuffle buffer for streamed data, a permutation otherwise);
-  each stream then reads its share of that epoch. Streams cycle through epochs independently.
-- **Exact resume.** `state_dict()` is `{"epoch", "position", "counts", "reasons"}` of the stream iterating in this
-  process or worker: `position` counts the raw examples of its epoch share read so far (skipped ones included).
-  `load_state_dict` makes the next iteration start there; examples before it are read but not decoded (a map-style
-  share jumps there directly). The loader (`diffusers_spectrum.data.make_dataloader`, torchdata's
-  `StatefulDataLoader`) saves and restores this state for every worker, so a resumed run sees the same examples in
-  the same order, bit for bit.
-- **Decoding.** `read(example, where, counts)` turns a raw example into a sample (a dict of tensors / numbers); it
-  raises `SkipExample` for an example that cannot be used (a corrupt image, say), which the stream skips, counts
-  (`counts["skipped"]`) and logs. `read` may count other events in `counts` (e.g. `"upsampled"`). `where` is a
-  `Position`; its `key` identifies the example within the epoch and seeds per-example randomness.
+How shares, epochs, resume and decoding work: docs/METHODS.md#data-stream
 """
 
 import dataclasses
@@ -138,7 +125,7 @@ def _worker() -> tuple[int, int]:
 
 
 class ResumableStream(torch.utils.data.IterableDataset):
-    """Worker-aware, resumable stream of decoded examples (see the module docstring).
+    """Worker-aware, resumable stream of decoded examples (docs/METHODS.md#data-stream).
 
     Args:
         dataset: a `datasets.Dataset` or `datasets.IterableDataset`.

@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=diagnostics.VERDICT_TOLERANCE,
         help="verdict tolerance on where the spectral power lies (centroid gap / Wasserstein-1 distance in ln "
-        "frequency; derived in evaluation/diagnostics.py).",
+        "frequency; derived in docs/METHODS.md#spectral-verdict).",
     )
     parser.add_argument(
         "--latents",

@@ -1,69 +1,16 @@
-"""Spectral diagnostics of latents and feature maps: slopes, spectral KL, per-channel spectra, RMSC and a verdict.
+"""Spectral diagnostics of latents and feature maps: slopes, spectral KL, per-channel spectra, RMSC and a verdict
+(over-noisy or over-smoothed latents, in the sense of Ning et al. 2026, "Spectrum Matching").
 
 Pure functions on tensors (no models, no I/O): `analyze.py` drives them over a dataset, the VAE trainer's validation
-(`training.vae.evaluate_vae`) calls the same `SpectrumStatistics`, `plotting.py` draws them.
+(`evaluation.validation.vae_validation_metrics`) calls `spectrum_summary` (the same `SpectrumStatistics`),
+`plotting.py` draws them. Conventions, stated in every report:
 
-Conventions (every report states the two it used):
+- ``latents``: ``"sample"`` (default) seeded posterior samples ``mu + sigma * noise``, as the authors analyse them;
+  ``"mean"`` the posterior mean.
+- ``spectrum``: ``"authors"`` (default) DC kept, no mean removal; ``"dc_free"`` DC power set to 0 (the ESM loss's).
 
-- ``latents``: ``"sample"`` (default) analyses posterior samples ``mu + sigma * noise`` drawn from a seeded generator,
-  as the authors do (their ``VAE.encode`` returns ``mu + sigma * randn`` and ``latent_analysis.py`` /
-  ``spectrum_distribution`` analyses that; it is also what their latent extraction feeds the diffusion model);
-  ``"mean"`` analyses the posterior mean ``mu``. The posterior std (mean over elements of ``sigma``, and per
-  channel) is reported beside either.
-- ``spectrum``: ``"authors"`` (default) is their analysis convention, ``center="none", remove_dc=False``: DC kept,
-  no mean removal, the channel-averaged power clamped at 1e-8; the authors' reference curves use it. ``"dc_free"``
-  sets the DC power to 0 (the ESM loss's convention). Removing each channel's spatial mean first would change
-  nothing more: the orthonormal DCT puts the spatial mean in the DC cell only.
-
-The verdict (over-noisy or over-smoothed latents, in the sense of Ning et al. 2026, "Spectrum Matching") asks where
-the latents' spectral power lies compared with the delta = 1 target built from the same images, on the sample-mean
-normalised log spectra (the "mean curves", each a distribution over the radial bands ``k`` summing to 1), in log
-frequency ``u_k = ln(k + 1)``:
-
-- ``centroid_gap = sum_k u_k (L_k - T_k)``: the signed centroid gap of the latent curve ``L`` from the target ``T``.
-  It equals the signed area between the two cumulative distributions, ``sum_k (F_T(k) - F_L(k)) (u_{k+1} - u_k)``,
-  so the two readings of "where the power lies" are one number. Positive: the latents carry their mass at higher
-  frequencies than the target (too much high-frequency power, "over-noisy"); negative: "over-smoothed".
-- ``excess_high`` / ``excess_low``: the parts of that area where ``F_T > F_L`` / ``F_T < F_L`` (mass displaced
-  upwards / downwards); ``w1 = excess_high + excess_low`` is the Wasserstein-1 distance of the curves in ``u``.
-- Intervals: percentile bootstrap over images (images resampled, latents and target together; the streaming
-  `SpectrumStatistics` uses the Poisson bootstrap, Hanley & MacGibbon 2006, so its memory stays flat), at
-  ``VERDICT_CONFIDENCE``.
-- Rule (`decide_verdict`), in order: **matched** when the upper bound of ``w1`` is within ``VERDICT_TOLERANCE`` (the
-  whole curve is within tolerance of the target); **mis-shaped** when the lower bounds of ``excess_high`` and
-  ``excess_low`` both exceed half the tolerance (the curves cross with material mass displaced both ways: a hump or
-  a dip, whatever the slope says); **over-noisy** / **over-smoothed** when the interval of ``centroid_gap`` lies
-  above / below zero; otherwise **undetermined** (the data cannot name a direction).
-
-The log-log slope of each mean curve is still reported, as a number: on an 8 x 8 latent it is a tug of war between
-the DC band and the top bands, and a hump can have the target's slope.
-
-Derivation of ``VERDICT_TOLERANCE`` (independent of any VAE's numbers; tests/test_diagnostics.py reproduces it):
-
-1. What "matched" means: the latent's band power follows the delta = 1 target's power law up to an exponent error
-   ``|e| <= VERDICT_EXPONENT_TOLERANCE = 0.25``, i.e. it lies between the delta = 0.75 and delta = 1.25 targets (a
-   quarter of the flattening step that ESM applies to the image law).
-2. Construction, on each latent grid ``s x s`` with ``s`` in 8, 16, 32 (the latents this package analyses: 32 px
-   images at f4 to 256 px at f8): isotropic Gaussian fields made in numpy with cell power ``r^-2`` (the natural-image
-   law; DC kept, ``r`` clamped at 1), 3 channels, pixel std 0.5, ``262144 / s^2`` fields (the same number of DCT
-   cells on every grid); their band powers times ``(k + 1)`` give the target. Latents: independent 4-channel fields
-   of the same law and scale with each DCT cell of band ``k`` scaled by ``(k + 1)^((1 + e) / 2)``, so their expected
-   band power is the target's times ``(k + 1)^e``. Seed 0, DC kept.
-3. At ``e = +-0.25`` the measured ``|centroid_gap|`` (= ``w1``: a pure power-law tilt does not cross) is 0.17 / 0.20
-   on 32 x 32, 0.16 / 0.18 on 16 x 16 and 0.12 / 0.15 on 8 x 8 (coarse grids have fewer bands with distinct
-   frequencies). The tolerance is the smallest, rounded down to 0.05: ``VERDICT_TOLERANCE = 0.10`` (in ``ln``
-   frequency). An exact power-law mismatch within the exponent tolerance is matched on every grid once the interval
-   is narrow enough; one beyond it is never matched.
-
-Checked afterwards, not fitted (tests): numpy fields flatter than the target are over-noisy, steeper ones
-over-smoothed, equal ones matched, a hump with the target's slope mis-shaped; intervals shrink with the number of
-images; on the authors' reference curves (their figure data, `REFERENCE_SPECTRA`; their mean curves taken as exact)
-SD-VAE is over-noisy (w1 0.20, all of it high-frequency excess) and ESM (0.07) and DSM (0.06) are matched.
-
-DC-free view: with ``spectrum="dc_free"`` the DC cell is removed. On a grid where band 0 holds the DC cell alone (8 x 8
-with 16 bands) that band is then empty: it is left out of the curve (exactly 0, outside the slope fit), as are
-bands that hold no cell at all on small grids, instead of entering the log-log fit at ``ln(1e-9)``. Reports give
-the DC-kept and the DC-free verdicts side by side (``verdicts``).
+The verdict rule (`decide_verdict`), the derivation of ``VERDICT_TOLERANCE`` and the DC-free view:
+docs/METHODS.md#spectral-verdict
 """
 
 from collections.abc import Callable, Iterable
@@ -138,7 +85,7 @@ SPECTRUM_CONVENTIONS = {
         "description": "DC power set to 0, power clamped at 1e-8 (the ESM loss's convention; same as centring)",
     },
 }
-VERDICT_EXPONENT_TOLERANCE = 0.25  # |power-law exponent error| called matched (module docstring, step 1)
+VERDICT_EXPONENT_TOLERANCE = 0.25  # |power-law exponent error| called matched (docs/METHODS.md, step 1)
 VERDICT_TOLERANCE = 0.10  # |centroid gap| (ln frequency) of that error on the numpy fields, rounded down (step 3)
 VERDICT_CONFIDENCE = 0.95  # of the bootstrap intervals the verdict reads
 VERDICT_BOOTSTRAP_REPLICATES = 1000
@@ -257,8 +204,8 @@ def _occupied_curves(rows: torch.Tensor, occupied: torch.Tensor) -> torch.Tensor
 def normalized_log_spectrum(x: torch.Tensor, n_bins: int = 16, convention: str = "authors") -> torch.Tensor:
     """The normalised log spectrum of one field: radial power -> ``log(1 + s)`` -> rows summing to 1. ``(B, n_bins)``.
 
-    ``convention``: ``"authors"`` (DC kept) or ``"dc_free"`` (see the module docstring). Bands without a cell
-    (`band_occupancy`) are exactly 0.
+    ``convention``: ``"authors"`` (DC kept) or ``"dc_free"`` (docs/METHODS.md#spectral-verdict). Bands without a
+    cell (`band_occupancy`) are exactly 0.
     """
     check_convention(spectrum=convention)
     remove_dc = SPECTRUM_CONVENTIONS[convention]["remove_dc"]
@@ -325,10 +272,10 @@ def log_frequencies(n_bins: int = 16, dtype: torch.dtype = torch.float64) -> tor
 def curve_statistics(latent: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
     """Where the latent curve's mass lies relative to the target's, for normalised curves ``(..., n_bins)``.
 
-    Returns ``{"centroid_gap", "excess_high", "excess_low", "w1"}``, each ``(...)`` float64 (module docstring):
-    ``centroid_gap = sum_k ln(k + 1) (L_k - T_k)`` = the signed area between the cumulative distributions;
-    ``excess_high`` / ``excess_low`` its parts where the latent's mass lies above / below the target's;
-    ``w1 = excess_high + excess_low``.
+    Returns ``{"centroid_gap", "excess_high", "excess_low", "w1"}``, each ``(...)`` float64
+    (docs/METHODS.md#spectral-verdict): ``centroid_gap = sum_k ln(k + 1) (L_k - T_k)`` = the signed area between the
+    cumulative distributions; ``excess_high`` / ``excess_low`` its parts where the latent's mass lies above / below
+    the target's; ``w1 = excess_high + excess_low``.
     """
     latent, target = latent.double(), target.double()
     if latent.shape != target.shape or latent.shape[-1] < 2:
@@ -350,8 +297,8 @@ def curve_statistics(latent: torch.Tensor, target: torch.Tensor) -> dict[str, to
 
 
 def decide_verdict(intervals: dict, tolerance: float = VERDICT_TOLERANCE) -> str:
-    """The verdict from the intervals ``{statistic: (lo, hi)}`` of `curve_statistics` (the rule of the module
-    docstring): matched, mis-shaped, over-noisy, over-smoothed or undetermined."""
+    """The verdict from the intervals ``{statistic: (lo, hi)}`` of `curve_statistics` (the rule of
+    docs/METHODS.md#spectral-verdict): matched, mis-shaped, over-noisy, over-smoothed or undetermined."""
     if not tolerance > 0:
         raise ValueError(f"decide_verdict: tolerance must be positive, got {tolerance}.")
     if intervals["w1"][1] <= tolerance:
@@ -384,8 +331,8 @@ def verdict_rule(tolerance: float = VERDICT_TOLERANCE, confidence: float = VERDI
         "exponent_tolerance": VERDICT_EXPONENT_TOLERANCE,
         "derivation": (
             "|centroid gap| of numpy r^-2 fields whose band power deviates from the delta=1 target by (k+1)^(+-0.25) "
-            "on 8x8, 16x16 and 32x32 grids, smallest rounded down to 0.05 (diffusers_spectrum.evaluation.diagnostics "
-            "docstring; tests/test_diagnostics.py reproduces it)"
+            "on 8x8, 16x16 and 32x32 grids, smallest rounded down to 0.05 (docs/METHODS.md#spectral-verdict; "
+            "tests/test_diagnostics.py reproduces it)"
         ),
         "slopes": "reported, not decisive: log-log slopes of the mean curves, f_k = k + 1",
     }
@@ -445,7 +392,7 @@ def spectrum_verdict(
     Args:
         latent: ``(N, n_bins)`` normalised log spectra of the latents (e.g. ``flattened_log_spectra(...)[1]``).
         target: ``(N, n_bins)`` the delta = 1 target's curves of the same images (paired: resampled together).
-        tolerance, confidence: the rule's numbers (module docstring).
+        tolerance, confidence: the rule's numbers (docs/METHODS.md#spectral-verdict).
         n_resamples, seed: bootstrap replicates and their seed (deterministic).
     """
     if latent.ndim != 2 or latent.shape != target.shape or latent.shape[0] < 1:

@@ -1,43 +1,14 @@
 """A small feature network trained here, on a study's own training images, for KID and the Frechet distance.
 
-No pretrained feature network can be downloaded where the studies run (and Inception or DINOv2 features of 32 or
-64 px crops would be a stretch anyway). `train_feature_net` trains `SmallFeatureNet` (six 3 x 3 convolutions with
-GELU in three stages, ~60k parameters) self-supervised; `random_feature_net` is the same architecture at its seeded
-random initialisation, the sanity row. Weights are an artifact of the run (`feature_net_for` caches them in the
-study's work folder), never downloaded.
+`train_feature_net` trains `SmallFeatureNet` (~60k parameters: a spectrally whitened autoencoder read out as 16
+whitened principal components of per-channel means and log standard deviations) self-supervised;
+`random_feature_net` is the same architecture at its seeded random initialisation, the sanity row. Weights are an
+artifact of the run (`feature_net_for` caches them in the study's work folder), never downloaded.
 
     net = feature_net_for(work_dir / "feature_net", train_photos)   # trains once, then loads
     features = net.features(images)                                 # (N, 16), images (N, 3, S, S) in [-1, 1]
 
-Design, and why (decided from these arguments, before measuring the blur check it is judged by):
-
-- **Objective: a plain autoencoder with a spectrally whitened reconstruction loss.** Natural images have power
-  spectra falling as about ``1 / f^2``, so a pixel MSE gives the finest octave a few percent of the weight of the
-  coarsest, and a *denoising* autoencoder (the previous objective) is worse: with white noise the optimal restorer is
-  a Wiener low-pass, which teaches the encoder to discard exactly the high frequencies where the noise exceeds the
-  signal, i.e. invariance to fine detail. Here the error of every DCT coefficient is divided by the training crops'
-  mean power at that frequency (whitening, the normalisation under which sparse coding and ICA of natural images
-  learn oriented edge filters; Olshausen & Field 1996, Coates & Ng 2011), so every frequency counts as much as any
-  other, and no noise is added. The decoder reads the last stage through a 1 x 1 bottleneck of 16 channels (a third
-  of the input's numbers), so the encoder cannot copy and must keep what reconstructs every band. Augmentation:
-  random crops and horizontal flips only (no colour jitter, no blur, no noise: nothing the features should be blind
-  to).
-- **Readout: per stage and channel, the spatial mean and the log spatial standard deviation** (``2 sum(widths) =
-  224`` numbers). The means carry colour and brightness. The standard deviation of a filter's response is the energy
-  of the band it selects; across natural images band energies vary multiplicatively (roughly log-normally; a foliage
-  crop has ten times the detail of a sky crop), and any loss of detail or contrast is a multiplicative change in
-  them, so their log turns it into the same additive shift for every image (the reason the spectrum distance
-  compares log power).
-- **Projection: the top 16 principal components of the readout, whitened** (fitted on random crops of the training
-  images). The 224 readout numbers are highly redundant (a handful of directions, colour and overall contrast, carry
-  most of their variance), so a kernel or a Frechet distance on per-dimension-standardised numbers mostly compares
-  those directions, counted dozens of times. Whitened components count each independent direction of variation
-  once (the Mahalanobis geometry, in which a mean shift is tested most powerfully), and 16 of them keep the
-  Frechet distance's covariances estimable at 32 images per set (``n >= 2 d``). With ``d = 16`` the cubic KID kernel
-  ``(x.y / d + 1)^3`` is normalised per dimension.
-
-The blur check in `evaluation.study_metrics` then says, per sample count, whether a study may rely on these metrics.
-`scripts/train_feature_net.py` trains the nets on the embedded photos and prints the check.
+Why it is built this way (Olshausen & Field 1996, Coates & Ng 2011): docs/METHODS.md#feature-net
 """
 
 import hashlib
@@ -233,7 +204,7 @@ def train_feature_net(
     ``loss="whitened"`` (default): mean over DCT coefficients of the squared reconstruction error divided by the
     training crops' mean power at that frequency (`whitening_weights`; 1.0 = reconstructing zeros); ``"pixel"``:
     pixel MSE. ``noise_std > 0`` corrupts the input with Gaussian noise (a denoising autoencoder; kept for
-    comparison, not the default: see the module docstring). AdamW, cosine learning-rate decay, seeded.
+    comparison, not the default: see docs/METHODS.md#feature-net). AdamW, cosine learning-rate decay, seeded.
     ``net.training_losses`` holds the first and the last losses (mean of the last 20 steps).
 
     Args:

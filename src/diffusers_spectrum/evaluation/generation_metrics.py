@@ -1,29 +1,13 @@
 """Offline generation metrics that need no pretrained feature network.
 
-- :func:`pyramid_swd`: the sliced Wasserstein distance between Laplacian-pyramid patch descriptors of two image sets
-  (Karras et al. 2018, "Progressive Growing of GANs", Sec. 5 and Appendix D). Conventions of the authors' published
-  metric: a Laplacian pyramid built with the 5-tap binomial filter ``[1, 4, 6, 4, 1] / 16`` (separable, mirror
-  borders, as ``cv2.pyrDown`` / ``cv2.pyrUp``) with levels from the full resolution down to 16 px; 128 random 7 x 7
-  neighbourhoods per image and level, drawn wholly inside the level; the descriptors of each set normalised per
-  level and per channel by that set's own mean and standard deviation; 512 random unit directions (Gaussian draws
-  normalised to unit length; the authors draw them as 4 repeats of 128, which averages to the same estimator); the
-  1-D Wasserstein-1 distance of the sorted projections averaged over descriptors and directions. The paper reports
-  ``SWD x 1e3`` per level and their mean.
+- :func:`pyramid_swd`: sliced Wasserstein distance of Laplacian-pyramid patch descriptors (Karras et al. 2018,
+  "Progressive Growing of GANs", Sec. 5 and Appendix D), per-set normalisation as published;
+  ``normalization="pooled"`` is the colour-aware variant.
+- :func:`spectrum_distance`: RMS difference of the natural-log radially averaged power spectra of two sets.
+- :func:`kid`: the kernel inception distance (Binkowski et al. 2018, "Demystifying MMD GANs") on any features.
+- :func:`box_blur`, :func:`blur_separation`: the blur check every metric a study relies on must pass.
 
-  Because each set is normalised by its own per-channel statistics, SWD does not see a global per-channel gain or
-  offset between the sets; :func:`spectrum_distance` does, so report both.
-  ``normalization="pooled"`` is the colour-aware variant: both sets are standardised by their pooled statistics, so
-  a gain, an offset or the energy a blur removes from a band-pass level moves the distance.
-- :func:`spectrum_distance`: the root-mean-square difference of the natural-log radially averaged power spectra of
-  two sets (mean DCT band power over the set, bands of :func:`diffusers_spectrum.spectral.psd.radial_spectrum`).
-- :func:`kid`: the kernel inception distance (Binkowski et al. 2018, "Demystifying MMD GANs") on any features: the
-  unbiased estimator of the squared MMD with the cubic polynomial kernel ``k(x, y) = (x.y / d + 1)^3``. Unbiased at
-  any sample size (its expectation is 0 for two sets from one distribution), unlike the Frechet distance.
-- :func:`box_blur` and :func:`blur_separation`: the sensitivity check every generation metric a study relies on must
-  pass: natural crops against other crops box-blurred 5 x 5 at least ``BLUR_SEPARATION_FACTOR`` times as far apart
-  as two halves of unblurred crops, at 32 images per set.
-
-All are seeded and deterministic and run on CPU in seconds for a few hundred 32 px images.
+All are seeded and deterministic. Conventions of each: docs/METHODS.md#generation-metrics
 """
 
 import math

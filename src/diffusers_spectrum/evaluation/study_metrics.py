@@ -1,50 +1,12 @@
 """Generation metrics as the studies use them: each metric with its anchors, and the blur check that decides which
 metrics a study may rely on.
 
-- `GenerationMetricSuite.measure(samples, reference)`: every metric of a set of samples against reference images:
-  the radially averaged log-spectrum distance, the Laplacian-pyramid SWD as published (per-set normalisation) and
-  its colour-aware variant (pooled normalisation), and, with feature nets (`evaluation.feature_net`), KID and the
-  Frechet distance in the features of the net trained on the study's training photos and of a random-init net of
-  the same architecture (the sanity row).
-- Anchors (`GenerationMetricSuite.anchors`): the **data floor**, the same metrics between real training images and
-  the reference at the same count (what real data scores: no generator can be expected to beat it), and, for latent
-  models, the **reconstruction ceiling**, the metrics between ``decode(encode(reference))`` and the reference (what
-  the autoencoder alone costs; samples drawn through that decoder carry at least that loss). A metric value means
-  something only between its floor and its ceiling.
-- The blur check (`GenerationMetricSuite.blur_check`, `generation_metrics.blur_separation`): natural crops against
-  other crops box-blurred 5 x 5 must be at least twice as far apart as two halves of unblurred crops. The issue's
-  protocol is 32 images per set; ``set_size`` runs it at a study's own sample count, and a study relies only on the
-  metrics that pass on its own reference crops **at the number of samples per set it compares**
-  (`relied_metrics`); the others are reported beside, marked. `blur_check_by_count` runs it at several counts and
-  `passing_count` reads off the smallest count from which a metric passes.
+`GenerationMetricSuite.measure(samples, reference)` computes every metric of `GENERATION_METRICS`; `.anchors` gives
+the data floor and, for latent models, the reconstruction ceiling (a value means something only between the two);
+`.blur_check(crops, set_size=n)` and `relied_metrics` say which metrics pass at a study's own ``n`` images per set
+(`blur_check_by_count` and `passing_count` over several counts).
 
-How to rely on a metric at a study's own sample count: cut at least ``2 n`` crops of the study's reference
-(held-out) photos, run ``suite.blur_check(crops, set_size=n)`` with ``n`` the number of samples per set the study
-compares (``groups`` = each crop's photo for the conservative reading in which no photo is in both halves), and
-rely on `relied_metrics` of that check. An unbiased estimator's noise (KID) shrinks as ``1 / n`` and a biased
-one's offset (FD) too, while the blur's effect does not, so in expectation the ratio grows with ``n`` (with
-disjoint photos only until the photos, not the crops, limit the noise) and a metric that fails at 32 images can
-pass at 500.
-
-Measured (`python scripts/train_feature_net.py`: the embedded photos, nets trained on the 98 training photos with
-the default settings, 8 splits; ratio = blurred / unblurred, >= 2 passes):
-
-- 32 px crops, the issue's protocol (32 images per set, one crop per photo): spectrum distance 18.6, SWD
-  (published) 1.26, colour-aware SWD 2.34, KID trained 12.7, FD trained 2.03 (borderline), KID random 5.4,
-  FD random 1.41 (fails).
-- 32 px, more images per set (16 crops per photo, sets drawn i.i.d.): FD random passes from 128 (2.9; 7.5 at
-  512); every other learned metric passes from 32 (at 512: KID trained 281, FD trained 26, KID random 93). With
-  no photo in both halves (56 photos a side, so the noise stops shrinking past ~56) FD random reaches 2.1 from 256
-  and the others pass from 32.
-- 64 px (a crop is a whole photo, so at most 56 images per set): spectrum distance 15.8, SWD 1.24, colour-aware
-  SWD 1.96 (fails, narrowly), KID trained 77, FD trained 3.8, KID random 5.6 pass at 32; FD random 1.49 at 32,
-  2.0 at 56 i.i.d., 1.95 at 56 with disjoint photos.
-
-So at 32 images per set a study may rely on KID in both nets' features and (narrowly) FD in the trained net's;
-FD in random features only from ~128 images per set; the published SWD not at 32 (the SWDs and the spectrum
-distance were not measured at larger counts). The ratios of the learned metrics
-scatter between splits and crop draws (KID trained at 64 px: 77 and 167 on two draws of the splits), so read them
-as orders of magnitude, and re-run the check on a study's own crops.
+Design, protocol and the measured blur-check ratios: docs/METHODS.md#study-metrics
 """
 
 from collections.abc import Callable

@@ -1,27 +1,13 @@
 """Multi-resolution STFT loss for waveforms (Yamamoto et al., "Parallel WaveGAN", ICASSP 2020, eqs. 1-4; the
 standard spectral loss of neural audio synthesis, also in auraloss, Steinmetz & Reiss 2020).
 
-For one resolution (FFT size ``N``, hop ``h``, window length ``L``) with short-time magnitudes ``S = |STFT(x0)|``
-and ``S_hat = |STFT(x0_hat)|``:
-
-    spectral convergence  L_sc  = || S - S_hat ||_F / || S ||_F                      (eq. 2)
-    log-magnitude         L_mag = mean | log S - log S_hat |                           (eq. 3)
-
-and the multi-resolution loss averages ``L_sc + L_mag`` over the resolutions (eq. 4). Defaults are Parallel
-WaveGAN's three resolutions: FFT sizes (1024, 2048, 512), hops (120, 240, 50), windows (600, 1200, 240), Hann.
-
-Conventions (those of ``torch.stft`` with ``center=True``, as Parallel WaveGAN uses it): the signal is reflect-padded
-by ``N // 2`` on both sides, frames start every ``h`` samples, the periodic Hann window of length ``L`` is
-zero-padded on both sides to ``N`` (centred), no normalisation; magnitudes are ``sqrt(max(|X|^2, eps))`` with
-``eps = 1e-7`` (Parallel WaveGAN's floor, which keeps log and gradient finite on silence).
-
-Per-sample values: ``L_sc`` takes the Frobenius norms over channels, frequencies and frames of one clip, ``L_mag``
-the mean over the same axes. ``reduction="mean"`` averages the per-sample values (Parallel WaveGAN takes the norm
-ratio over the whole batch instead; the two agree for a batch of one).
-
-The loss only sees short-time *magnitudes*: it is blind to any change of phase that leaves them unchanged (exactly
-so for a sign flip ``x -> -x``); pair it with :func:`~diffusers_spectrum.losses.fourier_loss` (phase term) or
+Per resolution, spectral convergence ``||S - S_hat||_F / ||S||_F`` plus log-magnitude ``mean |log S - log S_hat|``
+of the short-time magnitudes, averaged over the resolutions; defaults are Parallel WaveGAN's three (FFT sizes 1024,
+2048, 512; hops 120, 240, 50; windows 600, 1200, 240; Hann), framed as ``torch.stft(center=True)``. It sees only
+magnitudes (blind to ``x -> -x``): pair it with :func:`~diffusers_spectrum.losses.fourier_loss` or
 :func:`~diffusers_spectrum.losses.wavelet_loss` when phase matters.
+
+Conventions (padding, window, magnitude floor, reduction): docs/METHODS.md#stft-loss
 """
 
 import torch

@@ -1,21 +1,11 @@
 """The smallest pipeline that samples an EDM-trained ``UNet2DModel`` with diffusers' EDM schedulers.
 
-Why a pipeline of our own: ``DDPMPipeline`` and ``DDIMPipeline`` neither scale the initial noise by
-``scheduler.init_noise_sigma`` nor call ``scheduler.scale_model_input`` (EDM's ``c_in``), so with
-``EDMEulerScheduler`` they feed the network unscaled inputs. The one stock pipeline whose loop is right,
-``ConsistencyModelPipeline`` (noise times ``init_noise_sigma``, ``scale_model_input``, ``unet(x, t)``, ``step``), is
-typed and documented for ``CMStochasticIterativeScheduler`` only; it gives the same images as :class:`EDMPipeline`
-(tests/test_edm.py checks that image for image), so ``ConsistencyModelPipeline.from_pretrained(folder)`` is the way
-to sample a saved folder with diffusers alone.
+``DDPMPipeline`` and ``DDIMPipeline`` apply neither ``init_noise_sigma`` nor ``scale_model_input`` (EDM's ``c_in``).
+Saved folders are stock: ``model_index.json`` names ``ConsistencyModelPipeline`` (same images), so
+``DiffusionPipeline.from_pretrained(folder)`` samples them with diffusers alone, while
+``EDMPipeline.from_pretrained(folder)`` loads the same folder as this class.
 
-Saved folders are stock throughout: ``unet/`` is a plain ``UNet2DModel``, ``scheduler/`` a plain
-``EDMEulerScheduler`` / ``EDMDPMSolverMultistepScheduler``, and ``model_index.json`` names the stock
-``ConsistencyModelPipeline`` (``EDMPipeline.save_pretrained`` writes that name), so plain
-``DiffusionPipeline.from_pretrained(folder)`` loads and samples it with diffusers alone, while
-``EDMPipeline.from_pretrained(folder)`` loads the same folder as this class. (diffusers 0.42 resolves a pipeline's
-``_class_name`` in the ``diffusers`` module only: a list such as ``["diffusers_spectrum", "EDMPipeline"]`` is read as
-custom code, a ``diffusers_spectrum.py`` file in the folder run with ``trust_remote_code=True``; library names are
-looked up for the components, not for the pipeline class.)
+Why, and why the folder does not name this class: docs/METHODS.md#edm-pipeline
 """
 
 import json

@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from ..utils.images import image_grid
 from ..utils.records import write_json
 from .args import Outputs
 
@@ -32,18 +30,14 @@ def validate(
     """Sample a grid for `labels` `(N,)` with the (EMA) weights, decoded by `decoder` (a VAE or `DCTTransform`);
     saved as `validation/step-<step>.png` and logged. `scheduler` is copied from its config (a fresh state)."""
     from ..pipelines.sampling import sample_images
-    from .loop import ema_weights, log_images
+    from .loop import ema_weights, save_validation_grid
 
     raw_model.eval()
     with ema_weights(ema, raw_model):
         fresh = type(scheduler).from_config(scheduler.config)
         images = sample_images(raw_model, decoder, fresh, labels, inference_steps, guidance_scale, seed=0)
     raw_model.train()
-    path = output_dir / "validation" / f"step-{step:07d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(images)).save(path)
-    log_images(accelerator, "validation/samples", images, step)
-    return path
+    return save_validation_grid(accelerator, images, step, output_dir)
 
 
 def write_outputs(

@@ -444,6 +444,16 @@ def log_images(accelerator, tag: str, images: torch.Tensor, step: int, nrow: int
     return grid
 
 
+def save_validation_grid(accelerator, images: torch.Tensor, step: int, output_dir: Path) -> Path:
+    """`(B, 3, H, W)` samples in [-1, 1] as `<output_dir>/validation/step-<step>.png`, and logged to the trackers."""
+    from PIL import Image
+
+    path = Path(output_dir) / "validation" / f"step-{step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(log_images(accelerator, "validation/samples", images, step)).save(path)
+    return path
+
+
 def log_figure(accelerator, tag: str, figure, step: int) -> None:
     """Log a matplotlib figure to the tensorboard / wandb trackers."""
     for tracker in accelerator.trackers:

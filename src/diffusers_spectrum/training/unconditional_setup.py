@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from PIL import Image
 
 from .._version import __version__
 from ..diffusion.edm import EDM_P_MEAN, EDM_P_STD, EDM_SIGMA_DATA, check_edm_unet
 from ..diffusion.objectives import DiffusionObjective
 from ..models.presets import build_unet, read_model_config
-from ..utils.images import image_grid
 from ..utils.records import write_json
 from .args import Outputs, _FromFlags
 
@@ -150,17 +148,13 @@ def validate(
     accelerator, formulation: Formulation, raw_model, ema, num_images: int, step: int, output_dir: Path
 ) -> Path:
     """Sample a grid of `num_images` with the (EMA) weights; saved as `validation/step-<step>.png` and logged."""
-    from .loop import ema_weights, log_images
+    from .loop import ema_weights, save_validation_grid
 
     raw_model.eval()
     with ema_weights(ema, raw_model):
         images = validation_samples(formulation, raw_model, num_images)
     raw_model.train()
-    path = output_dir / "validation" / f"step-{step:07d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(images)).save(path)
-    log_images(accelerator, "validation/samples", images, step)
-    return path
+    return save_validation_grid(accelerator, images, step, output_dir)
 
 
 def write_outputs(

@@ -437,11 +437,19 @@ def unit_path(work_dir: Path, key: str) -> Path:
 
 
 def run_unit(arm, seed, budget, work_dir, data, suites, json_path, skeleton) -> dict:
-    """Every stage of one run, each stored at once (unit file and JSON); stages already stored are skipped."""
+    """Every stage of one run, each stored at once (unit file and JSON); stages already stored are skipped. A run
+    that the JSON holds complete (same budget) but the work folder does not, as when the study continues on another
+    machine or in a fresh work folder from the committed JSON, is taken from the JSON without training."""
     from diffusers_spectrum.utils.records import write_json
 
     key = unit_key(arm, seed)
     path = unit_path(work_dir, key)
+    if not path.is_file():
+        stored = ((load_result(json_path, budget) or {}).get("runs") or {}).get(key)
+        if stored is not None and stored.get("complete"):
+            log(f"{key}: complete in {json_path.name}, not trained again")
+            write_json(path, stored, sort_keys=False)
+            return stored
     unit = json.loads(path.read_text()) if path.is_file() else {"arm": arm, "seed": seed, "stages": []}
     done = {stage["step"] for stage in unit["stages"]}
     data_dir = work_dir / "data" / f"train{ARMS[arm]['resolution']}"
@@ -1140,7 +1148,9 @@ python benchmarks/compare_dct_pixel.py --shard 1/2            # (the last to fin
 python benchmarks/compare_dct_pixel.py --quick                # a smoke run (about 2 minutes)
 python benchmarks/compare_dct_pixel.py --reanalyse docs/dct_vs_pixel.json   # analysis and page, no training
 ```
-Runs and stages already stored (same budget) are skipped, so an interrupted study continues where it stopped.
+Runs and stages already stored (same budget) are skipped, so an interrupted study continues where it stopped; runs
+the JSON holds complete are not trained again even from a fresh work folder (another machine or session), while an
+incomplete run without its work folder retrains from step 0 with the same seeds.
 """
 
 

@@ -139,6 +139,21 @@ def test_quick_study_in_two_shards_resumes_and_reanalyses(tmp_path):
     others = {k: u for k, u in again["runs"].items() if k != key}
     assert others == {k: u for k, u in on_disk["runs"].items() if k != key}  # nothing else was redone
 
+    # a fresh work folder (another machine or session) with the committed JSON: complete runs are not trained again
+    shutil.rmtree(work / "units")
+    shutil.rmtree(work / "runs")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run complete in the JSON was trained again")
+
+    study.stage_record, stage_record = no_training, study.stage_record
+    try:
+        study.main(common)
+    finally:
+        study.stage_record = stage_record
+    assert json.loads((out / "dct_vs_pixel_quick.json").read_text())["runs"] == again["runs"]
+    assert study.unit_path(work, key).is_file()  # the unit files are written back
+
     # the page from the JSON alone
     (out / "DCT_VS_PIXEL_quick.md").unlink()
     reanalysed = study.main(["--reanalyse", str(out / "dct_vs_pixel_quick.json"), "--output_dir", str(out)])

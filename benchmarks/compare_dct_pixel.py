@@ -736,6 +736,18 @@ def tokens(arm: str) -> tuple[int, int]:
     return (spec["resolution"] // (2 * b)) ** 2, 6 * (b * b - spec["dct_num_dropped"])
 
 
+def token_capacity(arm: str, dit_config: str) -> tuple[int, int, float] | None:
+    """(values per token, hidden width, 1 - width / values) when an arm's tokens are wider than the DiT's hidden
+    state (heads x head dim of the preset): a token's independent noise values cannot all pass through it, so the
+    epsilon loss has a floor near 1 - width / values. None when the tokens fit."""
+    from diffusers_spectrum.models.presets import DIT_PRESETS
+
+    preset = DIT_PRESETS[dit_config]
+    hidden = preset["num_attention_heads"] * preset["attention_head_dim"]
+    values = tokens(arm)[1]
+    return (values, hidden, 1 - hidden / values) if values > hidden else None
+
+
 def write_curves(result: dict, path: Path) -> None:
     """Each relied-on metric (and KID, trained net) against steps and against training seconds, mean +- sample SD
     over seeds per arm, with the data floor; 32 px arms, then the 64 px pair."""
@@ -939,6 +951,17 @@ def page_text(result: dict, suffix: str) -> str:
             f"{METRIC_LABELS[m]} {c['baseline']:.4g} vs noise {c['noise']:.4g}" for m, c in checks.items()
         )
         gate_lines.append(f"- {arm}: {text} ({details}).")
+        capacity = token_capacity(arm, result["budget"]["dit_config"])
+        if failed and capacity is not None and summary.get(arm):
+            values, hidden, floor = capacity
+            gate_lines.append(
+                f"  Why: its tokens hold {values} values but the `{result['budget']['dit_config']}` DiT's hidden "
+                f"state is {hidden} wide, so it can carry at most {hidden} of the {values} independent noise values "
+                f"of a token: the epsilon loss cannot fall much below 1 - {hidden}/{values} = {floor:.2f} (measured "
+                f"at the final checkpoint: {_cell(summary[arm]['final_diffusion_loss'])}). A capacity limit of this "
+                "miniature, not a property of pixel space: a fair pair at this resolution needs a DiT at least as "
+                "wide as the pixel token."
+            )
     timing_lines = []
     for name, stat in analysis["seconds_ratio"].items():
         arm, baseline = name.split("/")
@@ -969,7 +992,12 @@ def page_text(result: dict, suffix: str) -> str:
     if failed_gate:
         claims.append(
             f"- **The gate failed** for {', '.join(failed_gate)}: the baseline does not beat uniform noise "
-            "on every relied-on metric, so differences at that resolution say little about the claims."
+            "on every relied-on metric, so differences at that resolution say little about the claims"
+            + (
+                " (its tokens are wider than the DiT's hidden state: see the gate above)."
+                if any(token_capacity(arm, budget["dit_config"]) for arm in failed_gate)
+                else "."
+            )
         )
     efficiency = "Efficiency (mean over checkpoints)"
     claims += (

@@ -55,6 +55,13 @@ def test_arms_match_token_counts_and_pass_their_settings_to_train_dit():
     parse_args(study.train_argv("dctdiff-64", 0, 4, budget, Path("data"), Path("run")))  # the trainer accepts them
 
 
+def test_token_capacity_names_tokens_wider_than_the_dit():
+    # the mini DiT is 4 heads x 16 = 64 wide: a 64 px pixel token of 8 x 8 x 3 = 192 values cannot pass through it
+    assert study.token_capacity("pixel-64", "mini") == (192, 64, pytest.approx(1 - 64 / 192))
+    assert study.token_capacity("pixel", "mini") is None and study.token_capacity("dctdiff-64", "mini") is None
+    assert study.token_capacity("pixel-64", "S/2") is None  # 6 x 64 = 384 wide
+
+
 def test_shards_partition_the_runs_and_bad_shards_are_refused():
     budget = study.BUDGETS["full"]
     every = study.all_units(budget)

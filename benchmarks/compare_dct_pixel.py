@@ -115,6 +115,9 @@ COMPARISONS = (
 # 50 DDIM steps about 23 s and measuring them about 16 s. A 32 px run (2000 steps, 4 evaluations, the ancestral extra
 # row) is then about 440 s, a 64 px run (56 samples per evaluation) about 300 s: 18 x 440 + 6 x 300 = 2.7 h of CPU,
 # about 1.4 h on 2 idle cores as two shards, plus the preparation (feature net, anchors, blur checks: a few minutes).
+# Measured (2026-12-02, two shards, the machine shared for the first 40 min): 99 min wall, 191 min of summed unit
+# wall time; sampling and measuring cost more than sized (about 25 s + 16 s per evaluation when idle, twice that when
+# shared), training about 0.13 s per step.
 # lr 5e-4 with 100 warm-up steps: checked stable on both spaces for 1400 steps (samples with colour and layout).
 BUDGETS = {
     "full": dict(
